@@ -1,0 +1,1 @@
+"""timm-moe benchmarking harness: adversarial training, robustness evaluation, FLOP audits, registry."""

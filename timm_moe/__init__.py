@@ -1,0 +1,11 @@
+"""timm-moe: sparse Mixture-of-Experts ResNets (BlockMoE) for timm.
+
+Importing this package registers `resnet{18,50}_blockmoe_e{E}_k{K}` and the dense baselines
+`resnet{18,50}_dense` with timm.
+"""
+from .inspect import aux_loss, force_expert, moe_layers, num_experts, reset_routing_stats, routing, routing_stats
+from .layers import BlockMoE
+from .models import ResNetBlockMoE, dense_name
+from .upcycle import upcycle
+
+__version__ = '0.1.0'

@@ -1,0 +1,78 @@
+"""One-call inspection of the BlockMoE layers in a model: losses, routing, statistics, forcing."""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .layers import BlockMoE
+
+
+def moe_layers(model: nn.Module) -> List[Tuple[str, BlockMoE]]:
+    """All BlockMoE layers of `model` (any wrapper included), with their qualified names."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BlockMoE)]
+
+
+def num_experts(model: nn.Module) -> int:
+    """Experts per MoE layer (0 for a dense model)."""
+    layers = moe_layers(model)
+    return layers[0][1].num_experts if layers else 0
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """Weighted sum of every MoE layer's auxiliary loss from the last forward (a scalar with grad).
+
+    Zero for a dense model, or before the first forward.
+    """
+    losses = [m.last_aux for _, m in moe_layers(model) if m.last_aux is not None]
+    if not losses:
+        p = next(model.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+    return torch.stack([l.float() for l in losses]).sum()
+
+
+def routing(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Per MoE layer, the last forward's top-k expert indices, weights (B, k) and probabilities (B, E)."""
+    out = {}
+    for name, m in moe_layers(model):
+        r = m.last_routing
+        if r is not None:
+            out[name] = dict(indices=r.indices, weights=r.weights, probs=r.probs)
+    return out
+
+
+def routing_stats(model: nn.Module) -> Dict[str, Dict[str, object]]:
+    """Per MoE layer, expert load, importance and collapse since the last `reset_routing_stats`."""
+    return {name: m.stats() for name, m in moe_layers(model)}
+
+
+def reset_routing_stats(model: nn.Module) -> None:
+    """Start accumulating routing statistics afresh in every MoE layer."""
+    for _, m in moe_layers(model):
+        m.reset_stats()
+
+
+@contextlib.contextmanager
+def force_expert(model: nn.Module, expert: int) -> Iterator[nn.Module]:
+    """Bypass every gate and send every image through expert `expert` (its "subpath").
+
+    Args:
+        model: A model with BlockMoE layers.
+        expert: Index in [0, E).
+    """
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError('force_expert: the model has no BlockMoE layer')
+    for name, m in layers:
+        if not isinstance(expert, int) or not 0 <= expert < m.num_experts:
+            raise ValueError(f'expert={expert!r}: expected an integer in [0, {m.num_experts}) for {name}')
+    previous: List[Optional[int]] = [m.forced_expert for _, m in layers]
+    for _, m in layers:
+        m.forced_expert = expert
+    try:
+        yield model
+    finally:
+        for (_, m), prev in zip(layers, previous):
+            m.forced_expert = prev

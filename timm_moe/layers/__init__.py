@@ -1,0 +1,3 @@
+from .block_moe import BlockMoE, validate_moe_args
+from .gates import GATES, ConvGapGate, GapFcGate, create_gate
+from .routing import AUX_LOSSES, Routing, route

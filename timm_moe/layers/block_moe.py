@@ -1,0 +1,165 @@
+"""BlockMoE: a residual block replaced by E copies of itself and a per-image top-k gate."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .gates import GATES, create_gate
+from .routing import AUX_LOSSES, Routing, route
+
+
+class BlockMoE(nn.Module):
+    """Sparse Mixture-of-Experts over whole residual blocks.
+
+    Each image is routed to its top-k experts; each expert runs only on the images routed to it,
+    and the outputs are combined with their routing weights. No (E, B, C, H, W) buffer is built.
+
+    Args:
+        experts: The expert blocks, each mapping (B, C_in, H, W) to the same output shape.
+        in_chs: Channels of the block input (what the gate sees).
+        k: Experts per image, 1 <= k <= len(experts).
+        gate: Gate type, one of 'gap_fc', 'conv_gap'.
+        aux_loss: Auxiliary loss, one of 'entropy', 'switch', 'kl', 'z_loss', 'none'.
+        aux_weight: Weight of the auxiliary loss in `timm_moe.aux_loss(model)`.
+        noisy_gating: Select experts on noisy scores in training (never in eval).
+        noise_std: Standard deviation of that noise.
+        straight_through: For k=1, forward weight exactly 1 with a straight-through gradient.
+    """
+
+    def __init__(
+            self,
+            experts: Sequence[nn.Module],
+            in_chs: int,
+            k: int = 1,
+            gate: str = 'gap_fc',
+            aux_loss: str = 'entropy',
+            aux_weight: float = 0.5,
+            noisy_gating: bool = False,
+            noise_std: float = 0.1,
+            straight_through: bool = True,
+    ) -> None:
+        super().__init__()
+        num_experts = len(experts)
+        validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss)
+        self.num_experts = num_experts
+        self.k = k
+        self.gate_type = gate
+        self.aux_loss_type = aux_loss
+        self.aux_weight = float(aux_weight)
+        self.noisy_gating = noisy_gating
+        self.noise_std = noise_std
+        self.straight_through = straight_through
+        self.gate = create_gate(gate, in_chs, num_experts)
+        self.experts = nn.ModuleList(experts)
+
+        self.forced_expert: Optional[int] = None
+        self.last_routing: Optional[Routing] = None
+        self.last_aux: Optional[torch.Tensor] = None
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Forget the accumulated expert load and importance."""
+        self._load: Optional[torch.Tensor] = None
+        self._importance: Optional[torch.Tensor] = None
+        self._images = 0
+
+    def _record(self, r: Routing) -> None:
+        with torch.no_grad():
+            load = torch.bincount(r.indices.flatten(), minlength=self.num_experts).float()
+            importance = r.probs.float().sum(dim=0)
+            if self._load is None:
+                self._load, self._importance = load, importance
+            else:
+                self._load += load.to(self._load.device)
+                self._importance += importance.to(self._importance.device)
+            self._images += r.indices.shape[0]
+        self.last_routing = Routing(*(t.detach() for t in (r.logits, r.probs, r.indices, r.weights)))
+
+    def stats(self) -> Dict[str, object]:
+        """Expert load and importance since the last `reset_stats`, and a collapse measure.
+
+        `load[i]` is the fraction of (image, slot) assignments that went to expert i, `importance[i]`
+        the mean gate probability of expert i, and `collapse` is 1 - H(load) / log E: 0 when load is
+        uniform, 1 when a single expert takes everything.
+        """
+        num_experts = self.num_experts
+        if self._load is None or self._images == 0:
+            return dict(load=[0.0] * num_experts, importance=[0.0] * num_experts, collapse=float('nan'), images=0)
+        load = self._load / self._load.sum()
+        importance = self._importance / self._images
+        entropy = -torch.special.xlogy(load, load).sum()
+        collapse = 1.0 - float(entropy) / float(torch.log(torch.tensor(float(num_experts)))) if num_experts > 1 else 0.0
+        return dict(load=load.tolist(), importance=importance.tolist(), collapse=collapse, images=self._images)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f'BlockMoE expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
+        if self.forced_expert is not None:
+            return self.experts[self.forced_expert](x)
+
+        logits = self.gate(x)
+        noise = self.noise_std if (self.noisy_gating and self.training) else 0.0
+        r = route(logits, self.k, straight_through=self.straight_through, noise_std=noise)
+        self.last_aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
+        self._record(r)
+        return self._dispatch(x, r)
+
+    def _dispatch(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        batch, k = r.indices.shape
+        flat_expert = r.indices.flatten()
+        # group the (image, slot) pairs by expert so that each expert sees one contiguous chunk
+        order = torch.argsort(flat_expert, stable=True)
+        image_of = order // k
+        counts = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
+        chunks = x.index_select(0, image_of).split(counts)
+        outputs = [expert(chunk) for expert, chunk, n in zip(self.experts, chunks, counts) if n > 0]
+        y = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+        needs_weights = k > 1 or torch.is_grad_enabled() or not self.straight_through
+        if needs_weights:
+            # for k=1 with the straight-through estimator the weight is exactly 1: multiplying keeps
+            # the gate in the graph without changing the value
+            y = y * r.weights.flatten().index_select(0, order).view(-1, 1, 1, 1)
+        if k == 1:
+            out = y.new_empty(y.shape).index_copy(0, image_of, y)
+        else:
+            out = y.new_zeros((batch,) + y.shape[1:]).index_add(0, image_of, y)
+
+        if self.training and torch.is_grad_enabled():
+            out = out + self._idle_anchor(counts, out)
+        return out
+
+    def _idle_anchor(self, counts: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every idle expert's parameters.
+
+        An expert that received no image in this batch would otherwise get no gradient, which breaks
+        DDP without `find_unused_parameters` and timm's all-parameters-get-grad test. Their gradient
+        is exactly zero, so optimisation is unaffected (weight decay aside, as for any zero grad).
+        """
+        anchor = like.new_zeros(())
+        for expert, n in zip(self.experts, counts):
+            if n == 0:
+                for p in expert.parameters():
+                    if p.requires_grad:
+                        anchor = anchor + p.flatten()[0] * 0.0
+        return anchor
+
+    def extra_repr(self) -> str:
+        return (f'num_experts={self.num_experts}, k={self.k}, gate={self.gate_type}, '
+                f'aux_loss={self.aux_loss_type}, aux_weight={self.aux_weight}, noisy_gating={self.noisy_gating}')
+
+
+def validate_moe_args(num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: str = 'entropy') -> None:
+    """Raise ValueError naming the first bad argument and what is allowed."""
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f'num_experts={num_experts!r}: expected an integer >= 1')
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f'k={k!r}: expected an integer >= 1')
+    if k > num_experts:
+        raise ValueError(f'k={k} > num_experts={num_experts}: expected 1 <= k <= num_experts')
+    if gate not in GATES:
+        raise ValueError(f'gate={gate!r}: expected one of {sorted(GATES)}')
+    if aux_loss not in AUX_LOSSES:
+        raise ValueError(f'aux_loss={aux_loss!r}: expected one of {sorted(AUX_LOSSES)}')

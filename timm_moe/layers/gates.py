@@ -1,0 +1,61 @@
+"""Gates that score each image against the experts of a BlockMoE layer.
+
+A gate maps the block input (B, C, H, W) to one logit per expert (B, E). Routing is per
+image, so both gates pool away the spatial dimensions.
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+import torch
+from torch import nn
+
+
+class GapFcGate(nn.Module):
+    """GAP-FC gate: global average pool, then a linear layer to E logits.
+
+    Args:
+        in_chs: Channels of the block input.
+        num_experts: Number of experts E.
+    """
+
+    def __init__(self, in_chs: int, num_experts: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_chs, num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x).flatten(1))
+
+
+class ConvGapGate(nn.Module):
+    """Conv-GAP gate: a 3x3 conv to E channels (no padding, no bias), then global average pool.
+
+    Args:
+        in_chs: Channels of the block input.
+        num_experts: Number of experts E.
+    """
+
+    def __init__(self, in_chs: int, num_experts: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, num_experts, kernel_size=3, padding=0, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x)).flatten(1)
+
+
+GATES: Dict[str, Type[nn.Module]] = {'gap_fc': GapFcGate, 'conv_gap': ConvGapGate}
+
+
+def create_gate(name: str, in_chs: int, num_experts: int) -> nn.Module:
+    """Build a gate by name.
+
+    Args:
+        name: One of `GATES` ('gap_fc', 'conv_gap').
+        in_chs: Channels of the block input.
+        num_experts: Number of experts E.
+    """
+    if name not in GATES:
+        raise ValueError(f"unknown gate {name!r}: expected one of {sorted(GATES)}")
+    return GATES[name](in_chs, num_experts)
