@@ -109,23 +109,33 @@ class BlockMoE(nn.Module):
     def _dispatch(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         batch, k = r.indices.shape
         flat_expert = r.indices.flatten()
-        # group the (image, slot) pairs by expert so that each expert sees one contiguous chunk
+        # group the (image, slot) pairs by expert: one gather, then each expert gets a contiguous view
         order = torch.argsort(flat_expert, stable=True)
         image_of = order // k
         counts = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
         chunks = x.index_select(0, image_of).split(counts)
-        outputs = [expert(chunk) for expert, chunk, n in zip(self.experts, chunks, counts) if n > 0]
-        y = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        targets = image_of.split(counts)
+        # for k=1 with the straight-through estimator the weight is exactly 1, so the multiply only
+        # matters when a gradient must reach the gate
+        scale = k > 1 or not self.straight_through or torch.is_grad_enabled()
+        weights = r.weights.flatten().index_select(0, order).split(counts) if scale else [None] * len(counts)
 
-        needs_weights = k > 1 or torch.is_grad_enabled() or not self.straight_through
-        if needs_weights:
-            # for k=1 with the straight-through estimator the weight is exactly 1: multiplying keeps
-            # the gate in the graph without changing the value
-            y = y * r.weights.flatten().index_select(0, order).view(-1, 1, 1, 1)
-        if k == 1:
-            out = y.new_empty(y.shape).index_copy(0, image_of, y)
-        else:
-            out = y.new_zeros((batch,) + y.shape[1:]).index_add(0, image_of, y)
+        out: Optional[torch.Tensor] = None
+        for expert, chunk, target, w, n in zip(self.experts, chunks, targets, weights, counts):
+            if n == 0:
+                continue
+            y = expert(chunk)
+            if w is not None:
+                y = y * w.view(-1, 1, 1, 1)
+            if out is None:
+                # every image receives k contributions; with k=1 each row is written exactly once
+                out = y.new_zeros((batch,) + y.shape[1:]) if k > 1 else y.new_empty((batch,) + y.shape[1:])
+            # in place: autograd tracks it, and an out-of-place op would copy the whole batch per expert
+            if k > 1:
+                out.index_add_(0, target, y)
+            else:
+                out.index_copy_(0, target, y)
+        assert out is not None
 
         if self.training and torch.is_grad_enabled():
             out = out + self._idle_anchor(counts, out)

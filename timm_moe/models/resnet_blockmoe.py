@@ -168,16 +168,15 @@ class ResNetBlockMoE(ResNet):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        if stem == 'cifar':
-            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-            stem_stride = 1
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            stem_stride = 4
+        # registration order is execution order for timm's FeatureListNet (features_only)
+        cifar = stem == 'cifar'
+        self.conv1 = nn.Conv2d(
+            in_chans, width, kernel_size=3 if cifar else 7, stride=1 if cifar else 2, padding=1 if cifar else 3,
+            bias=False)
         self.bn1 = norm_layer(width)
         self.act1 = act_layer(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stem_stride = 1 if cifar else 4
         self.feature_info = [dict(num_chs=width, reduction=max(stem_stride // 2, 1), module='act1')]
 
         channels = tuple(width * 2 ** i for i in range(4))

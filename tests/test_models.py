@@ -1,0 +1,157 @@
+"""The registered models keep timm's model API (tests parametrised over every registered name)."""
+import pytest
+import timm
+import torch
+
+import timm_moe
+from timm_moe.inspect import moe_layers
+
+MOE_NAMES = timm.list_models('*blockmoe*')
+ALL_NAMES = MOE_NAMES + ['resnet18_dense', 'resnet50_dense']
+SMALL = dict(width=8, num_classes=10)  # same graph as the paper's models, a fraction of the cost
+
+
+def test_every_variant_is_registered():
+    expected = {f'resnet{d}_blockmoe_e{e}_k{k}' for d in (18, 50) for e in (2, 4, 8, 16, 32) for k in (1, 2, 4) if k <= e}
+    assert set(MOE_NAMES) == expected
+    assert len(MOE_NAMES) >= 28
+    assert timm.is_model('resnet18_dense') and timm.is_model('resnet50_dense')
+
+
+@pytest.mark.parametrize('name', ALL_NAMES)
+def test_forward_backward(name):
+    model = timm.create_model(name, **SMALL).train()
+    out = model(torch.rand(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    (out.square().mean() + timm_moe.aux_loss(model)).backward()
+
+    routed = {}
+    for prefix, layer in moe_layers(model):
+        for e in layer.last_routing.indices.unique().tolist():
+            routed[f'{prefix}.experts.{e}.'] = True
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f'{pname} got no gradient'
+        if '.experts.' not in pname:
+            continue
+        expert_prefix = pname[:pname.index('.experts.') + len('.experts.')] + pname.split('.experts.')[1].split('.')[0] + '.'
+        if expert_prefix in routed and pname.endswith('conv1.weight'):
+            assert p.grad.abs().sum() > 0, f'{pname} was routed to but has a zero gradient'
+        if expert_prefix not in routed:
+            assert p.grad.abs().sum() == 0, f'{pname} got no image but a non-zero gradient'
+
+
+@pytest.mark.parametrize('name', ALL_NAMES)
+def test_pretrained_cfg_matches_state_dict(name):
+    model = timm.create_model(name, **SMALL)
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in state
+    assert state[cfg['first_conv'] + '.weight'].shape[1] == cfg['input_size'][0]
+    assert cfg['classifier'] + '.weight' in state
+    assert cfg['input_size'] == (3, 32, 32)
+    assert cfg['mean'] == timm_moe.models.resnet_blockmoe.CIFAR100_MEAN
+    assert timm.create_model(name, width=8).num_classes == cfg['num_classes'] == 100
+
+
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k2', 'resnet50_blockmoe_e2_k1', 'resnet18_dense'])
+def test_timm_api(name, tmp_path):
+    model = timm.create_model(name, width=8, num_classes=7, in_chans=1).eval()
+    x = torch.rand(2, 1, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features, 4, 4)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+    assert model.get_classifier().out_features == 3
+
+    # local weights load the timm way, and state_dict round-trips exactly; the overlay must state
+    # num_classes, or timm drops a classifier whose size differs from the cfg's 100
+    path = tmp_path / 'w.pth'
+    torch.save(model.state_dict(), path)
+    overlay = dict(file=str(path), num_classes=3, input_size=(1, 32, 32))
+    loaded = timm.create_model(name, width=8, num_classes=3, in_chans=1, pretrained=True,
+                               pretrained_cfg_overlay=overlay).eval()
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize('stem,reductions', [('cifar', [1, 1, 2, 4, 8]), ('imagenet', [2, 4, 8, 16, 32])])
+def test_features_only(stem, reductions):
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, stem=stem, features_only=True)
+    size = 64
+    feats = model(torch.rand(2, 3, size, size))
+    assert model.feature_info.reduction() == reductions
+    assert [f.shape[-1] for f in feats] == [size // r for r in reductions]
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+
+
+def test_moe_placement_all_and_last():
+    last = timm.create_model('resnet18_blockmoe_e4_k1', width=8)
+    every = timm.create_model('resnet18_blockmoe_e4_k1', width=8, moe_blocks='all')
+    assert [n for n, _ in moe_layers(last)] == ['layer4.1']
+    assert [n for n, _ in moe_layers(every)] == ['layer4.0', 'layer4.1']
+    assert every(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
+@pytest.mark.parametrize('gate', ['gap_fc', 'conv_gap'])
+def test_gates(gate):
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, gate=gate).eval()
+    model(torch.rand(3, 3, 32, 32))
+    r = timm_moe.routing(model)['layer4.1']
+    assert r['indices'].shape == (3, 2) and r['probs'].shape == (3, 4)
+    torch.testing.assert_close(r['weights'].sum(1), torch.ones(3))
+
+
+def test_eval_is_deterministic_even_with_noisy_gating():
+    model = timm.create_model('resnet18_blockmoe_e8_k2', width=8, noisy_gating=True).eval()
+    x = torch.rand(8, 3, 32, 32)
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_noisy_gating_changes_training_selection_only():
+    model = timm.create_model('resnet18_blockmoe_e8_k1', width=8, noisy_gating=True).train()
+    x = torch.rand(64, 3, 32, 32)
+    picks = set()
+    for _ in range(4):
+        model(x)
+        picks.add(tuple(timm_moe.routing(model)['layer4.1']['indices'].flatten().tolist()))
+    assert len(picks) > 1, 'noise never changed the selection in training'
+
+
+@pytest.mark.parametrize('k,inner', [(1, 64), (2, 32), (4, 16)])
+def test_matched_experts_shrink_inner_width(k, inner):
+    model = timm.create_model(f'resnet18_blockmoe_e4_k{k}', width=8, expert_width='matched')
+    expert = moe_layers(model)[0][1].experts[0]
+    assert expert.conv1.out_channels == inner and expert.conv2.out_channels == 64
+
+
+def test_matched_experts_pay_for_the_downsample_with_all_placement():
+    # layer4.0 keeps a full-width 1x1 downsample per expert, so k=2 must shrink below half width
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, expert_width='matched', moe_blocks='all')
+    assert moe_layers(model)[0][1].experts[0].conv1.out_channels < 32
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(k=0), 'k=0'),
+    (dict(k=16), 'k=16 > num_experts=8'),
+    (dict(num_experts=-1), 'num_experts=-1'),
+    (dict(gate='mlp'), "gate='mlp'"),
+    (dict(aux_loss='l2'), "aux_loss='l2'"),
+    (dict(moe_blocks='first'), "moe_blocks='first'"),
+    (dict(stem='deep'), "stem='deep'"),
+    (dict(expert_width='half'), "expert_width='half'"),
+])
+def test_bad_kwargs_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('resnet18_blockmoe_e8_k2', width=8, **kwargs)
+
+
+def test_wrong_input_rank():
+    model = timm.create_model('resnet18_blockmoe_e2_k1', width=8)
+    with pytest.raises(ValueError, match='4-D input'):
+        model(torch.rand(3, 32, 32))
+
+
+def test_dense_name():
+    assert timm_moe.dense_name('resnet50_blockmoe_e16_k4') == 'resnet50_dense'
+    with pytest.raises(ValueError, match='vit_base'):
+        timm_moe.dense_name('vit_base_patch16_224')
