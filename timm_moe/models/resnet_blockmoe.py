@@ -9,6 +9,7 @@ and the dense baselines `resnet18_dense` / `resnet50_dense` with the identical s
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
@@ -181,7 +182,7 @@ class ResNetBlockMoE(ResNet):
 
         channels = tuple(width * 2 ** i for i in range(4))
         stages, stage_info = make_blocks(
-            (block,) * 4, channels, tuple(layers), width, act_layer=act_layer, norm_layer=norm_layer)
+            _block_arg(block), channels, tuple(layers), width, act_layer=act_layer, norm_layer=norm_layer)
         for name, stage in stages:
             self.add_module(name, stage)
         for info in stage_info:
@@ -236,6 +237,12 @@ class ResNetBlockMoE(ResNet):
         if x.ndim != 4:
             raise ValueError(f'expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
         return super().forward_features(x)
+
+
+def _block_arg(block: type) -> Any:
+    # newer timm takes one block class per stage; 1.0.9 (robustbench's pin) takes a single class
+    first = next(iter(inspect.signature(make_blocks).parameters))
+    return (block,) * 4 if first == 'block_fns' else block
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
