@@ -155,3 +155,16 @@ def test_dense_name():
     assert timm_moe.dense_name('resnet50_blockmoe_e16_k4') == 'resnet50_dense'
     with pytest.raises(ValueError, match='vit_base'):
         timm_moe.dense_name('vit_base_patch16_224')
+
+
+@pytest.mark.parametrize('k', [1, 2])
+def test_autocast_and_channels_last(k):
+    # the CUDA path uses fp16 autocast and channels_last; bf16 autocast on CPU exercises the same dtype plumbing
+    model = timm.create_model(f'resnet18_blockmoe_e4_k{k}', width=8).train().to(memory_format=torch.channels_last)
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+        loss = out.float().logsumexp(1).mean() + timm_moe.aux_loss(model)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(loss)
+    loss.backward()
+    assert model.layer4[1].gate.fc.weight.grad.abs().sum() > 0
