@@ -1,0 +1,228 @@
+"""Data sets as [0, 1] image tensors: CIFAR-100/10 and Fashion-MNIST through torchvision or idx files,
+and the real Fashion-MNIST subset bundled in `bench/assets` for offline use.
+
+Normalisation lives inside the model (`bench.normalize`), so every loader here stops at [0, 1].
+Augmentation randomness is a pure function of (seed, epoch, sample index): a resumed or distributed
+run draws exactly the same crops and flips as an uninterrupted single-process one, whatever the
+number of loader workers.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bench.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent / 'assets'
+DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
+
+_INFO: Dict[str, dict] = {
+    'cifar100': dict(num_classes=100, in_chans=3, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD),
+    'cifar10': dict(num_classes=10, in_chans=3, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    'fashion-mnist': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD),
+    'fashion-mnist-bundled': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN,
+                                  std=FMNIST_STD),
+}
+DATASETS = tuple(_INFO)
+_IDX_NAMES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+              'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+
+
+def _check_name(name: str) -> None:
+    if name not in _INFO:
+        raise UserError(f'unknown data set {name!r}; choose one of {", ".join(DATASETS)}')
+
+
+def _check_split(split: str) -> None:
+    if split not in _IDX_NAMES:
+        raise UserError(f'unknown split {split!r}; choose train or test')
+
+
+def dataset_info(name: str) -> dict:
+    """Classes, channels, input size and normalisation of a data set.
+
+    Args:
+        name: One of `DATASETS`.
+    """
+    _check_name(name)
+    return dict(_INFO[name], name=name)
+
+
+class ImageTensors(Dataset):
+    """uint8 images held in memory, served as float [0, 1] CHW tensors with optional augmentation.
+
+    Args:
+        images: uint8 tensor (N, C, H, W).
+        labels: int64 tensor (N,).
+        transform: Optional callable on one float CHW image; it may draw from torch's global RNG,
+            which is re-seeded per sample from (seed, epoch, index) so that augmentation is reproducible.
+        seed: Base seed of the augmentation.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, seed: int = 0) -> None:
+        self.images, self.labels, self.transform, self.seed, self.epoch = images, labels, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        img = self.images[index].float().div_(255)
+        if self.transform is not None:
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            img = self.transform(img)
+        return img, int(self.labels[index])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, epoch, index) triple."""
+    digest = hashlib.blake2b(f'{seed}/{epoch}/{index}'.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'little') >> 1
+
+
+def _augment(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+    if name.startswith('cifar'):
+        # the paper's CIFAR recipe; ColorJitter works on float tensors in [0, 1]
+        return v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
+                           v2.ColorJitter(0.3, 0.3, 0.3, 0.3)])
+    # grey-scale clothes: a small shift and a mirror, no colour to jitter
+    return v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    if path.suffix == '.gz':
+        raw = gzip.decompress(raw)
+    if raw[:2] != b'\x00\x00' or raw[2] != 0x08:
+        raise UserError(f'{path} is not an unsigned-byte idx file')
+    ndim = raw[3]
+    dims = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Optional[Path]:
+    for candidate in (directory / stem, directory / f'{stem}.gz', directory / 'FashionMNIST' / 'raw' / stem,
+                      directory / 'FashionMNIST' / 'raw' / f'{stem}.gz'):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _bundled(split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    manifest = json.loads((ASSETS / 'fashion_mnist_subset.json').read_text())
+    arrays = []
+    for stem in _IDX_NAMES[split]:
+        path = ASSETS / f'fashion-mnist-subset-{stem}.gz'
+        expected = manifest['files'][path.name]['sha256']
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise UserError(f'{path} does not match its sha256 in fashion_mnist_subset.json; reinstall timm-moe '
+                            'or rebuild it with scripts/make_fashion_mnist_subset.py')
+        arrays.append(_read_idx(path))
+    return torch.from_numpy(arrays[0].copy()).unsqueeze(1), torch.from_numpy(arrays[1].astype(np.int64))
+
+
+def _fashion_mnist(split: str, data_dir: Optional[Path], download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    dirs = [data_dir] if data_dir is not None else [DEBIAN_FMNIST]
+    for d in dirs:
+        paths = [_find_idx(d, stem) for stem in _IDX_NAMES[split]]
+        if all(paths):
+            images, labels = (_read_idx(p) for p in paths)
+            return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    if download:
+        from torchvision.datasets import FashionMNIST
+        root = data_dir or Path('data')
+        ds = FashionMNIST(str(root), train=split == 'train', download=True)
+        return ds.data.unsqueeze(1), ds.targets.long()
+    where = data_dir or DEBIAN_FMNIST
+    raise UserError(f'Fashion-MNIST not found in {where}: apt-get install dataset-fashion-mnist (idx files in '
+                    f'{DEBIAN_FMNIST}), pass --data-dir with the idx files, add --download, or use the offline '
+                    'subset --dataset fashion-mnist-bundled')
+
+
+def _cifar(name: str, split: str, data_dir: Optional[Path], download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+    cls = CIFAR100 if name == 'cifar100' else CIFAR10
+    root = data_dir or Path('data')
+    try:
+        ds = cls(str(root), train=split == 'train', download=download)
+    except RuntimeError as e:
+        # torchvision says "Dataset not found or corrupted"; say what to do instead
+        raise UserError(f'{name} not found in {root}: pass --data-dir with the extracted torchvision folder '
+                        f'({cls.base_folder}/), or add --download on a machine with internet ({e})') from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+def load_tensors(name: str, split: str = 'test', data_dir: Optional[str | Path] = None,
+                 download: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split as uint8 (N, C, H, W) and labels as int64 (N,).
+
+    Args:
+        name: One of `DATASETS`.
+        split: 'train' or 'test'.
+        data_dir: Where the data set lives (torchvision's layout, or idx files for Fashion-MNIST).
+        download: Let torchvision download it if missing (needs internet).
+    """
+    _check_name(name)
+    _check_split(split)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    if name == 'fashion-mnist-bundled':
+        return _bundled(split)
+    if name == 'fashion-mnist':
+        return _fashion_mnist(split, data_dir, download)
+    return _cifar(name, split, data_dir, download)
+
+
+def build_dataset(name: str, split: str = 'train', data_dir: Optional[str | Path] = None, download: bool = False,
+                  augment: bool = False, seed: int = 0, limit: Optional[int] = None) -> ImageTensors:
+    """A map-style data set of (float CHW image in [0, 1], int label).
+
+    Args:
+        name: One of `DATASETS`.
+        split: 'train' or 'test'.
+        data_dir: See `load_tensors`.
+        download: See `load_tensors`.
+        augment: Apply the training augmentation of this data set.
+        seed: Base seed of the augmentation.
+        limit: Keep only the first `limit` images.
+    """
+    images, labels = load_tensors(name, split, data_dir, download)
+    if limit is not None:
+        if limit < 1 or limit > len(labels):
+            raise UserError(f'limit={limit} images asked of {name} {split}, which has {len(labels)}; '
+                            f'choose 1..{len(labels)}')
+        images, labels = images[:limit], labels[:limit]
+    return ImageTensors(images, labels, _augment(name) if augment else None, seed)
+
+
+def eval_tensors(name: str, n_examples: int, data_dir: Optional[str | Path] = None,
+                 download: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first `n_examples` test images as float [0, 1] (N, C, H, W) and their labels, as RobustBench takes them.
+
+    Args:
+        name: One of `DATASETS`.
+        n_examples: How many, from the start of the test split.
+        data_dir: See `load_tensors`.
+        download: See `load_tensors`.
+    """
+    images, labels = load_tensors(name, 'test', data_dir, download)
+    if n_examples < 1 or n_examples > len(labels):
+        raise UserError(f'--n-examples {n_examples} is out of range: the {name} test set has {len(labels)} images; '
+                        f'choose 1..{len(labels)}')
+    return images[:n_examples].float().div_(255), labels[:n_examples].clone()
