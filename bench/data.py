@@ -89,9 +89,9 @@ class ImageTensors(Dataset):
         return img, int(self.labels[index])
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for one (seed, epoch, index) triple."""
-    digest = hashlib.blake2b(f'{seed}/{epoch}/{index}'.encode(), digest_size=8).digest()
+def sample_seed(*key: int) -> int:
+    """A well-mixed 63-bit seed for a key such as (seed, epoch, index)."""
+    digest = hashlib.blake2b('/'.join(map(str, key)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, 'little') >> 1
 
 

@@ -1,0 +1,68 @@
+"""Checkpoints that survive a kill at any moment, and run directories that are never silently reused."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from bench.errors import UserError
+
+TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
+WEIGHTS = 'model.pth'  # the plain timm state_dict: pretrained_cfg_overlay=dict(file=...)
+EMA_WEIGHTS = 'model_ema.pth'
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A rename within one file system is atomic, so a reader (or a resume after SIGKILL) sees either
+    the previous complete file or the new complete file, never a torn one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_train_state(run_dir: Path) -> Dict[str, Any]:
+    path = Path(run_dir) / TRAIN_STATE
+    if not path.exists():
+        raise UserError(f'--resume: {path} does not exist; start without --resume, or point --out at the run')
+    # our own file, holding RNG states and plain containers, so full unpickling is wanted
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create `run_dir`, refusing to mix two runs in one directory.
+
+    Args:
+        run_dir: The run's output directory.
+        resume: Continue the run found there.
+        overwrite: Delete whatever is there first.
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise UserError('--resume and --overwrite contradict each other; pick one')
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f'--out {run_dir} is a file, not a directory')
+    busy = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not busy:
+            raise UserError(f'--resume: {run_dir} holds no run to resume')
+        return
+    if busy and not overwrite:
+        raise UserError(f'--out {run_dir} is not empty; pass --resume to continue that run or --overwrite to replace it')
+    if busy:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)

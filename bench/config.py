@@ -1,0 +1,223 @@
+"""Training configuration: one dataclass, loadable from YAML, overridable by `--key value` arguments.
+
+The defaults are the paper's CIFAR-100 ResNet-18 recipe; `bench/configs/*.yaml` hold the named recipes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+from bench.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
+METHODS = ('normal', 'pgd', 'trades')
+
+
+@dataclass
+class TrainConfig:
+    # -- model
+    model: str = 'resnet18_blockmoe_e8_k1'  # any timm name; `import timm_moe` registers ours
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (gate, width, ...)
+    # -- data
+    dataset: str = 'cifar100'  # cifar100 | cifar10 | fashion-mnist | fashion-mnist-bundled
+    data_dir: Optional[str] = None  # torchvision root, or idx files for Fashion-MNIST
+    download: bool = False  # let torchvision fetch the data set (needs internet)
+    train_limit: Optional[int] = None  # use only the first N training images (quick runs)
+    eval_limit: Optional[int] = 1000  # clean test accuracy after each epoch on the first N test images; 0 = skip
+    augment: bool = True  # the paper's augmentation (crop, flip, colour jitter on CIFAR)
+    workers: int = 4  # loader processes; augmentation stays reproducible with any number
+    # -- optimisation (the paper: SGD 0.1 Nesterov, wd 5e-4, poly 0.9, 200 epochs, batch 640)
+    epochs: int = 200
+    batch_size: int = 640  # global batch; each of N distributed ranks takes batch_size / N
+    accum_steps: int = 1  # split each batch into this many sequential micro-batches (same gradient)
+    opt: str = 'sgd'  # timm optimizer name; timm's 'sgd' is Nesterov momentum
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
+    sched: str = 'poly'  # timm scheduler name
+    poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None
+    # -- adversarial training
+    method: str = 'normal'  # normal | pgd (Madry) | trades
+    eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
+    attack_step: float = 2 / 255
+    attack_steps: int = 7
+    random_start: bool = True
+    trades_beta: float = 6.0
+    attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
+    # -- extras
+    ema: bool = False  # keep a ModelEmaV3 copy of the weights
+    ema_decay: float = 0.9998
+    amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
+    channels_last: bool = False
+    device: str = 'auto'  # auto | cpu | cuda | cuda:N
+    seed: int = 12345  # the reference's seed
+    deterministic: bool = False  # torch deterministic algorithms (exact resume and DDP equality on CPU)
+    # -- output
+    out: str = 'runs/train'  # run directory: config.yaml, checkpoints, metrics.jsonl
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch (0 = per epoch only)
+    log_every: int = 20  # steps between metric lines
+    max_steps: Optional[int] = None  # stop after this many optimizer steps in total (tests, smoke runs)
+    progress: bool = True  # rich progress bar
+
+    def validate(self) -> 'TrainConfig':
+        """Raise UserError on values no run could use."""
+        choices = {'method': METHODS, 'attack_mode': ('train', 'eval')}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f'{key}={getattr(self, key)!r} is not allowed; choose one of {", ".join(allowed)}')
+        positive = ('epochs', 'batch_size', 'accum_steps', 'attack_steps')
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f'{key}={getattr(self, key)} must be at least 1')
+        if not 0 <= self.eps <= 1:
+            raise UserError(f'eps={self.eps} is outside [0, 1] (pixel scale; 8/255 = 0.0314)')
+        if self.lr <= 0:
+            raise UserError(f'lr={self.lr} must be positive')
+        if self.batch_size % self.accum_steps:
+            raise UserError(f'batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}')
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def sha256(self) -> str:
+        """Hash of the settings that change the result (not where it is written or how it is shown)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ('out', 'progress', 'log_every', 'workers')}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check and convert one value to its field's type; YAML and the command line give strings or loose types."""
+    hint = _HINTS[key]
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    base = typing.get_origin(base) or base
+    if value is None or (isinstance(value, str) and value.lower() in ('none', 'null') and optional):
+        if optional:
+            return None
+        raise UserError(f'{key} must not be empty (a {base.__name__})')
+    if isinstance(value, str) and base is dict:
+        value = _parse_mapping(key, value)
+    elif isinstance(value, str) and base is not str:
+        value = _parse_scalar(key, value, base)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is dict and isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise UserError(f'{key}={value!r} has the wrong type: expected {base.__name__}')
+    return value
+
+
+def _parse_scalar(key: str, text: str, base: type) -> Any:
+    if base is float and '/' in text:  # '8/255'
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f'{key}={text!r} is not a number or a fraction like 8/255') from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f'{key}={text!r} could not be parsed as {base.__name__}') from None
+
+
+def _parse_mapping(key: str, text: str) -> Dict[str, Any]:
+    """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}'."""
+    if '=' in text and not text.lstrip().startswith('{'):
+        pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
+        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
+    return value
+
+
+def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
+    key = key.replace('-', '_')
+    if '.' in key:  # model_kwargs.width=16
+        head, sub = key.split('.', 1)
+        if head != 'model_kwargs':
+            raise UserError(f'unknown config key {key!r}: only model_kwargs takes dotted sub-keys')
+        v = yaml.safe_load(value) if isinstance(value, str) else value
+        cfg_dict.setdefault('model_kwargs', {})[sub] = v
+        return
+    if key not in _FIELDS:
+        raise UserError(f'unknown config key {key!r}; allowed: {", ".join(_FIELDS)}')
+    cfg_dict[key] = _coerce(key, value)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None,
+                **values: Any) -> TrainConfig:
+    """Build a config from a YAML file, then `--key value` overrides, then keyword values.
+
+    Args:
+        path: YAML file, or the name of a shipped recipe in `bench/configs` (with or without `.yaml`).
+        overrides: Command-line tokens such as ['--epochs', '3', '--model-kwargs.width=16'].
+        **values: Final values by field name.
+    """
+    cfg: Dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
+            file = CONFIG_DIR / file.with_suffix('.yaml').name
+        if not file.exists():
+            shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))
+            raise UserError(f'config {str(path)!r} not found; give a YAML path or one of: {shipped}')
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
+        if not isinstance(data, dict):
+            raise UserError(f'{file} must hold a mapping of config keys, not {type(data).__name__}')
+        for k, v in data.items():
+            _set(cfg, str(k), v)
+    for k, v in _pairs(overrides or []):
+        _set(cfg, k, v)
+    for k, v in values.items():
+        _set(cfg, k, v)
+    return TrainConfig(**cfg).validate()
+
+
+def _pairs(tokens: List[str]) -> List[tuple]:
+    pairs, i = [], 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith('--') or tok == '--':
+            raise UserError(f'unexpected argument {tok!r}; overrides look like --key value or --key=value')
+        key = tok[2:]
+        if '=' in key:
+            key, value = key.split('=', 1)
+            i += 1
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith('--'):
+            value = tokens[i + 1]
+            i += 2
+        else:  # a bare flag: --amp
+            value = 'true'
+            i += 1
+        pairs.append((key, value))
+    return pairs
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,319 @@
+"""The results registry: one schema-checked JSON file per result, written atomically.
+
+Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/schema.json`.
+Every number the project shows is read from these files (see `bench.leaderboard`, `bench.report`).
+
+Writing is safe under concurrency (the sweep runs several jobs at once): the entry is written
+to a temporary file in the target directory and then either linked into place (`os.link`
+fails if the name exists, so of two racing writers exactly one wins) or, with
+`overwrite=True`, moved over the old file with `os.replace` (atomic on POSIX). A reader
+therefore never sees a half-written file.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REGISTRY = REPO_ROOT / 'registry'
+SCHEMA_PATH = DEFAULT_REGISTRY / 'schema.json'
+SCHEMA_VERSION = 1
+_ID_OK = re.compile(r'[^a-z0-9_.-]+')
+
+PathLike = Union[str, os.PathLike]
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> Dict[str, Any]:
+    """The registry's JSON Schema (always the repository's, whatever registry dir is used)."""
+    if not SCHEMA_PATH.is_file():
+        raise UserError(f'registry schema {SCHEMA_PATH} is missing: it ships with the timm-moe source tree')
+    return json.loads(SCHEMA_PATH.read_text(encoding='utf-8'))
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema  # imported lazily: only the registry verbs need it
+
+    schema = load_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _field_path(error) -> str:
+    """'model.experts' or 'robust_acc.pgd20' or 'per_expert[0].clean_acc'; '<entry>' for the top level."""
+    out = ''
+    for part in error.absolute_path:
+        out += f'[{part}]' if isinstance(part, int) else (f'.{part}' if out else str(part))
+    return out or '<entry>'
+
+
+def validation_errors(entry: Mapping[str, Any]) -> List[str]:
+    """Every schema violation of `entry` as 'field: reason', most specific first; [] if valid."""
+    import jsonschema
+
+    errors = sorted(_validator().iter_errors(entry), key=jsonschema.exceptions.relevance)
+    out: List[str] = []
+    for err in errors:
+        # if/then and anyOf errors wrap the real reason: report the innermost one
+        leaf = jsonschema.exceptions.best_match([err]) if err.context else err
+        msg = f'{_field_path(leaf)}: {leaf.message}'
+        if msg not in out:
+            out.append(msg)
+    return out
+
+
+def validate_entry(entry: Mapping[str, Any]) -> None:
+    """Raise UserError naming the first invalid field and jsonschema's reason.
+
+    Beyond the schema, numbers must be finite (JSON has no NaN), so a NaN accuracy is refused too.
+
+    Args:
+        entry: a registry entry as a dict.
+    """
+    if not isinstance(entry, Mapping):
+        raise UserError(f'a registry entry must be a JSON object (dict), got {type(entry).__name__}')
+    errors = validation_errors(entry)
+    if errors:
+        more = f' (+{len(errors) - 1} more)' if len(errors) > 1 else ''
+        raise UserError(f"invalid registry entry {entry.get('entry_id', '<no entry_id>')!r}: {errors[0]}{more}")
+    try:
+        json.dumps(entry, allow_nan=False)
+    except ValueError as e:
+        raise UserError(f"invalid registry entry {entry.get('entry_id')!r}: a number is NaN or infinite ({e}); "
+                        'store null for a value that was not measured') from None
+
+
+def entry_path(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGISTRY) -> Path:
+    """`<registry_dir>/<dataset>/<threat_model>/<entry_id>.json` of a (valid) entry."""
+    return Path(registry_dir) / entry['dataset'] / entry['threat_model'] / f"{entry['entry_id']}.json"
+
+
+def dumps_entry(entry: Mapping[str, Any]) -> str:
+    """The canonical text of an entry: 2-space JSON in the entry's key order, UTF-8, final newline."""
+    return json.dumps(entry, indent=2, ensure_ascii=False, allow_nan=False) + '\n'
+
+
+def make_entry_id(*parts: Any, payload: Any = None, digest_len: int = 6) -> str:
+    """A file-safe entry id from readable parts plus a short hash of `payload`.
+
+    Example: make_entry_id('resnet18_blockmoe_e8_k1', 'pgd', 'fmnist', payload=config) ->
+    'resnet18_blockmoe_e8_k1-pgd-fmnist-1a2b3c'. The hash keeps ids of runs that differ only in
+    their config apart while staying reproducible (same payload, same id).
+
+    Args:
+        parts: readable components, joined with '-'.
+        payload: anything JSON-serialisable; its sha256 (sorted keys) gives the suffix. None: no suffix.
+        digest_len: hex digits of the suffix.
+    """
+    slug = '-'.join(_ID_OK.sub('-', str(p).lower()).strip('-.') for p in parts if p not in (None, ''))
+    if payload is not None:
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        slug = f'{slug}-{hashlib.sha256(blob).hexdigest()[:digest_len]}' if slug else hashlib.sha256(blob).hexdigest()[:digest_len]
+    slug = slug.strip('-.')
+    if not slug:
+        raise UserError('make_entry_id needs at least one non-empty part or a payload')
+    return slug[:160]
+
+
+def write_entry(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGISTRY, overwrite: bool = False) -> Path:
+    """Validate `entry` and write it to its place in the registry, atomically.
+
+    Args:
+        entry: a registry entry (see registry/schema.json).
+        registry_dir: the registry root (default: the repository's `registry/`).
+        overwrite: replace an existing entry with the same dataset/threat model/id. Without it an
+            existing entry is never touched, and of several concurrent writers exactly one wins.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UserError: the entry is invalid, or it exists and overwrite is False.
+    """
+    validate_entry(entry)
+    path = entry_path(entry, registry_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():  # cheap early answer; the link below is the real guard
+        raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it')
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(dumps_entry(entry))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; entries are for everyone to read
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _link_exclusive(tmp: str, path: Path) -> None:
+    """Put the finished file `tmp` at `path` only if nothing is there (atomically)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it') from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # file systems without hard links: reserve the name with O_EXCL, then move the content over it
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it') from None
+        os.replace(tmp, path)
+
+
+def _entry_files(registry_dir: Path) -> List[Path]:
+    """All entry files: every *.json below the root except the root's own schema.json."""
+    return sorted(p for p in registry_dir.rglob('*.json')
+                  if not (p.parent == registry_dir and p.name == 'schema.json') and not p.name.startswith('.'))
+
+
+def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[str, Any]:
+    """Read and validate one entry file; with `registry_dir`, also check that it sits where it belongs.
+
+    Args:
+        path: the JSON file.
+        registry_dir: the registry root it was found under (None: skip the location check).
+    """
+    path = Path(path)
+    try:
+        entry = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    try:
+        validate_entry(entry)
+    except UserError as e:
+        raise UserError(f'registry file {path}: {e}') from None
+    if registry_dir is not None:
+        want = entry_path(entry, registry_dir)
+        if path.resolve() != want.resolve():
+            raise UserError(f'registry file {path} is misplaced: its dataset, threat_model and entry_id say {want}')
+    return entry
+
+
+def load_entries(registry_dir: PathLike = DEFAULT_REGISTRY, dataset: Optional[Iterable[str]] = None,
+                 threat_model: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+    """Every entry under `registry_dir`, validated, in path order.
+
+    Args:
+        registry_dir: the registry root.
+        dataset: keep only these data sets (None: all).
+        threat_model: keep only these threat models (None: all).
+
+    Raises:
+        UserError: the directory is missing, or a file is invalid (the message names the file).
+    """
+    root = Path(registry_dir)
+    if not root.is_dir():
+        raise UserError(f'registry directory {root} does not exist: pass --registry DIR with an existing registry')
+    entries = [load_entry(p, root) for p in _entry_files(root)]
+    datasets, threats = set(dataset or ()), set(threat_model or ())
+    return [e for e in entries if (not datasets or e['dataset'] in datasets)
+            and (not threats or e['threat_model'] in threats)]
+
+
+def robust_metric(entry: Mapping[str, Any]) -> tuple:
+    """The headline robust accuracy of an entry and the attack it comes from.
+
+    AutoAttack first; then our ensemble (worst case over the attacks run); then PGD-20; then the
+    lowest number stored (the strongest attack on record). (None, None) when there is none.
+    """
+    ra = entry.get('robust_acc') or {}
+    for key in ('autoattack', 'ensemble', 'pgd20'):
+        if ra.get(key) is not None:
+            return ra[key], key
+    if ra:
+        key = min(ra, key=lambda k: (ra[k], k))
+        return ra[key], key
+    return None, None
+
+
+def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset: str, method: str,
+                   eval_result: Mapping[str, Any], provenance: Mapping[str, Any], arch: Optional[str] = None,
+                   experts: Optional[int] = None, k: Optional[int] = None, training_config: Optional[Mapping] = None,
+                   config_path: Optional[str] = None, epochs: Optional[float] = None,
+                   flops: Optional[Mapping[str, Any]] = None, params: Optional[Mapping[str, Any]] = None,
+                   routing: Optional[Mapping[str, Any]] = None, entry_id: Optional[str] = None,
+                   attack_note: Optional[str] = None, notes: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Assemble a `source: measured` entry from an evaluation result (bench.evaluate.evaluate_model).
+
+    The entry id defaults to `<model>-<method>-<dataset>-<hash>`, the hash over everything that
+    defines the run (model, kwargs, training config, eval settings, seed, checkpoint), so that
+    re-running the same job gives the same id and `write_entry` refuses to count it twice.
+
+    Args:
+        model_name: the timm name, e.g. 'resnet18_blockmoe_e8_k1'.
+        model_kwargs: kwargs given to timm.create_model.
+        dataset: one of the registry's data sets.
+        method: 'normal' | 'pgd' | 'trades' | 'other'.
+        eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model and optionally
+            per_expert, flags, routing_under_attack, settings.
+        provenance: `bench.provenance.provenance(...)`.
+        arch, experts, k: model facts (experts 0 and k None for a dense model).
+        training_config: the training config (stored, and hashed into config_sha256).
+        config_path: where that config lives, if in a file.
+        epochs: epochs trained.
+        flops: {'active', 'total', 'dense', 'ratio'} in MACs per image.
+        params: {'total', 'active'}.
+        routing: {'load': [...], 'collapse': float}; default: the clean load of routing_under_attack.
+        entry_id: override the generated id.
+        attack_note: free text about the attacks (e.g. 'quick suite, not AutoAttack').
+        notes: free-text remarks.
+    """
+    cfg = dict(training_config) if training_config is not None else None
+    cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest() if cfg else None
+    if routing is None and eval_result.get('routing_under_attack'):
+        rua = eval_result['routing_under_attack']
+        routing = {'load': list(rua['load_clean']), 'collapse': None} if rua.get('load_clean') else None
+    arch = arch or model_name.split('_')[0]
+    if experts == 0:
+        k = None  # a dense model has no top-k
+    if entry_id is None:
+        payload = dict(kwargs=dict(model_kwargs), config=cfg, settings=eval_result.get('settings'),
+                       n=eval_result.get('n_examples'), eps=eval_result.get('eps'), seed=provenance.get('seed'),
+                       ckpt=provenance.get('checkpoint_sha256'))
+        short = {'fashion-mnist-bundled': 'fmnist-bundled', 'fashion-mnist': 'fmnist'}.get(dataset, dataset)
+        entry_id = make_entry_id(model_name, method, short, payload=payload)
+    return {
+        'schema_version': SCHEMA_VERSION,
+        'entry_id': entry_id,
+        'source': 'measured',
+        'model': {'name': model_name, 'kwargs': dict(model_kwargs), 'arch': arch, 'experts': experts, 'k': k,
+                  'gate': model_kwargs.get('gate'), 'aux_loss': model_kwargs.get('aux_loss'),
+                  'placement': model_kwargs.get('moe_blocks')},
+        'training': {'method': method, 'config': cfg, 'config_sha256': cfg_sha, 'config_path': config_path,
+                     'epochs': epochs},
+        'dataset': dataset,
+        'threat_model': eval_result.get('threat_model', 'Linf'),
+        'eps': eval_result['eps'],
+        'n_examples': eval_result.get('n_examples'),
+        'clean_acc': eval_result['clean_acc'],
+        'robust_acc': dict(eval_result.get('robust_acc') or {}),
+        'attack_note': attack_note,
+        'flops': dict(flops) if flops else None,
+        'params': dict(params) if params else None,
+        'per_expert': [dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=dict(p['robust_acc']))
+                       for p in eval_result['per_expert']] if eval_result.get('per_expert') else None,
+        'routing': dict(routing) if routing else None,
+        'sanity_flags': list(eval_result.get('flags') or []),
+        'notes': list(notes) if notes else None,
+        'provenance': dict(provenance),
+    }

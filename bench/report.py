@@ -1,0 +1,279 @@
+"""`timm-moe report`: PNG plots drawn from the registry (never from numbers typed anywhere else).
+
+Plots (all written to --out):
+- `clean_vs_robust.png`: clean against robust accuracy, a panel per data set and threat model;
+  marker shape = source (measured / paper / RobustBench), colour = dense or MoE, hollow = the
+  robust number is not AutoAttack; a Pareto front per source.
+- `expert_load.png`: each entry's expert load (`routing.load`) against the uniform load.
+- `per_expert.png`: each expert forced on its own beside the gated model (`per_expert`).
+- `flops_vs_robust.png`: robust accuracy against the active-FLOPs ratio to the dense model
+  (`flops.ratio`).
+
+A plot without data is still written, with a 'no entries with ...' note in place of the axes:
+the list of files is then the same on every registry, which keeps scripts and CI simple.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import UserError
+from .leaderboard import fmt_eps
+from .registry import DEFAULT_REGISTRY, load_entries, load_schema, robust_metric
+
+MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
+SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}
+SOURCE_LINES = {'measured': '-', 'paper': '--', 'robustbench': ':'}
+KIND_COLORS = {'dense': '#444444', 'moe': '#1f77b4', 'unknown': '#ff7f0e'}
+ATTACK_LABELS = {'autoattack': 'AutoAttack', 'ensemble': 'worst case of our attacks', 'pgd20': 'PGD-20'}
+
+
+def _figure(nrows: int = 1, ncols: int = 1, size: Tuple[float, float] = (6.4, 4.8)):
+    # a bare Figure (no pyplot): no global state, no GUI backend, safe in tests and worker processes
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout='constrained')
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, metadata={'Software': None})  # no version stamp in the file
+    return path
+
+
+def _empty(path: Path, title: str, what: str) -> Path:
+    fig, (ax,) = _figure()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f'no entries with {what}', ha='center', va='center', fontsize=13, color='#666666',
+            transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def _kind(entry: Mapping[str, Any]) -> str:
+    experts = entry['model'].get('experts')
+    return 'unknown' if experts is None else 'dense' if experts == 0 else 'moe'
+
+
+def _label(entry: Mapping[str, Any], width: int = 34) -> str:
+    name = entry['model']['name']
+    return name if len(name) <= width else name[:width - 1] + '…'
+
+
+def _grid(n: int) -> Tuple[int, int]:
+    ncols = min(4, n)
+    return (n + ncols - 1) // ncols, ncols
+
+
+def _panels(entries: Sequence[Mapping[str, Any]]) -> Tuple[List[Mapping[str, Any]], Optional[str]]:
+    """At most MAX_PANELS entries (in entry-id order) and a note naming how many were left out."""
+    entries = sorted(entries, key=lambda e: (e['dataset'], e['threat_model'], e['entry_id']))
+    if len(entries) <= MAX_PANELS:
+        return entries, None
+    return entries[:MAX_PANELS], f'{len(entries) - MAX_PANELS} more entries not shown'
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    """Points not dominated in (clean, robust), both higher-is-better, in order of clean accuracy."""
+    front: List[Tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return sorted(front)
+
+
+def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Clean vs robust accuracy, a panel per (data set, threat model)."""
+    from matplotlib.lines import Line2D
+
+    pts = [(e, *robust_metric(e)) for e in entries]
+    pts = [(e, r, k) for e, r, k in pts if r is not None and e.get('clean_acc') is not None]
+    if not pts:
+        return _empty(path, 'clean vs robust accuracy', 'a clean and a robust accuracy')
+    groups: Dict[Tuple[str, str], list] = {}
+    for p in pts:
+        groups.setdefault((p[0]['dataset'], p[0]['threat_model']), []).append(p)
+    fig, axes = _figure(1, len(groups), size=(7.0, 5.4))
+    fronts = set()  # sources whose Pareto front has a line to show
+    for ax, ((dataset, threat), group) in zip(axes, sorted(groups.items())):
+        by_source: Dict[str, List[Tuple[float, float]]] = {}
+        for e, r, key in group:
+            color = KIND_COLORS[_kind(e)]
+            filled = key == 'autoattack'
+            ax.scatter(e['clean_acc'], r, marker=SOURCE_MARKERS[e['source']], s=36, linewidths=1.1,
+                       edgecolors=color, facecolors=color if filled else 'none', alpha=0.85)
+            by_source.setdefault(e['source'], []).append((e['clean_acc'], r))
+        for source, points in sorted(by_source.items()):
+            front = pareto_front(points)
+            if len(front) > 1:
+                fronts.add(source)
+                ax.plot(*zip(*front), SOURCE_LINES[source], color='#999999', linewidth=1, zorder=0)
+        for e, r, _ in group:  # the few external reference points are named, the paper's grid is not
+            if e['source'] == 'robustbench':
+                ax.annotate(e['model']['name'], (e['clean_acc'], r), fontsize=7, xytext=(-4, -11), ha='right', bbox=dict(boxstyle='round,pad=0.15', fc='white', ec='none', alpha=0.85),
+                            textcoords='offset points')
+        eps = sorted({fmt_eps(e['eps'], threat) for e, _, _ in group})
+        ax.set_title(f'{dataset} · {threat} · eps {", ".join(eps)}')
+        ax.set_xlabel('clean accuracy (%)')
+        ax.set_ylabel('robust accuracy (%): AutoAttack, else worst case, else PGD-20')
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker=m, linestyle='', color='#000000', markerfacecolor='none', label=s)
+               for s, m in SOURCE_MARKERS.items() if any(e['source'] == s for e, _, _ in pts)]
+    handles += [Line2D([], [], marker='o', linestyle='', color=c, label=k)
+                for k, c in KIND_COLORS.items() if any(_kind(e) == k for e, _, _ in pts)]
+    handles += [Line2D([], [], marker='o', linestyle='', color='#000000', label='filled: AutoAttack'),
+                Line2D([], [], marker='o', linestyle='', color='#000000', markerfacecolor='none',
+                       label='hollow: not AutoAttack')]
+    handles += [Line2D([], [], linestyle=SOURCE_LINES[s], color='#999999', label=f'Pareto front ({s})')
+                for s in SOURCE_MARKERS if s in fronts]
+    axes[-1].legend(handles=handles, fontsize=8, loc='upper left')
+    return _save(fig, path)
+
+
+def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Expert load histograms of the entries that recorded routing.load."""
+    with_load = [e for e in entries if (e.get('routing') or {}).get('load')]
+    if not with_load:
+        return _empty(path, 'expert load', 'routing.load')
+    shown, note = _panels(with_load)
+    fig, axes = _figure(*_grid(len(shown)), size=(4.0, 3.0))
+    for ax, e in zip(axes, shown):
+        load = e['routing']['load']
+        ax.bar(range(len(load)), load, color=KIND_COLORS['moe'])
+        ax.axhline(1 / len(load), color='#d62728', linestyle='--', linewidth=1, label='uniform')
+        collapse = e['routing'].get('collapse')
+        ax.set_title(f"{_label(e)}\n{e['training']['method']}, {e['dataset']}"
+                     + ('' if collapse is None else f', collapse {collapse:.2f}'), fontsize=8)
+        ax.set_xticks(range(len(load)))
+        ax.set_xlabel('expert', fontsize=8)
+        ax.set_ylabel('share of images', fontsize=8)
+        ax.set_ylim(0, max(1.0 / len(load), max(load)) * 1.15)
+        ax.legend(fontsize=7)
+    for ax in axes[len(shown):]:
+        ax.set_axis_off()
+    if note:
+        fig.suptitle(note, fontsize=9)
+    return _save(fig, path)
+
+
+COMMON_KEYS = ('autoattack', 'ensemble', 'pgd20', 'apgd-ce', 'apgd20')
+
+
+def common_attack(entry: Mapping[str, Any]) -> Optional[str]:
+    """The strongest attack measured on the gated model and on every expert alike (None: no common one).
+
+    The bars must compare like with like: the gated model's AutoAttack number beside an expert's
+    PGD number would make the expert look more robust than it is.
+    """
+    results = [entry] + list(entry.get('per_expert') or [])
+    shared = set.intersection(*({k for k, v in (r.get('robust_acc') or {}).items() if v is not None}
+                                for r in results))
+    for key in COMMON_KEYS:
+        if key in shared:
+            return key
+    return min(shared) if shared else None
+
+
+def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Clean and robust accuracy of every expert forced on its own, beside the gated model."""
+    with_pe = [e for e in entries if e.get('per_expert')]
+    if not with_pe:
+        return _empty(path, 'per-expert robustness', 'per_expert results')
+    shown, note = _panels(with_pe)
+    fig, axes = _figure(*_grid(len(shown)), size=(4.4, 3.2))
+    for ax, e in zip(axes, shown):
+        key = common_attack(e)
+        experts = sorted(e['per_expert'], key=lambda p: p['expert'])
+        labels = ['gated'] + [f"e{pe['expert']}" for pe in experts]
+        clean = [e['clean_acc']] + [pe['clean_acc'] for pe in experts]
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], clean, width=0.4, color='#aec7e8', label='clean')
+        if key is not None:
+            robust = [e['robust_acc'][key]] + [pe['robust_acc'][key] for pe in experts]
+            ax.bar([x + 0.2 for x in xs], robust, width=0.4, color='#1f77b4', label=ATTACK_LABELS.get(key, key))
+            ax.axhline(robust[0], color='#d62728', linestyle='--', linewidth=1, label='gated, robust')
+        else:
+            ax.text(0.5, 0.5, 'no attack shared by the gated model and all experts', ha='center', fontsize=7,
+                    transform=ax.transAxes)
+        ax.set_xticks(list(xs), labels, fontsize=8)
+        ax.set_ylabel('accuracy (%)', fontsize=8)
+        ax.set_ylim(0, max(clean) * 1.35)  # head room for the legend
+        ax.set_title(f"{_label(e)}\n{e['training']['method']}, {e['dataset']}", fontsize=8)
+        ax.legend(fontsize=7, ncol=3, loc='upper center')
+    for ax in axes[len(shown):]:
+        ax.set_axis_off()
+    if note:
+        fig.suptitle(note, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_flops_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Robust accuracy against the ratio of active inference FLOPs to the dense baseline."""
+    pts = [(e, *robust_metric(e)) for e in entries if (e.get('flops') or {}).get('ratio') is not None]
+    pts = [(e, r, k) for e, r, k in pts if r is not None]
+    if not pts:
+        return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust accuracy')
+    fig, (ax,) = _figure(size=(7.0, 5.0))
+    for e, r, key in pts:
+        color = KIND_COLORS[_kind(e)]
+        ax.scatter(e['flops']['ratio'], r, marker=SOURCE_MARKERS[e['source']], s=40, edgecolors=color,
+                   facecolors=color if key == 'autoattack' else 'none', linewidths=1.1)
+        k = e['model'].get('k')
+        ax.annotate(f"E{e['model'].get('experts')}" + (f'k{k}' if k else ''), (e['flops']['ratio'], r),
+                    fontsize=7, xytext=(3, 3), textcoords='offset points')
+    ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
+    ax.set_xlabel('active inference FLOPs / dense baseline')
+    ax.set_ylabel('robust accuracy (%): AutoAttack, else worst case, else PGD-20')
+    ax.set_title('FLOPs vs robust accuracy (filled: AutoAttack; dotted: dense cost)')
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+PLOTS = (
+    ('clean_vs_robust.png', plot_clean_vs_robust),
+    ('expert_load.png', plot_expert_load),
+    ('per_expert.png', plot_per_expert),
+    ('flops_vs_robust.png', plot_flops_vs_robust),
+)
+
+
+def write_report(registry_dir: Path = DEFAULT_REGISTRY, out_dir: Path = Path('report'),
+                 dataset: Optional[List[str]] = None, threat_model: Optional[List[str]] = None) -> List[Path]:
+    """Draw every plot from the registry's entries; returns the files written, in PLOTS order.
+
+    Args:
+        registry_dir: the registry root.
+        out_dir: where the PNG files go (created if missing).
+        dataset: only these data sets (None: all).
+        threat_model: only these threat models (None: all).
+    """
+    entries = load_entries(registry_dir, dataset=dataset, threat_model=threat_model)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f'--out {out_dir} is a file: pass a directory for the plots')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [fn(entries, out_dir / name) for name, fn in PLOTS]
+
+
+def run(args: argparse.Namespace) -> int:
+    schema = load_schema()['properties']
+    for flag, values, allowed in (('--dataset', args.dataset, schema['dataset']['enum']),
+                                  ('--threat-model', args.threat_model, schema['threat_model']['enum'])):
+        for v in values or []:
+            if v not in allowed:
+                raise UserError(f'{flag} {v!r} is not known: choose from {", ".join(allowed)}')
+    for path in write_report(Path(args.registry), Path(args.out), args.dataset, args.threat_model):
+        print(f'wrote {path}')
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('report', help='draw PNG plots from the registry',
+                              description=__doc__.split('\n\n')[0])
+    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root (default: the repo's registry/)")
+    p.add_argument('--out', required=True, help='directory for the PNG files (created if missing)')
+    p.add_argument('--dataset', nargs='+', help='only these data sets')
+    p.add_argument('--threat-model', nargs='+', help='only these threat models (Linf, L2)')
+    p.set_defaults(func=run)

@@ -1,0 +1,402 @@
+"""`timm-moe train`: standard, PGD (Madry) and TRADES adversarial training from timm's components.
+
+timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per update),
+the weight EMA (`ModelEmaV3`), AMP loss scaling (`NativeScaler`) and the distributed set-up
+(`timm.utils.distributed`); this module adds the adversarial inner loop, the MoE aux loss and the
+bookkeeping that makes a run resumable bit for bit.
+
+Every random draw is keyed, not streamed: augmentation by (seed, epoch, image), attack starts by
+(seed, epoch, step, shard), where a shard is one rank's or one micro-batch's slice of the global batch.
+So a run killed and resumed, a run split into micro-batches and a DDP run over N processes all see the
+same numbers, and `tests/test_train.py` checks exactly that.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+import timm
+import timm_moe
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, NativeScaler
+from timm.utils.distributed import init_distributed_device_so
+
+from bench import checkpoint as ckpt
+from bench.config import TrainConfig, load_config, save_config
+from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, sample_seed
+from bench.errors import UserError
+from bench.normalize import normalized, unwrap
+from bench.perturb import madry_examples, trades_examples
+from bench.progress import progress_bar
+
+
+class ShardedBatches(Sampler[List[int]]):
+    """This rank's share of each global batch of one epoch, from a permutation seeded by (seed, epoch).
+
+    Global batch i is perm[i*B:(i+1)*B]; rank r takes every world_size-th image of it, starting at r.
+    Micro-batches split a rank's batch the same way, so N ranks and N micro-batches agree image for image.
+
+    Args:
+        n: Images in the data set.
+        batch_size: Global batch size B (the last incomplete batch is dropped).
+        seed: Run seed.
+        epoch: Epoch whose order to draw.
+        rank: This process's rank.
+        world_size: Number of processes.
+        start: First global batch to yield (resuming mid-epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.start
+
+    def __iter__(self) -> Iterator[List[int]]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for i in range(self.start, self.n // self.batch_size):
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world_size]
+
+
+@contextlib.contextmanager
+def keyed_rng(device: torch.device, *key: int) -> Iterator[None]:
+    """Run the block with torch's RNG seeded from `key`, leaving the global stream untouched."""
+    devices = [device] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(sample_seed(*key))
+        yield
+
+
+class Trainer:
+    """One training run: model, optimisation state, data and the loop.
+
+    Args:
+        cfg: The run's configuration.
+        resume: Continue the run in `cfg.out`.
+        overwrite: Replace whatever is in `cfg.out`.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
+        self.cfg = cfg.validate()
+        self.info = dataset_info(cfg.dataset)
+        self.model_kwargs = dict(num_classes=self.info['num_classes'], in_chans=self.info['in_chans'],
+                                 **cfg.model_kwargs)
+        device = cfg.device if cfg.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
+        dist = init_distributed_device_so(device=device)
+        self.device = torch.device(dist['device'])
+        self.rank, self.world_size, self.distributed = dist['global_rank'], dist['world_size'], dist['distributed']
+        if cfg.batch_size % (self.world_size * cfg.accum_steps):
+            raise UserError(f'batch_size={cfg.batch_size} must divide into {self.world_size} processes x '
+                            f'{cfg.accum_steps} micro-batches')
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.run_dir = Path(cfg.out)
+        if self.primary:
+            ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
+        self._barrier()
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        try:
+            self.model = timm.create_model(cfg.model, **self.model_kwargs)
+        except RuntimeError as e:
+            if 'Unknown model' in str(e):
+                raise UserError(f'unknown model {cfg.model!r}; `timm-moe models` lists ours, '
+                                'timm.list_models() all of timm\'s') from None
+            raise
+        self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             momentum=cfg.momentum, filter_bias_and_bn=cfg.filter_bias_and_bn)
+        self.train_set = build_dataset(cfg.dataset, 'train', cfg.data_dir, cfg.download, augment=cfg.augment,
+                                       seed=cfg.seed, limit=cfg.train_limit)
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f'batch_size={cfg.batch_size} is larger than the {len(self.train_set)} training images')
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.poly_power, min_lr=cfg.min_lr,
+            warmup_epochs=cfg.warmup_epochs, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
+        self.amp_dtype = (torch.float16 if self.device.type == 'cuda' else torch.bfloat16) if cfg.amp else None
+        self.scaler = NativeScaler() if cfg.amp and self.device.type == 'cuda' else None
+        self.ddp = (nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index]
+                                                        if self.device.type == 'cuda' else None)
+                    if self.distributed else self.net)
+        self.eval_set = self._eval_set() if cfg.eval_limit and self.primary else None
+        self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
+        if resume:
+            self._load(ckpt.load_train_state(self.run_dir))
+        elif self.primary:
+            save_config(cfg, self.run_dir / 'config.yaml')
+
+    # -- small helpers
+    def _eval_set(self) -> tuple:
+        n_test = len(load_tensors(self.cfg.dataset, 'test', self.cfg.data_dir, self.cfg.download)[1])
+        return eval_tensors(self.cfg.dataset, min(self.cfg.eval_limit, n_test), self.cfg.data_dir, self.cfg.download)
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    # -- one optimizer step
+    def _adversarial(self, x: torch.Tensor, y: torch.Tensor, shard: int) -> torch.Tensor:
+        cfg = self.cfg
+        # crafted on the unwrapped module: DDP expects a parameter backward after each of its forwards
+        was_training = self.net.training
+        self.net.train(cfg.attack_mode == 'train')
+        with keyed_rng(self.device, cfg.seed, self.epoch, self.global_step, shard), self._autocast():
+            if cfg.method == 'pgd':
+                x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start)
+            else:
+                x_adv = trades_examples(self.net, x, cfg.eps, cfg.attack_step, cfg.attack_steps)
+        self.net.train(was_training)
+        return x_adv
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, shard: int) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.method == 'normal':
+            with self._autocast():
+                logits = self.ddp(x)
+                task = F.cross_entropy(logits, y)
+            aux = timm_moe.aux_loss(self.model)
+        elif cfg.method == 'pgd':
+            x_adv = self._adversarial(x, y, shard)
+            with self._autocast():
+                logits = self.ddp(x_adv)
+                task = F.cross_entropy(logits, y)
+            aux = timm_moe.aux_loss(self.model)
+        else:  # TRADES: clean and adversarial images in one forward, so DDP sees one pass
+            x_adv = self._adversarial(x, y, shard)
+            with self._autocast():
+                both = self.ddp(torch.cat([x, x_adv]))
+                logits, logits_adv = both.float().chunk(2)
+                robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction='batchmean')
+                task = F.cross_entropy(logits, y) + cfg.trades_beta * robust
+            aux = timm_moe.aux_loss(self.model)
+        return dict(loss=task + aux.to(task.dtype), task=task.detach(), aux=aux.detach(),
+                    correct=(logits.argmax(1) == y).sum().detach())
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        cfg, accum = self.cfg, self.cfg.accum_steps
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = dict(loss=0.0, task=0.0, aux=0.0, correct=0.0)
+        for micro in range(accum):
+            xs, ys = self._to_device(x[micro::accum]), y[micro::accum].to(self.device)
+            sync = micro == accum - 1 or not self.distributed
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                out = self._loss(xs, ys, shard=self.rank * accum + micro)
+                loss = out['loss'] / accum
+                if self.scaler is not None:
+                    # timm's scaler: scaled backward each micro-batch, unscale, clip and step on the last
+                    self.scaler(loss, self.optimizer, clip_grad=cfg.clip_grad, parameters=self.model.parameters(),
+                                need_update=micro == accum - 1)
+                else:
+                    loss.backward()
+            for k in totals:
+                totals[k] += float(out[k].detach()) / (accum if k != 'correct' else 1)
+        if self.scaler is None:
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+        self.global_step += 1
+        self.scheduler.step_update(self.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        totals['acc'] = 100.0 * totals.pop('correct') / len(y)
+        return totals
+
+    # -- state
+    def state(self) -> Dict[str, Any]:
+        rng = dict(torch=torch.get_rng_state())
+        if self.device.type == 'cuda':
+            rng['cuda'] = torch.cuda.get_rng_state(self.device)
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), ema=self.ema.state_dict() if self.ema else None,
+                    scaler=self.scaler.state_dict() if self.scaler else None, epoch=self.epoch,
+                    step_in_epoch=self.step_in_epoch, global_step=self.global_step, rng=rng,
+                    history=self.history, config=self.cfg.to_dict(), model_name=self.cfg.model,
+                    model_kwargs=self.model_kwargs)
+
+    def _load(self, state: Dict[str, Any]) -> None:
+        if state.get('model_name') != self.cfg.model:
+            raise UserError(f'--resume: {self.run_dir} trains {state.get("model_name")!r}, not {self.cfg.model!r}')
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        if self.ema is not None and state.get('ema') is not None:
+            self.ema.load_state_dict(state['ema'])
+        if self.scaler is not None and state.get('scaler') is not None:
+            self.scaler.load_state_dict(state['scaler'])
+        self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
+        self.global_step, self.history = state['global_step'], state['history']
+        torch.set_rng_state(state['rng']['torch'])
+        if 'cuda' in state['rng'] and self.device.type == 'cuda':
+            torch.cuda.set_rng_state(state['rng']['cuda'], self.device)
+
+    def save(self) -> None:
+        if not self.primary:
+            return
+        ckpt.atomic_save(self.state(), self.run_dir / ckpt.TRAIN_STATE)
+        ckpt.atomic_save(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
+        if self.ema is not None:
+            ckpt.atomic_save(self.ema.module.state_dict(), self.run_dir / ckpt.EMA_WEIGHTS)
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if self.primary:
+            with open(self.run_dir / 'metrics.jsonl', 'a') as f:
+                f.write(json.dumps(record, sort_keys=True) + '\n')
+
+    # -- the loop
+    @torch.no_grad()
+    def clean_accuracy(self) -> Optional[float]:
+        if self.eval_set is None:
+            return None
+        net = self.net
+        net.eval()
+        x, y = self.eval_set
+        correct = sum(int((net(self._to_device(xb)).argmax(1).cpu() == yb).sum())
+                      for xb, yb in zip(x.split(256), y.split(256)))
+        return 100.0 * correct / len(y)
+
+    def fit(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else min(
+            cfg.max_steps, cfg.epochs * self.steps_per_epoch)
+        images_seen, train_seconds = 0, 0.0
+        with progress_bar(enabled=cfg.progress and self.primary) as bar:
+            task = bar.add_task(f'{cfg.method} {cfg.model}', total=total, completed=self.global_step, ips='')
+            while self.epoch < cfg.epochs and self.global_step < total:
+                self.train_set.set_epoch(self.epoch)
+                sampler = ShardedBatches(len(self.train_set), cfg.batch_size, cfg.seed, self.epoch, self.rank,
+                                         self.world_size, start=self.step_in_epoch)
+                loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.workers,
+                                    pin_memory=self.device.type == 'cuda')
+                timm_moe.reset_routing_stats(self.model)
+                sums, n_steps, t_epoch = dict(loss=0.0, task=0.0, aux=0.0, acc=0.0), 0, time.perf_counter()
+                for x, y in loader:
+                    t0 = time.perf_counter()
+                    out = self.train_step(x, y)
+                    dt = time.perf_counter() - t0
+                    train_seconds += dt
+                    images_seen += len(y) * self.world_size
+                    self.step_in_epoch += 1
+                    n_steps += 1
+                    for k in sums:
+                        sums[k] += out[k]
+                    ips = images_seen / max(train_seconds, 1e-9)
+                    bar.update(task, advance=1, ips=f'{ips:.0f} img/s', loss=out['loss'])
+                    if cfg.log_every and self.global_step % cfg.log_every == 0:
+                        self._log(dict(kind='step', epoch=self.epoch, step=self.global_step,
+                                       lr=self.optimizer.param_groups[0]['lr'], img_per_s=ips, **out))
+                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if self.global_step >= total:
+                        break
+                epoch_done = self.step_in_epoch >= self.steps_per_epoch
+                record = dict(kind='epoch', epoch=self.epoch, step=self.global_step, complete=epoch_done,
+                              seconds=time.perf_counter() - t_epoch,
+                              img_per_s=images_seen / max(train_seconds, 1e-9),
+                              clean_acc=self.clean_accuracy(), routing=_routing_summary(self.model),
+                              **{f'train_{k}': v / max(n_steps, 1) for k, v in sums.items()})
+                self.history.append(record)
+                self._log(record)
+                if epoch_done:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self.save()
+        result = dict(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / ckpt.WEIGHTS), model=cfg.model,
+                      model_kwargs=self.model_kwargs, history=self.history, steps=self.global_step,
+                      img_per_s=images_seen / train_seconds if train_seconds else None,
+                      config_sha256=cfg.sha256(), world_size=self.world_size)
+        if self.primary:
+            (self.run_dir / 'result.json').write_text(json.dumps(result, indent=2, default=str) + '\n')
+        return result
+
+    def close(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _routing_summary(model: nn.Module) -> Dict[str, Any]:
+    return {name: dict(load=[round(v, 4) for v in s['load']], collapse=round(s['collapse'], 4))
+            for name, s in timm_moe.routing_stats(model).items()}
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Train one model as `cfg` says; returns the run directory, checkpoint path, history and throughput.
+
+    Args:
+        cfg: The run's configuration.
+        resume: Continue the run in `cfg.out` from its last checkpoint.
+        overwrite: Replace whatever is in `cfg.out`.
+    """
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+# -- command line
+_FIELDS = dataclasses.fields(TrainConfig)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('train', help='train a model (normal, PGD or TRADES adversarial training)',
+                              description='Train with timm components. Every config key is an option; '
+                                          '--config loads a YAML recipe first (e.g. cifar100_resnet18_pgd).')
+    p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out')
+    p.add_argument('--overwrite', action='store_true', help='delete --out first if it holds a run')
+    for f in _FIELDS:
+        flag = '--' + f.name.replace('_', '-')
+        if f.type in ('bool', bool):
+            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL')
+        else:
+            p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
+                           help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = []
+    for f in _FIELDS:
+        value = getattr(args, f'cfg_{f.name}')
+        if value is not None:
+            overrides += [f'--{f.name}', value]
+    cfg = load_config(args.config, overrides)
+    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    last = result['history'][-1] if result['history'] else {}
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(f'done: {result["steps"]} steps, {result["img_per_s"] or 0:.1f} img/s, '
+              f'clean acc {last.get("clean_acc")}, weights {result["checkpoint"]}')
+    return 0

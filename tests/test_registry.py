@@ -1,0 +1,409 @@
+"""The results registry: schema, shipped entries, safe writes, provenance, paper import, leaderboard, CLI."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import multiprocessing as mp
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from bench import import_paper, leaderboard, provenance as prov
+from bench.cli import main
+from bench.errors import UserError
+from bench.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema, make_entry_id,
+                            measured_entry, validate_entry, write_entry)
+
+
+def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clean: float = 60.0,
+               robust: float = 20.0, experts: int = 4, **over: Any) -> Dict[str, Any]:
+    """A small valid measured entry; keyword overrides replace top-level fields."""
+    k = None if experts == 0 else 1
+    name = 'resnet18_dense' if experts == 0 else f'resnet18_blockmoe_e{experts}_k1'
+    kwargs = {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy',
+                                                 'moe_blocks': 'last'}
+    e = measured_entry(
+        model_name=name, model_kwargs=kwargs, dataset='fashion-mnist-bundled', method='pgd', arch='resnet18',
+        experts=experts, k=k, training_config={'epochs': 1, 'lr': 0.1}, epochs=1,
+        eval_result={'n_examples': 64, 'eps': 0.1, 'threat_model': 'Linf', 'clean_acc': clean,
+                     'robust_acc': {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'ensemble': robust}},
+        provenance={'package_version': '0.1.0', 'git_commit': 'a' * 40, 'torch': '2.14.1', 'timm': '1.0.9',
+                    'device': 'cpu test', 'command': 'timm-moe grid', 'seed': 0, 'date': '2026-01-01T00:00:00Z',
+                    'checkpoint_sha256': None},
+        flops={'active': 5.6e8, 'total': 6.3e8, 'dense': 5.57e8, 'ratio': 1.005} if experts else None,
+        routing={'load': [0.25] * experts, 'collapse': 0.0} if experts else None,
+        entry_id=entry_id,
+    )
+    e.update(over)
+    return e
+
+
+# --- schema and shipped entries ---------------------------------------------------------------
+
+def test_schema_is_valid_json_schema():
+    import jsonschema
+
+    schema = load_schema()
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+def test_every_file_under_registry_validates():
+    files = sorted(p for p in DEFAULT_REGISTRY.rglob('*') if p.is_file())
+    allowed_other = {DEFAULT_REGISTRY / 'schema.json', DEFAULT_REGISTRY / 'LEADERBOARD.md'}
+    strays = [p for p in files if p.suffix != '.json' and p not in allowed_other]
+    assert not strays, f'unexpected files in registry/: {strays}'
+    entries = load_entries(DEFAULT_REGISTRY)  # validates each and checks its location
+    n_json = sum(p.suffix == '.json' for p in files) - 1  # minus schema.json
+    assert len(entries) == n_json > 0
+    assert len({(e['dataset'], e['threat_model'], e['entry_id']) for e in entries}) == len(entries)
+    for e in entries:  # the reported numbers carry their citation; measured ones their provenance
+        if e['source'] != 'measured':
+            assert e['citation']
+        else:
+            assert set(e['provenance']) >= {'git_commit', 'torch', 'timm', 'device', 'command', 'seed', 'date'}
+
+
+def test_shipped_leaderboard_is_up_to_date():
+    text = (DEFAULT_REGISTRY / leaderboard.FILENAME).read_text(encoding='utf-8')
+    assert text == leaderboard.render_markdown(load_entries(DEFAULT_REGISTRY)), \
+        'registry/LEADERBOARD.md is stale: run `timm-moe leaderboard`'
+
+
+def test_shipped_reference_points():
+    by_id = {e['entry_id']: e for e in load_entries(DEFAULT_REGISTRY)}
+    rb = by_id['robustbench-addepalli2022efficient-rn18']
+    assert (rb['source'], rb['clean_acc'], rb['robust_acc']) == ('robustbench', 65.45, {'autoattack': 27.67})
+    rice = by_id['robustbench-rice2020overfitting']
+    assert (rice['clean_acc'], rice['robust_acc']['autoattack']) == (53.83, 18.95)
+    # DESIGN.md's reference rows: dense and the single layer4.1 BlockMoE (entropy, GAP-FC, k=1), both PGD-trained
+    dense = by_id['paper-resnet18-dense-pgd']
+    assert (dense['clean_acc'], dense['robust_acc']) == (52.14, {'pgd20': 16.87, 'apgd20': 17.99})
+    best = by_id['paper-resnet18-blockmoe-last-entropy-gap-fc-k1-pgd']
+    assert (best['clean_acc'], best['robust_acc']) == (54.91, {'pgd20': 19.96, 'apgd20': 20.76})
+    assert best['model']['name'] == 'resnet18_blockmoe_e4_k1' and best['model']['kwargs']['moe_blocks'] == 'last'
+    for e in by_id.values():
+        if e['source'] == 'paper':
+            assert set(e['robust_acc']) == {'pgd20', 'apgd20'} and 'not AutoAttack' in e['attack_note']
+            assert e['eps'] == 8 / 255 and e['dataset'] == 'cifar100' and e['threat_model'] == 'Linf'
+
+
+def test_paper_model_names_are_registered_timm_models():
+    import timm
+    import timm_moe  # noqa: F401  (registers the models)
+
+    names = {e['model']['name'] for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'paper'}
+    ours = {n for n in names if not n.startswith('paper:')}
+    assert ours and ours <= set(timm.list_models()), ours - set(timm.list_models())
+    # everything our plugin cannot express is a descriptive id, never a made-up timm name
+    assert any(n.startswith('paper:resnet18-convmoe') for n in names)
+    assert any(n.endswith('-k3') for n in names)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def _set(entry: Dict[str, Any], dotted: str, value: Any) -> Dict[str, Any]:
+    e = copy.deepcopy(entry)
+    *parents, last = dotted.split('.')
+    node = e
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return e
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize('field, value, expect', [
+    ('clean_acc', 101.0, 'clean_acc'),
+    ('clean_acc', '60.0', 'clean_acc'),  # numbers are stored as numbers
+    ('robust_acc.pgd20', '19.9', 'robust_acc.pgd20'),
+    ('robust_acc.autoattack', -1, 'robust_acc.autoattack'),
+    ('dataset', 'imagenet', 'dataset'),
+    ('threat_model', 'Linf2', 'threat_model'),
+    ('entry_id', 'Bad ID!', 'entry_id'),
+    ('source', 'blog', 'source'),
+    ('model.experts', -1, 'model.experts'),
+    ('model.name', _DELETE, 'name'),
+    ('provenance.seed', _DELETE, 'seed'),  # measured entries carry the full provenance
+    ('provenance.checkpoint_sha256', 'xyz', 'provenance.checkpoint_sha256'),
+    ('flops.ratio', 0, 'flops.ratio'),
+    ('routing.load', [1.5, -0.5], 'routing.load[0]'),
+    ('training.method', 'magic', 'training.method'),
+    ('unknown_field', 1, 'unknown_field'),
+])
+def test_invalid_entry_is_refused_with_field_and_reason(field, value, expect):
+    bad = _set(make_entry(), field, value)
+    with pytest.raises(UserError) as info:
+        validate_entry(bad)
+    msg = str(info.value)
+    assert expect in msg and ':' in msg, msg
+
+
+def test_reported_entry_needs_citation_and_dense_has_no_k():
+    with pytest.raises(UserError, match='citation'):
+        validate_entry(make_entry(source='paper'))
+    validate_entry(make_entry(source='paper', citation='Someone et al. 2025'))
+    dense = make_entry(experts=0)
+    validate_entry(dense)
+    with pytest.raises(UserError, match='model.k'):
+        validate_entry(_set(dense, 'model.k', 2))
+
+
+def test_nan_is_refused(tmp_path):
+    with pytest.raises(UserError, match='NaN'):
+        write_entry(make_entry(clean=float('nan')), tmp_path)
+    assert not list(tmp_path.rglob('*.json'))
+
+
+def test_invalid_entry_is_never_written(tmp_path):
+    with pytest.raises(UserError, match='clean_acc'):
+        write_entry(make_entry(clean=250.0), tmp_path)
+    assert not [p for p in tmp_path.rglob('*') if p.is_file()]
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def test_write_places_entry_and_roundtrips(tmp_path):
+    e = make_entry()
+    path = write_entry(e, tmp_path)
+    assert path == tmp_path / 'fashion-mnist-bundled' / 'Linf' / f"{e['entry_id']}.json" == entry_path(e, tmp_path)
+    assert json.loads(path.read_text()) == e
+    assert isinstance(json.loads(path.read_text())['clean_acc'], float)
+    assert load_entries(tmp_path) == [e]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith('.')]  # no temp file left
+
+
+def test_no_overwrite_without_flag(tmp_path):
+    path = write_entry(make_entry(clean=60.0), tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(UserError) as info:
+        write_entry(make_entry(clean=70.0), tmp_path)
+    assert str(path) in str(info.value) and 'overwrite' in str(info.value)
+    assert path.read_bytes() == before
+    write_entry(make_entry(clean=70.0), tmp_path, overwrite=True)
+    assert json.loads(path.read_text())['clean_acc'] == 70.0
+
+
+def _racer(registry: str, worker: int, rounds: int, barrier, results) -> None:
+    """One writer process: a shared id per round (racing the others) and one id of its own."""
+    won = []
+    for r in range(rounds):
+        barrier.wait()  # line the writers up so they really collide
+        try:
+            write_entry(make_entry(entry_id=f'race-{r}', clean=float(worker)), registry)
+            won.append(r)
+        except UserError:
+            pass
+    write_entry(make_entry(entry_id=f'own-{worker}', clean=float(worker)), registry)
+    for r in range(rounds):  # with overwrite, every writer succeeds and the file stays whole
+        write_entry(make_entry(entry_id='shared-overwrite', clean=float(worker), robust=float(r)), registry,
+                    overwrite=True)
+    results.put((worker, won))
+
+
+def test_concurrent_writers_one_winner_per_id(tmp_path):
+    ctx = mp.get_context('fork')  # fork: the workers need this module's helpers, and it starts fast
+    workers, rounds = 4, 12
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(str(tmp_path), w, rounds, barrier, queue)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    results = [got[w] for w in range(workers)]
+    for r in range(rounds):
+        winners = [w for w, won in enumerate(results) if r in won]
+        assert len(winners) == 1, f'race-{r}: winners {winners}'
+        e = json.loads((tmp_path / 'fashion-mnist-bundled' / 'Linf' / f'race-{r}.json').read_text())
+        assert e['clean_acc'] == float(winners[0])  # the file holds the winner's entry, whole
+    entries = load_entries(tmp_path)  # every file is valid JSON and a valid entry
+    ids = sorted(e['entry_id'] for e in entries)
+    assert ids == sorted([f'race-{r}' for r in range(rounds)] + [f'own-{w}' for w in range(workers)]
+                         + ['shared-overwrite'])
+    assert not [p for p in tmp_path.rglob('*') if p.name.startswith('.')]  # no temp files left behind
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def test_load_names_the_bad_file(tmp_path):
+    write_entry(make_entry(), tmp_path)
+    bad = tmp_path / 'fashion-mnist-bundled' / 'Linf' / 'broken.json'
+    bad.write_text('{"entry_id": ')
+    with pytest.raises(UserError, match='broken.json'):
+        load_entries(tmp_path)
+    bad.write_text(json.dumps(make_entry(entry_id='broken', clean=300.0)))
+    with pytest.raises(UserError, match=r'broken\.json.*clean_acc'):
+        load_entries(tmp_path)
+
+
+def test_load_refuses_misplaced_entry(tmp_path):
+    e = make_entry(entry_id='misplaced')
+    (tmp_path / 'cifar100' / 'Linf').mkdir(parents=True)
+    (tmp_path / 'cifar100' / 'Linf' / 'misplaced.json').write_text(dumps_entry(e))
+    with pytest.raises(UserError, match='misplaced'):
+        load_entries(tmp_path)
+
+
+def test_load_missing_dir_and_filters(tmp_path):
+    with pytest.raises(UserError, match='does not exist'):
+        load_entries(tmp_path / 'nope')
+    write_entry(make_entry(entry_id='a'), tmp_path)
+    write_entry(make_entry(entry_id='b', dataset='cifar10'), tmp_path)
+    assert [e['entry_id'] for e in load_entries(tmp_path, dataset=['cifar10'])] == ['b']
+    assert load_entries(tmp_path, threat_model=['L2']) == []
+
+
+def test_make_entry_id_is_stable_and_safe():
+    a = make_entry_id('resnet18_blockmoe_e8_k1', 'pgd', 'Fashion MNIST', payload={'lr': 0.1, 'seed': 0})
+    assert a == make_entry_id('resnet18_blockmoe_e8_k1', 'pgd', 'Fashion MNIST', payload={'seed': 0, 'lr': 0.1})
+    assert a.startswith('resnet18_blockmoe_e8_k1-pgd-fashion-mnist-') and len(a.split('-')[-1]) == 6
+    assert a != make_entry_id('resnet18_blockmoe_e8_k1', 'pgd', 'Fashion MNIST', payload={'lr': 0.2, 'seed': 0})
+    validate_entry(make_entry(entry_id=a))
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+def test_provenance_fields(tmp_path):
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'\x00weights' * 100_000)
+    p = prov.provenance(seed=7, checkpoint=ckpt, command='timm-moe eval --x "a b"')
+    assert set(p) == {'package_version', 'git_commit', 'torch', 'timm', 'device', 'command', 'seed', 'date',
+                      'checkpoint_sha256'}
+    assert p['checkpoint_sha256'] == hashlib.sha256(ckpt.read_bytes()).hexdigest() == prov.sha256_file(ckpt)
+    assert p['seed'] == 7 and p['date'].endswith('Z') and p['torch'] and p['device']
+    validate_entry(make_entry(provenance=p))
+    with pytest.raises(UserError, match='missing.pth'):
+        prov.sha256_file(tmp_path / 'missing.pth')
+
+
+def test_git_commit_and_command_line(tmp_path):
+    assert prov.git_commit(tmp_path) is None  # not a git checkout
+    commit = prov.git_commit()
+    if commit is not None:
+        assert len(commit.split('-')[0]) == 40
+    assert prov.command_line(['/usr/bin/timm-moe', 'eval', '--model', 'a b']) == "timm-moe eval --model 'a b'"
+
+
+# --- paper import ---------------------------------------------------------------------------------
+
+needs_csv = pytest.mark.skipif(not import_paper.DEFAULT_CSV.is_file(), reason='shared/reference CSV not present')
+
+
+@needs_csv
+def test_import_paper_reproduces_shipped_entries(tmp_path):
+    res = import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)
+    assert res['written'] and not res['unchanged']
+    for path in res['written']:
+        shipped = DEFAULT_REGISTRY / path.relative_to(tmp_path)
+        assert shipped.read_bytes() == path.read_bytes(), f'{shipped} differs from the import: re-run import_paper'
+    shipped_reported = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] != 'measured']
+    assert len(shipped_reported) == len(res['written'])
+    again = import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)  # idempotent
+    assert not again['written'] and len(again['unchanged']) == len(res['written'])
+    victim = res['written'][0]
+    victim.write_text(victim.read_text().replace('"schema_version": 1', '"schema_version": 1 '))
+    with pytest.raises(UserError, match='exists'):
+        import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)
+    assert import_paper.main(['--registry', str(tmp_path), '--overwrite']) == 0
+    assert victim.read_bytes() == (DEFAULT_REGISTRY / victim.relative_to(tmp_path)).read_bytes()
+
+
+@needs_csv
+def test_import_paper_covers_every_row_and_flags_anomalies():
+    rows = import_paper.read_csv(import_paper.DEFAULT_CSV)
+    entries = import_paper.paper_entries(import_paper.DEFAULT_CSV)
+    keys = {import_paper.row_to_entry(r, 'x')[0] for r in rows}
+    assert len(entries) == len(keys)  # one entry per distinct experiment, none lost
+    triples = {(float(r['clean']), float(r['pgd20']), float(r['apgd20'])) for r in rows}
+    assert triples == {(e['clean_acc'], e['robust_acc']['pgd20'], e['robust_acc']['apgd20']) for e in entries}
+    flagged = [e for e in entries if 'apgd_above_pgd20' in e['sanity_flags']]
+    assert all(e['robust_acc']['apgd20'] > e['robust_acc']['pgd20'] for e in flagged) and flagged
+    assert any('source_duplicate_numbers' in e['sanity_flags'] for e in entries)
+
+
+def test_import_paper_bad_csv(tmp_path):
+    with pytest.raises(UserError, match='does not exist'):
+        import_paper.read_csv(tmp_path / 'nope.csv')
+    bad = tmp_path / 'bad.csv'
+    bad.write_text('table,moe\nresnet18,Baseline\n')
+    with pytest.raises(UserError, match='lacks columns'):
+        import_paper.read_csv(bad)
+    assert import_paper.main(['--csv', str(bad), '--registry', str(tmp_path / 'r')]) == 2
+
+
+# --- leaderboard ------------------------------------------------------------------------------------
+
+def _small_registry(root: Path) -> list:
+    entries = [make_entry(entry_id='m-b', clean=60.0, robust=20.0), make_entry(entry_id='m-a', clean=60.0, robust=20.0),
+               make_entry(entry_id='m-dense', clean=65.0, robust=18.0, experts=0),
+               make_entry(entry_id='m-other', dataset='cifar10', clean=80.0, robust=40.0)]
+    entries[0]['robust_acc']['autoattack'] = 19.0
+    entries[1]['robust_acc']['autoattack'] = 19.0  # tie with m-b: broken by entry_id
+    paper = [p for p in DEFAULT_REGISTRY.rglob('paper-resnet18-dense-*.json')]
+    for e in entries:
+        write_entry(e, root)
+    for p in paper:
+        dst = root / p.relative_to(DEFAULT_REGISTRY)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+    return load_entries(root)
+
+
+def test_leaderboard_is_deterministic(tmp_path):
+    entries = _small_registry(tmp_path)
+    text = leaderboard.render_markdown(entries)
+    for seed in range(5):
+        shuffled = entries[:]
+        random.Random(seed).shuffle(shuffled)
+        assert leaderboard.render_markdown(shuffled) == text
+    p1 = leaderboard.write_leaderboard(tmp_path).read_bytes()
+    p2 = leaderboard.write_leaderboard(tmp_path).read_bytes()
+    assert p1 == p2 == text.encode()
+    # ties by entry id; measured and reported are told apart
+    cifar = text.split('## fashion-mnist-bundled')[1]
+    assert cifar.index('| m-a |') < cifar.index('| m-b |')
+    assert 'paper†' in text and 'not AutoAttack' in text and '| measured |' in text and '—' in text
+
+
+def test_leaderboard_sort_keys():
+    es = [make_entry(entry_id='x', clean=50.0, robust=30.0), make_entry(entry_id='y', clean=70.0, robust=10.0),
+          make_entry(entry_id='z', clean=60.0, robust=20.0, robust_acc={})]
+    assert [e['entry_id'] for e in leaderboard.sort_entries(es, 'clean')] == ['y', 'z', 'x']
+    assert [e['entry_id'] for e in leaderboard.sort_entries(es, 'pgd')] == ['x', 'y', 'z']  # z: no PGD → last
+    with pytest.raises(UserError, match="'bogus'"):
+        leaderboard.sort_key('bogus')
+
+
+def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
+    _small_registry(tmp_path)
+    assert main(['leaderboard', '--registry', str(tmp_path)]) == 0
+    first = (tmp_path / 'LEADERBOARD.md').read_bytes()
+    out = capsys.readouterr().out
+    assert 'm-a' in out and 'LEADERBOARD.md' in out
+    assert main(['leaderboard', '--registry', str(tmp_path), '--sort', 'clean', '--dataset', 'cifar10']) == 0
+    assert (tmp_path / 'LEADERBOARD.md').read_bytes() == first  # the file never depends on the flags
+    (tmp_path / 'LEADERBOARD.md').unlink()
+    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write']) == 0
+    assert not (tmp_path / 'LEADERBOARD.md').exists()
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['leaderboard', '--sort', 'bogus'], "'bogus'"),
+    (['leaderboard', '--registry', '/nonexistent/registry'], '/nonexistent/registry'),
+    (['leaderboard', '--dataset', 'imagenet'], "'imagenet'"),
+    (['report', '--registry', '/nonexistent/registry', '--out', '/tmp/unused-report'], '/nonexistent/registry'),
+])
+def test_cli_errors_are_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and needle in err and 'Traceback' not in err, err
