@@ -103,6 +103,7 @@ class Trainer:
         if cfg.batch_size % (self.world_size * cfg.accum_steps):
             raise UserError(f'batch_size={cfg.batch_size} must divide into {self.world_size} processes x '
                             f'{cfg.accum_steps} micro-batches')
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -342,6 +343,7 @@ class Trainer:
         return result
 
     def close(self) -> None:
+        torch.use_deterministic_algorithms(self._was_deterministic)
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
