@@ -37,7 +37,7 @@ from bench import checkpoint as ckpt
 from bench.config import TrainConfig, load_config, save_config
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, sample_seed
 from bench.errors import UserError
-from bench.normalize import normalized, unwrap
+from bench.normalize import normalized
 from bench.perturb import madry_examples, trades_examples
 from bench.progress import progress_bar
 

@@ -1,0 +1,229 @@
+"""`timm-moe grid`: the paper's sweep (experts x k x gate x aux loss x placement x arch x training) from YAML.
+
+Each cell trains (`bench.train`), attacks (`bench.evaluate`), audits (`bench.audit`) and writes one registry
+entry. A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; a failing cell is written to
+`cells/<cell>/failed.txt`, reported, and the sweep goes on with the next one.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bench.config import CONFIG_DIR
+from bench.errors import UserError
+from bench.parallel import process_pool
+
+AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
+ARCHS = ('resnet18', 'resnet50')
+TRAININGS = ('normal', 'pgd', 'trades')
+
+
+@dataclass
+class GridSpec:
+    arch: List[str] = field(default_factory=lambda: ['resnet18'])
+    experts: List[int] = field(default_factory=lambda: [4])  # 0 = the dense baseline
+    k: List[int] = field(default_factory=lambda: [1])
+    gate: List[str] = field(default_factory=lambda: ['gap_fc'])
+    aux_loss: List[str] = field(default_factory=lambda: ['entropy'])
+    placement: List[str] = field(default_factory=lambda: ['last'])
+    training: List[str] = field(default_factory=lambda: ['normal', 'pgd'])
+    dense: bool = True  # add the dense baseline of each arch x training
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # shared by every cell (width, stem, ...)
+    train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig values shared by every cell
+    train_config: Optional[str] = None  # a YAML recipe the `train` values override
+    eval: Dict[str, Any] = field(default_factory=lambda: dict(attacks='paper', n_examples=1000, batch_size=250))
+    out: str = 'runs/grid'
+    registry: Optional[str] = None  # default: <out>/registry
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Read and check a grid YAML (a path or the name of a shipped `bench/configs/grid_*.yaml`)."""
+    file = Path(path)
+    if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
+        file = CONFIG_DIR / file.with_suffix('.yaml').name
+    if not file.exists():
+        shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob('grid_*.yaml')))
+        raise UserError(f'grid spec {str(path)!r} not found; give a YAML path or one of: {shipped}')
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f'{file} must hold a mapping of grid keys')
+    allowed = GridSpec.__dataclass_fields__
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise UserError(f'unknown grid key {unknown[0]!r} in {file}; allowed: {", ".join(allowed)}')
+    for axis in AXES:
+        if axis in data and not isinstance(data[axis], list):
+            data[axis] = [data[axis]]
+    spec = GridSpec(**data)
+    for value in spec.arch:
+        if value not in ARCHS:
+            raise UserError(f'arch {value!r} is not allowed; choose from {", ".join(ARCHS)}')
+    for value in spec.training:
+        if value not in TRAININGS:
+            raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
+    return spec
+
+
+def cells(spec: GridSpec) -> List[Dict[str, Any]]:
+    """Every (model, kwargs, training) the spec names, in a stable order, each with a unique `cell` id."""
+    out, seen = [], set()
+    for arch, training in itertools.product(spec.arch, spec.training):
+        if spec.dense:
+            out.append(dict(cell=f'{arch}_dense-{training}', model=f'{arch}_dense', training=training,
+                            model_kwargs=dict(spec.model_kwargs), arch=arch, experts=0, k=None))
+        for e, k, gate, loss, place in itertools.product(spec.experts, spec.k, spec.gate, spec.aux_loss,
+                                                         spec.placement):
+            if k > e or e == 0:
+                continue  # k <= E, and dense baselines come from `dense`
+            model = f'{arch}_blockmoe_e{e}_k{k}'
+            kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, moe_blocks=place)
+            cell = f'{model}-{gate}-{loss}-{place}-{training}'
+            if cell not in seen:
+                seen.add(cell)
+                out.append(dict(cell=cell, model=model, training=training, model_kwargs=kwargs, arch=arch,
+                                experts=e, k=k))
+    return out
+
+
+def _registry_dir(spec: GridSpec) -> Path:
+    return Path(spec.registry) if spec.registry else Path(spec.out) / 'registry'
+
+
+def run_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
+    """Train, evaluate, audit and register one cell; returns its done record."""
+    import timm_moe  # noqa: F401  registers the models in a fresh worker
+    from bench.audit import audit_model
+    from bench.config import load_config
+    from bench.data import dataset_info, eval_tensors
+    from bench.evaluate import build_model, evaluate_model
+    from bench.provenance import provenance
+    from bench.registry import entry_path, measured_entry, write_entry
+    from bench.train import run_training
+
+    cell_dir = Path(spec.out) / 'cells' / cell['cell']
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(spec.train_config, model=cell['model'], model_kwargs=cell['model_kwargs'],
+                      method=cell['training'], out=str(cell_dir / 'run'), **{'progress': False, **spec.train})
+    result_file = cell_dir / 'run' / 'result.json'
+    train = (json.loads(result_file.read_text()) if result_file.exists()
+             else run_training(cfg, overwrite=True))  # a half-finished training restarts cleanly
+    info = dataset_info(cfg.dataset)
+    kwargs = {k: v for k, v in train['model_kwargs'].items() if k not in ('num_classes', 'in_chans')}
+    model = build_model(cfg.model, info['num_classes'], info['in_chans'], kwargs, train['checkpoint'])
+    ev = {'attacks': 'paper', 'n_examples': 1000, 'batch_size': 250, **spec.eval}
+    x, y = eval_tensors(cfg.dataset, int(ev.pop('n_examples')), cfg.data_dir, cfg.download)
+    result = evaluate_model(model, x, y, mean=info['mean'], std=info['std'], seed=cfg.seed, **ev)
+    audit = audit_model(cfg.model, input_size=tuple(x.shape[1:]), latency=False, images=x[:64],
+                        in_chans=info['in_chans'], num_classes=info['num_classes'], **kwargs)
+    entry = measured_entry(
+        model_name=cfg.model, model_kwargs=train['model_kwargs'], dataset=cfg.dataset, method=cfg.method,
+        eval_result=result, provenance=provenance(seed=cfg.seed, checkpoint=train['checkpoint']),
+        arch=cell['arch'], experts=cell['experts'], k=cell['k'], training_config=cfg.to_dict(),
+        config_path=str(cell_dir / 'run' / 'config.yaml'), epochs=cfg.epochs,
+        flops=dict(active=audit['flops_active'], total=audit['flops_total'], dense=audit['flops_dense'],
+                   ratio=audit['flops_ratio']),
+        params=dict(total=audit['params_total'], active=audit['params_active']))
+    registry = _registry_dir(spec)
+    path = entry_path(entry, registry)
+    if not path.exists():  # the same run (same id) written by an earlier, interrupted sweep counts as done
+        path = write_entry(entry, registry)
+    done = dict(cell=cell['cell'], entry=str(path), clean_acc=result['clean_acc'], robust_acc=result['robust_acc'],
+                flags=result['flags'], flops_ratio=audit['flops_ratio'])
+    (cell_dir / 'done.json').write_text(json.dumps(done, indent=2) + '\n')
+    (cell_dir / 'failed.txt').unlink(missing_ok=True)
+    return done
+
+
+def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
+    try:
+        return run_cell(cell, spec)
+    except Exception as e:  # noqa: BLE001 - one failed cell must not stop the sweep; its reason is kept
+        cell_dir = Path(spec.out) / 'cells' / cell['cell']
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        (cell_dir / 'failed.txt').write_text(traceback.format_exc())
+        return dict(cell=cell['cell'], error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+
+
+def status(cell: Dict[str, Any], spec: GridSpec) -> str:
+    cell_dir = Path(spec.out) / 'cells' / cell['cell']
+    if (cell_dir / 'done.json').exists():
+        return 'done'
+    return 'failed' if (cell_dir / 'failed.txt').exists() else 'todo'
+
+
+def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Optional[Console] = None,
+             only: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
+    """Run every cell not yet done; returns {'done': [...], 'failed': [...], 'skipped': [...]}.
+
+    Args:
+        spec: The grid.
+        procs: Cells run in parallel (each entry is written atomically, so they cannot collide).
+        dry_run: Only list the cells and their status.
+        console: Where to print.
+        only: Run only the cells whose id contains this text.
+    """
+    console = console or Console()
+    todo_cells = [c for c in cells(spec) if only is None or only in c['cell']]
+    table = Table(title=f'grid: {len(todo_cells)} cells -> {_registry_dir(spec)}')
+    for col in ('cell', 'model', 'training', 'status'):
+        table.add_column(col)
+    states = {c['cell']: status(c, spec) for c in todo_cells}
+    for c in todo_cells:
+        table.add_row(c['cell'], c['model'], c['training'], states[c['cell']])
+    console.print(table)
+    skipped = [c for c in todo_cells if states[c['cell']] == 'done']
+    pending = [c for c in todo_cells if states[c['cell']] != 'done']
+    if dry_run:
+        return dict(done=[], failed=[], skipped=skipped, pending=pending)
+    if procs > 1:
+        pool, _ = process_pool(procs)
+        with pool:
+            outcomes = list(pool.map(_guarded, pending, [spec] * len(pending)))
+    else:
+        outcomes = []
+        for c in pending:
+            console.print(f'cell {c["cell"]} ...')
+            outcomes.append(_guarded(c, spec))
+    done = [o for o in outcomes if 'error' not in o]
+    failed = [o for o in outcomes if 'error' in o]
+    for o in failed:
+        console.print(f'[red]failed[/] {o["cell"]}: {o["error"]} (traceback in cells/{o["cell"]}/failed.txt)')
+    if done or skipped:
+        from bench.leaderboard import write_leaderboard
+        write_leaderboard(_registry_dir(spec))
+    console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
+    return dict(done=done, failed=failed, skipped=skipped, pending=[])
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('grid', help='run a sweep from a YAML spec: train, attack, audit, register each cell')
+    p.add_argument('spec', help='grid YAML, or a shipped one: grid_tiny, grid_paper_cifar100')
+    p.add_argument('--dry-run', action='store_true', help='list the cells and their status, run nothing')
+    p.add_argument('--procs', type=int, default=1, help='cells run in parallel')
+    p.add_argument('--out', help='override the spec\'s output directory')
+    p.add_argument('--registry', help='override where entries are written')
+    p.add_argument('--only', help='run only the cells whose id contains this text')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if args.out:
+        spec.out = args.out
+    if args.registry:
+        spec.registry = args.registry
+    if args.procs < 1:
+        raise UserError(f'--procs {args.procs} must be at least 1')
+    console = Console(width=200) if not sys.stdout.isatty() else Console()
+    outcome = run_grid(spec, args.procs, args.dry_run, console, args.only)
+    return 1 if outcome['failed'] else 0
