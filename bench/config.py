@@ -167,6 +167,29 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
     cfg_dict[key] = _coerce(key, value)
 
 
+def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml') -> Dict[str, Any]:
+    """The mapping in a YAML file, given as a path or as the name of a file shipped in `bench/configs`.
+
+    Args:
+        path: A file path, or a shipped file's name with or without `.yaml`.
+        what: What the file is, for error messages ('config', 'grid spec').
+        shipped_glob: Which shipped files to suggest when `path` is not found.
+    """
+    file = Path(path)
+    if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
+        file = CONFIG_DIR / file.with_suffix('.yaml').name
+    if not file.exists():
+        shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob(shipped_glob)))
+        raise UserError(f'{what} {str(path)!r} not found; give a YAML path or one of: {shipped}')
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
+    if not isinstance(data, dict):
+        raise UserError(f'{file} must hold a mapping of {what} keys, not {type(data).__name__}')
+    return data
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None,
                 **values: Any) -> TrainConfig:
     """Build a config from a YAML file, then `--key value` overrides, then keyword values.
@@ -178,19 +201,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     """
     cfg: Dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
-            file = CONFIG_DIR / file.with_suffix('.yaml').name
-        if not file.exists():
-            shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))
-            raise UserError(f'config {str(path)!r} not found; give a YAML path or one of: {shipped}')
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
-        if not isinstance(data, dict):
-            raise UserError(f'{file} must hold a mapping of config keys, not {type(data).__name__}')
-        for k, v in data.items():
+        for k, v in read_yaml_mapping(path, 'config', 'cifar*.yaml').items():
             _set(cfg, str(k), v)
     for k, v in _pairs(overrides or []):
         _set(cfg, k, v)

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import CONFIG_DIR
+from bench.config import read_yaml_mapping
 from bench.errors import UserError
 from bench.parallel import process_pool
 
@@ -48,19 +47,11 @@ class GridSpec:
 
 def load_spec(path: str | Path) -> GridSpec:
     """Read and check a grid YAML (a path or the name of a shipped `bench/configs/grid_*.yaml`)."""
-    file = Path(path)
-    if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
-        file = CONFIG_DIR / file.with_suffix('.yaml').name
-    if not file.exists():
-        shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob('grid_*.yaml')))
-        raise UserError(f'grid spec {str(path)!r} not found; give a YAML path or one of: {shipped}')
-    data = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UserError(f'{file} must hold a mapping of grid keys')
+    data = read_yaml_mapping(path, 'grid spec', 'grid_*.yaml')
     allowed = GridSpec.__dataclass_fields__
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise UserError(f'unknown grid key {unknown[0]!r} in {file}; allowed: {", ".join(allowed)}')
+        raise UserError(f'unknown grid key {unknown[0]!r} in {path}; allowed: {", ".join(allowed)}')
     for axis in AXES:
         if axis in data and not isinstance(data[axis], list):
             data[axis] = [data[axis]]
