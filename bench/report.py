@@ -128,7 +128,7 @@ def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
                        label='hollow: not AutoAttack')]
     handles += [Line2D([], [], linestyle=SOURCE_LINES[s], color='#999999', label=f'Pareto front ({s})')
                 for s in SOURCE_MARKERS if s in fronts]
-    axes[-1].legend(handles=handles, fontsize=8, loc='upper left')
+    axes[-1].legend(handles=handles, fontsize=8, loc='best')
     return _save(fig, path)
 
 
