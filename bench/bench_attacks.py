@@ -1,0 +1,149 @@
+"""Benchmark: our PGD-20 against the reference APGD (pyautoattack's APGDAttack, 20 steps), time per batch.
+
+Both attack the same trained model, on the same batch, timed in turns after warm-up (`bench.timing`), and the
+result is the median ratio PGD / APGD. Equal step counts make this a cost-per-step comparison: APGD does a
+little more book-keeping per step (momentum, step-size schedule, checkpoints), so a ratio near or below 1
+says our PGD adds no overhead. It also reports both attacks' robust accuracy on the batch (APGD should be
+at least as strong).
+
+    python -m bench.bench_attacks                      # trains a tiny MoE on the bundled Fashion-MNIST first
+    python -m bench.bench_attacks --checkpoint tiny.pth --model-kwargs width=8 --batch-size 128 --repeats 9
+
+`train_tiny()` is also what the attack tests use as their small trained model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm
+import timm_moe  # noqa: F401 - registers the models
+from bench.attacks import APGD, PGD, accuracy, predict
+from bench.data import dataset_info, load_tensors
+from bench.normalize import normalized
+from bench.timing import interleaved_times, median_ratio
+
+TINY_MODEL = 'resnet18_blockmoe_e4_k1'
+TINY_KWARGS = dict(width=8, in_chans=1, num_classes=10)
+TINY_DATASET = 'fashion-mnist-bundled'
+
+
+def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversarial_steps: int = 0,
+               eps: float = 8 / 255, cache: Optional[Path] = None) -> nn.Module:
+    """A small BlockMoE ResNet (width 8, 4 experts, k=1) trained on the bundled Fashion-MNIST subset.
+
+    Deterministic for a given (steps, seed, batch_size, adversarial_steps, eps): torch's global RNG is forked.
+
+    Args:
+        steps: SGD steps (one-cycle schedule, peak lr 0.1).
+        seed: Seed of initialisation and batch order.
+        batch_size: Images per step.
+        adversarial_steps: If > 0, PGD adversarial training with this many steps (step eps / 4, random start).
+        eps: Radius of the adversarial training.
+        cache: A directory to keep the weights in: loaded if present, saved after training otherwise.
+
+    Returns:
+        The trained model wrapped with its normalisation (takes [0, 1] images), in eval mode.
+    """
+    info = dataset_info(TINY_DATASET)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = timm.create_model(TINY_MODEL, **TINY_KWARGS)
+    net = normalized(model, info['mean'], info['std'])
+    path = None
+    if cache is not None:
+        path = Path(cache) / f'tiny-{steps}-{seed}-{batch_size}-{adversarial_steps}-{eps:.6f}.pth'
+        if path.exists():
+            model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+            return net.eval()
+    images, labels = load_tensors(TINY_DATASET, 'train')
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=steps)
+    attack = PGD(eps, steps=adversarial_steps, random_start=True, seed=seed) if adversarial_steps else None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for step in range(steps):
+            idx = torch.randint(0, len(labels), (batch_size,))
+            x, y = images[idx].float().div_(255), labels[idx]
+            if attack is not None:
+                attack.seed = seed * 100003 + step  # a fresh random start each step
+                x = attack(net.eval(), x, y)
+            net.train()
+            loss = F.cross_entropy(net(x), y) + timm_moe.aux_loss(net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return net.eval()
+
+
+def run_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, repeats: int = 7,
+                  warmup: int = 2) -> Dict[str, object]:
+    """Median seconds per batch of PGD-20 and APGD-CE-20, their ratio, and their robust accuracy on the batch."""
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    pgd, apgd = PGD(eps, steps=20), APGD(eps, steps=20)
+    times = interleaved_times({'pgd20': lambda: pgd(model, x, y), 'apgd20': lambda: apgd(model, x, y)},
+                              repeats=repeats, warmup=warmup, device=device)
+    acc = {k: accuracy(predict(model, a(model, x, y)) == y)
+           for k, a in (('pgd20', pgd), ('apgd20', apgd))}
+    return dict(batch_size=len(x), eps=eps, repeats=repeats, warmup=warmup, device=str(device),
+                median_s={k: statistics.median(v) for k, v in times.items()}, times_s=times,
+                ratio_pgd_over_apgd=median_ratio(times, 'pgd20', 'apgd20'),
+                clean_acc=accuracy(predict(model, x) == y), robust_acc=acc,
+                torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--checkpoint', type=Path, help=f'weights of {TINY_MODEL}; default: train one ({TINY_DATASET})')
+    p.add_argument('--model-kwargs', default='width=8', help='k=v,k=v for timm.create_model')
+    p.add_argument('--train-steps', type=int, default=300)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--eps', type=float, default=8 / 255)
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--json', type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = dataset_info(TINY_DATASET)
+    if args.checkpoint:
+        from bench.evaluate import _parse_kwargs, build_model
+        kw = {**TINY_KWARGS, **_parse_kwargs(args.model_kwargs)}
+        model = build_model(TINY_MODEL, kw.pop('num_classes'), kw.pop('in_chans'), kw, args.checkpoint)
+        net = normalized(model, info['mean'], info['std']).eval()
+    else:
+        t0 = time.perf_counter()
+        net = train_tiny(args.train_steps)
+        print(f'trained {TINY_MODEL} for {args.train_steps} steps in {time.perf_counter() - t0:.0f}s', file=sys.stderr)
+    net = net.to(args.device)
+    images, labels = load_tensors(TINY_DATASET, 'test')
+    x, y = images[:args.batch_size].float().div_(255), labels[:args.batch_size]
+    res = run_benchmark(net, x, y, args.eps, args.repeats, args.warmup)
+    print(f'PGD-20 {res["median_s"]["pgd20"] * 1e3:.1f} ms/batch, APGD-20 (pyautoattack) '
+          f'{res["median_s"]["apgd20"] * 1e3:.1f} ms/batch, median ratio PGD/APGD = '
+          f'{res["ratio_pgd_over_apgd"]:.3f} (batch {res["batch_size"]}, {res["repeats"]} interleaved repeats '
+          f'after {res["warmup"]} warm-up, {res["device"]}, {res["threads"]} thread(s)); robust accuracy '
+          f'PGD-20 {res["robust_acc"]["pgd20"]:.1f}%, APGD-20 {res["robust_acc"]["apgd20"]:.1f}%, '
+          f'clean {res["clean_acc"]:.1f}%')
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

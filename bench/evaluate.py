@@ -1,0 +1,448 @@
+"""`timm-moe eval`: clean and robust accuracy per attack and for the per-sample worst case, with sanity checks.
+
+    timm-moe eval --model resnet18_blockmoe_e8_k1 --checkpoint runs/train/model.pth \\
+        --dataset cifar100 --attacks standard --n-examples 1000 --json results/aa.json --resume
+
+The model is wrapped with `bench.normalize.normalized` (the data set's mean/std), so attacks work in [0, 1].
+With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it; --resume
+skips the batches recorded there, and the final JSON is written atomically only when everything is done.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+import timm
+import timm_moe
+from bench import moe_analysis, sanity
+from bench.attacks import (NORMS, PRESETS, accuracy, attack_choices, build_attack, parse_eps, perturbation_norm,
+                           predict, resolve_attacks, robust_under_all)
+from bench.errors import UserError
+from bench.normalize import normalized, unwrap
+from bench.progress import progress_bar
+
+SIDECAR_SUFFIX = '.partial.jsonl'
+
+
+# ---------------------------------------------------------------------------------------------- resume sidecar
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes: ties a sidecar to its exact data and weights."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class BatchLog:
+    """Per-(attack, batch) results appended to a JSON-lines sidecar, so that a killed run can resume.
+
+    The first line is a fingerprint of everything that determines the results (attack settings, eps, data,
+    weights); resuming against a different fingerprint is refused rather than mixing two evaluations.
+
+    Args:
+        path: The sidecar file, or None to keep nothing.
+        fingerprint: JSON-able description of the evaluation.
+        resume: Reuse the batches recorded in `path` (a missing file simply starts afresh).
+    """
+
+    def __init__(self, path: Optional[Path], fingerprint: dict, resume: bool) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: Dict[Tuple[str, int], dict] = {}
+        if self.path is None:
+            return
+        if resume and self.path.exists():
+            lines = self.path.read_text().splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            if header.get('fingerprint') != fingerprint:
+                raise UserError(f'--resume: {self.path} was written by a different evaluation (model, data or '
+                                f'settings differ); delete it or run without --resume')
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a kill: that batch simply runs again
+                    continue
+                self.records[(rec['attack'], rec['batch'])] = rec
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({'fingerprint': fingerprint}) + '\n')
+
+    def get(self, attack: str, batch: int) -> Optional[dict]:
+        return self.records.get((attack, batch))
+
+    def put(self, attack: str, batch: int, correct: List[bool], seconds: float) -> None:
+        rec = dict(attack=attack, batch=batch, correct=[int(c) for c in correct], seconds=seconds)
+        self.records[(attack, batch)] = rec
+        if self.path is not None:
+            with self.path.open('a') as f:
+                f.write(json.dumps(rec) + '\n')
+                f.flush()
+                os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Union[str, Sequence[str]] = 'quick',
+                   eps: float = 8 / 255, norm: str = 'Linf', batch_size: int = 128, per_expert: bool = True,
+                   seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                   sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
+                   n_check: int = 100) -> Dict[str, Any]:
+    """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
+
+    Args:
+        model: A classifier taking [0, 1] images (e.g. `bench.normalize.normalized(model)`); or a timm model
+            expecting normalised input, if `mean` and `std` are given, which wraps it here.
+        x: Images in [0, 1], (N, C, H, W), on the CPU (batches move to the model's device).
+        y: Labels (N,).
+        attacks: Comma list or sequence of attack names and presets (see `bench.attacks.resolve_attacks`).
+        eps: Radius in [0, 1] pixel units (L-inf) or L2 units.
+        norm: 'Linf' or 'L2'.
+        batch_size: Images per attack batch.
+        per_expert: For a model with BlockMoE layers, also attack each expert's subpath, measure routing
+            under attack and the transfer matrix.
+        seed: Seed of every attack's randomness.
+        mean: Normalisation mean, to wrap a raw model.
+        std: Normalisation std, to wrap a raw model.
+        sidecar: JSON-lines file to record each finished (attack, batch) in.
+        resume: Skip the batches already recorded in `sidecar`.
+        progress: Show a rich progress bar per attack.
+        n_check: Examples used by the sanity checks that run extra attacks.
+
+    Returns:
+        The evaluation result of docs/CONTRACTS.md, accuracies in percent.
+    """
+    if norm not in NORMS:
+        raise UserError(f'norm {norm!r} is not supported; choose one of {", ".join(NORMS)}')
+    parse_eps(eps, norm)
+    if batch_size < 1:
+        raise UserError(f'--batch-size {batch_size} must be at least 1')
+    if len(x) != len(y) or len(x) == 0:
+        raise UserError(f'need as many labels as images, and at least one: got {len(x)} images, {len(y)} labels')
+    if mean is not None or std is not None:
+        model = normalized(model, mean, std)
+    names = resolve_attacks(attacks)
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = x.detach().cpu(), y.detach().cpu().long()
+    n, n_batches = len(x), (len(x) + batch_size - 1) // batch_size
+    with torch.no_grad():
+        n_cls = int(model(x[:1].to(device)).shape[-1])
+    if int(y.max()) >= n_cls or int(y.min()) < 0:
+        raise UserError(f'labels go up to {int(y.max())} but the model outputs {n_cls} classes; '
+                        f'set --num-classes to match the data set')
+    objs = {name: build_attack(name, eps, norm, seed) for name in names}
+    settings = dict(attacks=names, eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
+                    num_classes=n_cls, n_check=n_check, attack_settings={k: a.settings() for k, a in objs.items()})
+    fingerprint = dict(settings, data=tensor_digest(x, y),
+                       weights=tensor_digest(*unwrap(model).state_dict().values()) if sidecar else None)
+    log = BatchLog(sidecar, json.loads(json.dumps(fingerprint, default=str)), resume)
+
+    clean = predict(model, x.to(device), batch_size).cpu() == y
+    moe = per_expert and timm_moe.num_experts(model) > 0
+    routing_attack = moe_analysis.per_expert_attack_names(names)[0] if moe else None
+    correct: Dict[str, torch.Tensor] = {}
+    timing: Dict[str, float] = {}
+    kept_adv: Optional[torch.Tensor] = None  # the routing attack's examples, if all batches ran here
+    with progress_bar(progress) as bar:
+        for name, attack in objs.items():
+            task = bar.add_task(name, total=n_batches, ips='')
+            ok = torch.zeros(n, dtype=torch.bool)
+            seconds = 0.0
+            advs: List[Optional[torch.Tensor]] = []
+            for b in range(n_batches):
+                sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+                rec = log.get(name, b)
+                if rec is None:
+                    xb, yb = x[sl].to(device), y[sl].to(device)
+                    t0 = time.perf_counter()
+                    x_adv = attack(model, xb, yb)
+                    if device.type == 'cuda':
+                        torch.cuda.synchronize(device)
+                    dt = time.perf_counter() - t0
+                    _check_ball(x_adv, xb, eps, norm, name)
+                    batch_ok = (predict(model, x_adv) == yb).cpu()
+                    log.put(name, b, batch_ok.tolist(), dt)
+                    advs.append(x_adv.cpu() if name == routing_attack else None)
+                    # a point broken on clean input stays broken: attacks may return it unchanged
+                    ok[sl] = batch_ok & clean[sl]
+                    seconds += dt
+                else:
+                    ok[sl] = torch.tensor(rec['correct'], dtype=torch.bool) & clean[sl]
+                    seconds += rec['seconds']
+                    advs.append(None)
+                bar.update(task, advance=1, ips=f'{accuracy(ok[:sl.stop]):.1f}%')
+            correct[name], timing[name] = ok, seconds
+            if name == routing_attack and all(a is not None for a in advs):
+                kept_adv = torch.cat(advs)
+    ensemble = robust_under_all(correct.values())
+    # again after the runs: AutoAttack records which of its parts applied to this model
+    settings['attack_settings'] = {k: a.settings() for k, a in objs.items()}
+
+    t0 = time.perf_counter()
+    checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
+                               attack_correct=correct, ensemble_correct=ensemble, seed=seed,
+                               batch_size=batch_size, n_check=n_check)
+    timing['sanity'] = time.perf_counter() - t0
+    result: Dict[str, Any] = dict(
+        n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
+        robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
+        counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
+                'ensemble': int(ensemble.sum())},
+        correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
+                 'ensemble': ensemble.int().tolist()},
+        per_expert=None, routing_under_attack=None, transfer=None,
+        sanity=checks, flags=sanity.failed(checks), settings=settings, timing=timing)
+    if moe:
+        t0 = time.perf_counter()
+        analysis = moe_analysis.analyse(model, x, y, attacks=names, eps=eps, norm=norm, seed=seed,
+                                        batch_size=batch_size, x_adv_gated=kept_adv)
+        timing['moe_analysis'] = time.perf_counter() - t0
+        result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
+                      transfer=analysis['transfer'])
+        settings['per_expert_attacks'] = analysis['per_expert_attacks']
+    elif per_expert:
+        settings['per_expert_attacks'] = None  # dense model: nothing to force
+    return result
+
+
+def _check_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, name: str) -> None:
+    """An attack that leaves the threat model would inflate its success: refuse its result outright."""
+    over = (perturbation_norm(x_adv - x, norm) - eps).max().item()
+    if over > 1e-5 or x_adv.min().item() < 0 or x_adv.max().item() > 1:
+        raise RuntimeError(f'{name} returned examples outside the {norm} ball of radius {eps} or outside [0, 1] '
+                           f'(excess {over:.3g}); this is a bug in the attack')
+
+
+# ---------------------------------------------------------------------------------------------- model loading
+
+def _parse_kwargs(text: Optional[str]) -> Dict[str, Any]:
+    if not text:
+        return {}
+    from bench.config import _parse_mapping  # the same k=v,k=v syntax as `timm-moe train --model-kwargs`
+    return _parse_mapping('--model-kwargs', text)
+
+
+def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
+    """`model_kwargs` from the run config (config.yaml, as `timm-moe train` writes) next to a checkpoint."""
+    if checkpoint is None:
+        return {}
+    cfg = Path(checkpoint).parent / 'config.yaml'
+    if not cfg.exists():
+        return {}
+    import yaml
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
+    kw = data.get('model_kwargs') if isinstance(data, dict) else None
+    return dict(kw) if isinstance(kw, dict) else {}
+
+
+def _state_dict_of(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ('state_dict', 'model', 'state_dict_ema'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f'--checkpoint {path} holds no state_dict (a dict of tensors, or one under '
+                        f"'state_dict' or 'model')")
+    for prefix in ('module.', 'model.'):  # DDP and the Normalized wrapper
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path], label: str = 'the model') -> None:
+    """Load a checkpoint into `model`, refusing any mismatch with the missing/unexpected keys named.
+
+    Accepts a plain state_dict (timm's format), or a dict with it under 'state_dict' or 'model' (our trainer's
+    resume state).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'--checkpoint {path} does not exist')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error, said in one line
+        raise UserError(f'--checkpoint {path} could not be read as a torch file: {str(e).splitlines()[0]}') from None
+    sd = _state_dict_of(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def few(keys: List[str]) -> str:
+            return ', '.join(keys[:3]) + (', ...' if len(keys) > 3 else '')
+        parts = [f'{len(missing)} missing keys ({few(missing)})' if missing else '',
+                 f'{len(unexpected)} unexpected keys ({few(unexpected)})' if unexpected else '',
+                 f'{len(shapes)} shape mismatches ({few(shapes)})' if shapes else '']
+        raise UserError(f'--checkpoint {path} does not match {label}: ' + '; '.join(p for p in parts if p) +
+                        '; check --model, --model-kwargs and --num-classes')
+    model.load_state_dict(sd)
+
+
+def build_model(name: str, num_classes: int, in_chans: int, model_kwargs: Optional[Dict[str, Any]] = None,
+                checkpoint: Optional[Union[str, Path]] = None) -> nn.Module:
+    """A timm model (ours registered by `import timm_moe`), with weights from `checkpoint` if given."""
+    kwargs = dict(model_kwargs or {})
+    kwargs.setdefault('num_classes', num_classes)
+    kwargs.setdefault('in_chans', in_chans)
+    if not timm.is_model(name):
+        raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as e:
+        raise UserError(f'--model-kwargs {kwargs} do not fit {name}: {e}') from None
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, f'{name}({", ".join(f"{k}={v}" for k, v in kwargs.items())})')
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON to a temporary file in the same directory, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def print_result(result: Dict[str, Any]) -> None:
+    """Accuracy table, MoE tables and the sanity-check table, with rich."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    n = result['n_examples']
+    table = Table(title=f'{result["threat_model"]} eps={result["eps"]:.5g} on {n} examples')
+    for col in ('attack', 'accuracy %', 'correct', 'seconds'):
+        table.add_column(col, justify='left' if col == 'attack' else 'right')
+    table.add_row('clean', f'{result["clean_acc"]:.2f}', f'{result["counts"]["clean"]}/{n}', '')
+    for k, v in result['robust_acc'].items():
+        secs = result['timing'].get(k)
+        table.add_row(f'[bold]{k}' if k == 'ensemble' else k, f'{v:.2f}', f'{result["counts"][k]}/{n}',
+                      f'{secs:.1f}' if secs is not None else '')
+    console.print(table)
+    if result['per_expert']:
+        t = Table(title='Per-expert subpaths (accuracy %)')
+        names = list(result['per_expert'][0]['robust_acc'])
+        for col in ['expert', 'clean', *names]:
+            t.add_column(col, justify='right')
+        for row in result['per_expert']:
+            t.add_row(str(row['expert']), f'{row["clean_acc"]:.2f}', *(f'{row["robust_acc"][k]:.2f}' for k in names))
+        console.print(t)
+        r = result['routing_under_attack']
+        console.print(f'routing under {r["attack"]}: {100 * r["changed_fraction"]:.1f}% of images change experts; '
+                      f'load clean {[round(v, 3) for v in r["load_clean"]]} -> adversarial '
+                      f'{[round(v, 3) for v in r["load_adv"]]}')
+    sanity.print_checks(result['sanity'], console)
+    if result['flags']:
+        console.print(f'[bold red]flags: {", ".join(result["flags"])}')
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from bench.data import DATASETS
+    p = subparsers.add_parser('eval', help='clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks',
+                              description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', required=True, help='timm model name, e.g. resnet18_blockmoe_e8_k1')
+    p.add_argument('--checkpoint', type=Path, help="state_dict file (timm's, or a dict with 'state_dict'/'model')")
+    p.add_argument('--model-kwargs', default=None, help='k=v,k=v passed to timm.create_model (e.g. width=16); '
+                   "defaults from the checkpoint's run config.yaml")
+    p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
+    p.add_argument('--in-chans', type=int, default=None, help='default: the data set\'s')
+    p.add_argument('--dataset', default='cifar100', help=f'one of {", ".join(DATASETS)}')
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--download', action='store_true', help='let torchvision download the data set')
+    presets = '; '.join(f'{k} = {"+".join(v)}' for k, v in PRESETS.items())
+    p.add_argument('--attacks', default='standard',
+                   help=f'comma list of {attack_choices()}; presets: {presets}. On a CPU use quick')
+    p.add_argument('--n-examples', type=int, default=1000, help='first N test images')
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--eps', default='8/255', help='radius: 8/255 or a float in [0, 1]')
+    p.add_argument('--norm', default='Linf', choices=NORMS)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', type=Path, default=None, help='write the result here (atomically, when complete)')
+    p.add_argument('--resume', action='store_true', help='skip the batches recorded in the --json sidecar')
+    p.add_argument('--no-per-expert', action='store_true', help='skip per-expert subpaths, routing and transfer')
+    p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=run)
+
+
+def _device(text: str) -> torch.device:
+    if text == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise UserError(f'--device {text!r} is not a device; use auto, cpu, cuda or cuda:N') from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f'--device {text}: CUDA is not available here; use --device cpu')
+    return dev
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.data import dataset_info, eval_tensors
+    # validate every cheap input before any expensive work
+    eps = parse_eps(args.eps, args.norm)
+    names = resolve_attacks(args.attacks)
+    info = dataset_info(args.dataset)
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size {args.batch_size} must be at least 1')
+    if args.n_examples < 1:
+        raise UserError(f'--n-examples {args.n_examples} must be at least 1')
+    if args.resume and args.json is None:
+        raise UserError('--resume needs --json: partial results live next to the JSON output')
+    if args.json is not None and args.json.is_dir():
+        raise UserError(f'--json {args.json} is a directory; give a file name such as {args.json / "eval.json"}')
+    device = _device(args.device)
+    kwargs = {**run_config_kwargs(args.checkpoint), **_parse_kwargs(args.model_kwargs)}
+    num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
+    in_chans = args.in_chans or kwargs.pop('in_chans', None) or info['in_chans']
+    if in_chans != info['in_chans']:
+        raise UserError(f'--in-chans {in_chans} does not fit {args.dataset}, whose images have {info["in_chans"]}')
+    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint)
+    x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
+    wrapped = normalized(model, info['mean'], info['std']).to(device)
+    sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None
+    result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
+                            per_expert=not args.no_per_expert, seed=args.seed, sidecar=sidecar, resume=args.resume,
+                            progress=not args.no_progress, n_check=args.n_check)
+    result['settings'].update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
+                              checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
+                              device=str(device), torch=torch.__version__, timm=timm.__version__)
+    print_result(result)
+    if args.json:
+        write_json_atomic(result, args.json)
+        sidecar.unlink(missing_ok=True)  # complete: nothing left to resume
+        print(f'wrote {args.json}')
+    return 0

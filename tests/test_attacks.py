@@ -1,0 +1,264 @@
+"""Attacks: closed-form oracles on linear models, threat-model invariants for every attack, the ensemble's
+worst case, names and presets, and the reference-vs-PGD strength ordering on a small trained MoE."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, Square, accuracy,
+                           build_attack, parse_eps, perturbation_norm, predict, resolve_attacks, worst_case)
+from bench.bench_attacks import train_tiny
+from bench.data import eval_tensors
+from bench.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Attacks run many tiny ops: one thread avoids OpenMP spin-waits on a shared 2-core machine (5x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='session')
+def tiny_trained(request, tmp_path_factory):
+    """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
+    cache = getattr(request.config, 'cache', None)
+    return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))
+
+
+class Linear(nn.Module):
+    """logits = x.flatten() @ W.T + b: every worst case has a closed form."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def _margins(model: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - z_j for every j (B, C), +inf at j = y."""
+    z = model(x)
+    return (z.gather(1, y[:, None]) - z).scatter(1, y[:, None], float('inf'))
+
+
+def _worst_margins(model: Linear, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Closed form (no clipping): min over the ball of z_y - z_j = (z_y - z_j) - eps * ||w_y - w_j||_dual."""
+    dw = model.w[y][:, None, :] - model.w[None, :, :]  # (B, C, d)
+    dual = dw.abs().sum(-1) if norm == 'Linf' else dw.norm(dim=-1)
+    return _margins(model, x, y) - eps * dual
+
+
+# ------------------------------------------------------------------------------------------- analytic oracles
+
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+def test_pgd_reaches_closed_form_worst_case_binary(norm):
+    torch.manual_seed(1)
+    d, eps = 12, 0.05
+    model = Linear(torch.randn(2, d), torch.tensor([5.0, 0.0]))  # class 0 by a wide margin: never fooled
+    x = 0.4 + 0.2 * torch.rand(6, 1, 3, 4)  # interior: eps never reaches 0 or 1, so no clipping
+    y = torch.zeros(6, dtype=torch.long)
+    with torch.no_grad():
+        expected = _worst_margins(model, x, y, eps, norm)[:, 1]
+        x_adv = PGD(eps, norm, steps=20)(model, x, y)
+        got = _margins(model, x_adv, y)[:, 1]
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+def test_pgd_margin_loss_reaches_closed_form_multiclass():
+    torch.manual_seed(2)
+    c, d, eps = 5, 16, 0.04
+    w = torch.randn(c, d) * 0.5
+    w[3] = -w[0] + 0.1 * torch.randn(d)  # class 3 is the worst case: ||w_0 - w_3||_1 is by far the largest
+    model = Linear(w, torch.tensor([6.0, 0.0, 0.0, 2.0, 0.0]))
+    x = 0.4 + 0.2 * torch.rand(8, d)
+    y = torch.zeros(8, dtype=torch.long)
+    with torch.no_grad():
+        expected = _worst_margins(model, x, y, eps, 'Linf').amin(1)
+        got = _margins(model, PGD(eps, 'Linf', steps=20, loss='margin')(model, x, y), y).amin(1)
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+@pytest.mark.parametrize('attack, complete_below', [
+    (PGD(0.03, steps=20), -0.15), (APGD(0.03, steps=50), -0.15),  # untargeted CE: misses a few borderline points
+    (PGD(0.03, steps=20, loss='margin'), -0.05), (APGDTargeted(0.03, steps=30), -0.01),
+    (build_attack('autoattack', 0.03), -0.01)], ids=['pgd-ce', 'apgd-ce', 'pgd-margin', 'apgd-t', 'autoattack'])
+def test_attacks_break_exactly_the_breakable_points_of_a_linear_model(attack, complete_below):
+    """Sound: no attack breaks a point whose closed-form worst margin is positive. Complete: every point whose
+    worst margin is below `complete_below` is broken (untargeted CE ascent may miss a point that is breakable
+    only towards one class by a little; the targeted attacks and AutoAttack must not)."""
+    torch.manual_seed(3)
+    c, d = 10, 36
+    w = torch.randn(c, d) * 0.3
+    model = Linear(w, -0.5 * w.sum(1))  # centred at x = 0.5, so margins and eps * ||dw||_1 are comparable
+    x = 0.1 + 0.8 * torch.rand(64, 1, 6, 6)  # at least 0.1 from the box's faces: no clipping at eps = 0.03
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        worst = _worst_margins(model, x, y, attack.eps, 'Linf').amin(1)
+        x_adv = attack(model, x, y)
+        broken = predict(model, x_adv) != y
+    assert (perturbation_norm(x_adv - x, 'Linf') <= attack.eps + 1e-6).all() and 0 <= x_adv.min() <= x_adv.max() <= 1
+    assert (worst < -0.15).sum() > 10 and (worst > 0).sum() > 5, 'the oracle needs both kinds of points'
+    assert not broken[worst > 1e-4].any(), 'broke a provably robust point: the ball was left'
+    assert broken[worst < complete_below].all(), f'missed breakable points: {worst[~broken & (worst < 0)]}'
+    if isinstance(attack, AutoAttack):
+        assert attack.ran == ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+
+
+# ------------------------------------------------------------------------------------------- invariants
+
+class TinyNet(nn.Module):
+    """A few-parameter CNN: cheap enough for property-based tests of every attack."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                  nn.Linear(16, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+CHEAP = {
+    'pgd-linf': lambda eps, norm: PGD(eps, norm, steps=5),
+    'pgd-rs-restarts': lambda eps, norm: PGD(eps, norm, steps=3, random_start=True, restarts=2),
+    'pgd-margin': lambda eps, norm: PGD(eps, norm, steps=3, loss='margin'),
+    'apgd-ce': lambda eps, norm: APGD(eps, norm, steps=5),
+    'apgd-dlr': lambda eps, norm: APGD(eps, norm, steps=5, loss='dlr'),
+    'apgd-t': lambda eps, norm: APGDTargeted(eps, norm, steps=5, n_target_classes=2),
+    'fab-t': lambda eps, norm: FABTargeted(eps, norm, steps=5, n_target_classes=2),
+    'square': lambda eps, norm: Square(eps, norm, n_queries=20),
+    # Square's 5000 queries are the costly part of AutoAttack; the oracle test above runs the standard version
+    'autoattack-custom': lambda eps, norm: AutoAttack(eps, norm, version='custom', parts=('apgd-ce', 'apgd-t')),
+}
+_NET = TinyNet().eval()
+
+
+@pytest.mark.parametrize('name', sorted(CHEAP))
+@settings(max_examples=4, deadline=None)
+@given(norm=st.sampled_from(['Linf', 'L2']), eps=st.floats(0.0, 0.3), seed=st.integers(0, 2 ** 16))
+def test_every_attack_stays_in_the_ball_and_the_box(name, norm, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    x[0] = 0.0  # corners of the box, where clipping matters
+    x[1] = 1.0
+    y = predict(_NET, x)  # attack the model's own predictions, so every point is attacked
+    x_adv = CHEAP[name](eps, norm)(_NET, x, y)
+    assert x_adv.shape == x.shape and torch.isfinite(x_adv).all()
+    assert (perturbation_norm(x_adv - x, norm) <= eps + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize('name', sorted(CHEAP))
+def test_attacks_are_seeded_and_leave_the_global_rng_alone(name):
+    x = torch.rand(4, 1, 8, 8)
+    y = predict(_NET, x)
+    attack = CHEAP[name](0.05, 'Linf')
+    state = torch.get_rng_state()
+    first = attack(_NET, x, y)
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(first, attack(_NET, x, y)), 'a fixed seed must give the same examples'
+
+
+def test_class_count_limits():
+    three = TinyNet(num_classes=3).eval()
+    x = torch.rand(4, 1, 8, 8)
+    y = predict(three, x)
+    with pytest.raises(UserError, match='APGD-T needs at least 4 classes'):
+        APGDTargeted(0.03, steps=2)(three, x, y)
+    aa = AutoAttack(0.03)
+    aa.adversary(three, 3, x.device)
+    assert 'apgd-t' not in aa.ran and aa.ran[0] == 'apgd-ce'
+    five = TinyNet(num_classes=5).eval()
+    adv = AutoAttack(0.03).adversary(five, 5, x.device)
+    assert adv.apgd_targeted.n_target_classes == 4 and adv.fab.n_target_classes == 4
+
+
+# ------------------------------------------------------------------------------------------- ensemble
+
+def test_worst_case_is_per_sample_and():
+    x = torch.zeros(4, 1)
+    advs = [x + 1, x + 2, x + 3]
+    corrects = [torch.tensor([1, 0, 1, 1]).bool(), torch.tensor([1, 1, 0, 1]).bool(),
+                torch.tensor([0, 0, 1, 1]).bool()]
+    x_adv, ok = worst_case(advs, corrects)
+    assert ok.tolist() == [False, False, False, True]
+    # each broken sample takes the first attack that broke it; a robust one the first attack's example
+    assert x_adv.flatten().tolist() == [3.0, 1.0, 2.0, 1.0]
+
+
+class _Shift:
+    """A fake attack that moves chosen samples far enough to flip a threshold model."""
+    eps, norm = 1.0, 'Linf'
+
+    def __init__(self, hit):
+        self.hit = hit
+
+    def __call__(self, model, x, y):
+        out = x.clone()
+        out[[i for i in range(len(x)) if self.hit(x[i])]] = 0.0
+        return out
+
+    def settings(self):
+        return {}
+
+
+def test_ensemble_reports_worst_case_and_matches_autoattack_style_sequencing():
+    model = Linear(torch.tensor([[-1.0], [1.0]]), torch.tensor([0.5, -0.5]))  # class 1 iff x > 0.5
+    x = torch.tensor([[0.6], [0.7], [0.8], [0.9]])
+    y = torch.ones(4, dtype=torch.long)
+    members = {'a': _Shift(lambda v: v < 0.65), 'b': _Shift(lambda v: 0.75 < v < 0.85)}
+    full = Ensemble(members).run(model, x, y)
+    assert full.per_attack['a'].tolist() == [False, True, True, True]
+    assert full.per_attack['b'].tolist() == [True, True, False, True]
+    assert full.correct.tolist() == [False, True, False, True]
+    for ok in full.per_attack.values():
+        assert not (full.correct & ~ok).any(), 'ensemble weaker than a member'
+    cheap = Ensemble(members, all_points=False).run(model, x, y)
+    assert torch.equal(cheap.correct, full.correct)
+
+
+# ------------------------------------------------------------------------------------------- names
+
+def test_resolve_attacks_expands_presets_and_rejects_unknown_names():
+    assert resolve_attacks('paper') == list(PRESETS['paper'])
+    assert resolve_attacks('quick,pgd10,square') == ['pgd10', 'apgd-ce10', 'square']
+    assert resolve_attacks(['autoattack.apgd-ce+square']) == ['autoattack.apgd-ce+square']
+    with pytest.raises(UserError, match="unknown attack 'pgd7'"):
+        resolve_attacks('pgd20,pgd7')
+    with pytest.raises(UserError, match='custom parts'):
+        resolve_attacks('autoattack.apgd-ce+cw')
+    assert build_attack('pgd20', 8 / 255).step_size == pytest.approx(2 / 255)
+    assert isinstance(build_attack('autoattack.apgd-ce', 0.1), AutoAttack)
+
+
+@pytest.mark.parametrize('text, value', [('8/255', 8 / 255), ('0.5', 0.5), ('0', 0.0), ('1', 1.0)])
+def test_parse_eps_accepts_fractions_and_floats(text, value):
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize('text', ['-0.1', '1.5', '8/0', 'eight'])
+def test_parse_eps_rejects_bad_values(text):
+    with pytest.raises(UserError, match='--eps'):
+        parse_eps(text)
+
+
+# ------------------------------------------------------------------------------------------- trained model
+
+def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_moe(tiny_trained):
+    """The reference's symptom (APGD above PGD-20) must not appear with a sound APGD: APGD-CE <= PGD-20 + 0.5."""
+    x, y = eval_tensors('fashion-mnist-bundled', 100)
+    eps = 8 / 255
+    ens = Ensemble({'pgd20': build_attack('pgd20', eps), 'apgd-ce': build_attack('apgd-ce', eps)}).run(tiny_trained,
+                                                                                                      x, y)
+    pgd, apgd = accuracy(ens.per_attack['pgd20']), accuracy(ens.per_attack['apgd-ce'])
+    clean = accuracy(predict(tiny_trained, x) == y)
+    assert apgd <= pgd + 0.5, (apgd, pgd)
+    assert pgd < clean, 'the attack should break something at 8/255'
+    for ok in ens.per_attack.values():
+        assert accuracy(ens.correct) <= accuracy(ok)

@@ -1,0 +1,202 @@
+"""`evaluate_model` and `timm-moe eval`: the result contract, MoE analyses, masking flags, resume, CLI errors."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import timm_moe  # noqa: F401 - registers the models
+from bench import cli
+from bench.attacks import PGD
+from bench.bench_attacks import train_tiny
+from bench.data import dataset_info, eval_tensors
+from bench.errors import UserError
+from bench.evaluate import SIDECAR_SUFFIX, evaluate_model
+from bench.normalize import normalized, unwrap
+
+DATA = 'fashion-mnist-bundled'
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Attacks run many tiny ops: one thread avoids OpenMP spin-waits on a shared 2-core machine (5x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='session')
+def tiny_trained(request, tmp_path_factory):
+    """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
+    cache = getattr(request.config, 'cache', None)
+    return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))
+
+
+def _dense() -> nn.Module:
+    info = dataset_info(DATA)
+    torch.manual_seed(0)
+    return normalized(timm.create_model('resnet18_dense', width=8, in_chans=1, num_classes=10),
+                      info['mean'], info['std']).eval()
+
+
+class Quantised(nn.Module):
+    """Gradient masking by construction: rounding the input to 8 bits has zero gradient almost everywhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+# ------------------------------------------------------------------------------------------- evaluate_model
+
+def test_result_follows_the_contract_with_moe_analyses(tiny_trained):
+    x, y = eval_tensors(DATA, 48)
+    r = evaluate_model(tiny_trained, x, y, attacks='quick', batch_size=24, n_check=24)
+    assert set(r) >= {'n_examples', 'eps', 'threat_model', 'clean_acc', 'robust_acc', 'correct', 'per_expert',
+                      'routing_under_attack', 'transfer', 'sanity', 'flags', 'settings', 'timing'}
+    assert r['n_examples'] == 48 and r['threat_model'] == 'Linf' and r['eps'] == pytest.approx(8 / 255)
+    assert list(r['robust_acc']) == ['pgd10', 'apgd-ce10', 'ensemble']
+    for k, v in r['correct'].items():
+        assert len(v) == 48 and set(v) <= {0, 1}, k
+        assert r['counts'][k] == sum(v)
+    # the worst case per sample: robust under the ensemble only if robust under every attack
+    ens = r['correct']['ensemble']
+    assert ens == [int(a and b) for a, b in zip(r['correct']['pgd10'], r['correct']['apgd-ce10'])]
+    assert r['robust_acc']['ensemble'] <= min(r['robust_acc']['pgd10'], r['robust_acc']['apgd-ce10'])
+    assert r['robust_acc']['pgd10'] <= r['clean_acc']
+    # MoE: one row per expert, an E x E transfer matrix whose diagonal is each subpath's own robust accuracy
+    assert [row['expert'] for row in r['per_expert']] == [0, 1, 2, 3]
+    first = r['settings']['per_expert_attacks'][0]
+    assert [r['transfer'][i][i] for i in range(4)] == pytest.approx([row['robust_acc'][first]
+                                                                     for row in r['per_expert']])
+    ra = r['routing_under_attack']
+    assert 0.0 <= ra['changed_fraction'] <= 1.0
+    assert sum(ra['load_clean']) == pytest.approx(1.0) and sum(ra['load_adv']) == pytest.approx(1.0)
+    # every check reports, none silently skipped; flags are exactly the failed ones
+    assert set(r['sanity']) == {'deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean',
+                                'monotone_in_eps', 'large_eps_to_chance', 'ensemble_not_weaker',
+                                'apgd_not_weaker_than_pgd', 'square_not_stronger'}
+    for c in r['sanity'].values():
+        assert c['passed'] in (True, False, None) and c['detail']
+    assert r['flags'] == [k for k, c in r['sanity'].items() if c['passed'] is False]
+    assert r['sanity']['ensemble_not_weaker']['passed'] and r['sanity']['nonzero_gradients']['passed']
+    assert set(r['timing']) >= {'pgd10', 'apgd-ce10', 'sanity', 'moe_analysis'}
+    assert r['settings']['attack_settings']['pgd10']['steps'] == 10
+    json.dumps(r)  # the result is plain JSON
+
+
+def test_gradient_masked_model_is_flagged(tiny_trained):
+    x, y = eval_tensors(DATA, 32)
+    r = evaluate_model(Quantised(tiny_trained).eval(), x, y, attacks='pgd10', per_expert=False, n_check=32,
+                       batch_size=32)
+    assert {'nonzero_gradients', 'large_eps_to_chance'} <= set(r['flags'])
+    assert r['sanity']['apgd_not_weaker_than_pgd']['passed'] is None  # not applicable, and it says why
+    assert 'needs both' in r['sanity']['apgd_not_weaker_than_pgd']['detail']
+
+
+def test_dense_model_gets_no_moe_results():
+    x, y = eval_tensors(DATA, 8)
+    r = evaluate_model(_dense(), x, y, attacks='pgd10', batch_size=8, n_check=8)
+    assert r['per_expert'] is None and r['routing_under_attack'] is None and r['transfer'] is None
+
+
+def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_path):
+    model = _dense()
+    x, y = eval_tensors(DATA, 16)
+    side = tmp_path / f'out.json{SIDECAR_SUFFIX}'
+    first = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side)
+    header, *records = side.read_text().splitlines()
+    assert [json.loads(r)['batch'] for r in records] == [0, 1]
+    # pretend batch 0 was recorded with every image robust, and batch 1 never finished
+    rec0 = json.loads(records[0])
+    rec0['correct'] = [1] * 8
+    side.write_text(header + '\n' + json.dumps(rec0) + '\n')
+    again = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side, resume=True)
+    assert again['correct']['pgd10'][:8] == again['correct']['clean'][:8]  # taken from the record
+    assert again['correct']['pgd10'][8:] == first['correct']['pgd10'][8:]  # recomputed
+    assert [json.loads(r)['batch'] for r in side.read_text().splitlines()[1:]] == [0, 1]
+    with pytest.raises(UserError, match='different evaluation'):
+        evaluate_model(model, x, y, attacks='pgd10', eps=4 / 255, batch_size=8, sidecar=side, resume=True)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _argv(out, *extra):
+    return ['eval', '--model', 'resnet18_blockmoe_e4_k1', '--model-kwargs', 'width=8', '--dataset', DATA,
+            '--n-examples', '8', '--batch-size', '8', '--attacks', 'pgd10', '--n-check', '8', '--no-progress',
+            '--json', str(out), *extra]
+
+
+@pytest.fixture
+def mismatched_checkpoint(tmp_path):
+    path = tmp_path / 'dense.pth'
+    torch.save(timm.create_model('resnet18_dense', width=8, in_chans=1, num_classes=10).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--eps', '-0.1'], "--eps '-0.1'"),
+    (['--eps', '2'], 'outside [0, 1]'),
+    (['--attacks', 'pgd20,cw'], "unknown attack 'cw'"),
+    (['--n-examples', '5000'], '--n-examples 5000 is out of range'),
+    (['--dataset', 'cifar100', '--data-dir', '{tmp}/nowhere'], 'cifar100 not found'),
+    (['--checkpoint', '{ckpt}'], 'missing keys'),
+    (['--device', 'tpu'], '--device'),
+])
+def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched_checkpoint, extra, message):
+    out = tmp_path / 'res.json'
+    extra = [e.format(tmp=tmp_path, ckpt=mismatched_checkpoint) for e in extra]
+    rc = cli.main(_argv(out, *extra))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith('timm-moe eval: error:') and message in err, err
+    assert not out.exists() and not (tmp_path / f'res.json{SIDECAR_SUFFIX}').exists()
+
+
+def test_cli_checkpoint_mismatch_names_keys_and_counts(tmp_path, capsys, mismatched_checkpoint):
+    assert cli.main(_argv(tmp_path / 'r.json', '--checkpoint', str(mismatched_checkpoint))) == 2
+    err = capsys.readouterr().err
+    assert re.search(r'\d+ missing keys \(layer4\.1\.', err), err
+    assert re.search(r'\d+ unexpected keys \(layer4\.1\.[^)]*, \.\.\.\)', err), err
+
+
+def test_cli_end_to_end_with_run_config_interrupt_and_resume(tmp_path, capsys, monkeypatch, tiny_trained):
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save(unwrap(tiny_trained).state_dict(), run / 'model.pth')
+    (run / 'config.yaml').write_text('model: resnet18_blockmoe_e4_k1\nmodel_kwargs:\n  width: 8\n')
+    out = tmp_path / 'res.json'
+    argv = ['eval', '--model', 'resnet18_blockmoe_e4_k1', '--checkpoint', str(run / 'model.pth'), '--dataset', DATA,
+            '--n-examples', '16', '--batch-size', '8', '--attacks', 'pgd10', '--n-check', '8', '--no-progress',
+            '--no-per-expert', '--json', str(out)]
+    # kill the run in its second attack batch: nothing may look complete
+    calls = {'n': 0}
+    real_call = PGD.__call__
+
+    def dying(self, model, x, y):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            raise KeyboardInterrupt
+        return real_call(self, model, x, y)
+
+    monkeypatch.setattr(PGD, '__call__', dying)
+    assert cli.main(argv) == 130
+    side = tmp_path / f'res.json{SIDECAR_SUFFIX}'
+    assert not out.exists() and len(side.read_text().splitlines()) == 2  # header + batch 0
+    monkeypatch.setattr(PGD, '__call__', real_call)
+    assert cli.main(argv + ['--resume']) == 0
+    result = json.loads(out.read_text())
+    assert not side.exists()
+    assert result['settings']['model_kwargs']['width'] == 8  # from the run's config.yaml
+    x, y = eval_tensors(DATA, 16)
+    direct = evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=8, per_expert=False, n_check=8)
+    assert result['correct'] == direct['correct'] and result['clean_acc'] == direct['clean_acc']
+    assert 'Sanity and gradient-masking checks' in capsys.readouterr().out
