@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +110,25 @@ def _reference_version() -> str:
 def _check_classes(name: str, n_cls: int, minimum: int, why: str) -> None:
     if n_cls < minimum:
         raise UserError(f'{name} needs at least {minimum} classes ({why}); the model outputs {n_cls}')
+
+
+class _Reference:
+    """What every wrapper of a `pyautoattack` attack shares: the eps/norm check, its settings, and running
+    the reference's `perturb` without gradients and without touching the caller's RNG stream."""
+
+    eps: float
+    norm: str
+
+    def __post_init__(self) -> None:
+        _check_common(self.eps, self.norm)
+
+    def settings(self) -> dict:
+        return _settings(self, _reference_version())
+
+    @staticmethod
+    def _perturb(atk: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with _own_rng(x.device), torch.no_grad():
+            return atk.perturb(x, y).detach()
 
 
 # ---------------------------------------------------------------------------------------------- PGD (ours)
@@ -223,7 +242,7 @@ class PGD:
 # ---------------------------------------------------------------------------------------------- reference wrappers
 
 @dataclass
-class APGD:
+class APGD(_Reference):
     """APGD (Croce & Hein, 2020) with the CE or DLR loss, from `pyautoattack`.
 
     Args:
@@ -244,12 +263,9 @@ class APGD:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
+        super().__post_init__()
         if self.loss not in ('ce', 'dlr'):
             raise UserError(f'APGD loss={self.loss!r}: choose ce or dlr')
-
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
@@ -257,12 +273,22 @@ class APGD:
             _check_classes('APGD-DLR', num_classes_of(model, x), 3, 'the DLR loss uses the top-3 logits')
         atk = APGDAttack(model, n_iter=self.steps, norm=self.norm, n_restarts=self.restarts, eps=float(self.eps),
                          seed=self.seed, loss=self.loss, rho=self.rho, device=x.device, verbose=False)
-        with _own_rng(x.device), torch.no_grad():
-            return atk.perturb(x, y).detach()
+        return self._perturb(atk, x, y)
 
 
 @dataclass
-class APGDTargeted:
+class _Targeted(_Reference):
+    """Settings of the targeted attacks, which AutoAttack runs against the 9 highest other classes."""
+    eps: float = 8 / 255
+    norm: str = 'Linf'
+    steps: int = 100
+    restarts: int = 1
+    n_target_classes: int = 9
+    seed: int = 0
+
+
+@dataclass
+class APGDTargeted(_Targeted):
     """APGD-T: APGD on the targeted DLR loss against the top `n_target_classes` other classes, from `pyautoattack`.
 
     Args:
@@ -273,18 +299,6 @@ class APGDTargeted:
         n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
         seed: Seed of the random start.
     """
-    eps: float = 8 / 255
-    norm: str = 'Linf'
-    steps: int = 100
-    restarts: int = 1
-    n_target_classes: int = 9
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
-
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack_targeted
@@ -294,12 +308,11 @@ class APGDTargeted:
         atk = APGDAttack_targeted(model, n_iter=self.steps, norm=self.norm, n_restarts=self.restarts,
                                   eps=float(self.eps), seed=self.seed, device=x.device, verbose=False,
                                   n_target_classes=min(self.n_target_classes, n_cls - 1))
-        with _own_rng(x.device), torch.no_grad():
-            return atk.perturb(x, y).detach()
+        return self._perturb(atk, x, y)
 
 
 @dataclass
-class FABTargeted:
+class FABTargeted(_Targeted):
     """FAB-T: the targeted minimum-norm Fast Adaptive Boundary attack, from `pyautoattack`.
 
     Only points whose boundary point lies within eps are replaced, so x_adv stays in the ball.
@@ -312,18 +325,6 @@ class FABTargeted:
         n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
         seed: Seed of the random restarts.
     """
-    eps: float = 8 / 255
-    norm: str = 'Linf'
-    steps: int = 100
-    restarts: int = 1
-    n_target_classes: int = 9
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
-
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.fab_pt import FABAttack_PT
@@ -332,12 +333,11 @@ class FABTargeted:
         atk = FABAttack_PT(model, norm=self.norm, n_restarts=self.restarts, n_iter=self.steps, eps=float(self.eps),
                            seed=self.seed, targeted=True, device=x.device, verbose=False,
                            n_target_classes=min(self.n_target_classes, n_cls - 1))
-        with _own_rng(x.device), torch.no_grad():
-            return atk.perturb(x, y).detach()
+        return self._perturb(atk, x, y)
 
 
 @dataclass
-class Square:
+class Square(_Reference):
     """Square Attack: score-based, gradient-free random search, from `pyautoattack` (AutoAttack's settings).
 
     Args:
@@ -355,24 +355,17 @@ class Square:
     restarts: int = 1
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
-
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
-
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.square import SquareAttack
         atk = SquareAttack(model, norm=self.norm, n_queries=self.n_queries, eps=float(self.eps), p_init=self.p_init,
                            n_restarts=self.restarts, seed=self.seed, verbose=False, device=x.device,
                            resc_schedule=False)
         # black-box: no graph needed, and Square's own initial forward is not under no_grad
-        with _own_rng(x.device), torch.no_grad():
-            return atk.perturb(x, y).detach()
+        return self._perturb(atk, x, y)
 
 
 @dataclass
-class AutoAttack:
+class AutoAttack(_Reference):
     """AutoAttack (Croce & Hein, 2020) from `pyautoattack`: 'standard', or 'custom' with a list of its parts.
 
     The standard version is APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and Square (5000 queries), each run
@@ -395,7 +388,7 @@ class AutoAttack:
     ran: Tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
+        super().__post_init__()
         if self.version not in ('standard', 'custom'):
             raise UserError(f'AutoAttack version {self.version!r}: choose standard or custom')
         self.parts = tuple(self.parts)
@@ -403,9 +396,6 @@ class AutoAttack:
         if bad or (self.version == 'custom' and not self.parts):
             raise UserError(f'AutoAttack custom parts {"+".join(self.parts) or "(none)"!r}: choose one or more of '
                             f'{", ".join(AUTOATTACK_PARTS)} joined by +')
-
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
 
     def adversary(self, model: nn.Module, n_cls: int, device: torch.device):
         """The configured `pyautoattack.AutoAttack` for a model with `n_cls` classes."""

@@ -9,25 +9,11 @@ from torch import nn
 
 from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, Square, accuracy,
                            build_attack, parse_eps, perturbation_norm, predict, resolve_attacks, worst_case)
-from bench.bench_attacks import train_tiny
 from bench.data import eval_tensors
 from bench.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Attacks run many tiny ops: one thread avoids OpenMP spin-waits on a shared 2-core machine (5x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='session')
-def tiny_trained(request, tmp_path_factory):
-    """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
-    cache = getattr(request.config, 'cache', None)
-    return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class Linear(nn.Module):

@@ -12,7 +12,6 @@ from torch import nn
 import timm_moe  # noqa: F401 - registers the models
 from bench import cli
 from bench.attacks import PGD
-from bench.bench_attacks import train_tiny
 from bench.data import dataset_info, eval_tensors
 from bench.errors import UserError
 from bench.evaluate import SIDECAR_SUFFIX, evaluate_model
@@ -21,20 +20,7 @@ from bench.normalize import normalized, unwrap
 DATA = 'fashion-mnist-bundled'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Attacks run many tiny ops: one thread avoids OpenMP spin-waits on a shared 2-core machine (5x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='session')
-def tiny_trained(request, tmp_path_factory):
-    """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
-    cache = getattr(request.config, 'cache', None)
-    return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _dense() -> nn.Module:

@@ -20,7 +20,7 @@ import torch
 import timm_moe  # noqa: F401 - registers the models
 from bench.robustbench_compat import benchmark_on_examples, feed_examples, import_robustbench, install_autoattack_alias
 
-pytestmark = pytest.mark.robustbench
+pytestmark = [pytest.mark.robustbench, pytest.mark.usefixtures('one_thread')]
 
 install_autoattack_alias()
 if importlib.util.find_spec('robustbench') is not None:
@@ -28,25 +28,8 @@ if importlib.util.find_spec('robustbench') is not None:
 robustbench = pytest.importorskip('robustbench', reason="the robustbench extra is not installed "
                                                         "(pip install 'timm-moe[robustbench]')")
 
-from bench.bench_attacks import train_tiny  # noqa: E402
 from bench.data import eval_tensors  # noqa: E402
 from bench.evaluate import evaluate_model  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Attacks run many tiny ops: one thread avoids OpenMP spin-waits on a shared 2-core machine (5x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def tiny_trained(request, tmp_path_factory):
-    """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
-    cache = getattr(request.config, 'cache', None)
-    return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))
 
 
 def test_benchmark_is_the_real_function():
