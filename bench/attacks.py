@@ -278,7 +278,16 @@ class APGD(_Reference):
 
 @dataclass
 class _Targeted(_Reference):
-    """Settings of the targeted attacks, which AutoAttack runs against the 9 highest other classes."""
+    """Settings of the targeted attacks, which AutoAttack runs against the 9 highest other classes.
+
+    Args:
+        eps: Radius of the ball.
+        norm: 'Linf' or 'L2'.
+        steps: Iterations per target class.
+        restarts: Restarts per target class.
+        n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
+        seed: Seed of the random start or restarts.
+    """
     eps: float = 8 / 255
     norm: str = 'Linf'
     steps: int = 100
@@ -291,13 +300,7 @@ class _Targeted(_Reference):
 class APGDTargeted(_Targeted):
     """APGD-T: APGD on the targeted DLR loss against the top `n_target_classes` other classes, from `pyautoattack`.
 
-    Args:
-        eps: Radius of the ball.
-        norm: 'Linf' or 'L2'.
-        steps: Iterations per target class.
-        restarts: Restarts per target class.
-        n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
-        seed: Seed of the random start.
+    Args: as `_Targeted`.
     """
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -317,13 +320,7 @@ class FABTargeted(_Targeted):
 
     Only points whose boundary point lies within eps are replaced, so x_adv stays in the ball.
 
-    Args:
-        eps: Radius of the ball.
-        norm: 'Linf' or 'L2'.
-        steps: Iterations per target class.
-        restarts: Restarts per target class.
-        n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
-        seed: Seed of the random restarts.
+    Args: as `_Targeted`.
     """
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
