@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import timm
@@ -39,54 +40,39 @@ TINY_DATASET = 'fashion-mnist-bundled'
 
 def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversarial_steps: int = 0,
                eps: float = 8 / 255, cache: Optional[Path] = None) -> nn.Module:
-    """A small BlockMoE ResNet (width 8, 4 experts, k=1) trained on the bundled Fashion-MNIST subset.
+    """A small BlockMoE ResNet (width 8, 4 experts, k=1) trained by `bench.train` on the bundled Fashion-MNIST.
 
-    Deterministic for a given (steps, seed, batch_size, adversarial_steps, eps): torch's global RNG is forked.
+    Deterministic for a given (steps, seed, batch_size, adversarial_steps, eps); the caller's RNG is untouched.
 
     Args:
-        steps: SGD steps (one-cycle schedule, peak lr 0.1).
-        seed: Seed of initialisation and batch order.
+        steps: SGD steps (the trainer's poly schedule over the epochs these steps span, lr 0.05).
+        seed: Seed of initialisation, batch order and augmentation.
         batch_size: Images per step.
         adversarial_steps: If > 0, PGD adversarial training with this many steps (step eps / 4, random start).
         eps: Radius of the adversarial training.
-        cache: A directory to keep the weights in: loaded if present, saved after training otherwise.
+        cache: A directory to keep the run in: its weights are reused if present.
 
     Returns:
         The trained model wrapped with its normalisation (takes [0, 1] images), in eval mode.
     """
+    from bench.config import load_config
+    from bench.train import run_training
+    root = Path(cache) if cache is not None else Path(tempfile.mkdtemp(prefix='timm-moe-tiny-'))
+    run_dir = root / f'tiny-{steps}-{seed}-{batch_size}-{adversarial_steps}-{eps:.6f}'
+    weights = run_dir / 'model.pth'
+    if not weights.exists():
+        n_train = len(load_tensors(TINY_DATASET, 'train')[1])
+        cfg = load_config(None, model=TINY_MODEL, model_kwargs=dict(width=TINY_KWARGS['width']),
+                          dataset=TINY_DATASET, epochs=math.ceil(steps * batch_size / n_train), max_steps=steps,
+                          batch_size=batch_size, lr=0.05, method='pgd' if adversarial_steps else 'normal',
+                          attack_steps=max(adversarial_steps, 1), eps=eps, attack_step=eps / 4, seed=seed,
+                          eval_limit=0, workers=0, progress=False, out=str(run_dir))
+        with torch.random.fork_rng():
+            run_training(cfg, overwrite=True)
+    model = timm.create_model(TINY_MODEL, **TINY_KWARGS)
+    model.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
     info = dataset_info(TINY_DATASET)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = timm.create_model(TINY_MODEL, **TINY_KWARGS)
-    net = normalized(model, info['mean'], info['std'])
-    path = None
-    if cache is not None:
-        path = Path(cache) / f'tiny-{steps}-{seed}-{batch_size}-{adversarial_steps}-{eps:.6f}.pth'
-        if path.exists():
-            model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-            return net.eval()
-    images, labels = load_tensors(TINY_DATASET, 'train')
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=steps)
-    attack = PGD(eps, steps=adversarial_steps, random_start=True, seed=seed) if adversarial_steps else None
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for step in range(steps):
-            idx = torch.randint(0, len(labels), (batch_size,))
-            x, y = images[idx].float().div_(255), labels[idx]
-            if attack is not None:
-                attack.seed = seed * 100003 + step  # a fresh random start each step
-                x = attack(net.eval(), x, y)
-            net.train()
-            loss = F.cross_entropy(net(x), y) + timm_moe.aux_loss(net)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return net.eval()
+    return normalized(model, info['mean'], info['std']).eval()
 
 
 def run_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, repeats: int = 7,
