@@ -35,9 +35,9 @@ def pgd_value(entry: Mapping[str, Any]) -> Optional[float]:
 
 
 def apgd_value(entry: Mapping[str, Any]) -> Optional[float]:
-    """APGD accuracy: APGD-CE (ours) or the paper's APGD-20."""
+    """APGD accuracy: APGD-CE (ours, 100 steps first, then the shorter runs) or the paper's APGD-20."""
     ra = entry.get('robust_acc') or {}
-    for key in ('apgd-ce', 'apgd20', 'apgd'):
+    for key in ('apgd-ce', 'apgd-ce20', 'apgd-ce10', 'apgd20', 'apgd'):
         if ra.get(key) is not None:
             return ra[key]
     return None

@@ -246,6 +246,17 @@ def robust_metric(entry: Mapping[str, Any]) -> tuple:
     return None, None
 
 
+def _moe_setting(model_kwargs: Mapping[str, Any], key: str, experts: Optional[int]) -> Optional[str]:
+    """A BlockMoE setting as the model was built: the kwarg if given, else the plugin's default."""
+    if not experts:
+        return None
+    if key in model_kwargs:
+        return model_kwargs[key]
+    import inspect
+    from timm_moe.models.resnet_blockmoe import ResNetBlockMoE
+    return inspect.signature(ResNetBlockMoE.__init__).parameters[key].default
+
+
 def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset: str, method: str,
                    eval_result: Mapping[str, Any], provenance: Mapping[str, Any], arch: Optional[str] = None,
                    experts: Optional[int] = None, k: Optional[int] = None, training_config: Optional[Mapping] = None,
@@ -297,8 +308,9 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
         'entry_id': entry_id,
         'source': 'measured',
         'model': {'name': model_name, 'kwargs': dict(model_kwargs), 'arch': arch, 'experts': experts, 'k': k,
-                  'gate': model_kwargs.get('gate'), 'aux_loss': model_kwargs.get('aux_loss'),
-                  'placement': model_kwargs.get('moe_blocks')},
+                  'gate': _moe_setting(model_kwargs, 'gate', experts),
+                  'aux_loss': _moe_setting(model_kwargs, 'aux_loss', experts),
+                  'placement': _moe_setting(model_kwargs, 'moe_blocks', experts)},
         'training': {'method': method, 'config': cfg, 'config_sha256': cfg_sha, 'config_path': config_path,
                      'epochs': epochs},
         'dataset': dataset,
