@@ -25,7 +25,8 @@ from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REGISTRY = REPO_ROOT / 'registry'
-SCHEMA_PATH = DEFAULT_REGISTRY / 'schema.json'
+# registry/schema.json is the one schema; bench/assets links to it so that wheels carry a copy
+SCHEMA_PATH = Path(__file__).resolve().parent / 'assets' / 'registry_schema.json'
 SCHEMA_VERSION = 1
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
 
@@ -36,7 +37,7 @@ PathLike = Union[str, os.PathLike]
 def load_schema() -> Dict[str, Any]:
     """The registry's JSON Schema (always the repository's, whatever registry dir is used)."""
     if not SCHEMA_PATH.is_file():
-        raise UserError(f'registry schema {SCHEMA_PATH} is missing: it ships with the timm-moe source tree')
+        raise UserError(f'registry schema {SCHEMA_PATH} is missing: reinstall timm-moe')
     return json.loads(SCHEMA_PATH.read_text(encoding='utf-8'))
 
 
