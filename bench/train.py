@@ -174,7 +174,9 @@ class Trainer:
         # crafted on the unwrapped module: DDP expects a parameter backward after each of its forwards
         was_training = self.net.training
         self.net.train(cfg.attack_mode == 'train')
-        with keyed_rng(self.device, cfg.seed, self.epoch, self.global_step, shard), self._autocast():
+        # the attack's forwards are not the data's: keep them out of the epoch's routing statistics
+        with keyed_rng(self.device, cfg.seed, self.epoch, self.global_step, shard), self._autocast(), \
+                timm_moe.paused_routing_stats(self.model):
             if cfg.method == 'pgd':
                 x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start)
             else:

@@ -204,3 +204,18 @@ def test_block_moe_rejects_bad_arguments():
         _layer(num_experts=2, k=3)
     with pytest.raises(ValueError, match='4-D input'):
         _layer()(torch.randn(8, 4, 4))
+
+
+def test_paused_routing_stats_keep_probing_forwards_out():
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=8, num_classes=10).eval()
+    x = torch.rand(6, 3, 32, 32)
+    timm_moe.reset_routing_stats(model)
+    model(x)
+    before = timm_moe.routing_stats(model)
+    with timm_moe.paused_routing_stats(model):
+        model(torch.rand(5, 3, 32, 32))
+        probed = timm_moe.routing(model)['layer4.1']['indices']
+    assert probed.shape[0] == 5  # the last forward is still visible
+    assert timm_moe.routing_stats(model) == before and before['layer4.1']['images'] == 6
+    model(x)
+    assert timm_moe.routing_stats(model)['layer4.1']['images'] == 12  # recording is back on

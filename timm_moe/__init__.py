@@ -3,7 +3,8 @@
 Importing this package registers `resnet{18,50}_blockmoe_e{E}_k{K}` and the dense baselines
 `resnet{18,50}_dense` with timm.
 """
-from .inspect import aux_loss, force_expert, moe_layers, num_experts, reset_routing_stats, routing, routing_stats
+from .inspect import (aux_loss, force_expert, moe_layers, num_experts, paused_routing_stats, reset_routing_stats,
+                      routing, routing_stats)
 from .layers import BlockMoE
 from .models import ResNetBlockMoE, dense_name
 from .upcycle import upcycle

@@ -55,6 +55,26 @@ def reset_routing_stats(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
+def paused_routing_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Forwards inside the block leave `routing_stats` untouched (`routing` still shows the last forward).
+
+    For forwards that are not the data's own, such as the steps of an attack crafting a training example.
+
+    Args:
+        model: A model with or without BlockMoE layers.
+    """
+    layers = [m for _, m in moe_layers(model)]
+    previous = [m.record_stats for m in layers]
+    for m in layers:
+        m.record_stats = False
+    try:
+        yield model
+    finally:
+        for m, p in zip(layers, previous):
+            m.record_stats = p
+
+
+@contextlib.contextmanager
 def force_expert(model: nn.Module, expert: int) -> Iterator[nn.Module]:
     """Bypass every gate and send every image through expert `expert` (its "subpath").
 

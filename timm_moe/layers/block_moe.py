@@ -57,6 +57,7 @@ class BlockMoE(nn.Module):
         self.forced_expert: Optional[int] = None
         self.last_routing: Optional[Routing] = None
         self.last_aux: Optional[torch.Tensor] = None
+        self.record_stats = True  # off inside `timm_moe.paused_routing_stats`, e.g. while an attack probes
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -66,6 +67,9 @@ class BlockMoE(nn.Module):
         self._images = 0
 
     def _record(self, r: Routing) -> None:
+        self.last_routing = Routing(*(t.detach() for t in (r.logits, r.probs, r.indices, r.weights)))
+        if not self.record_stats:
+            return
         with torch.no_grad():
             load = torch.bincount(r.indices.flatten(), minlength=self.num_experts).float()
             importance = r.probs.float().sum(dim=0)
@@ -75,7 +79,6 @@ class BlockMoE(nn.Module):
                 self._load += load.to(self._load.device)
                 self._importance += importance.to(self._importance.device)
             self._images += r.indices.shape[0]
-        self.last_routing = Routing(*(t.detach() for t in (r.logits, r.probs, r.indices, r.weights)))
 
     def stats(self) -> Dict[str, object]:
         """Expert load and importance since the last `reset_stats`, and a collapse measure.
