@@ -93,6 +93,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg.validate()
+        if not timm.is_model(cfg.model):  # before any directory is made
+            raise UserError(f'unknown model {cfg.model!r}; `timm-moe models` lists ours, '
+                            'timm.list_models() all of timm\'s')
         self.info = dataset_info(cfg.dataset)
         self.model_kwargs = dict(num_classes=self.info['num_classes'], in_chans=self.info['in_chans'],
                                  **cfg.model_kwargs)
@@ -115,11 +118,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         try:
             self.model = timm.create_model(cfg.model, **self.model_kwargs)
-        except RuntimeError as e:
-            if 'Unknown model' in str(e):
-                raise UserError(f'unknown model {cfg.model!r}; `timm-moe models` lists ours, '
-                                'timm.list_models() all of timm\'s') from None
-            raise
+        except TypeError as e:
+            raise UserError(f'model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}') from None
         self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -302,7 +302,9 @@ class Trainer:
                 self.train_set.set_epoch(self.epoch)
                 sampler = ShardedBatches(len(self.train_set), cfg.batch_size, cfg.seed, self.epoch, self.rank,
                                          self.world_size, start=self.step_in_epoch)
-                loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.workers,
+                # more loader processes than cores only adds switching (results do not depend on the count)
+                loader = DataLoader(self.train_set, batch_sampler=sampler,
+                                    num_workers=min(cfg.workers, os.cpu_count() or 1),
                                     pin_memory=self.device.type == 'cuda')
                 timm_moe.reset_routing_stats(self.model)
                 sums, n_steps, t_epoch = dict(loss=0.0, task=0.0, aux=0.0, acc=0.0), 0, time.perf_counter()
