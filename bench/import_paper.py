@@ -2,7 +2,7 @@
 
     python -m bench.import_paper [--csv PATH] [--registry DIR] [--overwrite]
 
-The CSV (`shared/reference/robust_experts_official_results.csv`) is the result table of the
+The CSV (`registry/sources/robust_experts_official_results.csv`, a copy of `shared/reference/`) is the result table of the
 paper's public code (KASTEL-MobilityLab/robust-sparse-moes @ ed22e81). Its numbers are PGD-20 and
 torchattacks APGD-20, not AutoAttack, so they become `source: paper` entries with robust_acc keys
 `pgd20` and `apgd20` and an `attack_note` that says so.
@@ -38,7 +38,7 @@ from .errors import UserError
 from .provenance import sha256_file
 from .registry import DEFAULT_REGISTRY, REPO_ROOT, dumps_entry, entry_path, validate_entry, write_entry
 
-DEFAULT_CSV = REPO_ROOT.parent / 'shared' / 'reference' / 'robust_experts_official_results.csv'
+DEFAULT_CSV = REPO_ROOT / 'registry' / 'sources' / 'robust_experts_official_results.csv'
 COLUMNS = ('table', 'moe', 'loss', 'gate', 'k', 'training', 'clean', 'pgd20', 'apgd20')
 EPS = 8 / 255
 PAPER_REPO = 'KASTEL-MobilityLab/robust-sparse-moes'

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
-from .registry import DEFAULT_REGISTRY, load_entries, load_schema
+from .registry import DEFAULT_REGISTRY, check_filters, load_entries
 
 DASH = '—'  # a value that was not measured or not reported
 DAGGER = '†'  # a number reported elsewhere (paper, RobustBench), not measured by this harness
@@ -147,7 +147,7 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         f'Sorted by {sort} (ties by the other metrics, then by entry id; missing values last). '
         'Accuracies in percent; FLOPs× = active inference FLOPs / the dense baseline\'s.',
         '',
-        f'- **measured**: run by this harness; each entry holds its provenance (commit, versions, device, '
+        '- **measured**: run by this harness; each entry holds its provenance (commit, versions, device, '
         'command, seed, checkpoint sha256).',
         f'- **paper{DAGGER}**: reported by the paper\'s public code (Pavlitska et al. 2025): PGD-20 and APGD-20, '
         '**not AutoAttack**; APGD above PGD-20 points to a weak evaluation.',
@@ -201,12 +201,6 @@ def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[S
     return path
 
 
-def _check_choices(values: Optional[List[str]], allowed: Sequence[str], flag: str) -> None:
-    for v in values or []:
-        if v not in allowed:
-            raise UserError(f'{flag} {v!r} is not known: choose from {", ".join(allowed)}')
-
-
 def print_table(entries: Sequence[Mapping[str, Any]], sort: str, limit: int = 0) -> None:
     """The rich console table, one per data set and threat model."""
     from rich.console import Console
@@ -231,9 +225,7 @@ def print_table(entries: Sequence[Mapping[str, Any]], sort: str, limit: int = 0)
 
 
 def run(args: argparse.Namespace) -> int:
-    schema = load_schema()['properties']
-    _check_choices(args.dataset, schema['dataset']['enum'], '--dataset')
-    _check_choices(args.threat_model, schema['threat_model']['enum'], '--threat-model')
+    check_filters(args.dataset, args.threat_model)
     sort_key(args.sort)  # validates the key before any work
     if args.limit < 0:
         raise UserError(f'--limit {args.limit} is negative: use 0 for all rows or a positive count')

@@ -41,6 +41,16 @@ def load_schema() -> Dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding='utf-8'))
 
 
+def check_filters(datasets: Optional[Iterable[str]], threat_models: Optional[Iterable[str]]) -> None:
+    """Refuse a --dataset or --threat-model value that no entry can have (the schema's enums)."""
+    props = load_schema()['properties']
+    for flag, values, allowed in (('--dataset', datasets, props['dataset']['enum']),
+                                  ('--threat-model', threat_models, props['threat_model']['enum'])):
+        for v in values or []:
+            if v not in allowed:
+                raise UserError(f'{flag} {v!r} is not known: choose from {", ".join(allowed)}')
+
+
 @lru_cache(maxsize=1)
 def _validator():
     import jsonschema  # imported lazily: only the registry verbs need it

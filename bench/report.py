@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
 from .leaderboard import fmt_eps
-from .registry import DEFAULT_REGISTRY, load_entries, load_schema, robust_metric
+from .registry import DEFAULT_REGISTRY, check_filters, load_entries, robust_metric
 
 MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
 SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}
@@ -258,12 +258,7 @@ def write_report(registry_dir: Path = DEFAULT_REGISTRY, out_dir: Path = Path('re
 
 
 def run(args: argparse.Namespace) -> int:
-    schema = load_schema()['properties']
-    for flag, values, allowed in (('--dataset', args.dataset, schema['dataset']['enum']),
-                                  ('--threat-model', args.threat_model, schema['threat_model']['enum'])):
-        for v in values or []:
-            if v not in allowed:
-                raise UserError(f'{flag} {v!r} is not known: choose from {", ".join(allowed)}')
+    check_filters(args.dataset, args.threat_model)
     for path in write_report(Path(args.registry), Path(args.out), args.dataset, args.threat_model):
         print(f'wrote {path}')
     return 0
