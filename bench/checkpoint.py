@@ -35,12 +35,28 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def read_torch_file(path: Path, what: str, weights_only: bool = True) -> Any:
+    """torch.load on the CPU, turning an unreadable file into one clear line.
+
+    Args:
+        path: The file.
+        what: How to name it in the error, e.g. '--checkpoint'.
+        weights_only: Refuse arbitrary pickled objects (True for files from elsewhere).
+    """
+    try:
+        return torch.load(path, map_location='cpu', weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files fail in many ways
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise UserError(f'{what} {path} is not a readable torch file ({type(e).__name__}: {first[:120]}); '
+                        'it may be truncated or corrupt') from None
+
+
 def load_train_state(run_dir: Path) -> Dict[str, Any]:
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
         raise UserError(f'--resume: {path} does not exist; start without --resume, or point --out at the run')
     # our own file, holding RNG states and plain containers, so full unpickling is wanted
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return read_torch_file(path, '--resume:', weights_only=False)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

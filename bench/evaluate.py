@@ -26,6 +26,7 @@ import timm_moe
 from bench import moe_analysis, sanity
 from bench.attacks import (NORMS, PRESETS, accuracy, attack_choices, build_attack, parse_eps, perturbation_norm,
                            predict, resolve_attacks, robust_under_all)
+from bench.checkpoint import read_torch_file
 from bench.errors import UserError
 from bench.normalize import normalized, unwrap
 from bench.progress import progress_bar
@@ -275,10 +276,7 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], label: str = 'the 
     path = Path(path)
     if not path.is_file():
         raise UserError(f'--checkpoint {path} does not exist')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error, said in one line
-        raise UserError(f'--checkpoint {path} could not be read as a torch file: {str(e).splitlines()[0]}') from None
+    obj = read_torch_file(path, '--checkpoint')
     sd = _state_dict_of(obj, path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

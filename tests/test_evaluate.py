@@ -135,10 +135,12 @@ def mismatched_checkpoint(tmp_path):
     (['--n-examples', '5000'], '--n-examples 5000 is out of range'),
     (['--dataset', 'cifar100', '--data-dir', '{tmp}/nowhere'], 'cifar100 not found'),
     (['--checkpoint', '{ckpt}'], 'missing keys'),
+    (['--checkpoint', '{tmp}/corrupt.pth'], 'is not a readable torch file'),
     (['--device', 'tpu'], '--device'),
 ])
 def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched_checkpoint, extra, message):
     out = tmp_path / 'res.json'
+    (tmp_path / 'corrupt.pth').write_bytes(mismatched_checkpoint.read_bytes()[:200])  # a truncated download
     extra = [e.format(tmp=tmp_path, ckpt=mismatched_checkpoint) for e in extra]
     rc = cli.main(_argv(out, *extra))
     err = capsys.readouterr().err.strip()

@@ -181,3 +181,15 @@ def test_non_empty_out_needs_resume_or_overwrite(tmp_path, capsys):
     assert (out / 'precious.txt').read_text() == 'keep me'
     assert main(_cli_args(out, max_steps=1) + ['--resume']) == 2  # nothing to resume there
     assert (out / 'precious.txt').exists()
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line_and_kept(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(_cli_args(out, max_steps=1)) == 0
+    state = out / 'last.pth.tar'
+    state.write_bytes(state.read_bytes()[:100])  # as if truncated by a full disk
+    capsys.readouterr()
+    assert main(_cli_args(out, max_steps=2) + ['--resume']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'is not a readable torch file' in err[0]
+    assert len(state.read_bytes()) == 100  # left for the user to inspect, not replaced
