@@ -12,17 +12,17 @@ RNG so that an evaluation leaves the caller's random stream untouched.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
+from bench.rng import forked_rng
 
 NORMS = ('Linf', 'L2')
 # AutoAttack's own sub-attack names, as `version='custom'` takes them
@@ -88,14 +88,6 @@ def _check_common(eps: float, norm: str) -> None:
     parse_eps(eps, norm)
 
 
-@contextlib.contextmanager
-def _own_rng(device: torch.device) -> Iterator[None]:
-    """Let the reference code reseed torch's RNG without touching the caller's stream."""
-    devices = [device] if device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
 def _settings(obj: object, implementation: str) -> dict:
     d = dataclasses.asdict(obj)  # type: ignore[arg-type]
     d.update(attack=type(obj).__name__, implementation=implementation)
@@ -127,7 +119,8 @@ class _Reference:
 
     @staticmethod
     def _perturb(atk: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with _own_rng(x.device), torch.no_grad():
+        # the reference code reseeds torch's RNG: on a fork, the caller's stream is untouched
+        with forked_rng(x.device), torch.no_grad():
             return atk.perturb(x, y).detach()
 
 
@@ -420,7 +413,7 @@ class AutoAttack(_Reference):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         adv = self.adversary(model, num_classes_of(model, x), x.device)
-        with _own_rng(x.device):
+        with forked_rng(x.device):
             x_adv, _ = adv.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv.detach()
 

@@ -31,6 +31,7 @@ import timm_moe  # noqa: F401 - registers the models
 from bench.attacks import APGD, PGD, accuracy, predict
 from bench.data import dataset_info, load_tensors
 from bench.normalize import normalized
+from bench.rng import forked_rng
 from bench.timing import interleaved_times, median_ratio
 
 TINY_MODEL = 'resnet18_blockmoe_e4_k1'
@@ -67,7 +68,7 @@ def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversaria
                           batch_size=batch_size, lr=0.05, method='pgd' if adversarial_steps else 'normal',
                           attack_steps=max(adversarial_steps, 1), eps=eps, attack_step=eps / 4, seed=seed,
                           eval_limit=0, workers=0, progress=False, out=str(run_dir))
-        with torch.random.fork_rng():
+        with forked_rng():
             run_training(cfg, overwrite=True)
     model = timm.create_model(TINY_MODEL, **TINY_KWARGS)
     model.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))

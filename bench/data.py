@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.errors import UserError
+from bench.rng import forked_rng, key_seed
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')
@@ -67,7 +68,8 @@ class ImageTensors(Dataset):
         images: uint8 tensor (N, C, H, W).
         labels: int64 tensor (N,).
         transform: Optional callable on one float CHW image; it may draw from torch's global RNG,
-            which is re-seeded per sample from (seed, epoch, index) so that augmentation is reproducible.
+            which is forked and seeded per sample from (seed, epoch, index) so that augmentation is
+            reproducible and the caller's stream is left alone.
         seed: Base seed of the augmentation.
     """
 
@@ -84,15 +86,9 @@ class ImageTensors(Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         img = self.images[index].float().div_(255)
         if self.transform is not None:
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
-            img = self.transform(img)
+            with forked_rng(seed=key_seed(self.seed, self.epoch, index)):
+                img = self.transform(img)
         return img, int(self.labels[index])
-
-
-def sample_seed(*key: int) -> int:
-    """A well-mixed 63-bit seed for a key such as (seed, epoch, index)."""
-    digest = hashlib.blake2b('/'.join(map(str, key)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, 'little') >> 1
 
 
 def _augment(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -35,11 +35,12 @@ from timm.utils.distributed import init_distributed_device_so
 
 from bench import checkpoint as ckpt
 from bench.config import TrainConfig, load_config, save_config
-from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, sample_seed
+from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
 from bench.errors import UserError
 from bench.normalize import normalized
 from bench.perturb import madry_examples, trades_examples
 from bench.progress import progress_bar
+from bench.rng import forked_rng, key_seed
 
 
 class ShardedBatches(Sampler[List[int]]):
@@ -67,19 +68,10 @@ class ShardedBatches(Sampler[List[int]]):
         return self.n // self.batch_size - self.start
 
     def __iter__(self) -> Iterator[List[int]]:
-        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        g = torch.Generator().manual_seed(key_seed(self.seed, self.epoch, -1))
         perm = torch.randperm(self.n, generator=g).tolist()
         for i in range(self.start, self.n // self.batch_size):
             yield perm[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world_size]
-
-
-@contextlib.contextmanager
-def keyed_rng(device: torch.device, *key: int) -> Iterator[None]:
-    """Run the block with torch's RNG seeded from `key`, leaving the global stream untouched."""
-    devices = [device] if device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(sample_seed(*key))
-        yield
 
 
 class Trainer:
@@ -175,7 +167,7 @@ class Trainer:
         was_training = self.net.training
         self.net.train(cfg.attack_mode == 'train')
         # the attack's forwards are not the data's: keep them out of the epoch's routing statistics
-        with keyed_rng(self.device, cfg.seed, self.epoch, self.global_step, shard), self._autocast(), \
+        with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)), self._autocast(), \
                 timm_moe.paused_routing_stats(self.model):
             if cfg.method == 'pgd':
                 x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start)
@@ -212,7 +204,8 @@ class Trainer:
         cfg, accum = self.cfg, self.cfg.accum_steps
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = dict(loss=0.0, task=0.0, aux=0.0, correct=0.0)
+        keys = ('loss', 'task', 'aux', 'correct')
+        sums = torch.zeros(len(keys), device=self.device)  # on the device: one host sync per step, not four
         for micro in range(accum):
             xs, ys = self._to_device(x[micro::accum]), y[micro::accum].to(self.device)
             sync = micro == accum - 1 or not self.distributed
@@ -225,8 +218,8 @@ class Trainer:
                                 need_update=micro == accum - 1)
                 else:
                     loss.backward()
-            for k in totals:
-                totals[k] += float(out[k].detach()) / (accum if k != 'correct' else 1)
+            scale = torch.tensor([1 / accum] * 3 + [1.0], device=self.device)
+            sums += torch.stack([out[k].detach().float() for k in keys]) * scale
         if self.scaler is None:
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -235,6 +228,7 @@ class Trainer:
         self.scheduler.step_update(self.global_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
+        totals = dict(zip(keys, sums.tolist()))
         totals['acc'] = 100.0 * totals.pop('correct') / len(y)
         return totals
 
