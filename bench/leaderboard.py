@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
-from .registry import DEFAULT_REGISTRY, check_filters, load_entries
+from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries
 
 DASH = '—'  # a value that was not measured or not reported
 DAGGER = '†'  # a number reported elsewhere (paper, RobustBench), not measured by this harness
@@ -243,9 +243,7 @@ def run(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser('leaderboard', help='rank the registry and regenerate registry/LEADERBOARD.md',
                               description=__doc__.split('\n\n')[0])
-    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help='registry root (default: the repo\'s registry/)')
-    p.add_argument('--dataset', nargs='+', help='show only these data sets (the file always has all)')
-    p.add_argument('--threat-model', nargs='+', help='show only these threat models (Linf, L2)')
+    add_registry_args(p, 'show only these')  # LEADERBOARD.md always has every entry
     p.add_argument('--sort', default=DEFAULT_SORT,
                    help='autoattack | pgd (PGD-20, else the strongest PGD on record) | clean; the file is '
                         'always sorted by autoattack')

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
 from .leaderboard import fmt_eps
-from .registry import DEFAULT_REGISTRY, check_filters, load_entries, robust_metric
+from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries, robust_metric
 
 MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
 SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}
@@ -267,8 +267,6 @@ def run(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser('report', help='draw PNG plots from the registry',
                               description=__doc__.split('\n\n')[0])
-    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root (default: the repo's registry/)")
+    add_registry_args(p)
     p.add_argument('--out', required=True, help='directory for the PNG files (created if missing)')
-    p.add_argument('--dataset', nargs='+', help='only these data sets')
-    p.add_argument('--threat-model', nargs='+', help='only these threat models (Linf, L2)')
     p.set_defaults(func=run)
