@@ -4,8 +4,9 @@
         --dataset cifar100 --attacks standard --n-examples 1000 --json results/aa.json --resume
 
 The model is wrapped with `bench.normalize.normalized` (the data set's mean/std), so attacks work in [0, 1].
-With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it; --resume
-skips the batches recorded there, and the final JSON is written atomically only when everything is done.
+With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it (and the
+examples that routing under attack reuses are kept in `OUT.partial.jsonl.adv/`); --resume skips the batches
+recorded there, and the final JSON is written atomically only when everything is done.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ import timm_moe
 from bench import moe_analysis, sanity
 from bench.attacks import (NORMS, PRESETS, accuracy, attack_choices, build_attack, parse_eps, perturbation_norm,
                            predict, resolve_attacks, robust_under_all)
-from bench.checkpoint import read_torch_file
+from bench.checkpoint import atomic_save, read_torch_file
 from bench.errors import UserError
 from bench.normalize import normalized, unwrap
 from bench.progress import progress_bar
@@ -49,6 +51,8 @@ class BatchLog:
 
     The first line is a fingerprint of everything that determines the results (attack settings, eps, data,
     weights); resuming against a different fingerprint is refused rather than mixing two evaluations.
+    Adversarial examples that a later analysis reuses (routing under attack) go to `<path>.adv/`, one file
+    per batch, so a resumed run need not craft them again.
 
     Args:
         path: The sidecar file, or None to keep nothing.
@@ -58,6 +62,7 @@ class BatchLog:
 
     def __init__(self, path: Optional[Path], fingerprint: dict, resume: bool) -> None:
         self.path = Path(path) if path is not None else None
+        self.adv_dir = Path(str(self.path) + '.adv') if self.path is not None else None
         self.records: Dict[Tuple[str, int], dict] = {}
         if self.path is None:
             return
@@ -75,6 +80,7 @@ class BatchLog:
                 self.records[(rec['attack'], rec['batch'])] = rec
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.adv_dir, ignore_errors=True)  # examples of an older evaluation
             self.path.write_text(json.dumps({'fingerprint': fingerprint}) + '\n')
 
     def get(self, attack: str, batch: int) -> Optional[dict]:
@@ -89,9 +95,29 @@ class BatchLog:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+    def put_adv(self, attack: str, batch: int, x_adv: torch.Tensor) -> None:
+        if self.adv_dir is not None:
+            self.adv_dir.mkdir(exist_ok=True)
+            atomic_save(x_adv.detach().cpu(), self.adv_dir / f'{attack}-{batch}.pt')
+
+    def get_adv(self, attack: str, batch: int, shape: torch.Size) -> Optional[torch.Tensor]:
+        """The stored examples, or None when missing, unreadable or of another shape (the caller crafts them
+        again)."""
+        f = self.adv_dir / f'{attack}-{batch}.pt' if self.adv_dir is not None else None
+        if f is None or not f.is_file():
+            return None
+        try:
+            x_adv = read_torch_file(f, 'stored adversarial examples')
+        except UserError:
+            return None
+        return x_adv if isinstance(x_adv, torch.Tensor) and x_adv.shape == shape else None
+
+    @staticmethod
+    def discard(path: Optional[Path]) -> None:
+        """Delete a sidecar and its stored examples: the evaluation is complete."""
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+            shutil.rmtree(str(path) + '.adv', ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -156,7 +182,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     routing_attack = moe_analysis.per_expert_attack_names(names)[0] if moe else None
     correct: Dict[str, torch.Tensor] = {}
     timing: Dict[str, float] = {}
-    kept_adv: Optional[torch.Tensor] = None  # the routing attack's examples, if all batches ran here
+    kept_adv: Optional[torch.Tensor] = None  # the routing attack's examples, when every batch has them
     with progress_bar(progress) as bar:
         for name, attack in objs.items():
             task = bar.add_task(name, total=n_batches, ips='')
@@ -176,6 +202,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                     _check_ball(x_adv, xb, eps, norm, name)
                     batch_ok = (predict(model, x_adv) == yb).cpu()
                     log.put(name, b, batch_ok.tolist(), dt)
+                    if name == routing_attack:
+                        log.put_adv(name, b, x_adv)
                     advs.append(x_adv.cpu() if name == routing_attack else None)
                     # a point broken on clean input stays broken: attacks may return it unchanged
                     ok[sl] = batch_ok & clean[sl]
@@ -183,7 +211,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                 else:
                     ok[sl] = torch.tensor(rec['correct'], dtype=torch.bool) & clean[sl]
                     seconds += rec['seconds']
-                    advs.append(None)
+                    advs.append(log.get_adv(name, b, x[sl].shape) if name == routing_attack else None)
                 bar.update(task, advance=1, ips=f'{accuracy(ok[:sl.stop]):.1f}%')
             correct[name], timing[name] = ok, seconds
             if name == routing_attack and all(a is not None for a in advs):
@@ -441,6 +469,6 @@ def run(args: argparse.Namespace) -> int:
     print_result(result)
     if args.json:
         write_json_atomic(result, args.json)
-        sidecar.unlink(missing_ok=True)  # complete: nothing left to resume
+        BatchLog.discard(sidecar)  # complete: nothing left to resume
         print(f'wrote {args.json}')
     return 0

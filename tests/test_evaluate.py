@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import timm_moe  # noqa: F401 - registers the models
-from bench import cli
+from bench import cli, moe_analysis
 from bench.attacks import PGD
 from bench.data import dataset_info, eval_tensors
 from bench.errors import UserError
@@ -113,6 +113,32 @@ def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_p
         evaluate_model(model, x, y, attacks='pgd10', eps=4 / 255, batch_size=8, sidecar=side, resume=True)
 
 
+def test_resume_takes_routing_under_attack_from_the_stored_examples(tmp_path, monkeypatch, tiny_trained):
+    x, y = eval_tensors(DATA, 16)
+    side = tmp_path / f'out.json{SIDECAR_SUFFIX}'
+    adv_dir = tmp_path / f'out.json{SIDECAR_SUFFIX}.adv'
+    kw = dict(attacks='pgd10', batch_size=8, n_check=8, sidecar=side)
+    evaluate_model(tiny_trained, x, y, **kw)
+    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt', 'pgd10-1.pt']
+    # swap in recognisable "examples" (the clean images): a resumed run must route exactly these
+    torch.save(x[:8].clone(), adv_dir / 'pgd10-0.pt')
+    torch.save(x[8:].clone(), adv_dir / 'pgd10-1.pt')
+    seen = []
+    real = moe_analysis.routing_under_attack
+    monkeypatch.setattr(moe_analysis, 'routing_under_attack',
+                        lambda model, xc, x_adv, bs: seen.append(x_adv) or real(model, xc, x_adv, bs))
+    evaluate_model(tiny_trained, x, y, resume=True, **kw)
+    assert torch.equal(seen[-1], x)
+    # an unreadable file is crafted again rather than trusted or fatal
+    (adv_dir / 'pgd10-1.pt').write_bytes(b'torn')
+    evaluate_model(tiny_trained, x, y, resume=True, **kw)
+    assert not torch.equal(seen[-1], x)
+    assert (seen[-1] - x).abs().max() <= 8 / 255 + 1e-6
+    # a fresh (non-resumed) run forgets the old examples
+    evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=16, n_check=8, sidecar=side)
+    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt']
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 def _argv(out, *extra):
@@ -164,7 +190,7 @@ def test_cli_end_to_end_with_run_config_interrupt_and_resume(tmp_path, capsys, m
     out = tmp_path / 'res.json'
     argv = ['eval', '--model', 'resnet18_blockmoe_e4_k1', '--checkpoint', str(run / 'model.pth'), '--dataset', DATA,
             '--n-examples', '16', '--batch-size', '8', '--attacks', 'pgd10', '--n-check', '8', '--no-progress',
-            '--no-per-expert', '--json', str(out)]
+            '--json', str(out)]
     # kill the run in its second attack batch: nothing may look complete
     calls = {'n': 0}
     real_call = PGD.__call__
@@ -179,10 +205,11 @@ def test_cli_end_to_end_with_run_config_interrupt_and_resume(tmp_path, capsys, m
     assert cli.main(argv) == 130
     side = tmp_path / f'res.json{SIDECAR_SUFFIX}'
     assert not out.exists() and len(side.read_text().splitlines()) == 2  # header + batch 0
+    assert (tmp_path / f'res.json{SIDECAR_SUFFIX}.adv' / 'pgd10-0.pt').is_file()
     monkeypatch.setattr(PGD, '__call__', real_call)
     assert cli.main(argv + ['--resume']) == 0
     result = json.loads(out.read_text())
-    assert not side.exists()
+    assert not side.exists() and not (tmp_path / f'res.json{SIDECAR_SUFFIX}.adv').exists()
     assert result['settings']['model_kwargs']['width'] == 8  # from the run's config.yaml
     x, y = eval_tensors(DATA, 16)
     direct = evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=8, per_expert=False, n_check=8)
