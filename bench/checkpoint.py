@@ -1,14 +1,13 @@
 """Checkpoints that survive a kill at any moment, and run directories that are never silently reused."""
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
+from bench.atomic import atomic_open
 from bench.errors import UserError
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
@@ -17,22 +16,9 @@ EMA_WEIGHTS = 'model_ema.pth'
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
-
-    A rename within one file system is atomic, so a reader (or a resume after SIGKILL) sees either
-    the previous complete file or the new complete file, never a torn one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save that a kill at any moment leaves either the previous or the new complete file."""
+    with atomic_open(path, 'wb') as f:
+        torch.save(obj, f)
 
 
 def read_torch_file(path: Path, what: str, weights_only: bool = True) -> Any:

@@ -9,13 +9,12 @@ regenerating it from the same entries gives the same bytes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .atomic import atomic_open
 from .errors import UserError
 from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries
 
@@ -188,16 +187,8 @@ def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[S
     text = render_markdown(entries, DEFAULT_SORT)
     path = registry_dir / FILENAME
     if not path.is_file() or path.read_text(encoding='utf-8') != text:  # leave an unchanged file untouched
-        # a private temp file + os.replace: concurrent regenerations (sweep jobs) never interleave
-        fd, tmp = tempfile.mkstemp(prefix=f'.{FILENAME}.', suffix='.tmp', dir=registry_dir)
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path) as f:  # concurrent regenerations (sweep jobs) never interleave
+            f.write(text)
     return path
 
 

@@ -4,23 +4,22 @@ Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/sch
 Every number the project shows is read from these files (see `bench.leaderboard`, `bench.report`).
 
 Writing is safe under concurrency (the sweep runs several jobs at once): the entry is written
-to a temporary file in the target directory and then either linked into place (`os.link`
+through `bench.atomic`: to a temporary file in the target directory and then either linked into place (`os.link`
 fails if the name exists, so of two racing writers exactly one wins) or, with
 `overwrite=True`, moved over the old file with `os.replace` (atomic on POSIX). A reader
 therefore never sees a half-written file.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
+from .atomic import atomic_open
 from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -164,38 +163,12 @@ def write_entry(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGIS
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():  # cheap early answer; the link below is the real guard
         raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it')
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        with atomic_open(path, exclusive=not overwrite) as f:
             f.write(dumps_entry(entry))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; entries are for everyone to read
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_exclusive(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _link_exclusive(tmp: str, path: Path) -> None:
-    """Put the finished file `tmp` at `path` only if nothing is there (atomically)."""
-    try:
-        os.link(tmp, path)
     except FileExistsError:
         raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it') from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        # file systems without hard links: reserve the name with O_EXCL, then move the content over it
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except FileExistsError:
-            raise UserError(f'registry entry {path} exists: pass overwrite=True (--overwrite) to replace it') from None
-        os.replace(tmp, path)
+    return path
 
 
 def _entry_files(registry_dir: Path) -> List[Path]:

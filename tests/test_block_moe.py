@@ -1,5 +1,4 @@
 """BlockMoE: routing, sparse dispatch against a dense reference, aux losses, inspection API."""
-import copy
 import math
 
 import pytest

@@ -10,3 +10,6 @@ from .models import ResNetBlockMoE, dense_name
 from .upcycle import upcycle
 
 __version__ = '0.1.0'
+
+__all__ = ['BlockMoE', 'ResNetBlockMoE', 'aux_loss', 'dense_name', 'force_expert', 'moe_layers', 'num_experts',
+           'paused_routing_stats', 'reset_routing_stats', 'routing', 'routing_stats', 'upcycle']
