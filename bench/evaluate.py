@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -28,6 +27,7 @@ import timm_moe
 from bench import moe_analysis, sanity
 from bench.attacks import (NORMS, PRESETS, accuracy, attack_choices, build_attack, parse_eps, perturbation_norm,
                            predict, resolve_attacks, robust_under_all)
+from bench.atomic import atomic_open
 from bench.checkpoint import atomic_save, read_torch_file
 from bench.errors import UserError
 from bench.normalize import normalized, unwrap
@@ -62,7 +62,7 @@ class BatchLog:
 
     def __init__(self, path: Optional[Path], fingerprint: dict, resume: bool) -> None:
         self.path = Path(path) if path is not None else None
-        self.adv_dir = Path(str(self.path) + '.adv') if self.path is not None else None
+        self.adv_dir = self.adv_dir_of(self.path) if self.path is not None else None
         self.records: Dict[Tuple[str, int], dict] = {}
         if self.path is None:
             return
@@ -98,7 +98,7 @@ class BatchLog:
     def put_adv(self, attack: str, batch: int, x_adv: torch.Tensor) -> None:
         if self.adv_dir is not None:
             self.adv_dir.mkdir(exist_ok=True)
-            atomic_save(x_adv.detach().cpu(), self.adv_dir / f'{attack}-{batch}.pt')
+            atomic_save(x_adv.detach(), self.adv_dir / f'{attack}-{batch}.pt')
 
     def get_adv(self, attack: str, batch: int, shape: torch.Size) -> Optional[torch.Tensor]:
         """The stored examples, or None when missing, unreadable or of another shape (the caller crafts them
@@ -113,11 +113,15 @@ class BatchLog:
         return x_adv if isinstance(x_adv, torch.Tensor) and x_adv.shape == shape else None
 
     @staticmethod
+    def adv_dir_of(path: Path) -> Path:
+        return Path(str(path) + '.adv')
+
+    @staticmethod
     def discard(path: Optional[Path]) -> None:
         """Delete a sidecar and its stored examples: the evaluation is complete."""
         if path is not None:
             Path(path).unlink(missing_ok=True)
-            shutil.rmtree(str(path) + '.adv', ignore_errors=True)
+            shutil.rmtree(BatchLog.adv_dir_of(path), ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -201,10 +205,11 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                     dt = time.perf_counter() - t0
                     _check_ball(x_adv, xb, eps, norm, name)
                     batch_ok = (predict(model, x_adv) == yb).cpu()
+                    kept = x_adv.cpu() if name == routing_attack else None
+                    if kept is not None:  # before the record, so a recorded batch has its examples
+                        log.put_adv(name, b, kept)
                     log.put(name, b, batch_ok.tolist(), dt)
-                    if name == routing_attack:
-                        log.put_adv(name, b, x_adv)
-                    advs.append(x_adv.cpu() if name == routing_attack else None)
+                    advs.append(kept)
                     # a point broken on clean input stays broken: attacks may return it unchanged
                     ok[sl] = batch_ok & clean[sl]
                     seconds += dt
@@ -342,22 +347,11 @@ def build_model(name: str, num_classes: int, in_chans: int, model_kwargs: Option
 # ---------------------------------------------------------------------------------------------- output
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary file in the same directory, then rename: readers never see half a file."""
+    """Write JSON atomically: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=1)
 
 
 def print_result(result: Dict[str, Any]) -> None:
@@ -417,6 +411,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', type=Path, default=None, help='write the result here (atomically, when complete)')
     p.add_argument('--resume', action='store_true', help='skip the batches recorded in the --json sidecar')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing --json result, or discard a partial one instead of resuming it')
     p.add_argument('--no-per-expert', action='store_true', help='skip per-expert subpaths, routing and transfer')
     p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
@@ -436,6 +432,20 @@ def _device(text: str) -> torch.device:
     return dev
 
 
+def _check_json_target(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace a finished result, or to throw away a killed run's batches, unless told to."""
+    sidecar = Path(str(out) + SIDECAR_SUFFIX)
+    if resume and overwrite:
+        raise UserError('--resume and --overwrite contradict each other; pick one')
+    if out.is_dir():
+        raise UserError(f'--json {out} is a directory; give a file name such as {out / "eval.json"}')
+    if out.exists() and not overwrite:
+        raise UserError(f'--json {out} already holds a result; pass --overwrite to replace it, or choose another file')
+    if sidecar.exists() and not (resume or overwrite):
+        raise UserError(f'{sidecar} holds a partial evaluation; pass --resume to continue it, or --overwrite to '
+                        'start afresh')
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     # validate every cheap input before any expensive work
@@ -448,8 +458,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--n-examples {args.n_examples} must be at least 1')
     if args.resume and args.json is None:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
-    if args.json is not None and args.json.is_dir():
-        raise UserError(f'--json {args.json} is a directory; give a file name such as {args.json / "eval.json"}')
+    if args.json is not None:
+        _check_json_target(args.json, args.resume, args.overwrite)
     device = _device(args.device)
     kwargs = {**run_config_kwargs(args.checkpoint), **_parse_kwargs(args.model_kwargs)}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']

@@ -175,6 +175,24 @@ def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched
     assert not out.exists() and not (tmp_path / f'res.json{SIDECAR_SUFFIX}').exists()
 
 
+def test_cli_never_replaces_a_result_or_drops_a_partial_run_unasked(tmp_path, capsys):
+    out = tmp_path / 'res.json'
+    side = tmp_path / f'res.json{SIDECAR_SUFFIX}'
+    out.write_text('{"kept": 1}')
+    side.write_text('{"fingerprint": {}}\n')
+    for extra, message in [((), 'already holds a result'), (('--resume', '--overwrite'), 'contradict')]:
+        assert cli.main(_argv(out, *extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    out.unlink()
+    assert cli.main(_argv(out)) == 2
+    assert 'holds a partial evaluation; pass --resume' in capsys.readouterr().err
+    assert side.read_text() == '{"fingerprint": {}}\n'  # the killed run's batches are still there
+    out.write_text('{"kept": 1}')
+    assert cli.main(_argv(out, '--overwrite', '--no-per-expert')) == 0
+    assert json.loads(out.read_text())['n_examples'] == 8 and not side.exists()
+
+
 def test_cli_checkpoint_mismatch_names_keys_and_counts(tmp_path, capsys, mismatched_checkpoint):
     assert cli.main(_argv(tmp_path / 'r.json', '--checkpoint', str(mismatched_checkpoint))) == 2
     err = capsys.readouterr().err
