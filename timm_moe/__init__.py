@@ -5,11 +5,12 @@ Importing this package registers `resnet{18,50}_blockmoe_e{E}_k{K}` and the dens
 """
 from .inspect import (aux_loss, force_expert, moe_layers, num_experts, paused_routing_stats, reset_routing_stats,
                       routing, routing_stats)
+from .idle import drop_idle_expert_grads
 from .layers import BlockMoE
 from .models import ResNetBlockMoE, dense_name
 from .upcycle import upcycle
 
 __version__ = '0.1.0'
 
-__all__ = ['BlockMoE', 'ResNetBlockMoE', 'aux_loss', 'dense_name', 'force_expert', 'moe_layers', 'num_experts',
-           'paused_routing_stats', 'reset_routing_stats', 'routing', 'routing_stats', 'upcycle']
+__all__ = ['BlockMoE', 'ResNetBlockMoE', 'aux_loss', 'dense_name', 'drop_idle_expert_grads', 'force_expert',
+           'moe_layers', 'num_experts', 'paused_routing_stats', 'reset_routing_stats', 'routing', 'routing_stats', 'upcycle']

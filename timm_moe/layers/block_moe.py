@@ -1,13 +1,19 @@
 """BlockMoE: a residual block replaced by E copies of itself and a per-image top-k gate."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .gates import GATES, create_gate
 from .routing import AUX_LOSSES, Routing, route
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs, i.e. in gradient checkpointing's recomputation forward."""
+    graph_task_id = getattr(torch._C, '_current_graph_task_id', None)  # private, hence the guard
+    return graph_task_id is not None and graph_task_id() != -1
 
 
 class BlockMoE(nn.Module):
@@ -59,6 +65,24 @@ class BlockMoE(nn.Module):
         self.last_aux: Optional[torch.Tensor] = None
         self.record_stats = True  # off inside `timm_moe.paused_routing_stats`, e.g. while an attack probes
         self.reset_stats()
+        self.reset_usage()
+
+    def reset_usage(self) -> None:
+        """Forget the per-expert image counts of counted training forwards (see `timm_moe.drop_idle_expert_grads`)."""
+        self._usage: Optional[torch.Tensor] = None  # (E,) int64 on the routing's device: no host sync to update
+        self._usage_forwards = 0
+
+    def usage(self) -> Tuple[torch.Tensor, int]:
+        """Images each expert received in counted training forwards since `reset_usage`, and how many such forwards.
+
+        Counted: training mode with grad enabled, outside `paused_routing_stats`, no forced expert. The
+        recomputation forward of gradient checkpointing is counted too (it repeats the same routing, so
+        it only doubles counts, never turns an idle expert into a used one).
+        """
+        if self._usage is None:
+            device = next(self.gate.parameters()).device
+            return torch.zeros(self.num_experts, dtype=torch.long, device=device), self._usage_forwards
+        return self._usage, self._usage_forwards
 
     def reset_stats(self) -> None:
         """Forget the accumulated expert load and importance."""
@@ -66,12 +90,12 @@ class BlockMoE(nn.Module):
         self._importance: Optional[torch.Tensor] = None
         self._images = 0
 
-    def _record(self, r: Routing) -> None:
+    def _record(self, r: Routing, counts: torch.Tensor) -> None:
         self.last_routing = Routing(*(t.detach() for t in (r.logits, r.probs, r.indices, r.weights)))
         if not self.record_stats:
             return
         with torch.no_grad():
-            load = torch.bincount(r.indices.flatten(), minlength=self.num_experts).float()
+            load = counts.float()
             importance = r.probs.float().sum(dim=0)
             if self._load is None:
                 self._load, self._importance = load, importance
@@ -105,17 +129,30 @@ class BlockMoE(nn.Module):
         logits = self.gate(x)
         noise = self.noise_std if (self.noisy_gating and self.training) else 0.0
         r = route(logits, self.k, straight_through=self.straight_through, noise_std=noise)
-        self.last_aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
-        self._record(r)
-        return self._dispatch(x, r)
+        counts = torch.bincount(r.indices.flatten(), minlength=self.num_experts)
+        if not _in_backward():
+            # gradient checkpointing re-runs this forward inside backward: the images were counted,
+            # and the aux loss (already summed into the loss) taken, by the original forward
+            self.last_aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
+            self._record(r, counts)
+        if self.training and torch.is_grad_enabled() and self.record_stats:
+            self._count_usage(counts)
+        return self._dispatch(x, r, counts.tolist())
 
-    def _dispatch(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+    def _count_usage(self, counts: torch.Tensor) -> None:
+        counts = counts.detach()
+        if self._usage is None:
+            self._usage = counts.clone()
+        else:
+            self._usage += counts.to(self._usage.device)
+        self._usage_forwards += 1
+
+    def _dispatch(self, x: torch.Tensor, r: Routing, counts: List[int]) -> torch.Tensor:
         batch, k = r.indices.shape
         flat_expert = r.indices.flatten()
         # group the (image, slot) pairs by expert: one gather, then each expert gets a contiguous view
         order = torch.argsort(flat_expert, stable=True)
         image_of = order // k
-        counts = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
         chunks = x.index_select(0, image_of).split(counts)
         targets = image_of.split(counts)
         # for k=1 with the straight-through estimator the weight is exactly 1, so the multiply only
@@ -149,7 +186,8 @@ class BlockMoE(nn.Module):
 
         An expert that received no image in this batch would otherwise get no gradient, which breaks
         DDP without `find_unused_parameters` and timm's all-parameters-get-grad test. Their gradient
-        is exactly zero, so optimisation is unaffected (weight decay aside, as for any zero grad).
+        is exactly zero, but SGD momentum and weight decay would still move the expert: call
+        `timm_moe.drop_idle_expert_grads(model)` before `optimizer.step()` to give it no grad at all.
         """
         anchor = like.new_zeros(())
         for expert, n in zip(self.experts, counts):
