@@ -1,6 +1,8 @@
 """Top-k routing over gate logits, and the auxiliary load-balancing losses.
 
-Notation as in DESIGN.md: p = softmax over E per image, p_bar = batch mean of p, H = entropy.
+Notation as in docs/METHOD.md: p = softmax over E per image, p_bar = batch mean of p, H = entropy.
+Every function here gives finite values and finite gradients for any finite logits (docs/METHOD.md,
+"Saturated gates").
 """
 from __future__ import annotations
 
@@ -59,7 +61,10 @@ def route(
     probs = logits.float().softmax(dim=-1)
     select_on = probs
     if noise_std > 0:
-        select_on = probs / probs.std().clamp_min(1e-6) + noise_std * torch.randn_like(probs)
+        # the reference divides by the std over the whole (B, E) batch of probabilities; a single
+        # probability has no std, and a collapsed batch has std 0, hence the guards
+        scale = probs.std().clamp_min(1e-6) if probs.numel() > 1 else probs.new_ones(())
+        select_on = probs / scale + noise_std * torch.randn_like(probs)
     indices = select_on.topk(k, dim=-1, sorted=True).indices
     top_p = probs.gather(1, indices)
     if k == 1 and straight_through:
@@ -70,8 +75,16 @@ def route(
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
-    # xlogy gives 0*log(0) = 0, so a collapsed distribution has a finite entropy and gradient
-    return -torch.special.xlogy(p, p).sum(dim=-1)
+    """H(p) over the last dim, with 0 * log 0 = 0 and a finite gradient at p = 0.
+
+    Once a logit gap passes ~104 the float32 softmax gives p = 0 exactly, and xlogy(p, p) then has a
+    NaN gradient (0 * -inf), which poisons every gate gradient. The reference guards with
+    log(p + (p == 0) * 1e-5); we take log(1) = 0 at p = 0 instead, through torch.where, so that values
+    and gradients are unchanged wherever p > 0 and no gradient flows into the masked branch.
+    """
+    positive = p > 0
+    log_p = torch.where(positive, p, torch.ones_like(p)).log()
+    return -(p * log_p).sum(dim=-1)
 
 
 def switch_loss(r: Routing) -> torch.Tensor:
