@@ -1,0 +1,369 @@
+"""Statistics for accuracies measured on a finite test set, and for runs that differ only in their seed.
+
+Everything here is exact or plain numpy: no scipy. What each statistic means and when to use it is in
+docs/STATISTICS.md.
+
+- `wilson_interval`: the 95% interval of ONE accuracy (k correct of n points).
+- `paired_bootstrap`, `mcnemar_exact`: the difference of TWO models evaluated on the SAME points.
+- `encode_bits` / `decode_bits` / `per_sample_block` / `per_sample_vectors`: the per-sample results that a
+  registry entry stores (format 'bitset-b64-v1'), which the paired tests need.
+- `seed_group_key` / `group_by_seed` / `seed_summary`: the spread of a configuration over training seeds.
+
+Accuracies are in percent, as everywhere in the registry.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from statistics import NormalDist
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = [
+    'BITSET_FORMAT', 'wilson_interval', 'encode_bits', 'decode_bits', 'per_sample_block', 'per_sample_vectors',
+    'paired_bootstrap', 'mcnemar_exact', 'attack_settings', 'seed_group_key', 'group_by_seed', 'seed_summary',
+    't_quantile',
+]
+
+BITSET_FORMAT = 'bitset-b64-v1'
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f'confidence {confidence!r} must lie strictly between 0 and 1 (e.g. 0.95)')
+
+
+def _z(confidence: float) -> float:
+    """The two-sided standard-normal quantile: 1.95996... for 0.95."""
+    _check_confidence(confidence)
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+# ------------------------------------------------------------------------------------------ one accuracy
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n, in percent.
+
+    Unlike the normal ('Wald') interval it stays inside [0, 100] and keeps its coverage near 0% and
+    100% accuracy, which robust accuracies often are. n = 0 gives (0, 100): no points, no information
+    (the formula's limit).
+
+    Args:
+        k: points classified correctly.
+        n: points evaluated.
+        confidence: two-sided coverage (0.95 for a 95% interval).
+    """
+    k, n = int(k), int(n)
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise ValueError(f'wilson_interval needs 0 <= k <= n, got k={k}, n={n}')
+    z = _z(confidence)
+    if n == 0:
+        return 0.0, 100.0
+    p, z2 = k / n, z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # at k = 0 the lower bound is exactly 0 and at k = n the upper exactly 100; the formula leaves float dust
+    lo = 0.0 if k == 0 else 100 * max(0.0, center - half)
+    hi = 100.0 if k == n else 100 * min(1.0, center + half)
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------------------ per-sample bits
+
+def _as_bool(correct: Any, what: str = 'per-sample vector') -> np.ndarray:
+    """A 1-D bool array from bools or 0/1 numbers; anything else is a caller bug (ValueError)."""
+    arr = np.asarray(correct)
+    if arr.ndim != 1:
+        raise ValueError(f'{what} must be one-dimensional, got shape {arr.shape}')
+    if arr.dtype == bool:
+        return arr
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise ValueError(f'{what} must hold only 0/1 or booleans, got values {sorted(set(arr.tolist()))[:5]}')
+    return arr.astype(bool)
+
+
+def encode_bits(correct: Any) -> str:
+    """Pack a correct/incorrect vector into base64 text: bit i (little-endian within each byte) is point i.
+
+    Example: [1, 0, 1] -> byte 0b101 = 5 -> 'BQ=='.
+    """
+    bits = np.packbits(_as_bool(correct), bitorder='little')
+    return base64.b64encode(bits.tobytes()).decode('ascii')
+
+
+def decode_bits(text: str, n: int) -> np.ndarray:
+    """Inverse of `encode_bits`: the first n bits of the base64 text as a bool array.
+
+    The text comes from a registry file, so a malformed one is bad input (UserError): wrong alphabet,
+    a byte count other than ceil(n / 8), or set bits past n (which means n is wrong).
+    """
+    if not isinstance(text, str):
+        raise UserError(f'per-sample bits must be base64 text, got {type(text).__name__}')
+    n = int(n)
+    if n < 0:
+        raise UserError(f'per-sample n={n} must be >= 0')
+    try:
+        raw = base64.b64decode(text.encode('ascii'), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise UserError(f'per-sample bits {text[:20]!r}... are not standard base64 ({e})') from None
+    if len(raw) != (n + 7) // 8:
+        raise UserError(f'per-sample bits hold {len(raw)} bytes but n={n} points need {(n + 7) // 8}')
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder='little').astype(bool)
+    if bits[n:].any():
+        raise UserError(f'per-sample bits have set bits past n={n}: n does not match the stored vector')
+    return bits[:n]
+
+
+def per_sample_block(correct_by_metric: Mapping[str, Any], start: int = 0) -> Dict[str, Any]:
+    """The registry's `per_sample` field from per-metric correct vectors of test points start, start+1, ...
+
+    Args:
+        correct_by_metric: {'clean': [...], 'pgd20': [...], ...}, as `evaluate_model(...)['correct']`.
+        start: index of the first point in the data set's test split.
+    """
+    if not correct_by_metric:
+        raise ValueError('per_sample_block needs at least one metric')
+    vectors = {str(k): _as_bool(v, f'per-sample vector {k!r}') for k, v in correct_by_metric.items()}
+    lengths = {k: len(v) for k, v in vectors.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f'per-sample vectors differ in length: {lengths}')
+    if int(start) < 0:
+        raise ValueError(f'start={start} must be >= 0')
+    n = next(iter(lengths.values()))
+    return {'format': BITSET_FORMAT, 'index_range': [int(start), int(start) + n], 'n': n,
+            'bits': {k: encode_bits(v) for k, v in vectors.items()}}
+
+
+def _entry_name(entry: Mapping[str, Any]) -> str:
+    return repr(entry.get('entry_id', '<no entry_id>'))
+
+
+def per_sample_vectors(entry: Mapping[str, Any]) -> Optional[Tuple[Tuple[int, int], Dict[str, np.ndarray]]]:
+    """((start, stop), {metric: bool array}) of an entry's stored per-sample results; None if it has none.
+
+    Raises UserError for a block that is malformed (unknown format, inconsistent range, bad bits).
+    """
+    block = entry.get('per_sample')
+    if block is None:
+        return None
+    name = _entry_name(entry)
+    if not isinstance(block, Mapping) or block.get('format') != BITSET_FORMAT:
+        fmt = block.get('format') if isinstance(block, Mapping) else type(block).__name__
+        raise UserError(f'entry {name}: per_sample format {fmt!r} is not known; this version reads {BITSET_FORMAT!r}')
+    try:
+        start, stop = (int(v) for v in block['index_range'])
+        n = int(block['n'])
+        bits = dict(block['bits'])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f'entry {name}: per_sample needs index_range [start, stop], n and bits') from None
+    if not 0 <= start <= stop or n != stop - start:
+        raise UserError(f'entry {name}: per_sample index_range [{start}, {stop}] does not hold n={n} points')
+    try:
+        vectors = {k: decode_bits(v, n) for k, v in bits.items()}
+    except UserError as e:
+        raise UserError(f'entry {name}: {e}') from None
+    return (start, stop), vectors
+
+
+# ------------------------------------------------------------------------------------------ two models, same points
+
+def _paired(a: Any, b: Any) -> Tuple[np.ndarray, np.ndarray]:
+    a, b = _as_bool(a, 'a'), _as_bool(b, 'b')
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f'paired statistics need two non-empty vectors over the same points, got {len(a)} and {len(b)}')
+    return a, b
+
+
+def paired_bootstrap(a: Any, b: Any, n_boot: int = 10000, seed: int = 0,
+                     confidence: float = 0.95) -> Tuple[float, float, float]:
+    """accuracy(a) - accuracy(b) in percentage points, with a percentile bootstrap interval over points.
+
+    Each replicate resamples the n points with replacement, keeping every point's pair (a_i, b_i): the
+    models' shared hard and easy points cancel, which is why the interval is much narrower than two
+    separate Wilson intervals. A replicate's difference depends only on how many resampled points are
+    (a right, b wrong) and (a wrong, b right), and those counts of n draws with replacement are exactly
+    multinomial(n, (n10/n, n01/n, rest)). So we draw the counts directly: the same distribution as
+    drawing n_boot x n indices, in O(n_boot) time and memory.
+
+    Args:
+        a, b: correct vectors of the two models on the same points, in the same order.
+        n_boot: replicates (10000 gives the 2.5% and 97.5% points to about +-0.1 points at n = 1000).
+        seed: seeds numpy's default_rng, so the interval is reproducible.
+        confidence: two-sided coverage.
+
+    Returns:
+        (diff, lo, hi) in percentage points.
+    """
+    a, b = _paired(a, b)
+    _check_confidence(confidence)
+    if int(n_boot) < 1:
+        raise ValueError(f'n_boot={n_boot} must be >= 1')
+    n = len(a)
+    n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    counts = np.random.default_rng(seed).multinomial(n, [n10 / n, n01 / n, (n - n10 - n01) / n], size=int(n_boot))
+    diffs = 100.0 * (counts[:, 0] - counts[:, 1]) / n
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return 100.0 * (n10 - n01) / n, float(lo), float(hi)
+
+
+def mcnemar_exact(a: Any, b: Any) -> float:
+    """Two-sided exact McNemar p-value: do the models differ on the points where they disagree?
+
+    Under 'no difference', each of the m = n10 + n01 discordant points is equally likely to favour
+    either model, so min(n10, n01) ~ Binomial(m, 1/2); p = min(1, 2 * P(X <= min(n10, n01))).
+    Computed with exact integers (no normal approximation), so it is valid for any m; m = 0 gives 1.
+    """
+    a, b = _paired(a, b)
+    n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    m, low = n10 + n01, min(n10, n01)
+    if m == 0:
+        return 1.0
+    tail, c = 0, 1  # c = comb(m, i), updated in place: sum of C(m, i) for i <= low
+    for i in range(low + 1):
+        tail += c
+        c = c * (m - i) // (i + 1)
+    # Python's int / int is correctly rounded even for huge integers
+    return min(1.0, 2 * tail / (1 << m))
+
+
+# ------------------------------------------------------------------------------------------ seeds
+
+# training-config keys that do not change which model is trained: where it runs, how it reports, the seed
+TRAIN_NOISE_KEYS = frozenset({
+    'seed', 'out', 'data_dir', 'download', 'workers', 'device', 'progress', 'log_every', 'checkpoint_every',
+    'eval_limit', 'resume', 'deterministic', 'channels_last',
+})
+# attack-setting keys that are randomness or bookkeeping rather than the attack's configuration
+ATTACK_NOISE_KEYS = frozenset({'seed', 'batch_size'})
+
+
+def attack_settings(entry: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """{metric: exact settings} of the attacks behind an entry's robust accuracies (`eval_settings.attacks`,
+    schema version 2); None for an entry that does not store them (version 1, most imported entries)."""
+    ev = entry.get('eval_settings')
+    per_attack = ev.get('attacks') if isinstance(ev, Mapping) else None
+    return dict(per_attack) if isinstance(per_attack, Mapping) else None
+
+
+def _strip(obj: Any, drop: frozenset) -> Any:
+    """obj with every mapping key in `drop` removed, at any depth (AutoAttack nests its parts' settings)."""
+    if isinstance(obj, Mapping):
+        return {k: _strip(v, drop) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, (list, tuple)):
+        return [_strip(v, drop) for v in obj]
+    return obj
+
+
+def _canon(obj: Any) -> str:
+    """A hashable, order-independent text of a JSON-like value; floats to 12 significant digits, so that
+    8/255 typed two ways (0.03137254901960784 vs 0.031372549019607843) is one configuration."""
+    def fix(o: Any) -> Any:
+        if isinstance(o, float):
+            return float(f'{o:.12g}')
+        if isinstance(o, Mapping):
+            return {str(k): fix(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [fix(v) for v in o]
+        return o
+    return json.dumps(fix(obj), sort_keys=True, default=str)
+
+
+def seed_group_key(entry: Mapping[str, Any]) -> Tuple[str, ...]:
+    """What identifies an entry's configuration, leaving out the seed and other provenance noise.
+
+    In: source and citation, the whole `model` block (name, kwargs, effective settings), training method,
+    epochs and config (minus `TRAIN_NOISE_KEYS`), data set, threat model, eps, n_examples and the
+    per-sample index range, which accuracies were measured, attack note and attack settings (minus
+    `ATTACK_NOISE_KEYS`: the grid seeds its attacks with the training seed).
+    Out: entry_id, provenance (seed, date, commit, device, checkpoint hash), every measured number
+    (accuracies, FLOPs and routing, which follow the trained weights) and the config's path and hash
+    (the hash covers the seed and the output path).
+    """
+    training = entry.get('training') or {}
+    config = training.get('config')
+    per_sample = entry.get('per_sample') or {}
+    settings = attack_settings(entry)
+    parts = {
+        'source': entry.get('source'), 'citation': entry.get('citation'),
+        'model': entry.get('model'),
+        'training': {'method': training.get('method'), 'epochs': training.get('epochs'),
+                     'config': _strip(config, TRAIN_NOISE_KEYS) if isinstance(config, Mapping) else config},
+        'dataset': entry.get('dataset'), 'threat_model': entry.get('threat_model'), 'eps': entry.get('eps'),
+        'n_examples': entry.get('n_examples'), 'index_range': per_sample.get('index_range'),
+        'metrics': sorted(entry.get('robust_acc') or {}), 'attack_note': entry.get('attack_note'),
+        'attack_settings': _strip(settings, ATTACK_NOISE_KEYS) if settings is not None else None,
+    }
+    return tuple(f'{k}={_canon(v)}' for k, v in parts.items())
+
+
+def group_by_seed(entries: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str, Any]]]:
+    """Entries grouped by `seed_group_key`; groups and their members keep the input order."""
+    groups: Dict[Tuple[str, ...], List[Mapping[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(seed_group_key(e), []).append(e)
+    return list(groups.values())
+
+
+def _t_two_sided_coverage(theta: float, df: int) -> float:
+    """P(|T| < sqrt(df) tan(theta)) for Student's t with integer df: the closed-form finite series of
+    Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4 (even df)."""
+    s, c = math.sin(theta), math.cos(theta)
+    c2 = c * c
+    if df % 2 == 0:
+        term, total = 1.0, 1.0  # 1 + (1/2)c^2 + (1*3)/(2*4)c^4 + ... up to c^(df-2)
+        for j in range(1, df // 2):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            total += term
+        return s * total
+    if df == 1:
+        return 2 * theta / math.pi
+    term, total = c, c  # c + (2/3)c^3 + (2*4)/(3*5)c^5 + ... up to c^(df-2)
+    for j in range(1, (df - 1) // 2):
+        term *= c2 * (2 * j) / (2 * j + 1)
+        total += term
+    return 2 / math.pi * (theta + s * total)
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t critical value: P(|T_df| < t) = confidence (12.706 for 0.95 at df = 1).
+
+    Exact up to float rounding: bisection (100 halvings) on the closed-form t distribution function of
+    integer df, so there is no table to run out of and no scipy.
+    """
+    _check_confidence(confidence)
+    if int(df) < 1:
+        raise ValueError(f'df={df} must be >= 1')
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(100):  # coverage rises monotonically with theta from 0 to 1
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_two_sided_coverage(mid, int(df)) < confidence else (lo, mid)
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def seed_summary(values: Sequence[float], confidence: float = 0.95) -> Dict[str, Any]:
+    """Mean, sample std (n - 1) and the t-interval mean +- t_{n-1} * std / sqrt(n) over seeds.
+
+    The interval is for the configuration's expected accuracy over training seeds (on these test points).
+    One seed has no spread: std, lo and hi are None.
+
+    Returns:
+        dict(mean, std, n, lo, hi).
+    """
+    v = np.asarray([float(x) for x in values], dtype=float)
+    if v.size == 0:
+        raise ValueError('seed_summary needs at least one value')
+    if not np.isfinite(v).all():
+        raise ValueError(f'seed_summary got a non-finite value: {v.tolist()}')
+    mean = float(v.mean())
+    if v.size == 1:
+        return dict(mean=mean, std=None, n=1, lo=None, hi=None)
+    std = float(v.std(ddof=1))
+    half = t_quantile(confidence, v.size - 1) * std / math.sqrt(v.size)
+    return dict(mean=mean, std=std, n=int(v.size), lo=mean - half, hi=mean + half)

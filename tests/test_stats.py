@@ -1,0 +1,248 @@
+"""bench.stats against answers computed independently: published tables, hand sums, brute force."""
+import base64
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from bench import stats
+from bench.errors import UserError
+
+
+# ------------------------------------------------------------------------------------------ Wilson
+
+@pytest.mark.parametrize('k, n, lo, hi', [
+    # by hand: p = 0.5, z = 1.959964: centre 0.5, half = z/(1+z^2/10) * sqrt(0.025 + z^2/400) = 0.263407
+    (5, 10, 23.6593, 76.3407),
+    # k = 0: upper = (z^2/2n) / (1 + z^2/n) * 2 = z^2 / (n + z^2) = 3.841459 / 13.841459
+    (0, 10, 0.0, 27.7533),
+    (10, 10, 72.2467, 100.0),
+])
+def test_wilson_matches_hand_values(k, n, lo, hi):
+    got = stats.wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-3)
+
+
+@pytest.mark.parametrize('k, n', [(81, 263), (1, 1000), (287, 300), (4000, 10000)])
+def test_wilson_bounds_solve_the_score_equation(k, n):
+    # by definition the bounds are the p with (k/n - p)^2 = z^2 p (1 - p) / n: the roots of
+    # (1 + z^2/n) p^2 - (2 k/n + z^2/n) p + (k/n)^2 = 0
+    z2, q = 1.959963984540054 ** 2, k / n
+    qa, qb, qc = 1 + z2 / n, -(2 * q + z2 / n), q * q
+    disc = math.sqrt(qb * qb - 4 * qa * qc)
+    roots = ((-qb - disc) / (2 * qa) * 100, (-qb + disc) / (2 * qa) * 100)
+    assert stats.wilson_interval(k, n) == pytest.approx(roots, abs=1e-9)
+
+
+def test_wilson_edges_are_exact_and_bad_counts_raise():
+    assert stats.wilson_interval(0, 300)[0] == 0.0  # no float dust below 0
+    assert stats.wilson_interval(300, 300)[1] == 100.0
+    assert stats.wilson_interval(0, 0) == (0.0, 100.0)  # no points: no information
+    wide, narrow = stats.wilson_interval(30, 100), stats.wilson_interval(300, 1000)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert stats.wilson_interval(30, 100, confidence=0.99)[0] < wide[0]
+    for k, n in ((11, 10), (-1, 10), (0, -1)):
+        with pytest.raises(ValueError, match='0 <= k <= n'):
+            stats.wilson_interval(k, n)
+    with pytest.raises(ValueError, match='confidence'):
+        stats.wilson_interval(1, 2, confidence=95)
+
+
+# ------------------------------------------------------------------------------------------ bits
+
+@pytest.mark.parametrize('n', [0, 1, 7, 8, 9, 13, 1001])
+def test_bits_roundtrip_any_length(n):
+    v = np.random.default_rng(n).random(n) < 0.5
+    text = stats.encode_bits(v)
+    assert len(base64.b64decode(text)) == (n + 7) // 8
+    assert np.array_equal(stats.decode_bits(text, n), v)
+
+
+def test_bits_layout_is_little_endian_base64():
+    # points 0 and 2 right: byte 0b00000101 = 5; 0/1 ints are accepted as evaluate gives them
+    assert stats.encode_bits([1, 0, 1]) == base64.b64encode(bytes([5])).decode() == 'BQ=='
+    assert stats.encode_bits([True] * 9) == base64.b64encode(bytes([255, 1])).decode()
+
+
+def test_bad_bits_raise():
+    with pytest.raises(UserError, match='not standard base64'):
+        stats.decode_bits('BQ=*', 3)
+    with pytest.raises(UserError, match='need 2'):
+        stats.decode_bits('BQ==', 9)  # one byte for nine points
+    with pytest.raises(UserError, match='past n=2'):
+        stats.decode_bits('BQ==', 2)  # bit 2 is set: the vector is longer than n says
+    with pytest.raises(ValueError, match='0/1'):
+        stats.encode_bits([0, 2, 1])
+    with pytest.raises(ValueError, match='one-dimensional'):
+        stats.encode_bits([[1, 0]])
+
+
+def test_per_sample_block_and_vectors_roundtrip():
+    correct = {'clean': [1, 1, 0, 1, 1], 'pgd20': [1, 0, 0, 0, 1], 'ensemble': [0, 0, 0, 0, 1]}
+    block = stats.per_sample_block(correct, start=100)
+    assert block['format'] == 'bitset-b64-v1' and block['index_range'] == [100, 105] and block['n'] == 5
+    (start, stop), vectors = stats.per_sample_vectors({'entry_id': 'x', 'per_sample': block})
+    assert (start, stop) == (100, 105)
+    for k, v in correct.items():
+        assert vectors[k].tolist() == [bool(b) for b in v]
+    assert stats.per_sample_vectors({'entry_id': 'old'}) is None
+    assert stats.per_sample_vectors({'entry_id': 'old', 'per_sample': None}) is None
+    with pytest.raises(ValueError, match='differ in length'):
+        stats.per_sample_block({'clean': [1, 0], 'pgd20': [1]})
+    with pytest.raises(ValueError, match='at least one metric'):
+        stats.per_sample_block({})
+
+
+def test_per_sample_vectors_refuses_malformed_blocks():
+    block = stats.per_sample_block({'clean': [1, 0, 1]})
+    bad_format = dict(block, format='bitset-b64-v9')
+    with pytest.raises(UserError, match="'e1'.*bitset-b64-v9"):
+        stats.per_sample_vectors({'entry_id': 'e1', 'per_sample': bad_format})
+    with pytest.raises(UserError, match='does not hold n=4'):
+        stats.per_sample_vectors({'entry_id': 'e1', 'per_sample': dict(block, n=4)})
+    with pytest.raises(UserError, match="'e1'.*need 1"):
+        stats.per_sample_vectors({'entry_id': 'e1', 'per_sample': dict(block, bits={'clean': 'AAAA'})})
+    with pytest.raises(UserError, match='needs index_range'):
+        stats.per_sample_vectors({'entry_id': 'e1', 'per_sample': {'format': 'bitset-b64-v1'}})
+
+
+# ------------------------------------------------------------------------------------------ paired tests
+
+def _pair(n10, n01, n11, n00):
+    a = np.array([1] * n10 + [0] * n01 + [1] * n11 + [0] * n00, bool)
+    b = np.array([0] * n10 + [1] * n01 + [1] * n11 + [0] * n00, bool)
+    return a, b
+
+
+@pytest.mark.parametrize('n10, n01, p', [
+    (1, 6, 2 * (1 + 7) / 2 ** 7),            # m = 7: 2 * (C(7,0) + C(7,1)) / 2^7 = 0.125
+    (10, 0, 2 / 2 ** 10),                     # all discordant points favour A
+    (3, 3, 1.0),                              # tie: capped at 1
+    (0, 0, 1.0),                              # no discordant points: no evidence
+    (8, 22, 2 * sum(math.comb(30, i) for i in range(9)) / 2 ** 30),
+])
+def test_mcnemar_exact_matches_binomial_sums(n10, n01, p):
+    a, b = _pair(n10, n01, 20, 5)
+    assert stats.mcnemar_exact(a, b) == pytest.approx(p, rel=1e-12)
+    assert stats.mcnemar_exact(b, a) == pytest.approx(p, rel=1e-12)  # two-sided: symmetric
+
+
+def test_mcnemar_large_counts_stay_finite_and_exact():
+    a, b = _pair(5200, 4800, 0, 0)  # m = 10000: 2^10000 overflows a float, exact integers do not
+    p = stats.mcnemar_exact(a, b)
+    # normal approximation with continuity correction: z = (400 - 1) / 100 = 3.99 -> p ~ 6.6e-5
+    assert 3e-5 < p < 1.5e-4
+
+
+def test_bootstrap_is_deterministic_and_centred_on_the_difference():
+    a, b = _pair(301, 97, 400, 202)  # acc(a) = 70.1%, acc(b) = 49.7%
+    got = stats.paired_bootstrap(a, b, n_boot=500, seed=3)
+    assert got == stats.paired_bootstrap(a, b, n_boot=500, seed=3)
+    assert got != stats.paired_bootstrap(a, b, n_boot=500, seed=4)
+    diff, lo, hi = got
+    assert diff == pytest.approx(20.4)
+    assert lo < diff < hi
+    assert stats.paired_bootstrap(a, a) == (0.0, 0.0, 0.0)  # identical predictions: no uncertainty
+
+
+def test_bootstrap_matches_brute_force_index_resampling():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200) < 0.6, rng.random(200) < 0.5
+    idx = rng.integers(0, 200, size=(20000, 200))  # the textbook bootstrap: resample point indices
+    brute = 100 * (a[idx].mean(1) - b[idx].mean(1))
+    _, lo, hi = stats.paired_bootstrap(a, b, n_boot=20000, seed=1)
+    want_lo, want_hi = np.quantile(brute, [0.025, 0.975])
+    assert lo == pytest.approx(want_lo, abs=0.6) and hi == pytest.approx(want_hi, abs=0.6)
+
+
+def test_bootstrap_interval_covers_the_true_difference():
+    # population: each point is (a right, b wrong) w.p. 0.15, (a wrong, b right) w.p. 0.05 -> true diff 10 points
+    rng = np.random.default_rng(7)
+    covered, trials = 0, 300
+    for t in range(trials):
+        u = rng.random(400)
+        a = (u < 0.15) | (u >= 0.20) & (u < 0.70)
+        b = (u >= 0.15) & (u < 0.70)
+        _, lo, hi = stats.paired_bootstrap(a, b, n_boot=2000, seed=t)
+        covered += lo <= 10.0 <= hi
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_paired_inputs_are_checked():
+    with pytest.raises(ValueError, match='same points'):
+        stats.paired_bootstrap([1, 0], [1])
+    with pytest.raises(ValueError, match='same points'):
+        stats.mcnemar_exact([], [])
+    with pytest.raises(ValueError, match='n_boot'):
+        stats.paired_bootstrap([1, 0], [0, 1], n_boot=0)
+
+
+# ------------------------------------------------------------------------------------------ seeds
+
+@pytest.mark.parametrize('confidence, df, t', [
+    # Student-t table, two-sided
+    (0.95, 1, 12.706), (0.95, 2, 4.303), (0.95, 3, 3.182), (0.95, 4, 2.776), (0.95, 5, 2.571),
+    (0.95, 10, 2.228), (0.95, 30, 2.042), (0.99, 3, 5.841), (0.90, 7, 1.895), (0.95, 2000, 1.961),
+])
+def test_t_quantile_matches_tables(confidence, df, t):
+    assert stats.t_quantile(confidence, df) == pytest.approx(t, abs=1e-3)
+
+
+def test_seed_summary():
+    s = stats.seed_summary([50.0, 52.0, 51.0])
+    assert (s['mean'], s['std'], s['n']) == (51.0, 1.0, 3)
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * std / sqrt(n)
+    assert (s['lo'], s['hi']) == pytest.approx((51 - half, 51 + half), abs=1e-5)
+    assert stats.seed_summary([42.0]) == dict(mean=42.0, std=None, n=1, lo=None, hi=None)
+    with pytest.raises(ValueError, match='at least one'):
+        stats.seed_summary([])
+    with pytest.raises(ValueError, match='non-finite'):
+        stats.seed_summary([1.0, float('nan')])
+
+
+def _entry(seed=1, **changes):
+    """A measured-entry-like dict; `changes` maps dotted paths to new values."""
+    e = {
+        'schema_version': 2, 'entry_id': f'm-pgd-fmnist-{seed}', 'source': 'measured',
+        'model': {'name': 'resnet18_blockmoe_e4_k1', 'kwargs': {'width': 8}, 'experts': 4, 'k': 1,
+                  'effective_kwargs': {'width': 8, 'gate': 'gap_fc', 'noisy_gating': False}},
+        'training': {'method': 'pgd', 'epochs': 1, 'config_sha256': f'{seed:064x}', 'config_path': f'/r/{seed}/c.yaml',
+                     'config': {'lr': 0.05, 'epochs': 1, 'seed': seed, 'out': f'/r/{seed}', 'workers': 2}},
+        'dataset': 'fashion-mnist-bundled', 'threat_model': 'Linf', 'eps': 8 / 255, 'n_examples': 300,
+        'clean_acc': 70.0 + seed, 'robust_acc': {'pgd20': 40.0 + seed, 'ensemble': 39.0 + seed},
+        'eval_settings': {'seed': seed, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 20, 'seed': seed}}},
+        'per_sample': {'index_range': [0, 300]},
+        'flops': {'active': 1000 + seed}, 'provenance': {'seed': seed, 'date': f'2026-01-0{seed}'},
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split('.')
+        node = e
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return e
+
+
+def test_seed_group_key_ignores_seed_and_noise_only():
+    base = stats.seed_group_key(_entry(1))
+    assert stats.seed_group_key(_entry(2)) == base  # seed, paths, dates, accuracies, FLOPs, attack seed
+    assert stats.seed_group_key(_entry(1, eps=0.031372549019607843)) == base  # 8/255 typed another way
+    for path, value in [('model.effective_kwargs', {'width': 8, 'gate': 'gap_fc', 'noisy_gating': True}),
+                        ('model.name', 'resnet18_dense'), ('training.method', 'trades'),
+                        ('training.config', {'lr': 0.1, 'epochs': 1}), ('eps', 4 / 255), ('threat_model', 'L2'),
+                        ('n_examples', 1000), ('per_sample', {'index_range': [300, 600]}),
+                        ('eval_settings', {'attacks': {'pgd20': {'attack': 'PGD', 'steps': 10}}}),
+                        ('robust_acc', {'pgd20': 40.0}), ('source', 'paper')]:
+        assert stats.seed_group_key(_entry(1, **{path: value})) != base, path
+
+
+def test_group_by_seed_keeps_order():
+    runs = [_entry(1), _entry(2, **{'model.name': 'resnet18_dense'}), _entry(3), _entry(4)]
+    groups = stats.group_by_seed(runs)
+    assert [[e['entry_id'] for e in g] for g in groups] == [
+        ['m-pgd-fmnist-1', 'm-pgd-fmnist-3', 'm-pgd-fmnist-4'], ['m-pgd-fmnist-2']]
+    summary = stats.seed_summary([e['robust_acc']['pgd20'] for e in groups[0]])
+    assert summary['n'] == 3 and summary['mean'] == pytest.approx(42 + 2 / 3)
+    # the entries themselves are untouched
+    assert groups[0][0] == _entry(1) and copy.deepcopy(groups[0][0]) == groups[0][0]
