@@ -24,6 +24,10 @@ class GapFcGate(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_chs, num_experts)
 
+    def reset_parameters(self) -> None:
+        """PyTorch's default Linear init, as the reference's gate (built after the backbone's init)."""
+        self.fc.reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(x).flatten(1))
 
@@ -40,6 +44,14 @@ class ConvGapGate(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, num_experts, kernel_size=3, padding=0, bias=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default Conv2d init, as the reference's gate (built after the backbone's init).
+
+        A backbone init such as timm's Kaiming fan_out gives this conv ~28x that scale at C=512, E=4,
+        and the gate then routes one-hot from the first step.
+        """
+        self.conv.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.conv(x)).flatten(1)

@@ -221,13 +221,20 @@ class ResNetBlockMoE(ResNet):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
-        """Kaiming for convs (so every expert copy is re-initialised independently), BN to (1, 0)."""
+        """Kaiming for convs (so every expert copy is re-initialised independently), BN to (1, 0).
+
+        Gates then get PyTorch's default init back: timm's init walks every conv, the Conv-GAP gate's
+        included, and the reference builds its gates after the backbone's init (docs/METHOD.md).
+        """
         super().init_weights(zero_init_last=zero_init_last)
         if not zero_init_last:
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, BlockMoE):
+                m.gate.reset_parameters()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
