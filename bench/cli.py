@@ -20,6 +20,7 @@ VERBS = {
     'grid': 'bench.grid',
     'report': 'bench.report',
     'models': 'bench.models_cmd',
+    'compare': 'bench.compare',
 }
 
 
