@@ -188,3 +188,33 @@ def test_gates_keep_pytorch_default_init_after_timm_init(gate):
             model(torch.rand(16, 3, 32, 32))
         top1 = timm_moe.routing(model)['layer4.1']['probs'].max(1).values.mean().item()
         assert 0.25 <= top1 < 0.5, f'seed {seed}: mean top-1 gate probability {top1:.3f} at init'
+
+
+@pytest.mark.parametrize('aux_loss,noisy', [('switch', True), ('kl', True), ('z_loss', True),
+                                            ('entropy', False), ('none', False)])
+def test_noisy_gating_auto_follows_the_reference_policy(aux_loss, noisy):
+    model = timm.create_model('resnet18_blockmoe_e8_k1', width=8, aux_loss=aux_loss, moe_blocks='all')
+    assert model.moe_config['noisy_gating'] is noisy
+    assert [m.noisy_gating for _, m in moe_layers(model)] == [noisy, noisy]
+    # the effective flag drives the selection: noise makes repeated training forwards pick differently
+    model.train()
+    x = torch.rand(64, 3, 32, 32)
+    picks = set()
+    for _ in range(3):
+        model(x)
+        picks.add(tuple(timm_moe.routing(model)['layer4.1']['indices'].flatten().tolist()))
+    assert (len(picks) > 1) is noisy
+
+
+@pytest.mark.parametrize('explicit', [True, False])
+@pytest.mark.parametrize('aux_loss', ['switch', 'entropy'])
+def test_noisy_gating_explicit_bool_overrides_auto(explicit, aux_loss):
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=8, aux_loss=aux_loss, noisy_gating=explicit)
+    assert model.moe_config['noisy_gating'] is explicit and model.layer4[1].noisy_gating is explicit
+
+
+@pytest.mark.parametrize('bad', ['yes', 'True', 1, 0])  # None: timm.create_model drops it (the default)
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_dense'])
+def test_noisy_gating_rejects_other_values(bad, name):
+    with pytest.raises(ValueError, match=r"noisy_gating=.*: expected one of 'auto', True, False"):
+        timm.create_model(name, width=8, noisy_gating=bad)

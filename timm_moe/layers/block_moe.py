@@ -1,13 +1,17 @@
 """BlockMoE: a residual block replaced by E copies of itself and a per-image top-k gate."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .gates import GATES, create_gate
 from .routing import AUX_LOSSES, Routing, route
+
+# the reference's top-k gate adds training noise whenever the balancing loss is not the entropy loss
+NOISY_AUX_LOSSES = ('switch', 'kl', 'z_loss')
+NOISY_GATING_CHOICES = ('auto', True, False)
 
 
 def _in_backward() -> bool:
@@ -29,7 +33,9 @@ class BlockMoE(nn.Module):
         gate: Gate type, one of 'gap_fc', 'conv_gap'.
         aux_loss: Auxiliary loss, one of 'entropy', 'switch', 'kl', 'z_loss', 'none'.
         aux_weight: Weight of the auxiliary loss in `timm_moe.aux_loss(model)`.
-        noisy_gating: Select experts on noisy scores in training (never in eval).
+        noisy_gating: Select experts on noisy scores in training (never in eval): True, False, or 'auto'
+            (the reference's policy: on for 'switch', 'kl', 'z_loss'; off for 'entropy', 'none').
+            The attribute holds the effective bool.
         noise_std: Standard deviation of that noise.
         straight_through: For k=1, forward weight exactly 1 with a straight-through gradient.
     """
@@ -42,19 +48,19 @@ class BlockMoE(nn.Module):
             gate: str = 'gap_fc',
             aux_loss: str = 'entropy',
             aux_weight: float = 0.5,
-            noisy_gating: bool = False,
+            noisy_gating: Union[bool, str] = 'auto',
             noise_std: float = 0.1,
             straight_through: bool = True,
     ) -> None:
         super().__init__()
         num_experts = len(experts)
-        validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss)
+        validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
         self.num_experts = num_experts
         self.k = k
         self.gate_type = gate
         self.aux_loss_type = aux_loss
         self.aux_weight = float(aux_weight)
-        self.noisy_gating = noisy_gating
+        self.noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
         self.noise_std = noise_std
         self.straight_through = straight_through
         self.gate = create_gate(gate, in_chs, num_experts)
@@ -202,7 +208,23 @@ class BlockMoE(nn.Module):
                 f'aux_loss={self.aux_loss_type}, aux_weight={self.aux_weight}, noisy_gating={self.noisy_gating}')
 
 
-def validate_moe_args(num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: str = 'entropy') -> None:
+def resolve_noisy_gating(noisy_gating: Union[bool, str], aux_loss: str) -> bool:
+    """The effective noisy-gating flag: an explicit bool wins, 'auto' follows the reference's policy."""
+    _check_noisy_gating(noisy_gating)
+    if noisy_gating == 'auto':
+        return aux_loss in NOISY_AUX_LOSSES
+    return bool(noisy_gating)
+
+
+def _check_noisy_gating(noisy_gating: Union[bool, str]) -> None:
+    # a bool, or exactly the string 'auto': 0/1 or 'true' are more likely mistakes than intent
+    if not (isinstance(noisy_gating, bool) or (isinstance(noisy_gating, str) and noisy_gating == 'auto')):
+        raise ValueError(f"noisy_gating={noisy_gating!r}: expected one of 'auto', True, False")
+
+
+def validate_moe_args(
+        num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: str = 'entropy',
+        noisy_gating: Union[bool, str] = 'auto') -> None:
     """Raise ValueError naming the first bad argument and what is allowed."""
     if not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f'num_experts={num_experts!r}: expected an integer >= 1')
@@ -214,3 +236,4 @@ def validate_moe_args(num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: 
         raise ValueError(f'gate={gate!r}: expected one of {sorted(GATES)}')
     if aux_loss not in AUX_LOSSES:
         raise ValueError(f'aux_loss={aux_loss!r}: expected one of {sorted(AUX_LOSSES)}')
+    _check_noisy_gating(noisy_gating)

@@ -20,7 +20,7 @@ from timm.layers import get_act_layer, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
-from ..layers import BlockMoE, validate_moe_args
+from ..layers import BlockMoE, resolve_noisy_gating, validate_moe_args
 
 __all__ = ['ResNetBlockMoE', 'dense_name', 'MODEL_GRID']
 
@@ -118,7 +118,9 @@ class ResNetBlockMoE(ResNet):
         moe_blocks: 'last' (only the last layer4 block, the paper's best) or 'all' (every layer4 block).
         aux_loss: 'entropy', 'switch', 'kl', 'z_loss' or 'none'.
         aux_weight: Weight of the auxiliary loss.
-        noisy_gating: Noisy top-k selection in training.
+        noisy_gating: Noisy top-k selection in training: True, False or 'auto' (on for the 'switch', 'kl'
+            and 'z_loss' losses, off for 'entropy' and 'none', as the reference). `moe_config['noisy_gating']`
+            holds the effective bool.
         expert_width: 'full' (each expert a full copy) or 'matched' (inner width shrunk so that k active
             experts cost no more than the dense block).
         global_pool: Global pooling type.
@@ -143,7 +145,7 @@ class ResNetBlockMoE(ResNet):
             moe_blocks: str = 'last',
             aux_loss: str = 'entropy',
             aux_weight: float = 0.5,
-            noisy_gating: bool = False,
+            noisy_gating: Union[bool, str] = 'auto',
             expert_width: str = 'full',
             global_pool: str = 'avg',
             drop_rate: float = 0.0,
@@ -158,7 +160,8 @@ class ResNetBlockMoE(ResNet):
         if not isinstance(width, int) or width < 1:
             raise ValueError(f'width={width!r}: expected an integer >= 1')
         if num_experts:
-            validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss)
+            validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
+        noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
         if kwargs:
             raise ValueError(f'unexpected model kwargs {sorted(kwargs)}')
         nn.Module.__init__(self)  # the stem and widths differ from ResNet.__init__'s, so build here
