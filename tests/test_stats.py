@@ -1,6 +1,5 @@
 """bench.stats against answers computed independently: published tables, hand sums, brute force."""
 import base64
-import copy
 import math
 
 import numpy as np
@@ -244,5 +243,4 @@ def test_group_by_seed_keeps_order():
         ['m-pgd-fmnist-1', 'm-pgd-fmnist-3', 'm-pgd-fmnist-4'], ['m-pgd-fmnist-2']]
     summary = stats.seed_summary([e['robust_acc']['pgd20'] for e in groups[0]])
     assert summary['n'] == 3 and summary['mean'] == pytest.approx(42 + 2 / 3)
-    # the entries themselves are untouched
-    assert groups[0][0] == _entry(1) and copy.deepcopy(groups[0][0]) == groups[0][0]
+    assert groups[0][0] == _entry(1)  # grouping does not modify the entries (e.g. by stripping noise keys)
