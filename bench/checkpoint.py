@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 
 from bench.atomic import atomic_open
 from bench.errors import UserError
@@ -13,12 +14,24 @@ from bench.errors import UserError
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
 WEIGHTS = 'model.pth'  # the plain timm state_dict: pretrained_cfg_overlay=dict(file=...)
 EMA_WEIGHTS = 'model_ema.pth'
+# the same weights as safetensors: no pickle, so loading them cannot run code
+SAFE_WEIGHTS = 'model.safetensors'
+SAFE_EMA_WEIGHTS = 'model_ema.safetensors'
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save that a kill at any moment leaves either the previous or the new complete file."""
     with atomic_open(path, 'wb') as f:
         torch.save(obj, f)
+
+
+def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix)."""
+    # safetensors stores dense row-major buffers: channels_last or sliced tensors must be made contiguous
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = safetensors_bytes(tensors, metadata={'format': 'pt'})
+    with atomic_open(path, 'wb') as f:
+        f.write(data)
 
 
 def read_torch_file(path: Path, what: str, weights_only: bool = True) -> Any:

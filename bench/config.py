@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,6 +20,7 @@ from bench.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 METHODS = ('normal', 'pgd', 'trades')
+ATTACK_PRECISIONS = ('fp32', 'amp')
 
 
 @dataclass
@@ -26,6 +28,9 @@ class TrainConfig:
     # -- model
     model: str = 'resnet18_blockmoe_e8_k1'  # any timm name; `import timm_moe` registers ours
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (gate, width, ...)
+    upcycle_from: Optional[str] = None  # start from a dense run directory or model.pth via timm_moe.upcycle
+    upcycle_noise: float = 0.01  # relative noise on the copied expert weights, so experts can diverge
+    upcycle_sha256: Optional[str] = None  # the source's sha256: filled in by the run, or given to pin the file
     # -- data
     dataset: str = 'cifar100'  # cifar100 | cifar10 | fashion-mnist | fashion-mnist-bundled
     data_dir: Optional[str] = None  # torchvision root, or idx files for Fashion-MNIST
@@ -45,7 +50,8 @@ class TrainConfig:
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
+    warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
     min_lr: float = 0.0
     clip_grad: Optional[float] = None
     # -- adversarial training
@@ -56,6 +62,7 @@ class TrainConfig:
     random_start: bool = True
     trades_beta: float = 6.0
     attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
+    attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
     # -- extras
     ema: bool = False  # keep a ModelEmaV3 copy of the weights
     ema_decay: float = 0.9998
@@ -73,7 +80,7 @@ class TrainConfig:
 
     def validate(self) -> 'TrainConfig':
         """Raise UserError on values no run could use."""
-        choices = {'method': METHODS, 'attack_mode': ('train', 'eval')}
+        choices = {'method': METHODS, 'attack_mode': ('train', 'eval'), 'attack_precision': ATTACK_PRECISIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f'{key}={getattr(self, key)!r} is not allowed; choose one of {", ".join(allowed)}')
@@ -85,6 +92,12 @@ class TrainConfig:
             raise UserError(f'eps={self.eps} is outside [0, 1] (pixel scale; 8/255 = 0.0314)')
         if self.lr <= 0:
             raise UserError(f'lr={self.lr} must be positive')
+        if self.warmup_epochs < 0:
+            raise UserError(f'warmup_epochs={self.warmup_epochs} must not be negative')
+        if self.upcycle_noise < 0:
+            raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
+        if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
+            raise UserError(f'upcycle_sha256={self.upcycle_sha256!r} is not a sha256 (64 lower-case hex digits)')
         if self.batch_size % self.accum_steps:
             raise UserError(f'batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}')
         return self

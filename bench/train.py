@@ -1,9 +1,11 @@
 """`timm-moe train`: standard, PGD (Madry) and TRADES adversarial training from timm's components.
 
 timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per update),
-the weight EMA (`ModelEmaV3`), AMP loss scaling (`NativeScaler`) and the distributed set-up
-(`timm.utils.distributed`); this module adds the adversarial inner loop, the MoE aux loss and the
-bookkeeping that makes a run resumable bit for bit.
+the weight EMA (`ModelEmaV3`) and the distributed set-up (`timm.utils.distributed`); this module adds the
+adversarial inner loop, the MoE aux loss, idle experts that stay still, upcycling from a dense run and the
+bookkeeping that makes a run resumable bit for bit. AMP loss scaling is torch's `GradScaler` itself:
+timm's `NativeScaler` steps the optimizer inside its backward call, leaving no point between the last
+backward and the step at which to drop the idle experts' gradients.
 
 Every random draw is keyed, not streamed: augmentation by (seed, epoch, image), attack starts by
 (seed, epoch, step, shard), where a shard is one rank's or one micro-batch's slice of the global batch.
@@ -30,16 +32,17 @@ import timm
 import timm_moe
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler
+from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
 from bench import checkpoint as ckpt
-from bench.config import TrainConfig, load_config, save_config
+from bench.config import TrainConfig, load_config, read_yaml_mapping, save_config
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
 from bench.errors import UserError
 from bench.normalize import normalized
-from bench.perturb import madry_examples, trades_examples
+from bench.perturb import InputGradScaler, madry_examples, trades_examples
 from bench.progress import progress_bar
+from bench.provenance import sha256_file
 from bench.rng import forked_rng, key_seed
 
 
@@ -108,10 +111,11 @@ class Trainer:
         self._barrier()
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        try:
-            self.model = timm.create_model(cfg.model, **self.model_kwargs)
-        except TypeError as e:
-            raise UserError(f'model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}') from None
+        self.upcycled_from: Optional[Dict[str, Any]] = None
+        if cfg.upcycle_from and not resume:  # a resumed run's weights come from its own checkpoint
+            self.model, self.upcycled_from = upcycle_model(cfg, self.model_kwargs)
+        else:
+            self.model = _create_model(cfg.model, self.model_kwargs)
         self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -124,10 +128,14 @@ class Trainer:
             raise UserError(f'batch_size={cfg.batch_size} is larger than the {len(self.train_set)} training images')
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.poly_power, min_lr=cfg.min_lr,
-            warmup_epochs=cfg.warmup_epochs, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
+            warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.amp_dtype = (torch.float16 if self.device.type == 'cuda' else torch.bfloat16) if cfg.amp else None
-        self.scaler = NativeScaler() if cfg.amp and self.device.type == 'cuda' else None
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        # bfloat16 has float32's exponent range: only float16 underflows, so only it needs the attack's scaling
+        self.attack_scaler = InputGradScaler() if fp16 and cfg.attack_precision == 'amp' else None
         self.ddp = (nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index]
                                                         if self.device.type == 'cuda' else None)
                     if self.distributed else self.net)
@@ -136,6 +144,8 @@ class Trainer:
         if resume:
             self._load(ckpt.load_train_state(self.run_dir))
         elif self.primary:
+            if self.upcycled_from is not None:  # config.yaml pins the dense source by content
+                cfg.upcycle_sha256 = self.upcycled_from['sha256']
             save_config(cfg, self.run_dir / 'config.yaml')
 
     # -- small helpers
@@ -156,6 +166,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _attack_autocast(self) -> contextlib.AbstractContextManager:
+        # 'fp32': the input gradient is the one a float32 run takes, whatever the training precision
+        return self._autocast() if self.cfg.attack_precision == 'amp' else contextlib.nullcontext()
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
@@ -167,12 +181,15 @@ class Trainer:
         was_training = self.net.training
         self.net.train(cfg.attack_mode == 'train')
         # the attack's forwards are not the data's: keep them out of the epoch's routing statistics
-        with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)), self._autocast(), \
-                timm_moe.paused_routing_stats(self.model):
+        # (and so cannot make an expert count as used in this step: see `train_step`)
+        with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)), \
+                self._attack_autocast(), timm_moe.paused_routing_stats(self.model):
             if cfg.method == 'pgd':
-                x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start)
+                x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start,
+                                       scaler=self.attack_scaler)
             else:
-                x_adv = trades_examples(self.net, x, cfg.eps, cfg.attack_step, cfg.attack_steps)
+                x_adv = trades_examples(self.net, x, cfg.eps, cfg.attack_step, cfg.attack_steps,
+                                        scaler=self.attack_scaler)
         self.net.train(was_training)
         return x_adv
 
@@ -212,25 +229,35 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 out = self._loss(xs, ys, shard=self.rank * accum + micro)
                 loss = out['loss'] / accum
-                if self.scaler is not None:
-                    # timm's scaler: scaled backward each micro-batch, unscale, clip and step on the last
-                    self.scaler(loss, self.optimizer, clip_grad=cfg.clip_grad, parameters=self.model.parameters(),
-                                need_update=micro == accum - 1)
-                else:
-                    loss.backward()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             scale = torch.tensor([1 / accum] * 3 + [1.0], device=self.device)
             sums += torch.stack([out[k].detach().float() for k in keys]) * scale
-        if self.scaler is None:
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-            self.optimizer.step()
+        # An expert no image reached in any micro-batch on any rank has a zero grad (BlockMoE's idle anchor);
+        # momentum and weight decay would still move it. With grad None, SGD leaves weights and momentum
+        # as they were, as in the paper's code. Every rank calls this: it all-reduces the routing counts.
+        idle = timm_moe.drop_idle_expert_grads(self.model)
+        self._optimizer_step()
         self.global_step += 1
         self.scheduler.step_update(self.global_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         totals = dict(zip(keys, sums.tolist()))
         totals['acc'] = 100.0 * totals.pop('correct') / len(y)
+        totals['idle_experts'] = sum(len(v) for v in idle.values())
         return totals
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        if self.scaler is not None:
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)  # skipped when the scaled backward overflowed
+            self.scaler.update()
+        else:
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
 
     # -- state
     def state(self) -> Dict[str, Any]:
@@ -239,10 +266,11 @@ class Trainer:
             rng['cuda'] = torch.cuda.get_rng_state(self.device)
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), ema=self.ema.state_dict() if self.ema else None,
-                    scaler=self.scaler.state_dict() if self.scaler else None, epoch=self.epoch,
+                    scaler=self.scaler.state_dict() if self.scaler else None,
+                    attack_scaler=self.attack_scaler.state_dict() if self.attack_scaler else None, epoch=self.epoch,
                     step_in_epoch=self.step_in_epoch, global_step=self.global_step, rng=rng,
                     history=self.history, config=self.cfg.to_dict(), model_name=self.cfg.model,
-                    model_kwargs=self.model_kwargs)
+                    model_kwargs=self.model_kwargs, upcycled_from=self.upcycled_from)
 
     def _load(self, state: Dict[str, Any]) -> None:
         if state.get('model_name') != self.cfg.model:
@@ -254,6 +282,9 @@ class Trainer:
             self.ema.load_state_dict(state['ema'])
         if self.scaler is not None and state.get('scaler') is not None:
             self.scaler.load_state_dict(state['scaler'])
+        if self.attack_scaler is not None and state.get('attack_scaler') is not None:
+            self.attack_scaler.load_state_dict(state['attack_scaler'])
+        self.upcycled_from = state.get('upcycled_from')
         self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
         self.global_step, self.history = state['global_step'], state['history']
         torch.set_rng_state(state['rng']['torch'])
@@ -265,8 +296,10 @@ class Trainer:
             return
         ckpt.atomic_save(self.state(), self.run_dir / ckpt.TRAIN_STATE)
         ckpt.atomic_save(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
+        ckpt.atomic_save_safetensors(self.model.state_dict(), self.run_dir / ckpt.SAFE_WEIGHTS)
         if self.ema is not None:
             ckpt.atomic_save(self.ema.module.state_dict(), self.run_dir / ckpt.EMA_WEIGHTS)
+            ckpt.atomic_save_safetensors(self.ema.module.state_dict(), self.run_dir / ckpt.SAFE_EMA_WEIGHTS)
 
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
@@ -335,7 +368,8 @@ class Trainer:
         result = dict(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / ckpt.WEIGHTS), model=cfg.model,
                       model_kwargs=self.model_kwargs, history=self.history, steps=self.global_step,
                       img_per_s=images_seen / train_seconds if train_seconds else None,
-                      config_sha256=cfg.sha256(), world_size=self.world_size)
+                      safetensors=str(self.run_dir / ckpt.SAFE_WEIGHTS), config_sha256=cfg.sha256(),
+                      world_size=self.world_size, upcycled_from=self.upcycled_from)
         if self.primary:
             (self.run_dir / 'result.json').write_text(json.dumps(result, indent=2, default=str) + '\n')
         return result
@@ -344,6 +378,109 @@ class Trainer:
         torch.use_deterministic_algorithms(self._was_deterministic)
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _create_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
+    try:
+        return timm.create_model(name, **model_kwargs)
+    except TypeError as e:
+        raise UserError(f'model_kwargs {model_kwargs} do not fit {name}: {e}') from None
+
+
+# kwargs that only shape the MoE layers: the dense source was built without them
+_MOE_ONLY_KWARGS = ('gate', 'moe_blocks', 'aux_loss', 'aux_weight', 'noisy_gating', 'expert_width')
+
+
+def _read_dense_source(source: Path) -> tuple:
+    """The weights file of `--upcycle-from` (a run directory or a weights file) and its state_dict."""
+    if not source.exists():
+        raise UserError(f'--upcycle-from {source} does not exist; give a dense run directory or its model.pth')
+    file = source / ckpt.WEIGHTS if source.is_dir() else source
+    if not file.is_file():
+        raise UserError(f'--upcycle-from {source} holds no {ckpt.WEIGHTS}; is it a finished training run?')
+    if file.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        try:
+            state = load_file(file)
+        except Exception as e:  # noqa: BLE001 - a foreign or truncated file fails in several ways
+            raise UserError(f'--upcycle-from {file} is not a readable safetensors file ({type(e).__name__})') from None
+    else:
+        state = ckpt.read_torch_file(file, '--upcycle-from')
+    if isinstance(state, dict) and isinstance(state.get('model'), dict):  # a last.pth.tar training state
+        state = state['model']
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f'--upcycle-from {file} does not hold a state_dict of tensors')
+    return file, state
+
+
+def _check_source_run(source: Path, cfg: TrainConfig, dense: str) -> None:
+    """Name what differs when the source is a run directory whose config.yaml says what it trained."""
+    config = source / 'config.yaml' if source.is_dir() else None
+    if config is None or not config.is_file():
+        return
+    # read as plain YAML, not as a TrainConfig: a run made by another version may hold other keys
+    src = read_yaml_mapping(config, 'config')
+    if src.get('model') != dense:
+        raise UserError(f'--upcycle-from {source} trained {src.get("model")}; {cfg.model} upcycles from {dense}')
+    if src.get('dataset') != cfg.dataset:
+        raise UserError(f'--upcycle-from {source} trained on {src.get("dataset")}, this run uses {cfg.dataset}')
+    ours = {k: v for k, v in cfg.model_kwargs.items() if k not in _MOE_ONLY_KWARGS}
+    theirs = {k: v for k, v in (src.get('model_kwargs') or {}).items() if k not in _MOE_ONLY_KWARGS}
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        k = differ[0]
+        raise UserError(f'--upcycle-from {source}: model_kwargs {k}={theirs.get(k, "default")!r} there, '
+                        f'{ours.get(k, "default")!r} here; the MoE must have the dense model\'s architecture')
+
+
+def _check_state(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor], file: Path, dense: str) -> None:
+    """The dense checkpoint must have exactly the keys and shapes of `dense` built with this run's kwargs."""
+    missing = [k for k in reference if k not in state]
+    extra = [k for k in state if k not in reference]
+    if extra:
+        raise UserError(f'--upcycle-from {file} has {len(extra)} keys {dense} lacks, e.g. {extra[0]!r}: '
+                        f'is it a dense {dense.split("_")[0]} checkpoint?')
+    if missing:
+        raise UserError(f'--upcycle-from {file} lacks {len(missing)} keys of {dense}, e.g. {missing[0]!r}')
+    for k, v in reference.items():
+        if state[k].shape != v.shape:
+            raise UserError(f'--upcycle-from {file}: {k} has shape {tuple(state[k].shape)} there, {tuple(v.shape)} '
+                            f'for {dense} with this run\'s model_kwargs and data set (width, classes, channels?)')
+
+
+def upcycle_model(cfg: TrainConfig, model_kwargs: Dict[str, Any]) -> tuple:
+    """The MoE of `cfg` started from the dense checkpoint `cfg.upcycle_from` through `timm_moe.upcycle`.
+
+    Every weight outside the MoE layers is the dense one; each expert is a copy of the dense block it
+    replaces plus `cfg.upcycle_noise` relative noise drawn from `cfg.seed`; gates start fresh.
+
+    Args:
+        cfg: The run's configuration.
+        model_kwargs: The MoE's timm kwargs (num_classes and in_chans included).
+
+    Returns:
+        (model, {'path', 'sha256', 'noise', 'seed'}) describing the source.
+    """
+    try:
+        dense = timm_moe.dense_name(cfg.model)
+    except ValueError:
+        dense = cfg.model
+    if dense == cfg.model:
+        raise UserError(f'--upcycle-from needs a timm-moe BlockMoE model such as resnet18_blockmoe_e4_k1, '
+                        f'not {cfg.model}')
+    if model_kwargs.get('expert_width', 'full') != 'full':
+        raise UserError("--upcycle-from needs expert_width='full': each expert copies the dense block's shapes")
+    source = Path(cfg.upcycle_from)
+    _check_source_run(source, cfg, dense)
+    file, state = _read_dense_source(source)
+    digest = sha256_file(file)
+    if cfg.upcycle_sha256 is not None and cfg.upcycle_sha256 != digest:
+        raise UserError(f'--upcycle-from {file} has sha256 {digest}, not the upcycle_sha256 {cfg.upcycle_sha256} '
+                        'this config pins')
+    dense_kwargs = {k: v for k, v in model_kwargs.items() if k not in _MOE_ONLY_KWARGS}
+    _check_state(state, _create_model(dense, dense_kwargs).state_dict(), file, dense)
+    model = timm_moe.upcycle(state, cfg.model, noise=cfg.upcycle_noise, seed=cfg.seed, **model_kwargs)
+    return model, dict(path=str(file), sha256=digest, noise=cfg.upcycle_noise, seed=cfg.seed)
 
 
 def _routing_summary(model: nn.Module) -> Dict[str, Any]:
