@@ -218,3 +218,75 @@ def test_noisy_gating_explicit_bool_overrides_auto(explicit, aux_loss):
 def test_noisy_gating_rejects_other_values(bad, name):
     with pytest.raises(ValueError, match=r"noisy_gating=.*: expected one of 'auto', True, False"):
         timm.create_model(name, width=8, noisy_gating=bad)
+
+
+def _checkpointed_step(name='resnet18_blockmoe_e4_k2', **kwargs):
+    model = timm.create_model(name, width=8, num_classes=10, **kwargs).train()
+    model.set_grad_checkpointing(True)
+    timm_moe.reset_routing_stats(model)
+    out = model(torch.rand(6, 3, 32, 32))
+    (out.square().mean() + timm_moe.aux_loss(model)).backward()
+    return model
+
+
+def test_grad_checkpointing_counts_each_image_once():
+    # the recomputation forward inside backward must not add the batch to the statistics again
+    model = _checkpointed_step()
+    assert timm_moe.routing_stats(model)['layer4.1']['images'] == 6
+    assert model.layer4[1].gate.fc.weight.grad.abs().sum() > 0
+    # idle-expert counters may count the recomputation (same routing), never turning idle into used
+    usage, forwards = model.layer4[1].usage()
+    assert usage.sum().item() % (6 * 2) == 0 and forwards >= 1
+
+
+def test_reentrant_checkpointing_counts_once_and_warns_that_the_aux_loss_had_no_grad():
+    set_reentrant = pytest.importorskip('timm.layers').__dict__.get('set_reentrant_ckpt')
+    if set_reentrant is None:
+        pytest.skip('this timm has no set_reentrant_ckpt')
+    set_reentrant(True)
+    try:
+        with pytest.warns(RuntimeWarning, match='layer4.1: the aux loss had no gradient'):
+            model = _checkpointed_step()
+    finally:
+        set_reentrant(False)
+    assert timm_moe.routing_stats(model)['layer4.1']['images'] == 6
+
+
+@pytest.mark.parametrize('stem', ['cifar', 'imagenet'])
+def test_pool_size_is_the_real_final_feature_map(stem):
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=8, stem=stem).eval()
+    cfg = model.pretrained_cfg
+    with torch.no_grad():
+        feats = model.forward_features(torch.rand(2, *cfg['input_size']))
+    assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size']) == {'cifar': (4, 4), 'imagenet': (1, 1)}[stem]
+    # and for an input size given in the overlay
+    big = timm.create_model('resnet18_dense', width=8, stem=stem, pretrained_cfg_overlay=dict(input_size=(3, 72, 72)))
+    with torch.no_grad():
+        feats = big.eval().forward_features(torch.rand(1, 3, 72, 72))
+    assert tuple(feats.shape[-2:]) == tuple(big.pretrained_cfg['pool_size'])
+
+
+@pytest.mark.parametrize('kwargs,size,match,ok_size', [
+    (dict(), 16, r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 17x17\), got 2x2', 17),
+    (dict(stem='imagenet'), 64,
+     r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 65x65\), got 2x2', 65),
+    # every layer4 block: layer4.0 sees layer3's output, 4x larger than layer4.1's (cifar stem)
+    (dict(moe_blocks='all'), 8,
+     r'layer4\.0: the conv_gap gate needs an input of at least 3x3 \(model input at least 9x9\), got 2x2', 17),
+])
+def test_conv_gap_on_too_small_an_input_names_the_layer_and_minimum(kwargs, size, match, ok_size):
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=8, gate='conv_gap', **kwargs).eval()
+    with pytest.raises(ValueError, match=match):
+        model(torch.rand(1, 3, size, size))
+    model(torch.rand(1, 3, ok_size, ok_size))
+
+
+def test_factory_kwargs_device_and_dtype():
+    meta = timm.create_model('resnet18_blockmoe_e8_k2', device='meta')
+    assert {p.device.type for p in meta.parameters()} == {'meta'}
+    assert {b.device.type for b in meta.buffers()} == {'meta'}
+    half = timm.create_model('resnet18_blockmoe_e4_k2', width=8, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half(torch.rand(2, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match='dtype=torch.int64: expected a floating-point torch.dtype'):
+        timm.create_model('resnet18_dense', width=8, dtype=torch.int64)

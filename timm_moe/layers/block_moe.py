@@ -1,6 +1,7 @@
 """BlockMoE: a residual block replaced by E copies of itself and a per-image top-k gate."""
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -66,12 +67,20 @@ class BlockMoE(nn.Module):
         self.gate = create_gate(gate, in_chs, num_experts)
         self.experts = nn.ModuleList(experts)
 
+        self.name = 'BlockMoE'  # for error messages; the model sets its qualified name
+        self.min_image_size: Optional[int] = None
+        self._warned_aux = False
         self.forced_expert: Optional[int] = None
         self.last_routing: Optional[Routing] = None
         self.last_aux: Optional[torch.Tensor] = None
         self.record_stats = True  # off inside `timm_moe.paused_routing_stats`, e.g. while an attack probes
         self.reset_stats()
         self.reset_usage()
+
+    def describe(self, name: str, min_image_size: Optional[int] = None) -> None:
+        """Name this layer (e.g. 'layer4.1') and the smallest model input its gate accepts, for error messages."""
+        self.name = name
+        self.min_image_size = min_image_size
 
     def reset_usage(self) -> None:
         """Forget the per-expert image counts of counted training forwards (see `timm_moe.drop_idle_expert_grads`)."""
@@ -132,18 +141,48 @@ class BlockMoE(nn.Module):
         if self.forced_expert is not None:
             return self.experts[self.forced_expert](x)
 
+        self._check_gate_input(x)
         logits = self.gate(x)
         noise = self.noise_std if (self.noisy_gating and self.training) else 0.0
         r = route(logits, self.k, straight_through=self.straight_through, noise_std=noise)
         counts = torch.bincount(r.indices.flatten(), minlength=self.num_experts)
-        if not _in_backward():
-            # gradient checkpointing re-runs this forward inside backward: the images were counted,
-            # and the aux loss (already summed into the loss) taken, by the original forward
-            self.last_aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
+        # computed even in checkpointing's recomputation: non-reentrant checkpointing checks that the
+        # recomputation saves the same tensors for backward as the original forward did
+        aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
+        if _in_backward():
+            # that recomputation runs inside backward: the images were counted, and the aux loss (already
+            # summed into the loss) taken, by the original forward
+            self._warn_if_aux_had_no_grad()
+        else:
+            self.last_aux = aux
             self._record(r, counts)
         if self.training and torch.is_grad_enabled() and self.record_stats:
             self._count_usage(counts)
         return self._dispatch(x, r, counts.tolist())
+
+    def _warn_if_aux_had_no_grad(self) -> None:
+        # reentrant checkpointing runs the original forward without grad, so the aux loss the user
+        # summed into the loss could not train the gate; say so once rather than train silently without it
+        if self._warned_aux or self.last_aux is None or self.last_aux.requires_grad:
+            return
+        if self.aux_loss_type == 'none' or self.aux_weight == 0:
+            return
+        if not any(p.requires_grad for p in self.gate.parameters()):
+            return
+        self._warned_aux = True
+        warnings.warn(
+            f'{self.name}: the aux loss had no gradient because the forward ran under reentrant gradient '
+            'checkpointing; use non-reentrant checkpointing (timm.layers.set_reentrant_ckpt(False), the default '
+            'in recent timm) so that the aux loss trains the gate', RuntimeWarning, stacklevel=2)
+
+    def _check_gate_input(self, x: torch.Tensor) -> None:
+        min_size = getattr(self.gate, 'min_input_size', 1)
+        height, width = x.shape[-2:]
+        if height < min_size or width < min_size:
+            hint = f' (model input at least {self.min_image_size}x{self.min_image_size})' if self.min_image_size else ''
+            raise ValueError(
+                f'{self.name}: the {self.gate_type} gate needs an input of at least {min_size}x{min_size}{hint}, '
+                f'got {height}x{width}')
 
     def _count_usage(self, counts: torch.Tensor) -> None:
         counts = counts.detach()

@@ -35,10 +35,13 @@ class GapFcGate(nn.Module):
 class ConvGapGate(nn.Module):
     """Conv-GAP gate: a 3x3 conv to E channels (no padding, no bias), then global average pool.
 
+    Unpadded, the conv needs an input of at least 3x3 (`min_input_size`).
+
     Args:
         in_chs: Channels of the block input.
         num_experts: Number of experts E.
     """
+    min_input_size = 3
 
     def __init__(self, in_chs: int, num_experts: int) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ and the dense baselines `resnet18_dense` / `resnet50_dense` with the identical s
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import sys
@@ -129,6 +130,8 @@ class ResNetBlockMoE(ResNet):
             code initialises BN weights to 1, so we default to False).
         act_layer: Activation layer.
         norm_layer: Normalisation layer.
+        device: Where to create the parameters (timm's factory kwarg), e.g. 'meta' for a shape-only model.
+        dtype: Floating-point dtype of the parameters and buffers (timm's factory kwarg).
     """
 
     def __init__(
@@ -152,6 +155,8 @@ class ResNetBlockMoE(ResNet):
             zero_init_last: bool = False,
             act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
             norm_layer: Union[str, Type[nn.Module]] = nn.BatchNorm2d,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
             **kwargs: Any,
     ) -> None:
         _check_choice('stem', stem, STEMS)
@@ -164,46 +169,53 @@ class ResNetBlockMoE(ResNet):
         noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
         if kwargs:
             raise ValueError(f'unexpected model kwargs {sorted(kwargs)}')
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f'dtype={dtype!r}: expected a floating-point torch.dtype, e.g. torch.bfloat16')
         nn.Module.__init__(self)  # the stem and widths differ from ResNet.__init__'s, so build here
-        act_layer = get_act_layer(act_layer)
-        norm_layer = get_norm_layer(norm_layer)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
+        # timm's factory kwargs device/dtype: build under a device context and cast, because timm 1.0.9's
+        # blocks take no device/dtype (and timm 1.0.31 passes them to the model, not to us piecemeal)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            act_layer = get_act_layer(act_layer)
+            norm_layer = get_norm_layer(norm_layer)
+            self.num_classes = num_classes
+            self.in_chans = in_chans
+            self.drop_rate = drop_rate
+            self.grad_checkpointing = False
 
-        # registration order is execution order for timm's FeatureListNet (features_only)
-        cifar = stem == 'cifar'
-        self.conv1 = nn.Conv2d(
-            in_chans, width, kernel_size=3 if cifar else 7, stride=1 if cifar else 2, padding=1 if cifar else 3,
-            bias=False)
-        self.bn1 = norm_layer(width)
-        self.act1 = act_layer(inplace=True)
-        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stem_stride = 1 if cifar else 4
-        self.feature_info = [dict(num_chs=width, reduction=max(stem_stride // 2, 1), module='act1')]
+            # registration order is execution order for timm's FeatureListNet (features_only)
+            cifar = stem == 'cifar'
+            self.conv1 = nn.Conv2d(
+                in_chans, width, kernel_size=3 if cifar else 7, stride=1 if cifar else 2, padding=1 if cifar else 3,
+                bias=False)
+            self.bn1 = norm_layer(width)
+            self.act1 = act_layer(inplace=True)
+            self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            stem_stride = 1 if cifar else 4
+            self.feature_info = [dict(num_chs=width, reduction=max(stem_stride // 2, 1), module='act1')]
 
-        channels = tuple(width * 2 ** i for i in range(4))
-        stages, stage_info = make_blocks(
-            _block_arg(block), channels, tuple(layers), width, act_layer=act_layer, norm_layer=norm_layer)
-        for name, stage in stages:
-            self.add_module(name, stage)
-        for info in stage_info:
-            # make_blocks assumes timm's stride-4 stem
-            info['reduction'] = info['reduction'] * stem_stride // 4
-        self.feature_info.extend(stage_info)
+            channels = tuple(width * 2 ** i for i in range(4))
+            stages, stage_info = make_blocks(
+                _block_arg(block), channels, tuple(layers), width, act_layer=act_layer, norm_layer=norm_layer)
+            for name, stage in stages:
+                self.add_module(name, stage)
+            for info in stage_info:
+                # make_blocks assumes timm's stride-4 stem
+                info['reduction'] = info['reduction'] * stem_stride // 4
+            self.feature_info.extend(stage_info)
 
-        self.num_features = self.head_hidden_size = channels[-1] * block.expansion
-        from timm.layers import create_classifier
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self.num_features = self.head_hidden_size = channels[-1] * block.expansion
+            from timm.layers import create_classifier
+            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
-        self.moe_config = dict(
-            num_experts=num_experts, k=k, gate=gate, moe_blocks=moe_blocks, aux_loss=aux_loss,
-            aux_weight=aux_weight, noisy_gating=noisy_gating, expert_width=expert_width, stem=stem, width=width)
-        if num_experts:
-            self._insert_moe(num_experts, k, gate, moe_blocks, aux_loss, aux_weight, noisy_gating, expert_width)
-        self.init_weights(zero_init_last=zero_init_last)
+            self.moe_config = dict(
+                num_experts=num_experts, k=k, gate=gate, moe_blocks=moe_blocks, aux_loss=aux_loss,
+                aux_weight=aux_weight, noisy_gating=noisy_gating, expert_width=expert_width, stem=stem, width=width)
+            if num_experts:
+                self._insert_moe(num_experts, k, gate, moe_blocks, aux_loss, aux_weight, noisy_gating, expert_width)
+            self.init_weights(zero_init_last=zero_init_last)
+        if dtype is not None:
+            self.to(dtype)
 
     def _insert_moe(
             self, num_experts: int, k: int, gate: str, moe_blocks: str, aux_loss: str,
@@ -218,9 +230,14 @@ class ResNetBlockMoE(ResNet):
                 experts = [_narrow_block(dense, inner) for _ in range(num_experts)]
             else:
                 experts = [copy.deepcopy(dense) for _ in range(num_experts)]
-            stage[idx] = BlockMoE(
+            moe = BlockMoE(
                 experts, in_chs, k=k, gate=gate, aux_loss=aux_loss, aux_weight=aux_weight,
                 noisy_gating=noisy_gating)
+            # named, and told the smallest image its gate can take (3x3 after a reduction r: 2r + 1 pixels),
+            # so that an unpadded Conv-GAP gate on too small an input says so in the user's terms
+            reduction = self.feature_info[3 if idx == 0 else 4]['reduction']
+            moe.describe(f'layer4.{idx}', min_image_size=2 * reduction + 1)
+            stage[idx] = moe
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
@@ -260,8 +277,19 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
         raise ValueError(f'{name}={value!r}: expected one of {list(allowed)}')
 
 
+# the final feature map is the input divided by this, rounded up (every stride-2 layer pads to ceil)
+FEATURE_REDUCTION = {'cifar': 8, 'imagenet': 32}
+
+
 def _create_resnet_blockmoe(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetBlockMoE:
-    return build_model_with_cfg(ResNetBlockMoE, variant, pretrained, **kwargs)
+    # pool_size depends on the stem, a kwarg, so the registered cfg cannot hold it for both stems;
+    # an explicit pool_size in the user's overlay still wins
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    height, width = overlay.get('input_size', _cfg()['input_size'])[-2:]
+    reduction = FEATURE_REDUCTION.get(kwargs.get('stem', 'cifar'))
+    if reduction is not None:  # an unknown stem is reported by the model itself
+        overlay.setdefault('pool_size', (-(-height // reduction), -(-width // reduction)))
+    return build_model_with_cfg(ResNetBlockMoE, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
