@@ -9,13 +9,21 @@ counts as broken as soon as any iterate breaks it, and an ensemble reports the w
 APGD-CE, APGD-T, FAB-T, Square and AutoAttack itself are the reference implementation (`pyautoattack`),
 wrapped, never re-written. The reference seeds torch's global RNG inside `perturb`; the wrappers fork the
 RNG so that an evaluation leaves the caller's random stream untouched.
+
+`settings(n_cls)` of every attack gives its exact, effective settings for a model with `n_cls` classes (target
+counts capped, AutoAttack's parts that apply); `reference_warnings()` collects what pyautoattack warns about
+(randomised model, probability outputs, zero gradients, Square stronger than the rest, ...), which it would
+otherwise only log or `warnings.warn`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +44,7 @@ class Attack(Protocol):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
-    def settings(self) -> dict: ...
+    def settings(self, n_cls: Optional[int] = None) -> dict: ...
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -88,15 +96,82 @@ def _check_common(eps: float, norm: str) -> None:
     parse_eps(eps, norm)
 
 
-def _settings(obj: object, implementation: str) -> dict:
+def _settings(obj: object, implementation: str, **extra: Any) -> dict:
     d = dataclasses.asdict(obj)  # type: ignore[arg-type]
-    d.update(attack=type(obj).__name__, implementation=implementation)
+    d.update(attack=type(obj).__name__, implementation=implementation, **extra)
     return d
+
+
+# ---------------------------------------------------------------------------------------------- reference warnings
+
+# pyautoattack's warnings (pyautoattack/checks.py), by a phrase of their text -> the flag an evaluation raises.
+# They go through `warnings.warn` when an attack runs standalone, and through the 'auto-attack' logger inside
+# AutoAttack; nothing else in pyautoattack warns (its prints are behind verbose=True, which we never set).
+REFERENCE_WARNINGS = {
+    'it seems to be a randomized defense': 'randomized_defense',  # 5 forwards of one batch differ
+    'output is a probability distribution': 'probability_output',  # softmax outputs instead of logits
+    'points with zero gradient': 'zero_gradients',  # the DLR losses' input gradient is 0 for some images
+    'Square Attack has decreased the robust accuracy': 'square_stronger',  # black box beat the gradient parts
+    'it seems to be a dynamic defense': 'dynamic_defense',  # the forward itself computes gradients
+    'not possible to use the DLR loss': 'too_few_classes',
+    'not possible to use the targeted DLR loss': 'too_few_classes',
+    'more target classes': 'too_many_target_classes',
+}
+REFERENCE_LOGGER = 'auto-attack'
+
+
+def reference_warning_flag(message: str) -> str:
+    """The flag of one pyautoattack warning: 'pyautoattack_<kind>' ('pyautoattack_other' for unknown text)."""
+    kind = next((k for phrase, k in REFERENCE_WARNINGS.items() if phrase in message), 'other')
+    return f'pyautoattack_{kind}'
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: List[str]) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def reference_warnings() -> Iterator[List[str]]:
+    """Collect the warnings pyautoattack raises in the block (both routes) into the yielded list, in order.
+
+    Other code's warnings pass through untouched, so that nothing unrelated is swallowed.
+    """
+    caught: List[str] = []
+    logger = logging.getLogger(REFERENCE_LOGGER)
+    handler = _ListHandler(caught)
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter('always')
+            yield caught
+    finally:
+        logger.removeHandler(handler)
+    for w in recorded:
+        if 'pyautoattack' in (w.filename or ''):
+            caught.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _reference_version() -> str:
     import pyautoattack
     return f'pyautoattack {pyautoattack.__version__}'
+
+
+# APGD's step size as pyautoattack runs it (autopgd_base.APGDAttack.attack_single_run)
+APGD_SCHEDULE = ('adaptive: 2*eps at first, halved at checkpoints (every 22%, shrinking by 3% of the steps, '
+                 'floor 6%) when fewer than rho of the steps since the last one raised the loss, restarting '
+                 'from the best point; momentum 0.75')
+
+
+def _apgd_effective(n_iter: int, rho: float) -> dict:
+    return dict(step_size=APGD_SCHEDULE, first_step_size='2*eps', rho=rho, random_start=True, eot_iter=1,
+                checkpoint_first=max(int(0.22 * n_iter), 1))
 
 
 def _check_classes(name: str, n_cls: int, minimum: int, why: str) -> None:
@@ -114,8 +189,12 @@ class _Reference:
     def __post_init__(self) -> None:
         _check_common(self.eps, self.norm)
 
-    def settings(self) -> dict:
-        return _settings(self, _reference_version())
+    def settings(self, n_cls: Optional[int] = None) -> dict:
+        return _settings(self, _reference_version(), **self._effective(n_cls))
+
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        """Settings the reference fixes or derives at call time, which the dataclass fields do not show."""
+        return {}
 
     @staticmethod
     def _perturb(atk: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -140,6 +219,10 @@ class PGD:
             first) and attack only the points that no earlier run broke.
         loss: 'ce' (cross-entropy) or 'margin' (max_j z_j - z_y, which does not saturate).
         seed: Seed of the random starts (a private generator: the global RNG is not touched).
+        final_iterate: Attack every point, also those misclassified from the start, and return the last
+            iterate for every point. For analyses that compare x_adv with x (routing under attack, transfer):
+            the default returns x itself for points that start misclassified and the first breaking iterate
+            for the others, which are not comparable attempts. Needs restarts = 1.
     """
     eps: float = 8 / 255
     norm: str = 'Linf'
@@ -149,6 +232,7 @@ class PGD:
     restarts: int = 1
     loss: str = 'ce'
     seed: int = 0
+    final_iterate: bool = False
 
     def __post_init__(self) -> None:
         _check_common(self.eps, self.norm)
@@ -156,17 +240,30 @@ class PGD:
             raise UserError(f'PGD steps={self.steps}, restarts={self.restarts}: need steps >= 0 and restarts >= 1')
         if self.loss not in ('ce', 'margin'):
             raise UserError(f'PGD loss={self.loss!r}: choose ce or margin')
+        if self.final_iterate and self.restarts != 1:
+            raise UserError(f'PGD final_iterate=True with restarts={self.restarts}: restarts run on robust points '
+                            'only, so the last iterates would not be one attempt per point; use restarts=1')
         if self.step_size is None:
             self.step_size = self.eps / 4
 
-    def settings(self) -> dict:
-        return _settings(self, 'timm-moe')
+    def settings(self, n_cls: Optional[int] = None) -> dict:
+        kept = 'last iterate, every point attacked' if self.final_iterate else \
+            'first iterate that breaks a point (else the last); points misclassified at the start are not attacked'
+        return _settings(self, 'timm-moe', step_schedule='constant', returns=kept)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.run(model, x, y)[0]
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x_adv, attacked): the examples, and which points the attack actually ran on (the others are x)."""
         x, y = x.detach(), y.detach()
         x_adv = x.clone()
-        robust = predict(model, x) == y
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        if self.final_iterate:
+            adv, _ = self._single_run(model, x, y, self.random_start, gen, keep_last=True)
+            return adv, torch.ones(len(x), dtype=torch.bool, device=x.device)
+        robust = predict(model, x) == y
+        attacked = robust.clone()
         for r in range(self.restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -175,7 +272,7 @@ class PGD:
             # a broken point keeps the iterate that broke it; a robust one the last run's final iterate
             x_adv[idx] = adv
             robust[idx[fooled]] = False
-        return x_adv
+        return x_adv, attacked
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss == 'ce':
@@ -202,6 +299,12 @@ class PGD:
         # clamping to [0, 1] only moves coordinates towards x, so it never leaves the ball
         return x_adv.clamp(0.0, 1.0)
 
+    def _grad(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(self._loss(model(x_adv), y).sum(), x_adv)
+        return grad
+
     def _step(self, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == 'Linf':
             return x_adv + self.step_size * grad.sign()
@@ -209,8 +312,13 @@ class PGD:
         return x_adv + self.step_size * grad / n.clamp_min(1e-12)
 
     def _single_run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, random_start: bool,
-                    gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+                    gen: torch.Generator, keep_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         x_adv = self._project(x + self._random_delta(x, gen), x) if random_start else x.clone()
+        if keep_last:
+            # no book-keeping of breaking iterates: every point simply takes `steps` steps
+            for _ in range(self.steps):
+                x_adv = self._project(self._step(x_adv, self._grad(model, x_adv, y)), x)
+            return x_adv.detach(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         best = x_adv.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
@@ -260,6 +368,9 @@ class APGD(_Reference):
         if self.loss not in ('ce', 'dlr'):
             raise UserError(f'APGD loss={self.loss!r}: choose ce or dlr')
 
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        return _apgd_effective(self.steps, self.rho)
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
         if self.loss == 'dlr':
@@ -288,6 +399,13 @@ class _Targeted(_Reference):
     n_target_classes: int = 9
     seed: int = 0
 
+    def targets(self, n_cls: Optional[int]) -> Optional[int]:
+        """Target classes actually tried for a model with `n_cls` classes (None when unknown)."""
+        return None if n_cls is None else max(0, min(self.n_target_classes, n_cls - 1))
+
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        return dict(n_target_classes_run=self.targets(n_cls))
+
 
 @dataclass
 class APGDTargeted(_Targeted):
@@ -296,6 +414,9 @@ class APGDTargeted(_Targeted):
     Args: as `_Targeted`.
     """
 
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        return dict(super()._effective(n_cls), loss='dlr-targeted', **_apgd_effective(self.steps, 0.75))
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack_targeted
         n_cls = num_classes_of(model, x)
@@ -303,7 +424,7 @@ class APGDTargeted(_Targeted):
         _check_classes('APGD-T', n_cls, 4, 'the targeted DLR loss uses the top-4 logits')
         atk = APGDAttack_targeted(model, n_iter=self.steps, norm=self.norm, n_restarts=self.restarts,
                                   eps=float(self.eps), seed=self.seed, device=x.device, verbose=False,
-                                  n_target_classes=min(self.n_target_classes, n_cls - 1))
+                                  n_target_classes=self.targets(n_cls))
         return self._perturb(atk, x, y)
 
 
@@ -316,13 +437,17 @@ class FABTargeted(_Targeted):
     Args: as `_Targeted`.
     """
 
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        # FABAttack_PT's defaults, which the wrapper does not change
+        return dict(super()._effective(n_cls), alpha_max=0.1, eta=1.05, beta=0.9, step_size='FAB projection step')
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.fab_pt import FABAttack_PT
         n_cls = num_classes_of(model, x)
         _check_classes('FAB-T', n_cls, 2, 'it needs a class to target')
         atk = FABAttack_PT(model, norm=self.norm, n_restarts=self.restarts, n_iter=self.steps, eps=float(self.eps),
                            seed=self.seed, targeted=True, device=x.device, verbose=False,
-                           n_target_classes=min(self.n_target_classes, n_cls - 1))
+                           n_target_classes=self.targets(n_cls))
         return self._perturb(atk, x, y)
 
 
@@ -345,6 +470,9 @@ class Square(_Reference):
     restarts: int = 1
     seed: int = 0
 
+    def _effective(self, n_cls: Optional[int]) -> dict:
+        return dict(loss='margin', resc_schedule=False, step_size='square side from p_init, shrinking by schedule')
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.square import SquareAttack
         atk = SquareAttack(model, norm=self.norm, n_queries=self.n_queries, eps=float(self.eps), p_init=self.p_init,
@@ -360,8 +488,10 @@ class AutoAttack(_Reference):
 
     The standard version is APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and Square (5000 queries), each run
     on the points the previous ones left robust. With fewer than 10 classes the target counts are capped at
-    num_classes - 1, and with fewer than 4 classes APGD-T is dropped (its loss needs 4 logits); `settings()`
-    after a call records what actually ran.
+    num_classes - 1; with fewer than 4 classes APGD-T is dropped (its loss needs 4 logits), with fewer than 3
+    APGD-DLR. `plan(n_cls)` says which parts run and which are dropped, and why; `label(name, n_cls)` is the
+    name a result must carry (never plain 'autoattack' when a part was dropped); `settings(n_cls)` reads every
+    sub-attack's settings off the configured reference object.
 
     Args:
         eps: Radius of the ball.
@@ -377,6 +507,8 @@ class AutoAttack(_Reference):
     seed: int = 0
     ran: Tuple[str, ...] = field(default=(), compare=False)
 
+    STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.version not in ('standard', 'custom'):
@@ -387,35 +519,88 @@ class AutoAttack(_Reference):
             raise UserError(f'AutoAttack custom parts {"+".join(self.parts) or "(none)"!r}: choose one or more of '
                             f'{", ".join(AUTOATTACK_PARTS)} joined by +')
 
-    def adversary(self, model: nn.Module, n_cls: int, device: torch.device):
-        """The configured `pyautoattack.AutoAttack` for a model with `n_cls` classes."""
+    def requested(self) -> Tuple[str, ...]:
+        return self.parts if self.version == 'custom' else self.STANDARD
+
+    def plan(self, n_cls: int) -> Tuple[Tuple[str, ...], Dict[str, str]]:
+        """(parts that run, {dropped part: why}) for a model with `n_cls` classes."""
+        # the targeted DLR loss divides by z_1 - (z_3 + z_4) / 2 of the sorted logits, the untargeted by z_1 - z_3
+        why = {'apgd-t': (4, 'the targeted DLR loss needs 4 logits'), 'apgd-dlr': (3, 'the DLR loss needs 3 logits'),
+               'fab-t': (2, 'it needs a class to target')}
+        dropped = {p: f'{why[p][1]}; the model has {n_cls} classes' for p in self.requested()
+                   if p in why and n_cls < why[p][0]}
+        return tuple(p for p in self.requested() if p not in dropped), dropped
+
+    def label(self, name: str, n_cls: int) -> str:
+        """`name` if every requested part runs, else 'autoattack.<parts that ran>' (AutoAttack's custom version
+        with exactly those parts and the standard settings, which is what runs)."""
+        ran, dropped = self.plan(n_cls)
+        return f'{CUSTOM_PREFIX}{"+".join(ran)}' if dropped else name
+
+    def adversary(self, model: Optional[nn.Module], n_cls: int, device: Union[torch.device, str]):
+        """The configured `pyautoattack.AutoAttack` for a model with `n_cls` classes (model None: settings only)."""
         from pyautoattack import AutoAttack as RefAutoAttack
-        parts = list(self.parts) if self.version == 'custom' else ['apgd-ce', 'apgd-t', 'fab-t', 'square']
-        # the targeted DLR loss needs 4 logits, the untargeted one 3
-        unusable = {'apgd-t'} if n_cls < 4 else set()
-        unusable |= {'apgd-dlr'} if n_cls < 3 else set()
-        parts = [p for p in parts if p not in unusable]
+        parts, _ = self.plan(n_cls)
         if not parts:
-            raise UserError(f'AutoAttack: none of {"+".join(self.parts)} applies to {n_cls} classes')
-        if self.version == 'standard' and len(parts) == 4:
+            raise UserError(f'AutoAttack: none of {"+".join(self.requested())} applies to {n_cls} classes')
+        if self.version == 'standard' and parts == self.STANDARD:
             adv = RefAutoAttack(model, eps=float(self.eps), norm=self.norm, seed=self.seed, device=device,
                                 version='standard')
         else:
             # the same sub-attack settings as 'standard', for a list that standard cannot express
             adv = RefAutoAttack(model, eps=float(self.eps), norm=self.norm, seed=self.seed, device=device,
-                                version='custom', attacks=parts)
+                                version='custom', attacks=list(parts))
             adv.apgd.n_restarts = adv.fab.n_restarts = adv.apgd_targeted.n_restarts = 1
-        adv.apgd_targeted.n_target_classes = min(9, n_cls - 1)
-        adv.fab.n_target_classes = min(9, n_cls - 1)
+        adv.apgd_targeted.n_target_classes = max(0, min(9, n_cls - 1))
+        adv.fab.n_target_classes = max(0, min(9, n_cls - 1))
         adv.verbose = False
         self.ran = tuple(parts)
         return adv
+
+    def settings(self, n_cls: Optional[int] = None) -> dict:
+        d = _settings(self, _reference_version())
+        d.pop('ran')
+        d['parts_requested'] = list(self.requested())
+        if n_cls is None:
+            return d
+        ran, dropped = self.plan(n_cls)
+        d.update(parts_run=list(ran), parts_dropped=dropped)
+        if ran:
+            adv = self.adversary(None, n_cls, 'cpu')
+            d['parts'] = {p: _part_settings(adv, p) for p in ran}
+        return d
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         adv = self.adversary(model, num_classes_of(model, x), x.device)
         with forked_rng(x.device):
             x_adv, _ = adv.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv.detach()
+
+
+def _part_settings(adv: Any, part: str) -> dict:
+    """One AutoAttack part's settings, read off the configured reference object (what will actually run).
+
+    Mirrors `pyautoattack.AutoAttack.run_standard_evaluation`, which sets the loss per part and forces one
+    restart for FAB-T.
+    """
+    if part in ('apgd-ce', 'apgd-dlr', 'apgd-t'):
+        a = adv.apgd_targeted if part == 'apgd-t' else adv.apgd
+        d = dict(attack='APGD', loss={'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-targeted'}[part],
+                 steps=a.n_iter, restarts=a.n_restarts, seed=a.seed, eps=a.eps, norm=a.norm,
+                 **_apgd_effective(a.n_iter, a.thr_decr))
+        d.update(random_start=a.use_rs, eot_iter=a.eot_iter)
+        if part == 'apgd-t':
+            d['n_target_classes'] = a.n_target_classes
+        return d
+    if part in ('fab', 'fab-t'):
+        f = adv.fab
+        return dict(attack='FAB', targeted=part == 'fab-t', steps=f.n_iter,
+                    restarts=1 if part == 'fab-t' else f.n_restarts, seed=f.seed, eps=f.eps, norm=f.norm,
+                    n_target_classes=f.n_target_classes if part == 'fab-t' else None, alpha_max=f.alpha_max,
+                    eta=f.eta, beta=f.beta, step_size='FAB projection step')
+    q = adv.square
+    return dict(attack='Square', n_queries=q.n_queries, p_init=q.p_init, restarts=q.n_restarts, seed=q.seed,
+                eps=q.eps, norm=q.norm, loss=q.loss, resc_schedule=q.rescale_schedule)
 
 
 # ---------------------------------------------------------------------------------------------- ensemble

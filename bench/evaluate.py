@@ -4,9 +4,10 @@
         --dataset cifar100 --attacks standard --n-examples 1000 --json results/aa.json --resume
 
 The model is wrapped with `bench.normalize.normalized` (the data set's mean/std), so attacks work in [0, 1].
-With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it (and the
-examples that routing under attack reuses are kept in `OUT.partial.jsonl.adv/`); --resume skips the batches
-recorded there, and the final JSON is written atomically only when everything is done.
+With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it (and its
+adversarial examples, which the sanity checks re-verify, and the routing analysis' examples are kept in
+`OUT.partial.jsonl.adv/`); --resume skips the batches recorded there, and the final JSON is written atomically
+only when everything is done. docs/EVALUATION.md describes the result, the checks and the flags.
 """
 from __future__ import annotations
 
@@ -25,15 +26,18 @@ from torch import nn
 import timm
 import timm_moe
 from bench import moe_analysis, sanity
-from bench.attacks import (NORMS, PRESETS, accuracy, attack_choices, build_attack, parse_eps, perturbation_norm,
-                           predict, resolve_attacks, robust_under_all)
+from bench.attacks import (NORMS, PRESETS, AutoAttack, accuracy, attack_choices, build_attack, parse_eps,
+                           perturbation_norm, predict, reference_warning_flag, reference_warnings, resolve_attacks,
+                           robust_under_all)
 from bench.atomic import atomic_open
 from bench.checkpoint import atomic_save, read_torch_file
 from bench.errors import UserError
-from bench.normalize import normalized, unwrap
+from bench.normalize import Normalized, normalized, unwrap
 from bench.progress import progress_bar
 
 SIDECAR_SUFFIX = '.partial.jsonl'
+# key of the routing analysis' crafted examples in the sidecar's example store (no attack has this name)
+ROUTING_KEY = 'routing'
 
 
 # ---------------------------------------------------------------------------------------------- resume sidecar
@@ -51,8 +55,9 @@ class BatchLog:
 
     The first line is a fingerprint of everything that determines the results (attack settings, eps, data,
     weights); resuming against a different fingerprint is refused rather than mixing two evaluations.
-    Adversarial examples that a later analysis reuses (routing under attack) go to `<path>.adv/`, one file
-    per batch, so a resumed run need not craft them again.
+    Each batch's adversarial examples (which the sanity checks re-verify, and which routing under attack
+    reuses) go to `<path>.adv/`, one file per (attack, batch), written before the batch's record; a record
+    whose examples are missing or unreadable is run again rather than trusted.
 
     Args:
         path: The sidecar file, or None to keep nothing.
@@ -86,8 +91,10 @@ class BatchLog:
     def get(self, attack: str, batch: int) -> Optional[dict]:
         return self.records.get((attack, batch))
 
-    def put(self, attack: str, batch: int, correct: List[bool], seconds: float) -> None:
-        rec = dict(attack=attack, batch=batch, correct=[int(c) for c in correct], seconds=seconds)
+    def put(self, attack: str, batch: int, correct: List[bool], seconds: float,
+            warnings: Sequence[str] = ()) -> None:
+        rec = dict(attack=attack, batch=batch, correct=[int(c) for c in correct], seconds=seconds,
+                   warnings=list(warnings))
         self.records[(attack, batch)] = rec
         if self.path is not None:
             with self.path.open('a') as f:
@@ -95,22 +102,23 @@ class BatchLog:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def put_adv(self, attack: str, batch: int, x_adv: torch.Tensor) -> None:
+    def put_tensors(self, key: str, batch: int, tensors: Dict[str, torch.Tensor]) -> None:
         if self.adv_dir is not None:
             self.adv_dir.mkdir(exist_ok=True)
-            atomic_save(x_adv.detach(), self.adv_dir / f'{attack}-{batch}.pt')
+            atomic_save({k: v.detach().cpu() for k, v in tensors.items()}, self.adv_dir / f'{key}-{batch}.pt')
 
-    def get_adv(self, attack: str, batch: int, shape: torch.Size) -> Optional[torch.Tensor]:
-        """The stored examples, or None when missing, unreadable or of another shape (the caller crafts them
-        again)."""
-        f = self.adv_dir / f'{attack}-{batch}.pt' if self.adv_dir is not None else None
+    def get_tensors(self, key: str, batch: int, n: int) -> Optional[Dict[str, torch.Tensor]]:
+        """The stored tensors of (key, batch), or None when missing, unreadable or not `n` rows each (the caller
+        computes them again)."""
+        f = self.adv_dir / f'{key}-{batch}.pt' if self.adv_dir is not None else None
         if f is None or not f.is_file():
             return None
         try:
-            x_adv = read_torch_file(f, 'stored adversarial examples')
+            obj = read_torch_file(f, 'stored adversarial examples')
         except UserError:
             return None
-        return x_adv if isinstance(x_adv, torch.Tensor) and x_adv.shape == shape else None
+        ok = isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) and len(v) == n for v in obj.values())
+        return obj if ok else None
 
     @staticmethod
     def adv_dir_of(path: Path) -> Path:
@@ -153,7 +161,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         n_check: Examples used by the sanity checks that run extra attacks.
 
     Returns:
-        The evaluation result of docs/CONTRACTS.md, accuracies in percent.
+        The evaluation result of docs/CONTRACTS.md, accuracies in percent; results are keyed by attack label
+        (the attack's name, except an AutoAttack that dropped a part: see `bench.attacks.AutoAttack.label`).
     """
     if norm not in NORMS:
         raise UserError(f'norm {norm!r} is not supported; choose one of {", ".join(NORMS)}')
@@ -174,62 +183,56 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     if int(y.max()) >= n_cls or int(y.min()) < 0:
         raise UserError(f'labels go up to {int(y.max())} but the model outputs {n_cls} classes; '
                         f'set --num-classes to match the data set')
-    objs = {name: build_attack(name, eps, norm, seed) for name in names}
-    settings = dict(attacks=names, eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
-                    num_classes=n_cls, n_check=n_check, attack_settings={k: a.settings() for k, a in objs.items()})
+    objs = {_label(name, attack, n_cls): (name, attack)
+            for name, attack in ((name, build_attack(name, eps, norm, seed)) for name in names)}
+    attack_settings = {label: dict(attack.settings(n_cls), name=name, label=label)
+                       for label, (name, attack) in objs.items()}
+    moe = per_expert and timm_moe.num_experts(model) > 0
+    crafting = moe_analysis.crafting_attack(names, eps, norm, seed) if moe else None
+    settings = dict(attacks=attack_settings, attack_settings=attack_settings, requested_attacks=names,
+                    attack_labels=list(objs), eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
+                    num_classes=n_cls, n_check=n_check, model_config=model_config(model),
+                    routing_crafted_with=crafting[1].settings() if crafting else None)
     fingerprint = dict(settings, data=tensor_digest(x, y),
                        weights=tensor_digest(*unwrap(model).state_dict().values()) if sidecar else None)
     log = BatchLog(sidecar, json.loads(json.dumps(fingerprint, default=str)), resume)
 
     clean = predict(model, x.to(device), batch_size).cpu() == y
-    moe = per_expert and timm_moe.num_experts(model) > 0
-    routing_attack = moe_analysis.per_expert_attack_names(names)[0] if moe else None
-    correct: Dict[str, torch.Tensor] = {}
+    runs: Dict[str, sanity.AttackRecord] = {}
     timing: Dict[str, float] = {}
-    kept_adv: Optional[torch.Tensor] = None  # the routing attack's examples, when every batch has them
+    warned: Dict[str, List[str]] = {}
     with progress_bar(progress) as bar:
-        for name, attack in objs.items():
-            task = bar.add_task(name, total=n_batches, ips='')
+        for label, (name, attack) in objs.items():
+            task = bar.add_task(label, total=n_batches, ips='')
             ok = torch.zeros(n, dtype=torch.bool)
-            seconds = 0.0
-            advs: List[Optional[torch.Tensor]] = []
+            examples = torch.empty_like(x)
+            seconds, messages = 0.0, []
             for b in range(n_batches):
                 sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-                rec = log.get(name, b)
-                if rec is None:
-                    xb, yb = x[sl].to(device), y[sl].to(device)
-                    t0 = time.perf_counter()
-                    x_adv = attack(model, xb, yb)
-                    if device.type == 'cuda':
-                        torch.cuda.synchronize(device)
-                    dt = time.perf_counter() - t0
-                    _check_ball(x_adv, xb, eps, norm, name)
-                    batch_ok = (predict(model, x_adv) == yb).cpu()
-                    kept = x_adv.cpu() if name == routing_attack else None
-                    if kept is not None:  # before the record, so a recorded batch has its examples
-                        log.put_adv(name, b, kept)
-                    log.put(name, b, batch_ok.tolist(), dt)
-                    advs.append(kept)
-                    # a point broken on clean input stays broken: attacks may return it unchanged
-                    ok[sl] = batch_ok & clean[sl]
-                    seconds += dt
-                else:
-                    ok[sl] = torch.tensor(rec['correct'], dtype=torch.bool) & clean[sl]
-                    seconds += rec['seconds']
-                    advs.append(log.get_adv(name, b, x[sl].shape) if name == routing_attack else None)
+                rec, kept = log.get(label, b), log.get_tensors(label, b, sl.stop - sl.start)
+                if rec is None or kept is None:  # a record without its examples is not trusted: run it again
+                    rec, kept = _attack_batch(model, attack, label, x[sl], y[sl], eps, norm, device, log, b)
+                # a point broken on clean input stays broken: attacks may return it unchanged
+                ok[sl] = torch.tensor(rec['correct'], dtype=torch.bool) & clean[sl]
+                examples[sl] = kept['examples']
+                seconds += rec['seconds']
+                messages += rec.get('warnings', [])
                 bar.update(task, advance=1, ips=f'{accuracy(ok[:sl.stop]):.1f}%')
-            correct[name], timing[name] = ok, seconds
-            if name == routing_attack and all(a is not None for a in advs):
-                kept_adv = torch.cat(advs)
+            runs[label] = sanity.AttackRecord(name, attack_settings[label], ok, examples)
+            timing[label] = seconds
+            if messages:
+                warned[label] = list(dict.fromkeys(messages))  # each distinct warning once, in order
+    correct = {k: r.correct for k, r in runs.items()}
     ensemble = robust_under_all(correct.values())
-    # again after the runs: AutoAttack records which of its parts applied to this model
-    settings['attack_settings'] = {k: a.settings() for k, a in objs.items()}
 
     t0 = time.perf_counter()
     checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
-                               attack_correct=correct, ensemble_correct=ensemble, seed=seed,
-                               batch_size=batch_size, n_check=n_check)
+                               runs=runs, ensemble_correct=ensemble, seed=seed, batch_size=batch_size,
+                               n_check=n_check)
     timing['sanity'] = time.perf_counter() - t0
+    dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
+    flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \
+        sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
     result: Dict[str, Any] = dict(
         n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
         robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
@@ -237,25 +240,80 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                 'ensemble': int(ensemble.sum())},
         correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
                  'ensemble': ensemble.int().tolist()},
-        per_expert=None, routing_under_attack=None, transfer=None,
-        sanity=checks, flags=sanity.failed(checks), settings=settings, timing=timing)
+        per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
+        autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
+        attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
     if moe:
         t0 = time.perf_counter()
+        gated = _routing_examples(model, crafting[1], x, y, batch_size, device, log)
         analysis = moe_analysis.analyse(model, x, y, attacks=names, eps=eps, norm=norm, seed=seed,
-                                        batch_size=batch_size, x_adv_gated=kept_adv)
+                                        batch_size=batch_size, x_adv_gated=gated)
         timing['moe_analysis'] = time.perf_counter() - t0
         result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
-                      transfer=analysis['transfer'])
+                      transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
         settings['per_expert_attacks'] = analysis['per_expert_attacks']
     elif per_expert:
         settings['per_expert_attacks'] = None  # dense model: nothing to force
     return result
 
 
+def _label(name: str, attack: Any, n_cls: int) -> str:
+    """The key an attack's results are stored under: its name, unless it will not run as that name promises."""
+    return attack.label(name, n_cls) if isinstance(attack, AutoAttack) else name
+
+
+def model_config(model: nn.Module) -> Dict[str, Any]:
+    """What defines the evaluated network, as far as it tells: class, timm architecture, classes, MoE config."""
+    inner = unwrap(model)
+    cfg = getattr(inner, 'pretrained_cfg', None) or {}
+    moe = getattr(inner, 'moe_config', None)
+    return dict(model_class=type(inner).__name__, architecture=cfg.get('architecture'),
+                num_classes=getattr(inner, 'num_classes', None), in_chans=getattr(inner, 'in_chans', None),
+                moe_config=dict(moe) if isinstance(moe, dict) else None,
+                normalization=dict(mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+                if isinstance(model, Normalized) else None)
+
+
+def _attack_batch(model: nn.Module, attack: Any, label: str, xb: torch.Tensor, yb: torch.Tensor, eps: float,
+                  norm: str, device: torch.device, log: BatchLog, b: int) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """Run one attack on one batch; record its correctness, warnings and examples. Returns (record, tensors)."""
+    xb, yb = xb.to(device), yb.to(device)
+    t0 = time.perf_counter()
+    with reference_warnings() as caught:
+        x_adv = attack(model, xb, yb)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    _check_ball(x_adv, xb, eps, norm, label)
+    batch_ok = predict(model, x_adv) == yb
+    # the example that broke each point: x_adv where it did, x where it did not (x breaks a point that starts
+    # misclassified); the sanity checks re-verify these, so they are stored before the record
+    kept = {'examples': torch.where(batch_ok.view(-1, *[1] * (xb.dim() - 1)), xb, x_adv).cpu()}
+    log.put_tensors(label, b, kept)
+    log.put(label, b, batch_ok.cpu().tolist(), dt, caught)
+    return log.get(label, b), kept
+
+
+def _routing_examples(model: nn.Module, crafter: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                      device: torch.device, log: BatchLog) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, attacked) of the crafting attack against the gated model, per batch, kept for --resume."""
+    advs, attacked = [], []
+    for b, i in enumerate(range(0, len(x), batch_size)):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        kept = log.get_tensors(ROUTING_KEY, b, len(xb))
+        if kept is None or set(kept) != {'x_adv', 'attacked'}:
+            adv, hit = crafter.run(model, xb.to(device), yb.to(device))
+            kept = {'x_adv': adv.cpu(), 'attacked': hit.cpu()}
+            log.put_tensors(ROUTING_KEY, b, kept)
+        advs.append(kept['x_adv'])
+        attacked.append(kept['attacked'].bool())
+    return torch.cat(advs), torch.cat(attacked)
+
+
 def _check_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, name: str) -> None:
     """An attack that leaves the threat model would inflate its success: refuse its result outright."""
-    over = (perturbation_norm(x_adv - x, norm) - eps).max().item()
-    if over > 1e-5 or x_adv.min().item() < 0 or x_adv.max().item() > 1:
+    if not bool(sanity.in_ball(x_adv, x, eps, norm).all()):
+        over = (perturbation_norm(x_adv - x, norm) - eps).max().item()
         raise RuntimeError(f'{name} returned examples outside the {norm} ball of radius {eps} or outside [0, 1] '
                            f'(excess {over:.3g}); this is a bug in the attack')
 
@@ -378,10 +436,16 @@ def print_result(result: Dict[str, Any]) -> None:
             t.add_row(str(row['expert']), f'{row["clean_acc"]:.2f}', *(f'{row["robust_acc"][k]:.2f}' for k in names))
         console.print(t)
         r = result['routing_under_attack']
-        console.print(f'routing under {r["attack"]}: {100 * r["changed_fraction"]:.1f}% of images change experts; '
-                      f'load clean {[round(v, 3) for v in r["load_clean"]]} -> adversarial '
+        changed = 'n/a' if r['changed_fraction'] is None else f'{100 * r["changed_fraction"]:.1f}%'
+        console.print(f'routing under {r["attack"]}: {changed} of the {r["attacked_points"]} attacked images change '
+                      f'experts; load clean {[round(v, 3) for v in r["load_clean"]]} -> adversarial '
                       f'{[round(v, 3) for v in r["load_adv"]]}')
     sanity.print_checks(result['sanity'], console)
+    for label, parts in result.get('autoattack_attacks_run', {}).items():
+        console.print(f'{label} ran {"+".join(parts)}')
+    for label, messages in result.get('attack_warnings', {}).items():
+        for m in messages:
+            console.print(f'[yellow]{label}: pyautoattack warned: {m}')
     if result['flags']:
         console.print(f'[bold red]flags: {", ".join(result["flags"])}')
 

@@ -2,10 +2,15 @@
 
 - Per-expert subpaths (the paper's "robust subpaths"): with `timm_moe.force_expert(model, i)` every MoE layer
   sends every image through expert i; each subpath is attacked on its own.
-- Routing under attack: the fraction of images whose selected expert set changes (in any MoE layer) between
-  the clean and the adversarial input, and the expert load on clean vs adversarial data.
-- Transfer: entry [i][j] is the accuracy of subpath j on the adversarial examples crafted against subpath i
-  (the diagonal is each subpath's own robust accuracy under that attack).
+- Routing under attack: the fraction of the attacked images whose selected expert set changes (in any MoE
+  layer) between the clean and the adversarial input, and the expert load on clean vs adversarial data.
+- Transfer: entry [i][j] is the accuracy of subpath j on the adversarial examples crafted against subpath i.
+
+Routing and transfer compare x_adv with x, so their examples come from ONE crafting attack that makes a real
+attempt on every point: `crafting_attack()`, our PGD with `final_iterate=True` (every point attacked, also those
+misclassified from the start; the last iterate kept for every point). The evaluation's own attacks would not
+do: they return x for points misclassified at the start and stop improving a point once it is broken, so
+"routing changed" would be measured on a mix of clean images, early iterates and last iterates.
 """
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ import torch
 from torch import nn
 
 import timm_moe
-from bench.attacks import Attack, accuracy, build_attack, predict
+from bench.attacks import PGD, Attack, accuracy, build_attack, predict
+
+# steps of the crafting PGD when the evaluation ran no PGD of its own (the paper's PGD-20)
+CRAFTING_STEPS = 20
 
 
 def per_expert_attack_names(attacks: Sequence[str]) -> List[str]:
@@ -26,6 +34,28 @@ def per_expert_attack_names(attacks: Sequence[str]) -> List[str]:
     """
     names = [a for a in attacks if a.startswith('pgd') or a.startswith('apgd-ce')]
     return names or ['apgd-ce']
+
+
+def crafting_attack(attacks: Sequence[str], eps: float, norm: str = 'Linf', seed: int = 0) -> Tuple[str, PGD]:
+    """(label, attack) that crafts the examples of routing under attack and of the transfer matrix.
+
+    Our PGD with `final_iterate=True`, with the steps of the evaluation's first PGD (else `CRAFTING_STEPS`) and
+    otherwise the paper's PGD settings (step eps / 4, no random start).
+    """
+    steps = next((build_attack(a, eps, norm, seed).steps for a in attacks if a.startswith('pgd')), CRAFTING_STEPS)
+    return f'pgd{steps}-last', PGD(eps, norm, steps=steps, seed=seed, final_iterate=True)
+
+
+def craft(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+          batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, attacked) over batches, on the CPU: the examples and which points the attack ran on."""
+    device = next(model.parameters()).device
+    advs, attacked = [], []
+    for i in range(0, len(x), batch_size):
+        adv, hit = attack.run(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
+        advs.append(adv.cpu())
+        attacked.append(hit.cpu())
+    return torch.cat(advs), torch.cat(attacked)
 
 
 def _attack_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -41,9 +71,9 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: float,
-               norm: str = 'Linf', seed: int = 0, batch_size: int = 128,
-               ) -> Tuple[List[dict], List[torch.Tensor]]:
-    """Clean and robust accuracy of each expert's subpath.
+               norm: str = 'Linf', seed: int = 0, batch_size: int = 128, crafter: Optional[PGD] = None,
+               ) -> Tuple[List[dict], List[torch.Tensor], List[int]]:
+    """Clean and robust accuracy of each expert's subpath, and each subpath's crafted examples for transfer.
 
     Args:
         model: A model with BlockMoE layers, in eval mode, taking [0, 1] images.
@@ -54,21 +84,25 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
         norm: 'Linf' or 'L2'.
         seed: Attack seed.
         batch_size: Attack batch size.
+        crafter: The crafting attack of the transfer matrix (default: `crafting_attack(attacks, ...)`).
 
     Returns:
-        The per-expert rows, and for each expert the adversarial examples of the first attack (for transfer).
+        The per-expert rows; for each expert the crafter's examples against its subpath; and for each expert
+        how many points the crafter attacked.
     """
-    rows, advs = [], []
+    crafter = crafter or crafting_attack(attacks, eps, norm, seed)[1]
+    rows, advs, attacked = [], [], []
     for i in range(timm_moe.num_experts(model)):
         with timm_moe.force_expert(model, i):
             row = dict(expert=i, clean_acc=accuracy(_correct(model, x, y, batch_size)), robust_acc={})
-            for k, name in enumerate(attacks):
+            for name in attacks:
                 x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size)
                 row['robust_acc'][name] = accuracy(_correct(model, x_adv, y, batch_size))
-                if k == 0:
-                    advs.append(x_adv)
+            x_adv, hit = craft(crafter, model, x, y, batch_size)
+            advs.append(x_adv)
+            attacked.append(int(hit.sum()))
         rows.append(row)
-    return rows, advs
+    return rows, advs, attacked
 
 
 def transfer_matrix(model: nn.Module, advs: Sequence[torch.Tensor], y: torch.Tensor,
@@ -107,8 +141,13 @@ def _load(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str, List[
     return loads
 
 
-def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
-                         batch_size: int = 128) -> dict:
+def _fraction(flags: torch.Tensor, over: torch.Tensor) -> Optional[float]:
+    n = int(over.sum())
+    return int((flags & over).sum()) / n if n else None
+
+
+def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, batch_size: int = 128,
+                         attacked: Optional[torch.Tensor] = None) -> dict:
     """How routing moves under attack.
 
     Args:
@@ -116,11 +155,15 @@ def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
         x: Clean images.
         x_adv: Adversarial images crafted against the gated model, aligned with x.
         batch_size: Forward batch size.
+        attacked: Which points the attack ran on (None: all). The others are x itself, and would dilute the
+            changed fraction with images that never moved.
 
     Returns:
-        dict(changed_fraction, load_clean, load_adv, per_layer): fractions in [0, 1]; the top-level loads are
-        averaged over MoE layers, `per_layer` has each layer's own numbers.
+        dict(changed_fraction, attacked_points, load_clean, load_adv, per_layer, n_images): changed_fraction is
+        over the attacked points only (None if none was attacked); the loads are over all images, the
+        top-level ones averaged over MoE layers, `per_layer` has each layer's own numbers.
     """
+    attacked = torch.ones(len(x), dtype=torch.bool) if attacked is None else attacked.cpu().bool()
     clean_sets, adv_sets = _expert_sets(model, x, batch_size), _expert_sets(model, x_adv, batch_size)
     load_clean, load_adv = _load(model, x, batch_size), _load(model, x_adv, batch_size)
     changed_any = torch.zeros(len(x), dtype=torch.bool)
@@ -128,16 +171,16 @@ def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
     for name in clean_sets:
         changed = (clean_sets[name] != adv_sets[name]).any(1)
         changed_any |= changed
-        per_layer[name] = dict(changed_fraction=changed.float().mean().item(), load_clean=load_clean[name],
+        per_layer[name] = dict(changed_fraction=_fraction(changed, attacked), load_clean=load_clean[name],
                                load_adv=load_adv[name])
     mean = lambda loads: torch.tensor(list(loads.values())).mean(0).tolist()  # noqa: E731
-    return dict(changed_fraction=changed_any.float().mean().item(), load_clean=mean(load_clean),
-                load_adv=mean(load_adv), per_layer=per_layer, n_images=len(x))
+    return dict(changed_fraction=_fraction(changed_any, attacked), attacked_points=int(attacked.sum()),
+                load_clean=mean(load_clean), load_adv=mean(load_adv), per_layer=per_layer, n_images=len(x))
 
 
 def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str], eps: float,
             norm: str = 'Linf', seed: int = 0, batch_size: int = 128,
-            x_adv_gated: Optional[torch.Tensor] = None) -> dict:
+            x_adv_gated: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
     """Per-expert subpaths, routing under attack and the transfer matrix, for a model with BlockMoE layers.
 
     Args:
@@ -149,17 +192,22 @@ def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequ
         norm: 'Linf' or 'L2'.
         seed: Attack seed.
         batch_size: Batch size.
-        x_adv_gated: Adversarial examples of the gated model from the first subpath attack, if the evaluation
-            already has them; crafted here otherwise.
+        x_adv_gated: (examples, attacked) of `crafting_attack(attacks, ...)` against the gated model, if the
+            evaluation already has them (it keeps them for --resume); crafted here otherwise.
 
     Returns:
-        dict(per_expert, routing_under_attack, transfer, per_expert_attacks).
+        dict(per_expert, routing_under_attack, transfer, transfer_info, per_expert_attacks); routing_under_attack
+        and transfer_info name the crafting attack (`crafted_with`, its settings; `attack`, its label) and the
+        attacked points.
     """
     names = per_expert_attack_names(attacks)
-    rows, advs = per_expert(model, x, y, names, eps, norm, seed, batch_size)
+    label, crafter = crafting_attack(attacks, eps, norm, seed)
+    rows, advs, attacked = per_expert(model, x, y, names, eps, norm, seed, batch_size, crafter)
     if x_adv_gated is None:
-        x_adv_gated = _attack_batched(build_attack(names[0], eps, norm, seed), model, x, y, batch_size)
-    routing = routing_under_attack(model, x, x_adv_gated, batch_size)
-    routing['attack'] = names[0]
+        x_adv_gated = craft(crafter, model, x, y, batch_size)
+    routing = routing_under_attack(model, x, x_adv_gated[0], batch_size, attacked=x_adv_gated[1])
+    routing.update(attack=label, crafted_with=crafter.settings())
+    transfer_info = dict(attack=label, crafted_with=crafter.settings(), attacked_points=attacked,
+                         n_images=len(x))
     return dict(per_expert=rows, routing_under_attack=routing, transfer=transfer_matrix(model, advs, y, batch_size),
-                per_expert_attacks=names)
+                transfer_info=transfer_info, per_expert_attacks=names)

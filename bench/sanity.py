@@ -1,34 +1,59 @@
 """Gradient-masking and sanity checks that run with every evaluation (Carlini et al. 2019; Croce & Hein 2020).
 
 Each check returns {'passed': True | False | None, 'detail': str}. None means the check cannot apply to this
-evaluation, and `detail` says why: no check is skipped silently. Checks that need extra attacks run a cheap
-PGD or Square on the first `n_check` examples only, so that they stay affordable beside AutoAttack.
+evaluation, and `detail` says why: no check is skipped silently. Checks that need extra attacks run them on the
+first `n_check` examples only, so that they stay affordable beside AutoAttack. docs/EVALUATION.md lists every
+check with its rule, its tolerance and how it can fail.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks import PGD, Square, accuracy, is_white_box, predict, robust_under_all
+from bench.attacks import (PGD, Attack, Square, accuracy, build_attack, is_white_box, perturbation_norm, predict,
+                           reference_warnings, robust_under_all)
 
 Check = Dict[str, object]
+Builder = Callable[[str, float, str, int], Attack]
 # relative size of the logit change between two identical forwards that still counts as deterministic
 DETERMINISM_RTOL = 1e-5
+# an example counts as inside the eps-ball (and the [0, 1] box) up to this float32 rounding slack
+BALL_ATOL = 1e-5
 # how far (points) the cheap PGD's accuracy may rise with eps before it is flagged, beyond one example
 MONOTONE_TOL = 1.0
 # a large eps must bring accuracy to within this many points of chance (100 / num_classes)
 CHANCE_TOL = 10.0
-# APGD-CE may not be weaker than PGD by more than this many points (the reference's symptom)
-APGD_PGD_TOL = 0.5
+# APGD-CE is flagged as weaker than the matched PGD when the one-sided exact McNemar test rejects "as strong"
+# at this level (false alarm rate of the check on an APGD that is exactly as strong as PGD)
+APGD_PGD_ALPHA = 0.01
 # Square (black-box) may not beat the white-box attacks by more than this many points, beyond one example
 SQUARE_TOL = 1.0
 # cheap attacks of the checks
 CHEAP_PGD_STEPS = 10
 CHEAP_SQUARE_QUERIES = 100
+
+
+@dataclass
+class AttackRecord:
+    """What an evaluation's attack left behind, for the checks.
+
+    Args:
+        name: The name `build_attack` takes (the attack can be rebuilt at another eps from it).
+        settings: Its exact settings (`attack.settings(n_cls)`).
+        correct: Per-sample correctness under the attack (bool, aligned with the evaluation's x).
+        examples: Per sample, the example that broke it: the attack's x_adv where that is misclassified, x
+            where the point was misclassified already; anything for the robust points. None if not kept.
+    """
+    name: str
+    settings: dict
+    correct: torch.Tensor
+    examples: Optional[torch.Tensor] = None
 
 
 def _check(passed: Optional[bool], detail: str) -> Check:
@@ -45,6 +70,34 @@ def _pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     pgd = PGD(eps, norm, steps=CHEAP_PGD_STEPS, seed=seed)
     return _batched(lambda xb, yb: predict(model, pgd(model, xb, yb)) == yb, x, y, batch_size)
 
+
+def in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Per sample: x_adv lies in the eps-ball around x and in [0, 1], up to `BALL_ATOL`."""
+    flat = x_adv.reshape(len(x_adv), -1)
+    return ((perturbation_norm(x_adv - x, norm) <= eps + BALL_ATOL) & (flat.amin(1) >= -BALL_ATOL)
+            & (flat.amax(1) <= 1 + BALL_ATOL))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every submodule's own mode back (a leaked train mode stays visible)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exact."""
+    if k <= 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
+# ---------------------------------------------------------------------------------------------- model checks
 
 def check_deterministic(model: nn.Module, x: torch.Tensor) -> Check:
     """Two eval-mode forwards of the same batch give the same logits (randomised defences need EOT)."""
@@ -87,14 +140,35 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check
                                f'({int(zero_ce.sum())} with the cross-entropy)')
 
 
-def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, seed: int,
-                   batch_size: int) -> Check:
-    """PGD at eps = 0 reproduces the clean accuracy exactly."""
+# ---------------------------------------------------------------------------------------------- attack checks
+
+def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, str], norm: str,
+                   seed: int, batch_size: int, build: Builder = build_attack) -> Check:
+    """Every attack of the evaluation, rebuilt at eps = 0, leaves every prediction as it is on clean input.
+
+    At eps 0 the only point in the ball is x, so any change of a prediction (or any movement of x) means the
+    attack does not honour its eps: it would inflate its success at the real eps too.
+
+    Args:
+        attacks: Label -> name of the evaluation's attacks (the name is rebuilt with `build` at eps 0).
+        build: The evaluation's attack factory, (name, eps, norm, seed) -> attack.
+    """
+    if not attacks:
+        return _check(None, 'no attack ran')
     clean = predict(model, x, batch_size) == y
-    at_zero = _pgd_correct(model, x, y, 0.0, norm, seed, batch_size)
-    ok = bool((clean == at_zero).all())
-    return _check(ok, f'clean {accuracy(clean):.2f}% vs PGD at eps=0 {accuracy(at_zero):.2f}% '
-                      f'({int((clean != at_zero).sum())} images differ) on {len(x)} images')
+    bad, parts = [], []
+    for label, name in attacks.items():
+        attack = build(name, 0.0, norm, seed)
+        with reference_warnings():  # pyautoattack's warnings about eps 0 runs are not the evaluation's
+            adv = _batched(lambda xb, yb: attack(model, xb, yb), x, y, batch_size)
+        ok = predict(model, adv, batch_size) == y
+        differ = int((ok != clean).sum())
+        moved = perturbation_norm(adv - x, norm).max().item() if len(x) else 0.0
+        if differ or moved > BALL_ATOL:
+            bad.append(label)
+        parts.append(f'{label} {accuracy(ok):.2f}% ({differ} predictions differ, moved up to {moved:.3g})')
+    return _check(not bad, f'clean {accuracy(clean):.2f}% on {len(x)} images; at eps=0: ' + '; '.join(parts) +
+                  (f'; FAILED: {", ".join(bad)} do not honour eps' if bad else ''))
 
 
 def check_monotone(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
@@ -126,27 +200,98 @@ def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: st
                                               f'(chance {chance:.2f}%, allowed up to {chance + CHANCE_TOL:.2f}%)')
 
 
-def check_ensemble(attack_correct: Mapping[str, torch.Tensor], ensemble_correct: torch.Tensor) -> Check:
-    """Per sample, the ensemble is never weaker than any member: robust under the ensemble implies robust under each."""
-    if not attack_correct:
+def reverify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: AttackRecord, eps: float, norm: str,
+             batch_size: int) -> Tuple[torch.Tensor, int, int]:
+    """(verified correctness, #claimed-broken points not misclassified, #outside the ball) of one attack.
+
+    Every point the attack claims to have broken is judged again from its stored example: a fresh eval-mode
+    forward must misclassify it, and it must lie in the eps-ball around x. A point that fails either stays
+    robust in the verified vector.
+    """
+    device = x.device
+    verified = record.correct.to(device).clone()
+    idx = (~verified).nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return verified, 0, 0
+    ex = record.examples[idx.cpu()].to(device)
+    with _eval_mode(model):
+        misclassified = predict(model, ex, batch_size) != y[idx]
+    inside = in_ball(ex, x[idx], eps, norm)
+    verified[idx[~(misclassified & inside)]] = True
+    return verified, int((~misclassified).sum()), int((~inside).sum())
+
+
+def check_ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: Mapping[str, AttackRecord],
+                   ensemble_correct: torch.Tensor, eps: float, norm: str, batch_size: int) -> Check:
+    """Each attack's broken points hold up when re-verified, and the ensemble is the AND of the verified attacks.
+
+    Catches an attack (or a book-keeping path, e.g. --resume) that reports points as broken that are not: an
+    example that the final model classifies correctly (a randomised model, a model left in train mode by an
+    attack, weights changed between crafting and scoring) or one outside the threat model.
+    """
+    if not runs:
         return _check(None, 'no attack ran')
-    bad = {k: int((ensemble_correct & ~c).sum()) for k, c in attack_correct.items()}
-    worse = {k: v for k, v in bad.items() if v}
-    members = ', '.join(f'{k} {accuracy(c):.2f}%' for k, c in attack_correct.items())
-    return _check(not worse, f'ensemble {accuracy(ensemble_correct):.2f}% vs {members}' +
-                  (f'; images robust under the ensemble but broken by a member: {worse}' if worse else ''))
+    unkept = [k for k, r in runs.items() if r.examples is None]
+    if unkept:
+        return _check(None, f'the examples of {", ".join(unkept)} were not kept, so they cannot be re-verified')
+    verified, lies = [], {}
+    for label, record in runs.items():
+        ok, not_mis, outside = reverify(model, x, y, record, eps, norm, batch_size)
+        verified.append(ok)
+        if not_mis or outside:
+            lies[label] = f'{not_mis} classified correctly, {outside} outside the ball'
+    expected = robust_under_all(verified)
+    mismatch = int((expected != ensemble_correct.to(expected.device)).sum())
+    claimed = sum(int((~r.correct).sum()) for r in runs.values())
+    detail = (f'{claimed} (attack, point) breaks re-verified on {len(x)} images; ensemble '
+              f'{accuracy(ensemble_correct):.2f}% vs AND of verified attacks {accuracy(expected):.2f}%')
+    if lies:
+        detail += '; broken points that do not hold up: ' + '; '.join(f'{k}: {v}' for k, v in lies.items())
+    if mismatch:
+        detail += f'; {mismatch} images where the ensemble differs from the verified AND'
+    return _check(not lies and not mismatch, detail)
 
 
-def check_apgd_vs_pgd(attack_correct: Mapping[str, torch.Tensor]) -> Check:
-    """APGD-CE is not weaker than PGD (the reference's APGD often was, which points to a weak evaluation)."""
-    apgd = [k for k in attack_correct if k.startswith('apgd-ce')]
-    pgd = [k for k in attack_correct if k.startswith('pgd')]
-    if not apgd or not pgd:
-        return _check(None, 'needs both an APGD-CE and a PGD attack in --attacks (e.g. the paper preset)')
-    pairs = [(a, p, accuracy(attack_correct[a]), accuracy(attack_correct[p])) for a in apgd for p in pgd]
-    weaker = [f'{a} {aa:.2f}% > {p} {pa:.2f}%' for a, p, aa, pa in pairs if aa > pa + APGD_PGD_TOL]
-    return _check(not weaker, '; '.join(weaker) if weaker else
-                  ', '.join(f'{a} {aa:.2f}% <= {p} {pa:.2f}% + {APGD_PGD_TOL}' for a, p, aa, pa in pairs))
+def matched_pairs(runs: Mapping[str, AttackRecord]) -> Tuple[List[Tuple[str, str]], str]:
+    """(APGD-CE label, PGD label) pairs with the same steps and restarts (CE loss, same eps and norm), and a
+    note on what ran when none match."""
+    def steps(s: dict) -> Tuple:
+        return s.get('steps'), s.get('restarts'), s.get('eps'), s.get('norm')
+    pgd = {k: r.settings for k, r in runs.items() if r.settings.get('attack') == 'PGD'
+           and r.settings.get('loss') == 'ce' and not r.settings.get('final_iterate')}
+    apgd = {k: r.settings for k, r in runs.items() if r.settings.get('attack') == 'APGD'
+            and r.settings.get('loss') == 'ce'}
+    pairs = [(a, p) for a, sa in apgd.items() for p, sp in pgd.items() if steps(sa) == steps(sp)]
+    ran = ', '.join(f'{k} ({s.get("steps")} steps, {s.get("restarts")} restarts)' for k, s in {**apgd, **pgd}.items())
+    return pairs, ran
+
+
+def check_apgd_vs_pgd(runs: Mapping[str, AttackRecord]) -> Check:
+    """APGD-CE is not significantly weaker than PGD with the same steps, on the same points.
+
+    The reference's APGD often came out weaker than its PGD, which points to a weak evaluation. Per pair, b =
+    points PGD broke and APGD did not, c = the reverse; under "APGD is as strong as PGD" b ~ Binomial(b + c, 1/2)
+    (the exact McNemar test), and the check fails when P(X >= b) < APGD_PGD_ALPHA.
+    """
+    pairs, ran = matched_pairs(runs)
+    if not pairs:
+        kinds = {r.settings.get('attack') for r in runs.values()}
+        if not {'APGD', 'PGD'} <= kinds:
+            return _check(None, 'needs both an APGD-CE and a PGD attack in --attacks with the same number of steps '
+                                '(e.g. the paper preset, pgd20 + apgd-ce20)')
+        return _check(None, f'no APGD-CE and PGD with the same number of steps and restarts ran ({ran}); '
+                            'compare like with like, e.g. pgd20 + apgd-ce20')
+    parts, weaker = [], []
+    for a, p in pairs:
+        ca, cp = runs[a].correct.bool().cpu(), runs[p].correct.bool().cpu()
+        b, c = int((ca & ~cp).sum()), int((~ca & cp).sum())
+        pval = binomial_tail(b, b + c)
+        parts.append(f'{a} {accuracy(ca):.2f}% vs {p} {accuracy(cp):.2f}% on {len(ca)} images: {b} broken by '
+                     f'{p} only, {c} by {a} only, one-sided p = {pval:.3g}')
+        if pval < APGD_PGD_ALPHA:
+            weaker.append(a)
+    return _check(not weaker, '; '.join(parts) + (f'; {", ".join(weaker)} significantly weaker than PGD '
+                                                  f'(p < {APGD_PGD_ALPHA})' if weaker else ''))
 
 
 def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
@@ -163,7 +308,8 @@ def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         square, how = attack_correct['square'][:n], 'Square (5000 queries)'
     else:
         sq = Square(eps, norm, n_queries=CHEAP_SQUARE_QUERIES, seed=seed)
-        square = _batched(lambda xb, yb: predict(model, sq(model, xb, yb)) == yb, x, y, batch_size)
+        with reference_warnings():
+            square = _batched(lambda xb, yb: predict(model, sq(model, xb, yb)) == yb, x, y, batch_size)
         how = f'cheap Square ({CHEAP_SQUARE_QUERIES} queries)'
     white = [k for k in attack_correct if is_white_box(k)]
     if white:
@@ -179,8 +325,8 @@ def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, num_classes: int,
-               attack_correct: Mapping[str, torch.Tensor], ensemble_correct: torch.Tensor, seed: int = 0,
-               batch_size: int = 128, n_check: int = 100) -> Dict[str, Check]:
+               runs: Mapping[str, AttackRecord], ensemble_correct: torch.Tensor, seed: int = 0,
+               batch_size: int = 128, n_check: int = 100, build: Builder = build_attack) -> Dict[str, Check]:
     """Every check, in a fixed order. Per-sample results must be aligned with `x`.
 
     Args:
@@ -190,27 +336,29 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         eps: The evaluation's radius.
         norm: 'Linf' or 'L2'.
         num_classes: Number of classes (for chance level).
-        attack_correct: Attack name -> per-sample correctness (bool, on x's device or CPU).
+        runs: Attack label -> what the attack left (`AttackRecord`).
         ensemble_correct: Per-sample correctness under the ensemble.
         seed: Seed of the cheap attacks.
-        batch_size: Batch size of the cheap attacks.
+        batch_size: Batch size of the extra attacks.
         n_check: Examples used by the checks that run extra attacks.
+        build: The evaluation's attack factory (eps_zero_is_clean rebuilds its attacks at eps 0).
     """
     device = x.device
-    attack_correct = {k: v.to(device) for k, v in attack_correct.items()}
+    correct = {k: r.correct.to(device) for k, r in runs.items()}
     xs, ys = x[:n_check], y[:n_check]
     xb, yb = x[:min(len(x), batch_size)], y[:min(len(x), batch_size)]
     return {
         'deterministic': check_deterministic(model, xb),
         'logits': check_logits(model, xb),
         'nonzero_gradients': check_gradients(model, xb, yb),
-        'eps_zero_is_clean': check_eps_zero(model, xs, ys, norm, seed, batch_size),
+        'eps_zero_is_clean': check_eps_zero(model, xs, ys, {k: r.name for k, r in runs.items()}, norm, seed,
+                                            batch_size, build),
         'monotone_in_eps': check_monotone(model, xs, ys, eps, norm, seed, batch_size),
         'large_eps_to_chance': check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size),
-        'ensemble_not_weaker': check_ensemble(attack_correct, ensemble_correct.to(device)),
-        'apgd_not_weaker_than_pgd': check_apgd_vs_pgd(attack_correct),
+        'ensemble_reverified': check_ensemble(model, x, y, runs, ensemble_correct, eps, norm, batch_size),
+        'apgd_not_weaker_than_pgd': check_apgd_vs_pgd(runs),
         'square_not_stronger': check_square(model, xs, ys, eps, norm, seed, batch_size,
-                                            {k: v[:n_check] for k, v in attack_correct.items()}),
+                                            {k: v[:n_check] for k, v in correct.items()}),
     }
 
 

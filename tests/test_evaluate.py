@@ -58,24 +58,36 @@ def test_result_follows_the_contract_with_moe_analyses(tiny_trained):
     assert ens == [int(a and b) for a, b in zip(r['correct']['pgd10'], r['correct']['apgd-ce10'])]
     assert r['robust_acc']['ensemble'] <= min(r['robust_acc']['pgd10'], r['robust_acc']['apgd-ce10'])
     assert r['robust_acc']['pgd10'] <= r['clean_acc']
-    # MoE: one row per expert, an E x E transfer matrix whose diagonal is each subpath's own robust accuracy
+    # MoE: one row per expert, an E x E transfer matrix crafted by one final-iterate PGD on every point
     assert [row['expert'] for row in r['per_expert']] == [0, 1, 2, 3]
-    first = r['settings']['per_expert_attacks'][0]
-    assert [r['transfer'][i][i] for i in range(4)] == pytest.approx([row['robust_acc'][first]
-                                                                     for row in r['per_expert']])
+    assert len(r['transfer']) == 4 and all(len(row) == 4 for row in r['transfer'])
+    info = r['transfer_info']
+    assert info['attacked_points'] == [48] * 4 and info['attack'] == 'pgd10-last'
     ra = r['routing_under_attack']
-    assert 0.0 <= ra['changed_fraction'] <= 1.0
+    assert ra['attacked_points'] == 48 and ra['crafted_with']['final_iterate'] is True
+    assert ra['crafted_with']['steps'] == 10 and ra['attack'] == 'pgd10-last'
+    assert 0.0 <= ra['changed_fraction'] <= 1.0 and (48 * ra['changed_fraction']) == pytest.approx(
+        round(48 * ra['changed_fraction']))
     assert sum(ra['load_clean']) == pytest.approx(1.0) and sum(ra['load_adv']) == pytest.approx(1.0)
-    # every check reports, none silently skipped; flags are exactly the failed ones
+    # every check reports, none silently skipped; with no pyautoattack warning, flags are exactly the failed checks
     assert set(r['sanity']) == {'deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean',
-                                'monotone_in_eps', 'large_eps_to_chance', 'ensemble_not_weaker',
+                                'monotone_in_eps', 'large_eps_to_chance', 'ensemble_reverified',
                                 'apgd_not_weaker_than_pgd', 'square_not_stronger'}
     for c in r['sanity'].values():
         assert c['passed'] in (True, False, None) and c['detail']
+    assert r['attack_warnings'] == {} and r['autoattack_attacks_run'] == {}
     assert r['flags'] == [k for k, c in r['sanity'].items() if c['passed'] is False]
-    assert r['sanity']['ensemble_not_weaker']['passed'] and r['sanity']['nonzero_gradients']['passed']
+    for check in ('ensemble_reverified', 'nonzero_gradients', 'eps_zero_is_clean', 'apgd_not_weaker_than_pgd'):
+        assert r['sanity'][check]['passed'] is True, (check, r['sanity'][check])
+    assert 'apgd-ce10 ' in r['sanity']['eps_zero_is_clean']['detail']  # the evaluation's own attacks, at eps 0
     assert set(r['timing']) >= {'pgd10', 'apgd-ce10', 'sanity', 'moe_analysis'}
-    assert r['settings']['attack_settings']['pgd10']['steps'] == 10
+    # exact settings per attack label; attack_settings is the same mapping under its old key
+    s = r['settings']['attacks']
+    assert r['settings']['attack_settings'] == s and list(s) == ['pgd10', 'apgd-ce10']
+    assert s['pgd10']['steps'] == 10 and s['pgd10']['step_size'] == pytest.approx(2 / 255)
+    assert s['pgd10']['random_start'] is False and s['pgd10']['restarts'] == 1 and s['pgd10']['seed'] == 0
+    assert s['apgd-ce10']['random_start'] is True and 'adaptive' in s['apgd-ce10']['step_size']
+    assert r['settings']['model_config']['moe_config']['num_experts'] == 4
     json.dumps(r)  # the result is plain JSON
 
 
@@ -109,6 +121,11 @@ def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_p
     assert again['correct']['pgd10'][:8] == again['correct']['clean'][:8]  # taken from the record
     assert again['correct']['pgd10'][8:] == first['correct']['pgd10'][8:]  # recomputed
     assert [json.loads(r)['batch'] for r in side.read_text().splitlines()[1:]] == [0, 1]
+    # a record whose stored examples are gone is not trusted: the batch runs again (and is re-verifiable)
+    (tmp_path / f'out.json{SIDECAR_SUFFIX}.adv' / 'pgd10-0.pt').unlink()
+    third = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side, resume=True)
+    assert third['correct']['pgd10'] == first['correct']['pgd10']
+    assert third['sanity']['ensemble_reverified']['passed'] is True
     with pytest.raises(UserError, match='different evaluation'):
         evaluate_model(model, x, y, attacks='pgd10', eps=4 / 255, batch_size=8, sidecar=side, resume=True)
 
@@ -119,24 +136,28 @@ def test_resume_takes_routing_under_attack_from_the_stored_examples(tmp_path, mo
     adv_dir = tmp_path / f'out.json{SIDECAR_SUFFIX}.adv'
     kw = dict(attacks='pgd10', batch_size=8, n_check=8, sidecar=side)
     evaluate_model(tiny_trained, x, y, **kw)
-    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt', 'pgd10-1.pt']
-    # swap in recognisable "examples" (the clean images): a resumed run must route exactly these
-    torch.save(x[:8].clone(), adv_dir / 'pgd10-0.pt')
-    torch.save(x[8:].clone(), adv_dir / 'pgd10-1.pt')
+    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt', 'pgd10-1.pt', 'routing-0.pt', 'routing-1.pt']
+    # swap in recognisable "examples" (the clean images, half of them marked unattacked): a resumed run must
+    # route exactly these, and count only the attacked ones
+    attacked = torch.tensor([True, False] * 4)
+    torch.save({'x_adv': x[:8].clone(), 'attacked': attacked}, adv_dir / 'routing-0.pt')
+    torch.save({'x_adv': x[8:].clone(), 'attacked': attacked}, adv_dir / 'routing-1.pt')
     seen = []
     real = moe_analysis.routing_under_attack
     monkeypatch.setattr(moe_analysis, 'routing_under_attack',
-                        lambda model, xc, x_adv, bs: seen.append(x_adv) or real(model, xc, x_adv, bs))
-    evaluate_model(tiny_trained, x, y, resume=True, **kw)
+                        lambda model, xc, x_adv, bs, attacked: seen.append(x_adv) or real(model, xc, x_adv, bs,
+                                                                                           attacked=attacked))
+    r = evaluate_model(tiny_trained, x, y, resume=True, **kw)
     assert torch.equal(seen[-1], x)
+    assert r['routing_under_attack']['attacked_points'] == 8 and r['routing_under_attack']['changed_fraction'] == 0
     # an unreadable file is crafted again rather than trusted or fatal
-    (adv_dir / 'pgd10-1.pt').write_bytes(b'torn')
+    (adv_dir / 'routing-1.pt').write_bytes(b'torn')
     evaluate_model(tiny_trained, x, y, resume=True, **kw)
     assert not torch.equal(seen[-1], x)
     assert (seen[-1] - x).abs().max() <= 8 / 255 + 1e-6
     # a fresh (non-resumed) run forgets the old examples
     evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=16, n_check=8, sidecar=side)
-    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt']
+    assert sorted(p.name for p in adv_dir.iterdir()) == ['pgd10-0.pt', 'routing-0.pt']
 
 
 # ------------------------------------------------------------------------------------------- CLI
