@@ -62,10 +62,21 @@ def test_one_step_per_method(tmp_path, method):
     assert (Path(result['run_dir']) / 'config.yaml').exists()
 
 
-def test_ema_and_amp_bf16_run(tmp_path):
-    result = run_training(_cfg(tmp_path, method='normal', max_steps=2, ema=True, amp=True, channels_last=True))
-    assert (Path(result['run_dir']) / 'model_ema.pth').exists()
+def test_ema_and_amp_bf16_run_with_safetensors(tmp_path):
+    cfg = _cfg(tmp_path, method='normal', max_steps=2, ema=True, amp=True, channels_last=True)
+    result = run_training(cfg)
+    run_dir = Path(result['run_dir'])
     assert torch.isfinite(torch.tensor(result['history'][-1]['train_loss']))
+    assert result['safetensors'] == str(run_dir / 'model.safetensors')
+    # channels_last weights are strided, which safetensors cannot store as they are: the file holds copies
+    for stem in ('model', 'model_ema'):
+        expected = torch.load(run_dir / f'{stem}.pth', map_location='cpu')
+        overlay = dict(file=str(run_dir / f'{stem}.safetensors'), num_classes=10, input_size=(1, 28, 28))
+        m = timm.create_model(cfg.model, num_classes=10, in_chans=1, pretrained=True, pretrained_cfg_overlay=overlay,
+                              **cfg.model_kwargs)
+        got = m.state_dict()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected), stem
+    assert not list(run_dir.glob('.*.tmp'))  # atomic writes leave no temporary files behind
 
 
 def test_sharded_batches_agree_across_ranks_and_resume():
