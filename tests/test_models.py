@@ -290,3 +290,38 @@ def test_factory_kwargs_device_and_dtype():
     assert half(torch.rand(2, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match='dtype=torch.int64: expected a floating-point torch.dtype'):
         timm.create_model('resnet18_dense', width=8, dtype=torch.int64)
+
+
+def test_features_only_fx_matches_the_hook_free_extractor():
+    fx = timm.create_model('resnet18_blockmoe_e4_k2', width=8, features_only=True, feature_cls='fx').eval()
+    listed = timm.create_model('resnet18_blockmoe_e4_k2', width=8, features_only=True).eval()
+    listed.load_state_dict({k.replace('graph_module.', '', 1): v for k, v in fx.state_dict().items()})
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        feats, expected = fx(x), listed(x)
+    assert [f.shape[1] for f in feats] == fx.feature_info.channels()
+    for a, b in zip(feats, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_blockmoe_e4_k2', 'resnet50_blockmoe_e2_k1'])
+def test_model_forward_and_backward_fx(name):
+    # as timm's own test_model_forward_fx / test_model_backward_fx: torchvision's extractor, timm's leaf modules
+    from timm.models._features_fx import get_graph_node_names, get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = timm.create_model(name, **SMALL)
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    leaves = [n for n, _ in moe_layers(model)]
+    assert set(leaves) <= set(eval_nodes) & set(train_nodes), 'BlockMoE was traced through, not kept as a leaf'
+    fx = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                  tracer_kwargs=tracer_kwargs)
+    x = torch.rand(2, 3, 32, 32)
+    fx.eval(), model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fx(x)[eval_nodes[-1]], model(x))
+    fx.train()
+    out = fx(x)[train_nodes[-1]]
+    out.mean().backward()
+    missing = [n for n, p in fx.named_parameters() if p.grad is None]
+    assert not missing, f'no gradient for {missing[:3]}'

@@ -7,6 +7,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+try:
+    from timm.layers import register_notrace_module
+except ImportError:  # timm 1.0.9 (robustbench's pin) keeps it in the FX feature module
+    from timm.models._features_fx import register_notrace_module
+
 from .gates import GATES, create_gate
 from .routing import AUX_LOSSES, Routing, route
 
@@ -21,6 +26,9 @@ def _in_backward() -> bool:
     return graph_task_id is not None and graph_task_id() != -1
 
 
+# data-dependent dispatch (each expert's batch size depends on the routing) cannot be FX-traced, so the
+# layer is a leaf for timm's FX feature extraction (features_only + feature_cls='fx') and its fx helpers
+@register_notrace_module
 class BlockMoE(nn.Module):
     """Sparse Mixture-of-Experts over whole residual blocks.
 

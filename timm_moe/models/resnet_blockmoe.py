@@ -261,7 +261,8 @@ class ResNetBlockMoE(ResNet):
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
+        # an FX proxy has no concrete rank to check (and FX cannot branch on it)
+        if not isinstance(x, torch.fx.Proxy) and x.ndim != 4:
             raise ValueError(f'expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
         return super().forward_features(x)
 
