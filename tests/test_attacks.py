@@ -2,13 +2,17 @@
 worst case, names and presets, and the reference-vs-PGD strength ordering on a small trained MoE."""
 from __future__ import annotations
 
+import logging
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, Square, accuracy,
-                           build_attack, parse_eps, perturbation_norm, predict, resolve_attacks, worst_case)
+from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, REFERENCE_LOGGER,
+                           Square, accuracy, build_attack, parse_eps, perturbation_norm, predict, reference_warning_flag,
+                           reference_warnings, resolve_attacks, worst_case)
 from bench.data import eval_tensors
 from bench.errors import UserError
 
@@ -114,6 +118,7 @@ CHEAP = {
     'pgd-linf': lambda eps, norm: PGD(eps, norm, steps=5),
     'pgd-rs-restarts': lambda eps, norm: PGD(eps, norm, steps=3, random_start=True, restarts=2),
     'pgd-margin': lambda eps, norm: PGD(eps, norm, steps=3, loss='margin'),
+    'pgd-final-iterate': lambda eps, norm: PGD(eps, norm, steps=3, random_start=True, final_iterate=True),
     'apgd-ce': lambda eps, norm: APGD(eps, norm, steps=5),
     'apgd-dlr': lambda eps, norm: APGD(eps, norm, steps=5, loss='dlr'),
     'apgd-t': lambda eps, norm: APGDTargeted(eps, norm, steps=5, n_target_classes=2),
@@ -163,6 +168,106 @@ def test_class_count_limits():
     five = TinyNet(num_classes=5).eval()
     adv = AutoAttack(0.03).adversary(five, 5, x.device)
     assert adv.apgd_targeted.n_target_classes == 4 and adv.fab.n_target_classes == 4
+
+
+def test_autoattack_settings_and_label_say_exactly_what_runs():
+    aa = AutoAttack(0.03)
+    full = aa.settings(n_cls=10)
+    assert aa.label('autoattack', 10) == 'autoattack' and full['parts_dropped'] == {}
+    assert full['parts_run'] == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert full['parts']['apgd-t']['n_target_classes'] == 9 and full['parts']['fab-t']['n_target_classes'] == 9
+    assert full['parts']['apgd-ce']['restarts'] == 1 and full['parts']['apgd-ce']['random_start'] is True
+    assert full['parts']['square']['n_queries'] == 5000 and full['parts']['fab-t']['restarts'] == 1
+    three = aa.settings(n_cls=3)
+    assert aa.label('autoattack', 3) == 'autoattack.apgd-ce+fab-t+square'
+    assert three['parts_run'] == ['apgd-ce', 'fab-t', 'square'] and list(three['parts_dropped']) == ['apgd-t']
+    assert three['parts']['fab-t']['n_target_classes'] == 2
+    # the label is itself a valid attack name, for exactly what ran
+    assert resolve_attacks(aa.label('autoattack', 3)) == ['autoattack.apgd-ce+fab-t+square']
+    custom = AutoAttack(0.03, version='custom', parts=('apgd-ce', 'apgd-dlr'))
+    assert custom.label('autoattack.apgd-ce+apgd-dlr', 2) == 'autoattack.apgd-ce'
+    assert APGDTargeted(0.03).settings(n_cls=5)['n_target_classes_run'] == 4
+    assert PGD(0.03).settings()['step_size'] == pytest.approx(0.0075)
+
+
+# ------------------------------------------------------------------------------------------- final iterate
+
+def test_final_iterate_pgd_attacks_every_point_and_keeps_its_last_iterate():
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 8, 8)
+    y = (predict(_NET, x) + torch.tensor([0, 1, 0, 1, 0, 0])) % 10  # two points misclassified from the start
+    default, attacked = PGD(0.05, steps=4).run(_NET, x, y)
+    assert attacked.tolist() == (predict(_NET, x) == y).tolist()
+    assert torch.equal(default[~attacked], x[~attacked]), 'the default returns x where it did not attack'
+    last, attacked = PGD(0.05, steps=4, final_iterate=True).run(_NET, x, y)
+    assert attacked.all() and (last[~(predict(_NET, x) == y)] != x[~(predict(_NET, x) == y)]).any()
+    # the last of four plain signed-gradient steps, projected: recomputed by hand
+    ref = x.clone()
+    for _ in range(4):
+        ref.requires_grad_(True)
+        grad, = torch.autograd.grad(nn.functional.cross_entropy(_NET(ref), y, reduction='sum'), ref)
+        ref = torch.min(torch.max(ref.detach() + 0.0125 * grad.sign(), x - 0.05), x + 0.05).clamp(0, 1)
+    assert torch.allclose(last, ref)
+    with pytest.raises(UserError, match='final_iterate=True with restarts=2'):
+        PGD(0.05, restarts=2, final_iterate=True)
+
+
+# ------------------------------------------------------------------------------------------- reference warnings
+
+class _Softmax(nn.Module):
+    def forward(self, x):
+        return _NET(x).softmax(1)
+
+
+class _GradInForward(nn.Module):
+    def forward(self, x):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(_NET(x).sum(), x)
+        return _NET(x)
+
+
+def test_every_pyautoattack_warning_is_caught_by_both_routes_and_named():
+    """Each check in pyautoattack/checks.py, made to fire, lands in `reference_warnings` with a known flag."""
+    from pyautoattack import checks
+    x = torch.rand(4, 1, 8, 8)
+    y = predict(_NET, x)
+    noisy = lambda v: _NET(v) + torch.randn(len(v), 10)  # noqa: E731
+    logger = logging.getLogger(REFERENCE_LOGGER)
+    with reference_warnings() as caught:
+        checks.check_randomized(noisy, x, y, logger=logger)  # AutoAttack's route: its logger
+        checks.check_range_output(_Softmax(), x, logger=logger)
+        checks.check_zero_gradients(torch.zeros(2, 3))  # a standalone attack's route: warnings.warn
+        checks.check_square_sr({'clean': 0.9, 'apgd-ce': 0.5, 'square': 0.3})
+        checks.check_dynamic(_GradInForward(), x, logger=logger)
+        checks.check_n_classes(2, ['apgd-dlr'], 9, 9)
+        checks.check_n_classes(3, ['apgd-t'], 9, 9)
+        checks.check_n_classes(5, ['apgd-t'], 9, 9)
+    # the logger's messages arrive as they are logged, warnings.warn's when the block ends
+    assert [reference_warning_flag(m) for m in caught] == [
+        'pyautoattack_randomized_defense', 'pyautoattack_probability_output', 'pyautoattack_dynamic_defense',
+        'pyautoattack_zero_gradients', 'pyautoattack_square_stronger', 'pyautoattack_too_few_classes',
+        'pyautoattack_too_few_classes', 'pyautoattack_too_many_target_classes']
+    assert reference_warning_flag('something new') == 'pyautoattack_other'
+
+
+def test_reference_warnings_let_other_warnings_through():
+    with pytest.warns(UserWarning, match='not ours'):
+        with reference_warnings() as caught:
+            warnings.warn('not ours', UserWarning)
+    assert caught == []
+
+
+def test_apgd_dlr_zero_gradient_warning_is_caught_from_a_real_run():
+    flat = TinyNet().eval()
+    with torch.no_grad():
+        flat.body[0].weight.zero_()
+        flat.body[0].bias.zero_()  # every input gives the same logits: the input gradient is exactly 0
+    x = torch.rand(4, 1, 8, 8)
+    y = predict(flat, x)
+    with reference_warnings() as caught:
+        APGD(0.03, steps=3, loss='dlr')(flat, x, y)
+    assert [reference_warning_flag(m) for m in caught] == ['pyautoattack_zero_gradients']
 
 
 # ------------------------------------------------------------------------------------------- ensemble
