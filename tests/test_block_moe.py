@@ -5,6 +5,8 @@ import pytest
 import timm
 import torch
 from timm.models.resnet import BasicBlock
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import timm_moe
 from timm_moe.layers import AUX_LOSSES, BlockMoE, route
@@ -62,15 +64,58 @@ def test_k2_weights_are_renormalised_and_reach_the_gate():
     assert layer.gate.fc.weight.grad.abs().sum() > 0
 
 
-def test_no_zero_buffer_of_experts_times_batch(monkeypatch):
-    layer = _layer(num_experts=8, k=2).eval()
+class _AllocationMeter(TorchDispatchMode):
+    """Records the size (in elements) of every new storage an op creates, factory functions included."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            # views and in-place ops return an input's storage: only new storages are allocations
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+class _BufferedMoE(BlockMoE):
+    """The reference's dispatch: an (E, B, C, H, W) zero buffer, masked and summed. Only for the test below."""
+
+    def _dispatch(self, x, r, counts):
+        buffer = torch.zeros((self.num_experts,) + tuple(x.shape), dtype=x.dtype)
+        for e, expert in enumerate(self.experts):
+            rows = (r.indices == e).any(dim=1).nonzero().flatten()
+            if len(rows):
+                buffer[e, rows] = expert(x[rows])
+        mask = torch.zeros(x.shape[0], self.num_experts).scatter(1, r.indices, r.weights)
+        return torch.einsum('be,ebchw->bchw', mask, buffer)
+
+
+def _largest_allocation(layer, x):
+    with _AllocationMeter() as meter:
+        out = layer(x)
+    return max(meter.sizes), out
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_no_buffer_of_experts_times_batch(train):
+    num_experts, k = 8, 2
+    layer = _layer(num_experts=num_experts, k=k).train(train)
     x = torch.randn(16, 8, 4, 4)
-    biggest = []
-    orig_zeros, orig_empty = torch.Tensor.new_zeros, torch.Tensor.new_empty
-    monkeypatch.setattr(torch.Tensor, 'new_zeros', lambda self, size, *a, **k: biggest.append(math.prod(size)) or orig_zeros(self, size, *a, **k))
-    monkeypatch.setattr(torch.Tensor, 'new_empty', lambda self, size, *a, **k: biggest.append(math.prod(size)) or orig_empty(self, size, *a, **k))
-    layer(x)
-    assert max(biggest) <= x.numel()
+    largest, out = _largest_allocation(layer, x)
+    # the biggest tensor is the k-fold gather of the batch (each image once per selected expert)
+    assert largest <= k * x.numel() < num_experts * x.numel()
+
+    # the meter does see such a buffer: the reference-style variant allocates E x the batch
+    buffered = _BufferedMoE(list(layer.experts), 8, k=k).train(train)
+    buffered.gate.load_state_dict(layer.gate.state_dict())
+    buffered_largest, buffered_out = _largest_allocation(buffered, x)
+    assert buffered_largest >= num_experts * x.numel() > largest
+    if not train:  # same numbers, so the variant is a fair stand-in (train-mode BN differs per expert batch)
+        torch.testing.assert_close(buffered_out, out, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k2', 'resnet18_blockmoe_e8_k4', 'resnet50_blockmoe_e4_k2'])
@@ -91,12 +136,19 @@ def test_logits_are_routing_weighted_sum_of_forced_expert_logits(name):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_force_expert_restores_routing_and_rejects_bad_index():
+def test_force_expert_runs_that_expert_alone_and_restores_routing():
     model = timm.create_model('resnet18_blockmoe_e4_k1', width=8).eval()
     x = torch.rand(4, 3, 32, 32)
     before = model(x)
+    layer = model.layer4[1]
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0], out=out))
     with timm_moe.force_expert(model, 3):
-        pass
+        forced = model(x)
+    handle.remove()
+    torch.testing.assert_close(seen['out'], layer.experts[3](seen['inp']), rtol=0, atol=0)
+    # the layer's output is what the model continued with
+    torch.testing.assert_close(forced, model.forward_head(seen['out']), rtol=0, atol=0)
     torch.testing.assert_close(model(x), before)
     with pytest.raises(ValueError, match=r'expert=4: expected an integer in \[0, 4\)'):
         with timm_moe.force_expert(model, 4):
@@ -132,15 +184,31 @@ def test_aux_losses_against_hand_computed_values():
     z = route(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), k=1)
     expected_z = (math.log(math.e + math.e ** 2) ** 2 + math.log(2) ** 2) / 2
     assert AUX_LOSSES['z_loss'](z).item() == pytest.approx(expected_z, rel=1e-6)
-    assert AUX_LOSSES['none'](r).item() == 0.0
+
+
+@pytest.mark.parametrize('aux_loss,changes_gate_grad', [('none', False), ('entropy', True)])
+def test_aux_loss_none_leaves_the_task_gradient_alone(aux_loss, changes_gate_grad):
+    # 'none' must add nothing to the gate's gradient, whatever the routing; a real loss must add something
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, num_classes=5, aux_loss=aux_loss).train()
+    x = torch.rand(8, 3, 32, 32)
+    torch.manual_seed(1)
+    task = model(x).logsumexp(1).mean()
+    task_grad, = torch.autograd.grad(task, model.layer4[1].gate.fc.weight, retain_graph=True)
+    total_grad, = torch.autograd.grad(task + timm_moe.aux_loss(model), model.layer4[1].gate.fc.weight)
+    assert torch.equal(task_grad, total_grad) is not changes_gate_grad
 
 
 def test_aux_loss_of_model_is_weighted_and_differentiable():
     model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, aux_loss='kl', aux_weight=0.25, moe_blocks='all')
     model(torch.rand(4, 3, 32, 32))
     loss = timm_moe.aux_loss(model)
-    by_hand = sum(0.25 * AUX_LOSSES['kl'](m.last_routing) for _, m in timm_moe.moe_layers(model))
-    torch.testing.assert_close(loss, by_hand)
+    # KL(p_bar || uniform) = sum_i p_bar_i * log(E * p_bar_i), from the probabilities, in float64
+    by_hand = 0.0
+    for _, m in timm_moe.moe_layers(model):
+        p_bar = m.last_routing.probs.double().mean(0).tolist()
+        by_hand += 0.25 * sum(p * math.log(len(p_bar) * p) for p in p_bar)
+    assert len(timm_moe.moe_layers(model)) == 2 and by_hand > 0
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
     loss.backward()
     assert model.layer4[0].gate.fc.weight.grad is not None
     assert timm_moe.aux_loss(timm.create_model('resnet18_dense', width=8)).item() == 0.0

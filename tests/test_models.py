@@ -4,6 +4,7 @@ import math
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import timm_moe
 from timm_moe.inspect import moe_layers
@@ -50,9 +51,27 @@ def test_pretrained_cfg_matches_state_dict(name):
     assert cfg['first_conv'] + '.weight' in state
     assert state[cfg['first_conv'] + '.weight'].shape[1] == cfg['input_size'][0]
     assert cfg['classifier'] + '.weight' in state
-    assert cfg['input_size'] == (3, 32, 32)
-    assert cfg['mean'] == timm_moe.models.resnet_blockmoe.CIFAR100_MEAN
     assert timm.create_model(name, width=8).num_classes == cfg['num_classes'] == 100
+
+
+# CIFAR-100 training-set channel statistics, as published (e.g. by the reference's data module and most
+# CIFAR-100 code bases); independent of the constants the cfg is built from
+CIFAR100_TRAIN_MEAN = (0.50707516, 0.48654887, 0.44091784)
+CIFAR100_TRAIN_STD = (0.26733429, 0.25643846, 0.27615047)
+
+
+def test_pretrained_cfg_against_independent_facts():
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=8).eval()
+    cfg = model.pretrained_cfg
+    assert cfg['mean'] == pytest.approx(CIFAR100_TRAIN_MEAN, abs=1e-4)
+    assert cfg['std'] == pytest.approx(CIFAR100_TRAIN_STD, abs=1e-4)
+    # input_size is what the model is built for: its stem takes that many channels, and an input of that
+    # size comes out of forward_features as the cfg's pool_size
+    assert cfg['input_size'][0] == model.conv1.in_channels
+    with torch.no_grad():
+        feats = model.forward_features(torch.rand(1, *cfg['input_size']))
+    assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size'])
+    assert cfg['input_size'][1:] == (32, 32)  # CIFAR images, as in the paper
 
 
 @pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k2', 'resnet50_blockmoe_e2_k1', 'resnet18_dense'])
@@ -97,9 +116,25 @@ def test_moe_placement_all_and_last():
 @pytest.mark.parametrize('gate', ['gap_fc', 'conv_gap'])
 def test_gates(gate):
     model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, gate=gate).eval()
-    model(torch.rand(3, 3, 32, 32))
+    layer = model.layer4[1]
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0]))
+    with torch.no_grad():
+        model(torch.rand(3, 3, 32, 32))
+    handle.remove()
+    x = seen['inp']
+    if gate == 'conv_gap':  # Conv3x3(C, E), no padding, no bias, then the mean over space
+        conv = layer.gate.conv
+        assert conv.kernel_size == (3, 3) and conv.padding == (0, 0) and conv.stride == (1, 1) and conv.bias is None
+        assert conv.in_channels == x.shape[1] and conv.out_channels == 4
+        expected = F.conv2d(x, conv.weight).mean(dim=(2, 3))
+    else:  # the mean over space, then Linear(C, E) with bias
+        fc = layer.gate.fc
+        assert fc.in_features == x.shape[1] and fc.out_features == 4 and fc.bias is not None
+        expected = x.mean(dim=(2, 3)) @ fc.weight.T + fc.bias
     r = timm_moe.routing(model)['layer4.1']
-    assert r['indices'].shape == (3, 2) and r['probs'].shape == (3, 4)
+    torch.testing.assert_close(r['probs'], expected.softmax(-1), rtol=1e-5, atol=1e-6)
+    assert r['indices'].shape == (3, 2)
     torch.testing.assert_close(r['weights'].sum(1), torch.ones(3))
 
 
