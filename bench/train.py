@@ -105,17 +105,17 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self.run_dir = Path(cfg.out)
-        if self.primary:
-            ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
-        self._barrier()
-
+        # the model first: a bad upcycling source or kwargs must fail before the run directory is made
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.upcycled_from: Optional[Dict[str, Any]] = None
         if cfg.upcycle_from and not resume:  # a resumed run's weights come from its own checkpoint
             self.model, self.upcycled_from = upcycle_model(cfg, self.model_kwargs)
         else:
             self.model = _create_model(cfg.model, self.model_kwargs)
+        self.run_dir = Path(cfg.out)
+        if self.primary:
+            ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
+        self._barrier()
         self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)

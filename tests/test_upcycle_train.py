@@ -96,7 +96,7 @@ def test_upcycle_mismatch_is_one_line(tmp_path, dense_run, capsys, case, message
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    assert not (tmp_path / 'bad' / 'model.pth').exists()
+    assert not (tmp_path / 'bad').exists()  # checked before the run directory is made
 
 
 def test_upcycle_sha256_must_look_like_one():
