@@ -8,7 +8,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from typing import List, Optional
+
+from bench.errors import UserError
+
+# Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
+# line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
+# traceback and exits 1, so that it is never mistaken for bad input.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 # verb -> module that implements it; imported lazily so `timm-moe --help` stays fast
 VERBS = {
@@ -20,6 +28,7 @@ VERBS = {
     'grid': 'bench.grid',
     'report': 'bench.report',
     'models': 'bench.models_cmd',
+    'export': 'bench.export',
     'compare': 'bench.compare',
 }
 
@@ -51,14 +60,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        # bad input: one line, no traceback (UserError is a ValueError)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'timm-moe {args.verb}: error: {msg}', file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'timm-moe {args.verb}: interrupted', file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
+        traceback.print_exc()
+        print(f'timm-moe {args.verb}: internal error (a bug in timm-moe, not bad input): please report the '
+              'traceback above', file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of the message; for an OSError without one, the error and the path."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == '__main__':

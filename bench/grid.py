@@ -3,6 +3,11 @@
 Each cell trains (`bench.train`), attacks (`bench.evaluate`), audits (`bench.audit`) and writes one registry
 entry. A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; a failing cell is written to
 `cells/<cell>/failed.txt`, reported, and the sweep goes on with the next one.
+
+`train_config` names the training recipe: one YAML for every cell, or one per architecture
+(`{resnet18: cifar100_resnet18_pgd, resnet50: cifar100_resnet50_pgd}`), because the paper trains ResNet-50
+with its own recipe. `seeds: [0, 1, 2]` repeats every cell per training seed; the leaderboard then shows
+each configuration's runs as one row (mean, spread and interval over the seeds).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +44,9 @@ class GridSpec:
     dense: bool = True  # add the dense baseline of each arch x training
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # shared by every cell (width, stem, ...)
     train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig values shared by every cell
-    train_config: Optional[str] = None  # a YAML recipe the `train` values override
+    # the YAML recipe the `train` values override: one for all cells, or {arch: recipe}
+    train_config: Union[None, str, Dict[str, str]] = None
+    seeds: Optional[List[int]] = None  # training seeds, one cell each; None: the recipe's seed, one cell
     eval: Dict[str, Any] = field(default_factory=lambda: dict(attacks='paper', n_examples=1000, batch_size=250))
     out: str = 'runs/grid'
     registry: Optional[str] = None  # default: <out>/registry
@@ -62,39 +69,122 @@ def load_spec(path: str | Path) -> GridSpec:
     for value in spec.training:
         if value not in TRAININGS:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
+    _check_train_config(spec.train_config, spec.arch, path)
+    _check_seeds(spec.seeds, path)
+    if 'attacks' in spec.eval:  # an unknown attack would otherwise fail every cell after its training
+        from bench.attacks import resolve_attacks
+        resolve_attacks(spec.eval['attacks'])
+    if spec.seeds and 'seed' in spec.train:
+        raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
 
 
+def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
+    """A recipe name, or a mapping that names one recipe for every arch of the grid (and no other arch)."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, Mapping):
+        raise UserError(f'train_config in {path} is {value!r}: give a recipe name or a mapping {{arch: recipe}}')
+    unknown = sorted(set(value) - set(ARCHS))
+    if unknown:
+        raise UserError(f'train_config in {path} names arch {unknown[0]!r}; archs are {", ".join(ARCHS)}')
+    missing = [a for a in archs if a not in value]
+    if missing:
+        raise UserError(f'train_config in {path} has no recipe for arch {missing[0]!r}: add {missing[0]}: <recipe>')
+    bad = {a: r for a, r in value.items() if not isinstance(r, str) or not r}
+    if bad:
+        arch, recipe = next(iter(bad.items()))
+        raise UserError(f'train_config in {path}: the recipe for {arch} is {recipe!r}, not a recipe name')
+
+
+def _check_seeds(seeds: Any, path: str | Path) -> None:
+    if seeds is None:
+        return
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise UserError(f'seeds in {path} is {seeds!r}: give a list of integers >= 0, e.g. [0, 1, 2]')
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f'seeds in {path} repeats a seed: {seeds!r}')
+
+
+def recipe_for(spec: GridSpec, arch: str) -> Optional[str]:
+    """The training recipe of the cells of `arch` (None: the TrainConfig defaults)."""
+    if isinstance(spec.train_config, Mapping):
+        return spec.train_config[arch]
+    return spec.train_config
+
+
 def cells(spec: GridSpec) -> List[Dict[str, Any]]:
-    """Every (model, kwargs, training) the spec names, in a stable order, each with a unique `cell` id."""
+    """Every (model, kwargs, training, seed) the spec names, in a stable order, each with a unique `cell` id.
+
+    Without `seeds` a cell's seed is None (the recipe's) and its id has no seed part, so the ids of
+    sweeps that never named seeds stay what they were (and their finished cells are still found).
+    """
     out, seen = [], set()
-    for arch, training in itertools.product(spec.arch, spec.training):
+    seeds: List[Optional[int]] = list(spec.seeds) if spec.seeds else [None]
+    for arch, training, seed in itertools.product(spec.arch, spec.training, seeds):
+        tail = f'-{training}' if seed is None else f'-{training}-seed{seed}'
+        common = dict(training=training, arch=arch, seed=seed, train_config=recipe_for(spec, arch))
         if spec.dense:
-            out.append(dict(cell=f'{arch}_dense-{training}', model=f'{arch}_dense', training=training,
-                            model_kwargs=dict(spec.model_kwargs), arch=arch, experts=0, k=None))
+            out.append(dict(cell=f'{arch}_dense{tail}', model=f'{arch}_dense', model_kwargs=dict(spec.model_kwargs),
+                            experts=0, k=None, **common))
         for e, k, gate, loss, place in itertools.product(spec.experts, spec.k, spec.gate, spec.aux_loss,
                                                          spec.placement):
             if k > e or e == 0:
                 continue  # k <= E, and dense baselines come from `dense`
             model = f'{arch}_blockmoe_e{e}_k{k}'
             kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, moe_blocks=place)
-            cell = f'{model}-{gate}-{loss}-{place}-{training}'
+            cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
-                out.append(dict(cell=cell, model=model, training=training, model_kwargs=kwargs, arch=arch,
-                                experts=e, k=k))
+                out.append(dict(cell=cell, model=model, model_kwargs=kwargs, experts=e, k=k, **common))
     return out
+
+
+def check_models(grid: List[Dict[str, Any]]) -> None:
+    """Build each distinct model of the grid once, without memory (meta device), so that a bad kwarg in the
+    spec (an unknown gate, a placement, a width) is refused before any cell trains, naming the cell.
+
+    The plugin reports bad kwargs as ValueError/TypeError; here they come from the spec, so they are the
+    user's to fix and become a UserError.
+    """
+    import timm
+    import torch
+
+    import timm_moe  # noqa: F401  registers the models
+
+    seen = set()
+    for c in grid:
+        key = (c['model'], json.dumps(c['model_kwargs'], sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            with torch.device('meta'):
+                timm.create_model(c['model'], **c['model_kwargs'])
+        except (ValueError, TypeError) as e:
+            raise UserError(f'grid cell {c["cell"]}: {c["model"]} cannot be built with model_kwargs '
+                            f'{c["model_kwargs"]}: {e}') from None
 
 
 def _registry_dir(spec: GridSpec) -> Path:
     return Path(spec.registry) if spec.registry else Path(spec.out) / 'registry'
 
 
+def cell_config(cell: Dict[str, Any], spec: GridSpec):
+    """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values, then the cell's own."""
+    from bench.config import load_config
+
+    seed = {} if cell.get('seed') is None else {'seed': cell['seed']}
+    return load_config(cell['train_config'], model=cell['model'], model_kwargs=cell['model_kwargs'],
+                       method=cell['training'], out=str(Path(spec.out) / 'cells' / cell['cell'] / 'run'),
+                       **{'progress': False, **spec.train, **seed})
+
+
 def run_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     """Train, evaluate, audit and register one cell; returns its done record."""
     import timm_moe  # noqa: F401  registers the models in a fresh worker
     from bench.audit import audit_model
-    from bench.config import load_config
     from bench.data import dataset_info, eval_tensors
     from bench.evaluate import build_model, evaluate_model
     from bench.provenance import provenance
@@ -103,8 +193,7 @@ def run_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
 
     cell_dir = Path(spec.out) / 'cells' / cell['cell']
     cell_dir.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(spec.train_config, model=cell['model'], model_kwargs=cell['model_kwargs'],
-                      method=cell['training'], out=str(cell_dir / 'run'), **{'progress': False, **spec.train})
+    cfg = cell_config(cell, spec)
     result_file = cell_dir / 'run' / 'result.json'
     train = (json.loads(result_file.read_text()) if result_file.exists()
              else run_training(cfg, overwrite=True))  # a half-finished training restarts cleanly
@@ -165,12 +254,13 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     """
     console = console or Console()
     todo_cells = [c for c in cells(spec) if only is None or only in c['cell']]
+    check_models(todo_cells)
     table = Table(title=f'grid: {len(todo_cells)} cells -> {_registry_dir(spec)}')
-    for col in ('cell', 'model', 'training', 'status'):
+    for col in ('cell', 'model', 'training', 'recipe', 'status'):
         table.add_column(col)
     states = {c['cell']: status(c, spec) for c in todo_cells}
     for c in todo_cells:
-        table.add_row(c['cell'], c['model'], c['training'], states[c['cell']])
+        table.add_row(c['cell'], c['model'], c['training'], c['train_config'] or '(defaults)', states[c['cell']])
     console.print(table)
     skipped = [c for c in todo_cells if states[c['cell']] == 'done']
     pending = [c for c in todo_cells if states[c['cell']] != 'done']

@@ -2,10 +2,11 @@
 
     python -m bench.import_paper [--csv PATH] [--registry DIR] [--overwrite]
 
-The CSV (`registry/sources/robust_experts_official_results.csv`, a copy of `shared/reference/`) is the result table of the
-paper's public code (KASTEL-MobilityLab/robust-sparse-moes @ ed22e81). Its numbers are PGD-20 and
-torchattacks APGD-20, not AutoAttack, so they become `source: paper` entries with robust_acc keys
-`pgd20` and `apgd20` and an `attack_note` that says so.
+The CSV (`registry/sources/robust_experts_official_results.csv`) is the result table of the
+paper's public code (KASTEL-MobilityLab/robust-sparse-moes @ ed22e81). Its numbers are the paper code's
+PGD-20 and torchattacks APGD-20, not AutoAttack, so they become `source: paper` entries with robust_acc keys
+`pgd20` and `apgd20`, those attacks' settings (`eval_settings`, as far as the source states them) and an
+`attack_note` that says so. The facts used here are listed, with their sources, in docs/REGISTRY.md.
 
 Decisions, each written into the entries' `notes`:
 - Every row of the four tables (resnet18, resnet50 and the two ResNet-18 placement tables) is
@@ -21,6 +22,8 @@ Decisions, each written into the entries' `notes`:
 - Anomalies of the source are flagged, not corrected: APGD above PGD-20 (a weak-evaluation
   sign), the two attacks disagreeing by more than 5 points, and rows whose three numbers equal
   another configuration's (a likely copy error in the table).
+- Noisy gating: the paper code adds training-only noise to the gate scores with the switch and KL
+  (column-entropy) losses, not with the entropy loss; `model.noisy_gating` records that.
 
 The import is reproducible: the same CSV gives byte-identical files (no dates, no commit), and
 re-running without --overwrite leaves identical files alone and refuses to change others.
@@ -36,7 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import UserError
 from .provenance import sha256_file
-from .registry import DEFAULT_REGISTRY, REPO_ROOT, dumps_entry, entry_path, validate_entry, write_entry
+from .registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path, validate_entry,
+                       write_entry)
 
 DEFAULT_CSV = REPO_ROOT / 'registry' / 'sources' / 'robust_experts_official_results.csv'
 COLUMNS = ('table', 'moe', 'loss', 'gate', 'k', 'training', 'clean', 'pgd20', 'apgd20')
@@ -52,6 +56,16 @@ PAPER_CITATION = (
     'Sparse Mixture-of-Experts Layers. arXiv:2509.05086, 2025. Numbers from the result table of the public code '
     f'{PAPER_REPO} @ {PAPER_COMMIT} (notebooks/robustness_accuracy_tradeoff_script.py, '
     'notebooks/robustness-accuracy_trade-off.ipynb).')
+# the attacks behind the reported numbers, with the settings the sources state (None: not stated); the
+# leaderboard also reads older copies of these entries, which do not store them, through this table
+PAPER_ATTACKS = {
+    'pgd20': dict(attack='PGD', implementation='robust-sparse-moes', steps=20, step_size=2 / 255,
+                  random_start=False, restarts=1, loss=None),
+    'apgd20': dict(attack='APGD', implementation='torchattacks', steps=20, restarts=None, loss=None),
+}
+ROBUSTBENCH_ATTACKS = {'autoattack': dict(attack='AutoAttack', version='standard', implementation='autoattack')}
+REPORTED_ATTACKS = {'paper': PAPER_ATTACKS, 'robustbench': ROBUSTBENCH_ATTACKS}
+NOISY_LOSSES = ('switch', 'kl')  # the paper code adds gate noise in training with these losses only
 PAPER_ATTACK_NOTE = ('PGD-20 (eps 8/255, step 2/255, no random start, 1 restart) and torchattacks APGD (20 steps), '
                      "as run by the paper's code; not AutoAttack")
 EXPERTS_NOTE = (f'experts = {PAPER_NUM_EXPERTS} is not in the CSV: it is num_experts in every CIFAR-100 experiment '
@@ -62,7 +76,8 @@ LOSS_NOTES = {'kl': "L_column_entropy is -H(mean p), which equals KL(mean p || u
                     'up to a constant (same gradients)'}
 GATES = {'GAP-FC': 'gap_fc', 'Conv-GAP': 'conv_gap', 'Baseline': None}
 
-# RobustBench CIFAR-100 Linf 8/255 AutoAttack points, ResNet-18 class, no extra data (DESIGN.md §1)
+# RobustBench CIFAR-100 Linf 8/255 AutoAttack points, ResNet-18 class, no extra data (docs/REGISTRY.md)
+ROBUSTBENCH_SOURCE = 'RobustBench CIFAR-100 Linf leaderboard (robustbench.github.io)'
 ROBUSTBENCH = [
     dict(name='Addepalli2022Efficient_RN18', arch='resnet18', clean=65.45, autoattack=27.67, method='other',
          citation='Addepalli, Jain, Radhakrishnan. Efficient and Effective Augmentation Strategy for Adversarial '
@@ -139,6 +154,7 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
     loss = LOSSES.get(row['loss'].strip(), row['loss'].strip().lower() or None)
     gate = GATES.get(row['gate'].strip(), row['gate'].strip().lower())
     notes: List[str] = [f'CSV table {table!r}, moe {moe!r}']
+    noisy: Optional[bool] = None
     if kind == 'dense':
         k = experts = None
         name, kwargs, experts = f'{arch}_dense', {'stem': 'cifar'}, 0
@@ -146,12 +162,14 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
     else:
         k, experts = int(row['k']), PAPER_NUM_EXPERTS
         notes.append(EXPERTS_NOTE)
+        noisy = loss in NOISY_LOSSES
         if loss in LOSS_NOTES:
             notes.append(LOSS_NOTES[loss])
         if kind == 'block' and placement in ('last', 'all') and k in OUR_K:
             name = f'{arch}_blockmoe_e{experts}_k{k}'
-            kwargs = {'stem': 'cifar', 'gate': gate, 'moe_blocks': placement, 'aux_loss': loss}
-            if arch == 'resnet18':  # DESIGN.md: weight 0.5 in all the reference's ResNet-18 runs
+            kwargs = {'stem': 'cifar', 'gate': gate, 'moe_blocks': placement, 'aux_loss': loss,
+                      'noisy_gating': noisy}
+            if arch == 'resnet18':  # the paper code's ResNet-18 configs all weigh the balancing loss 0.5
                 kwargs['aux_weight'] = 0.5
         else:
             # not one of our registered models: a descriptive id, clearly not a timm name
@@ -177,12 +195,12 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
     if abs(apgd20 - pgd20) > 5:
         flags.append('pgd20_apgd20_disagree_by_over_5_points')
     entry = {
-        'schema_version': 1,
+        'schema_version': SCHEMA_VERSION,
         'entry_id': f'paper-{slug}'.lower().replace('_', '-').replace('.', '-'),
         'source': 'paper',
         'citation': PAPER_CITATION,
         'model': {'name': name, 'kwargs': kwargs, 'arch': arch, 'experts': experts, 'k': k,
-                  'gate': gate, 'aux_loss': loss, 'placement': placement},
+                  'gate': gate, 'aux_loss': loss, 'placement': placement, 'noisy_gating': noisy},
         'training': {'method': method, 'config': config, 'config_sha256': None, 'config_path': cfg_path,
                      'epochs': 200},
         'dataset': 'cifar100', 'threat_model': 'Linf', 'eps': EPS,
@@ -190,6 +208,7 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
         'clean_acc': clean,
         'robust_acc': {'pgd20': pgd20, 'apgd20': apgd20},
         'attack_note': PAPER_ATTACK_NOTE,
+        'eval_settings': _reported_settings(PAPER_ATTACKS, None),
         'flops': None, 'params': None, 'per_expert': None, 'routing': None,
         'sanity_flags': flags,
         'notes': notes,
@@ -197,6 +216,12 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
                        'source_sha256': source_sha256},
     }
     return key, entry
+
+
+def _reported_settings(attacks: Dict[str, Dict[str, Any]], n_examples: Optional[int]) -> Dict[str, Any]:
+    """`eval_settings` of reported numbers: the attacks as the source states them, at eps 8/255 Linf."""
+    return {'attacks': {k: dict(v) for k, v in attacks.items()}, 'eps': EPS, 'norm': 'Linf',
+            'n_examples': n_examples, 'seed': None}
 
 
 def paper_entries(csv_path: Path) -> List[Dict[str, Any]]:
@@ -233,16 +258,16 @@ def paper_entries(csv_path: Path) -> List[Dict[str, Any]]:
 
 
 def robustbench_entries() -> List[Dict[str, Any]]:
-    """The RobustBench reference points of DESIGN.md as `source: robustbench` entries."""
+    """The RobustBench reference points (docs/REGISTRY.md) as `source: robustbench` entries."""
     out = []
     for rb in ROBUSTBENCH:
         out.append({
-            'schema_version': 1,
+            'schema_version': SCHEMA_VERSION,
             'entry_id': f"robustbench-{rb['name'].lower().replace('_', '-')}",
             'source': 'robustbench',
             'citation': rb['citation'],
             'model': {'name': rb['name'], 'kwargs': {}, 'arch': rb['arch'], 'experts': 0, 'k': None,
-                      'gate': None, 'aux_loss': None, 'placement': None},
+                      'gate': None, 'aux_loss': None, 'placement': None, 'noisy_gating': None},
             'training': {'method': rb['method'], 'config': None, 'config_sha256': None, 'config_path': None,
                          'epochs': None},
             'dataset': 'cifar100', 'threat_model': 'Linf', 'eps': EPS,
@@ -250,10 +275,11 @@ def robustbench_entries() -> List[Dict[str, Any]]:
             'clean_acc': rb['clean'],
             'robust_acc': {'autoattack': rb['autoattack']},
             'attack_note': ROBUSTBENCH_NOTE,
+            'eval_settings': _reported_settings(ROBUSTBENCH_ATTACKS, 10000),
             'flops': None, 'params': None, 'per_expert': None, 'routing': None,
             'sanity_flags': [],
             'notes': [rb['note'], 'no extra training data'],
-            'provenance': {'command': 'python -m bench.import_paper', 'source_file': 'DESIGN.md',
+            'provenance': {'command': 'python -m bench.import_paper', 'source_file': ROBUSTBENCH_SOURCE,
                            'source_sha256': None},
         })
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench import checkpoint as ckpt
@@ -28,6 +29,7 @@ from bench.errors import UserError
 from bench.parallel import process_pool
 
 DATASET = 'fashion-mnist-bundled'
+PGD, APGD = 'pgd20', 'apgd-ce20'  # the accuracy keys of the 'paper' attack preset: PGD-20 and APGD-CE-20
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,9 @@ def _eval_job(train: Dict[str, Any], plan: Plan) -> Dict[str, Any]:
     model = build_model(train['model'], info['num_classes'], info['in_chans'], kwargs, train['checkpoint'])
     x, y = eval_tensors(DATASET, plan.n_eval)
     timm_moe.reset_routing_stats(model)
-    result = evaluate_model(model, x, y, attacks='paper', eps=8 / 255, batch_size=plan.eval_batch,
-                            per_expert=True, mean=info['mean'], std=info['std'], n_check=plan.n_check)
-    result.pop('correct', None)  # per-sample lists: not needed past this point
-    return result
+    # result['correct'] (per-sample 0/1 per attack) goes into the registry entry and the paired test of the gain
+    return evaluate_model(model, x, y, attacks='paper', eps=8 / 255, batch_size=plan.eval_batch,
+                          per_expert=True, mean=info['mean'], std=info['std'], n_check=plan.n_check)
 
 
 def _audit(plan: Plan) -> Dict[str, Dict[str, Any]]:
@@ -120,7 +121,25 @@ def _entry(train: Dict[str, Any], result: Dict[str, Any], audit: Dict[str, Any],
         flops=dict(active=audit['flops_active'], total=audit['flops_total'], dense=audit['flops_dense'],
                    ratio=audit['flops_ratio']),
         params=dict(total=audit['params_total'], active=audit['params_active']),
-        attack_note='quickstart: PGD-20 and APGD-CE (20 steps) on the first test images, not AutoAttack')
+        attack_note='quickstart: PGD-20 and APGD-CE-20 on the first test images, not AutoAttack')
+
+
+def _intervals(result: Dict[str, Any]) -> Dict[str, List[float]]:
+    """95% Wilson interval of each printed accuracy (n_eval points is far fewer than 10,000)."""
+    from bench.stats import wilson_interval
+    n = result['n_examples']
+    return {key: list(wilson_interval(result['counts'][key], n)) for key in ('clean', PGD, APGD)}
+
+
+def _gain(adv: Dict[str, Any], normal: Dict[str, Any]) -> Dict[str, float]:
+    """PGD-20 gain of adversarial over normal training, in points, with its paired 95% bootstrap interval.
+
+    Both models are attacked on the same test points, so the paired interval (per point: which model got it
+    right) is the right one, and far narrower than two separate intervals.
+    """
+    from bench.stats import paired_bootstrap
+    diff, lo, hi = paired_bootstrap(adv['correct'][PGD], normal['correct'][PGD])
+    return dict(points=diff, lo=lo, hi=hi)
 
 
 def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool = False,
@@ -170,8 +189,9 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
         write_entry(entry, registry_dir, overwrite=True)
         entries.append(entry)
         rows.append(dict(model=job['model'], training='adversarial' if job['method'] == 'pgd' else 'normal',
-                         clean_acc=result['clean_acc'], pgd_acc=result['robust_acc']['pgd20'],
-                         apgd_acc=result['robust_acc']['apgd-ce20'], flops_ratio=audit['flops_ratio'],
+                         clean_acc=result['clean_acc'], pgd_acc=result['robust_acc'][PGD],
+                         apgd_acc=result['robust_acc'][APGD], intervals=_intervals(result),
+                         flops_ratio=audit['flops_ratio'],
                          train_img_per_s=train['img_per_s'], flags=result['flags'],
                          per_expert=[dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=p['robust_acc'])
                                      for p in result['per_expert'] or []],
@@ -179,18 +199,20 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     write_leaderboard(registry_dir)
     plots = write_report(registry_dir, out / 'plots')
 
-    def pgd(model_kind: str, training: str) -> float:
-        return next(r['pgd_acc'] for r in rows if (('_blockmoe_' in r['model']) == (model_kind == 'moe'))
+    def result_of(model_kind: str, training: str) -> Dict[str, Any]:
+        return next(res for r, res in zip(rows, results) if (('_blockmoe_' in r['model']) == (model_kind == 'moe'))
                     and r['training'] == training)
 
     def speed(model_kind: str) -> float:
         return next(r['train_img_per_s'] for r in rows if (('_blockmoe_' in r['model']) == (model_kind == 'moe'))
                     and r['training'] == 'adversarial')
 
-    gains = {kind: pgd(kind, 'adversarial') - pgd(kind, 'normal') for kind in ('dense', 'moe')}
+    gains = {kind: _gain(result_of(kind, 'adversarial'), result_of(kind, 'normal')) for kind in ('dense', 'moe')}
     summary = dict(
         rows=rows, dataset=DATASET, n_eval=plan.n_eval, eps=8 / 255, plan=dataclasses.asdict(plan),
-        pgd_gain_points=gains, method_works=all(g >= 20 for g in gains.values()),
+        pgd_gain_points={k: g['points'] for k, g in gains.items()},
+        pgd_gain_interval={k: [g['lo'], g['hi']] for k, g in gains.items()},
+        method_works=all(g['points'] >= 20 for g in gains.values()),
         adv_train_img_per_s_moe_over_dense=speed('moe') / speed('dense'),
         seconds=dict(train=t_train, evaluate_and_audit=t_eval, total=time.perf_counter() - t_start),
         processes=procs, threads_per_process=threads, plots=[str(p) for p in plots],
@@ -200,19 +222,27 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     return summary
 
 
+def fmt_interval(value: float, interval: List[float]) -> str:
+    """'61.3 [55.7, 66.7]': an accuracy and its 95% interval."""
+    return f'{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]'
+
+
 def _print_summary(console: Console, summary: Dict[str, Any]) -> None:
-    table = Table(title=f'quickstart on {summary["dataset"]}: first {summary["n_eval"]} test images, eps 8/255')
-    for col in ('model', 'training', 'clean %', 'PGD-20 %', 'APGD-CE %', 'FLOPs / dense', 'train img/s', 'flags'):
+    table = Table(title=f'quickstart on {summary["dataset"]}: first {summary["n_eval"]} test images, eps 8/255',
+                  caption=escape('accuracy % [95% Wilson interval over the test points]'))
+    for col in ('model', 'training', 'clean %', 'PGD-20 %', 'APGD-CE-20 %', 'FLOPs / dense', 'train img/s', 'flags'):
         table.add_column(col, justify='left' if col in ('model', 'training', 'flags') else 'right')
     for r in summary['rows']:
-        table.add_row(r['model'], r['training'], f'{r["clean_acc"]:.1f}', f'{r["pgd_acc"]:.1f}',
-                      f'{r["apgd_acc"]:.1f}', f'{r["flops_ratio"]:.4f}', f'{r["train_img_per_s"]:.0f}',
-                      ', '.join(r['flags']) or '-')
+        ci = r['intervals']
+        table.add_row(r['model'], r['training'], escape(fmt_interval(r['clean_acc'], ci['clean'])),
+                      escape(fmt_interval(r['pgd_acc'], ci[PGD])), escape(fmt_interval(r['apgd_acc'], ci[APGD])),
+                      f'{r["flops_ratio"]:.4f}', f'{r["train_img_per_s"]:.0f}', ', '.join(r['flags']) or '-')
     console.print(table)
-    gains = summary['pgd_gain_points']
+    gains, ci = summary['pgd_gain_points'], summary['pgd_gain_interval']
     verdict = '[green]works[/]' if summary['method_works'] else '[red]did not reach +20 points[/]'
-    console.print(f'adversarial training gain in PGD-20 accuracy: dense +{gains["dense"]:.1f}, '
-                  f'BlockMoE +{gains["moe"]:.1f} points: {verdict}')
+    console.print(escape('adversarial training gain in PGD-20 accuracy, points [95% paired bootstrap interval]: '
+                         f'dense {gains["dense"]:+.1f} [{ci["dense"][0]:+.1f}, {ci["dense"][1]:+.1f}], '
+                         f'BlockMoE {gains["moe"]:+.1f} [{ci["moe"][0]:+.1f}, {ci["moe"][1]:+.1f}]: ') + verdict)
     console.print(f'adversarial training speed, BlockMoE / dense: '
                   f'{summary["adv_train_img_per_s_moe_over_dense"]:.2f}x; '
                   f'wall time {summary["seconds"]["total"]:.0f} s')

@@ -2,6 +2,10 @@
 
 Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/schema.json`.
 Every number the project shows is read from these files (see `bench.leaderboard`, `bench.report`).
+Field meanings and the schema versions are in docs/REGISTRY.md: version 2 entries store the exact
+settings of every attack (`eval_settings`), which test points each measurement got right (`per_sample`)
+and the model as built (`model.effective_kwargs`, `model.noisy_gating`); version 1 entries (no
+`schema_version`, or 1) still load.
 
 Writing is safe under concurrency (the sweep runs several jobs at once): the entry is written
 through `bench.atomic`: to a temporary file in the target directory and then either linked into place (`os.link`
@@ -26,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REGISTRY = REPO_ROOT / 'registry'
 # registry/schema.json is the one schema; bench/assets links to it so that wheels carry a copy
 SCHEMA_PATH = Path(__file__).resolve().parent / 'assets' / 'registry_schema.json'
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what this code writes; every version in the schema's enum still loads
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
 
 PathLike = Union[str, os.PathLike]
@@ -90,10 +94,16 @@ def validation_errors(entry: Mapping[str, Any]) -> List[str]:
     return out
 
 
+def schema_version(entry: Mapping[str, Any]) -> int:
+    """The entry's schema version; entries written before versions were recorded are version 1."""
+    return int(entry.get('schema_version', 1))
+
+
 def validate_entry(entry: Mapping[str, Any]) -> None:
     """Raise UserError naming the first invalid field and jsonschema's reason.
 
-    Beyond the schema, numbers must be finite (JSON has no NaN), so a NaN accuracy is refused too.
+    Beyond the schema: numbers must be finite (JSON has no NaN), every attacked accuracy has its attack's
+    settings, and the per-sample bits agree with the accuracies they claim to be.
 
     Args:
         entry: a registry entry as a dict.
@@ -109,6 +119,48 @@ def validate_entry(entry: Mapping[str, Any]) -> None:
     except ValueError as e:
         raise UserError(f"invalid registry entry {entry.get('entry_id')!r}: a number is NaN or infinite ({e}); "
                         'store null for a value that was not measured') from None
+    _check_settings_cover_accuracies(entry)
+    _check_per_sample(entry)
+
+
+def _check_settings_cover_accuracies(entry: Mapping[str, Any]) -> None:
+    """Every robust accuracy names the attack settings it was measured with ('ensemble' is their worst case)."""
+    ev = entry.get('eval_settings')
+    if not ev:
+        return
+    missing = [k for k in entry['robust_acc'] if k != 'ensemble' and k not in ev['attacks']]
+    if missing:
+        raise UserError(f"invalid registry entry {entry['entry_id']!r}: eval_settings.attacks has no settings for "
+                        f"robust_acc.{missing[0]}; store the settings of every attack run")
+
+
+def _check_per_sample(entry: Mapping[str, Any]) -> None:
+    """The stored bits decode, cover n_examples points, name only measured metrics, and count to the accuracies.
+
+    The count check is what makes the bits trustworthy for paired tests: bits that do not reproduce the
+    entry's own accuracy to the last point belong to some other run.
+    """
+    from .stats import per_sample_vectors
+
+    got = per_sample_vectors(entry)  # UserError for malformed bits
+    if got is None:
+        return
+    name = entry['entry_id']
+    (start, stop), vectors = got
+    n = stop - start
+    if entry.get('n_examples') is not None and n != entry['n_examples']:
+        raise UserError(f'invalid registry entry {name!r}: per_sample covers {n} points but n_examples is '
+                        f"{entry['n_examples']}")
+    accuracies = {'clean': entry['clean_acc'], **entry['robust_acc']}
+    for metric, bits in vectors.items():
+        if metric not in accuracies:
+            raise UserError(f'invalid registry entry {name!r}: per_sample.bits.{metric} is not clean_acc or a '
+                            f'robust_acc key ({", ".join(accuracies)})')
+        k = int(bits.sum())
+        if abs(100.0 * k / n - accuracies[metric]) > 1e-6:
+            field = 'clean_acc' if metric == 'clean' else f'robust_acc.{metric}'
+            raise UserError(f'invalid registry entry {name!r}: per_sample.bits.{metric} has {k} of {n} points '
+                            f'correct ({100.0 * k / n:.4f}%) but {field} is {accuracies[metric]}')
 
 
 def entry_path(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGISTRY) -> Path:
@@ -237,15 +289,57 @@ def robust_metric(entry: Mapping[str, Any]) -> tuple:
     return None, None
 
 
-def _moe_setting(model_kwargs: Mapping[str, Any], key: str, experts: Optional[int]) -> Optional[str]:
-    """A BlockMoE setting as the model was built: the kwarg if given, else the plugin's default."""
-    if not experts:
+def effective_model_kwargs(model_name: str, model_kwargs: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The settings the plugin builds `model_name` with from `model_kwargs`: defaults and 'auto' resolved.
+
+    Reads `moe_config` of the model built on the meta device (no memory, no weights): the same code as the
+    real model, so the entry records what was built rather than what was typed. `num_experts` and `k` are
+    left out (the model name fixes them; they are `model.experts` and `model.k`), so the result can be
+    passed back to timm.create_model. None for a model that is not ours (no `moe_config`).
+    """
+    import timm
+    import torch
+
+    import timm_moe  # noqa: F401  registers the models
+
+    if not timm.is_model(model_name):
         return None
-    if key in model_kwargs:
-        return model_kwargs[key]
-    import inspect
-    from timm_moe.models.resnet_blockmoe import ResNetBlockMoE
-    return inspect.signature(ResNetBlockMoE.__init__).parameters[key].default
+    try:
+        with torch.device('meta'):
+            built = timm.create_model(model_name, **model_kwargs)
+    except (TypeError, ValueError) as e:
+        # the caller measured this very model a moment ago: failing to rebuild it is a bug, not bad input
+        raise RuntimeError(f'cannot rebuild {model_name} with {dict(model_kwargs)} to read its settings: {e}') from e
+    config = getattr(built, 'moe_config', None)
+    if config is None:
+        return None
+    out = dict(model_kwargs)
+    out.update({k: v for k, v in config.items() if k not in ('num_experts', 'k')})
+    for attr in ('num_classes', 'in_chans'):
+        if hasattr(built, attr):
+            out[attr] = getattr(built, attr)
+    return json.loads(json.dumps(out, default=str))  # JSON values only (a layer class becomes its name)
+
+
+def eval_settings_of(eval_result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The registry's `eval_settings` from an evaluation result: its settings, attacks keyed by accuracy key.
+
+    `bench.evaluate` reports per-attack settings as `settings['attacks'][name]`; results written before
+    that have the names in `settings['attacks']` and the settings in `settings['attack_settings']`.
+    """
+    settings = eval_result.get('settings')
+    if not settings:
+        return None
+    out = json.loads(json.dumps(dict(settings), default=str))  # tuples become lists, as in the file
+    per_attack = out.get('attacks')
+    if not isinstance(per_attack, dict):
+        per_attack = out.pop('attack_settings', None)
+    else:
+        out.pop('attack_settings', None)
+    if not isinstance(per_attack, dict):
+        raise ValueError(f'evaluation settings hold no per-attack settings (keys: {sorted(settings)})')
+    out['attacks'] = per_attack
+    return out
 
 
 def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset: str, method: str,
@@ -254,8 +348,12 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
                    config_path: Optional[str] = None, epochs: Optional[float] = None,
                    flops: Optional[Mapping[str, Any]] = None, params: Optional[Mapping[str, Any]] = None,
                    routing: Optional[Mapping[str, Any]] = None, entry_id: Optional[str] = None,
-                   attack_note: Optional[str] = None, notes: Optional[List[str]] = None) -> Dict[str, Any]:
+                   attack_note: Optional[str] = None, notes: Optional[List[str]] = None,
+                   index_start: int = 0) -> Dict[str, Any]:
     """Assemble a `source: measured` entry from an evaluation result (bench.evaluate.evaluate_model).
+
+    The entry keeps the evaluation's exact settings (`eval_settings`), its per-sample results as bits
+    (`per_sample`, from `eval_result['correct']`) and the model's effective kwargs.
 
     The entry id defaults to `<model>-<method>-<dataset>-<hash>`, the hash over everything that
     defines the run (model, kwargs, training config, eval settings, seed, checkpoint), so that
@@ -266,8 +364,9 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
         model_kwargs: kwargs given to timm.create_model.
         dataset: one of the registry's data sets.
         method: 'normal' | 'pgd' | 'trades' | 'other'.
-        eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model and optionally
-            per_expert, flags, routing_under_attack, settings.
+        eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model, settings (the attacks'
+            settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, flags,
+            routing_under_attack.
         provenance: `bench.provenance.provenance(...)`.
         arch, experts, k: model facts (experts 0 and k None for a dense model).
         training_config: the training config (stored, and hashed into config_sha256).
@@ -279,7 +378,18 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
         entry_id: override the generated id.
         attack_note: free text about the attacks (e.g. 'quick suite, not AutoAttack').
         notes: free-text remarks.
+        index_start: test-set index of the first evaluated point (`bench.data.eval_tensors` takes the
+            first n, so 0).
     """
+    from .stats import per_sample_block
+
+    if not eval_result.get('correct'):
+        raise ValueError("measured_entry needs eval_result['correct'] (the per-sample results); "
+                         'keep it until the entry is made')
+    per_sample = per_sample_block(eval_result['correct'], index_start)
+    settings = eval_settings_of(eval_result)
+    if settings is None:
+        raise ValueError("measured_entry needs eval_result['settings'] (the attacks' exact settings)")
     cfg = dict(training_config) if training_config is not None else None
     cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest() if cfg else None
     if routing is None and eval_result.get('routing_under_attack'):
@@ -288,6 +398,9 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
     arch = arch or model_name.split('_')[0]
     if experts == 0:
         k = None  # a dense model has no top-k
+    effective = effective_model_kwargs(model_name, model_kwargs)
+    moe = dict(effective or model_kwargs) if experts else {}
+    noisy = moe.get('noisy_gating')
     if entry_id is None:
         payload = dict(kwargs=dict(model_kwargs), config=cfg, settings=eval_result.get('settings'),
                        n=eval_result.get('n_examples'), eps=eval_result.get('eps'), seed=provenance.get('seed'),
@@ -299,9 +412,10 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
         'entry_id': entry_id,
         'source': 'measured',
         'model': {'name': model_name, 'kwargs': dict(model_kwargs), 'arch': arch, 'experts': experts, 'k': k,
-                  'gate': _moe_setting(model_kwargs, 'gate', experts),
-                  'aux_loss': _moe_setting(model_kwargs, 'aux_loss', experts),
-                  'placement': _moe_setting(model_kwargs, 'moe_blocks', experts)},
+                  'gate': moe.get('gate'), 'aux_loss': moe.get('aux_loss'), 'placement': moe.get('moe_blocks'),
+                  # a bool once resolved; None for a dense model, or a model whose setting is not known
+                  'noisy_gating': noisy if isinstance(noisy, bool) else None,
+                  'effective_kwargs': effective if effective is not None else dict(model_kwargs)},
         'training': {'method': method, 'config': cfg, 'config_sha256': cfg_sha, 'config_path': config_path,
                      'epochs': epochs},
         'dataset': dataset,
@@ -311,6 +425,8 @@ def measured_entry(*, model_name: str, model_kwargs: Mapping[str, Any], dataset:
         'clean_acc': eval_result['clean_acc'],
         'robust_acc': dict(eval_result.get('robust_acc') or {}),
         'attack_note': attack_note,
+        'eval_settings': settings,
+        'per_sample': per_sample,
         'flops': dict(flops) if flops else None,
         'params': dict(params) if params else None,
         'per_expert': [dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=dict(p['robust_acc']))

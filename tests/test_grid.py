@@ -1,12 +1,15 @@
-"""The sweep runner: dry run, entries that validate, resume without redoing cells, and a failing cell."""
+"""The sweep runner: dry run, per-arch recipes, seeds, entries that validate, resume, and a failing cell."""
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import leaderboard
 from bench.cli import main
-from bench.grid import cells, load_spec
+from bench.config import load_config
+from bench.errors import UserError
+from bench.grid import cell_config, cells, load_spec
 from bench.registry import load_entries
 
 TINY = dict(arch=['resnet18'], experts=[2], k=[1], gate=['gap_fc'], aux_loss=['entropy'], placement=['last'],
@@ -49,6 +52,14 @@ def test_tiny_sweep_writes_valid_entries_and_resumes(tmp_path, capsys):
     moe = next(e for e in entries if e['model']['experts'] == 2)
     assert moe['per_expert'] and moe['flops']['ratio'] == pytest.approx(1.0, abs=1e-3)
     assert moe['provenance']['checkpoint_sha256'] and (registry / 'LEADERBOARD.md').exists()
+    # exactly what was measured: each attack's settings, the model as built, which points each got right
+    pgd = moe['eval_settings']['attacks']['pgd10']
+    assert (pgd['attack'], pgd['steps'], pgd['restarts'], pgd['random_start']) == ('PGD', 10, 1, False)
+    assert isinstance(moe['model']['noisy_gating'], bool) and moe['model']['effective_kwargs']['width'] == 4
+    assert moe['per_sample']['n'] == 32 and set(moe['per_sample']['bits']) == {'clean', 'pgd10', 'apgd-ce10',
+                                                                                 'ensemble'}
+    board = (registry / 'LEADERBOARD.md').read_text()
+    assert '| PGD-10 |' in board and '| APGD-CE-10 |' in board and 'PGD-20' not in board
     stamps = {p: p.stat().st_mtime_ns for p in registry.rglob('*.json')}
     capsys.readouterr()
     assert main(['grid', str(spec)]) == 0
@@ -78,3 +89,86 @@ def test_bad_spec_is_one_line(tmp_path, capsys, content, message):
     assert main(['grid', str(path), '--dry-run']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+# --- recipes per architecture, seeds, checks before any cell runs --------------------------------------
+
+def _recipe(tmp_path: Path, name: str, lr: float) -> str:
+    path = tmp_path / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(dict(lr=lr, epochs=3, sched='cosine')))
+    return str(path)
+
+
+def test_each_arch_gets_its_own_recipe(tmp_path):
+    spec = load_spec(_spec(tmp_path, arch=['resnet18', 'resnet50'],
+                           train_config={'resnet18': _recipe(tmp_path, 'r18', 0.1),
+                                         'resnet50': _recipe(tmp_path, 'r50', 0.05)}))
+    spec.train = {}
+    by_arch = {}
+    for c in cells(spec):
+        by_arch.setdefault(c['arch'], set()).add(cell_config(c, spec).lr)
+    assert by_arch == {'resnet18': {0.1}, 'resnet50': {0.05}}
+    assert cell_config(cells(spec)[0], spec).out.endswith(f"cells/{cells(spec)[0]['cell']}/run")
+    # one recipe for every arch still works
+    spec = load_spec(_spec(tmp_path, arch=['resnet18', 'resnet50'], train_config=_recipe(tmp_path, 'all', 0.2)))
+    spec.train = {}
+    assert {cell_config(c, spec).lr for c in cells(spec)} == {0.2}
+
+
+def test_shipped_paper_grid_trains_resnet50_with_the_resnet50_recipe():
+    spec = load_spec('grid_paper_cifar100')
+    r50 = next(c for c in cells(spec) if c['arch'] == 'resnet50' and c['training'] == 'pgd')
+    r18 = next(c for c in cells(spec) if c['arch'] == 'resnet18' and c['training'] == 'pgd')
+    assert (r50['train_config'], r18['train_config']) == ('cifar100_resnet50_pgd', 'cifar100_resnet18_pgd')
+    want = load_config('cifar100_resnet50_pgd')
+    got = cell_config(r50, spec)
+    assert (got.sched, got.lr, got.epochs, got.model) == (want.sched, want.lr, want.epochs, r50['model'])
+
+
+@pytest.mark.parametrize('train_config, message', [
+    ({'resnet18': 'cifar100_resnet18_pgd'}, "no recipe for arch 'resnet50'"),
+    ({'resnet18': 'a', 'resnet50': 'b', 'resnet34': 'c'}, "names arch 'resnet34'"),
+    ({'resnet18': 'a', 'resnet50': 3}, 'the recipe for resnet50 is 3'),
+    (['cifar100_resnet18_pgd'], 'give a recipe name or a mapping'),
+])
+def test_bad_train_config_mapping(tmp_path, train_config, message):
+    with pytest.raises(UserError, match=message):
+        load_spec(_spec(tmp_path, arch=['resnet18', 'resnet50'], train_config=train_config))
+
+
+def test_seeds_repeat_every_cell(tmp_path):
+    spec = load_spec(_spec(tmp_path, seeds=[0, 7]))
+    grid = cells(spec)
+    assert [c['cell'] for c in grid] == ['resnet18_dense-normal-seed0', 'resnet18_blockmoe_e2_k1-gap_fc-entropy-last-normal-seed0',
+                                         'resnet18_dense-normal-seed7', 'resnet18_blockmoe_e2_k1-gap_fc-entropy-last-normal-seed7']
+    assert [cell_config(c, spec).seed for c in grid] == [0, 0, 7, 7]
+    assert all('seed' not in c['cell'] for c in cells(load_spec(_spec(tmp_path))))  # no seeds: ids as before
+    for bad, message in (([0, 0], 'repeats a seed'), ([-1], 'integers >= 0'), ('3', 'a list of integers')):
+        with pytest.raises(UserError, match=message):
+            load_spec(_spec(tmp_path, seeds=bad))
+    with pytest.raises(UserError, match='both seeds and train.seed'):
+        load_spec(_spec(tmp_path, seeds=[1], train=dict(TINY['train'], seed=3)))
+
+
+@pytest.mark.parametrize('override, message', [
+    (dict(gate=['bogus']), "resnet18_blockmoe_e2_k1-bogus-entropy-last-normal: .*gate='bogus'"),
+    (dict(model_kwargs=dict(width=0)), 'width=0'),
+    (dict(eval=dict(TINY['eval'], attacks='pgd7')), "unknown attack 'pgd7'"),
+])
+def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, capsys, override, message):
+    assert main(['grid', str(_spec(tmp_path, **override))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and __import__('re').search(message, err[0]), err
+    assert not (tmp_path / 'grid' / 'cells').exists()
+
+
+@pytest.mark.slow
+def test_seed_runs_become_one_leaderboard_row(tmp_path, capsys):
+    spec = _spec(tmp_path, experts=[0], seeds=[0, 1])  # the dense baseline only, trained twice
+    assert main(['grid', str(spec)]) == 0
+    entries = load_entries(tmp_path / 'grid' / 'registry')
+    assert sorted(e['provenance']['seed'] for e in entries) == [0, 1]
+    rows = leaderboard.make_rows(entries, leaderboard.columns_of(entries)[1])
+    assert len(rows) == 1 and len(rows[0].entries) == 2 and rows[0].cells['clean'].std is not None
+    board = (tmp_path / 'grid' / 'registry' / 'LEADERBOARD.md').read_text()
+    assert ' ±' in board and '| 2 |' in board

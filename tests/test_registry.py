@@ -1,45 +1,22 @@
-"""The results registry: schema, shipped entries, safe writes, provenance, paper import, leaderboard, CLI."""
+"""The results registry: schema (versions 1 and 2), shipped entries, safe writes, provenance, paper import.
+
+The leaderboard is tested in test_leaderboard.py, the CLI's error handling in test_cli.py."""
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
 import multiprocessing as mp
-import random
-import shutil
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
 from bench import import_paper, leaderboard, provenance as prov
-from bench.cli import main
 from bench.errors import UserError
 from bench.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema, make_entry_id,
                             measured_entry, validate_entry, write_entry)
-
-
-def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clean: float = 60.0,
-               robust: float = 20.0, experts: int = 4, **over: Any) -> Dict[str, Any]:
-    """A small valid measured entry; keyword overrides replace top-level fields."""
-    k = None if experts == 0 else 1
-    name = 'resnet18_dense' if experts == 0 else f'resnet18_blockmoe_e{experts}_k1'
-    kwargs = {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy',
-                                                 'moe_blocks': 'last'}
-    e = measured_entry(
-        model_name=name, model_kwargs=kwargs, dataset='fashion-mnist-bundled', method='pgd', arch='resnet18',
-        experts=experts, k=k, training_config={'epochs': 1, 'lr': 0.1}, epochs=1,
-        eval_result={'n_examples': 64, 'eps': 0.1, 'threat_model': 'Linf', 'clean_acc': clean,
-                     'robust_acc': {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'ensemble': robust}},
-        provenance={'package_version': '0.1.0', 'git_commit': 'a' * 40, 'torch': '2.14.1', 'timm': '1.0.9',
-                    'device': 'cpu test', 'command': 'timm-moe grid', 'seed': 0, 'date': '2026-01-01T00:00:00Z',
-                    'checkpoint_sha256': None},
-        flops={'active': 5.6e8, 'total': 6.3e8, 'dense': 5.57e8, 'ratio': 1.005} if experts else None,
-        routing={'load': [0.25] * experts, 'collapse': 0.0} if experts else None,
-        entry_id=entry_id,
-    )
-    e.update(over)
-    return e
+from registry_fakes import make_entry
 
 
 # --- schema and shipped entries ---------------------------------------------------------------
@@ -80,7 +57,7 @@ def test_shipped_reference_points():
     assert (rb['source'], rb['clean_acc'], rb['robust_acc']) == ('robustbench', 65.45, {'autoattack': 27.67})
     rice = by_id['robustbench-rice2020overfitting']
     assert (rice['clean_acc'], rice['robust_acc']['autoattack']) == (53.83, 18.95)
-    # DESIGN.md's reference rows: dense and the single layer4.1 BlockMoE (entropy, GAP-FC, k=1), both PGD-trained
+    # the paper's reference rows: dense and the single layer4.1 BlockMoE (entropy, GAP-FC, k=1), both PGD-trained
     dense = by_id['paper-resnet18-dense-pgd']
     assert (dense['clean_acc'], dense['robust_acc']) == (52.14, {'pgd20': 16.87, 'apgd20': 17.99})
     best = by_id['paper-resnet18-blockmoe-last-entropy-gap-fc-k1-pgd']
@@ -160,13 +137,13 @@ def test_reported_entry_needs_citation_and_dense_has_no_k():
 
 def test_nan_is_refused(tmp_path):
     with pytest.raises(UserError, match='NaN'):
-        write_entry(make_entry(clean=float('nan')), tmp_path)
+        write_entry(make_entry(clean_acc=float('nan')), tmp_path)
     assert not list(tmp_path.rglob('*.json'))
 
 
 def test_invalid_entry_is_never_written(tmp_path):
     with pytest.raises(UserError, match='clean_acc'):
-        write_entry(make_entry(clean=250.0), tmp_path)
+        write_entry(make_entry(clean_acc=250.0), tmp_path)
     assert not [p for p in tmp_path.rglob('*') if p.is_file()]
 
 
@@ -242,7 +219,7 @@ def test_load_names_the_bad_file(tmp_path):
     bad.write_text('{"entry_id": ')
     with pytest.raises(UserError, match='broken.json'):
         load_entries(tmp_path)
-    bad.write_text(json.dumps(make_entry(entry_id='broken', clean=300.0)))
+    bad.write_text(json.dumps(make_entry(entry_id='broken', clean_acc=300.0)))
     with pytest.raises(UserError, match=r'broken\.json.*clean_acc'):
         load_entries(tmp_path)
 
@@ -308,7 +285,7 @@ def test_import_paper_reproduces_shipped_entries(tmp_path):
     again = import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)  # idempotent
     assert not again['written'] and len(again['unchanged']) == len(res['written'])
     victim = res['written'][0]
-    victim.write_text(victim.read_text().replace('"schema_version": 1', '"schema_version": 1 '))
+    victim.write_text(victim.read_text().replace('"schema_version": 2', '"schema_version": 2 '))
     with pytest.raises(UserError, match='exists'):
         import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)
     assert import_paper.main(['--registry', str(tmp_path), '--overwrite']) == 0
@@ -337,69 +314,91 @@ def test_import_paper_bad_csv(tmp_path):
     assert import_paper.main(['--csv', str(bad), '--registry', str(tmp_path / 'r')]) == 2
 
 
-# --- leaderboard ------------------------------------------------------------------------------------
+# --- schema 2: exact settings, per-sample results, the model as built; schema 1 still loads ----------------
 
-def _small_registry(root: Path) -> list:
-    entries = [make_entry(entry_id='m-b', clean=60.0, robust=20.0), make_entry(entry_id='m-a', clean=60.0, robust=20.0),
-               make_entry(entry_id='m-dense', clean=65.0, robust=18.0, experts=0),
-               make_entry(entry_id='m-other', dataset='cifar10', clean=80.0, robust=40.0)]
-    entries[0]['robust_acc']['autoattack'] = 19.0
-    entries[1]['robust_acc']['autoattack'] = 19.0  # tie with m-b: broken by entry_id
-    paper = [p for p in DEFAULT_REGISTRY.rglob('paper-resnet18-dense-*.json')]
-    for e in entries:
-        write_entry(e, root)
-    for p in paper:
-        dst = root / p.relative_to(DEFAULT_REGISTRY)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, dst)
-    return load_entries(root)
-
-
-def test_leaderboard_is_deterministic(tmp_path):
-    entries = _small_registry(tmp_path)
-    text = leaderboard.render_markdown(entries)
-    for seed in range(5):
-        shuffled = entries[:]
-        random.Random(seed).shuffle(shuffled)
-        assert leaderboard.render_markdown(shuffled) == text
-    p1 = leaderboard.write_leaderboard(tmp_path).read_bytes()
-    p2 = leaderboard.write_leaderboard(tmp_path).read_bytes()
-    assert p1 == p2 == text.encode()
-    # ties by entry id; measured and reported are told apart
-    cifar = text.split('## fashion-mnist-bundled')[1]
-    assert cifar.index('| m-a |') < cifar.index('| m-b |')
-    assert 'paper†' in text and 'not AutoAttack' in text and '| measured |' in text and '—' in text
+def test_measured_entry_stores_exact_attack_settings_and_effective_kwargs():
+    e = make_entry(seed=3)
+    assert e['schema_version'] == 2
+    pgd = e['eval_settings']['attacks']['pgd20']
+    assert (pgd['attack'], pgd['steps'], pgd['restarts'], pgd['random_start'], pgd['seed']) == ('PGD', 20, 1, False, 3)
+    assert pgd['step_size'] == pytest.approx(0.1 / 4)  # eps / 4
+    apgd = e['eval_settings']['attacks']['apgd-ce']
+    assert (apgd['attack'], apgd['steps'], apgd['loss']) == ('APGD', 100, 'ce')
+    assert e['eval_settings']['seed'] == 3
+    model = e['model']
+    # every setting as built, the plugin's defaults filled in; the name fixes E and k
+    assert model['effective_kwargs']['noisy_gating'] is model['noisy_gating'] and isinstance(model['noisy_gating'], bool)
+    assert {'gate', 'aux_loss', 'aux_weight', 'moe_blocks', 'expert_width', 'stem', 'width'} <= set(model['effective_kwargs'])
+    assert 'num_experts' not in model['effective_kwargs'] and model['gate'] == 'gap_fc'
+    dense = make_entry(experts=0)
+    assert dense['model']['noisy_gating'] is None and dense['model']['gate'] is None
 
 
-def test_leaderboard_sort_keys():
-    es = [make_entry(entry_id='x', clean=50.0, robust=30.0), make_entry(entry_id='y', clean=70.0, robust=10.0),
-          make_entry(entry_id='z', clean=60.0, robust=20.0, robust_acc={})]
-    assert [e['entry_id'] for e in leaderboard.sort_entries(es, 'clean')] == ['y', 'z', 'x']
-    assert [e['entry_id'] for e in leaderboard.sort_entries(es, 'pgd')] == ['x', 'y', 'z']  # z: no PGD → last
-    with pytest.raises(UserError, match="'bogus'"):
-        leaderboard.sort_key('bogus')
+def test_per_sample_bits_round_trip():
+    from bench.stats import per_sample_vectors
+
+    e = make_entry(robust=20.0)
+    (start, stop), vectors = per_sample_vectors(e)
+    assert (start, stop) == (0, 200) and set(vectors) == {'clean', 'pgd20', 'apgd-ce', 'ensemble'}
+    assert 100 * vectors['pgd20'].sum() / 200 == e['robust_acc']['pgd20'] == 21.0
 
 
-def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
-    _small_registry(tmp_path)
-    assert main(['leaderboard', '--registry', str(tmp_path)]) == 0
-    first = (tmp_path / 'LEADERBOARD.md').read_bytes()
-    out = capsys.readouterr().out
-    assert 'm-a' in out and 'LEADERBOARD.md' in out
-    assert main(['leaderboard', '--registry', str(tmp_path), '--sort', 'clean', '--dataset', 'cifar10']) == 0
-    assert (tmp_path / 'LEADERBOARD.md').read_bytes() == first  # the file never depends on the flags
-    (tmp_path / 'LEADERBOARD.md').unlink()
-    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write']) == 0
-    assert not (tmp_path / 'LEADERBOARD.md').exists()
+def test_per_sample_bits_must_match_the_accuracies():
+    e = make_entry()
+    with pytest.raises(UserError, match=r'per_sample.bits.pgd20 has 42 of 200 .* robust_acc.pgd20 is 30'):
+        validate_entry(_set(e, 'robust_acc.pgd20', 30.0))
+    with pytest.raises(UserError, match='per_sample covers 200 points but n_examples is 100'):
+        validate_entry(_set(e, 'n_examples', 100))
+    extra = copy.deepcopy(e)
+    extra['per_sample']['bits']['fgsm'] = extra['per_sample']['bits']['pgd20']
+    with pytest.raises(UserError, match='per_sample.bits.fgsm is not clean_acc or a robust_acc key'):
+        validate_entry(extra)
+    with pytest.raises(UserError, match='bytes'):
+        validate_entry(_set(e, 'per_sample.bits.clean', 'AAAA'))
 
 
-@pytest.mark.parametrize('argv, needle', [
-    (['leaderboard', '--sort', 'bogus'], "'bogus'"),
-    (['leaderboard', '--registry', '/nonexistent/registry'], '/nonexistent/registry'),
-    (['leaderboard', '--dataset', 'imagenet'], "'imagenet'"),
-    (['report', '--registry', '/nonexistent/registry', '--out', '/tmp/unused-report'], '/nonexistent/registry'),
-])
-def test_cli_errors_are_one_line(argv, needle, capsys):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and needle in err and 'Traceback' not in err, err
+def test_every_accuracy_needs_its_attack_settings():
+    e = make_entry()
+    del e['eval_settings']['attacks']['pgd20']
+    with pytest.raises(UserError, match='no settings for robust_acc.pgd20'):
+        validate_entry(e)
+
+
+@pytest.mark.parametrize('field', ['eval_settings', 'per_sample', 'model.effective_kwargs', 'model.noisy_gating'])
+def test_schema2_measured_entry_needs_the_new_fields(field):
+    with pytest.raises(UserError, match=field.split('.')[-1]):
+        validate_entry(_set(make_entry(), field, _DELETE))
+
+
+def test_schema1_entries_still_load(tmp_path):
+    old = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'measured']
+    assert old and all(e['schema_version'] == 1 and 'per_sample' not in e for e in old)
+    versionless = copy.deepcopy(old[0])
+    del versionless['schema_version']  # written before versions were recorded
+    write_entry(versionless, tmp_path)
+    assert load_entries(tmp_path) == [versionless]
+
+
+def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():
+    from registry_fakes import fake_eval_result
+
+    result = fake_eval_result(60.0, {'pgd20': 20.0})
+    del result['correct']
+    with pytest.raises(ValueError, match='correct') as info:
+        measured_entry(model_name='resnet18_dense', model_kwargs={}, dataset='cifar10', method='normal',
+                       eval_result=result, provenance={}, experts=0)
+    assert not isinstance(info.value, UserError)
+
+
+def test_paper_entries_store_their_attacks_and_noisy_gating():
+    by_id = {e['entry_id']: e for e in load_entries(DEFAULT_REGISTRY) if e['source'] != 'measured'}
+    best = by_id['paper-resnet18-blockmoe-last-entropy-gap-fc-k1-pgd']
+    assert best['eval_settings']['attacks']['pgd20']['steps'] == 20
+    assert best['eval_settings']['attacks']['apgd20']['implementation'] == 'torchattacks'
+    # the paper code adds gate noise with the switch and KL losses only
+    assert best['model']['noisy_gating'] is False
+    assert by_id['paper-resnet18-blockmoe-all-switch-gap-fc-k2-pgd']['model']['noisy_gating'] is True
+    assert by_id['paper-resnet18-dense-pgd']['model']['noisy_gating'] is None
+    rb = by_id['robustbench-rice2020overfitting']
+    assert rb['eval_settings']['attacks']['autoattack']['version'] == 'standard'
+    assert 'DESIGN' not in json.dumps(rb)

@@ -10,6 +10,7 @@ import pytest
 from bench import report
 from bench.cli import main
 from bench.registry import DEFAULT_REGISTRY, measured_entry, write_entry
+from registry_fakes import fake_eval_result
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 PLOT_NAMES = ['clean_vs_robust.png', 'expert_load.png', 'per_expert.png', 'flops_vs_robust.png']
@@ -27,8 +28,7 @@ def synthetic(entry_id: str, experts: int, clean: float, robust: float, aa: bool
         model_name=f'resnet18_blockmoe_e{experts}_k1' if moe else 'resnet18_dense',
         model_kwargs={'width': 16, 'gate': 'gap_fc', 'moe_blocks': 'last'} if moe else {'width': 16},
         dataset='fashion-mnist-bundled', method='pgd', arch='resnet18', experts=experts, k=1 if moe else None,
-        eval_result={'n_examples': 100, 'eps': 0.1, 'threat_model': 'Linf', 'clean_acc': clean, 'robust_acc': ra,
-                     'per_expert': per_expert},
+        eval_result=fake_eval_result(clean, ra, n=200, eps=0.1, per_expert=per_expert),
         provenance={'package_version': '0.1.0', 'git_commit': None, 'torch': '2', 'timm': '1', 'device': 'cpu',
                     'command': 'pytest', 'seed': 0, 'date': '2026-01-01T00:00:00Z', 'checkpoint_sha256': None},
         flops={'active': 5.6e8, 'total': 5.6e8 + experts * 7.5e7, 'dense': 5.57e8,

@@ -1,0 +1,64 @@
+"""`timm-moe`'s error handling: bad input is one line and exit 2; a bug keeps its traceback and exits 1."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+import bench.leaderboard
+from bench.cli import USER_ERRORS, main
+from bench.errors import UserError
+
+
+def _raising(exc: BaseException):
+    def run(args):
+        raise exc
+    return run
+
+
+@pytest.mark.parametrize('exc', [
+    UserError("--sort 'x' is not a sort key"),
+    FileNotFoundError(errno.ENOENT, 'No such file or directory', 'missing.yaml'),
+    FileExistsError(errno.EEXIST, 'File exists', 'out'),
+    PermissionError(errno.EACCES, 'Permission denied', '/root/x'),
+    IsADirectoryError(errno.EISDIR, 'Is a directory', 'runs'),
+    NotADirectoryError(errno.ENOTDIR, 'Not a directory', 'a/b'),
+])
+def test_bad_input_is_one_line_exit_2(exc, monkeypatch, capsys):
+    monkeypatch.setattr(bench.leaderboard, 'run', _raising(exc))
+    assert main(['leaderboard']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('timm-moe leaderboard: error: ') and 'Traceback' not in err
+    assert str(exc).splitlines()[0] in err
+
+
+@pytest.mark.parametrize('exc', [
+    ValueError('operands could not be broadcast together'),  # a plain ValueError is a bug, not bad input
+    KeyError('clean_acc'),
+    RuntimeError('expected all tensors to be on the same device'),
+    TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
+])
+def test_an_internal_error_shows_its_traceback_and_exits_1(exc, monkeypatch, capsys):
+    monkeypatch.setattr(bench.leaderboard, 'run', _raising(exc))
+    assert main(['leaderboard']) == 1
+    err = capsys.readouterr().err
+    assert 'Traceback (most recent call last)' in err and f'{type(exc).__name__}: ' in err
+    assert 'internal error (a bug in timm-moe, not bad input)' in err
+
+
+def test_only_user_errors_and_path_errors_are_bad_input():
+    assert set(USER_ERRORS) == {UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                                NotADirectoryError}
+    assert ValueError not in USER_ERRORS and OSError not in USER_ERRORS
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
+    monkeypatch.setattr(bench.leaderboard, 'run', _raising(KeyboardInterrupt()))
+    assert main(['leaderboard']) == 130
+    assert 'interrupted' in capsys.readouterr().err
+
+
+def test_report_bad_registry_is_one_line(tmp_path, capsys):
+    assert main(['report', '--registry', '/nonexistent/registry', '--out', str(tmp_path / 'r')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '/nonexistent/registry' in err and 'Traceback' not in err
