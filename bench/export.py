@@ -1,0 +1,436 @@
+"""Export a training run as a hub-style folder that timm loads: `timm-moe export --checkpoint RUN --out DIR`.
+
+The folder holds what `timm.create_model('local-dir:DIR')` (newer timm; not 1.0.9) reads, in the layout of
+timm's own `save_for_hf`, plus a model card:
+
+- `config.json`: `architecture`, `num_classes`, `num_features`, `global_pool`, `model_args` (the run's
+  model kwargs, `num_classes` and `in_chans` included) and `pretrained_cfg` (input size, mean and std of
+  the data set the run trained on: the preprocessing that the weights expect);
+- `model.safetensors`: the plain timm state_dict, with the architecture, E, k and model_args in its
+  metadata, so that a loader can refuse weights of another E or k (their keys can be identical);
+- `README.md`: a model card filled from the run's registry entry (accuracies, attacks, FLOPs,
+  provenance); without an entry it says so and shows no number.
+
+`check_compatible` and `load_exported` are the loading side; docs/ECOSYSTEM.md has the formats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import timm
+import torch
+from torch import nn
+
+import timm_moe
+from bench.errors import UserError
+
+WEIGHTS_FILE = 'model.safetensors'
+CONFIG_FILE = 'config.json'
+CARD_FILE = 'README.md'
+METADATA_KEY = 'timm_moe'  # safetensors metadata: JSON of the architecture and model_args
+# pretrained_cfg keys that locate a source (timm adds its own on load) or mean nothing for an export
+_CFG_DROP = ('url', 'hf_hub_id', 'hf_hub_filename', 'file', 'source', 'state_dict', 'tag', 'custom_load')
+
+PathLike = Union[str, Path]
+
+
+# ---------------------------------------------------------------------------------------------- compatibility
+
+def _layout(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """What a ResNet(-BlockMoE) state_dict says about the model it came from.
+
+    Only facts that can be read from keys and shapes: residual block type, blocks per stage, stem
+    (kernel size), base width, input channels, classes, and per MoE layer its number of experts, gate
+    type and expert inner width. Routing k leaves no trace in the weights (see `check_compatible`).
+    """
+    layout: Dict[str, Any] = {}
+    stem = state_dict.get('conv1.weight')
+    if stem is not None and stem.ndim == 4:
+        layout.update(width=stem.shape[0], in_chans=stem.shape[1], stem='cifar' if stem.shape[-1] == 3 else 'imagenet')
+    fc = state_dict.get('fc.weight')
+    layout['num_classes'] = fc.shape[0] if fc is not None else 0
+    blocks: Dict[int, set] = {}
+    for key in state_dict:
+        m = re.match(r'layer(\d+)\.(\d+)\.', key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layout['blocks per stage'] = tuple(len(blocks[s]) for s in sorted(blocks))
+    layout['block'] = 'Bottleneck' if any(re.search(r'(^|\.)conv3\.weight$', k) for k in state_dict) else 'BasicBlock'
+    experts: Dict[str, set] = {}
+    for key in state_dict:
+        m = re.match(r'(.+)\.experts\.(\d+)\.', key)
+        if m:
+            experts.setdefault(m.group(1), set()).add(int(m.group(2)))
+    layout['MoE layers'] = tuple(sorted(experts)) or None
+    for name in sorted(experts):
+        layout[f'experts at {name}'] = len(experts[name])
+        gate = 'conv_gap' if f'{name}.gate.conv.weight' in state_dict else 'gap_fc'
+        layout[f'gate at {name}'] = gate
+        inner = state_dict.get(f'{name}.experts.0.conv1.weight')
+        if inner is not None:
+            layout[f'expert inner width at {name}'] = inner.shape[0]
+    return layout
+
+
+_NAME = re.compile(r'^(?P<arch>[a-z0-9]+)_(?:dense|blockmoe_e(?P<e>\d+)_k(?P<k>\d+))$')
+
+
+def _k_of(name: Optional[str], model_args: Optional[Mapping[str, Any]] = None) -> Optional[int]:
+    """Routing k of a registered model name (overridden by an explicit `k` in its kwargs); None for dense."""
+    if model_args and model_args.get('k') is not None:
+        return int(model_args['k'])
+    m = _NAME.match(name or '')
+    return int(m.group('k')) if m and m.group('k') else None
+
+
+def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
+                           source: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Every way the weights differ from `model`, as 'what: weights vs model' phrases (empty: they fit).
+
+    Args:
+        state_dict: The weights.
+        model: The model they are meant for.
+        source: What is recorded about the weights' own model, e.g. `{'architecture': name,
+            'model_args': {...}}` from config.json or the safetensors metadata; needed to tell k apart.
+    """
+    own = model.state_dict()
+    theirs, ours = _layout(state_dict), _layout(own)
+    problems = [f'{key} {theirs.get(key)} vs {ours.get(key)}' for key in dict.fromkeys([*ours, *theirs])
+                if theirs.get(key) != ours.get(key)]
+    if source:
+        k_weights = _k_of(source.get('architecture'), source.get('model_args'))
+        moe_config = getattr(model, 'moe_config', None) or {}
+        k_model = moe_config.get('k') if moe_config.get('num_experts') else None
+        if k_weights != k_model:
+            problems.append(f'routing k {k_weights} vs {k_model}')
+    if not problems:  # same layout, yet the keys or shapes may still differ (e.g. another model family)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+        for what, keys in (('keys missing from the weights', missing), ('unexpected keys', unexpected),
+                           ('shapes', shapes)):
+            if keys:
+                problems.append(f'{len(keys)} {what} ({", ".join(keys[:2])}{", ..." if len(keys) > 2 else ""})')
+    return problems
+
+
+def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, label: str = 'the model',
+                     source: Optional[Mapping[str, Any]] = None, what: str = 'the weights') -> None:
+    """Raise UserError, in one line naming what differs (weights vs model), unless the weights fit `model`.
+
+    Architecture, E (experts per layer), gate, widths, classes and input channels are read from the
+    weights themselves; routing k changes no weight, so it is compared only when `source` records the
+    weights' model (config.json / safetensors metadata of an export, or a run's config.yaml).
+    """
+    problems = compatibility_problems(state_dict, model, source)
+    if problems:
+        raise UserError(f'{what} do not fit {label}: ' + '; '.join(problems) + ' (weights vs model)')
+
+
+# ---------------------------------------------------------------------------------------------- reading a run
+
+def resolve_run(path: PathLike, ema: bool = False) -> Tuple[Path, Path]:
+    """(run directory, weights file) of `--checkpoint`: a run directory, or a weights file inside one."""
+    from bench.checkpoint import EMA_WEIGHTS, WEIGHTS
+    path = Path(path)
+    if path.is_dir():
+        weights = path / (EMA_WEIGHTS if ema else WEIGHTS)
+        run_dir = path
+    elif path.is_file():
+        if ema:
+            raise UserError(f'--ema picks model_ema.pth inside a run directory; --checkpoint {path} is a file')
+        weights, run_dir = path, path.parent
+    else:
+        raise UserError(f'--checkpoint {path} does not exist; give a run directory of `timm-moe train`')
+    if not weights.is_file():
+        raise UserError(f'--checkpoint {run_dir} holds no {weights.name}; is it a finished `timm-moe train` run'
+                        f'{" trained with --ema" if ema else ""}?')
+    if not (run_dir / 'config.yaml').is_file():
+        raise UserError(f'--checkpoint {run_dir} has no config.yaml; export needs the run directory that '
+                        '`timm-moe train` wrote (config.yaml beside model.pth)')
+    return run_dir, weights
+
+
+def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, Any]]:
+    """(model name, data set, full model kwargs) of a run, as `timm-moe train` built its model."""
+    from bench.config import read_yaml_mapping
+    from bench.data import DATASETS, dataset_info
+    from bench.evaluate import run_config_kwargs
+    cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
+    name, dataset = cfg.get('model'), cfg.get('dataset')
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise UserError(f'{run_dir / "config.yaml"}: model {name!r} is not a registered timm model')
+    if dataset not in DATASETS:
+        raise UserError(f'{run_dir / "config.yaml"}: dataset {dataset!r} is not one of {", ".join(DATASETS)}')
+    info = dataset_info(dataset)
+    # the trainer's rule: the data set fixes classes and channels unless model_kwargs say otherwise
+    kwargs = dict(num_classes=info['num_classes'], in_chans=info['in_chans'], **run_config_kwargs(weights))
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise UserError(f'{run_dir / "config.yaml"}: model_kwargs {key}={value!r} cannot be written to '
+                            'config.json; only JSON values can be exported') from None
+    return name, dataset, kwargs
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str) -> Dict[str, Any]:
+    """config.json in timm's hub layout; `pretrained_cfg` describes the data the weights expect."""
+    from bench.data import dataset_info
+    info = dataset_info(dataset)
+    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _CFG_DROP and v is not None}
+    cfg.update(architecture=name, num_classes=model.num_classes, input_size=tuple(info['input_size']),
+               mean=tuple(info['mean']), std=tuple(info['std']))
+    if tuple(info['input_size'][1:]) != tuple(model.pretrained_cfg['input_size'][1:]):
+        # the features' spatial size follows the input; timm drops what it cannot vouch for
+        cfg.pop('pool_size', None)
+    return {
+        'architecture': name,
+        'num_classes': model.num_classes,
+        'num_features': model.num_features,
+        'global_pool': getattr(model.global_pool, 'pool_type', 'avg') or '',
+        'model_args': dict(model_args),
+        'pretrained_cfg': cfg,
+        'timm_moe': {'version': timm_moe.__version__, 'dataset': dataset,
+                     'note': 'import timm_moe before timm.create_model: it registers the architecture'},
+    }
+
+
+def _write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
+    from safetensors.torch import save_file
+    # safetensors refuses views and shared storage: one contiguous copy per tensor
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # one metadata key: safetensors writes several in hash order, and the file would differ run to run
+    record = {'architecture': name, 'model_args': dict(model_args)}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f'{value:.{digits}f}' if isinstance(value, (int, float)) and not isinstance(value, bool) else '-'
+
+
+def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: Mapping[str, Any],
+               entry: Optional[Mapping[str, Any]], weights_sha256: str, entry_note: str) -> str:
+    """README.md: front matter, how to load, training, and the registry entry's numbers (or none)."""
+    args = ', '.join(f'{k}={v!r}' for k, v in model_args.items())
+    lines = [
+        '---', 'library_name: timm', 'license: apache-2.0', 'tags:', '- image-classification', '- timm',
+        '- timm-moe', '- mixture-of-experts', '- adversarial-robustness', '---', '',
+        f'# {name} ({dataset}, {run_cfg.get("method", "?")} training)', '',
+        f'A [timm-moe](https://arxiv.org/abs/2509.05086) BlockMoE ResNet exported by `timm-moe export`. '
+        f'Model kwargs: `{args}`.', '',
+        '## Load', '', '```python', 'import json, timm, timm_moe   # timm_moe registers the architecture', '',
+        "model = timm.create_model('local-dir:FOLDER', pretrained=True)   # newer timm (not 1.0.9)", '',
+        '# any timm >= 1.0.9: the exported pretrained_cfg carries the classes, channels, mean and std',
+        "cfg = json.load(open('FOLDER/config.json'))",
+        "model = timm.create_model(cfg['architecture'], pretrained=True, **cfg['model_args'],",
+        "                          pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], file='FOLDER/model.safetensors'))",
+        '```', '',
+        f'Inputs: images in [0, 1] normalised with the mean and std in `config.json` ({dataset}); '
+        'timm.data.resolve_data_config(model=model) picks them up.', '',
+        '## Training', '',
+        '| setting | value |', '|---|---|',
+    ]
+    for key in ('method', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
+        if key in run_cfg:
+            value = run_cfg[key]
+            lines.append(f'| {key} | {_fmt(value, 5) if isinstance(value, float) else value} |')
+    lines += ['', '## Results', '']
+    if entry is None:
+        lines += [f'No registry entry was given or found for these weights ({entry_note}), so this card reports '
+                  'no accuracy. Measure one with `timm-moe eval --model ... --checkpoint ...`.', '']
+    else:
+        lines += _entry_section(entry)
+    lines += ['## Files', '', f'- `model.safetensors`: sha256 `{weights_sha256}`',
+              '- `config.json`: timm hub config (architecture, model_args, pretrained_cfg)', '']
+    return '\n'.join(lines)
+
+
+def _entry_section(entry: Mapping[str, Any]) -> List[str]:
+    """The registry entry's numbers, as stored (percent), with the attack settings and provenance."""
+    robust = entry.get('robust_acc') or {}
+    lines = [f'From registry entry `{entry.get("entry_id")}` ({entry.get("source")}): '
+             f'{entry.get("threat_model")} eps={_fmt(entry.get("eps"), 5)} on {entry.get("n_examples")} '
+             f'test images of {entry.get("dataset")}.', '',
+             '| metric | accuracy % |', '|---|---|', f'| clean | {_fmt(entry.get("clean_acc"))} |']
+    lines += [f'| {attack} | {_fmt(value)} |' for attack, value in robust.items()]
+    lines.append('')
+    if entry.get('attack_note'):
+        lines += [f'Attacks: {entry["attack_note"]}.', '']
+    flops = entry.get('flops')
+    if flops:
+        lines += [f'FLOPs per image: {_fmt(flops.get("active"), 0)} active, {_fmt(flops.get("total"), 0)} with all '
+                  f'experts, dense baseline {_fmt(flops.get("dense"), 0)}: ratio {_fmt(flops.get("ratio"), 4)}.', '']
+    params = entry.get('params')
+    if params:
+        lines += [f'Parameters: {params.get("total")} total, {params.get("active")} active per image.', '']
+    flags = entry.get('sanity_flags')
+    if flags:
+        lines += [f'**Sanity flags**: {", ".join(flags)}.', '']
+    prov = entry.get('provenance') or {}
+    if prov:
+        lines += ['Provenance:', '']
+        lines += [f'- {key}: `{prov[key]}`' for key in ('git_commit', 'package_version', 'torch', 'timm', 'device',
+                                                         'command', 'seed', 'date', 'checkpoint_sha256')
+                  if prov.get(key) is not None]
+        lines.append('')
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- registry entry
+
+def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike) -> Tuple[Optional[Dict], str]:
+    """(entry, how it was chosen): `spec` is an entry id or JSON path; without it, the registry entry
+    whose provenance.checkpoint_sha256 is these weights' (None when none is)."""
+    from bench.registry import load_entries, load_entry
+    if spec:
+        if Path(spec).suffix == '.json' or Path(spec).is_file():
+            if not Path(spec).is_file():
+                raise UserError(f'--entry {spec} does not exist')
+            return load_entry(spec), f'--entry {spec}'
+        matches = [e for e in load_entries(registry_dir) if e.get('entry_id') == spec]
+        if not matches:
+            raise UserError(f'--entry {spec!r}: no entry with that id under {registry_dir}; give an entry id '
+                            'from `timm-moe leaderboard` or a JSON file')
+        return matches[0], f'--entry {spec}'
+    if not Path(registry_dir).is_dir():
+        return None, f'no registry at {registry_dir}'
+    matches = [e for e in load_entries(registry_dir)
+               if (e.get('provenance') or {}).get('checkpoint_sha256') == weights_sha256]
+    if len(matches) > 1:
+        ids = ', '.join(e['entry_id'] for e in matches)
+        raise UserError(f'{len(matches)} registry entries record these weights ({ids}); pick one with --entry')
+    if matches:
+        return matches[0], f'found by checkpoint sha256 in {registry_dir}'
+    return None, f'none under {registry_dir} records checkpoint sha256 {weights_sha256[:12]}...'
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f'--out {out} is a file, not a directory')
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f'--out {out} is not empty; pass --overwrite to replace it')
+
+
+def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
+               registry_dir: Optional[PathLike] = None, ema: bool = False, overwrite: bool = False) -> Path:
+    """Write the hub folder for a training run; returns `out`.
+
+    Args:
+        checkpoint: The run directory (config.yaml + model.pth), or a weights file inside it.
+        out: The folder to write; must be empty or missing unless `overwrite`.
+        entry: Registry entry id or JSON path for the model card (default: found by checkpoint sha256).
+        registry_dir: Where to look for entries (default: the repository's registry/).
+        ema: Export the run's EMA weights (model_ema.pth).
+        overwrite: Replace a non-empty `out`.
+    """
+    from bench.config import read_yaml_mapping
+    from bench.evaluate import build_model
+    from bench.provenance import sha256_file
+    from bench.registry import DEFAULT_REGISTRY
+    out = Path(out)
+    _check_out(out, overwrite)  # before any work, and before touching anything
+    run_dir, weights = resolve_run(checkpoint, ema)
+    name, dataset, kwargs = run_model_spec(run_dir, weights)
+    weights_sha = sha256_file(weights)
+    chosen, entry_note = find_entry(entry, weights_sha, registry_dir or DEFAULT_REGISTRY)
+    if chosen is not None and chosen.get('model', {}).get('name') not in (None, name):
+        raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
+
+    model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
+    from bench.checkpoint import read_torch_file
+    from bench.evaluate import _state_dict_of
+    state_dict = _state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
+    check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
+    model.load_state_dict(state_dict)
+
+    # write beside `out`, then move into place: a killed export leaves no half folder behind
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    try:
+        _write_weights(model, tmp / WEIGHTS_FILE, name, kwargs)
+        (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, kwargs, dataset), indent=2) + '\n')
+        run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
+        card = model_card(name, kwargs, dataset, run_cfg, chosen, sha256_file(tmp / WEIGHTS_FILE), entry_note)
+        (tmp / CARD_FILE).write_text(card)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def read_export(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(state_dict, source) of an exported folder or its model.safetensors; `source` holds the
+    recorded architecture and model_args (from the safetensors metadata)."""
+    from safetensors import safe_open
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f'{path} holds no {WEIGHTS_FILE}; give a folder written by `timm-moe export`')
+    with safe_open(str(file), framework='pt') as f:
+        meta = f.metadata() or {}
+        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        source = json.loads(meta.get(METADATA_KEY) or '{}')
+    except json.JSONDecodeError:
+        raise UserError(f'{file}: its {METADATA_KEY!r} metadata is not JSON; was it written by `timm-moe export`?') from None
+    return state_dict, source
+
+
+def load_exported(path: PathLike, model_name: Optional[str] = None, **kwargs: Any) -> nn.Module:
+    """Build a model and load an export into it, refusing (one line) weights of another architecture, E or k.
+
+    Args:
+        path: The exported folder (or its model.safetensors).
+        model_name: Target model (default: the recorded architecture).
+        **kwargs: Target model kwargs (default: the recorded model_args).
+    """
+    state_dict, source = read_export(path)
+    name = model_name or source.get('architecture')
+    if not name:
+        raise UserError(f'{path}: no architecture recorded; pass model_name')
+    args = dict(source.get('model_args') or {}) if model_name is None else {}
+    args.update(kwargs)
+    model = timm.create_model(name, **args)
+    check_compatible(state_dict, model, name, source=source, what=f'the weights in {path}')
+    model.load_state_dict(state_dict)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('export', help='a hub-style folder (config.json, model.safetensors, model card) '
+                              'from a training run', description=__doc__.split('\n\n')[0])
+    p.add_argument('--checkpoint', required=True, type=Path,
+                   help='training run directory (config.yaml + model.pth), or a weights file inside one')
+    p.add_argument('--out', required=True, type=Path, help='folder to write (empty or missing)')
+    p.add_argument('--entry', default=None, help='registry entry id or JSON file for the model card '
+                   "(default: the entry whose checkpoint_sha256 matches the run's weights, if any)")
+    p.add_argument('--registry', type=Path, default=None, help='registry root to search (default: registry/)')
+    p.add_argument('--ema', action='store_true', help="export the run's EMA weights (model_ema.pth)")
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_run(args.checkpoint, args.out, entry=args.entry, registry_dir=args.registry, ema=args.ema,
+                     overwrite=args.overwrite)
+    print(f'wrote {out}: {", ".join(sorted(p.name for p in out.iterdir()))}')
+    return 0

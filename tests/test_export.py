@@ -1,0 +1,167 @@
+"""`timm-moe export`: a hub folder that timm loads (local-dir:, pretrained_cfg_overlay), a model card from the
+registry, and one-line refusals of weights from another architecture, E or k."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import timm_moe  # noqa: F401  registers the models
+from bench.cli import main
+from bench.config import load_config
+from bench.errors import UserError
+from bench.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
+                          read_export)
+from bench.provenance import sha256_file
+from bench.train import run_training
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = 'resnet18_blockmoe_e4_k1'  # the quickstart's MoE, so that its shipped registry entry fits the run
+ENTRY = REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf' / f'{NAME}-pgd-fmnist-bundled-547165.json'
+
+
+def _has_local_dir() -> bool:
+    """Newer timm reads `local-dir:` folders; 1.0.9 (robustbench's pin) does not."""
+    from timm.models import _hub
+    return hasattr(_hub, 'load_model_config_from_path')
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    """A real (two-step) training run, as `timm-moe train` writes it."""
+    out = tmp_path_factory.mktemp('run') / 'run'
+    cfg = load_config(None, model=NAME, model_kwargs=dict(width=4), dataset='fashion-mnist-bundled', batch_size=16,
+                      train_limit=32, eval_limit=0, workers=0, max_steps=2, progress=False, out=str(out))
+    run_training(cfg)
+    return out
+
+
+@pytest.fixture(scope='module')
+def exported(run_dir, tmp_path_factory):
+    empty_registry = tmp_path_factory.mktemp('registry')
+    return export_run(run_dir, tmp_path_factory.mktemp('export') / 'hub', registry_dir=empty_registry)
+
+
+def _run_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / 'model.pth', map_location='cpu', weights_only=True)
+
+
+def _assert_same_weights(model: torch.nn.Module, weights: dict) -> None:
+    got = model.state_dict()
+    assert got.keys() == weights.keys()
+    for k, v in weights.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_export_writes_hub_folder(exported, run_dir):
+    assert sorted(p.name for p in exported.iterdir()) == sorted([CARD_FILE, CONFIG_FILE, WEIGHTS_FILE])
+    cfg = json.loads((exported / CONFIG_FILE).read_text())
+    assert cfg['architecture'] == NAME and cfg['num_classes'] == 10
+    assert cfg['model_args'] == dict(num_classes=10, in_chans=1, width=4)
+    # the preprocessing the weights were trained with: Fashion-MNIST's, not the CIFAR-100 default
+    pcfg = cfg['pretrained_cfg']
+    assert pcfg['input_size'] == [1, 28, 28] and pcfg['mean'] == [0.286] and pcfg['std'] == [0.353]
+    assert pcfg['num_classes'] == 10 and 'url' not in pcfg and 'file' not in pcfg
+    state_dict, source = read_export(exported)
+    assert source == {'architecture': NAME, 'model_args': cfg['model_args']}
+    weights = _run_weights(run_dir)
+    assert state_dict.keys() == weights.keys() and all(torch.equal(state_dict[k], weights[k]) for k in weights)
+    card = (exported / CARD_FILE).read_text()
+    assert 'No registry entry was given or found' in card and 'accuracy %' not in card
+    assert sha256_file(exported / WEIGHTS_FILE) in card
+
+
+@pytest.mark.skipif(not _has_local_dir(), reason=f"timm {timm.__version__} has no 'local-dir:' model source "
+                    '(newer timm has it); test_pretrained_cfg_overlay_loads_safetensors covers this version')
+def test_local_dir_loads_export(exported, run_dir):
+    model = timm.create_model(f'local-dir:{exported}', pretrained=True)
+    assert type(model).__name__ == 'ResNetBlockMoE' and model.moe_config['num_experts'] == 4
+    _assert_same_weights(model, _run_weights(run_dir))
+    data_cfg = timm.data.resolve_data_config(model=model)
+    assert tuple(data_cfg['input_size']) == (1, 28, 28) and tuple(data_cfg['mean']) == (0.286,)
+
+
+def test_pretrained_cfg_overlay_loads_safetensors(exported, run_dir):
+    # the model card's recipe for every timm version
+    cfg = json.loads((exported / CONFIG_FILE).read_text())
+    model = timm.create_model(cfg['architecture'], pretrained=True, **cfg['model_args'],
+                              pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], file=str(exported / WEIGHTS_FILE)))
+    _assert_same_weights(model, _run_weights(run_dir))
+    assert tuple(model.pretrained_cfg['mean']) == (0.286,)
+    assert "pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], file=" in (exported / CARD_FILE).read_text()
+
+
+def test_load_exported_round_trip(exported, run_dir):
+    model = load_exported(exported)
+    _assert_same_weights(model, _run_weights(run_dir))
+
+
+@pytest.mark.parametrize('target, kwargs, differs', [
+    ('resnet18_blockmoe_e8_k1', {}, 'experts at layer4.1 4 vs 8'),
+    ('resnet18_blockmoe_e4_k2', {}, 'routing k 1 vs 2'),  # identical keys and shapes: only the metadata tells
+    ('resnet50_blockmoe_e4_k1', {}, 'block BasicBlock vs Bottleneck'),
+    ('resnet18_dense', {}, "MoE layers ('layer4.1',) vs None"),
+    (NAME, dict(gate='conv_gap'), 'gate at layer4.1 gap_fc vs conv_gap'),
+    (NAME, dict(width=8), 'width 4 vs 8'),
+])
+def test_wrong_architecture_fails_in_one_line(exported, target, kwargs, differs):
+    with pytest.raises(UserError) as err:
+        load_exported(exported, target, num_classes=10, in_chans=1, **{'width': 4, **kwargs})
+    msg = str(err.value)
+    assert differs in msg and '\n' not in msg and target in msg
+
+
+def test_check_compatible_names_keys_when_layout_matches():
+    model = timm.create_model('resnet18_dense', width=4)
+    weights = dict(model.state_dict())
+    weights['fc.extra'] = torch.zeros(1)
+    with pytest.raises(UserError, match=r'1 unexpected keys \(fc.extra\)'):
+        check_compatible(weights, model)
+    check_compatible(model.state_dict(), model)  # fits: no error
+
+
+def test_card_from_registry_entry(run_dir, tmp_path):
+    # the shipped quickstart entry, re-pointed at this run's weights, in a registry of its own
+    registry = tmp_path / 'registry'
+    entry = json.loads(ENTRY.read_text())
+    entry['provenance']['checkpoint_sha256'] = sha256_file(run_dir / 'model.pth')
+    target = registry / ENTRY.relative_to(REPO / 'registry')
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(entry))
+    shutil.copy(REPO / 'registry' / 'schema.json', registry / 'schema.json')
+
+    out = export_run(run_dir, tmp_path / 'hub', registry_dir=registry)  # found by checkpoint sha256
+    card = (out / CARD_FILE).read_text()
+    assert f'| clean | {entry["clean_acc"]:.2f} |' in card
+    assert f'| pgd20 | {entry["robust_acc"]["pgd20"]:.2f} |' in card
+    assert entry['attack_note'] in card and entry['provenance']['git_commit'] in card
+    assert f'ratio {entry["flops"]["ratio"]:.4f}' in card
+    by_id = export_run(run_dir, tmp_path / 'hub2', entry=entry['entry_id'], registry_dir=registry)
+    assert (by_id / CARD_FILE).read_text() == card
+    with pytest.raises(UserError, match='no entry with that id'):
+        export_run(run_dir, tmp_path / 'hub3', entry='no-such-entry', registry_dir=registry)
+
+
+def test_cli_refuses_non_empty_out(run_dir, tmp_path, capsys):
+    out = tmp_path / 'hub'
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    args = ['export', '--checkpoint', str(run_dir), '--out', str(out), '--registry', str(tmp_path / 'none')]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'is not empty; pass --overwrite' in err and len(err.splitlines()) == 1
+    assert (out / 'keep.txt').read_text() == 'mine'
+    assert main(args + ['--overwrite']) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([CARD_FILE, CONFIG_FILE, WEIGHTS_FILE])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.hub.')]  # no temporary folder left
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda run, tmp: tmp / 'missing', 'does not exist'),
+    (lambda run, tmp: tmp, 'holds no model.pth'),
+])
+def test_cli_bad_checkpoint(run_dir, tmp_path, capsys, make, message):
+    assert main(['export', '--checkpoint', str(make(run_dir, tmp_path)), '--out', str(tmp_path / 'o')]) == 2
+    assert message in capsys.readouterr().err
