@@ -164,9 +164,10 @@ def _reference_version() -> str:
 
 
 # APGD's step size as pyautoattack runs it (autopgd_base.APGDAttack.attack_single_run)
-APGD_SCHEDULE = ('adaptive: 2*eps at first, halved at checkpoints (every 22%, shrinking by 3% of the steps, '
-                 'floor 6%) when fewer than rho of the steps since the last one raised the loss, restarting '
-                 'from the best point; momentum 0.75')
+APGD_SCHEDULE = ('adaptive: 2*eps at first; halved at checkpoints (the first after 22% of the steps, then closer '
+                 'together by 3% of the steps, never under 6%), restarting from the best point, when fewer than rho '
+                 'of the steps since the last checkpoint raised the loss or the best loss did not improve; '
+                 'momentum 0.75')
 
 
 def _apgd_effective(n_iter: int, rho: float) -> dict:

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, REFERENCE_LOGGER,
-                           Square, accuracy, build_attack, parse_eps, perturbation_norm, predict, reference_warning_flag,
-                           reference_warnings, resolve_attacks, worst_case)
+                           Square, accuracy, build_attack, parse_eps, perturbation_norm, predict,
+                           reference_warning_flag, reference_warnings, resolve_attacks, worst_case)
 from bench.data import eval_tensors
 from bench.errors import UserError
 

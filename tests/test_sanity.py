@@ -244,8 +244,7 @@ def test_apgd_vs_pgd_compares_only_matched_steps():
     assert r['passed'] is None and 'same number of steps' in r['detail'] and '100 steps' in r['detail'], r
     assert sanity.check_apgd_vs_pgd({'pgd20': _record(20, 'PGD', [True])})['passed'] is None
     assert sanity.binomial_tail(7, 7) == pytest.approx(1 / 128)
-    assert sanity.binomial_tail(10, 15) == pytest.approx(sum(__import__('math').comb(15, i)
-                                                             for i in range(10, 16)) / 2 ** 15)
+    assert sanity.binomial_tail(10, 15) == pytest.approx(4944 / 2 ** 15)  # C(15, 10) + ... + C(15, 15)
 
 
 def test_apgd_vs_pgd_fires_end_to_end_on_an_apgd_that_does_nothing(monkeypatch, tiny_trained):
@@ -257,7 +256,7 @@ def test_apgd_vs_pgd_fires_end_to_end_on_an_apgd_that_does_nothing(monkeypatch, 
     assert 'apgd_not_weaker_than_pgd' in r['flags'], r['sanity']['apgd_not_weaker_than_pgd']
 
 
-# ------------------------------------------------------------------------------------------- AutoAttack that drops a part
+# ------------------------------------------------------------------------------------------- AutoAttack drops
 
 def test_autoattack_that_drops_a_part_is_not_stored_as_autoattack():
     model = SmallNet(3).eval()
@@ -269,7 +268,8 @@ def test_autoattack_that_drops_a_part_is_not_stored_as_autoattack():
     assert r['autoattack_attacks_run'] == {label: ['apgd-ce', 'fab-t', 'square']}
     assert 'autoattack_dropped_apgd-t' in r['flags']
     s = r['settings']['attacks'][label]
-    assert s['name'] == 'autoattack' and list(s['parts_dropped']) == ['apgd-t'] and '4 logits' in s['parts_dropped']['apgd-t']
+    assert s['name'] == 'autoattack' and list(s['parts_dropped']) == ['apgd-t']
+    assert '4 logits' in s['parts_dropped']['apgd-t']
     assert s['parts_run'] == ['apgd-ce', 'fab-t', 'square'] and s['parts']['fab-t']['n_target_classes'] == 2
     assert s['parts']['apgd-ce']['steps'] == 100 and s['parts']['square']['n_queries'] == 5000
 
@@ -282,3 +282,30 @@ def test_reverify_helper_counts_what_it_rejects():
     verified, not_mis, outside = sanity.reverify(model, x, y, rec, 0.05, 'Linf', 1)
     assert verified.tolist() == [True] and (not_mis, outside) == (1, 0)
     assert predict(model, x).tolist() == [1]
+
+
+# ------------------------------------------------------------------------------------------- logits, Square
+
+def test_logits_check_fires_on_probabilities():
+    model = SmallNet(10).eval()
+    x = torch.rand(4, 1, 8, 8)
+    assert sanity.check_logits(model, x)['passed'] is True
+    assert sanity.check_logits(nn.Sequential(model, nn.Softmax(1)), x)['passed'] is False
+
+
+class Quantised(nn.Module):
+    """Rounding the input to 8 bits: zero input gradient almost everywhere, so only a black box gets through."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def test_square_check_fires_when_the_black_box_beats_masked_gradients(tiny_trained):
+    x, y = eval_tensors(DATA, 16)
+    assert sanity.check_square(tiny_trained, x, y, EPS, 'Linf', 0, 16, {})['passed'] is True
+    r = sanity.check_square(Quantised(tiny_trained).eval(), x, y, EPS, 'Linf', 0, 16, {})
+    assert r['passed'] is False and 'broken by Square only' in r['detail'], r
