@@ -302,7 +302,8 @@ def test_pool_size_is_the_real_final_feature_map(stem):
 
 
 @pytest.mark.parametrize('kwargs,size,match,ok_size', [
-    (dict(), 16, r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 17x17\), got 2x2', 17),
+    (dict(), 16,
+     r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 17x17\), got 2x2', 17),
     (dict(stem='imagenet'), 64,
      r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 65x65\), got 2x2', 65),
     # every layer4 block: layer4.0 sees layer3's output, 4x larger than layer4.1's (cifar stem)

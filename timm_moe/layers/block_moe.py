@@ -17,7 +17,6 @@ from .routing import AUX_LOSSES, Routing, route
 
 # the reference's top-k gate adds training noise whenever the balancing loss is not the entropy loss
 NOISY_AUX_LOSSES = ('switch', 'kl', 'z_loss')
-NOISY_GATING_CHOICES = ('auto', True, False)
 
 
 def _in_backward() -> bool:
