@@ -168,7 +168,8 @@ class ResNetBlockMoE(ResNet):
             validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
         noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
         if kwargs:
-            raise ValueError(f'unexpected model kwargs {sorted(kwargs)}')
+            # TypeError, as Python gives for an unknown keyword: timm's model tests and factories expect it
+            raise TypeError(f'unexpected model kwargs {sorted(kwargs)}')
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f'dtype={dtype!r}: expected a floating-point torch.dtype, e.g. torch.bfloat16')
         nn.Module.__init__(self)  # the stem and widths differ from ResNet.__init__'s, so build here
