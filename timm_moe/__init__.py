@@ -8,9 +8,11 @@ from .inspect import (aux_loss, force_expert, moe_layers, num_experts, paused_ro
 from .idle import drop_idle_expert_grads
 from .layers import BlockMoE
 from .models import ResNetBlockMoE, dense_name
+from .spec import MODEL_DEFAULTS, ModelSpec
 from .upcycle import upcycle
 
 __version__ = '0.1.0'
 
-__all__ = ['BlockMoE', 'ResNetBlockMoE', 'aux_loss', 'dense_name', 'drop_idle_expert_grads', 'force_expert',
-           'moe_layers', 'num_experts', 'paused_routing_stats', 'reset_routing_stats', 'routing', 'routing_stats', 'upcycle']
+__all__ = ['MODEL_DEFAULTS', 'BlockMoE', 'ModelSpec', 'ResNetBlockMoE', 'aux_loss', 'dense_name',
+           'drop_idle_expert_grads', 'force_expert', 'moe_layers', 'num_experts', 'paused_routing_stats',
+           'reset_routing_stats', 'routing', 'routing_stats', 'upcycle']
