@@ -24,6 +24,6 @@ def one_thread():
 @pytest.fixture(scope='session')
 def tiny_trained(request, tmp_path_factory):
     """A small BlockMoE ResNet trained for 150 steps on the bundled Fashion-MNIST (weights cached on disk)."""
-    from bench.bench_attacks import train_tiny
+    from benchmarks.bench_attacks import train_tiny
     cache = getattr(request.config, 'cache', None)
     return train_tiny(steps=150, cache=cache.mkdir('timm-moe-tiny') if cache else tmp_path_factory.mktemp('tiny'))

@@ -1,6 +1,6 @@
 """Benchmark: one BlockMoE layer against its ideal cost and against the paper's public MoE layer.
 
-    python -m bench.bench_layer [--experts 8 --k 2 --batch 128] [--reference-src DIR]
+    python -m benchmarks.bench_layer [--experts 8 --k 2 --batch 128] [--reference-src DIR]
 
 * ideal: k dense blocks, each on the whole batch: what k active experts would cost if splitting the
   batch over E experts were free.
@@ -28,7 +28,7 @@ from timm.models.resnet import BasicBlock
 
 from timm_moe.layers import BlockMoE
 
-from .timing import interleaved_times
+from bench.timing import interleaved_times
 
 
 def _reference_layer(src: str, experts: nn.ModuleList, in_chs: int, k: int) -> nn.Module:

@@ -6,8 +6,8 @@ little more book-keeping per step (momentum, step-size schedule, checkpoints), s
 says our PGD adds no overhead. It also reports both attacks' robust accuracy on the batch (APGD should be
 at least as strong).
 
-    python -m bench.bench_attacks                      # trains a tiny MoE on the bundled Fashion-MNIST first
-    python -m bench.bench_attacks --checkpoint tiny.pth --model-kwargs width=8 --batch-size 128 --repeats 9
+    python -m benchmarks.bench_attacks                      # trains a tiny MoE on the bundled Fashion-MNIST first
+    python -m benchmarks.bench_attacks --checkpoint tiny.pth --model-kwargs width=8 --batch-size 128 --repeats 9
 
 `train_tiny()` is also what the attack tests use as their small trained model.
 """

@@ -1,6 +1,6 @@
 """Benchmark: forward latency of each BlockMoE variant over its dense baseline, in one run.
 
-    python -m bench.bench_models [--arch resnet18] [--batch 1 128] [--repeats 7] [--models NAME ...]
+    python -m benchmarks.bench_models [--arch resnet18] [--batch 1 128] [--repeats 7] [--models NAME ...]
 
 For every model the MoE and its dense baseline (same stem and widths) are timed in turns, after a
 warm-up, and the median of the repeats is reported with the ratio MoE/dense. This shows the cost of
@@ -18,7 +18,7 @@ import torch
 
 import timm_moe
 
-from .timing import interleaved_times
+from bench.timing import interleaved_times
 
 
 def bench_model(name: str, batches: List[int], repeats: int, input_size: int = 32,
