@@ -5,6 +5,7 @@ import pytest
 
 from bench.cli import main
 from bench.registry import load_entries
+from bench.stats import wilson_interval
 
 
 def test_quickstart_smoke_plan_writes_everything(tmp_path):
@@ -20,7 +21,20 @@ def test_quickstart_smoke_plan_writes_everything(tmp_path):
         ('dense', 'normal'), ('dense', 'adversarial'), ('blockmoe', 'normal'), ('blockmoe', 'adversarial')}
     moe = next(r for r in summary['rows'] if 'blockmoe' in r['model'])
     assert len(moe['per_expert']) == 4
-    assert len(load_entries(out / 'registry')) == 4
+    entries = load_entries(out / 'registry')
+    assert len(entries) == 4
+    n = summary['n_eval']
+    for row in summary['rows']:  # each printed accuracy has its Wilson interval, which holds the accuracy
+        for key, acc in (('clean', row['clean_acc']), ('pgd20', row['pgd_acc']), ('apgd-ce20', row['apgd_acc'])):
+            lo, hi = row['intervals'][key]
+            assert lo <= acc <= hi and (lo, hi) == wilson_interval(round(acc * n / 100), n)
+    for kind in ('dense', 'moe'):  # the gain's paired interval holds the gain
+        lo, hi = summary['pgd_gain_interval'][kind]
+        assert lo <= summary['pgd_gain_points'][kind] <= hi
+    for e in entries:  # schema 2: exact settings and per-sample bits of every printed number
+        assert e['schema_version'] == 2 and e['per_sample']['n'] == n
+        assert set(e['per_sample']['bits']) == {'clean', 'pgd20', 'apgd-ce20', 'ensemble'}
+        assert e['eval_settings']['attacks']['apgd-ce20']['steps'] == 20
     assert (out / 'registry' / 'LEADERBOARD.md').exists()
     assert {p.split('/')[-1] for p in summary['plots']} == {
         'clean_vs_robust.png', 'expert_load.png', 'per_expert.png', 'flops_vs_robust.png'}
