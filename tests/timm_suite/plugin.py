@@ -1,0 +1,119 @@
+"""pytest plugin that runs timm's own, unmodified `tests/test_models.py` on timm-moe's models.
+
+    python tests/timm_suite/fetch_timm_tests.py DIR          # -> DIR/timm-<version>/test_models.py
+    python -m pytest -p tests.timm_suite.plugin DIR/timm-<version>/test_models.py
+
+What it does, and why:
+
+- imports `timm_moe` before pytest collects timm's file, whose parametrisations call
+  `timm.list_models()` at import time;
+- keeps only the items parametrised with one of our model names (the 28 BlockMoE variants and the
+  2 dense baselines; `-k blockmoe` would drop the baselines), and deselects the rest;
+- fails the run (exit 4) unless every core test of the file collected every one of our names, so
+  that a timm filter list or a renamed test cannot silently shrink coverage;
+- adds our names to the tests that timm selects by model *module* (its FEAT_INTER_FILTERS lists
+  'resnet' and others): ours live in `timm_moe`'s module but inherit timm's ResNet feature API, so
+  timm's own checks of `forward_intermediates` and pruning apply to them unchanged;
+- marks the TorchScript tests strict-xfail: TorchScript is deprecated by torch and not supported
+  here (docs/ECOSYSTEM.md says why); strict, so that the mark fails once they start to pass.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Set
+
+import pytest
+import timm
+
+import timm_moe  # noqa: F401 - registers our models with timm before the test file is collected
+
+# Core tests of timm's test_models.py that must run on every one of our models where the file defines
+# them (1.0.9 and 1.0.31 both define all of these).
+REQUIRED_TESTS = (
+    'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_forward_features',
+    'test_model_forward_intermediates', 'test_model_forward_intermediates_features',
+    'test_model_forward_fx', 'test_model_backward_fx',
+)
+# timm parametrises these with list_models(module=FEAT_INTER_FILTERS, ...), which names timm's modules only
+MODULE_FILTERED_TESTS = (
+    'test_model_forward_intermediates', 'test_model_forward_intermediates_features',
+    'test_prune_intermediate_layers_contract',
+)
+# torch.jit.script fails on BlockMoE's data-dependent dispatch: see docs/ECOSYSTEM.md
+TORCHSCRIPT_TESTS = ('test_model_forward_torchscript', 'test_model_forward_fx_torchscript')
+TORCHSCRIPT_REASON = ('TorchScript is not supported by BlockMoE (deprecated by torch; data-dependent expert '
+                      'dispatch over a ModuleList): use torch.compile or torch.export, see docs/ECOSYSTEM.md')
+
+# markers timm declares in its own pyproject.toml, which is not part of the fetched file
+TIMM_MARKERS = ('base', 'cfg', 'cfg_nonstd', 'forward', 'backward', 'torchscript', 'features', 'fxforward',
+                'fxbackward', 'timeout(seconds): a per-test limit, enforced only with pytest-timeout')
+
+
+def our_model_names() -> List[str]:
+    """Every model name that importing timm_moe registered with timm."""
+    return sorted(n for n in timm.list_models()
+                  if timm.models.model_entrypoint(n).__module__.startswith('timm_moe.'))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in TIMM_MARKERS:
+        config.addinivalue_line('markers', marker)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Extend timm's module-filtered parametrisations with our names (before pytest expands the marks)."""
+    if metafunc.function.__name__ not in MODULE_FILTERED_TESTS:
+        return
+    markers = metafunc.definition.own_markers
+    for i, mark in enumerate(markers):
+        if mark.name == 'parametrize' and mark.args and mark.args[0] == 'model_name':
+            names = list(mark.args[1])
+            extra = [n for n in our_model_names() if n not in names]
+            markers[i] = pytest.mark.parametrize('model_name', names + extra, **mark.kwargs).mark
+
+
+def model_name_of(item: pytest.Item) -> object:
+    callspec = getattr(item, 'callspec', None)
+    return callspec.params.get('model_name') if callspec is not None else None
+
+
+def coverage_problems(items: List[pytest.Item], ours: List[str]) -> List[str]:
+    """Which core tests miss which of our names; empty when every one runs on every name."""
+    collected: Dict[str, Set[str]] = {}
+    for item in items:
+        name = model_name_of(item)
+        if name in ours:
+            collected.setdefault(item.originalname, set()).add(name)
+    defined = {item.originalname for item in items}
+    problems = []
+    for test in REQUIRED_TESTS:
+        if test not in defined:
+            continue  # an older timm without this test
+        missing = sorted(set(ours) - collected.get(test, set()))
+        if missing:
+            problems.append(f'{test} misses {len(missing)} of our {len(ours)} models ({", ".join(missing[:4])}'
+                            f'{", ..." if len(missing) > 4 else ""})')
+    if not any(test in defined for test in REQUIRED_TESTS):
+        problems.append(f'none of the core tests {", ".join(REQUIRED_TESTS)} was collected')
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m, so that the check sees the whole file
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    ours = our_model_names()
+    problems = coverage_problems(items, ours)
+    if problems:
+        raise pytest.UsageError("timm's test_models.py does not exercise all of timm-moe's models: " +
+                                '; '.join(problems))
+    keep = [item for item in items if model_name_of(item) in ours]
+    dropped = [item for item in items if model_name_of(item) not in ours]
+    for item in keep:
+        if item.originalname in TORCHSCRIPT_TESTS:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=TORCHSCRIPT_REASON))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f'timm-moe plugin: timm {timm.__version__}, {len(our_model_names())} timm-moe models'

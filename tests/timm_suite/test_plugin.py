@@ -1,0 +1,145 @@
+"""The plugin that runs timm's own test_models.py on our models: selection, the coverage check, the
+module-filter extension and the strict TorchScript xfail, each shown on a small file shaped like timm's.
+
+(The real file runs in tox: `python -m pytest -p tests.timm_suite.plugin <timm's test_models.py>`.)
+"""
+import importlib.util
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import timm
+
+pytest_plugins = ['pytester']
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str):
+    # by path: the module name `tests.timm_suite...` only resolves when the repo root is on sys.path
+    spec = importlib.util.spec_from_file_location(f'_timm_suite_{name}', HERE / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PLUGIN = _load('plugin')
+FETCH = _load('fetch_timm_tests')
+OURS = PLUGIN.our_model_names()
+
+HEADER = '''
+import pytest
+from timm import list_models
+ALL = list_models()
+'''
+
+
+def _run(pytester, body: str, *args):
+    pytester.makepyfile(test_timm_like=HEADER + body)
+    return pytester.runpytest('-p', 'no:cacheprovider', *args, plugins=[PLUGIN])
+
+
+def test_our_names_are_the_28_moe_variants_and_2_baselines():
+    assert len(OURS) == 30
+    assert sum('_blockmoe_' in n for n in OURS) == 28 and {'resnet18_dense', 'resnet50_dense'} < set(OURS)
+
+
+def test_selects_only_our_models_and_xfails_torchscript(pytester):
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    assert model_name.startswith('resnet')
+
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward_torchscript(model_name):
+    raise RuntimeError('cannot script')
+''')
+    result.assert_outcomes(passed=len(OURS), xfailed=len(OURS))
+    assert f'{2 * (len(timm.list_models()) - len(OURS))} deselected' in result.stdout.str()
+
+
+def test_torchscript_xfail_is_strict(pytester):
+    # once TorchScript works, the xfail mark must go (and docs/ECOSYSTEM.md with it)
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    pass
+
+@pytest.mark.parametrize('model_name', ['resnet18_dense'])
+def test_model_forward_torchscript(model_name):
+    pass
+''')
+    result.assert_outcomes(passed=len(OURS), failed=1)
+    assert 'XPASS(strict)' in result.stdout.str()
+
+
+def test_coverage_check_fires_when_a_filter_drops_our_models(pytester):
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    pass
+
+@pytest.mark.parametrize('model_name', list_models(exclude_filters=['resnet50_*']))
+def test_model_backward(model_name):
+    pass
+''')
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert 'test_model_backward misses 15 of our 30 models (resnet50_blockmoe_e16_k1' in err
+    assert 'test_model_forward misses' not in err
+
+
+def test_coverage_check_fires_when_no_core_test_is_collected(pytester):
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_something_else(model_name):
+    pass
+''')
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert 'none of the core tests' in result.stderr.str()
+
+
+def test_module_filtered_tests_get_our_names(pytester):
+    # timm picks these by model module ('resnet', ...): ours inherit ResNet's feature API, so they join
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    pass
+
+@pytest.mark.parametrize('model_name', list_models(module=['resnet']))
+@pytest.mark.parametrize('batch_size', [1])
+def test_model_forward_intermediates(model_name, batch_size):
+    pass
+''', '--co', '-q')
+    out = result.stdout.str()
+    assert all(f'test_model_forward_intermediates[1-{name}]' in out for name in OURS), out[-2000:]
+
+
+def test_fetch_extracts_the_sdist_file_unchanged(tmp_path):
+    # an sdist-shaped archive stands in for PyPI: the member comes out byte for byte, once
+    src = tmp_path / 'timm-9.9.9' / 'tests'
+    src.mkdir(parents=True)
+    (src / 'test_models.py').write_bytes(b'# timm tests\n')
+    sdist = tmp_path / 'timm-9.9.9.tar.gz'
+    with tarfile.open(sdist, 'w:gz') as tar:
+        tar.add(tmp_path / 'timm-9.9.9', arcname='timm-9.9.9')
+    out = FETCH.extract_test_file(sdist, '9.9.9', tmp_path / 'cache' / 'timm-9.9.9' / 'test_models.py')
+    assert out.read_bytes() == b'# timm tests\n'
+    assert FETCH.fetch(tmp_path / 'cache', '9.9.9') == out  # cached: no download
+    with pytest.raises(SystemExit, match='holds no timm-1.0.0/tests/test_models.py'):
+        FETCH.extract_test_file(sdist, '1.0.0', tmp_path / 'x.py')
+
+
+def test_fetch_reports_a_failed_download(tmp_path):
+    with pytest.raises(SystemExit, match='failed'):
+        FETCH.download_sdist('0.0.0.no.such.version', tmp_path)
+
+
+def test_fetch_script_runs(tmp_path):
+    (tmp_path / 'timm-9.9.9').mkdir()
+    (tmp_path / 'timm-9.9.9' / 'test_models.py').write_text('cached')
+    done = subprocess.run([sys.executable, str(HERE / 'fetch_timm_tests.py'), str(tmp_path), '--version', '9.9.9'],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(tmp_path / 'timm-9.9.9' / 'test_models.py')
