@@ -6,7 +6,7 @@ import math
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
 

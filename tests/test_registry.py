@@ -7,7 +7,6 @@ import copy
 import hashlib
 import json
 import multiprocessing as mp
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
