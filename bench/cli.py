@@ -24,12 +24,12 @@ VERBS = {
     'train': 'bench.train',
     'eval': 'bench.evaluate',
     'audit': 'bench.audit',
-    'leaderboard': 'bench.leaderboard',
+    'leaderboard': 'bench.results.leaderboard',
     'grid': 'bench.grid',
-    'report': 'bench.report',
+    'report': 'bench.results.report',
     'models': 'bench.models_cmd',
-    'export': 'bench.export',
-    'compare': 'bench.compare',
+    'export': 'bench.results.export',
+    'compare': 'bench.results.compare',
 }
 
 

@@ -188,7 +188,7 @@ def run_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluate import build_model, evaluate_model
     from bench.provenance import provenance
-    from bench.registry import entry_path, measured_entry, write_entry
+    from bench.results.registry import entry_path, measured_entry, write_entry
     from bench.train import run_training
 
     cell_dir = Path(spec.out) / 'cells' / cell['cell']
@@ -280,7 +280,7 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     for o in failed:
         console.print(f'[red]failed[/] {o["cell"]}: {o["error"]} (traceback in cells/{o["cell"]}/failed.txt)')
     if done or skipped:
-        from bench.leaderboard import write_leaderboard
+        from bench.results.leaderboard import write_leaderboard
         write_leaderboard(_registry_dir(spec))
     console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
     return dict(done=done, failed=failed, skipped=skipped, pending=[])

@@ -107,7 +107,7 @@ def _audit(plan: Plan) -> Dict[str, Dict[str, Any]]:
 
 def _entry(train: Dict[str, Any], result: Dict[str, Any], audit: Dict[str, Any], plan: Plan) -> Dict[str, Any]:
     from bench.provenance import provenance
-    from bench.registry import measured_entry
+    from bench.results.registry import measured_entry
     cfg = json.loads(json.dumps(dict(train.get('config') or {}), default=str))
     name = train['model']
     experts = int(name.split('_e')[1].split('_')[0]) if '_blockmoe_' in name else 0
@@ -126,7 +126,7 @@ def _entry(train: Dict[str, Any], result: Dict[str, Any], audit: Dict[str, Any],
 
 def _intervals(result: Dict[str, Any]) -> Dict[str, List[float]]:
     """95% Wilson interval of each printed accuracy (n_eval points is far fewer than 10,000)."""
-    from bench.stats import wilson_interval
+    from bench.results.stats import wilson_interval
     n = result['n_examples']
     return {key: list(wilson_interval(result['counts'][key], n)) for key in ('clean', PGD, APGD)}
 
@@ -137,7 +137,7 @@ def _gain(adv: Dict[str, Any], normal: Dict[str, Any]) -> Dict[str, float]:
     Both models are attacked on the same test points, so the paired interval (per point: which model got it
     right) is the right one, and far narrower than two separate intervals.
     """
-    from bench.stats import paired_bootstrap
+    from bench.results.stats import paired_bootstrap
     diff, lo, hi = paired_bootstrap(adv['correct'][PGD], normal['correct'][PGD])
     return dict(points=diff, lo=lo, hi=hi)
 
@@ -178,9 +178,9 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
         results = [futures[i].result() for i in range(len(trains))]
         t_eval = time.perf_counter() - t0
 
-    from bench.leaderboard import write_leaderboard
-    from bench.registry import write_entry
-    from bench.report import write_report
+    from bench.results.leaderboard import write_leaderboard
+    from bench.results.registry import write_entry
+    from bench.results.report import write_report
     registry_dir = out / 'registry'
     rows, entries = [], []
     for job, train, result in zip(jobs, trains, results):

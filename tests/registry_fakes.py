@@ -66,7 +66,7 @@ def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clea
         n: test points.
         lr: the training config's learning rate: entries that must not form a seed group differ in it.
     """
-    from bench.registry import measured_entry
+    from bench.results.registry import measured_entry
 
     k = None if experts == 0 else 1
     name = 'resnet18_dense' if experts == 0 else f'resnet18_blockmoe_e{experts}_k1'

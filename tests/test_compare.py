@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from bench import compare, stats
+from bench.results import compare, stats
 from bench.cli import main
 from bench.errors import UserError
-from bench.registry import write_entry
+from bench.results.registry import write_entry
 
 PGD20 = {'attack': 'PGD', 'implementation': 'timm-moe', 'eps': 8 / 255, 'norm': 'Linf', 'steps': 20,
          'restarts': 1, 'step_size': 2 / 255, 'random_start': False, 'seed': 0}

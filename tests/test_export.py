@@ -12,7 +12,7 @@ import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
 from bench.config import load_config
 from bench.errors import UserError
-from bench.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
+from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
                           read_export)
 from bench.provenance import sha256_file
 from bench.train import run_training

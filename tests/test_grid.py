@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import leaderboard
+from bench.results import leaderboard
 from bench.cli import main
 from bench.config import load_config
 from bench.errors import UserError
 from bench.grid import cell_config, cells, load_spec
-from bench.registry import load_entries
+from bench.results.registry import load_entries
 
 TINY = dict(arch=['resnet18'], experts=[2], k=[1], gate=['gap_fc'], aux_loss=['entropy'], placement=['last'],
             training=['normal'], dense=True, model_kwargs=dict(width=4),

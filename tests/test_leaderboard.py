@@ -10,11 +10,11 @@ from typing import Dict, List
 
 import pytest
 
-from bench import leaderboard as lb
+from bench.results import leaderboard as lb
 from bench.cli import main
 from bench.errors import UserError
-from bench.registry import DEFAULT_REGISTRY, load_entries, write_entry
-from bench.stats import t_quantile, wilson_interval
+from bench.results.registry import DEFAULT_REGISTRY, load_entries, write_entry
+from bench.results.stats import t_quantile, wilson_interval
 from registry_fakes import make_entry
 
 

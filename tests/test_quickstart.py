@@ -4,8 +4,8 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.registry import load_entries
-from bench.stats import wilson_interval
+from bench.results.registry import load_entries
+from bench.results.stats import wilson_interval
 
 
 def test_quickstart_smoke_plan_writes_everything(tmp_path):

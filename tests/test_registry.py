@@ -11,9 +11,10 @@ from typing import Any, Dict
 
 import pytest
 
-from bench import import_paper, leaderboard, provenance as prov
+from bench import provenance as prov
+from bench.results import import_paper, leaderboard
 from bench.errors import UserError
-from bench.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema, make_entry_id,
+from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema, make_entry_id,
                             measured_entry, validate_entry, write_entry)
 from registry_fakes import make_entry
 
@@ -334,7 +335,7 @@ def test_measured_entry_stores_exact_attack_settings_and_effective_kwargs():
 
 
 def test_per_sample_bits_round_trip():
-    from bench.stats import per_sample_vectors
+    from bench.results.stats import per_sample_vectors
 
     e = make_entry(robust=20.0)
     (start, stop), vectors = per_sample_vectors(e)

@@ -7,9 +7,9 @@ from typing import Any, Dict
 
 import pytest
 
-from bench import report
+from bench.results import report
 from bench.cli import main
-from bench.registry import DEFAULT_REGISTRY, measured_entry, write_entry
+from bench.results.registry import DEFAULT_REGISTRY, measured_entry, write_entry
 from registry_fakes import fake_eval_result
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

@@ -1,11 +1,11 @@
-"""bench.stats against answers computed independently: published tables, hand sums, brute force."""
+"""bench.results.stats against answers computed independently: published tables, hand sums, brute force."""
 import base64
 import math
 
 import numpy as np
 import pytest
 
-from bench import stats
+from bench.results import stats
 from bench.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """Import reported numbers into the registry: the paper code's CIFAR-100 table and RobustBench points.
 
-    python -m bench.import_paper [--csv PATH] [--registry DIR] [--overwrite]
+    python -m bench.results.import_paper [--csv PATH] [--registry DIR] [--overwrite]
 
 The CSV (`registry/sources/robust_experts_official_results.csv`) is the result table of the
 paper's public code (KASTEL-MobilityLab/robust-sparse-moes @ ed22e81). Its numbers are the paper code's
@@ -37,8 +37,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import UserError
-from .provenance import sha256_file
+from bench.errors import UserError
+from bench.provenance import sha256_file
 from .registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path, validate_entry,
                        write_entry)
 
@@ -311,7 +311,7 @@ def import_all(csv_path: Path = DEFAULT_CSV, registry_dir: Path = DEFAULT_REGIST
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m bench.import_paper', description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='python -m bench.results.import_paper', description=__doc__.split('\n')[0])
     p.add_argument('--csv', type=Path, default=DEFAULT_CSV, help=f'the paper CSV (default {DEFAULT_CSV})')
     p.add_argument('--registry', type=Path, default=DEFAULT_REGISTRY, help='registry root (default: registry/)')
     p.add_argument('--overwrite', action='store_true', help='replace existing entries whose content changed')

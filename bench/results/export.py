@@ -291,7 +291,7 @@ def _entry_section(entry: Mapping[str, Any]) -> List[str]:
 def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike) -> Tuple[Optional[Dict], str]:
     """(entry, how it was chosen): `spec` is an entry id or JSON path; without it, the registry entry
     whose provenance.checkpoint_sha256 is these weights' (None when none is)."""
-    from bench.registry import load_entries, load_entry
+    from bench.results.registry import load_entries, load_entry
     if spec:
         if Path(spec).suffix == '.json' or Path(spec).is_file():
             if not Path(spec).is_file():
@@ -338,7 +338,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     from bench.config import read_yaml_mapping
     from bench.evaluate import build_model
     from bench.provenance import sha256_file
-    from bench.registry import DEFAULT_REGISTRY
+    from bench.results.registry import DEFAULT_REGISTRY
     out = Path(out)
     _check_out(out, overwrite)  # before any work, and before touching anything
     run_dir, weights = resolve_run(checkpoint, ema)

@@ -1,7 +1,7 @@
 """The results registry: one schema-checked JSON file per result, written atomically.
 
 Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/schema.json`.
-Every number the project shows is read from these files (see `bench.leaderboard`, `bench.report`).
+Every number the project shows is read from these files (see `bench.results.leaderboard`, `bench.results.report`).
 Field meanings and the schema versions are in docs/REGISTRY.md: version 2 entries store the exact
 settings of every attack (`eval_settings`), which test points each measurement got right (`per_sample`)
 and the model as built (`model.effective_kwargs`, `model.noisy_gating`); version 1 entries (no
@@ -23,13 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from .atomic import atomic_open
-from .errors import UserError
+from bench.atomic import atomic_open
+from bench.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = REPO_ROOT / 'registry'
 # registry/schema.json is the one schema; bench/assets links to it so that wheels carry a copy
-SCHEMA_PATH = Path(__file__).resolve().parent / 'assets' / 'registry_schema.json'
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / 'assets' / 'registry_schema.json'
 SCHEMA_VERSION = 2  # what this code writes; every version in the schema's enum still loads
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
 

@@ -1,7 +1,7 @@
 """`timm-moe compare A B`: is model A more accurate than model B on the same test points?
 
 A and B are registry entry ids or paths to entry JSON files. Both must store per-sample results
-(`per_sample`, see bench.stats). The comparison runs on the test points both entries cover; it prints
+(`per_sample`, see bench.results.stats). The comparison runs on the test points both entries cover; it prints
 the accuracy difference with its 95% paired bootstrap interval and the exact McNemar p-value, and
 says plainly when the point sets or the attack settings differ. See docs/STATISTICS.md.
 """
@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import stats
-from .atomic import atomic_open
-from .errors import UserError
+from bench.atomic import atomic_open
+from bench.errors import UserError
 from .registry import DEFAULT_REGISTRY, load_entry
 
 __all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_entry', 'add_cli', 'run']
@@ -323,5 +323,5 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 if __name__ == '__main__':  # pragma: no cover - `timm-moe compare` is the entry point
-    from .cli import main
+    from bench.cli import main
     sys.exit(main(['compare', *sys.argv[1:]]))

@@ -27,8 +27,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .atomic import atomic_open
-from .errors import UserError
+from bench.atomic import atomic_open
+from bench.errors import UserError
 from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries
 
 DASH = '—'  # a value that was not measured or not reported
@@ -44,7 +44,7 @@ ENSEMBLE = 'ensemble'  # the robust_acc key of the per-sample worst case over an
 
 # What each accuracy key meant for entries that do not store their attack settings (schema 1): the
 # definitions of bench.attacks when those entries were written. Reported numbers (paper, RobustBench) store
-# theirs since schema 2; for older copies of them, bench.import_paper's tables apply (see `legacy_settings`).
+# theirs since schema 2; for older copies of them, bench.results.import_paper's tables apply (see `legacy_settings`).
 KEY_SETTINGS: Dict[str, Dict[str, Any]] = {
     'pgd20': dict(attack='PGD', steps=20, restarts=1, random_start=False, loss='ce', step_size=None),
     'pgd10': dict(attack='PGD', steps=10, restarts=1, random_start=False, loss='ce', step_size=None),

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import UserError
+from bench.errors import UserError
 from .leaderboard import fmt_eps
 from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries, robust_metric
 
