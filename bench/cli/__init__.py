@@ -1,4 +1,4 @@
-"""`timm-moe` command line: a thin dispatcher over the verb modules in `bench/`.
+"""`timm-moe` command line: a thin dispatcher over the verb modules (one per verb, `bench/cli/<verb>.py`).
 
 Each verb module exposes `add_cli(subparsers)`, which adds its sub-parser and sets
 `func=run` on it, where `run(args) -> int` returns the exit code.
@@ -78,6 +78,3 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
-
-if __name__ == '__main__':
-    sys.exit(main())
