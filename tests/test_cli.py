@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-import bench.results.leaderboard
+import bench.cli.leaderboard
 from bench.cli import USER_ERRORS, main
 from bench.errors import UserError
 
@@ -25,7 +25,7 @@ def _raising(exc: BaseException):
     NotADirectoryError(errno.ENOTDIR, 'Not a directory', 'a/b'),
 ])
 def test_bad_input_is_one_line_exit_2(exc, monkeypatch, capsys):
-    monkeypatch.setattr(bench.results.leaderboard, 'run', _raising(exc))
+    monkeypatch.setattr(bench.cli.leaderboard, 'run', _raising(exc))
     assert main(['leaderboard']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('timm-moe leaderboard: error: ') and 'Traceback' not in err
@@ -39,7 +39,7 @@ def test_bad_input_is_one_line_exit_2(exc, monkeypatch, capsys):
     TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
 ])
 def test_an_internal_error_shows_its_traceback_and_exits_1(exc, monkeypatch, capsys):
-    monkeypatch.setattr(bench.results.leaderboard, 'run', _raising(exc))
+    monkeypatch.setattr(bench.cli.leaderboard, 'run', _raising(exc))
     assert main(['leaderboard']) == 1
     err = capsys.readouterr().err
     assert 'Traceback (most recent call last)' in err and f'{type(exc).__name__}: ' in err
@@ -53,7 +53,7 @@ def test_only_user_errors_and_path_errors_are_bad_input():
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
-    monkeypatch.setattr(bench.results.leaderboard, 'run', _raising(KeyboardInterrupt()))
+    monkeypatch.setattr(bench.cli.leaderboard, 'run', _raising(KeyboardInterrupt()))
     assert main(['leaderboard']) == 130
     assert 'interrupted' in capsys.readouterr().err
 

@@ -11,11 +11,11 @@ from typing import Any, Dict
 
 import pytest
 
-from bench import provenance as prov
-from bench.results import import_paper, leaderboard
+from bench import cli, provenance as prov
 from bench.errors import UserError
-from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema, make_entry_id,
-                            measured_entry, validate_entry, write_entry)
+from bench.results import import_paper, leaderboard
+from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema,
+                                    make_entry_id, measured_entry, validate_entry, write_entry)
 from registry_fakes import make_entry
 
 
@@ -288,7 +288,7 @@ def test_import_paper_reproduces_shipped_entries(tmp_path):
     victim.write_text(victim.read_text().replace('"schema_version": 2', '"schema_version": 2 '))
     with pytest.raises(UserError, match='exists'):
         import_paper.import_all(import_paper.DEFAULT_CSV, tmp_path)
-    assert import_paper.main(['--registry', str(tmp_path), '--overwrite']) == 0
+    assert cli.main(['import-paper', '--registry', str(tmp_path), '--overwrite']) == 0
     assert victim.read_bytes() == (DEFAULT_REGISTRY / victim.relative_to(tmp_path)).read_bytes()
 
 
@@ -311,7 +311,7 @@ def test_import_paper_bad_csv(tmp_path):
     bad.write_text('table,moe\nresnet18,Baseline\n')
     with pytest.raises(UserError, match='lacks columns'):
         import_paper.read_csv(bad)
-    assert import_paper.main(['--csv', str(bad), '--registry', str(tmp_path / 'r')]) == 2
+    assert cli.main(['import-paper', '--csv', str(bad), '--registry', str(tmp_path / 'r')]) == 2
 
 
 # --- schema 2: exact settings, per-sample results, the model as built; schema 1 still loads ----------------

@@ -24,12 +24,13 @@ VERBS = {
     'train': 'bench.train',
     'eval': 'bench.evaluate',
     'audit': 'bench.audit',
-    'leaderboard': 'bench.results.leaderboard',
+    'leaderboard': 'bench.cli.leaderboard',
     'grid': 'bench.grid',
-    'report': 'bench.results.report',
+    'report': 'bench.cli.report',
     'models': 'bench.models_cmd',
-    'export': 'bench.results.export',
-    'compare': 'bench.results.compare',
+    'export': 'bench.cli.export',
+    'compare': 'bench.cli.compare',
+    'import-paper': 'bench.cli.import_paper',
 }
 
 

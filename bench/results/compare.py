@@ -7,21 +7,18 @@ says plainly when the point sets or the attack settings differ. See docs/STATIST
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import stats
-from bench.atomic import atomic_open
 from bench.errors import UserError
-from .registry import DEFAULT_REGISTRY, load_entry
+from bench.results import stats
+from bench.results.registry import DEFAULT_REGISTRY, load_entry
 
-__all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_entry', 'add_cli', 'run']
+__all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_entry', 'format_result']
 
 # strongest first: AutoAttack standard; then a custom AutoAttack; then the per-point worst case over all
 # attacks an entry ran (at least as strong as each of them); then single attacks by strength (100-step
@@ -280,48 +277,3 @@ def format_result(r: Mapping[str, Any]) -> str:
         lines.append(f'  verdict: no significant difference on these points (p >= {alpha:.2g})')
     lines += [f'note: {n}' for n in r['notes']]
     return '\n'.join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.boot < 1:
-        raise UserError(f'--boot {args.boot} must be at least 1 (10000 is usual)')
-    if not 0 < args.confidence < 1:
-        raise UserError(f'--confidence {args.confidence} must lie strictly between 0 and 1 (e.g. 0.95)')
-    (a, where_a), (b, where_b) = (resolve_entry(ref, args.registry) for ref in (args.a, args.b))
-    result = compare_entries(a, b, metric=args.metric, n_boot=args.boot, seed=args.seed,
-                             confidence=args.confidence, allow_different_settings=args.allow_different_settings)
-    result['a']['source'], result['b']['source'] = where_a, where_b
-    if args.json == '-':
-        print(json.dumps(result, indent=2))
-        return 0
-    print(format_result(result))
-    if args.json:
-        with atomic_open(Path(args.json)) as f:
-            f.write(json.dumps(result, indent=2) + '\n')
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        'compare', help='paired comparison of two registry entries on their shared test points',
-        description=('Difference in accuracy of A and B on the test points both cover, with its paired bootstrap '
-                     'interval and the exact McNemar p-value. Both entries need per-sample results. '
-                     'See docs/STATISTICS.md.'))
-    p.add_argument('a', metavar='A', help='entry id in --registry, or path to an entry JSON file')
-    p.add_argument('b', metavar='B', help='the entry to compare A with (id or path)')
-    p.add_argument('--metric', default=None,
-                   help="clean, pgd20, apgd-ce, autoattack, ensemble, ... (default: the strongest both store: "
-                        "autoattack > ensemble > apgd-ce > ... > pgd20 > pgd10 > clean)")
-    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root for entry ids (default: the repo's)")
-    p.add_argument('--boot', type=int, default=10000, help='bootstrap resamples (default 10000)')
-    p.add_argument('--seed', type=int, default=0, help="the bootstrap's seed (default 0)")
-    p.add_argument('--confidence', type=float, default=0.95, help='coverage of every interval (default 0.95)')
-    p.add_argument('--allow-different-settings', action='store_true',
-                   help="compare even when the metric's attack settings, eps or threat model differ (flagged)")
-    p.add_argument('--json', metavar='OUT', default=None, help="also write the result as JSON to OUT ('-': stdout only)")
-    p.set_defaults(func=run)
-
-
-if __name__ == '__main__':  # pragma: no cover - `timm-moe compare` is the entry point
-    from bench.cli import main
-    sys.exit(main(['compare', *sys.argv[1:]]))

@@ -15,7 +15,6 @@ timm's own `save_for_hf`, plus a model card:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -411,26 +410,3 @@ def load_exported(path: PathLike, model_name: Optional[str] = None, **kwargs: An
     check_compatible(state_dict, model, name, source=source, what=f'the weights in {path}')
     model.load_state_dict(state_dict)
     return model
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('export', help='a hub-style folder (config.json, model.safetensors, model card) '
-                              'from a training run', description=__doc__.split('\n\n')[0])
-    p.add_argument('--checkpoint', required=True, type=Path,
-                   help='training run directory (config.yaml + model.pth), or a weights file inside one')
-    p.add_argument('--out', required=True, type=Path, help='folder to write (empty or missing)')
-    p.add_argument('--entry', default=None, help='registry entry id or JSON file for the model card '
-                   "(default: the entry whose checkpoint_sha256 matches the run's weights, if any)")
-    p.add_argument('--registry', type=Path, default=None, help='registry root to search (default: registry/)')
-    p.add_argument('--ema', action='store_true', help="export the run's EMA weights (model_ema.pth)")
-    p.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    out = export_run(args.checkpoint, args.out, entry=args.entry, registry_dir=args.registry, ema=args.ema,
-                     overwrite=args.overwrite)
-    print(f'wrote {out}: {", ".join(sorted(p.name for p in out.iterdir()))}')
-    return 0

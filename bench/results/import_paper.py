@@ -1,6 +1,6 @@
 """Import reported numbers into the registry: the paper code's CIFAR-100 table and RobustBench points.
 
-    python -m bench.results.import_paper [--csv PATH] [--registry DIR] [--overwrite]
+    timm-moe import-paper [--csv PATH] [--registry DIR] [--overwrite]
 
 The CSV (`registry/sources/robust_experts_official_results.csv`) is the result table of the
 paper's public code (KASTEL-MobilityLab/robust-sparse-moes @ ed22e81). Its numbers are the paper code's
@@ -30,17 +30,15 @@ re-running without --overwrite leaves identical files alone and refuses to chang
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from bench.errors import UserError
 from bench.provenance import sha256_file
-from .registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path, validate_entry,
-                       write_entry)
+from bench.results.registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path,
+                                    validate_entry, write_entry)
 
 DEFAULT_CSV = REPO_ROOT / 'registry' / 'sources' / 'robust_experts_official_results.csv'
 COLUMNS = ('table', 'moe', 'loss', 'gate', 'k', 'training', 'clean', 'pgd20', 'apgd20')
@@ -212,7 +210,7 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
         'flops': None, 'params': None, 'per_expert': None, 'routing': None,
         'sanity_flags': flags,
         'notes': notes,
-        'provenance': {'command': 'python -m bench.import_paper', 'source_file': 'robust_experts_official_results.csv',
+        'provenance': {'command': 'timm-moe import-paper', 'source_file': 'robust_experts_official_results.csv',
                        'source_sha256': source_sha256},
     }
     return key, entry
@@ -279,7 +277,7 @@ def robustbench_entries() -> List[Dict[str, Any]]:
             'flops': None, 'params': None, 'per_expert': None, 'routing': None,
             'sanity_flags': [],
             'notes': [rb['note'], 'no extra training data'],
-            'provenance': {'command': 'python -m bench.import_paper', 'source_file': ROBUSTBENCH_SOURCE,
+            'provenance': {'command': 'timm-moe import-paper', 'source_file': ROBUSTBENCH_SOURCE,
                            'source_sha256': None},
         })
     return out
@@ -308,22 +306,3 @@ def import_all(csv_path: Path = DEFAULT_CSV, registry_dir: Path = DEFAULT_REGIST
             continue
         out['written'].append(write_entry(e, registry_dir, overwrite=overwrite))
     return out
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m bench.results.import_paper', description=__doc__.split('\n')[0])
-    p.add_argument('--csv', type=Path, default=DEFAULT_CSV, help=f'the paper CSV (default {DEFAULT_CSV})')
-    p.add_argument('--registry', type=Path, default=DEFAULT_REGISTRY, help='registry root (default: registry/)')
-    p.add_argument('--overwrite', action='store_true', help='replace existing entries whose content changed')
-    args = p.parse_args(argv)
-    try:
-        res = import_all(args.csv, args.registry, args.overwrite)
-    except (UserError, OSError) as e:
-        print(f'import_paper: error: {e}', file=sys.stderr)
-        return 2
-    print(f"import_paper: {len(res['written'])} written, {len(res['unchanged'])} unchanged in {args.registry}")
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -44,13 +44,6 @@ def load_schema() -> Dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding='utf-8'))
 
 
-def add_registry_args(parser: Any, filter_help: str = 'only these') -> None:
-    """The --registry, --dataset and --threat-model options that every registry reader takes."""
-    parser.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root (default: the repo's registry/)")
-    parser.add_argument('--dataset', nargs='+', help=f'{filter_help} data sets')
-    parser.add_argument('--threat-model', nargs='+', help=f'{filter_help} threat models (Linf, L2)')
-
-
 def check_filters(datasets: Optional[Iterable[str]], threat_models: Optional[Iterable[str]]) -> None:
     """Refuse a --dataset or --threat-model value that no entry can have (the schema's enums)."""
     props = load_schema()['properties']

@@ -1,4 +1,4 @@
-"""`timm-moe report`: PNG plots drawn from the registry (never from numbers typed anywhere else).
+"""PNG plots drawn from the registry (never from numbers typed anywhere else).
 
 Plots (all written to --out):
 - `clean_vs_robust.png`: clean against robust accuracy, a panel per data set and threat model;
@@ -14,13 +14,12 @@ the list of files is then the same on every registry, which keeps scripts and CI
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench.errors import UserError
-from .leaderboard import fmt_eps
-from .registry import DEFAULT_REGISTRY, add_registry_args, check_filters, load_entries, robust_metric
+from bench.results.leaderboard import fmt_eps
+from bench.results.registry import DEFAULT_REGISTRY, load_entries, robust_metric
 
 MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
 SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}
@@ -255,18 +254,3 @@ def write_report(registry_dir: Path = DEFAULT_REGISTRY, out_dir: Path = Path('re
         raise UserError(f'--out {out_dir} is a file: pass a directory for the plots')
     out_dir.mkdir(parents=True, exist_ok=True)
     return [fn(entries, out_dir / name) for name, fn in PLOTS]
-
-
-def run(args: argparse.Namespace) -> int:
-    check_filters(args.dataset, args.threat_model)
-    for path in write_report(Path(args.registry), Path(args.out), args.dataset, args.threat_model):
-        print(f'wrote {path}')
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('report', help='draw PNG plots from the registry',
-                              description=__doc__.split('\n\n')[0])
-    add_registry_args(p)
-    p.add_argument('--out', required=True, help='directory for the PNG files (created if missing)')
-    p.set_defaults(func=run)

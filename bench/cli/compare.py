@@ -1,0 +1,54 @@
+"""`timm-moe compare A B`: is model A more accurate than model B on the same test points?
+
+A and B are registry entry ids or paths to entry JSON files (see `bench.results.compare`, docs/STATISTICS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.atomic import atomic_open
+from bench.errors import UserError
+from bench.results.compare import compare_entries, format_result, resolve_entry
+from bench.results.registry import DEFAULT_REGISTRY
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        'compare', help='paired comparison of two registry entries on their shared test points',
+        description=('Difference in accuracy of A and B on the test points both cover, with its paired bootstrap '
+                     'interval and the exact McNemar p-value. Both entries need per-sample results. '
+                     'See docs/STATISTICS.md.'))
+    p.add_argument('a', metavar='A', help='entry id in --registry, or path to an entry JSON file')
+    p.add_argument('b', metavar='B', help='the entry to compare A with (id or path)')
+    p.add_argument('--metric', default=None,
+                   help="clean, pgd20, apgd-ce, autoattack, ensemble, ... (default: the strongest both store: "
+                        "autoattack > ensemble > apgd-ce > ... > pgd20 > pgd10 > clean)")
+    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root for entry ids (default: the repo's)")
+    p.add_argument('--boot', type=int, default=10000, help='bootstrap resamples (default 10000)')
+    p.add_argument('--seed', type=int, default=0, help="the bootstrap's seed (default 0)")
+    p.add_argument('--confidence', type=float, default=0.95, help='coverage of every interval (default 0.95)')
+    p.add_argument('--allow-different-settings', action='store_true',
+                   help="compare even when the metric's attack settings, eps or threat model differ (flagged)")
+    p.add_argument('--json', metavar='OUT', default=None, help="also write the result as JSON to OUT ('-': stdout only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.boot < 1:
+        raise UserError(f'--boot {args.boot} must be at least 1 (10000 is usual)')
+    if not 0 < args.confidence < 1:
+        raise UserError(f'--confidence {args.confidence} must lie strictly between 0 and 1 (e.g. 0.95)')
+    (a, where_a), (b, where_b) = (resolve_entry(ref, args.registry) for ref in (args.a, args.b))
+    result = compare_entries(a, b, metric=args.metric, n_boot=args.boot, seed=args.seed,
+                             confidence=args.confidence, allow_different_settings=args.allow_different_settings)
+    result['a']['source'], result['b']['source'] = where_a, where_b
+    if args.json == '-':
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_result(result))
+    if args.json:
+        with atomic_open(Path(args.json)) as f:
+            f.write(json.dumps(result, indent=2) + '\n')
+    return 0

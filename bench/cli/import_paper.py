@@ -1,0 +1,28 @@
+"""`timm-moe import-paper`: rebuild the registry's reported entries (the paper code's table, RobustBench points).
+
+The import is reproducible (`bench.results.import_paper`): the same CSV gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.results.import_paper import DEFAULT_CSV, import_all
+from bench.results.registry import DEFAULT_REGISTRY
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('import-paper', help="rebuild the registry's paper and RobustBench entries from "
+                                                   'registry/sources',
+                              description='Import reported numbers into the registry: the paper code\'s CIFAR-100 '
+                                          'table and RobustBench points.')
+    p.add_argument('--csv', type=Path, default=DEFAULT_CSV, help=f'the paper CSV (default {DEFAULT_CSV})')
+    p.add_argument('--registry', type=Path, default=DEFAULT_REGISTRY, help='registry root (default: registry/)')
+    p.add_argument('--overwrite', action='store_true', help='replace existing entries whose content changed')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    res = import_all(args.csv, args.registry, args.overwrite)
+    print(f"import-paper: {len(res['written'])} written, {len(res['unchanged'])} unchanged in {args.registry}")
+    return 0

@@ -1,0 +1,45 @@
+"""`timm-moe leaderboard`: rank the registry's entries and regenerate `registry/LEADERBOARD.md`.
+
+The printed tables show what was asked (--dataset, --threat-model, --sort, --limit); the file always holds
+every entry, ranked by `auto` (see `bench.results.leaderboard`).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.cli.options import add_registry_args
+from bench.errors import UserError
+from bench.results.leaderboard import DEFAULT_SORT, check_sort, print_table, write_leaderboard
+from bench.results.registry import check_filters, load_entries
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('leaderboard', help='rank the registry and regenerate registry/LEADERBOARD.md',
+                              description=__doc__.split('\n\n')[0])
+    add_registry_args(p, 'show only these')  # LEADERBOARD.md always has every entry
+    p.add_argument('--sort', default=DEFAULT_SORT,
+                   help="the ranking metric: auto (per section, the attack configuration measured on most rows, "
+                        "the strongest among ties), clean, a column label such as PGD-20, APGD-CE-20 or "
+                        "AutoAttack, or an accuracy key such as pgd20; the file always uses auto")
+    p.add_argument('--limit', type=int, default=0, help='ranked rows per table on the console (0 = all)')
+    p.add_argument('--no-group', action='store_true',
+                   help='one row per run, instead of one per configuration over its seeds')
+    p.add_argument('--no-write', action='store_true', help='print only; leave LEADERBOARD.md as it is')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_filters(args.dataset, args.threat_model)
+    if args.limit < 0:
+        raise UserError(f'--limit {args.limit} is negative: use 0 for all rows or a positive count')
+    registry = Path(args.registry)
+    everything = load_entries(registry)
+    shown = [e for e in everything if (not args.dataset or e['dataset'] in args.dataset)
+             and (not args.threat_model or e['threat_model'] in args.threat_model)]
+    check_sort(shown, args.sort)
+    print_table(shown, args.sort, args.limit, group=not args.no_group)
+    if not args.no_write:
+        path = write_leaderboard(registry, everything)
+        print(f'wrote {path} ({len(everything)} entries)')
+    return 0

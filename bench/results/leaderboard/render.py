@@ -1,0 +1,239 @@
+"""The leaderboard as text: its cells, `LEADERBOARD.md` (a pure function of the entries) and the console tables."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+from bench.atomic import atomic_open
+from bench.errors import UserError
+from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
+                                               describe)
+from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections
+from bench.results.registry import DEFAULT_REGISTRY, load_entries
+
+def fmt_cell(cell: Optional[Cell], reported: bool = False) -> str:
+    """'61.33 [55.7, 66.6]' (one run, Wilson), '61.33 ±1.20 [58.4, 64.3]' (seeds: std, t-interval), '61.33†'."""
+    if cell is None:
+        return DASH
+    text = f'{cell.value:.2f}{DAGGER if reported else ""}'
+    if cell.std is not None:
+        text += f' ±{cell.std:.2f}'
+    if cell.lo is not None and cell.hi is not None:
+        text += f' [{cell.lo:.1f}, {cell.hi:.1f}]'
+    return text
+
+
+def noisy_gating(entry: Mapping[str, Any]) -> Optional[bool]:
+    """Whether the model trained with noisy gating; None for a dense model or where it is not known.
+
+    Schema 2 entries store it (`model.noisy_gating`). Schema 1 entries measured here did not: the plugin's
+    default then was off, so an entry whose kwargs do not turn it on trained without it.
+    """
+    m = entry['model']
+    if not m.get('experts'):
+        return None
+    if 'noisy_gating' in m:
+        return m['noisy_gating']
+    if entry['source'] == 'measured':
+        value = m.get('kwargs', {}).get('noisy_gating', False)
+        return value if isinstance(value, bool) else None
+    return None
+
+
+def _config(entry: Mapping[str, Any]) -> str:
+    m = entry['model']
+    parts = [str(p) for p in (m.get('gate'), m.get('aux_loss'), m.get('placement')) if p]
+    if m.get('experts'):
+        parts.append({True: 'noisy', False: 'no noise', None: 'noise ?'}[noisy_gating(entry)])
+    return ' · '.join(parts) or DASH
+
+
+def _flops(row: Row) -> str:
+    ratios = [e['flops']['ratio'] for e in row.entries if (e.get('flops') or {}).get('ratio') is not None]
+    return f'{sum(ratios) / len(ratios):.3f}' if ratios else DASH
+
+
+FIXED_LEFT = ('#', 'Model', 'Config', 'E', 'k', 'Training', 'Source', 'Clean')
+FIXED_RIGHT = ('FLOPs×', 'n', 'Seeds', 'Flags', 'Entry')
+RIGHT = {'#', 'E', 'k', 'Clean', 'FLOPs×', 'n', 'Seeds'}
+
+
+def header(columns: Sequence[Column]) -> List[str]:
+    return list(FIXED_LEFT) + [c.label for c in columns] + list(FIXED_RIGHT)
+
+
+def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_flags: bool = False) -> List[str]:
+    """The cells of one row (shared by the console and the markdown table).
+
+    Args:
+        rank: the rank within the table's metric; None for a row listed apart.
+        row: one run or one seed group.
+        columns: the section's attack columns.
+        short_flags: show the number of sanity flags instead of their names (the console is narrow).
+    """
+    e = row.first
+    reported = e['source'] != 'measured'
+    m = e['model']
+    flags = sorted({f for x in row.entries for f in (x.get('sanity_flags') or [])})
+    n = e.get('n_examples')
+    return [
+        DASH if rank is None else str(rank), m['name'], _config(e),
+        DASH if m.get('experts') is None else str(m['experts']), DASH if m.get('k') is None else str(m['k']),
+        e['training']['method'], f"{e['source']}{DAGGER if reported else ''}",
+        fmt_cell(row.cells.get(CLEAN), reported),
+        *[fmt_cell(row.cells.get(c.ident), reported) for c in columns],
+        _flops(row), DASH if n is None else str(n), DASH if reported else str(len(row.entries)),
+        (str(len(flags)) if short_flags else ', '.join(flags)) if flags else DASH, ', '.join(row.ids),
+    ]
+
+
+def _label_of(section: Section, metric: Optional[str], sort: str) -> str:
+    if metric == CLEAN:
+        return 'clean accuracy'
+    return next((c.label for c in section.columns if c.ident == metric), sort)
+
+
+# ------------------------------------------------------------------------------------ markdown
+
+def _md_cell(s: str) -> str:
+    return s.replace('|', '\\|')
+
+
+def _md_table(head: Sequence[str], body: Iterable[Sequence[str]], right: Iterable[str]) -> List[str]:
+    right = set(right)
+    lines = ['| ' + ' | '.join(_md_cell(h) for h in head) + ' |',
+             '|' + '|'.join('---:' if h in right else '---' for h in head) + '|']
+    return lines + ['| ' + ' | '.join(_md_cell(c) for c in cells) + ' |' for cells in body] + ['']
+
+
+def _inferred_note(column: Column) -> str:
+    if not column.inferred:
+        return ''
+    return (f" (entries of schema 1 store no settings: for them this is what the key "
+            f"{', '.join(repr(k) for k in column.inferred)} meant)")
+
+
+def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT) -> str:
+    """LEADERBOARD.md: a section per data set, threat model and eps. Pure function of the entries."""
+    lines = [
+        '# timm-moe leaderboard',
+        '',
+        '<!-- generated by `timm-moe leaderboard` from the JSON entries in this directory; do not edit -->',
+        '',
+        'Accuracies in percent. Each accuracy column is ONE attack configuration (its settings are listed '
+        'under the table): PGD-10 and PGD-20, or our APGD-CE-20 and the paper code\'s APGD-20, are different '
+        'columns. A table ranks the rows measured with one configuration (`#`, equal values share a rank); '
+        'rows without it follow in a table of their own, unranked. FLOPs× = active inference FLOPs / the '
+        'dense baseline\'s.',
+        '',
+        f'- `61.33 [55.7, 66.6]`: one run on fewer than {EXACT_N:,} test points, with its 95% Wilson interval '
+        '(the uncertainty of the test sample).',
+        '- `61.33 ±1.20 [58.4, 64.3]`: runs that differ only in their training seed (Seeds = how many), as one '
+        'row: mean, standard deviation over the seeds and the 95% t-interval of the mean over the seeds.',
+        '- **measured**: run by this harness; each entry holds its provenance (commit, versions, device, '
+        'command, seed, checkpoint sha256) and its exact attack settings.',
+        f'- **paper{DAGGER}**: reported by the paper\'s public code (Pavlitska et al. 2025): its own PGD-20 and '
+        'torchattacks APGD-20, **not AutoAttack**; APGD above PGD-20 points to a weak evaluation.',
+        f'- **robustbench{DAGGER}**: AutoAttack numbers from the RobustBench leaderboard.',
+        f'- {DAGGER} = reported elsewhere, not measured here. {DASH} = not measured or not reported. '
+        'Config: gate · balancing loss · placement · noisy gating in training.',
+        '',
+    ]
+    if not entries:
+        lines += ['No entries yet.', '']
+    for sec in sections(entries):
+        rows = make_rows(sec.entries, sec.keymap, group=True)
+        metric = resolve_sort(sort, sec, rows)
+        ranked, rest = rank_rows(rows, metric)
+        label = _label_of(sec, metric, sort)
+        n_meas = sum(e['source'] == 'measured' for e in sec.entries)
+        how = (' (auto: the attack configuration measured on the most rows, the strongest among those)'
+               if sort == AUTO and metric != CLEAN else '')
+        lines += [f'## {sec.title}', '',
+                  f'{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '
+                  f'{len(rows)} rows. Ranked by **{label}**{how}.', '']
+        head = header(sec.columns)
+        right = RIGHT | {c.label for c in sec.columns}
+        if ranked:
+            lines += _md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
+        if rest:
+            lines += [f'### Not measured with {label}', '']
+            lines += _md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
+        if sec.columns:
+            lines += ['Columns (the settings that define each; seeds and batch sizes are in the entries):', '']
+            lines += [f'- **{c.label}**: {describe(c.config)}' + _inferred_note(c) for c in sec.columns] + ['']
+    flags = sorted({f for e in entries for f in (e.get('sanity_flags') or [])})
+    if flags:
+        lines += ['Flags: sanity checks that failed for an entry (for reported numbers, anomalies of the source '
+                  'table); see the entry\'s `notes`.', '']
+        lines += [f'- `{f}`' for f in flags] + ['']
+    return '\n'.join(lines)
+
+
+def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
+    """Regenerate `<registry_dir>/LEADERBOARD.md` from every entry (each section ranked by `auto`).
+
+    Args:
+        registry_dir: the registry root.
+        entries: the entries to render (default: load them all from registry_dir).
+    """
+    registry_dir = Path(registry_dir)
+    if entries is None:
+        entries = load_entries(registry_dir)
+    text = render_markdown(entries, DEFAULT_SORT)
+    path = registry_dir / FILENAME
+    if not path.is_file() or path.read_text(encoding='utf-8') != text:  # leave an unchanged file untouched
+        with atomic_open(path) as f:  # concurrent regenerations (sweep jobs) never interleave
+            f.write(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------ console
+
+def check_sort(entries: Sequence[Mapping[str, Any]], sort: str) -> None:
+    """Refuse a --sort that names no column of any shown section (or several in one), listing the choices."""
+    if sort in (AUTO, CLEAN) or not entries:
+        return
+    found = False
+    for sec in sections(entries):
+        found |= resolve_sort(sort, sec, make_rows(sec.entries, sec.keymap)) is not None
+    if not found:
+        labels = sorted({c.label for sec in sections(entries) for c in sec.columns})
+        raise UserError(f'--sort {sort!r} names no attack configuration of the shown entries: choose auto, clean '
+                        f'or one of: {"; ".join(labels) or "(none)"}')
+
+
+def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, limit: int = 0,
+                group: bool = True) -> None:
+    """The rich console tables: per section, the ranked rows, then the rows without the metric."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    if not entries:
+        console.print('no entries match')
+        return
+    for sec in sections(entries):
+        rows = make_rows(sec.entries, sec.keymap, group=group)
+        metric = resolve_sort(sort, sec, rows)
+        ranked, rest = rank_rows(rows, metric)
+        label = _label_of(sec, metric, sort)
+        shown = ranked[:limit] if limit > 0 else ranked
+        head = header(sec.columns)
+        for title, body in ((f'{sec.title}: ranked by {label} ({len(shown)} of {len(ranked)} rows)',
+                             [(rank, r) for rank, r in shown]),
+                            (f'{sec.title}: not measured with {label} ({len(rest)} rows)', [(None, r) for r in rest])):
+            if not body:
+                continue
+            table = Table(title=escape(title),
+                          caption=escape(f'{DAGGER} reported elsewhere; {DASH} missing; [lo, hi] 95% interval; '
+                                         '±std over seeds; Flags = number of failed sanity checks'))
+            right = RIGHT | {c.label for c in sec.columns}
+            for c in head:
+                table.add_column(escape(c), justify='right' if c in right else 'left', overflow='fold')
+            for rank, r in body:
+                style = None if r.first['source'] == 'measured' else 'dim'
+                table.add_row(*map(escape, row_cells(rank, r, sec.columns, short_flags=True)), style=style)
+            console.print(table)
