@@ -1,7 +1,7 @@
 """Data sets as [0, 1] image tensors: CIFAR-100/10 and Fashion-MNIST through torchvision or idx files,
 and the real Fashion-MNIST subset bundled in `bench/assets` for offline use.
 
-Normalisation lives inside the model (`bench.normalize`), so every loader here stops at [0, 1].
+Normalisation lives inside the model (`bench.models`), so every loader here stops at [0, 1].
 Augmentation randomness is a pure function of (seed, epoch, sample index): a resumed or distributed
 run draws exactly the same crops and flips as an uninterrupted single-process one, whatever the
 number of loader workers.
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.errors import UserError
-from bench.rng import forked_rng, key_seed
+from bench.core.errors import UserError
+from bench.core.rng import forked_rng, key_seed
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')

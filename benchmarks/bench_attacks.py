@@ -1,6 +1,6 @@
 """Benchmark: our PGD-20 against the reference APGD (pyautoattack's APGDAttack, 20 steps), time per batch.
 
-Both attack the same trained model, on the same batch, timed in turns after warm-up (`bench.timing`), and the
+Both attack the same trained model, on the same batch, timed in turns after warm-up (`bench.core.timing`), and the
 result is the median ratio PGD / APGD. Equal step counts make this a cost-per-step comparison: APGD does a
 little more book-keeping per step (momentum, step-size schedule, checkpoints), so a ratio near or below 1
 says our PGD adds no overhead. It also reports both attacks' robust accuracy on the batch (APGD should be
@@ -30,9 +30,9 @@ import timm
 import timm_moe  # noqa: F401 - registers the models
 from bench.attacks import APGD, PGD, accuracy, predict
 from bench.data import dataset_info, load_tensors
-from bench.normalize import normalized
-from bench.rng import forked_rng
-from bench.timing import interleaved_times, median_ratio
+from bench.models import normalized
+from bench.core.rng import forked_rng
+from bench.core.timing import interleaved_times, median_ratio
 
 TINY_MODEL = 'resnet18_blockmoe_e4_k1'
 TINY_KWARGS = dict(width=8, in_chans=1, num_classes=10)

@@ -28,7 +28,7 @@ from timm.models.resnet import BasicBlock
 
 from timm_moe.layers import BlockMoE
 
-from bench.timing import interleaved_times
+from bench.core.timing import interleaved_times
 
 
 def _reference_layer(src: str, experts: nn.ModuleList, in_chs: int, k: int) -> nn.Module:

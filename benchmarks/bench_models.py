@@ -18,7 +18,7 @@ import torch
 
 import timm_moe
 
-from bench.timing import interleaved_times
+from bench.core.timing import interleaved_times
 
 
 def bench_model(name: str, batches: List[int], repeats: int, input_size: int = 32,

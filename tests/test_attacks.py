@@ -14,7 +14,7 @@ from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTar
                            Square, accuracy, build_attack, parse_eps, perturbation_norm, predict,
                            reference_warning_flag, reference_warnings, resolve_attacks, worst_case)
 from bench.data import eval_tensors
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -1,4 +1,4 @@
-"""Tests of `timm-moe audit` (bench.audit, bench.flops, bench.latency).
+"""Tests of `timm-moe audit` (bench.audit, bench.audit.flops, bench.audit.latency).
 
 FLOPs are in fvcore's unit, 1 FLOP = 1 multiply-accumulate (MAC). Models are small (width 16) except one
 test that checks the paper's headline numbers on the CIFAR ResNet-18 at width 64 (FLOPs only, no timing).
@@ -14,9 +14,9 @@ from torch import nn
 
 import timm_moe
 from bench import cli
-from bench.audit import _targets, audit_model
-from bench.flops import flop_table, moe_flops, per_image_by_module
-from bench.latency import latency_vs_dense, peak_forward_bytes
+from bench.audit.audit import _targets, audit_model
+from bench.audit.flops import flop_table, moe_flops, per_image_by_module
+from bench.audit.latency import latency_vs_dense, peak_forward_bytes
 from timm_moe.layers import BlockMoE
 
 # a tiny BlockMoE with experts of different cost, so that the active count shows the routing

@@ -9,7 +9,7 @@ import torch
 
 import timm_moe  # noqa: F401 - registers the models
 from benchmarks import bench_attacks, bench_layer, bench_models
-from bench.normalize import normalized
+from bench.models import normalized
 
 ROOT = Path(__file__).resolve().parents[1]
 

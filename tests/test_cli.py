@@ -7,7 +7,7 @@ import pytest
 
 import bench.cli.leaderboard
 from bench.cli import USER_ERRORS, main
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def _raising(exc: BaseException):

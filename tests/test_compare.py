@@ -6,7 +6,7 @@ import pytest
 
 from bench.results import compare, stats
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.registry import write_entry
 
 PGD20 = {'attack': 'PGD', 'implementation': 'timm-moe', 'eps': 8 / 255, 'norm': 'Linf', 'steps': 20,

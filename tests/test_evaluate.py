@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 import timm_moe  # noqa: F401 - registers the models
-from bench import cli, moe_analysis
+from bench import cli
+from bench.evaluation import moe as moe_analysis
 from bench.attacks import PGD
 from bench.data import dataset_info, eval_tensors
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.evaluate import SIDECAR_SUFFIX, evaluate_model
-from bench.normalize import normalized, unwrap
+from bench.models import normalized, unwrap
 
 DATA = 'fashion-mnist-bundled'
 

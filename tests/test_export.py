@@ -11,10 +11,10 @@ import torch
 import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
 from bench.config import load_config
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
                           read_export)
-from bench.provenance import sha256_file
+from bench.core.provenance import sha256_file
 from bench.train import run_training
 
 REPO = Path(__file__).resolve().parent.parent

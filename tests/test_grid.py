@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.results import leaderboard
 from bench.cli import main
 from bench.config import load_config
-from bench.errors import UserError
-from bench.grid import cell_config, cells, load_spec
+from bench.core.errors import UserError
+from bench.pipeline.grid import cell_config, cells, load_spec
+from bench.results import leaderboard
 from bench.results.registry import load_entries
 
 TINY = dict(arch=['resnet18'], experts=[2], k=[1], gate=['gap_fc'], aux_loss=['entropy'], placement=['last'],

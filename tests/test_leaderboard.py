@@ -12,7 +12,7 @@ import pytest
 
 from bench.results import leaderboard as lb
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.registry import DEFAULT_REGISTRY, load_entries, write_entry
 from bench.results.stats import t_quantile, wilson_interval
 from registry_fakes import make_entry

@@ -1,4 +1,4 @@
-"""RobustBench interop: robustbench 1.1.1 imports through `bench.robustbench_compat`, its `benchmark()` runs on
+"""RobustBench interop: robustbench 1.1.1 imports through `bench.evaluation.robustbench`, its `benchmark()` runs on
 our models, and its AutoAttack number equals ours on the same model and examples.
 
 robustbench's benchmark() loads CIFAR through torchvision (md5-checked downloads; there is no network here), so
@@ -18,7 +18,7 @@ import timm
 import torch
 
 import timm_moe  # noqa: F401 - registers the models
-from bench.robustbench_compat import benchmark_on_examples, feed_examples, import_robustbench, install_autoattack_alias
+from bench.evaluation.robustbench import benchmark_on_examples, feed_examples, import_robustbench, install_autoattack_alias
 
 pytestmark = [pytest.mark.robustbench, pytest.mark.usefixtures('one_thread')]
 

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from bench import attacks as attacks_mod
-from bench import sanity
+from bench.evaluation import checks as sanity
 from bench.attacks import APGD, PGD, build_attack, predict
 from bench.data import eval_tensors
 from bench.evaluate import evaluate_model
-from bench.sanity import AttackRecord
+from bench.evaluation.checks import AttackRecord
 
 DATA = 'fashion-mnist-bundled'
 EPS = 8 / 255

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.results import stats
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------ Wilson

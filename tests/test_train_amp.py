@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import load_config
-from bench.perturb import InputGradScaler, _grad, madry_examples
+from bench.training.adversarial import InputGradScaler, _grad, madry_examples
 from bench.train import Trainer
 
 EPS, STEP = 8 / 255, 2 / 255

@@ -9,7 +9,7 @@ import yaml
 import timm
 from bench.cli import main
 from bench.config import load_config
-from bench.provenance import sha256_file
+from bench.core.provenance import sha256_file
 from bench.train import Trainer, run_training
 
 TINY = dict(model_kwargs=dict(width=4), dataset='fashion-mnist-bundled', batch_size=16, train_limit=32,

@@ -8,8 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.atomic import atomic_open
-from bench.errors import UserError
+from bench.core.atomic import atomic_open
+from bench.core.errors import UserError
 from bench.results.compare import compare_entries, format_result, resolve_entry
 from bench.results.registry import DEFAULT_REGISTRY
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from bench.cli.options import add_registry_args
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.leaderboard import DEFAULT_SORT, check_sort, print_table, write_leaderboard
 from bench.results.registry import check_filters, load_entries
 

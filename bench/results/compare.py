@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results import stats
 from bench.results.registry import DEFAULT_REGISTRY, load_entry
 

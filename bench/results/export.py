@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import timm_moe
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -137,7 +137,7 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
 
 def resolve_run(path: PathLike, ema: bool = False) -> Tuple[Path, Path]:
     """(run directory, weights file) of `--checkpoint`: a run directory, or a weights file inside one."""
-    from bench.checkpoint import EMA_WEIGHTS, WEIGHTS
+    from bench.models import EMA_WEIGHTS, WEIGHTS
     path = Path(path)
     if path.is_dir():
         weights = path / (EMA_WEIGHTS if ema else WEIGHTS)
@@ -336,7 +336,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     """
     from bench.config import read_yaml_mapping
     from bench.evaluate import build_model
-    from bench.provenance import sha256_file
+    from bench.core.provenance import sha256_file
     from bench.results.registry import DEFAULT_REGISTRY
     out = Path(out)
     _check_out(out, overwrite)  # before any work, and before touching anything
@@ -348,7 +348,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
         raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
 
     model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
-    from bench.checkpoint import read_torch_file
+    from bench.models import read_torch_file
     from bench.evaluate import _state_dict_of
     state_dict = _state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
     check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')

@@ -35,8 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from bench.errors import UserError
-from bench.provenance import sha256_file
+from bench.core.errors import UserError
+from bench.core.provenance import sha256_file
 from bench.results.registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path,
                                     validate_entry, write_entry)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.leaderboard import fmt_eps
 from bench.results.registry import DEFAULT_REGISTRY, load_entries, robust_metric
 

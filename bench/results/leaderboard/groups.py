@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.results.leaderboard.columns import AUTO, CLEAN, DEFAULT_SORT, EXACT_N, Column, columns_of
 from bench.results.stats import group_by_seed, per_sample_vectors, seed_summary, wilson_interval
 

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
-from bench.atomic import atomic_open
-from bench.errors import UserError
+from bench.core.atomic import atomic_open
+from bench.core.errors import UserError
 from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
                                                describe)
 from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections

@@ -5,13 +5,13 @@ Per model, against its dense baseline with the identical stem and widths (`timm_
 - FLOPs per image by fvcore, in fvcore's unit (1 FLOP = 1 multiply-accumulate; 0.557 G for the dense
   CIFAR ResNet-18): **active** (gate + the experts each image of a routed batch really ran, averaged),
   **worst** (the k costliest experts), **total** (every expert runs), and the dense count. See
-  `bench.flops` for how the sparse dispatch is counted on purpose rather than left to one trace.
+  `bench.audit.flops` for how the sparse dispatch is counted on purpose rather than left to one trace.
 - Every total cross-checked with torch's `FlopCounterMode` (halved: it counts 2 FLOPs per MAC). It does
   not count batch-norm or pooling, which fvcore does, so a small difference is expected (0.2% on the
   paper's ResNet-18); the multiply-accumulate ops alone must agree exactly.
 - Parameters: total, and active per image (everything but the experts, plus k experts per layer).
 - Latency (batch 1 and 128 by default) and peak memory of one forward, over the dense baseline,
-  interleaved in one process (`bench.latency`).
+  interleaved in one process (`bench.audit.latency`).
 
 `--max-flops-ratio R` turns the audit into a CI gate: exit 1, naming each model whose active/dense FLOP
 ratio exceeds R. With default (full-width) experts only k=1 can pass R = 1.001; k=2 honestly costs
@@ -36,8 +36,8 @@ from torch import nn
 
 import timm_moe
 
-from .errors import UserError
-from .flops import FlopReport, flop_table, mac_flops, moe_flops, relative_difference
+from bench.core.errors import UserError
+from bench.audit.flops import FlopReport, flop_table, mac_flops, moe_flops, relative_difference
 
 # kwargs only an MoE model takes: the dense baseline is built with all the others (stem, width, ...)
 MOE_ONLY_KWARGS = ('gate', 'moe_blocks', 'aux_loss', 'aux_weight', 'noisy_gating', 'expert_width', 'num_experts', 'k')
@@ -223,7 +223,7 @@ def audit_model(
         result['flop_table'] = flop_table(model, fv, 'active', max_depth=table_depth)
 
     if latency:
-        from .latency import MEMORY_METHOD, latency_vs_dense
+        from bench.audit.latency import MEMORY_METHOD, latency_vs_dense
 
         dev = torch.device(device)
         model.to(dev)
@@ -239,7 +239,7 @@ def audit_model(
         if memory:
             result['memory_method'] = MEMORY_METHOD[dev.type]
         result['latency_settings'] = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup,
-                                          timing='interleaved medians (bench.timing)')
+                                          timing='interleaved medians (bench.core.timing)')
     result['seconds'] = time.perf_counter() - t0
     return result
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 import timm_moe
 
-from .errors import UserError
+from bench.core.errors import UserError
 
 
 def param_counts(model: torch.nn.Module) -> Dict[str, int]:

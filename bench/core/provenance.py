@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-from .errors import UserError
+from bench.core.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 _CHUNK = 1 << 20  # hash checkpoints in 1 MiB pieces: they can be far larger than memory allows
 
 

@@ -18,7 +18,7 @@ pyautoattack's, unchanged. One deliberate difference: with no seed given, the or
 sub-attack from the clock, so two runs differ; the alias uses seed 0 (as `timm-moe eval` does), which makes
 RobustBench's number reproducible and comparable with ours.
 
-    from bench.robustbench_compat import import_robustbench
+    from bench.evaluation.robustbench import import_robustbench
     robustbench = import_robustbench()
     clean, robust = robustbench.eval.benchmark(model, dataset='cifar100', threat_model='Linf', eps=8/255, ...)
 
@@ -193,7 +193,7 @@ def benchmark_on_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     """RobustBench's own `benchmark()` on given examples: (clean accuracy, AutoAttack accuracy), in [0, 1].
 
     Args:
-        model: Takes [0, 1] images (e.g. `bench.normalize.normalized(model)`), in eval mode.
+        model: Takes [0, 1] images (e.g. `bench.models.normalized(model)`), in eval mode.
         x: The examples (the same ones `timm-moe eval` uses: `bench.data.eval_tensors`).
         y: Their labels.
         eps: Radius.

@@ -1,6 +1,6 @@
 """Forward latency of a model over its dense baseline, and the peak memory of one forward.
 
-Latency: `bench.timing.interleaved_times` runs the model and its baseline in turns (after warm-up) in
+Latency: `bench.core.timing.interleaved_times` runs the model and its baseline in turns (after warm-up) in
 the same process, so drift in a shared machine's speed hits both alike; we report medians and the ratio
 of medians. CUDA work is timed with CUDA events when the device is a GPU.
 
@@ -24,7 +24,7 @@ from typing import Dict, Iterator, Sequence
 import torch
 from torch import nn
 
-from .timing import interleaved_times, median_ratio
+from bench.core.timing import interleaved_times, median_ratio
 
 MEMORY_METHOD = {
     'cuda': 'torch.cuda.max_memory_allocated during one forward, minus the memory allocated before it',

@@ -1,7 +1,7 @@
 """Evaluation attacks in [0, 1] pixel space: our PGD, and the reference AutoAttack family through `pyautoattack`.
 
 Every attack is a small object with its settings in `__init__` and `__call__(model, x, y) -> x_adv`. The
-model takes [0, 1] images (normalisation lives inside it, `bench.normalize`) and is put in eval mode by the
+model takes [0, 1] images (normalisation lives inside it, `bench.models`) and is put in eval mode by the
 caller. Each returned x_adv lies in the eps-ball around x and in [0, 1].
 
 Discipline copied from AutoAttack: restarts run only on points that are still classified correctly, a point
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UserError
-from bench.rng import forked_rng
+from bench.core.errors import UserError
+from bench.core.rng import forked_rng
 
 NORMS = ('Linf', 'L2')
 # AutoAttack's own sub-attack names, as `version='custom'` takes them

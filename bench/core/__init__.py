@@ -1,0 +1,1 @@
+"""Foundations every other layer may use; nothing here imports from bench outside bench.core."""

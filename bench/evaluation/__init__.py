@@ -1,0 +1,1 @@
+"""Evaluation: the loop, resume, sanity checks, MoE analysis and RobustBench interop (imports core, data, models, attacks)."""

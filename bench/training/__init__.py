@@ -1,0 +1,1 @@
+"""Training: config, trainer and the training-attack glue (imports core, data, models, attacks)."""
