@@ -4,6 +4,7 @@ The defaults are the paper's CIFAR-100 ResNet-18 recipe; `bench/configs/*.yaml` 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,11 +13,11 @@ import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 METHODS = ('normal', 'pgd', 'trades')
@@ -68,6 +69,8 @@ class TrainConfig:
     ema_decay: float = 0.9998
     amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
     channels_last: bool = False
+    torchcompile: Optional[str] = None  # torch.compile backend, as timm's --torchcompile (bare flag: inductor)
+    torchcompile_mode: Optional[str] = None  # inductor's mode: default | reduce-overhead | max-autotune | ...
     device: str = 'auto'  # auto | cpu | cuda | cuda:N
     seed: int = 12345  # the reference's seed
     deterministic: bool = False  # torch deterministic algorithms (exact resume and DDP equality on CPU)
@@ -100,18 +103,27 @@ class TrainConfig:
             raise UserError(f'upcycle_sha256={self.upcycle_sha256!r} is not a sha256 (64 lower-case hex digits)')
         if self.batch_size % self.accum_steps:
             raise UserError(f'batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}')
+        check_torchcompile(self.torchcompile, self.torchcompile_mode)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def sha256(self) -> str:
-        """Hash of the settings that change the result (not where it is written or how it is shown)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ('out', 'progress', 'log_every', 'workers')}
+        """Hash of the settings that change the result (not where it is written or how it is shown).
+
+        torch.compile is left out like the loader workers: it changes how the same computation runs (its
+        forwards and gradients match eager's to rounding; tests/test_torchcompile_cli.py checks it), and
+        leaving it out keeps the hashes of configs written before the key existed.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# timm's `--torchcompile` alone means inductor (argparse const); YAML `torchcompile: true` says the same
+TORCHCOMPILE_DEFAULT = 'inductor'
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -177,6 +189,8 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
         return
     if key not in _FIELDS:
         raise UserError(f'unknown config key {key!r}; allowed: {", ".join(_FIELDS)}')
+    if key == 'torchcompile' and str(value).lower() in ('true', 'false'):  # a bare flag, or a YAML bool
+        value = TORCHCOMPILE_DEFAULT if str(value).lower() == 'true' else None
     cfg_dict[key] = _coerce(key, value)
 
 
@@ -245,3 +259,59 @@ def _pairs(tokens: List[str]) -> List[tuple]:
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+
+def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
+    """Refuse, in one line, a backend torch.compile does not know or a mode its backend does not take.
+
+    Any registered backend is accepted, as `torch.compile` accepts it; the message lists the ones
+    `torch._dynamo.list_backends()` recommends and names the debugging ones.
+    """
+    if backend is None:
+        if mode is not None:
+            raise UserError(f'--torchcompile-mode {mode!r} needs --torchcompile (the backend to compile with)')
+        return
+    import torch._dynamo
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        debug = [b for b in ('eager', 'aot_eager') if b in torch._dynamo.list_backends(exclude_tags=())]
+        raise UserError(f'--torchcompile {backend!r} is not a torch.compile backend; choose one of '
+                        f'{", ".join(torch._dynamo.list_backends())} (torch._dynamo.list_backends()), '
+                        f'or for debugging {", ".join(debug)}')
+    if mode is None:
+        return
+    if backend != 'inductor':  # the modes are inductor's; another backend ignores or rejects them
+        raise UserError(f'--torchcompile-mode {mode!r} is an inductor mode; --torchcompile {backend} takes none')
+    from torch._inductor import list_mode_options
+    if mode not in list_mode_options():
+        raise UserError(f'--torchcompile-mode {mode!r} is not an inductor mode; choose one of '
+                        f'{", ".join(list_mode_options())}')
+
+
+@contextlib.contextmanager
+def torchcompile_settings(num_experts: int, retain_graph: bool = False) -> Iterator[None]:
+    """The dynamo and AOT-autograd settings under which compiled BlockMoE models run their whole job compiled.
+
+    With torch's defaults the job still gives eager's numbers, but parts of it quietly run eagerly:
+    - BlockMoE counts its images and training forwards in Python ints on the module; dynamo guards module
+      ints as constants, so every forward recompiled until the recompile limit, after which that code ran
+      eagerly for good. Here they are dynamic.
+    - Each forced expert (`timm_moe.force_expert`), grad mode and batch shape is a specialisation of its own:
+      the per-expert subpaths of an 8-expert model pass torch's limit of 8 recompiles per function. The
+      limit here grows with the number of experts.
+    - `retain_graph=True` (the evaluation's gradient checks backward twice through one forward): compiled
+      backwards donate their saved buffers by default, which forbids a second backward.
+
+    Args:
+        num_experts: Experts per MoE layer (`timm_moe.num_experts(model)`; 0 for a dense model).
+        retain_graph: Turn buffer donation off.
+    """
+    import torch._dynamo
+    import torch._functorch.config
+    limit = max(torch._dynamo.config.recompile_limit, 2 * (num_experts + 1) + 8)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, recompile_limit=limit))
+        if retain_graph:
+            stack.enter_context(torch._functorch.config.patch(donated_buffer=False))
+        yield

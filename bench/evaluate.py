@@ -3,7 +3,7 @@
     timm-moe eval --model resnet18_blockmoe_e8_k1 --checkpoint runs/train/model.pth \\
         --dataset cifar100 --attacks standard --n-examples 1000 --json results/aa.json --resume
 
-The model is wrapped with `bench.normalize.normalized` (the data set's mean/std), so attacks work in [0, 1].
+The model is wrapped with `bench.models.normalized` (the data set's mean/std), so attacks work in [0, 1].
 With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it (and its
 adversarial examples, which the sanity checks re-verify, and the routing analysis' examples are kept in
 `OUT.partial.jsonl.adv/`); --resume skips the batches recorded there, and the final JSON is written atomically
@@ -12,28 +12,30 @@ only when everything is done. docs/EVALUATION.md describes the result, the check
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 import timm
 import timm_moe
-from bench import moe_analysis, sanity
+from bench.evaluation import checks as sanity, moe as moe_analysis
 from bench.attacks import (NORMS, PRESETS, AutoAttack, accuracy, attack_choices, build_attack, parse_eps,
                            perturbation_norm, predict, reference_warning_flag, reference_warnings, resolve_attacks,
                            robust_under_all)
-from bench.atomic import atomic_open
-from bench.checkpoint import atomic_save, read_torch_file
-from bench.errors import UserError
-from bench.normalize import Normalized, normalized, unwrap
-from bench.progress import progress_bar
+from bench.config import TORCHCOMPILE_DEFAULT, check_torchcompile, torchcompile_settings
+from bench.core.atomic import atomic_open
+from bench.models import atomic_save, read_torch_file
+from bench.core.errors import UserError
+from bench.models import Normalized, normalized, unwrap
+from bench.core.progress import progress_bar
 
 SIDECAR_SUFFIX = '.partial.jsonl'
 # key of the routing analysis' crafted examples in the sidecar's example store (no attack has this name)
@@ -142,7 +144,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
-        model: A classifier taking [0, 1] images (e.g. `bench.normalize.normalized(model)`); or a timm model
+        model: A classifier taking [0, 1] images (e.g. `bench.models.normalized(model)`); or a timm model
             expecting normalised input, if `mean` and `std` are given, which wraps it here.
         x: Images in [0, 1], (N, C, H, W), on the CPU (batches move to the model's device).
         y: Labels (N,).
@@ -480,6 +482,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--no-per-expert', action='store_true', help='skip per-expert subpaths, routing and transfer')
     p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--torchcompile', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None, metavar='BACKEND',
+                   help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm\'s flag')
+    p.add_argument('--torchcompile-mode', default=None, help='inductor mode: default, reduce-overhead, max-autotune, ...')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
@@ -494,6 +499,23 @@ def _device(text: str) -> torch.device:
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'--device {text}: CUDA is not available here; use --device cpu')
     return dev
+
+
+@contextlib.contextmanager
+def _compiled(model: nn.Module, backend: Optional[str], mode: Optional[str]) -> Iterator[nn.Module]:
+    """`model` compiled in place, under the settings a compiled BlockMoE needs (no-op without a backend).
+
+    In place (`nn.Module.compile`), not `torch.compile`'s wrapper: the module tree stays the eager one, so
+    routing keys ('model.layer4.1'), `unwrap` and weight digests are those of an eager evaluation.
+    """
+    if backend is None:
+        yield model
+        return
+    torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
+    model.compile(backend=backend, mode=mode)
+    # retain_graph: the gradient-masking checks backward twice through one forward
+    with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True):
+        yield model
 
 
 def _check_json_target(out: Path, resume: bool, overwrite: bool) -> None:
@@ -524,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
     if args.json is not None:
         _check_json_target(args.json, args.resume, args.overwrite)
+    check_torchcompile(args.torchcompile, args.torchcompile_mode)
     device = _device(args.device)
     kwargs = {**run_config_kwargs(args.checkpoint), **_parse_kwargs(args.model_kwargs)}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
@@ -534,12 +557,14 @@ def run(args: argparse.Namespace) -> int:
     x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
     wrapped = normalized(model, info['mean'], info['std']).to(device)
     sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None
-    result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
-                            per_expert=not args.no_per_expert, seed=args.seed, sidecar=sidecar, resume=args.resume,
-                            progress=not args.no_progress, n_check=args.n_check)
+    with _compiled(wrapped, args.torchcompile, args.torchcompile_mode):
+        result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
+                                per_expert=not args.no_per_expert, seed=args.seed, sidecar=sidecar,
+                                resume=args.resume, progress=not args.no_progress, n_check=args.n_check)
     result['settings'].update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
                               checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
-                              device=str(device), torch=torch.__version__, timm=timm.__version__)
+                              device=str(device), torch=torch.__version__, timm=timm.__version__,
+                              torchcompile=args.torchcompile, torchcompile_mode=args.torchcompile_mode)
     print_result(result)
     if args.json:
         write_json_atomic(result, args.json)

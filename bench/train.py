@@ -35,15 +35,16 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
-from bench import checkpoint as ckpt
-from bench.config import TrainConfig, load_config, read_yaml_mapping, save_config
+from bench import models as ckpt
+from bench.config import (TORCHCOMPILE_DEFAULT, TrainConfig, load_config, read_yaml_mapping, save_config,
+                          torchcompile_settings)
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
-from bench.errors import UserError
-from bench.normalize import normalized
-from bench.perturb import InputGradScaler, madry_examples, trades_examples
-from bench.progress import progress_bar
-from bench.provenance import sha256_file
-from bench.rng import forked_rng, key_seed
+from bench.core.errors import UserError
+from bench.models import normalized
+from bench.training.adversarial import InputGradScaler, madry_examples, trades_examples
+from bench.core.progress import progress_bar
+from bench.core.provenance import sha256_file
+from bench.core.rng import forked_rng, key_seed
 
 
 class ShardedBatches(Sampler[List[int]]):
@@ -139,6 +140,7 @@ class Trainer:
         self.ddp = (nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index]
                                                         if self.device.type == 'cuda' else None)
                     if self.distributed else self.net)
+        self.step_net, self.local_net = self._compiled()
         self.eval_set = self._eval_set() if cfg.eval_limit and self.primary else None
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
         if resume:
@@ -147,6 +149,25 @@ class Trainer:
             if self.upcycled_from is not None:  # config.yaml pins the dense source by content
                 cfg.upcycle_sha256 = self.upcycled_from['sha256']
             save_config(cfg, self.run_dir / 'config.yaml')
+
+    def _compiled(self) -> tuple:
+        """(step_net, local_net): the training forward (through DDP) and the attack's and clean accuracy's
+        forward (without DDP), compiled by `--torchcompile` as timm's train.py does it: after the DDP wrap,
+        with the EMA and the checkpoints on the raw module (so no `_orig_mod.` key reaches a state_dict)."""
+        cfg = self.cfg
+        if not cfg.torchcompile:
+            return self.ddp, self.net
+        torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
+        step_net = torch.compile(self.ddp, backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
+        # without DDP the attack's backward must not all-reduce: a distributed run compiles the bare net too
+        local_net = torch.compile(self.net, backend=cfg.torchcompile, mode=cfg.torchcompile_mode) \
+            if self.distributed else step_net
+        return step_net, local_net
+
+    def _compile_settings(self) -> contextlib.AbstractContextManager:
+        if not self.cfg.torchcompile:
+            return contextlib.nullcontext()
+        return torchcompile_settings(timm_moe.num_experts(self.model))
 
     # -- small helpers
     def _eval_set(self) -> tuple:
@@ -185,10 +206,10 @@ class Trainer:
         with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)), \
                 self._attack_autocast(), timm_moe.paused_routing_stats(self.model):
             if cfg.method == 'pgd':
-                x_adv = madry_examples(self.net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start,
+                x_adv = madry_examples(self.local_net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start,
                                        scaler=self.attack_scaler)
             else:
-                x_adv = trades_examples(self.net, x, cfg.eps, cfg.attack_step, cfg.attack_steps,
+                x_adv = trades_examples(self.local_net, x, cfg.eps, cfg.attack_step, cfg.attack_steps,
                                         scaler=self.attack_scaler)
         self.net.train(was_training)
         return x_adv
@@ -197,19 +218,19 @@ class Trainer:
         cfg = self.cfg
         if cfg.method == 'normal':
             with self._autocast():
-                logits = self.ddp(x)
+                logits = self.step_net(x)
                 task = F.cross_entropy(logits, y)
             aux = timm_moe.aux_loss(self.model)
         elif cfg.method == 'pgd':
             x_adv = self._adversarial(x, y, shard)
             with self._autocast():
-                logits = self.ddp(x_adv)
+                logits = self.step_net(x_adv)
                 task = F.cross_entropy(logits, y)
             aux = timm_moe.aux_loss(self.model)
         else:  # TRADES: clean and adversarial images in one forward, so DDP sees one pass
             x_adv = self._adversarial(x, y, shard)
             with self._autocast():
-                both = self.ddp(torch.cat([x, x_adv]))
+                both = self.step_net(torch.cat([x, x_adv]))
                 logits, logits_adv = both.float().chunk(2)
                 robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction='batchmean')
                 task = F.cross_entropy(logits, y) + cfg.trades_beta * robust
@@ -311,10 +332,9 @@ class Trainer:
     def clean_accuracy(self) -> Optional[float]:
         if self.eval_set is None:
             return None
-        net = self.net
-        net.eval()
+        self.net.eval()
         x, y = self.eval_set
-        correct = sum(int((net(self._to_device(xb)).argmax(1).cpu() == yb).sum())
+        correct = sum(int((self.local_net(self._to_device(xb)).argmax(1).cpu() == yb).sum())
                       for xb, yb in zip(x.split(256), y.split(256)))
         return 100.0 * correct / len(y)
 
@@ -323,7 +343,7 @@ class Trainer:
         total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else min(
             cfg.max_steps, cfg.epochs * self.steps_per_epoch)
         images_seen, train_seconds = 0, 0.0
-        with progress_bar(enabled=cfg.progress and self.primary) as bar:
+        with progress_bar(enabled=cfg.progress and self.primary) as bar, self._compile_settings():
             task = bar.add_task(f'{cfg.method} {cfg.model}', total=total, completed=self.global_step, ips='')
             while self.epoch < cfg.epochs and self.global_step < total:
                 self.train_set.set_epoch(self.epoch)
@@ -518,6 +538,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         flag = '--' + f.name.replace('_', '-')
         if f.type in ('bool', bool):
             p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL')
+        elif f.name == 'torchcompile':  # timm's flag: an optional backend, inductor when bare
+            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None,
+                           metavar='BACKEND', help=f'compile with torch.compile (bare: {TORCHCOMPILE_DEFAULT})')
         else:
             p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
                            help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
