@@ -14,17 +14,26 @@ What it does, and why:
 - adds our names to the tests that timm selects by model *module* (its FEAT_INTER_FILTERS lists
   'resnet' and others): ours live in `timm_moe`'s module but inherit timm's ResNet feature API, so
   timm's own checks of `forward_intermediates` and pruning apply to them unchanged;
+- fails a test (in teardown) when a BlockMoE layer it created outlives it: timm's tests create a
+  few hundred models of up to 0.7 GB (resnet50, E=32), so a leak that holds each one grows the run
+  past the memory of a CI machine (22 GB here before it was killed); the check names the leak and
+  then releases the layer's graph-holding attributes so that the rest of the run can go on;
+- runs the cyclic garbage collector after each test, for the same reason: Python's GC is
+  triggered by object counts, not bytes, and frees big models in reference cycles too late;
 - marks the TorchScript tests strict-xfail: TorchScript is deprecated by torch and not supported
   here (docs/ECOSYSTEM.md says why); strict, so that the mark fails once they start to pass.
 """
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Dict, List, Set
 
 import pytest
 import timm
 
 import timm_moe  # noqa: F401 - registers our models with timm before the test file is collected
+from timm_moe.layers import BlockMoE
 
 # Core tests of timm's test_models.py that must run on every one of our models where the file defines
 # them (1.0.9 and 1.0.31 both define all of these).
@@ -57,6 +66,7 @@ def our_model_names() -> List[str]:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in TIMM_MARKERS:
         config.addinivalue_line('markers', marker)
+    BlockMoE.__init__ = _tracked_init  # undone in pytest_unconfigure
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -113,6 +123,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = keep
+
+
+# every BlockMoE built during the current test, held weakly: whatever is left after the test is a leak
+_BUILT: 'weakref.WeakSet[BlockMoE]' = weakref.WeakSet()
+_ORIGINAL_INIT = BlockMoE.__init__
+
+
+def _tracked_init(self: BlockMoE, *args, **kwargs) -> None:
+    _ORIGINAL_INIT(self, *args, **kwargs)
+    _BUILT.add(self)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    BlockMoE.__init__ = _ORIGINAL_INIT
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _BUILT.clear()
+
+
+def leaked_layers() -> List[BlockMoE]:
+    """BlockMoE layers built in the current test that are still alive after a full garbage collection."""
+    gc.collect()
+    return list(_BUILT)
+
+
+def release(layers: List[BlockMoE]) -> None:
+    """Drop what a layer keeps from its last forward, which may hold an autograd graph (and through it the model)."""
+    for layer in layers:
+        layer.last_aux = None
+        layer.last_routing = None
+    gc.collect()
+
+
+_CALL_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: pytest 7 too
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == 'call':
+        item.stash[_CALL_PASSED] = report.passed
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    leaked = leaked_layers()
+    _BUILT.clear()
+    if not leaked:
+        return
+    # a failed (or xfailed) test's model may still sit in its traceback, which pytest and its plugins
+    # keep for reporting: only a test that passed must have let go of everything
+    passed = item.stash.get(_CALL_PASSED, False)
+    message = (f'{len(leaked)} BlockMoE layer(s) built by this test outlived it '
+               f'({", ".join(sorted({layer.name for layer in leaked}))}): something still references them, so '
+               'their model leaks; released their last_aux/last_routing')
+    release(leaked)
+    leaked.clear()  # the traceback pytest keeps must not hold the layers either
+    if passed:
+        raise AssertionError(message)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

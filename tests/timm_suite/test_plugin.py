@@ -143,3 +143,24 @@ def test_fetch_script_runs(tmp_path):
     done = subprocess.run([sys.executable, str(HERE / 'fetch_timm_tests.py'), str(tmp_path), '--version', '9.9.9'],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == str(tmp_path / 'timm-9.9.9' / 'test_models.py')
+
+
+def test_leak_check_fires_when_a_model_outlives_its_test(pytester):
+    # a model kept after its test, as a leak would keep it; a failing test's traceback is not a leak
+    result = _run(pytester, '''
+import timm
+KEPT = []
+
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    model = timm.create_model(model_name, width=4)
+    if model_name == 'resnet18_blockmoe_e2_k1':
+        KEPT.append(model)
+    if model_name == 'resnet18_blockmoe_e2_k2':
+        raise RuntimeError('fails with the model in its frame')
+''')
+    result.assert_outcomes(passed=len(OURS) - 1, failed=1, errors=1)
+    out = result.stdout.str()
+    assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k1]' in out
+    assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k2]' not in out
+    assert '1 BlockMoE layer(s) built by this test outlived it (layer4.1)' in out
