@@ -1,4 +1,4 @@
-"""Evaluation results for registry tests: what `bench.evaluate.evaluate_model` returns, without running attacks.
+"""Evaluation results for registry tests: what `bench.evaluation.loop.evaluate_model` returns, without running attacks.
 
 The per-sample vectors agree with the accuracies (the registry checks that), and each attack's settings are
 the real ones of `bench.attacks` for its name, so entries built from these look exactly like measured ones.
@@ -66,17 +66,17 @@ def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clea
         n: test points.
         lr: the training config's learning rate: entries that must not form a seed group differ in it.
     """
-    from bench.results.registry import measured_entry
+    from bench.results.entries import measured_entry
+    from timm_moe import ModelSpec
 
-    k = None if experts == 0 else 1
     name = 'resnet18_dense' if experts == 0 else f'resnet18_blockmoe_e{experts}_k1'
     kwargs = model_kwargs if model_kwargs is not None else (
         {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy', 'moe_blocks': 'last'})
     if attacks is None:
         attacks = {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'ensemble': robust}
     e = measured_entry(
-        model_name=name, model_kwargs=kwargs, dataset='fashion-mnist-bundled', method='pgd', arch='resnet18',
-        experts=experts, k=k, training_config={'epochs': 1, 'lr': lr, 'seed': seed, 'out': f'runs/s{seed}'},
+        spec=ModelSpec.from_timm_kwargs(name, kwargs)[0], model_kwargs=kwargs, dataset='fashion-mnist-bundled',
+        method='pgd', training_config={'epochs': 1, 'lr': lr, 'seed': seed, 'out': f'runs/s{seed}'},
         epochs=1, eval_result=fake_eval_result(clean, attacks, n=n, eps=eps, seed=seed),
         provenance=dict(PROVENANCE, seed=seed),
         flops={'active': 5.6e8, 'total': 6.3e8, 'dense': 5.57e8, 'ratio': 1.005} if experts else None,

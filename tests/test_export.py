@@ -10,12 +10,12 @@ import torch
 
 import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
-from bench.config import load_config
+from bench.training.config import load_config
 from bench.core.errors import UserError
 from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
                           read_export)
 from bench.core.provenance import sha256_file
-from bench.train import run_training
+from bench.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'resnet18_blockmoe_e4_k1'  # the quickstart's MoE, so that its shipped registry entry fits the run

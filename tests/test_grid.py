@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.config import load_config
+from bench.training.config import load_config
 from bench.core.errors import UserError
 from bench.pipeline.grid import cell_config, cells, load_spec
 from bench.results import leaderboard

@@ -11,11 +11,14 @@ from typing import Any, Dict
 
 import pytest
 
-from bench import cli, provenance as prov
-from bench.errors import UserError
+from bench import cli
+from bench.core import provenance as prov
+from bench.core.errors import UserError
 from bench.results import import_paper, leaderboard
+from bench.results.entries import measured_entry
 from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema,
-                                    make_entry_id, measured_entry, validate_entry, write_entry)
+                                    make_entry_id, validate_entry, write_entry)
+from timm_moe import ModelSpec
 from registry_fakes import make_entry
 
 
@@ -385,8 +388,19 @@ def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():
     result = fake_eval_result(60.0, {'pgd20': 20.0})
     del result['correct']
     with pytest.raises(ValueError, match='correct') as info:
-        measured_entry(model_name='resnet18_dense', model_kwargs={}, dataset='cifar10', method='normal',
-                       eval_result=result, provenance={}, experts=0)
+        measured_entry(spec=ModelSpec.from_name('resnet18_dense'), model_kwargs={}, dataset='cifar10',
+                       method='normal', eval_result=result, provenance={})
+    assert not isinstance(info.value, UserError)
+
+
+def test_measured_entry_refuses_kwargs_of_another_spec():
+    """The entry's model fields come from the spec, its kwargs from the build: the two must describe one model."""
+    from registry_fakes import fake_eval_result
+
+    spec = ModelSpec.from_name('resnet18_blockmoe_e4_k1', width=8)
+    with pytest.raises(ValueError, match='not the spec') as info:
+        measured_entry(spec=spec, model_kwargs={'width': 8, 'gate': 'conv_gap'}, dataset='cifar10', method='normal',
+                       eval_result=fake_eval_result(60.0, {'pgd20': 20.0}), provenance={})
     assert not isinstance(info.value, UserError)
 
 

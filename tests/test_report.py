@@ -9,7 +9,9 @@ import pytest
 
 from bench.results import report
 from bench.cli import main
-from bench.results.registry import DEFAULT_REGISTRY, measured_entry, write_entry
+from bench.results.entries import measured_entry
+from bench.results.registry import DEFAULT_REGISTRY, write_entry
+from timm_moe import ModelSpec
 from registry_fakes import fake_eval_result
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -24,10 +26,11 @@ def synthetic(entry_id: str, experts: int, clean: float, robust: float, aa: bool
         ra['autoattack'] = robust - 0.5
     per_expert = [{'expert': i, 'clean_acc': clean - 3 * i, 'robust_acc': {'autoattack': robust - i, 'pgd20': robust}}
                   for i in range(experts)] if moe else None
+    name = f'resnet18_blockmoe_e{experts}_k1' if moe else 'resnet18_dense'
+    kwargs = {'width': 16, 'gate': 'gap_fc', 'moe_blocks': 'last'} if moe else {'width': 16}
     return measured_entry(
-        model_name=f'resnet18_blockmoe_e{experts}_k1' if moe else 'resnet18_dense',
-        model_kwargs={'width': 16, 'gate': 'gap_fc', 'moe_blocks': 'last'} if moe else {'width': 16},
-        dataset='fashion-mnist-bundled', method='pgd', arch='resnet18', experts=experts, k=1 if moe else None,
+        spec=ModelSpec.from_timm_kwargs(name, kwargs)[0], model_kwargs=kwargs,
+        dataset='fashion-mnist-bundled', method='pgd',
         eval_result=fake_eval_result(clean, ra, n=200, eps=0.1, per_expert=per_expert),
         provenance={'package_version': '0.1.0', 'git_commit': None, 'torch': '2', 'timm': '1', 'device': 'cpu',
                     'command': 'pytest', 'seed': 0, 'date': '2026-01-01T00:00:00Z', 'checkpoint_sha256': None},

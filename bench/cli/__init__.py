@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Optional
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 # Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
@@ -20,14 +20,14 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, I
 
 # verb -> module that implements it; imported lazily so `timm-moe --help` stays fast
 VERBS = {
-    'quickstart': 'bench.quickstart',
-    'train': 'bench.train',
-    'eval': 'bench.evaluate',
-    'audit': 'bench.audit',
+    'quickstart': 'bench.cli.quickstart',
+    'train': 'bench.cli.train',
+    'eval': 'bench.cli.eval',
+    'audit': 'bench.cli.audit',
     'leaderboard': 'bench.cli.leaderboard',
-    'grid': 'bench.grid',
+    'grid': 'bench.cli.grid',
     'report': 'bench.cli.report',
-    'models': 'bench.models_cmd',
+    'models': 'bench.cli.models',
     'export': 'bench.cli.export',
     'compare': 'bench.cli.compare',
     'import-paper': 'bench.cli.import_paper',

@@ -28,6 +28,11 @@ from torch import nn
 
 import timm_moe
 from bench.core.errors import UserError
+from bench.core.provenance import sha256_file
+from bench.data import DATASETS, dataset_info
+from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
+from bench.results.registry import DEFAULT_REGISTRY, load_entries, load_entry
+from bench.training.config import read_yaml_mapping
 
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -137,7 +142,6 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
 
 def resolve_run(path: PathLike, ema: bool = False) -> Tuple[Path, Path]:
     """(run directory, weights file) of `--checkpoint`: a run directory, or a weights file inside one."""
-    from bench.models import EMA_WEIGHTS, WEIGHTS
     path = Path(path)
     if path.is_dir():
         weights = path / (EMA_WEIGHTS if ema else WEIGHTS)
@@ -159,9 +163,6 @@ def resolve_run(path: PathLike, ema: bool = False) -> Tuple[Path, Path]:
 
 def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, Any]]:
     """(model name, data set, full model kwargs) of a run, as `timm-moe train` built its model."""
-    from bench.config import read_yaml_mapping
-    from bench.data import DATASETS, dataset_info
-    from bench.evaluate import run_config_kwargs
     cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
     name, dataset = cfg.get('model'), cfg.get('dataset')
     if not isinstance(name, str) or not timm.is_model(name):
@@ -184,7 +185,6 @@ def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, An
 
 def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str) -> Dict[str, Any]:
     """config.json in timm's hub layout; `pretrained_cfg` describes the data the weights expect."""
-    from bench.data import dataset_info
     info = dataset_info(dataset)
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _CFG_DROP and v is not None}
     cfg.update(architecture=name, num_classes=model.num_classes, input_size=tuple(info['input_size']),
@@ -290,7 +290,6 @@ def _entry_section(entry: Mapping[str, Any]) -> List[str]:
 def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike) -> Tuple[Optional[Dict], str]:
     """(entry, how it was chosen): `spec` is an entry id or JSON path; without it, the registry entry
     whose provenance.checkpoint_sha256 is these weights' (None when none is)."""
-    from bench.results.registry import load_entries, load_entry
     if spec:
         if Path(spec).suffix == '.json' or Path(spec).is_file():
             if not Path(spec).is_file():
@@ -334,10 +333,6 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
         ema: Export the run's EMA weights (model_ema.pth).
         overwrite: Replace a non-empty `out`.
     """
-    from bench.config import read_yaml_mapping
-    from bench.evaluate import build_model
-    from bench.core.provenance import sha256_file
-    from bench.results.registry import DEFAULT_REGISTRY
     out = Path(out)
     _check_out(out, overwrite)  # before any work, and before touching anything
     run_dir, weights = resolve_run(checkpoint, ema)
@@ -348,9 +343,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
         raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
 
     model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
-    from bench.models import read_torch_file
-    from bench.evaluate import _state_dict_of
-    state_dict = _state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
+    state_dict = state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
     check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
     model.load_state_dict(state_dict)
 

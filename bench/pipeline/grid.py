@@ -1,8 +1,12 @@
-"""`timm-moe grid`: the paper's sweep (experts x k x gate x aux loss x placement x arch x training) from YAML.
+"""The paper's sweep (experts x k x gate x aux loss x placement x arch x training) from YAML (`timm-moe grid`).
 
-Each cell trains (`bench.train`), attacks (`bench.evaluate`), audits (`bench.audit`) and writes one registry
-entry. A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; a failing cell is written to
+Each cell runs the one pipeline, `bench.pipeline.cell.run_cell` (train, attack, audit, register one entry).
+A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; a failing cell is written to
 `cells/<cell>/failed.txt`, reported, and the sweep goes on with the next one.
+
+`shard=(i, n)` runs only the i-th of n slices of the cell list (`cells[i::n]`, i from 0), so that n processes,
+on n machines (a Slurm array job, say), fill one registry: every cell belongs to exactly one slice, and
+registry writes are atomic and never overwrite, so no entry is lost or clobbered.
 
 `train_config` names the training recipe: one YAML for every cell, or one per architecture
 (`{resnet18: cifar100_resnet18_pgd, resnet50: cifar100_resnet50_pgd}`), because the paper trains ResNet-50
@@ -11,21 +15,25 @@ each configuration's runs as one row (mean, spread and interval over the seeds).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import read_yaml_mapping
-from bench.errors import UserError
-from bench.parallel import process_pool
+from timm_moe import ModelSpec
+
+from bench.attacks import resolve_attacks
+from bench.core.errors import UserError
+from bench.core.parallel import process_pool
+from bench.pipeline.cell import Evaluation, Output, run_cell, training_config, write_json
+from bench.results.leaderboard import write_leaderboard
+from bench.training.config import TrainConfig, read_yaml_mapping
 
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = ('resnet18', 'resnet50')
@@ -71,9 +79,8 @@ def load_spec(path: str | Path) -> GridSpec:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
     _check_train_config(spec.train_config, spec.arch, path)
     _check_seeds(spec.seeds, path)
-    if 'attacks' in spec.eval:  # an unknown attack would otherwise fail every cell after its training
-        from bench.attacks import resolve_attacks
-        resolve_attacks(spec.eval['attacks'])
+    # an unknown attack or eval key would otherwise fail every cell after its training
+    resolve_attacks(grid_evaluation(spec).attacks)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
@@ -115,10 +122,15 @@ def recipe_for(spec: GridSpec, arch: str) -> Optional[str]:
 
 
 def cells(spec: GridSpec) -> List[Dict[str, Any]]:
-    """Every (model, kwargs, training, seed) the spec names, in a stable order, each with a unique `cell` id.
+    """Every (model spec, training, seed) the grid names, in a stable order, each with a unique `cell` id.
 
+    A cell holds its `spec` (`timm_moe.ModelSpec`), the timm kwargs the spec does not own (`timm_kwargs`),
+    and for display and filtering its `model` name, `experts`, `k`, `arch`, `training`, `seed` and recipe.
     Without `seeds` a cell's seed is None (the recipe's) and its id has no seed part, so the ids of
     sweeps that never named seeds stay what they were (and their finished cells are still found).
+
+    Raises:
+        UserError: a cell's model kwargs do not make a valid spec (the message names the cell).
     """
     out, seen = [], set()
     seeds: List[Optional[int]] = list(spec.seeds) if spec.seeds else [None]
@@ -126,124 +138,124 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
         tail = f'-{training}' if seed is None else f'-{training}-seed{seed}'
         common = dict(training=training, arch=arch, seed=seed, train_config=recipe_for(spec, arch))
         if spec.dense:
-            out.append(dict(cell=f'{arch}_dense{tail}', model=f'{arch}_dense', model_kwargs=dict(spec.model_kwargs),
-                            experts=0, k=None, **common))
+            out.append(_cell(f'{arch}_dense{tail}', f'{arch}_dense', dict(spec.model_kwargs), common))
         for e, k, gate, loss, place in itertools.product(spec.experts, spec.k, spec.gate, spec.aux_loss,
                                                          spec.placement):
             if k > e or e == 0:
                 continue  # k <= E, and dense baselines come from `dense`
             model = f'{arch}_blockmoe_e{e}_k{k}'
-            kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, moe_blocks=place)
             cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
-                out.append(dict(cell=cell, model=model, model_kwargs=kwargs, experts=e, k=k, **common))
+                kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, moe_blocks=place)
+                out.append(_cell(cell, model, kwargs, common))
     return out
 
 
+def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mapping[str, Any]) -> Dict[str, Any]:
+    """One cell: the grid's (name, kwargs) pair becomes a spec here, once; a bad value is the user's."""
+    try:
+        model_spec, timm_kwargs = ModelSpec.from_timm_kwargs(model, model_kwargs)
+    except ValueError as e:
+        raise UserError(f'grid cell {cell}: {e}') from None
+    return dict(cell=cell, spec=model_spec, timm_kwargs=timm_kwargs, model=model_spec.name,
+                experts=model_spec.experts, k=model_spec.k, **common)
+
+
 def check_models(grid: List[Dict[str, Any]]) -> None:
-    """Build each distinct model of the grid once, without memory (meta device), so that a bad kwarg in the
-    spec (an unknown gate, a placement, a width) is refused before any cell trains, naming the cell.
+    """Build each distinct model of the grid once, without memory (meta device), so that a kwarg the spec
+    cannot judge alone (a timm kwarg, an expert width that fits no inner width) is refused before any cell
+    trains, naming the cell.
 
-    The plugin reports bad kwargs as ValueError/TypeError; here they come from the spec, so they are the
-    user's to fix and become a UserError.
+    The plugin reports bad kwargs as ValueError/TypeError; here they come from the grid YAML, so they are
+    the user's to fix and become a UserError.
     """
-    import timm
-    import torch
-
-    import timm_moe  # noqa: F401  registers the models
-
     seen = set()
     for c in grid:
-        key = (c['model'], json.dumps(c['model_kwargs'], sort_keys=True, default=str))
+        key = (c['spec'], json.dumps(c['timm_kwargs'], sort_keys=True, default=str))
         if key in seen:
             continue
         seen.add(key)
         try:
             with torch.device('meta'):
-                timm.create_model(c['model'], **c['model_kwargs'])
+                c['spec'].create(**c['timm_kwargs'])
         except (ValueError, TypeError) as e:
             raise UserError(f'grid cell {c["cell"]}: {c["model"]} cannot be built with model_kwargs '
-                            f'{c["model_kwargs"]}: {e}') from None
+                            f'{c["timm_kwargs"]}: {e}') from None
 
 
-def _registry_dir(spec: GridSpec) -> Path:
+def shard_cells(grid: List[Dict[str, Any]], shard: Optional[Tuple[int, int]]) -> List[Dict[str, Any]]:
+    """The `index`-th of `count` slices of the cell list, `grid[index::count]` (all cells for None).
+
+    Every cell is in exactly one slice, whatever the cells' state, so N processes that each run one slice
+    run every cell once. The cell list is deterministic (`cells`), so every process slices the same list.
+    """
+    if shard is None:
+        return list(grid)
+    index, count = shard
+    if not (isinstance(count, int) and isinstance(index, int) and count >= 1 and 0 <= index < count):
+        raise ValueError(f'shard {shard!r}: expected (index, count) with 0 <= index < count')
+    return list(grid[index::count])
+
+
+def registry_dir(spec: GridSpec) -> Path:
     return Path(spec.registry) if spec.registry else Path(spec.out) / 'registry'
 
 
-def cell_config(cell: Dict[str, Any], spec: GridSpec):
+def _cell_dir(cell: Mapping[str, Any], spec: GridSpec) -> Path:
+    return Path(spec.out) / 'cells' / cell['cell']
+
+
+def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
     """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values, then the cell's own."""
-    from bench.config import load_config
-
     seed = {} if cell.get('seed') is None else {'seed': cell['seed']}
-    return load_config(cell['train_config'], model=cell['model'], model_kwargs=cell['model_kwargs'],
-                       method=cell['training'], out=str(Path(spec.out) / 'cells' / cell['cell'] / 'run'),
-                       **{'progress': False, **spec.train, **seed})
+    return training_config(cell['spec'], cell['train_config'], cell['timm_kwargs'], method=cell['training'],
+                           out=str(_cell_dir(cell, spec) / 'run'), **{'progress': False, **spec.train, **seed})
 
 
-def run_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
-    """Train, evaluate, audit and register one cell; returns its done record."""
-    import timm_moe  # noqa: F401  registers the models in a fresh worker
-    from bench.audit import audit_model
-    from bench.data import dataset_info, eval_tensors
-    from bench.evaluate import build_model, evaluate_model
-    from bench.provenance import provenance
-    from bench.results.registry import entry_path, measured_entry, write_entry
-    from bench.train import run_training
+def grid_evaluation(spec: GridSpec) -> Evaluation:
+    """The grid's `eval` mapping as the pipeline's Evaluation (an unknown key is the user's to fix)."""
+    values = {'attacks': 'paper', 'n_examples': 1000, 'batch_size': 250, **spec.eval}
+    allowed = [f for f in Evaluation.__dataclass_fields__ if f != 'attack_note']
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise UserError(f'unknown eval key {unknown[0]!r} in the grid spec; allowed: {", ".join(allowed)}')
+    return Evaluation(**values)
 
-    cell_dir = Path(spec.out) / 'cells' / cell['cell']
+
+def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
+    """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`)."""
+    cell_dir = _cell_dir(cell, spec)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cell_config(cell, spec)
-    result_file = cell_dir / 'run' / 'result.json'
-    train = (json.loads(result_file.read_text()) if result_file.exists()
-             else run_training(cfg, overwrite=True))  # a half-finished training restarts cleanly
-    info = dataset_info(cfg.dataset)
-    kwargs = {k: v for k, v in train['model_kwargs'].items() if k not in ('num_classes', 'in_chans')}
-    model = build_model(cfg.model, info['num_classes'], info['in_chans'], kwargs, train['checkpoint'])
-    ev = {'attacks': 'paper', 'n_examples': 1000, 'batch_size': 250, **spec.eval}
-    x, y = eval_tensors(cfg.dataset, int(ev.pop('n_examples')), cfg.data_dir, cfg.download)
-    result = evaluate_model(model, x, y, mean=info['mean'], std=info['std'], seed=cfg.seed, **ev)
-    audit = audit_model(cfg.model, input_size=tuple(x.shape[1:]), latency=False, images=x[:64],
-                        in_chans=info['in_chans'], num_classes=info['num_classes'], **kwargs)
-    entry = measured_entry(
-        model_name=cfg.model, model_kwargs=train['model_kwargs'], dataset=cfg.dataset, method=cfg.method,
-        eval_result=result, provenance=provenance(seed=cfg.seed, checkpoint=train['checkpoint']),
-        arch=cell['arch'], experts=cell['experts'], k=cell['k'], training_config=cfg.to_dict(),
-        config_path=str(cell_dir / 'run' / 'config.yaml'), epochs=cfg.epochs,
-        flops=dict(active=audit['flops_active'], total=audit['flops_total'], dense=audit['flops_dense'],
-                   ratio=audit['flops_ratio']),
-        params=dict(total=audit['params_total'], active=audit['params_active']))
-    registry = _registry_dir(spec)
-    path = entry_path(entry, registry)
-    if not path.exists():  # the same run (same id) written by an earlier, interrupted sweep counts as done
-        path = write_entry(entry, registry)
-    done = dict(cell=cell['cell'], entry=str(path), clean_acc=result['clean_acc'], robust_acc=result['robust_acc'],
-                flags=result['flags'], flops_ratio=audit['flops_ratio'])
-    (cell_dir / 'done.json').write_text(json.dumps(done, indent=2) + '\n')
+    result = run_cell(cell['spec'], cell_config(cell, spec), grid_evaluation(spec), Output(registry=registry_dir(spec)))
+    ev = result.evaluation
+    done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev['clean_acc'],
+                robust_acc=ev['robust_acc'], flags=ev['flags'], flops_ratio=result.audit['flops_ratio'])
+    write_json(cell_dir / 'done.json', done)
     (cell_dir / 'failed.txt').unlink(missing_ok=True)
     return done
 
 
 def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     try:
-        return run_cell(cell, spec)
+        return run_grid_cell(cell, spec)
     except Exception as e:  # noqa: BLE001 - one failed cell must not stop the sweep; its reason is kept
-        cell_dir = Path(spec.out) / 'cells' / cell['cell']
+        cell_dir = _cell_dir(cell, spec)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / 'failed.txt').write_text(traceback.format_exc())
         return dict(cell=cell['cell'], error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
 
 
 def status(cell: Dict[str, Any], spec: GridSpec) -> str:
-    cell_dir = Path(spec.out) / 'cells' / cell['cell']
+    cell_dir = _cell_dir(cell, spec)
     if (cell_dir / 'done.json').exists():
         return 'done'
     return 'failed' if (cell_dir / 'failed.txt').exists() else 'todo'
 
 
 def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Optional[Console] = None,
-             only: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
-    """Run every cell not yet done; returns {'done': [...], 'failed': [...], 'skipped': [...]}.
+             only: Optional[str] = None, shard: Optional[Tuple[int, int]] = None) -> Dict[str, List[Dict[str, Any]]]:
+    """Run every cell not yet done; returns {'done': [...], 'failed': [...], 'skipped': [...], 'pending': [...]}.
 
     Args:
         spec: The grid.
@@ -251,11 +263,13 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         dry_run: Only list the cells and their status.
         console: Where to print.
         only: Run only the cells whose id contains this text.
+        shard: (index, count): run only the index-th of count slices of the cells (see `shard_cells`).
     """
     console = console or Console()
-    todo_cells = [c for c in cells(spec) if only is None or only in c['cell']]
+    todo_cells = [c for c in shard_cells(cells(spec), shard) if only is None or only in c['cell']]
     check_models(todo_cells)
-    table = Table(title=f'grid: {len(todo_cells)} cells -> {_registry_dir(spec)}')
+    part = '' if shard is None else f' (shard {shard[0]}/{shard[1]})'
+    table = Table(title=f'grid{part}: {len(todo_cells)} cells -> {registry_dir(spec)}')
     for col in ('cell', 'model', 'training', 'recipe', 'status'):
         table.add_column(col)
     states = {c['cell']: status(c, spec) for c in todo_cells}
@@ -280,31 +294,7 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     for o in failed:
         console.print(f'[red]failed[/] {o["cell"]}: {o["error"]} (traceback in cells/{o["cell"]}/failed.txt)')
     if done or skipped:
-        from bench.results.leaderboard import write_leaderboard
-        write_leaderboard(_registry_dir(spec))
+        # from every entry in the registry, including other shards' (the last shard to finish sees them all)
+        write_leaderboard(registry_dir(spec))
     console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
     return dict(done=done, failed=failed, skipped=skipped, pending=[])
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('grid', help='run a sweep from a YAML spec: train, attack, audit, register each cell')
-    p.add_argument('spec', help='grid YAML, or a shipped one: grid_tiny, grid_paper_cifar100')
-    p.add_argument('--dry-run', action='store_true', help='list the cells and their status, run nothing')
-    p.add_argument('--procs', type=int, default=1, help='cells run in parallel')
-    p.add_argument('--out', help='override the spec\'s output directory')
-    p.add_argument('--registry', help='override where entries are written')
-    p.add_argument('--only', help='run only the cells whose id contains this text')
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    if args.out:
-        spec.out = args.out
-    if args.registry:
-        spec.registry = args.registry
-    if args.procs < 1:
-        raise UserError(f'--procs {args.procs} must be at least 1')
-    console = Console(width=200) if not sys.stdout.isatty() else Console()
-    outcome = run_grid(spec, args.procs, args.dry_run, console, args.only)
-    return 1 if outcome['failed'] else 0

@@ -1,0 +1,1 @@
+"""The pipeline: one cell (train -> evaluate -> audit -> register) and the two studies built on it, grid and quickstart."""

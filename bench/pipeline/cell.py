@@ -1,0 +1,185 @@
+"""One cell of a study: train -> evaluate -> audit -> register, for one model spec.
+
+`run_cell` is the pipeline that both `timm-moe grid` (one call per cell of the sweep) and `timm-moe quickstart`
+(one call per quickstart model) run; they differ only in what they pass: the spec, the training config, the
+evaluation settings and where results go.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+import torch
+
+from timm_moe import ModelSpec  # importing timm_moe registers the models (also in a fresh worker process)
+
+from bench.audit import audit_model
+from bench.core.atomic import atomic_open
+from bench.core.errors import UserError
+from bench.core.provenance import provenance
+from bench.data import dataset_info, eval_tensors
+from bench.evaluation.loop import evaluate_model
+from bench.models import build_model
+from bench.results.entries import audit_fields, measured_entry
+from bench.results.registry import entry_path, write_entry
+from bench.training.config import TrainConfig, load_config
+from bench.training.trainer import run_training
+
+AUDIT_IMAGES = 64  # the routing batch of the FLOP audit: the first test images attacked
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a cell's trained model is attacked (the arguments of `evaluate_model`) and how its entry says so."""
+    attacks: str = 'paper'
+    n_examples: int = 1000
+    batch_size: int = 250
+    eps: float = 8 / 255
+    norm: str = 'Linf'
+    n_check: int = 100
+    per_expert: bool = True
+    seed: Optional[int] = None  # the attacks' seed; None: the training seed
+    attack_note: Optional[str] = None  # free text stored in the entry (e.g. 'not AutoAttack')
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a cell's results go, and what happens to those already there.
+
+    Args:
+        registry: The registry root the entry is written to.
+        reuse_training: Reuse a finished training run (its result.json) at the training config's `out`;
+            otherwise (or if it is unfinished) train afresh over whatever is there.
+        overwrite_entry: Replace an entry with the same id. Without it an existing entry (the same run,
+            written by an earlier, interrupted sweep or by another shard) counts as done and is kept.
+    """
+    registry: Path
+    reuse_training: bool = True
+    overwrite_entry: bool = False
+
+
+@dataclass
+class CellResult:
+    """What a cell produced: its registry entry (and file), the evaluation, the audit and the training record."""
+    entry: Dict[str, Any]
+    entry_path: Path
+    evaluation: Dict[str, Any]
+    audit: Dict[str, Any]
+    training: Dict[str, Any]
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def training_config(spec: ModelSpec, recipe: Optional[str] = None, timm_kwargs: Optional[Mapping[str, Any]] = None,
+                    **values: Any) -> TrainConfig:
+    """The training config of `spec`: `recipe` (a YAML or a shipped recipe), then `values`; the spec names the
+    model and its architecture kwargs, `timm_kwargs` adds the timm kwargs the spec does not own (drop_rate, ...).
+
+    The one place a spec becomes the (model, model_kwargs) pair that training and its config.yaml hold.
+    """
+    return load_config(recipe, model=spec.name, model_kwargs={**(timm_kwargs or {}), **spec.kwargs}, **values)
+
+
+def _check_training(spec: ModelSpec, cfg: TrainConfig) -> None:
+    """The config must train the spec: another model there is a caller's bug, never the user's input."""
+    got, _ = ModelSpec.from_timm_kwargs(cfg.model, cfg.model_kwargs)
+    if got != spec:
+        raise ValueError(f'the training config builds {got}, not the spec {spec}: make it with training_config()')
+
+
+def train_or_reuse(cfg: TrainConfig, reuse: bool) -> Dict[str, Any]:
+    """The training record (`run_training`'s result.json) of `cfg`: reused when finished and `reuse`."""
+    result_file = Path(cfg.out) / 'result.json'
+    if reuse and result_file.exists():
+        return json.loads(result_file.read_text())
+    return run_training(cfg, overwrite=True)  # a half-finished run restarts cleanly
+
+
+def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out: Output) -> CellResult:
+    """Train `spec` with `training`, attack it as `evaluation` says, audit its FLOPs and register the entry.
+
+    Args:
+        spec: The architecture.
+        training: The training config of the spec (see `training_config`).
+        evaluation: The attacks and their sizes.
+        out: The registry and the reuse policy.
+    """
+    _check_training(spec, training)
+    clock = _Clock()
+    with clock('train'):
+        train = train_or_reuse(training, out.reuse_training)
+    with clock('evaluate'):
+        result, x = evaluate_run(spec, training, train, evaluation)
+    with clock('audit'):
+        audit = audit_run(spec, training, train, x[:AUDIT_IMAGES])
+    entry = measured_entry(
+        spec=spec, model_kwargs=train['model_kwargs'], dataset=training.dataset, method=training.method,
+        eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train['checkpoint']),
+        training_config=training.to_dict(), config_path=str(Path(training.out) / 'config.yaml'),
+        epochs=training.epochs, attack_note=evaluation.attack_note, **audit_fields(audit))
+    return CellResult(entry, register(entry, out), result, audit, train, clock.seconds)
+
+
+def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any],
+                 evaluation: Evaluation) -> Tuple[Dict[str, Any], torch.Tensor]:
+    """(evaluation result, the attacked images) of a finished training run, its weights read from disk."""
+    info = dataset_info(cfg.dataset)
+    _, timm_kwargs = ModelSpec.from_timm_kwargs(spec.name, train['model_kwargs'])  # the run's, beyond the spec
+    model = build_model(spec, info['num_classes'], info['in_chans'], timm_kwargs, train['checkpoint'])
+    x, y = eval_tensors(cfg.dataset, evaluation.n_examples, cfg.data_dir, cfg.download)
+    result = evaluate_model(model, x, y, attacks=evaluation.attacks, eps=evaluation.eps, norm=evaluation.norm,
+                            batch_size=evaluation.batch_size, per_expert=evaluation.per_expert,
+                            seed=cfg.seed if evaluation.seed is None else evaluation.seed, mean=info['mean'],
+                            std=info['std'], n_check=evaluation.n_check)
+    return result, x
+
+
+def audit_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any], images: torch.Tensor) -> Dict[str, Any]:
+    """FLOPs and parameters of the run's architecture against its dense baseline, routed on `images`."""
+    info = dataset_info(cfg.dataset)
+    return audit_model(spec.name, input_size=tuple(images.shape[1:]), latency=False, images=images,
+                       in_chans=info['in_chans'], num_classes=info['num_classes'], **_timm_kwargs(train))
+
+
+class _Clock:
+    """Wall seconds per stage: `with clock('train'): ...` adds to `clock.seconds['train']`."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _timm_kwargs(train: Mapping[str, Any]) -> Dict[str, Any]:
+    """The run's model kwargs without classes and channels, which the data set fixes."""
+    return {k: v for k, v in train['model_kwargs'].items() if k not in ('num_classes', 'in_chans')}
+
+
+def register(entry: Mapping[str, Any], out: Output) -> Path:
+    """Write the entry; without `overwrite_entry`, an entry already there (same id: the same run) is kept."""
+    path = entry_path(entry, out.registry)
+    if out.overwrite_entry or not path.exists():
+        try:
+            path = write_entry(entry, out.registry, overwrite=out.overwrite_entry)
+        except UserError:
+            if not path.exists():
+                raise
+            # another process (a parallel cell or shard) wrote the same run between the check and the write
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """A JSON file that is read back (a cell's done record, the quickstart's summary), written atomically:
+    a resumed sweep, or another shard, never reads half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=2) + '\n')
+    return path

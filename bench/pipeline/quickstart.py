@@ -1,0 +1,197 @@
+"""The quickstart (`timm-moe quickstart`): the whole method on a laptop, offline, in a few minutes.
+
+Trains a dense ResNet-18 and a BlockMoE ResNet-18 (E=4, k=1, at layer4.1: the paper's best layout, at
+width 8 so that it fits a CPU budget), each normally and with PGD adversarial training, on the real
+Fashion-MNIST subset bundled with the package. Then it attacks all four (PGD-20 and APGD-CE, plus every
+expert's own subpath), audits FLOPs against the dense baseline, and writes registry entries, a
+leaderboard, plots and `summary.json` into `--out`. Each model is one cell of the pipeline
+(`bench.pipeline.cell.run_cell`), as in `timm-moe grid`.
+
+Small convolutions use two cores badly, so jobs run in parallel processes with one thread each
+instead of one after another with two threads each: about 1.5x sooner on a 2-core machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from timm_moe import ModelSpec
+
+from bench.core.errors import UserError
+from bench.core.parallel import process_pool
+from bench.models import prepare_run_dir
+from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config, write_json
+from bench.results.leaderboard import write_leaderboard
+from bench.results.report import write_report
+from bench.results.stats import paired_bootstrap, wilson_interval
+
+DATASET = 'fashion-mnist-bundled'
+PGD, APGD = 'pgd20', 'apgd-ce20'  # the accuracy keys of the 'paper' attack preset: PGD-20 and APGD-CE-20
+TRAININGS = {'pgd': 'adversarial', 'normal': 'normal'}  # training method -> how the summary names it
+
+
+@dataclass(frozen=True)
+class Plan:
+    width: int = 8  # base channels (the paper's ResNet-18 has 64); same depth and stage layout
+    experts: int = 4  # the reference trains 4 experts
+    k: int = 1  # k=1 keeps inference FLOPs at the dense model's
+    train_limit: int = 10000  # the whole bundled training subset
+    normal_epochs: int = 2
+    adv_epochs: int = 1  # PGD-7 costs 8 forward/backward passes per image
+    batch_size: int = 128
+    adv_batch_size: int = 64  # more, smaller steps: one adversarial epoch then learns as much as two at 128
+    lr: float = 0.05
+    n_eval: int = 300  # first test images attacked
+    n_check: int = 100  # images used by the gradient-masking checks
+    eval_batch: int = 250
+
+
+PLANS = {
+    'default': Plan(),
+    # a minute-long pass through every stage, for tests and smoke checks; its numbers mean little
+    'smoke': Plan(width=4, train_limit=512, normal_epochs=1, adv_epochs=1, batch_size=64, adv_batch_size=64,
+                  n_eval=64, n_check=32, eval_batch=64),
+}
+
+
+def specs(plan: Plan) -> Dict[str, ModelSpec]:
+    """The two architectures: the dense baseline and the BlockMoE (E experts, top-k), both at the plan's width."""
+    moe = ModelSpec(arch='resnet18', experts=plan.experts, k=plan.k, width=plan.width)
+    return {'dense': moe.dense(), 'moe': moe}
+
+
+def cells(plan: Plan, out: Path) -> List[Dict[str, Any]]:
+    """(kind, spec, training config) of the four runs, adversarial first: they are the long ones, and the
+    two run side by side."""
+    out_cells = []
+    for method in ('pgd', 'normal'):
+        for kind, spec in specs(plan).items():
+            adv = method == 'pgd'
+            cfg = training_config(spec, dataset=DATASET, method=method,
+                                  epochs=plan.adv_epochs if adv else plan.normal_epochs,
+                                  batch_size=plan.adv_batch_size if adv else plan.batch_size,
+                                  lr=plan.lr, train_limit=plan.train_limit, eval_limit=0, workers=0, progress=False,
+                                  log_every=10, out=str(out / 'runs' / f'{spec.name}-{method}'))
+            out_cells.append(dict(kind=kind, spec=spec, training=cfg))
+    return out_cells
+
+
+def evaluation(plan: Plan) -> Evaluation:
+    """PGD-20 and APGD-CE-20 (the 'paper' preset) on the first test images, every expert too; seed 0."""
+    return Evaluation(attacks='paper', n_examples=plan.n_eval, batch_size=plan.eval_batch, eps=8 / 255,
+                      n_check=plan.n_check, per_expert=True, seed=0,
+                      attack_note='quickstart: PGD-20 and APGD-CE-20 on the first test images, not AutoAttack')
+
+
+def _intervals(result: Dict[str, Any]) -> Dict[str, List[float]]:
+    """95% Wilson interval of each printed accuracy (n_eval points is far fewer than 10,000)."""
+    n = result['n_examples']
+    return {key: list(wilson_interval(result['counts'][key], n)) for key in ('clean', PGD, APGD)}
+
+
+def _gain(adv: Dict[str, Any], normal: Dict[str, Any]) -> Dict[str, float]:
+    """PGD-20 gain of adversarial over normal training, in points, with its paired 95% bootstrap interval.
+
+    Both models are attacked on the same test points, so the paired interval (per point: which model got it
+    right) is the right one, and far narrower than two separate intervals.
+    """
+    diff, lo, hi = paired_bootstrap(adv['correct'][PGD], normal['correct'][PGD])
+    return dict(points=diff, lo=lo, hi=hi)
+
+
+def _row(cell: Dict[str, Any], res: CellResult) -> Dict[str, Any]:
+    result = res.evaluation
+    return dict(model=cell['spec'].name, training=TRAININGS[cell['training'].method],
+                clean_acc=result['clean_acc'], pgd_acc=result['robust_acc'][PGD],
+                apgd_acc=result['robust_acc'][APGD], intervals=_intervals(result),
+                flops_ratio=res.audit['flops_ratio'], train_img_per_s=res.training['img_per_s'],
+                flags=result['flags'],
+                per_expert=[dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=p['robust_acc'])
+                            for p in result['per_expert'] or []],
+                entry_id=res.entry['entry_id'])
+
+
+def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool = False,
+                   overwrite: bool = False, console: Console | None = None) -> Dict[str, Any]:
+    """Train, attack, audit and rank the four quickstart models; returns the summary written to summary.json.
+
+    Args:
+        out: Output directory.
+        plan: Sizes of the run (see `PLANS`).
+        procs: Parallel worker processes.
+        resume: Reuse finished trainings in `out`.
+        overwrite: Replace whatever is in `out`.
+        console: Where to print progress.
+    """
+    console = console or Console()
+    if procs < 1:
+        raise UserError(f'--procs {procs} must be at least 1')
+    prepare_run_dir(out, resume, overwrite)
+    t_start = time.perf_counter()
+    todo = cells(plan, out)
+    registry_dir = out / 'registry'
+    target = Output(registry=registry_dir, reuse_training=resume, overwrite_entry=True)
+    pool, threads = process_pool(procs)
+    with pool:
+        console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
+                      f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
+        futures = [pool.submit(run_cell, c['spec'], c['training'], evaluation(plan), target) for c in todo]
+        done = [f.result() for f in futures]
+    rows = [_row(c, res) for c, res in zip(todo, done)]
+    write_leaderboard(registry_dir)
+    plots = write_report(registry_dir, out / 'plots')
+
+    def find(kind: str, method: str) -> CellResult:
+        return next(res for c, res in zip(todo, done) if c['kind'] == kind and c['training'].method == method)
+
+    gains = {kind: _gain(find(kind, 'pgd').evaluation, find(kind, 'normal').evaluation) for kind in ('dense', 'moe')}
+    summary = dict(
+        rows=rows, dataset=DATASET, n_eval=plan.n_eval, eps=8 / 255, plan=dataclasses.asdict(plan),
+        pgd_gain_points={k: g['points'] for k, g in gains.items()},
+        pgd_gain_interval={k: [g['lo'], g['hi']] for k, g in gains.items()},
+        method_works=all(g['points'] >= 20 for g in gains.values()),
+        adv_train_img_per_s_moe_over_dense=(find('moe', 'pgd').training['img_per_s']
+                                            / find('dense', 'pgd').training['img_per_s']),
+        # per stage, summed over the four cells (which run `procs` at a time); total is the wall time
+        seconds=dict(train=sum(r.seconds['train'] for r in done),
+                     evaluate_and_audit=sum(r.seconds['evaluate'] + r.seconds['audit'] for r in done),
+                     total=time.perf_counter() - t_start),
+        processes=procs, threads_per_process=threads, plots=[str(p) for p in plots],
+        leaderboard=str(registry_dir / 'LEADERBOARD.md'))
+    write_json(out / 'summary.json', summary)
+    _print_summary(console, summary)
+    return summary
+
+
+def fmt_interval(value: float, interval: List[float]) -> str:
+    """'61.3 [55.7, 66.7]': an accuracy and its 95% interval."""
+    return f'{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]'
+
+
+def _print_summary(console: Console, summary: Dict[str, Any]) -> None:
+    table = Table(title=f'quickstart on {summary["dataset"]}: first {summary["n_eval"]} test images, eps 8/255',
+                  caption=escape('accuracy % [95% Wilson interval over the test points]'))
+    for col in ('model', 'training', 'clean %', 'PGD-20 %', 'APGD-CE-20 %', 'FLOPs / dense', 'train img/s', 'flags'):
+        table.add_column(col, justify='left' if col in ('model', 'training', 'flags') else 'right')
+    for r in summary['rows']:
+        ci = r['intervals']
+        table.add_row(r['model'], r['training'], escape(fmt_interval(r['clean_acc'], ci['clean'])),
+                      escape(fmt_interval(r['pgd_acc'], ci[PGD])), escape(fmt_interval(r['apgd_acc'], ci[APGD])),
+                      f'{r["flops_ratio"]:.4f}', f'{r["train_img_per_s"]:.0f}', ', '.join(r['flags']) or '-')
+    console.print(table)
+    gains, ci = summary['pgd_gain_points'], summary['pgd_gain_interval']
+    verdict = '[green]works[/]' if summary['method_works'] else '[red]did not reach +20 points[/]'
+    console.print(escape('adversarial training gain in PGD-20 accuracy, points [95% paired bootstrap interval]: '
+                         f'dense {gains["dense"]:+.1f} [{ci["dense"][0]:+.1f}, {ci["dense"][1]:+.1f}], '
+                         f'BlockMoE {gains["moe"]:+.1f} [{ci["moe"][0]:+.1f}, {ci["moe"][1]:+.1f}]: ') + verdict)
+    console.print(f'adversarial training speed, BlockMoE / dense: '
+                  f'{summary["adv_train_img_per_s_moe_over_dense"]:.2f}x; '
+                  f'wall time {summary["seconds"]["total"]:.0f} s')
+    console.print(f'leaderboard: {summary["leaderboard"]}; plots: {", ".join(Path(p).name for p in summary["plots"])}')
