@@ -12,8 +12,8 @@ import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
 from bench.training.config import load_config
 from bench.core.errors import UserError
-from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, export_run, load_exported,
-                          read_export)
+from bench.pipeline.export import export_run
+from bench.results.export import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_exported, read_export
 from bench.core.provenance import sha256_file
 from bench.training.trainer import run_training
 

@@ -1,13 +1,13 @@
 """`timm-moe export --checkpoint RUN --out DIR`: a training run as a hub-style folder that timm loads.
 
-What the folder holds and how it loads back: `bench.results.export`, docs/ECOSYSTEM.md.
+The run is read by `bench.pipeline.export`; the folder's format is `bench.results.export` (docs/ECOSYSTEM.md).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from bench.results.export import export_run
+from bench.pipeline.export import export_run
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""Export a training run as a hub-style folder that timm loads: `timm-moe export --checkpoint RUN --out DIR`.
+"""The hub-style folder that timm loads, written by `timm-moe export` (`bench.pipeline.export` reads the run).
 
 The folder holds what `timm.create_model('local-dir:DIR')` (newer timm; not 1.0.9) reads, in the layout of
 timm's own `save_for_hf`, plus a model card:
@@ -27,12 +27,11 @@ import torch
 from torch import nn
 
 import timm_moe
+from timm_moe import ModelSpec
+
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
-from bench.data import DATASETS, dataset_info
-from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
-from bench.results.registry import DEFAULT_REGISTRY, load_entries, load_entry
-from bench.training.config import read_yaml_mapping
+from bench.results.registry import load_entries, load_entry
 
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -82,15 +81,15 @@ def _layout(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     return layout
 
 
-_NAME = re.compile(r'^(?P<arch>[a-z0-9]+)_(?:dense|blockmoe_e(?P<e>\d+)_k(?P<k>\d+))$')
-
-
 def _k_of(name: Optional[str], model_args: Optional[Mapping[str, Any]] = None) -> Optional[int]:
-    """Routing k of a registered model name (overridden by an explicit `k` in its kwargs); None for dense."""
+    """Routing k of a registered model name (overridden by an explicit `k` in its kwargs); None for dense
+    or for a model that is not ours."""
     if model_args and model_args.get('k') is not None:
         return int(model_args['k'])
-    m = _NAME.match(name or '')
-    return int(m.group('k')) if m and m.group('k') else None
+    try:
+        return ModelSpec.from_name(name).k
+    except ValueError:
+        return None
 
 
 def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
@@ -138,54 +137,12 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
         raise UserError(f'{what} do not fit {label}: ' + '; '.join(problems) + ' (weights vs model)')
 
 
-# ---------------------------------------------------------------------------------------------- reading a run
-
-def resolve_run(path: PathLike, ema: bool = False) -> Tuple[Path, Path]:
-    """(run directory, weights file) of `--checkpoint`: a run directory, or a weights file inside one."""
-    path = Path(path)
-    if path.is_dir():
-        weights = path / (EMA_WEIGHTS if ema else WEIGHTS)
-        run_dir = path
-    elif path.is_file():
-        if ema:
-            raise UserError(f'--ema picks model_ema.pth inside a run directory; --checkpoint {path} is a file')
-        weights, run_dir = path, path.parent
-    else:
-        raise UserError(f'--checkpoint {path} does not exist; give a run directory of `timm-moe train`')
-    if not weights.is_file():
-        raise UserError(f'--checkpoint {run_dir} holds no {weights.name}; is it a finished `timm-moe train` run'
-                        f'{" trained with --ema" if ema else ""}?')
-    if not (run_dir / 'config.yaml').is_file():
-        raise UserError(f'--checkpoint {run_dir} has no config.yaml; export needs the run directory that '
-                        '`timm-moe train` wrote (config.yaml beside model.pth)')
-    return run_dir, weights
-
-
-def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, Any]]:
-    """(model name, data set, full model kwargs) of a run, as `timm-moe train` built its model."""
-    cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
-    name, dataset = cfg.get('model'), cfg.get('dataset')
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise UserError(f'{run_dir / "config.yaml"}: model {name!r} is not a registered timm model')
-    if dataset not in DATASETS:
-        raise UserError(f'{run_dir / "config.yaml"}: dataset {dataset!r} is not one of {", ".join(DATASETS)}')
-    info = dataset_info(dataset)
-    # the trainer's rule: the data set fixes classes and channels unless model_kwargs say otherwise
-    kwargs = dict(num_classes=info['num_classes'], in_chans=info['in_chans'], **run_config_kwargs(weights))
-    for key, value in kwargs.items():
-        try:
-            json.dumps(value)
-        except TypeError:
-            raise UserError(f'{run_dir / "config.yaml"}: model_kwargs {key}={value!r} cannot be written to '
-                            'config.json; only JSON values can be exported') from None
-    return name, dataset, kwargs
-
-
 # ---------------------------------------------------------------------------------------------- writing
 
-def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str) -> Dict[str, Any]:
-    """config.json in timm's hub layout; `pretrained_cfg` describes the data the weights expect."""
-    info = dataset_info(dataset)
+def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
+               info: Mapping[str, Any]) -> Dict[str, Any]:
+    """config.json in timm's hub layout; `pretrained_cfg` describes the data the weights expect (`info`:
+    `bench.data.dataset_info(dataset)`)."""
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _CFG_DROP and v is not None}
     cfg.update(architecture=name, num_classes=model.num_classes, input_size=tuple(info['input_size']),
                mean=tuple(info['mean']), std=tuple(info['std']))
@@ -204,7 +161,7 @@ def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], datas
     }
 
 
-def _write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
+def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
     from safetensors.torch import save_file
     # safetensors refuses views and shared storage: one contiguous copy per tensor
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -312,49 +269,17 @@ def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike)
     return None, f'none under {registry_dir} records checkpoint sha256 {weights_sha256[:12]}...'
 
 
-# ---------------------------------------------------------------------------------------------- export
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f'--out {out} is a file, not a directory')
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f'--out {out} is not empty; pass --overwrite to replace it')
-
-
-def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
-               registry_dir: Optional[PathLike] = None, ema: bool = False, overwrite: bool = False) -> Path:
-    """Write the hub folder for a training run; returns `out`.
-
-    Args:
-        checkpoint: The run directory (config.yaml + model.pth), or a weights file inside it.
-        out: The folder to write; must be empty or missing unless `overwrite`.
-        entry: Registry entry id or JSON path for the model card (default: found by checkpoint sha256).
-        registry_dir: Where to look for entries (default: the repository's registry/).
-        ema: Export the run's EMA weights (model_ema.pth).
-        overwrite: Replace a non-empty `out`.
-    """
-    out = Path(out)
-    _check_out(out, overwrite)  # before any work, and before touching anything
-    run_dir, weights = resolve_run(checkpoint, ema)
-    name, dataset, kwargs = run_model_spec(run_dir, weights)
-    weights_sha = sha256_file(weights)
-    chosen, entry_note = find_entry(entry, weights_sha, registry_dir or DEFAULT_REGISTRY)
-    if chosen is not None and chosen.get('model', {}).get('name') not in (None, name):
-        raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
-
-    model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
-    state_dict = state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
-    check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
-    model.load_state_dict(state_dict)
-
-    # write beside `out`, then move into place: a killed export leaves no half folder behind
+def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
+                     info: Mapping[str, Any], run_cfg: Mapping[str, Any], entry: Optional[Mapping[str, Any]],
+                     entry_note: str) -> Path:
+    """Write the folder (weights, config.json, model card) beside `out`, then move it into place: a killed
+    export leaves no half folder behind. Replaces `out` if it exists (the caller decides whether it may)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     try:
-        _write_weights(model, tmp / WEIGHTS_FILE, name, kwargs)
-        (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, kwargs, dataset), indent=2) + '\n')
-        run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
-        card = model_card(name, kwargs, dataset, run_cfg, chosen, sha256_file(tmp / WEIGHTS_FILE), entry_note)
+        write_weights(model, tmp / WEIGHTS_FILE, name, model_args)
+        (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, model_args, dataset, info), indent=2) + '\n')
+        card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note)
         (tmp / CARD_FILE).write_text(card)
         if out.exists():
             shutil.rmtree(out)
