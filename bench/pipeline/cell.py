@@ -18,7 +18,6 @@ import torch
 from timm_moe import ModelSpec  # importing timm_moe registers the models (also in a fresh worker process)
 
 from bench.audit import audit_model
-from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.core.provenance import provenance
 from bench.data import dataset_info, eval_tensors
@@ -172,14 +171,4 @@ def register(entry: Mapping[str, Any], out: Output) -> Path:
             if not path.exists():
                 raise
             # another process (a parallel cell or shard) wrote the same run between the check and the write
-    return path
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """A JSON file that is read back (a cell's done record, the quickstart's summary), written atomically:
-    a resumed sweep, or another shard, never reads half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        f.write(json.dumps(obj, indent=2) + '\n')
     return path

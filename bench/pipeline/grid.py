@@ -29,11 +29,13 @@ from rich.table import Table
 from timm_moe import ModelSpec
 
 from bench.attacks import resolve_attacks
+from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.parallel import process_pool
-from bench.pipeline.cell import Evaluation, Output, run_cell, training_config, write_json
+from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.results.leaderboard import write_leaderboard
-from bench.training.config import TrainConfig, read_yaml_mapping
+from bench.core.yaml_files import read_yaml_mapping
+from bench.training.config import TrainConfig
 
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = ('resnet18', 'resnet50')
@@ -231,7 +233,7 @@ def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     ev = result.evaluation
     done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev['clean_acc'],
                 robust_acc=ev['robust_acc'], flags=ev['flags'], flops_ratio=result.audit['flops_ratio'])
-    write_json(cell_dir / 'done.json', done)
+    write_json_atomic(done, cell_dir / 'done.json', indent=2)  # a resumed sweep never reads half of one
     (cell_dir / 'failed.txt').unlink(missing_ok=True)
     return done
 

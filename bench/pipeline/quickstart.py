@@ -24,10 +24,11 @@ from rich.table import Table
 
 from timm_moe import ModelSpec
 
+from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.parallel import process_pool
 from bench.models import prepare_run_dir
-from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config, write_json
+from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config
 from bench.results.leaderboard import write_leaderboard
 from bench.results.report import write_report
 from bench.results.stats import paired_bootstrap, wilson_interval
@@ -165,7 +166,7 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
                      total=time.perf_counter() - t_start),
         processes=procs, threads_per_process=threads, plots=[str(p) for p in plots],
         leaderboard=str(registry_dir / 'LEADERBOARD.md'))
-    write_json(out / 'summary.json', summary)
+    write_json_atomic(summary, out / 'summary.json', indent=2)
     _print_summary(console, summary)
     return summary
 
