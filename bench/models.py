@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+import timm
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from bench.core.atomic import atomic_open
+import timm_moe
 from bench.core.errors import UserError
+from timm_moe import ModelSpec
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
 WEIGHTS = 'model.pth'  # the plain timm state_dict: pretrained_cfg_overlay=dict(file=...)
@@ -19,21 +20,6 @@ EMA_WEIGHTS = 'model_ema.pth'
 # the same weights as safetensors: no pickle, so loading them cannot run code
 SAFE_WEIGHTS = 'model.safetensors'
 SAFE_EMA_WEIGHTS = 'model_ema.safetensors'
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save that a kill at any moment leaves either the previous or the new complete file."""
-    with atomic_open(path, 'wb') as f:
-        torch.save(obj, f)
-
-
-def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
-    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix)."""
-    # safetensors stores dense row-major buffers: channels_last or sliced tensors must be made contiguous
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    data = safetensors_bytes(tensors, metadata={'format': 'pt'})
-    with atomic_open(path, 'wb') as f:
-        f.write(data)
 
 
 def read_torch_file(path: Path, what: str, weights_only: bool = True) -> Any:
@@ -126,3 +112,125 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[str, Any]] = None,
+                 what: str = '--model-kwargs') -> nn.Module:
+    """THE model builder: `timm.create_model` of a spec or a timm name, with kwargs the user gave.
+
+    timm_moe validates its kwargs with a plain ValueError (it does not depend on bench), and timm refuses an
+    unknown kwarg with a TypeError; both are the user's to fix here, so they become one `UserError` line.
+
+    Args:
+        model: A `timm_moe.ModelSpec` (its own kwargs come first) or any timm model name.
+        model_kwargs: Further kwargs (num_classes, in_chans, or model kwargs for a name).
+        what: How to name the kwargs in errors ('--model-kwargs', '--width', 'model_kwargs').
+    """
+    name = model.name if isinstance(model, ModelSpec) else model
+    kwargs = {**(model.kwargs if isinstance(model, ModelSpec) else {}), **(model_kwargs or {})}
+    if not timm.is_model(name):
+        raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shown = ','.join(f'{k}={v}' for k, v in kwargs.items())
+        raise UserError(f'{what}: {name} cannot be built with {shown}: {first}') from None
+
+
+def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
+                model_kwargs: Optional[Mapping[str, Any]] = None,
+                checkpoint: Optional[Union[str, Path]] = None) -> nn.Module:
+    """A classifier for a data set (`num_classes`, `in_chans`), with weights from `checkpoint` if given.
+
+    Args:
+        model: A `timm_moe.ModelSpec` or a timm name (`import timm_moe` registers ours).
+        num_classes: Classes, unless `model_kwargs` sets them.
+        in_chans: Input channels, unless `model_kwargs` sets them.
+        model_kwargs: Kwargs for `timm.create_model`, as the user gave them.
+        checkpoint: A state_dict file (see `load_checkpoint`).
+    """
+    kwargs = dict(model_kwargs or {})
+    kwargs.setdefault('num_classes', num_classes)
+    kwargs.setdefault('in_chans', in_chans)
+    net = create_model(model, kwargs)
+    if checkpoint is not None:
+        name = model.name if isinstance(model, ModelSpec) else model
+        load_checkpoint(net, checkpoint, f'{name}({", ".join(f"{k}={v}" for k, v in kwargs.items())})')
+    return net
+
+
+def param_counts(model: nn.Module) -> Dict[str, int]:
+    """Total parameters, and the parameters one image uses.
+
+    Active = everything outside the experts (gate included) + the k largest experts of each layer (all
+    experts of a registered variant are the same size, so this is exact there and an upper bound else).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    idle = 0
+    for _, layer in timm_moe.moe_layers(model):
+        sizes = sorted((sum(p.numel() for p in e.parameters()) for e in layer.experts), reverse=True)
+        idle += sum(sizes[layer.k:])
+    return dict(total=total, active=total - idle)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
+    """`model_kwargs` from the run config (config.yaml, as `timm-moe train` writes) next to a checkpoint."""
+    if checkpoint is None:
+        return {}
+    cfg = Path(checkpoint).parent / 'config.yaml'
+    if not cfg.exists():
+        return {}
+    import yaml
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
+    kw = data.get('model_kwargs') if isinstance(data, dict) else None
+    return dict(kw) if isinstance(kw, dict) else {}
+
+
+def state_dict_of(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ('state_dict', 'model', 'state_dict_ema'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f'--checkpoint {path} holds no state_dict (a dict of tensors, or one under '
+                        f"'state_dict' or 'model')")
+    for prefix in ('module.', 'model.'):  # DDP and the Normalized wrapper
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path], label: str = 'the model') -> None:
+    """Load a checkpoint into `model`, refusing any mismatch with the missing/unexpected keys named.
+
+    Accepts a plain state_dict (timm's format), or a dict with it under 'state_dict' or 'model' (our trainer's
+    resume state).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'--checkpoint {path} does not exist')
+    obj = read_torch_file(path, '--checkpoint')
+    sd = state_dict_of(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def few(keys: List[str]) -> str:
+            return ', '.join(keys[:3]) + (', ...' if len(keys) > 3 else '')
+        parts = [f'{len(missing)} missing keys ({few(missing)})' if missing else '',
+                 f'{len(unexpected)} unexpected keys ({few(unexpected)})' if unexpected else '',
+                 f'{len(shapes)} shape mismatches ({few(shapes)})' if shapes else '']
+        raise UserError(f'--checkpoint {path} does not match {label}: ' + '; '.join(p for p in parts if p) +
+                        '; check --model, --model-kwargs and --num-classes')
+    model.load_state_dict(sd)

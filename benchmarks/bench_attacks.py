@@ -41,7 +41,7 @@ TINY_DATASET = 'fashion-mnist-bundled'
 
 def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversarial_steps: int = 0,
                eps: float = 8 / 255, cache: Optional[Path] = None) -> nn.Module:
-    """A small BlockMoE ResNet (width 8, 4 experts, k=1) trained by `bench.train` on the bundled Fashion-MNIST.
+    """A small BlockMoE ResNet (width 8, 4 experts, k=1) trained by `bench.training` on the bundled Fashion-MNIST.
 
     Deterministic for a given (steps, seed, batch_size, adversarial_steps, eps); the caller's RNG is untouched.
 
@@ -56,8 +56,8 @@ def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversaria
     Returns:
         The trained model wrapped with its normalisation (takes [0, 1] images), in eval mode.
     """
-    from bench.config import load_config
-    from bench.train import run_training
+    from bench.training.config import load_config
+    from bench.training.trainer import run_training
     root = Path(cache) if cache is not None else Path(tempfile.mkdtemp(prefix='timm-moe-tiny-'))
     run_dir = root / f'tiny-{steps}-{seed}-{batch_size}-{adversarial_steps}-{eps:.6f}'
     weights = run_dir / 'model.pth'
@@ -109,8 +109,9 @@ def main(argv: Optional[list] = None) -> int:
     torch.set_num_threads(args.threads)
     info = dataset_info(TINY_DATASET)
     if args.checkpoint:
-        from bench.evaluate import _parse_kwargs, build_model
-        kw = {**TINY_KWARGS, **_parse_kwargs(args.model_kwargs)}
+        from bench.core.values import parse_mapping
+        from bench.models import build_model
+        kw = {**TINY_KWARGS, **(parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {})}
         model = build_model(TINY_MODEL, kw.pop('num_classes'), kw.pop('in_chans'), kw, args.checkpoint)
         net = normalized(model, info['mean'], info['std']).eval()
     else:

@@ -14,7 +14,8 @@ from torch import nn
 
 import timm_moe
 from bench import cli
-from bench.audit.audit import _targets, audit_model
+from bench.audit.audit import audit_model
+from bench.cli.audit import _targets
 from bench.audit.flops import flop_table, moe_flops, per_image_by_module
 from bench.audit.latency import latency_vs_dense, peak_forward_bytes
 from timm_moe.layers import BlockMoE

@@ -126,7 +126,7 @@ def test_logits_are_routing_weighted_sum_of_forced_expert_logits(name):
     with torch.no_grad():
         logits = model(x)
         (layer_name, _), = timm_moe.moe_layers(model)
-        r = timm_moe.routing(model)[layer_name]
+        r = timm_moe.last_routing(model)[layer_name]
         forced = []
         for e in range(timm_moe.num_experts(model)):
             with timm_moe.force_expert(model, e):
@@ -241,7 +241,7 @@ def test_model_level_routing_api():
     model(torch.rand(3, 3, 32, 32))
     stats = timm_moe.routing_stats(model)['layer4.1']
     assert stats['images'] == 8 and len(stats['load']) == 8
-    assert timm_moe.routing(model)['layer4.1']['indices'].shape == (3, 2)
+    assert timm_moe.last_routing(model)['layer4.1']['indices'].shape == (3, 2)
 
 
 @pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_blockmoe_e4_k2'])
@@ -281,7 +281,7 @@ def test_paused_routing_stats_keep_probing_forwards_out():
     before = timm_moe.routing_stats(model)
     with timm_moe.paused_routing_stats(model):
         model(torch.rand(5, 3, 32, 32))
-        probed = timm_moe.routing(model)['layer4.1']['indices']
+        probed = timm_moe.last_routing(model)['layer4.1']['indices']
     assert probed.shape[0] == 5  # the last forward is still visible
     assert timm_moe.routing_stats(model) == before and before['layer4.1']['images'] == 6
     model(x)

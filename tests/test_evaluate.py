@@ -15,7 +15,8 @@ from bench.evaluation import moe as moe_analysis
 from bench.attacks import PGD
 from bench.data import dataset_info, eval_tensors
 from bench.core.errors import UserError
-from bench.evaluate import SIDECAR_SUFFIX, evaluate_model
+from bench.evaluation.loop import evaluate_model
+from bench.evaluation.resume import SIDECAR_SUFFIX
 from bench.models import normalized, unwrap
 
 DATA = 'fashion-mnist-bundled'
@@ -185,6 +186,9 @@ def mismatched_checkpoint(tmp_path):
     (['--checkpoint', '{ckpt}'], 'missing keys'),
     (['--checkpoint', '{tmp}/corrupt.pth'], 'is not a readable torch file'),
     (['--device', 'tpu'], '--device'),
+    # model kwargs timm_moe refuses with a plain ValueError are the user's error, not a bug (exit 2, one line)
+    (['--model-kwargs', 'width=8,gate=bogus'], "gate='bogus'"),
+    (['--model-kwargs', 'width=8,k=8'], 'k=8 > num_experts=4'),
 ])
 def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched_checkpoint, extra, message):
     out = tmp_path / 'res.json'
@@ -195,6 +199,17 @@ def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith('timm-moe eval: error:') and message in err, err
     assert not out.exists() and not (tmp_path / f'res.json{SIDECAR_SUFFIX}').exists()
+
+
+@pytest.mark.parametrize('header', ['{"fingerprint": {"eps"', '[1, 2]'])
+def test_cli_resume_with_a_corrupt_sidecar_header_is_one_line(tmp_path, capsys, header):
+    out = tmp_path / 'res.json'
+    side = tmp_path / f'res.json{SIDECAR_SUFFIX}'
+    side.write_text(header + '\n')  # torn or foreign: not the header an evaluation writes
+    rc = cli.main(_argv(out, '--resume'))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and 'first line of' in err and str(side) in err, err
+    assert side.read_text() == header + '\n' and not out.exists()  # left for the user to inspect
 
 
 def test_cli_never_replaces_a_result_or_drops_a_partial_run_unasked(tmp_path, capsys):

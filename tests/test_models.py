@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import timm_moe
-from timm_moe.inspect import moe_layers
+from timm_moe.introspection import moe_layers
 
 MOE_NAMES = timm.list_models('*blockmoe*')
 ALL_NAMES = MOE_NAMES + ['resnet18_dense', 'resnet50_dense']
@@ -132,7 +132,7 @@ def test_gates(gate):
         fc = layer.gate.fc
         assert fc.in_features == x.shape[1] and fc.out_features == 4 and fc.bias is not None
         expected = x.mean(dim=(2, 3)) @ fc.weight.T + fc.bias
-    r = timm_moe.routing(model)['layer4.1']
+    r = timm_moe.last_routing(model)['layer4.1']
     torch.testing.assert_close(r['probs'], expected.softmax(-1), rtol=1e-5, atol=1e-6)
     assert r['indices'].shape == (3, 2)
     torch.testing.assert_close(r['weights'].sum(1), torch.ones(3))
@@ -150,7 +150,7 @@ def test_noisy_gating_changes_training_selection_only():
     picks = set()
     for _ in range(4):
         model(x)
-        picks.add(tuple(timm_moe.routing(model)['layer4.1']['indices'].flatten().tolist()))
+        picks.add(tuple(timm_moe.last_routing(model)['layer4.1']['indices'].flatten().tolist()))
     assert len(picks) > 1, 'noise never changed the selection in training'
 
 
@@ -221,7 +221,7 @@ def test_gates_keep_pytorch_default_init_after_timm_init(gate):
         assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
         with torch.no_grad():
             model(torch.rand(16, 3, 32, 32))
-        top1 = timm_moe.routing(model)['layer4.1']['probs'].max(1).values.mean().item()
+        top1 = timm_moe.last_routing(model)['layer4.1']['probs'].max(1).values.mean().item()
         assert 0.25 <= top1 < 0.5, f'seed {seed}: mean top-1 gate probability {top1:.3f} at init'
 
 
@@ -237,7 +237,7 @@ def test_noisy_gating_auto_follows_the_reference_policy(aux_loss, noisy):
     picks = set()
     for _ in range(3):
         model(x)
-        picks.add(tuple(timm_moe.routing(model)['layer4.1']['indices'].flatten().tolist()))
+        picks.add(tuple(timm_moe.last_routing(model)['layer4.1']['indices'].flatten().tolist()))
     assert (len(picks) > 1) is noisy
 
 

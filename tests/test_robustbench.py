@@ -29,7 +29,7 @@ robustbench = pytest.importorskip('robustbench', reason="the robustbench extra i
                                                         "(pip install 'timm-moe[robustbench]')")
 
 from bench.data import eval_tensors  # noqa: E402
-from bench.evaluate import evaluate_model  # noqa: E402
+from bench.evaluation.loop import evaluate_model  # noqa: E402
 
 
 def test_benchmark_is_the_real_function():

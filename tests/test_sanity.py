@@ -14,7 +14,7 @@ from bench import attacks as attacks_mod
 from bench.evaluation import checks as sanity
 from bench.attacks import APGD, PGD, build_attack, predict
 from bench.data import eval_tensors
-from bench.evaluate import evaluate_model
+from bench.evaluation.loop import evaluate_model
 from bench.evaluation.checks import AttackRecord
 
 DATA = 'fashion-mnist-bundled'

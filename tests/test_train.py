@@ -12,8 +12,9 @@ import torch
 
 import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
-from bench.config import load_config
-from bench.train import ShardedBatches, run_training
+from bench.training.config import load_config
+from bench.training.sampler import ShardedBatches
+from bench.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(model='resnet18_blockmoe_e2_k1', model_kwargs=dict(width=4), dataset='fashion-mnist-bundled',

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import load_config
-from bench.training.adversarial import InputGradScaler, _grad, madry_examples
-from bench.train import Trainer
+from bench.training.config import load_config
+from bench.attacks.pgd import input_grad as _grad
+from bench.training.adversarial import InputGradScaler, madry_examples
+from bench.training.trainer import Trainer
 
 EPS, STEP = 8 / 255, 2 / 255
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import timm_moe
-from bench.config import load_config
-from bench.train import Trainer
+from bench.training.config import load_config
+from bench.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 ATTACK_EXPERT = 3

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from bench.config import load_config
-from bench.train import Trainer
+from bench.training.config import load_config
+from bench.training.trainer import Trainer
 
 EPOCHS, LR, WARMUP_LR, MIN_LR, WARMUP = 200, 0.1, 1e-3, 5e-5, 5
 

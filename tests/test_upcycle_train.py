@@ -8,9 +8,9 @@ import yaml
 
 import timm
 from bench.cli import main
-from bench.config import load_config
+from bench.training.config import load_config
 from bench.core.provenance import sha256_file
-from bench.train import Trainer, run_training
+from bench.training.trainer import Trainer, run_training
 
 TINY = dict(model_kwargs=dict(width=4), dataset='fashion-mnist-bundled', batch_size=16, train_limit=32,
             eval_limit=0, workers=0, progress=False, max_steps=1)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .inspect import moe_layers
+from .introspection import moe_layers
 
 __all__ = ['drop_idle_expert_grads']
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .layers import resolve_noisy_gating, validate_moe_args
 
-__all__ = ['MODEL_DEFAULTS', 'ModelSpec']
+__all__ = ['MODEL_DEFAULTS', 'MOE_KWARGS', 'ModelSpec']
 
 # The defaults of the model kwargs that shape a timm-moe architecture, keyed by model kwarg name: the
 # paper's best configuration. This is the one place they are written down for the spec; the model
@@ -49,6 +49,9 @@ _MOE_FIELDS = ('k', 'gate', 'aux_loss', 'placement', 'expert_width', 'noisy_gati
 _STR_FIELDS = ('arch', 'gate', 'aux_loss', 'placement', 'expert_width', 'stem')
 # kwargs that a registered entrypoint fixes from its name; passing them to create() would contradict the name
 _NAME_KWARGS = ('num_experts', 'k', 'block', 'layers')
+# model kwargs that only a BlockMoE model takes (a dense baseline is built with all the others): the model
+# kwargs of the MoE fields, and those its name fixes
+MOE_KWARGS = tuple(_KWARG_NAMES.get(f, f) for f in _MOE_FIELDS if f != 'k') + ('num_experts', 'k')
 _NAME = re.compile(r'^(?P<arch>[a-z0-9]+)_(?:dense|blockmoe_e(?P<experts>\d+)_k(?P<k>\d+))$')
 
 

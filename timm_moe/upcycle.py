@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from .inspect import moe_layers
+from .introspection import moe_layers
 
 _EXPERT_KEY = re.compile(r'^(?P<block>.+)\.experts\.\d+\.(?P<rest>.+)$')
 

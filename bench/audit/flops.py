@@ -231,7 +231,7 @@ def routing_counts(model: nn.Module, images: torch.Tensor) -> Dict[str, Tuple[Li
         layer.last_routing = None  # so a stale routing from an earlier forward cannot be read back
     with torch.no_grad():
         model(images)
-    routed = timm_moe.routing(model)
+    routed = timm_moe.last_routing(model)
     batch = images.shape[0]
     out: Dict[str, Tuple[List[int], int, Optional[int]]] = {}
     for name, layer in layers:

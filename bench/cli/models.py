@@ -11,24 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 import timm_moe
-
 from bench.core.errors import UserError
-
-
-def param_counts(model: torch.nn.Module) -> Dict[str, int]:
-    """Total parameters, and those one image uses (the gate and its k experts per MoE layer)."""
-    total = sum(p.numel() for p in model.parameters())
-    idle = 0
-    for _, layer in timm_moe.moe_layers(model):
-        per_expert = sum(p.numel() for p in layer.experts[0].parameters())
-        idle += (layer.num_experts - layer.k) * per_expert
-    return dict(total=total, active=total - idle)
+from bench.models import create_model, param_counts
 
 
 def summarize(name: str, width: int, batch: int, seed: int = 0) -> Dict[str, Any]:
     """Build `name`, route one random batch through it in eval mode and summarise."""
     torch.manual_seed(seed)
-    model = timm.create_model(name, width=width).eval()
+    model = create_model(name, dict(width=width), '--width').eval()
     with torch.no_grad():
         model(torch.rand(batch, *model.pretrained_cfg['input_size']))
     stats = timm_moe.routing_stats(model)

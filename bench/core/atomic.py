@@ -7,11 +7,14 @@ complete file or the new one, never a torn one.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Any, Iterator, Mapping, Union
+
+import torch
 
 
 @contextmanager
@@ -58,3 +61,34 @@ def _link_exclusive(tmp: str, path: Path) -> None:
         # file systems without hard links: reserve the name with O_EXCL, then move the content over it
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: Union[str, Path], exclusive: bool = False, **dump_kwargs: Any) -> None:
+    """Write `obj` as JSON that readers see whole or not at all; makes the parent directory.
+
+    Args:
+        obj: JSON-able object.
+        path: The target file.
+        exclusive: Refuse (FileExistsError) if the file already exists (see `atomic_open`).
+        **dump_kwargs: For `json.dump` (indent 1 unless given; e.g. default=str).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, exclusive=exclusive) as f:
+        json.dump(obj, f, **{'indent': 1, **dump_kwargs})
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """torch.save that a kill at any moment leaves either the previous or the new complete file."""
+    with atomic_open(path, 'wb') as f:
+        torch.save(obj, f)
+
+
+def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix)."""
+    from safetensors.torch import save as safetensors_bytes
+    # safetensors stores dense row-major buffers: channels_last or sliced tensors must be made contiguous
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = safetensors_bytes(tensors, metadata={'format': 'pt'})
+    with atomic_open(path, 'wb') as f:
+        f.write(data)

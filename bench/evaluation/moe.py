@@ -125,7 +125,7 @@ def _expert_sets(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             model(x[i:i + batch_size].to(device))
-            for name, r in timm_moe.routing(model).items():
+            for name, r in timm_moe.last_routing(model).items():
                 sets.setdefault(name, []).append(r['indices'].sort(dim=1).values.cpu())
     return {k: torch.cat(v) for k, v in sets.items()}
 

@@ -1,7 +1,8 @@
 """The inner maximisation of adversarial training: projected sign-gradient ascent in an L-inf ball.
 
 Madry's PGD-AT maximises cross-entropy; TRADES maximises the KL divergence from the clean prediction.
-Both are this one loop with a different loss. Evaluation attacks live in `bench.attacks`.
+Both are the one projected ascent of `bench.attacks.pgd` (which evaluation's PGD also runs) with a different loss
+and start; this module holds only what training adds: those losses and starts, and float16 loss scaling.
 
 Under float16 autocast the input gradient passes backwards through float16 activations. Its smallest
 positive value is 6e-8, and a mean loss over a batch of 640 confidently classified images has input
@@ -15,6 +16,8 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
+
+from bench.attacks.pgd import ascend, input_grad
 
 
 class InputGradScaler:
@@ -38,7 +41,7 @@ class InputGradScaler:
 
     def grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """d loss_fn / d x, free of float16 underflow; an overflowing step is redone in float32."""
-        g = _grad(lambda z: loss_fn(z) * self.scale, x)
+        g = input_grad(lambda z: loss_fn(z) * self.scale, x)
         if bool(torch.isfinite(g).all()):  # one host sync per attack step, only under float16
             self._clean_steps += 1
             if self._clean_steps >= self.growth_interval:
@@ -47,19 +50,13 @@ class InputGradScaler:
         # overflow (or a model that already gives NaN): this step in float32, a smaller scale for the next
         self.scale, self._clean_steps = max(self.scale / 2, 1.0), 0
         with torch.autocast(x.device.type, enabled=False):
-            return _grad(loss_fn, x)
+            return input_grad(loss_fn, x)
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(scale=self.scale, clean_steps=self._clean_steps)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.scale, self._clean_steps = float(state['scale']), int(state['clean_steps'])
-
-
-def _grad(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    grad, = torch.autograd.grad(loss_fn(x), x)
-    return grad
 
 
 def linf_ascent(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, step: float,
@@ -83,11 +80,8 @@ def linf_ascent(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     else:
         delta = torch.zeros_like(x)
     x_adv = (x + delta).clamp_(0, 1)
-    for _ in range(steps):
-        grad = scaler.grad(loss_fn, x_adv) if scaler is not None else _grad(loss_fn, x_adv)
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-    return x_adv.detach()
+    grad_fn = scaler.grad if scaler is not None else input_grad
+    return ascend(lambda z: grad_fn(loss_fn, z), x, x_adv, eps, step, steps, 'Linf')
 
 
 def madry_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float,

@@ -1,4 +1,4 @@
-"""One-call inspection of the BlockMoE layers in a model: losses, routing, statistics, forcing."""
+"""One-call introspection of the BlockMoE layers in a model: losses, routing, statistics, forcing."""
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +33,7 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     return torch.stack([l.float() for l in losses]).sum()
 
 
-def routing(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+def last_routing(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
     """Per MoE layer, the last forward's top-k expert indices, weights (B, k) and probabilities (B, E)."""
     out = {}
     for name, m in moe_layers(model):

@@ -4,22 +4,23 @@ The defaults are the paper's CIFAR-100 ResNet-18 recipe; `bench/configs/*.yaml` 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import re
 import typing
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
+from bench.core.atomic import atomic_open
+from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_yaml_mapping
+from bench.core.values import parse_eps, parse_mapping, parse_number
 
-CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 METHODS = ('normal', 'pgd', 'trades')
 ATTACK_PRECISIONS = ('fp32', 'amp')
 
@@ -91,8 +92,7 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f'{key}={getattr(self, key)} must be at least 1')
-        if not 0 <= self.eps <= 1:
-            raise UserError(f'eps={self.eps} is outside [0, 1] (pixel scale; 8/255 = 0.0314)')
+        parse_eps(self.eps, 'Linf', 'eps')  # training attacks are L-inf
         if self.lr <= 0:
             raise UserError(f'lr={self.lr} must be positive')
         if self.warmup_epochs < 0:
@@ -122,8 +122,6 @@ class TrainConfig:
 
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# timm's `--torchcompile` alone means inductor (argparse const); YAML `torchcompile: true` says the same
-TORCHCOMPILE_DEFAULT = 'inductor'
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -138,7 +136,7 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         raise UserError(f'{key} must not be empty (a {base.__name__})')
     if isinstance(value, str) and base is dict:
-        value = _parse_mapping(key, value)
+        value = parse_mapping(key, value)
     elif isinstance(value, str) and base is not str:
         value = _parse_scalar(key, value, base)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
@@ -152,30 +150,11 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _parse_scalar(key: str, text: str, base: type) -> Any:
     if base is float and '/' in text:  # '8/255'
-        try:
-            return float(Fraction(text))
-        except (ValueError, ZeroDivisionError):
-            raise UserError(f'{key}={text!r} is not a number or a fraction like 8/255') from None
+        return parse_number(text, key)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         raise UserError(f'{key}={text!r} could not be parsed as {base.__name__}') from None
-
-
-def _parse_mapping(key: str, text: str) -> Dict[str, Any]:
-    """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}'."""
-    if '=' in text and not text.lstrip().startswith('{'):
-        pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
-        if any(len(p) != 2 for p in pairs):
-            raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
-        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict):
-        raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
-    return value
 
 
 def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
@@ -192,29 +171,6 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
     if key == 'torchcompile' and str(value).lower() in ('true', 'false'):  # a bare flag, or a YAML bool
         value = TORCHCOMPILE_DEFAULT if str(value).lower() == 'true' else None
     cfg_dict[key] = _coerce(key, value)
-
-
-def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml') -> Dict[str, Any]:
-    """The mapping in a YAML file, given as a path or as the name of a file shipped in `bench/configs`.
-
-    Args:
-        path: A file path, or a shipped file's name with or without `.yaml`.
-        what: What the file is, for error messages ('config', 'grid spec').
-        shipped_glob: Which shipped files to suggest when `path` is not found.
-    """
-    file = Path(path)
-    if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
-        file = CONFIG_DIR / file.with_suffix('.yaml').name
-    if not file.exists():
-        shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob(shipped_glob)))
-        raise UserError(f'{what} {str(path)!r} not found; give a YAML path or one of: {shipped}')
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
-    if not isinstance(data, dict):
-        raise UserError(f'{file} must hold a mapping of {what} keys, not {type(data).__name__}')
-    return data
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None,
@@ -258,60 +214,5 @@ def _pairs(tokens: List[str]) -> List[tuple]:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------- torch.compile
-
-def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
-    """Refuse, in one line, a backend torch.compile does not know or a mode its backend does not take.
-
-    Any registered backend is accepted, as `torch.compile` accepts it; the message lists the ones
-    `torch._dynamo.list_backends()` recommends and names the debugging ones.
-    """
-    if backend is None:
-        if mode is not None:
-            raise UserError(f'--torchcompile-mode {mode!r} needs --torchcompile (the backend to compile with)')
-        return
-    import torch._dynamo
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
-        debug = [b for b in ('eager', 'aot_eager') if b in torch._dynamo.list_backends(exclude_tags=())]
-        raise UserError(f'--torchcompile {backend!r} is not a torch.compile backend; choose one of '
-                        f'{", ".join(torch._dynamo.list_backends())} (torch._dynamo.list_backends()), '
-                        f'or for debugging {", ".join(debug)}')
-    if mode is None:
-        return
-    if backend != 'inductor':  # the modes are inductor's; another backend ignores or rejects them
-        raise UserError(f'--torchcompile-mode {mode!r} is an inductor mode; --torchcompile {backend} takes none')
-    from torch._inductor import list_mode_options
-    if mode not in list_mode_options():
-        raise UserError(f'--torchcompile-mode {mode!r} is not an inductor mode; choose one of '
-                        f'{", ".join(list_mode_options())}')
-
-
-@contextlib.contextmanager
-def torchcompile_settings(num_experts: int, retain_graph: bool = False) -> Iterator[None]:
-    """The dynamo and AOT-autograd settings under which compiled BlockMoE models run their whole job compiled.
-
-    With torch's defaults the job still gives eager's numbers, but parts of it quietly run eagerly:
-    - BlockMoE counts its images and training forwards in Python ints on the module; dynamo guards module
-      ints as constants, so every forward recompiled until the recompile limit, after which that code ran
-      eagerly for good. Here they are dynamic.
-    - Each forced expert (`timm_moe.force_expert`), grad mode and batch shape is a specialisation of its own:
-      the per-expert subpaths of an 8-expert model pass torch's limit of 8 recompiles per function. The
-      limit here grows with the number of experts.
-    - `retain_graph=True` (the evaluation's gradient checks backward twice through one forward): compiled
-      backwards donate their saved buffers by default, which forbids a second backward.
-
-    Args:
-        num_experts: Experts per MoE layer (`timm_moe.num_experts(model)`; 0 for a dense model).
-        retain_graph: Turn buffer donation off.
-    """
-    import torch._dynamo
-    import torch._functorch.config
-    limit = max(torch._dynamo.config.recompile_limit, 2 * (num_experts + 1) + 8)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, recompile_limit=limit))
-        if retain_graph:
-            stack.enter_context(torch._functorch.config.patch(donated_buffer=False))
-        yield
+    with atomic_open(path) as f:  # eval, export and upcycling read it back: whole or not at all
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

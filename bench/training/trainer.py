@@ -1,4 +1,4 @@
-"""`timm-moe train`: standard, PGD (Madry) and TRADES adversarial training from timm's components.
+"""The trainer behind `timm-moe train`: standard, PGD (Madry) and TRADES adversarial training from timm's components.
 
 timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per update),
 the weight EMA (`ModelEmaV3`) and the distributed set-up (`timm.utils.distributed`); this module adds the
@@ -14,19 +14,17 @@ same numbers, and `tests/test_train.py` checks exactly that.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 import timm
 import timm_moe
@@ -36,47 +34,18 @@ from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
 from bench import models as ckpt
-from bench.config import (TORCHCOMPILE_DEFAULT, TrainConfig, load_config, read_yaml_mapping, save_config,
-                          torchcompile_settings)
-from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
+from bench.core.atomic import atomic_save, atomic_save_safetensors, write_json_atomic
+from bench.core.compile import torchcompile_settings
+from bench.core.devices import choose_device
 from bench.core.errors import UserError
-from bench.models import normalized
-from bench.training.adversarial import InputGradScaler, madry_examples, trades_examples
 from bench.core.progress import progress_bar
-from bench.core.provenance import sha256_file
 from bench.core.rng import forked_rng, key_seed
-
-
-class ShardedBatches(Sampler[List[int]]):
-    """This rank's share of each global batch of one epoch, from a permutation seeded by (seed, epoch).
-
-    Global batch i is perm[i*B:(i+1)*B]; rank r takes every world_size-th image of it, starting at r.
-    Micro-batches split a rank's batch the same way, so N ranks and N micro-batches agree image for image.
-
-    Args:
-        n: Images in the data set.
-        batch_size: Global batch size B (the last incomplete batch is dropped).
-        seed: Run seed.
-        epoch: Epoch whose order to draw.
-        rank: This process's rank.
-        world_size: Number of processes.
-        start: First global batch to yield (resuming mid-epoch).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.rank, self.world_size, self.start = rank, world_size, start
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size - self.start
-
-    def __iter__(self) -> Iterator[List[int]]:
-        g = torch.Generator().manual_seed(key_seed(self.seed, self.epoch, -1))
-        perm = torch.randperm(self.n, generator=g).tolist()
-        for i in range(self.start, self.n // self.batch_size):
-            yield perm[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world_size]
-
+from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
+from bench.models import create_model, normalized
+from bench.training.adversarial import InputGradScaler, madry_examples, trades_examples
+from bench.training.config import TrainConfig, save_config
+from bench.training.sampler import ShardedBatches
+from bench.training.upcycle import upcycle_model
 
 class Trainer:
     """One training run: model, optimisation state, data and the loop.
@@ -95,8 +64,7 @@ class Trainer:
         self.info = dataset_info(cfg.dataset)
         self.model_kwargs = dict(num_classes=self.info['num_classes'], in_chans=self.info['in_chans'],
                                  **cfg.model_kwargs)
-        device = cfg.device if cfg.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
-        dist = init_distributed_device_so(device=device)
+        dist = init_distributed_device_so(device=str(choose_device(cfg.device, 'device')))
         self.device = torch.device(dist['device'])
         self.rank, self.world_size, self.distributed = dist['global_rank'], dist['world_size'], dist['distributed']
         if cfg.batch_size % (self.world_size * cfg.accum_steps):
@@ -112,7 +80,7 @@ class Trainer:
         if cfg.upcycle_from and not resume:  # a resumed run's weights come from its own checkpoint
             self.model, self.upcycled_from = upcycle_model(cfg, self.model_kwargs)
         else:
-            self.model = _create_model(cfg.model, self.model_kwargs)
+            self.model = create_model(cfg.model, self.model_kwargs, 'model_kwargs')
         self.run_dir = Path(cfg.out)
         if self.primary:
             ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
@@ -315,12 +283,12 @@ class Trainer:
     def save(self) -> None:
         if not self.primary:
             return
-        ckpt.atomic_save(self.state(), self.run_dir / ckpt.TRAIN_STATE)
-        ckpt.atomic_save(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
-        ckpt.atomic_save_safetensors(self.model.state_dict(), self.run_dir / ckpt.SAFE_WEIGHTS)
+        atomic_save(self.state(), self.run_dir / ckpt.TRAIN_STATE)
+        atomic_save(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
+        atomic_save_safetensors(self.model.state_dict(), self.run_dir / ckpt.SAFE_WEIGHTS)
         if self.ema is not None:
-            ckpt.atomic_save(self.ema.module.state_dict(), self.run_dir / ckpt.EMA_WEIGHTS)
-            ckpt.atomic_save_safetensors(self.ema.module.state_dict(), self.run_dir / ckpt.SAFE_EMA_WEIGHTS)
+            atomic_save(self.ema.module.state_dict(), self.run_dir / ckpt.EMA_WEIGHTS)
+            atomic_save_safetensors(self.ema.module.state_dict(), self.run_dir / ckpt.SAFE_EMA_WEIGHTS)
 
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
@@ -391,116 +359,14 @@ class Trainer:
                       safetensors=str(self.run_dir / ckpt.SAFE_WEIGHTS), config_sha256=cfg.sha256(),
                       world_size=self.world_size, upcycled_from=self.upcycled_from)
         if self.primary:
-            (self.run_dir / 'result.json').write_text(json.dumps(result, indent=2, default=str) + '\n')
+            # grid resumes from this file: a kill must leave it whole or absent
+            write_json_atomic(result, self.run_dir / 'result.json', indent=2, default=str)
         return result
 
     def close(self) -> None:
         torch.use_deterministic_algorithms(self._was_deterministic)
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def _create_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
-    try:
-        return timm.create_model(name, **model_kwargs)
-    except TypeError as e:
-        raise UserError(f'model_kwargs {model_kwargs} do not fit {name}: {e}') from None
-
-
-# kwargs that only shape the MoE layers: the dense source was built without them
-_MOE_ONLY_KWARGS = ('gate', 'moe_blocks', 'aux_loss', 'aux_weight', 'noisy_gating', 'expert_width')
-
-
-def _read_dense_source(source: Path) -> tuple:
-    """The weights file of `--upcycle-from` (a run directory or a weights file) and its state_dict."""
-    if not source.exists():
-        raise UserError(f'--upcycle-from {source} does not exist; give a dense run directory or its model.pth')
-    file = source / ckpt.WEIGHTS if source.is_dir() else source
-    if not file.is_file():
-        raise UserError(f'--upcycle-from {source} holds no {ckpt.WEIGHTS}; is it a finished training run?')
-    if file.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        try:
-            state = load_file(file)
-        except Exception as e:  # noqa: BLE001 - a foreign or truncated file fails in several ways
-            raise UserError(f'--upcycle-from {file} is not a readable safetensors file ({type(e).__name__})') from None
-    else:
-        state = ckpt.read_torch_file(file, '--upcycle-from')
-    if isinstance(state, dict) and isinstance(state.get('model'), dict):  # a last.pth.tar training state
-        state = state['model']
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f'--upcycle-from {file} does not hold a state_dict of tensors')
-    return file, state
-
-
-def _check_source_run(source: Path, cfg: TrainConfig, dense: str) -> None:
-    """Name what differs when the source is a run directory whose config.yaml says what it trained."""
-    config = source / 'config.yaml' if source.is_dir() else None
-    if config is None or not config.is_file():
-        return
-    # read as plain YAML, not as a TrainConfig: a run made by another version may hold other keys
-    src = read_yaml_mapping(config, 'config')
-    if src.get('model') != dense:
-        raise UserError(f'--upcycle-from {source} trained {src.get("model")}; {cfg.model} upcycles from {dense}')
-    if src.get('dataset') != cfg.dataset:
-        raise UserError(f'--upcycle-from {source} trained on {src.get("dataset")}, this run uses {cfg.dataset}')
-    ours = {k: v for k, v in cfg.model_kwargs.items() if k not in _MOE_ONLY_KWARGS}
-    theirs = {k: v for k, v in (src.get('model_kwargs') or {}).items() if k not in _MOE_ONLY_KWARGS}
-    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if differ:
-        k = differ[0]
-        raise UserError(f'--upcycle-from {source}: model_kwargs {k}={theirs.get(k, "default")!r} there, '
-                        f'{ours.get(k, "default")!r} here; the MoE must have the dense model\'s architecture')
-
-
-def _check_state(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor], file: Path, dense: str) -> None:
-    """The dense checkpoint must have exactly the keys and shapes of `dense` built with this run's kwargs."""
-    missing = [k for k in reference if k not in state]
-    extra = [k for k in state if k not in reference]
-    if extra:
-        raise UserError(f'--upcycle-from {file} has {len(extra)} keys {dense} lacks, e.g. {extra[0]!r}: '
-                        f'is it a dense {dense.split("_")[0]} checkpoint?')
-    if missing:
-        raise UserError(f'--upcycle-from {file} lacks {len(missing)} keys of {dense}, e.g. {missing[0]!r}')
-    for k, v in reference.items():
-        if state[k].shape != v.shape:
-            raise UserError(f'--upcycle-from {file}: {k} has shape {tuple(state[k].shape)} there, {tuple(v.shape)} '
-                            f'for {dense} with this run\'s model_kwargs and data set (width, classes, channels?)')
-
-
-def upcycle_model(cfg: TrainConfig, model_kwargs: Dict[str, Any]) -> tuple:
-    """The MoE of `cfg` started from the dense checkpoint `cfg.upcycle_from` through `timm_moe.upcycle`.
-
-    Every weight outside the MoE layers is the dense one; each expert is a copy of the dense block it
-    replaces plus `cfg.upcycle_noise` relative noise drawn from `cfg.seed`; gates start fresh.
-
-    Args:
-        cfg: The run's configuration.
-        model_kwargs: The MoE's timm kwargs (num_classes and in_chans included).
-
-    Returns:
-        (model, {'path', 'sha256', 'noise', 'seed'}) describing the source.
-    """
-    try:
-        dense = timm_moe.dense_name(cfg.model)
-    except ValueError:
-        dense = cfg.model
-    if dense == cfg.model:
-        raise UserError(f'--upcycle-from needs a timm-moe BlockMoE model such as resnet18_blockmoe_e4_k1, '
-                        f'not {cfg.model}')
-    if model_kwargs.get('expert_width', 'full') != 'full':
-        raise UserError("--upcycle-from needs expert_width='full': each expert copies the dense block's shapes")
-    source = Path(cfg.upcycle_from)
-    _check_source_run(source, cfg, dense)
-    file, state = _read_dense_source(source)
-    digest = sha256_file(file)
-    if cfg.upcycle_sha256 is not None and cfg.upcycle_sha256 != digest:
-        raise UserError(f'--upcycle-from {file} has sha256 {digest}, not the upcycle_sha256 {cfg.upcycle_sha256} '
-                        'this config pins')
-    dense_kwargs = {k: v for k, v in model_kwargs.items() if k not in _MOE_ONLY_KWARGS}
-    _check_state(state, _create_model(dense, dense_kwargs).state_dict(), file, dense)
-    model = timm_moe.upcycle(state, cfg.model, noise=cfg.upcycle_noise, seed=cfg.seed, **model_kwargs)
-    return model, dict(path=str(file), sha256=digest, noise=cfg.upcycle_noise, seed=cfg.seed)
 
 
 def _routing_summary(model: nn.Module) -> Dict[str, Any]:
@@ -521,42 +387,3 @@ def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False
         return trainer.fit()
     finally:
         trainer.close()
-
-
-# -- command line
-_FIELDS = dataclasses.fields(TrainConfig)
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('train', help='train a model (normal, PGD or TRADES adversarial training)',
-                              description='Train with timm components. Every config key is an option; '
-                                          '--config loads a YAML recipe first (e.g. cifar100_resnet18_pgd).')
-    p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs)')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out')
-    p.add_argument('--overwrite', action='store_true', help='delete --out first if it holds a run')
-    for f in _FIELDS:
-        flag = '--' + f.name.replace('_', '-')
-        if f.type in ('bool', bool):
-            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL')
-        elif f.name == 'torchcompile':  # timm's flag: an optional backend, inductor when bare
-            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None,
-                           metavar='BACKEND', help=f'compile with torch.compile (bare: {TORCHCOMPILE_DEFAULT})')
-        else:
-            p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
-                           help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = []
-    for f in _FIELDS:
-        value = getattr(args, f'cfg_{f.name}')
-        if value is not None:
-            overrides += [f'--{f.name}', value]
-    cfg = load_config(args.config, overrides)
-    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    last = result['history'][-1] if result['history'] else {}
-    if int(os.environ.get('RANK', 0)) == 0:
-        print(f'done: {result["steps"]} steps, {result["img_per_s"] or 0:.1f} img/s, '
-              f'clean acc {last.get("clean_acc")}, weights {result["checkpoint"]}')
-    return 0

@@ -1,0 +1,159 @@
+"""`timm-moe eval`: clean and robust accuracy per attack and for the per-sample worst case, with sanity checks.
+
+    timm-moe eval --model resnet18_blockmoe_e8_k1 --checkpoint runs/train/model.pth \\
+        --dataset cifar100 --attacks standard --n-examples 1000 --json results/aa.json --resume
+
+The model is wrapped with `bench.models.normalized` (the data set's mean/std), so attacks work in [0, 1].
+With --json, every finished (attack, batch) is appended to a sidecar `OUT.partial.jsonl` next to it (and its
+adversarial examples, which the sanity checks re-verify, and the routing analysis' examples are kept in
+`OUT.partial.jsonl.adv/`); --resume skips the batches recorded there, and the final JSON is written atomically
+only when everything is done. docs/EVALUATION.md describes the result, the checks and the flags.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict
+
+import timm
+import torch
+
+from bench.attacks import NORMS, PRESETS, attack_choices, resolve_attacks
+from bench.core.atomic import write_json_atomic
+from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile, compiled_in_place
+from bench.core.devices import choose_device
+from bench.core.errors import UserError
+from bench.core.values import parse_eps, parse_mapping
+from bench.evaluation import checks as sanity
+from bench.evaluation.loop import evaluate_model
+from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
+from bench.models import build_model, normalized, run_config_kwargs
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from bench.data import DATASETS
+    p = subparsers.add_parser('eval', help='clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks',
+                              description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', required=True, help='timm model name, e.g. resnet18_blockmoe_e8_k1')
+    p.add_argument('--checkpoint', type=Path, help="state_dict file (timm's, or a dict with 'state_dict'/'model')")
+    p.add_argument('--model-kwargs', default=None, help='k=v,k=v passed to timm.create_model (e.g. width=16); '
+                   "defaults from the checkpoint's run config.yaml")
+    p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
+    p.add_argument('--in-chans', type=int, default=None, help='default: the data set\'s')
+    p.add_argument('--dataset', default='cifar100', help=f'one of {", ".join(DATASETS)}')
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--download', action='store_true', help='let torchvision download the data set')
+    presets = '; '.join(f'{k} = {"+".join(v)}' for k, v in PRESETS.items())
+    p.add_argument('--attacks', default='standard',
+                   help=f'comma list of {attack_choices()}; presets: {presets}. On a CPU use quick')
+    p.add_argument('--n-examples', type=int, default=1000, help='first N test images')
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--eps', default='8/255', help='radius: 8/255 or a float in [0, 1]')
+    p.add_argument('--norm', default='Linf', choices=NORMS)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', type=Path, default=None, help='write the result here (atomically, when complete)')
+    p.add_argument('--resume', action='store_true', help='skip the batches recorded in the --json sidecar')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing --json result, or discard a partial one instead of resuming it')
+    p.add_argument('--no-per-expert', action='store_true', help='skip per-expert subpaths, routing and transfer')
+    p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--torchcompile', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None, metavar='BACKEND',
+                   help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm\'s flag')
+    p.add_argument('--torchcompile-mode', default=None, help='inductor mode: default, reduce-overhead, max-autotune, ...')
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(func=run)
+
+
+def _check_json_target(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace a finished result, or to throw away a killed run's batches, unless told to."""
+    sidecar = Path(str(out) + SIDECAR_SUFFIX)
+    if resume and overwrite:
+        raise UserError('--resume and --overwrite contradict each other; pick one')
+    if out.is_dir():
+        raise UserError(f'--json {out} is a directory; give a file name such as {out / "eval.json"}')
+    if out.exists() and not overwrite:
+        raise UserError(f'--json {out} already holds a result; pass --overwrite to replace it, or choose another file')
+    if sidecar.exists() and not (resume or overwrite):
+        raise UserError(f'{sidecar} holds a partial evaluation; pass --resume to continue it, or --overwrite to '
+                        'start afresh')
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.data import dataset_info, eval_tensors
+    # validate every cheap input before any expensive work
+    eps = parse_eps(args.eps, args.norm)
+    names = resolve_attacks(args.attacks)
+    info = dataset_info(args.dataset)
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size {args.batch_size} must be at least 1')
+    if args.n_examples < 1:
+        raise UserError(f'--n-examples {args.n_examples} must be at least 1')
+    if args.resume and args.json is None:
+        raise UserError('--resume needs --json: partial results live next to the JSON output')
+    if args.json is not None:
+        _check_json_target(args.json, args.resume, args.overwrite)
+    check_torchcompile(args.torchcompile, args.torchcompile_mode)
+    device = choose_device(args.device)
+    given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    kwargs = {**run_config_kwargs(args.checkpoint), **given}
+    num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
+    in_chans = args.in_chans or kwargs.pop('in_chans', None) or info['in_chans']
+    if in_chans != info['in_chans']:
+        raise UserError(f'--in-chans {in_chans} does not fit {args.dataset}, whose images have {info["in_chans"]}')
+    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint)
+    x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
+    wrapped = normalized(model, info['mean'], info['std']).to(device)
+    sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None
+    with compiled_in_place(wrapped, args.torchcompile, args.torchcompile_mode):
+        result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
+                                per_expert=not args.no_per_expert, seed=args.seed, sidecar=sidecar,
+                                resume=args.resume, progress=not args.no_progress, n_check=args.n_check)
+    result['settings'].update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
+                              checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
+                              device=str(device), torch=torch.__version__, timm=timm.__version__,
+                              torchcompile=args.torchcompile, torchcompile_mode=args.torchcompile_mode)
+    print_result(result)
+    if args.json:
+        write_json_atomic(result, args.json)
+        BatchLog.discard(sidecar)  # complete: nothing left to resume
+        print(f'wrote {args.json}')
+    return 0
+
+
+def print_result(result: Dict[str, Any]) -> None:
+    """Accuracy table, MoE tables and the sanity-check table, with rich."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    n = result['n_examples']
+    table = Table(title=f'{result["threat_model"]} eps={result["eps"]:.5g} on {n} examples')
+    for col in ('attack', 'accuracy %', 'correct', 'seconds'):
+        table.add_column(col, justify='left' if col == 'attack' else 'right')
+    table.add_row('clean', f'{result["clean_acc"]:.2f}', f'{result["counts"]["clean"]}/{n}', '')
+    for k, v in result['robust_acc'].items():
+        secs = result['timing'].get(k)
+        table.add_row(f'[bold]{k}' if k == 'ensemble' else k, f'{v:.2f}', f'{result["counts"][k]}/{n}',
+                      f'{secs:.1f}' if secs is not None else '')
+    console.print(table)
+    if result['per_expert']:
+        t = Table(title='Per-expert subpaths (accuracy %)')
+        names = list(result['per_expert'][0]['robust_acc'])
+        for col in ['expert', 'clean', *names]:
+            t.add_column(col, justify='right')
+        for row in result['per_expert']:
+            t.add_row(str(row['expert']), f'{row["clean_acc"]:.2f}', *(f'{row["robust_acc"][k]:.2f}' for k in names))
+        console.print(t)
+        r = result['routing_under_attack']
+        changed = 'n/a' if r['changed_fraction'] is None else f'{100 * r["changed_fraction"]:.1f}%'
+        console.print(f'routing under {r["attack"]}: {changed} of the {r["attacked_points"]} attacked images change '
+                      f'experts; load clean {[round(v, 3) for v in r["load_clean"]]} -> adversarial '
+                      f'{[round(v, 3) for v in r["load_adv"]]}')
+    sanity.print_checks(result['sanity'], console)
+    for label, parts in result.get('autoattack_attacks_run', {}).items():
+        console.print(f'{label} ran {"+".join(parts)}')
+    for label, messages in result.get('attack_warnings', {}).items():
+        for m in messages:
+            console.print(f'[yellow]{label}: pyautoattack warned: {m}')
+    if result['flags']:
+        console.print(f'[bold red]flags: {", ".join(result["flags"])}')

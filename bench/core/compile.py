@@ -1,0 +1,87 @@
+"""`--torchcompile [BACKEND]` and `--torchcompile-mode`, as timm's train.py and validate.py take them: the check of
+the values, and the settings under which a compiled BlockMoE model runs its whole job compiled (training and
+evaluation both use them)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+import timm_moe
+from bench.core.errors import UserError
+
+# timm's `--torchcompile` alone means inductor (argparse const); YAML `torchcompile: true` says the same
+TORCHCOMPILE_DEFAULT = 'inductor'
+
+
+def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
+    """Refuse, in one line, a backend torch.compile does not know or a mode its backend does not take.
+
+    Any registered backend is accepted, as `torch.compile` accepts it; the message lists the ones
+    `torch._dynamo.list_backends()` recommends and names the debugging ones.
+    """
+    if backend is None:
+        if mode is not None:
+            raise UserError(f'--torchcompile-mode {mode!r} needs --torchcompile (the backend to compile with)')
+        return
+    import torch._dynamo
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        debug = [b for b in ('eager', 'aot_eager') if b in torch._dynamo.list_backends(exclude_tags=())]
+        raise UserError(f'--torchcompile {backend!r} is not a torch.compile backend; choose one of '
+                        f'{", ".join(torch._dynamo.list_backends())} (torch._dynamo.list_backends()), '
+                        f'or for debugging {", ".join(debug)}')
+    if mode is None:
+        return
+    if backend != 'inductor':  # the modes are inductor's; another backend ignores or rejects them
+        raise UserError(f'--torchcompile-mode {mode!r} is an inductor mode; --torchcompile {backend} takes none')
+    from torch._inductor import list_mode_options
+    if mode not in list_mode_options():
+        raise UserError(f'--torchcompile-mode {mode!r} is not an inductor mode; choose one of '
+                        f'{", ".join(list_mode_options())}')
+
+
+@contextlib.contextmanager
+def torchcompile_settings(num_experts: int, retain_graph: bool = False) -> Iterator[None]:
+    """The dynamo and AOT-autograd settings under which compiled BlockMoE models run their whole job compiled.
+
+    With torch's defaults the job still gives eager's numbers, but parts of it quietly run eagerly:
+    - BlockMoE counts its images and training forwards in Python ints on the module; dynamo guards module
+      ints as constants, so every forward recompiled until the recompile limit, after which that code ran
+      eagerly for good. Here they are dynamic.
+    - Each forced expert (`timm_moe.force_expert`), grad mode and batch shape is a specialisation of its own:
+      the per-expert subpaths of an 8-expert model pass torch's limit of 8 recompiles per function. The
+      limit here grows with the number of experts.
+    - `retain_graph=True` (the evaluation's gradient checks backward twice through one forward): compiled
+      backwards donate their saved buffers by default, which forbids a second backward.
+
+    Args:
+        num_experts: Experts per MoE layer (`timm_moe.num_experts(model)`; 0 for a dense model).
+        retain_graph: Turn buffer donation off.
+    """
+    import torch._dynamo
+    import torch._functorch.config
+    limit = max(torch._dynamo.config.recompile_limit, 2 * (num_experts + 1) + 8)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, recompile_limit=limit))
+        if retain_graph:
+            stack.enter_context(torch._functorch.config.patch(donated_buffer=False))
+        yield
+
+
+@contextlib.contextmanager
+def compiled_in_place(model: nn.Module, backend: Optional[str], mode: Optional[str]) -> Iterator[nn.Module]:
+    """`model` compiled in place, under the settings a compiled BlockMoE needs (no-op without a backend).
+
+    In place (`nn.Module.compile`), not `torch.compile`'s wrapper: the module tree stays the eager one, so
+    routing keys ('model.layer4.1'), `unwrap` and weight digests are those of an eager evaluation.
+    """
+    if backend is None:
+        yield model
+        return
+    torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
+    model.compile(backend=backend, mode=mode)
+    # retain_graph: the gradient-masking checks backward twice through one forward
+    with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True):
+        yield model

@@ -1,0 +1,56 @@
+"""Values the command line hands to several verbs, parsed once into typed objects.
+
+Each parser raises `UserError` naming the value and what is allowed, so every verb reports bad input alike.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, Dict, Union
+
+import yaml
+
+from bench.core.errors import UserError
+
+
+def parse_number(text: Union[str, float], what: str = '--eps') -> float:
+    """'8/255', '0.03' or a number -> float; anything else is a UserError naming `what` and the value."""
+    try:
+        return float(Fraction(text)) if isinstance(text, str) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f'{what} {text!r} is not a number or a fraction like 8/255') from None
+
+
+def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') -> float:
+    """THE eps parser: '8/255' or '0.03' (or a number) -> float; L-inf radii must lie in [0, 1], L2 radii be >= 0.
+
+    The CLI's --eps, attack construction and the training config's eps all come through here. Anything else is a
+    UserError naming the value and what is allowed.
+    """
+    eps = parse_number(text, what)
+    given = f'{what} {text!r} = {eps:g}' if isinstance(text, str) else f'{what}={text!r}'
+    if norm == 'Linf' and not 0.0 <= eps <= 1.0:
+        raise UserError(f'{given} is outside [0, 1]: eps is in [0, 1] pixel units (8/255 = 0.0314)')
+    if not eps >= 0.0:  # also catches nan
+        raise UserError(f'{given} is negative; an L2 radius must be >= 0 (e.g. 0.5)')
+    return eps
+
+
+def parse_mapping(key: str, text: str) -> Dict[str, Any]:
+    """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}' -> dict (values parsed as YAML scalars).
+
+    Args:
+        key: How to name the value in errors, e.g. '--model-kwargs'.
+        text: The text given.
+    """
+    if '=' in text and not text.lstrip().startswith('{'):
+        pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
+        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
+    return value

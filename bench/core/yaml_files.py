@@ -1,0 +1,35 @@
+"""YAML files the user names: a path, or the name of a file shipped in `bench/configs` (training recipes, grid
+specs); run directories' config.yaml is read the same way."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+from bench.core.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
+
+
+def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml') -> Dict[str, Any]:
+    """The mapping in a YAML file, given as a path or as the name of a file shipped in `bench/configs`.
+
+    Args:
+        path: A file path, or a shipped file's name with or without `.yaml`.
+        what: What the file is, for error messages ('config', 'grid spec').
+        shipped_glob: Which shipped files to suggest when `path` is not found.
+    """
+    file = Path(path)
+    if not file.exists() and (CONFIG_DIR / file.with_suffix('.yaml').name).exists():
+        file = CONFIG_DIR / file.with_suffix('.yaml').name
+    if not file.exists():
+        shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob(shipped_glob)))
+        raise UserError(f'{what} {str(path)!r} not found; give a YAML path or one of: {shipped}')
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
+    if not isinstance(data, dict):
+        raise UserError(f'{file} must hold a mapping of {what} keys, not {type(data).__name__}')
+    return data

@@ -1,0 +1,130 @@
+"""The harness as layers (docs/CONTRACTS.md): who may import whom, no import cycles, and no module over 400 lines.
+
+The import graph is read from the source with `ast` (every import statement, also those inside functions:
+a lazy import is still a dependency), so a violation fails here before anyone runs the code path.
+"""
+import ast
+from pathlib import Path
+from typing import Dict, Set
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 400
+
+# package (first component under bench/) -> the packages it may import besides itself
+ALLOWED = {
+    'core': set(),
+    'data': {'core'},
+    'models': {'core'},
+    'attacks': {'core', 'models'},
+    'training': {'core', 'data', 'models', 'attacks'},
+    'evaluation': {'core', 'data', 'models', 'attacks'},
+    'audit': {'core', 'models'},
+    'results': {'core', 'models'},
+    'pipeline': {'core', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results'},
+    'cli': {'core', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results', 'pipeline'},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix('').parts)
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _modules(package: str) -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted((ROOT / package).rglob('*.py'))}
+
+
+def _imports(path: Path, module: str) -> Set[str]:
+    """Absolute names of the modules `path` imports (a `from X import y` counts as X.y when X.y is a module)."""
+    is_pkg = path.name == '__init__.py'
+    out: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = module.split('.') if is_pkg else module.split('.')[:-1]
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = '.'.join(anchor + ([base] if base else []))
+            out.add(base)
+            out.update(f'{base}.{a.name}' for a in node.names)
+    return out
+
+
+def _graph() -> Dict[str, Set[str]]:
+    """bench module -> the bench modules it imports (names that are not modules are dropped)."""
+    mods = _modules('bench')
+    return {m: {i for i in _imports(p, m) if i in mods and i != m} for m, p in mods.items()}
+
+
+def _layer(module: str) -> str:
+    parts = module.split('.')
+    return parts[1] if len(parts) > 1 else ''
+
+
+def test_every_bench_module_is_in_a_known_layer():
+    unknown = sorted(m for m in _graph() if m != 'bench' and _layer(m) not in ALLOWED)
+    assert not unknown, f'modules outside the layers of docs/CONTRACTS.md: {unknown}'
+
+
+def test_layers_import_only_what_they_may():
+    bad = [f'{m} imports {i}' for m, deps in _graph().items() for i in sorted(deps)
+           if _layer(m) and _layer(i) and _layer(i) != _layer(m) and _layer(i) not in ALLOWED[_layer(m)]]
+    assert not bad, '\n'.join(bad)
+
+
+def test_no_library_module_imports_the_cli():
+    bad = [f'{m} imports {i}' for m, deps in _graph().items() for i in sorted(deps)
+           if _layer(m) != 'cli' and _layer(i) == 'cli']
+    assert not bad, '\n'.join(bad)
+
+
+def test_timm_moe_imports_nothing_of_the_harness():
+    bad = [f'{m} imports {i}' for m, p in _modules('timm_moe').items() for i in sorted(_imports(p, m))
+           if i.split('.')[0] in ('bench', 'benchmarks')]
+    assert not bad, '\n'.join(bad)
+
+
+def _cycle(graph: Dict[str, Set[str]]):
+    """One import cycle as a list of modules, or None (iterative DFS, white/grey/black)."""
+    colour = dict.fromkeys(graph, 0)
+    for start in graph:
+        if colour[start]:
+            continue
+        stack = [(start, iter(sorted(graph[start])))]
+        colour[start], path = 1, [start]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+            elif colour[nxt] == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif colour[nxt] == 0:
+                colour[nxt] = 1
+                stack.append((nxt, iter(sorted(graph[nxt]))))
+                path.append(nxt)
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    # a package's __init__ re-exporting its modules is not a cycle of logic: the modules never import it back
+    graph = {m: {i for i in deps if not m.startswith(i + '.')} for m, deps in _graph().items()}
+    assert _cycle(graph) is None, ' -> '.join(_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': set()}) == ['a', 'b', 'c', 'a']
+    assert _cycle({'a': {'b'}, 'b': set()}) is None
+
+
+@pytest.mark.parametrize('package', ['bench', 'timm_moe'])
+def test_no_module_is_longer_than_400_lines(package):
+    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / package).rglob('*.py'))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f'modules over {MAX_LINES} lines (split them): {long}'
