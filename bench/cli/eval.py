@@ -59,8 +59,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     p.add_argument('--torchcompile', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None, metavar='BACKEND',
-                   help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm\'s flag')
-    p.add_argument('--torchcompile-mode', default=None, help='inductor mode: default, reduce-overhead, max-autotune, ...')
+                   help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm does')
+    p.add_argument('--torchcompile-mode', default=None,
+                   help='inductor mode: default, reduce-overhead, max-autotune, ...')
     p.add_argument('--no-progress', action='store_true')
     p.set_defaults(func=run)
 
