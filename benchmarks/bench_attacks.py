@@ -65,7 +65,7 @@ def train_tiny(steps: int = 300, seed: int = 0, batch_size: int = 64, adversaria
         n_train = len(load_tensors(TINY_DATASET, 'train')[1])
         cfg = load_config(None, model=TINY_MODEL, model_kwargs=dict(width=TINY_KWARGS['width']),
                           dataset=TINY_DATASET, epochs=math.ceil(steps * batch_size / n_train), max_steps=steps,
-                          batch_size=batch_size, lr=0.05, method='pgd' if adversarial_steps else 'normal',
+                          batch_size=batch_size, lr=0.05, training='pgd' if adversarial_steps else 'normal',
                           attack_steps=max(adversarial_steps, 1), eps=eps, attack_step=eps / 4, seed=seed,
                           eval_limit=0, workers=0, progress=False, out=str(run_dir))
         with forked_rng():

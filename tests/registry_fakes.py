@@ -71,7 +71,7 @@ def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clea
 
     name = 'resnet18_dense' if experts == 0 else f'resnet18_blockmoe_e{experts}_k1'
     kwargs = model_kwargs if model_kwargs is not None else (
-        {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy', 'moe_blocks': 'last'})
+        {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy', 'placement': 'last'})
     if attacks is None:
         attacks = {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'ensemble': robust}
     e = measured_entry(

@@ -199,7 +199,7 @@ def test_aux_loss_none_leaves_the_task_gradient_alone(aux_loss, changes_gate_gra
 
 
 def test_aux_loss_of_model_is_weighted_and_differentiable():
-    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, aux_loss='kl', aux_weight=0.25, moe_blocks='all')
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, aux_loss='kl', aux_weight=0.25, placement='all')
     model(torch.rand(4, 3, 32, 32))
     loss = timm_moe.aux_loss(model)
     # KL(p_bar || uniform) = sum_i p_bar_i * log(E * p_bar_i), from the probabilities, in float64

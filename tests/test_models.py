@@ -107,7 +107,7 @@ def test_features_only(stem, reductions):
 
 def test_moe_placement_all_and_last():
     last = timm.create_model('resnet18_blockmoe_e4_k1', width=8)
-    every = timm.create_model('resnet18_blockmoe_e4_k1', width=8, moe_blocks='all')
+    every = timm.create_model('resnet18_blockmoe_e4_k1', width=8, placement='all')
     assert [n for n, _ in moe_layers(last)] == ['layer4.1']
     assert [n for n, _ in moe_layers(every)] == ['layer4.0', 'layer4.1']
     assert every(torch.rand(2, 3, 32, 32)).shape == (2, 100)
@@ -163,7 +163,7 @@ def test_matched_experts_shrink_inner_width(k, inner):
 
 def test_matched_experts_pay_for_the_downsample_with_all_placement():
     # layer4.0 keeps a full-width 1x1 downsample per expert, so k=2 must shrink below half width
-    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, expert_width='matched', moe_blocks='all')
+    model = timm.create_model('resnet18_blockmoe_e4_k2', width=8, expert_width='matched', placement='all')
     assert moe_layers(model)[0][1].experts[0].conv1.out_channels < 32
 
 
@@ -173,7 +173,7 @@ def test_matched_experts_pay_for_the_downsample_with_all_placement():
     (dict(num_experts=-1), 'num_experts=-1'),
     (dict(gate='mlp'), "gate='mlp'"),
     (dict(aux_loss='l2'), "aux_loss='l2'"),
-    (dict(moe_blocks='first'), "moe_blocks='first'"),
+    (dict(placement='first'), "placement='first'"),
     (dict(stem='deep'), "stem='deep'"),
     (dict(expert_width='half'), "expert_width='half'"),
 ])
@@ -228,7 +228,7 @@ def test_gates_keep_pytorch_default_init_after_timm_init(gate):
 @pytest.mark.parametrize('aux_loss,noisy', [('switch', True), ('kl', True), ('z_loss', True),
                                             ('entropy', False), ('none', False)])
 def test_noisy_gating_auto_follows_the_reference_policy(aux_loss, noisy):
-    model = timm.create_model('resnet18_blockmoe_e8_k1', width=8, aux_loss=aux_loss, moe_blocks='all')
+    model = timm.create_model('resnet18_blockmoe_e8_k1', width=8, aux_loss=aux_loss, placement='all')
     assert model.moe_config['noisy_gating'] is noisy
     assert [m.noisy_gating for _, m in moe_layers(model)] == [noisy, noisy]
     # the effective flag drives the selection: noise makes repeated training forwards pick differently
@@ -307,7 +307,7 @@ def test_pool_size_is_the_real_final_feature_map(stem):
     (dict(stem='imagenet'), 64,
      r'layer4\.1: the conv_gap gate needs an input of at least 3x3 \(model input at least 65x65\), got 2x2', 65),
     # every layer4 block: layer4.0 sees layer3's output, 4x larger than layer4.1's (cifar stem)
-    (dict(moe_blocks='all'), 8,
+    (dict(placement='all'), 8,
      r'layer4\.0: the conv_gap gate needs an input of at least 3x3 \(model input at least 9x9\), got 2x2', 17),
 ])
 def test_conv_gap_on_too_small_an_input_names_the_layer_and_minimum(kwargs, size, match, ok_size):

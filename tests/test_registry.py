@@ -331,7 +331,7 @@ def test_measured_entry_stores_exact_attack_settings_and_effective_kwargs():
     model = e['model']
     # every setting as built, the plugin's defaults filled in; the name fixes E and k
     assert model['effective_kwargs']['noisy_gating'] is model['noisy_gating'] and isinstance(model['noisy_gating'], bool)
-    assert {'gate', 'aux_loss', 'aux_weight', 'moe_blocks', 'expert_width', 'stem', 'width'} <= set(model['effective_kwargs'])
+    assert {'gate', 'aux_loss', 'aux_weight', 'placement', 'expert_width', 'stem', 'width'} <= set(model['effective_kwargs'])
     assert 'num_experts' not in model['effective_kwargs'] and model['gate'] == 'gap_fc'
     dense = make_entry(experts=0)
     assert dense['model']['noisy_gating'] is None and dense['model']['gate'] is None

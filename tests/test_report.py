@@ -27,7 +27,7 @@ def synthetic(entry_id: str, experts: int, clean: float, robust: float, aa: bool
     per_expert = [{'expert': i, 'clean_acc': clean - 3 * i, 'robust_acc': {'autoattack': robust - i, 'pgd20': robust}}
                   for i in range(experts)] if moe else None
     name = f'resnet18_blockmoe_e{experts}_k1' if moe else 'resnet18_dense'
-    kwargs = {'width': 16, 'gate': 'gap_fc', 'moe_blocks': 'last'} if moe else {'width': 16}
+    kwargs = {'width': 16, 'gate': 'gap_fc', 'placement': 'last'} if moe else {'width': 16}
     return measured_entry(
         spec=ModelSpec.from_timm_kwargs(name, kwargs)[0], model_kwargs=kwargs,
         dataset='fashion-mnist-bundled', method='pgd',

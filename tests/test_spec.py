@@ -26,7 +26,7 @@ def _expected_moe_config(spec):
     """What `model.moe_config` holds for a spec (the model keeps its own names and the effective noise flag)."""
     if not spec.is_moe:
         return dict(num_experts=0, stem=spec.stem, width=spec.width)
-    return dict(num_experts=spec.experts, k=spec.k, gate=spec.gate, moe_blocks=spec.placement,
+    return dict(num_experts=spec.experts, k=spec.k, gate=spec.gate, placement=spec.placement,
                 aux_loss=spec.aux_loss, aux_weight=spec.aux_weight, noisy_gating=spec.effective_noisy_gating,
                 expert_width=spec.expert_width, stem=spec.stem, width=spec.width)
 
@@ -61,7 +61,7 @@ def test_non_default_fields_reach_the_model_through_name_and_kwargs(change):
     spec = ModelSpec.from_name('resnet18_blockmoe_e4_k2', **change)
     assert _json_round_trip(spec) == spec
     (field, value), = change.items()
-    assert spec.kwargs == {'moe_blocks' if field == 'placement' else field: value}
+    assert spec.kwargs == {field: value}
     # the documented contract: timm.create_model(spec.name, **spec.kwargs) builds it
     model = timm.create_model(spec.name, **spec.kwargs, device='meta')
     assert _moe_config_subset(model, spec) == _expected_moe_config(spec)
@@ -220,7 +220,7 @@ def test_effective_noisy_gating_is_what_the_model_uses(aux_loss, noisy, effectiv
     assert spec.create(device='meta').moe_config['noisy_gating'] is effective
 
 
-@pytest.mark.parametrize('kwarg', ['gate', 'moe_blocks', 'width', 'noisy_gating', 'num_experts', 'k'])
+@pytest.mark.parametrize('kwarg', ['gate', 'placement', 'moe_blocks', 'width', 'noisy_gating', 'num_experts', 'k'])
 def test_create_refuses_kwargs_the_spec_owns(kwarg):
     # a default-valued field is not in spec.kwargs, so timm would take this silently and build another model
     with pytest.raises(ValueError, match=f"\\['{kwarg}'\\]: part of the spec"):
@@ -233,11 +233,16 @@ def test_create_passes_timm_kwargs_through():
 
 
 def test_from_timm_kwargs_splits_spec_from_timm_kwargs():
-    kwargs = dict(width=8, moe_blocks='all', noisy_gating=True, num_classes=10, in_chans=1)
+    kwargs = dict(width=8, placement='all', noisy_gating=True, num_classes=10, in_chans=1)
     spec, rest = ModelSpec.from_timm_kwargs('resnet18_blockmoe_e4_k1', kwargs)
     assert spec == ModelSpec.from_name('resnet18_blockmoe_e4_k1', width=8, placement='all', noisy_gating=True)
     assert rest == dict(num_classes=10, in_chans=1)
-    assert kwargs['moe_blocks'] == 'all'  # the caller's dict is left alone
+    assert kwargs['placement'] == 'all'  # the caller's dict is left alone
+    # stored kwargs may use the deprecated model kwarg moe_blocks: it reads as placement
+    old = {**{k: v for k, v in kwargs.items() if k != 'placement'}, 'moe_blocks': 'all'}
+    assert ModelSpec.from_timm_kwargs('resnet18_blockmoe_e4_k1', old) == (spec, rest)
+    with pytest.raises(ValueError, match='one setting under two names'):
+        ModelSpec.from_timm_kwargs('resnet18_blockmoe_e4_k1', dict(old, placement='last'))
     # and back: the same call timm would have been given
     assert {**spec.kwargs, **rest} == kwargs
     with pytest.raises(ValueError, match=r"\['num_experts'\]: fixed by the model name"):

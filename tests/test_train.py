@@ -41,7 +41,7 @@ def _cli_args(out: Path, **kw) -> list:
 
 @pytest.mark.parametrize('method', ['normal', 'pgd', 'trades'])
 def test_one_step_per_method(tmp_path, method):
-    cfg = _cfg(tmp_path, method=method, max_steps=1, attack_steps=2)
+    cfg = _cfg(tmp_path, training=method, max_steps=1, attack_steps=2)
     torch.manual_seed(cfg.seed)  # the trainer seeds the same way before it builds the model
     before = timm.create_model(cfg.model, num_classes=10, in_chans=1, **cfg.model_kwargs).state_dict()
     result = run_training(cfg)
@@ -64,7 +64,7 @@ def test_one_step_per_method(tmp_path, method):
 
 
 def test_ema_and_amp_bf16_run_with_safetensors(tmp_path):
-    cfg = _cfg(tmp_path, method='normal', max_steps=2, ema=True, amp=True, channels_last=True)
+    cfg = _cfg(tmp_path, training='normal', max_steps=2, ema=True, amp=True, channels_last=True)
     result = run_training(cfg)
     run_dir = Path(result['run_dir'])
     assert torch.isfinite(torch.tensor(result['history'][-1]['train_loss']))
@@ -98,7 +98,7 @@ def _train_subprocess(args: list, launcher: tuple = ()) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_kill_and_resume_is_exact(tmp_path):
-    common = dict(method='pgd', attack_steps=2, epochs=2, deterministic=True, checkpoint_every=1, eval_limit=0)
+    common = dict(training='pgd', attack_steps=2, epochs=2, deterministic=True, checkpoint_every=1, eval_limit=0)
     reference = _train_subprocess(_cli_args(tmp_path / 'ref', **common))
     out = tmp_path / 'killed'
     proc = _train_subprocess(_cli_args(out, **common))
@@ -123,7 +123,7 @@ def test_kill_and_resume_is_exact(tmp_path):
 def test_ddp_two_processes_match_one_process(tmp_path):
     # DDP averages the two ranks' gradients; one process with two micro-batches of the same images sums the
     # halves' gradients / 2: the same update, BatchNorm batch statistics included (each half normalises alone)
-    common = dict(method='pgd', attack_steps=2, max_steps=3, eval_limit=0, deterministic=True)
+    common = dict(training='pgd', attack_steps=2, max_steps=3, eval_limit=0, deterministic=True)
     single = _train_subprocess(_cli_args(tmp_path / 'single', accum_steps=2, **common))
     ddp = _train_subprocess(_cli_args(tmp_path / 'ddp', **common), launcher=[
         '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533'])
@@ -145,7 +145,7 @@ def test_config_parsing(tmp_path):
                                                  '--amp', '--epochs=3'])
     assert cfg.eps == pytest.approx(4 / 255) and cfg.amp is True and cfg.epochs == 3
     assert cfg.model_kwargs == dict(width=16, gate='conv_gap')  # a command-line mapping replaces the file's
-    assert cfg.method == 'pgd' and cfg.attack_steps == 7 and cfg.batch_size == 640
+    assert cfg.training == 'pgd' and cfg.attack_steps == 7 and cfg.batch_size == 640
     yaml_file = tmp_path / 'c.yaml'
     yaml_file.write_text('epochs: 2\nmodel_kwargs: {width: 8}\n')
     assert load_config(yaml_file, ['--model_kwargs.gate', 'conv_gap']).model_kwargs == dict(width=8, gate='conv_gap')
@@ -155,7 +155,7 @@ def test_config_parsing(tmp_path):
 @pytest.mark.parametrize('kwargs, message', [
     (dict(overrides=['--epochz', '3']), "unknown config key 'epochz'"),
     (dict(overrides=['--epochs', 'three']), "epochs='three' has the wrong type: expected int"),
-    (dict(overrides=['--method', 'fgsm']), "method='fgsm' is not allowed"),
+    (dict(overrides=['--training', 'fgsm']), "training='fgsm' is not allowed"),
     (dict(overrides=['--eps', '2']), 'eps=2.0 is outside [0, 1]'),
     (dict(overrides=['--eps', '8/0']), 'not a number or a fraction'),
     (dict(path='nope.yaml'), "config 'nope.yaml' not found"),

@@ -63,7 +63,7 @@ def test_scale_grows_after_clean_steps_and_resumes():
 def _first_attack(tmp_path, name: str, **kw) -> torch.Tensor:
     cfg = load_config(None, model='resnet18_blockmoe_e2_k1', model_kwargs=dict(width=4),
                       dataset='fashion-mnist-bundled', batch_size=16, train_limit=64, eval_limit=0, workers=0,
-                      progress=False, method='pgd', attack_steps=3, out=str(tmp_path / name), **kw)
+                      progress=False, training='pgd', attack_steps=3, out=str(tmp_path / name), **kw)
     trainer = Trainer(cfg)
     try:
         x = torch.stack([trainer.train_set[i][0] for i in range(16)])

@@ -28,7 +28,7 @@ ATTACK_EXPERT = 3
 PLAN = {0: (2, 2), 1: (0, 1)}
 TINY = dict(model='resnet18_blockmoe_e4_k1', model_kwargs=dict(width=4), dataset='fashion-mnist-bundled',
             batch_size=16, train_limit=64, eval_limit=0, workers=0, lr=0.05, progress=False, log_every=1,
-            method='pgd', attack_steps=1, max_steps=2, deterministic=True)
+            training='pgd', attack_steps=1, max_steps=2, deterministic=True)
 
 
 def _route_by_plan(trainer: Trainer) -> None:

@@ -5,12 +5,12 @@ own kwargs (`num_classes`, `in_chans`, `drop_rate`, `device`, ...) are not part 
 `spec.create(**timm_kwargs)`, so that one spec describes the same network on any data set.
 
     spec = ModelSpec.from_name('resnet18_blockmoe_e8_k2', gate='conv_gap', placement='all')
-    spec.name, spec.kwargs          # 'resnet18_blockmoe_e8_k2', {'gate': 'conv_gap', 'moe_blocks': 'all'}
+    spec.name, spec.kwargs          # 'resnet18_blockmoe_e8_k2', {'gate': 'conv_gap', 'placement': 'all'}
     model = spec.create(num_classes=100)   # == timm.create_model(spec.name, **spec.kwargs, num_classes=100)
     spec.dense()                    # ModelSpec(arch='resnet18', experts=0, ...): its dense baseline
 
-One name per concept: the spec calls the BlockMoE placement `placement`; the model kwarg is still
-`moe_blocks` (the mapping lives in `_KWARG_NAMES` below and nowhere else).
+One name per concept: the BlockMoE placement is `placement`, as spec field and as model kwarg; the model's old
+kwarg `moe_blocks` is a deprecated alias for one release, which `from_timm_kwargs` still reads (stored entries).
 """
 from __future__ import annotations
 
@@ -34,16 +34,15 @@ MODEL_DEFAULTS: Dict[str, Any] = {
     'stem': 'cifar',
     'width': 64,
     'gate': 'gap_fc',
-    'moe_blocks': 'last',
+    'placement': 'last',
     'aux_loss': 'entropy',
     'aux_weight': 0.5,
     'noisy_gating': 'auto',
     'expert_width': 'full',
 }
 
-# spec field -> model kwarg, where the two differ (the spec uses the issue's vocabulary)
-_KWARG_NAMES = {'placement': 'moe_blocks'}
-_FIELD_NAMES = {v: k for k, v in _KWARG_NAMES.items()}
+# deprecated model kwarg -> its spec field (read by from_timm_kwargs, refused by from_name)
+_FIELD_NAMES = {'moe_blocks': 'placement'}
 # fields that only a BlockMoE spec has: a dense spec holds None for each
 _MOE_FIELDS = ('k', 'gate', 'aux_loss', 'placement', 'expert_width', 'noisy_gating', 'aux_weight')
 _STR_FIELDS = ('arch', 'gate', 'aux_loss', 'placement', 'expert_width', 'stem')
@@ -51,12 +50,12 @@ _STR_FIELDS = ('arch', 'gate', 'aux_loss', 'placement', 'expert_width', 'stem')
 _NAME_KWARGS = ('num_experts', 'k', 'block', 'layers')
 # model kwargs that only a BlockMoE model takes (a dense baseline is built with all the others): the model
 # kwargs of the MoE fields, and those its name fixes
-MOE_KWARGS = tuple(_KWARG_NAMES.get(f, f) for f in _MOE_FIELDS if f != 'k') + ('num_experts', 'k')
+MOE_KWARGS = tuple(f for f in _MOE_FIELDS if f != 'k') + tuple(_FIELD_NAMES) + ('num_experts', 'k')
 _NAME = re.compile(r'^(?P<arch>[a-z0-9]+)_(?:dense|blockmoe_e(?P<experts>\d+)_k(?P<k>\d+))$')
 
 
 def _default(field: str) -> Any:
-    return MODEL_DEFAULTS[_KWARG_NAMES.get(field, field)]
+    return MODEL_DEFAULTS[field]
 
 
 def _model_choices() -> Dict[str, Any]:
@@ -91,7 +90,7 @@ class ModelSpec:
         k: Experts per image (registered: 1, 2, 4; k <= experts). Required for a BlockMoE spec.
         gate: 'gap_fc' or 'conv_gap'.
         aux_loss: 'entropy', 'switch', 'kl', 'z_loss' or 'none'.
-        placement: 'last' (the last layer4 block) or 'all' (every layer4 block); model kwarg `moe_blocks`.
+        placement: 'last' (the last layer4 block) or 'all' (every layer4 block); model kwarg `placement`.
         expert_width: 'full' or 'matched'.
         noisy_gating: 'auto', True or False; `effective_noisy_gating` is what the model will use.
         aux_weight: Weight of the aux loss, a finite number >= 0.
@@ -188,13 +187,17 @@ class ModelSpec:
         """Split `timm.create_model(name, **kwargs)`'s kwargs into the spec and the remaining timm kwargs.
 
         The inverse of `(spec.name, {**spec.kwargs, **timm_kwargs})`: model kwargs take their spec
-        names (`moe_blocks` -> `placement`); everything else (num_classes, in_chans, ...) is returned.
+        names (the deprecated `moe_blocks` -> `placement`); everything else (num_classes, in_chans, ...) is returned.
         """
         kwargs = dict(kwargs)
         fixed = [key for key in _NAME_KWARGS if key in kwargs]
         if fixed:
             raise ValueError(f'{fixed}: fixed by the model name {name!r}, not kwargs')
-        fields = {_FIELD_NAMES.get(key, key): kwargs.pop(key) for key in list(kwargs) if key in MODEL_DEFAULTS}
+        for old, new in _FIELD_NAMES.items():
+            if old in kwargs and new in kwargs and kwargs[old] != kwargs[new]:
+                raise ValueError(f'{new}={kwargs[new]!r} and {old}={kwargs[old]!r}: one setting under two names')
+        fields = {_FIELD_NAMES.get(key, key): kwargs.pop(key) for key in list(kwargs)
+                  if key in MODEL_DEFAULTS or key in _FIELD_NAMES}
         return cls.from_name(name, **fields), kwargs
 
     @property
@@ -213,10 +216,9 @@ class ModelSpec:
         """The model kwargs that differ from `MODEL_DEFAULTS`: `timm.create_model(spec.name, **spec.kwargs)`."""
         out = {}
         for field in dataclasses.fields(self):
-            kwarg = _KWARG_NAMES.get(field.name, field.name)
             value = getattr(self, field.name)
-            if kwarg in MODEL_DEFAULTS and value is not None and value != MODEL_DEFAULTS[kwarg]:
-                out[kwarg] = value
+            if field.name in MODEL_DEFAULTS and value is not None and value != MODEL_DEFAULTS[field.name]:
+                out[field.name] = value
         return out
 
     @property
@@ -238,8 +240,8 @@ class ModelSpec:
         for kwarg in ('gate', 'aux_loss', 'expert_width'):
             if kwarg in kw:
                 parts.append(kw[kwarg])
-        if 'moe_blocks' in kw:
-            parts.append(f'{kw["moe_blocks"]}-blocks')
+        if 'placement' in kw:
+            parts.append(f'{kw["placement"]}-blocks')
         if 'noisy_gating' in kw:
             parts.append('noisy' if kw['noisy_gating'] else 'no-noise')
         if 'aux_weight' in kw:
@@ -258,7 +260,7 @@ class ModelSpec:
         `timm_kwargs` are timm's (num_classes, in_chans, pretrained, device, ...); a kwarg the spec owns
         is refused, since it would build a model that is not this spec.
         """
-        owned = sorted(k for k in timm_kwargs if k in MODEL_DEFAULTS or k in _NAME_KWARGS)
+        owned = sorted(k for k in timm_kwargs if k in MODEL_DEFAULTS or k in _NAME_KWARGS or k in _FIELD_NAMES)
         if owned:
             raise ValueError(f'{owned}: part of the spec, not a timm kwarg; use '
                              f'dataclasses.replace(spec, ...) to change them')

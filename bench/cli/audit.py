@@ -53,7 +53,7 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
 
 def _model_kwargs(args: argparse.Namespace, expert_width: str) -> Dict[str, Any]:
     kwargs: Dict[str, Any] = dict(expert_width=expert_width)
-    for key in ('stem', 'width', 'num_classes', 'in_chans', 'gate', 'moe_blocks'):
+    for key in ('stem', 'width', 'num_classes', 'in_chans', 'gate', 'placement'):
         value = getattr(args, key)
         if value is not None:
             kwargs[key] = value
@@ -203,7 +203,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--width', type=int, default=None, help='base width (64 = the paper; 16 for quick CPU runs)')
     p.add_argument('--stem', choices=('cifar', 'imagenet'), default=None, help='stem of model and baseline')
     p.add_argument('--gate', choices=('gap_fc', 'conv_gap'), default=None, help='gate type')
-    p.add_argument('--moe-blocks', choices=('last', 'all'), default=None, help='MoE at the last layer4 block or all')
+    p.add_argument('--placement', '--moe-blocks', dest='placement', choices=('last', 'all'), default=None,
+                   help='MoE at the last layer4 block or all (--moe-blocks: the old name)')
     p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default 100)')
     p.add_argument('--in-chans', type=int, default=None, help='input channels (default 3)')
     p.add_argument('--input-size', default=None, metavar='C,H,W',

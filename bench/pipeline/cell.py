@@ -115,7 +115,7 @@ def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out
     with clock('audit'):
         audit = audit_run(spec, training, train, x[:AUDIT_IMAGES])
     entry = measured_entry(
-        spec=spec, model_kwargs=train['model_kwargs'], dataset=training.dataset, method=training.method,
+        spec=spec, model_kwargs=train['model_kwargs'], dataset=training.dataset, method=training.training,
         eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train['checkpoint']),
         training_config=training.to_dict(), config_path=str(Path(training.out) / 'config.yaml'),
         epochs=training.epochs, attack_note=evaluation.attack_note, **audit_fields(audit))

@@ -149,7 +149,7 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
             cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
-                kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, moe_blocks=place)
+                kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, placement=place)
                 out.append(_cell(cell, model, kwargs, common))
     return out
 
@@ -211,7 +211,7 @@ def _cell_dir(cell: Mapping[str, Any], spec: GridSpec) -> Path:
 def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
     """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values, then the cell's own."""
     seed = {} if cell.get('seed') is None else {'seed': cell['seed']}
-    return training_config(cell['spec'], cell['train_config'], cell['timm_kwargs'], method=cell['training'],
+    return training_config(cell['spec'], cell['train_config'], cell['timm_kwargs'], training=cell['training'],
                            out=str(_cell_dir(cell, spec) / 'run'), **{'progress': False, **spec.train, **seed})
 
 

@@ -75,7 +75,7 @@ def cells(plan: Plan, out: Path) -> List[Dict[str, Any]]:
     for method in ('pgd', 'normal'):
         for kind, spec in specs(plan).items():
             adv = method == 'pgd'
-            cfg = training_config(spec, dataset=DATASET, method=method,
+            cfg = training_config(spec, dataset=DATASET, training=method,
                                   epochs=plan.adv_epochs if adv else plan.normal_epochs,
                                   batch_size=plan.adv_batch_size if adv else plan.batch_size,
                                   lr=plan.lr, train_limit=plan.train_limit, eval_limit=0, workers=0, progress=False,
@@ -109,7 +109,7 @@ def _gain(adv: Dict[str, Any], normal: Dict[str, Any]) -> Dict[str, float]:
 
 def _row(cell: Dict[str, Any], res: CellResult) -> Dict[str, Any]:
     result = res.evaluation
-    return dict(model=cell['spec'].name, training=TRAININGS[cell['training'].method],
+    return dict(model=cell['spec'].name, training=TRAININGS[cell['training'].training],
                 clean_acc=result['clean_acc'], pgd_acc=result['robust_acc'][PGD],
                 apgd_acc=result['robust_acc'][APGD], intervals=_intervals(result),
                 flops_ratio=res.audit['flops_ratio'], train_img_per_s=res.training['img_per_s'],
@@ -150,7 +150,7 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     plots = write_report(registry_dir, out / 'plots')
 
     def find(kind: str, method: str) -> CellResult:
-        return next(res for c, res in zip(todo, done) if c['kind'] == kind and c['training'].method == method)
+        return next(res for c, res in zip(todo, done) if c['kind'] == kind and c['training'].training == method)
 
     gains = {kind: _gain(find(kind, 'pgd').evaluation, find(kind, 'normal').evaluation) for kind in ('dense', 'moe')}
     summary = dict(

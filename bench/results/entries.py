@@ -150,7 +150,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         'source': 'measured',
         'model': {'name': spec.name, 'kwargs': dict(model_kwargs), 'arch': spec.arch, 'experts': spec.experts,
                   'k': spec.k, 'gate': moe.get('gate'), 'aux_loss': moe.get('aux_loss'),
-                  'placement': moe.get('moe_blocks'),
+                  'placement': moe.get('placement'),
                   # a bool once resolved; None for a dense model, or a model whose setting is not known
                   'noisy_gating': noisy if isinstance(noisy, bool) else None,
                   'effective_kwargs': effective if effective is not None else dict(model_kwargs)},

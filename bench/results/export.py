@@ -196,7 +196,7 @@ def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: 
         '## Training', '',
         '| setting | value |', '|---|---|',
     ]
-    for key in ('method', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
+    for key in ('training', 'method', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
         if key in run_cfg:
             value = run_cfg[key]
             lines.append(f'| {key} | {_fmt(value, 5) if isinstance(value, float) else value} |')

@@ -173,9 +173,9 @@ class Trainer:
         # (and so cannot make an expert count as used in this step: see `train_step`)
         with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)), \
                 self._attack_autocast(), timm_moe.paused_routing_stats(self.model):
-            if cfg.method == 'pgd':
-                x_adv = madry_examples(self.local_net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps, cfg.random_start,
-                                       scaler=self.attack_scaler)
+            if cfg.training == 'pgd':
+                x_adv = madry_examples(self.local_net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps,
+                                       cfg.random_start, scaler=self.attack_scaler)
             else:
                 x_adv = trades_examples(self.local_net, x, cfg.eps, cfg.attack_step, cfg.attack_steps,
                                         scaler=self.attack_scaler)
@@ -184,12 +184,12 @@ class Trainer:
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, shard: int) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
-        if cfg.method == 'normal':
+        if cfg.training == 'normal':
             with self._autocast():
                 logits = self.step_net(x)
                 task = F.cross_entropy(logits, y)
             aux = timm_moe.aux_loss(self.model)
-        elif cfg.method == 'pgd':
+        elif cfg.training == 'pgd':
             x_adv = self._adversarial(x, y, shard)
             with self._autocast():
                 logits = self.step_net(x_adv)
@@ -312,7 +312,7 @@ class Trainer:
             cfg.max_steps, cfg.epochs * self.steps_per_epoch)
         images_seen, train_seconds = 0, 0.0
         with progress_bar(enabled=cfg.progress and self.primary) as bar, self._compile_settings():
-            task = bar.add_task(f'{cfg.method} {cfg.model}', total=total, completed=self.global_step, ips='')
+            task = bar.add_task(f'{cfg.training} {cfg.model}', total=total, completed=self.global_step, ips='')
             while self.epoch < cfg.epochs and self.global_step < total:
                 self.train_set.set_epoch(self.epoch)
                 sampler = ShardedBatches(len(self.train_set), cfg.batch_size, cfg.seed, self.epoch, self.rank,

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import inspect
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
@@ -99,6 +100,18 @@ def matched_inner_width(block: nn.Module, in_chs: int, k: int) -> int:
     return lo
 
 
+def _placement(placement: str, moe_blocks: Optional[str]) -> str:
+    """`placement`, or the value of its deprecated name `moe_blocks` (which warns; both given must agree)."""
+    if moe_blocks is None:
+        return placement
+    warnings.warn("the model kwarg moe_blocks is deprecated and will be removed in the next release; use "
+                  f"placement={moe_blocks!r}", DeprecationWarning, stacklevel=3)
+    if placement != 'last' and placement != moe_blocks:
+        raise ValueError(f'placement={placement!r} and moe_blocks={moe_blocks!r}: one setting under two names; '
+                         'give only placement')
+    return moe_blocks
+
+
 class ResNetBlockMoE(ResNet):
     """A timm ResNet whose last-stage residual blocks can be BlockMoE layers.
 
@@ -116,7 +129,8 @@ class ResNetBlockMoE(ResNet):
         num_experts: Experts per BlockMoE layer; 0 builds the dense baseline.
         k: Experts each image is routed to.
         gate: 'gap_fc' or 'conv_gap'.
-        moe_blocks: 'last' (only the last layer4 block, the paper's best) or 'all' (every layer4 block).
+        placement: 'last' (only the last layer4 block, the paper's best) or 'all' (every layer4 block).
+        moe_blocks: Deprecated name of `placement` (kept for one release; warns).
         aux_loss: 'entropy', 'switch', 'kl', 'z_loss' or 'none'.
         aux_weight: Weight of the auxiliary loss.
         noisy_gating: Noisy top-k selection in training: True, False or 'auto' (on for the 'switch', 'kl'
@@ -145,7 +159,7 @@ class ResNetBlockMoE(ResNet):
             num_experts: int = 0,
             k: int = 1,
             gate: str = 'gap_fc',
-            moe_blocks: str = 'last',
+            placement: str = 'last',
             aux_loss: str = 'entropy',
             aux_weight: float = 0.5,
             noisy_gating: Union[bool, str] = 'auto',
@@ -157,10 +171,12 @@ class ResNetBlockMoE(ResNet):
             norm_layer: Union[str, Type[nn.Module]] = nn.BatchNorm2d,
             device: Optional[Union[str, torch.device]] = None,
             dtype: Optional[torch.dtype] = None,
+            moe_blocks: Optional[str] = None,
             **kwargs: Any,
     ) -> None:
         _check_choice('stem', stem, STEMS)
-        _check_choice('moe_blocks', moe_blocks, PLACEMENTS)
+        placement = _placement(placement, moe_blocks)
+        _check_choice('placement', placement, PLACEMENTS)
         _check_choice('expert_width', expert_width, EXPERT_WIDTHS)
         if not isinstance(width, int) or width < 1:
             raise ValueError(f'width={width!r}: expected an integer >= 1')
@@ -210,19 +226,19 @@ class ResNetBlockMoE(ResNet):
             self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
             self.moe_config = dict(
-                num_experts=num_experts, k=k, gate=gate, moe_blocks=moe_blocks, aux_loss=aux_loss,
+                num_experts=num_experts, k=k, gate=gate, placement=placement, aux_loss=aux_loss,
                 aux_weight=aux_weight, noisy_gating=noisy_gating, expert_width=expert_width, stem=stem, width=width)
             if num_experts:
-                self._insert_moe(num_experts, k, gate, moe_blocks, aux_loss, aux_weight, noisy_gating, expert_width)
+                self._insert_moe(num_experts, k, gate, placement, aux_loss, aux_weight, noisy_gating, expert_width)
             self.init_weights(zero_init_last=zero_init_last)
         if dtype is not None:
             self.to(dtype)
 
     def _insert_moe(
-            self, num_experts: int, k: int, gate: str, moe_blocks: str, aux_loss: str,
+            self, num_experts: int, k: int, gate: str, placement: str, aux_loss: str,
             aux_weight: float, noisy_gating: bool, expert_width: str) -> None:
         stage: nn.Sequential = self.layer4
-        targets = range(len(stage)) if moe_blocks == 'all' else [len(stage) - 1]
+        targets = range(len(stage)) if placement == 'all' else [len(stage) - 1]
         for idx in targets:
             dense = stage[idx]
             in_chs = dense.conv1.in_channels
@@ -343,7 +359,7 @@ def _make_entrypoint(arch: str, num_experts: int, k: int) -> Callable[..., ResNe
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = (
         f'{arch} with a BlockMoE of {num_experts} experts, top-{k} routing, at the last layer4 block '
-        f"by default (`moe_blocks='all'` for every layer4 block).")
+        f"by default (`placement='all'` for every layer4 block).")
     return entrypoint
 
 
