@@ -4,6 +4,7 @@ timm's wheel ships no tests, but its sdist on PyPI does. `pip download` goes thr
 pip configuration (index, mirror, proxy), so this works wherever `pip install timm` works.
 
     python tests/timm_suite/fetch_timm_tests.py DEST     # prints DEST/timm-<version>/test_models.py
+    python tests/timm_suite/fetch_timm_tests.py DEST --out FILE    # and copies it to FILE (tox's fixed path)
 
 The file is extracted on its own (no `tests/__init__.py`), so that it imports as `test_models`
 and cannot collide with any other `tests` package on the path.
@@ -11,6 +12,7 @@ and cannot collide with any other `tests` package on the path.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -73,8 +75,15 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('dest', type=Path, help='cache directory, e.g. tox\'s {envtmpdir}')
     parser.add_argument('--version', default=None, help='timm version (default: the installed one)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='also copy the file here, e.g. a fixed path that a later tox command runs')
     args = parser.parse_args(argv)
-    print(fetch(args.dest, args.version))
+    path = fetch(args.dest, args.version)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, args.out)
+        path = args.out
+    print(path)
     return 0
 
 
