@@ -16,6 +16,7 @@ from bench.attacks import PGD
 from bench.data import dataset_info, eval_tensors
 from bench.core.errors import UserError
 from bench.evaluation.loop import evaluate_model
+from masked_models import Quantised
 from bench.evaluation.resume import SIDECAR_SUFFIX
 from bench.models import normalized, unwrap
 
@@ -30,17 +31,6 @@ def _dense() -> nn.Module:
     torch.manual_seed(0)
     return normalized(timm.create_model('resnet18_dense', width=8, in_chans=1, num_classes=10),
                       info['mean'], info['std']).eval()
-
-
-class Quantised(nn.Module):
-    """Gradient masking by construction: rounding the input to 8 bits has zero gradient almost everywhere."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 255) / 255)
 
 
 # ------------------------------------------------------------------------------------------- evaluate_model

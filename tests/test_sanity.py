@@ -15,6 +15,7 @@ from bench.evaluation import checks as sanity
 from bench.attacks import APGD, PGD, build_attack, predict
 from bench.data import eval_tensors
 from bench.evaluation.loop import evaluate_model
+from masked_models import Quantised
 from bench.evaluation.checks import AttackRecord
 
 DATA = 'fashion-mnist-bundled'
@@ -291,17 +292,6 @@ def test_logits_check_fires_on_probabilities():
     x = torch.rand(4, 1, 8, 8)
     assert sanity.check_logits(model, x)['passed'] is True
     assert sanity.check_logits(nn.Sequential(model, nn.Softmax(1)), x)['passed'] is False
-
-
-class Quantised(nn.Module):
-    """Rounding the input to 8 bits: zero input gradient almost everywhere, so only a black box gets through."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 255) / 255)
 
 
 def test_square_check_fires_when_the_black_box_beats_masked_gradients(tiny_trained):
