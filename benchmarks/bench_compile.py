@@ -23,6 +23,7 @@ import torch
 
 import timm_moe  # noqa: F401 - registers the models
 
+from bench.core.compile import torchcompile_settings
 from bench.core.timing import interleaved_times
 
 VARIANTS = ('dense', 'moe_k1', 'moe_k2')
@@ -66,7 +67,9 @@ def bench(models: Dict[str, torch.nn.Module], batch: int, input_size: int, repea
                 compiled(x)
         compile_s[key] = time.perf_counter() - t0
         fns[f'{key} compiled'] = _runner(compiled, inputs)
-    times = interleaved_times(fns, repeats=repeats, warmup=warmup)
+    # a recompilation inside the timed calls would time the compiler: make it an error instead
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        times = interleaved_times(fns, repeats=repeats, warmup=warmup)
     base = statistics.median(times['dense eager'])
     out = {}
     for name, ts in times.items():
@@ -95,14 +98,17 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'{args.arch} width {args.width}, E={args.experts}, {args.input_size}x{args.input_size}; '
           f'median of {args.repeats} after {args.warmup} warm-up calls; compile mode {args.mode or "default"}')
     print(f"{'batch':>5} {'model':<18} {'ms':>9} {'img/s':>9} {'x eager dense':>14} {'compile s':>10}")
-    for batch in args.batch:
-        res = bench(models, batch, args.input_size, args.repeats, args.warmup, mode=args.mode)
-        for variant in VARIANTS:
-            for kind in ('eager', 'compiled'):
-                r = res[f'{variant} {kind}']
-                compile_col = f"{r['compile_s']:10.1f}" if kind == 'compiled' else f"{'':>10}"
-                print(f"{batch:>5} {variant + ' ' + kind:<18} {r['ms']:9.2f} {r['images_per_s']:9.1f} "
-                      f"{r['vs_dense_eager']:14.3f} {compile_col}", flush=True)
+    # the settings `--torchcompile` uses: BlockMoE's Python-int counters dynamic, so that counting images
+    # does not recompile every forward until the limit and then run eagerly (bench/core/compile.py)
+    with torchcompile_settings(args.experts):
+        for batch in args.batch:
+            res = bench(models, batch, args.input_size, args.repeats, args.warmup, mode=args.mode)
+            for variant in VARIANTS:
+                for kind in ('eager', 'compiled'):
+                    r = res[f'{variant} {kind}']
+                    compile_col = f"{r['compile_s']:10.1f}" if kind == 'compiled' else f"{'':>10}"
+                    print(f"{batch:>5} {variant + ' ' + kind:<18} {r['ms']:9.2f} {r['images_per_s']:9.1f} "
+                          f"{r['vs_dense_eager']:14.3f} {compile_col}", flush=True)
     return 0
 
 
