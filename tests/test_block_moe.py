@@ -1,5 +1,6 @@
 """BlockMoE: routing, sparse dispatch against a dense reference, aux losses, inspection API."""
 import math
+import warnings
 
 import pytest
 import timm
@@ -286,3 +287,22 @@ def test_paused_routing_stats_keep_probing_forwards_out():
     assert timm_moe.routing_stats(model) == before and before['layer4.1']['images'] == 6
     model(x)
     assert timm_moe.routing_stats(model)['layer4.1']['images'] == 12  # recording is back on
+
+
+def test_eval_forward_keeps_no_aux_graph_and_aux_loss_says_so():
+    model = timm.create_model('resnet18_blockmoe_e4_k1', width=4, num_classes=10)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # train mode: the aux loss trains the gate, nothing to warn about
+        assert timm_moe.aux_loss(model).requires_grad
+    model.eval()(x)
+    with pytest.warns(RuntimeWarning, match='eval mode'):
+        assert not timm_moe.aux_loss(model).requires_grad
+
+
+def test_meta_device_forward_gives_shapes():
+    # timm runs some of its model tests on the meta device, where data-dependent routing cannot run
+    model = timm.create_model('resnet18_blockmoe_e8_k2', width=4, num_classes=10, device='meta')
+    out = model(torch.empty(3, 3, 32, 32, device='meta'))
+    assert out.is_meta and out.shape == (3, 10)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -24,9 +25,16 @@ def num_experts(model: nn.Module) -> int:
 def aux_loss(model: nn.Module) -> torch.Tensor:
     """Weighted sum of every MoE layer's auxiliary loss from the last forward (a scalar with grad).
 
-    Zero for a dense model, or before the first forward.
+    Zero for a dense model, or before the first forward. Only a forward in train mode keeps the loss's
+    graph: in eval mode it is a detached value (for logging), and asking for it with grad enabled warns.
     """
-    losses = [m.last_aux for _, m in moe_layers(model) if m.last_aux is not None]
+    layers = [m for _, m in moe_layers(model)]
+    losses = [m.last_aux for m in layers if m.last_aux is not None]
+    if torch.is_grad_enabled() and any(not m.training for m in layers) and losses:
+        # a loss built from this would silently not train the gates
+        warnings.warn('timm_moe.aux_loss: the last forward ran in eval mode, so the aux loss has no gradient; '
+                      'call model.train() before the forward whose aux loss you train on', RuntimeWarning,
+                      stacklevel=2)
     if not losses:
         p = next(model.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)

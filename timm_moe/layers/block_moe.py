@@ -147,6 +147,10 @@ class BlockMoE(nn.Module):
             raise ValueError(f'BlockMoE expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
         if self.forced_expert is not None:
             return self.experts[self.forced_expert](x)
+        if x.is_meta:
+            # meta tensors carry shapes only, and routing depends on values (bincount has no meta kernel):
+            # every expert maps the input to the same shape, so expert 0 stands in for the routed output
+            return self.experts[0](x)
 
         self._check_gate_input(x)
         logits = self.gate(x)
@@ -161,7 +165,10 @@ class BlockMoE(nn.Module):
             # summed into the loss) taken, by the original forward
             self._warn_if_aux_had_no_grad()
         else:
-            self.last_aux = aux
+            # kept with its graph only in training, where a backward follows. In eval (attacks, timm's
+            # checkpointed forward tests) a graph held by the module can form a cycle through checkpointing's
+            # C++ frames back to the module, which Python's GC cannot free: the whole model would leak
+            self.last_aux = aux if self.training else aux.detach()
             self._record(r, counts)
         if self.training and torch.is_grad_enabled() and self.record_stats:
             self._count_usage(counts)
