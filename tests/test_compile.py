@@ -58,7 +58,7 @@ def _train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
     return F.cross_entropy(model(x), y) + timm_moe.aux_loss(model)
 
 
-@pytest.mark.parametrize('k', [1, 2])
+@pytest.mark.parametrize('k', [1, pytest.param(2, marks=pytest.mark.slow)])  # k=2 breaks where k=1 does
 @pytest.mark.parametrize('mode', ['eval', 'train'])
 def test_graph_breaks_are_counted(k, mode):
     model = _model(k).train(mode == 'train')
