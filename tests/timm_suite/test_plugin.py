@@ -1,7 +1,7 @@
 """The plugin that runs timm's own test_models.py on our models: selection, the coverage check, the
 module-filter extension and the strict TorchScript xfail, each shown on a small file shaped like timm's.
 
-(The real file runs in tox: `python -m pytest -p tests.timm_suite.plugin <timm's test_models.py>`.)
+(The real file runs in tox: `python -m pytest -p timm_moe_timm_suite <timm's test_models.py>`.)
 """
 import importlib.util
 import subprocess
@@ -25,7 +25,7 @@ def _load(name: str):
     return module
 
 
-PLUGIN = _load('plugin')
+PLUGIN = _load('timm_moe_timm_suite')
 FETCH = _load('fetch_timm_tests')
 OURS = PLUGIN.our_model_names()
 

@@ -1,7 +1,7 @@
 """pytest plugin that runs timm's own, unmodified `tests/test_models.py` on timm-moe's models.
 
     python tests/timm_suite/fetch_timm_tests.py DIR          # -> DIR/timm-<version>/test_models.py
-    python -m pytest -p tests.timm_suite.plugin DIR/timm-<version>/test_models.py
+    python -m pytest -p timm_moe_timm_suite DIR/timm-<version>/test_models.py
 
 What it does, and why:
 
