@@ -19,7 +19,7 @@ from bench.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'resnet18_blockmoe_e4_k1'  # the quickstart's MoE, so that its shipped registry entry fits the run
-ENTRY = REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf' / f'{NAME}-pgd-fmnist-bundled-547165.json'
+ENTRY = REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf' / f'{NAME}-pgd-fmnist-bundled-4ed573.json'
 
 
 def _has_local_dir() -> bool:

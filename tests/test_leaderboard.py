@@ -17,6 +17,9 @@ from bench.results.registry import DEFAULT_REGISTRY, load_entries, write_entry
 from bench.results.stats import t_quantile, wilson_interval
 from registry_fakes import make_entry
 
+# the quickstart's entries as shipped before schema 2, kept to prove that old entries still render
+SCHEMA1_REGISTRY = Path(__file__).parent / 'fixtures' / 'registry_schema1'
+
 
 def _table(text: str, heading: str) -> List[Dict[str, str]]:
     """The rows of the first markdown table after `heading`, as {column: cell}."""
@@ -83,7 +86,7 @@ def test_clashing_labels_get_a_hash():
 
 
 def test_schema1_keys_and_stored_settings_share_a_column(tmp_path):
-    old = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'measured'][0]
+    old = load_entries(SCHEMA1_REGISTRY)[0]
     new = make_entry('new', attacks={'pgd20': 20.0, 'apgd-ce20': 19.0, 'ensemble': 18.0}, eps=old['eps'])
     columns, keymap = lb.columns_of([old, new])
     assert keymap[old['entry_id']] == keymap['new']  # same configurations: same columns, ensemble included
@@ -151,7 +154,7 @@ def test_single_runs_carry_their_wilson_interval_below_10000_points():
 
 
 def test_schema1_entries_get_an_interval_from_n_examples():
-    old = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'measured']
+    old = load_entries(SCHEMA1_REGISTRY)
     rows = _table(lb.render_markdown(old), '## fashion')
     for row in rows:
         e = next(x for x in old if x['entry_id'] == row['Entry'])
@@ -194,7 +197,7 @@ def test_config_shows_effective_noisy_gating():
     noisy = make_entry('noisy')
     noisy['model']['noisy_gating'] = True
     assert lb._config(quiet).endswith('no noise') and lb._config(noisy).endswith('· noisy')
-    old = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'measured' and e['model']['experts']][0]
+    old = [e for e in load_entries(SCHEMA1_REGISTRY) if e['model']['experts']][0]
     assert lb._config(old).endswith('no noise')  # schema 1: the plugin's default then was off
     unknown = copy.deepcopy(old)
     unknown['source'] = 'robustbench'
