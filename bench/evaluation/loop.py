@@ -28,7 +28,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    eps: float = 8 / 255, norm: str = 'Linf', batch_size: int = 128, per_expert: bool = True,
                    seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
-                   n_check: int = 100) -> Dict[str, Any]:
+                   n_check: int = 100, per_expert_examples: Optional[int] = None) -> Dict[str, Any]:
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
@@ -49,6 +49,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         resume: Skip the batches already recorded in `sidecar`.
         progress: Show a rich progress bar per attack.
         n_check: Examples used by the sanity checks that run extra attacks.
+        per_expert_examples: Run the per-expert analysis on only the first N images (None: all). Per-expert
+            attacks cost E times an evaluation, so a study may size them apart from the main attacks.
 
     Returns:
         The evaluation result of docs/CONTRACTS.md, accuracies in percent; results are keyed by attack label
@@ -61,6 +63,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         raise UserError(f'--batch-size {batch_size} must be at least 1')
     if len(x) != len(y) or len(x) == 0:
         raise UserError(f'need as many labels as images, and at least one: got {len(x)} images, {len(y)} labels')
+    if per_expert_examples is not None and not 1 <= per_expert_examples <= len(x):
+        raise UserError(f'per_expert_examples={per_expert_examples} must be between 1 and the {len(x)} images '
+                        'evaluated')
     if mean is not None or std is not None:
         model = normalized(model, mean, std)
     names = resolve_attacks(attacks)
@@ -82,6 +87,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     settings = dict(attacks=attack_settings, attack_settings=attack_settings, requested_attacks=names,
                     attack_labels=list(objs), eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
                     num_classes=n_cls, n_check=n_check, model_config=model_config(model),
+                    per_expert_examples=per_expert_examples if moe else None,
                     routing_crafted_with=crafting[1].settings() if crafting else None)
     fingerprint = dict(settings, data=tensor_digest(x, y),
                        weights=tensor_digest(*unwrap(model).state_dict().values()) if sidecar else None)
@@ -131,14 +137,18 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
                  'ensemble': ensemble.int().tolist()},
         per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
+        routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
         autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
         attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
     if moe:
         t0 = time.perf_counter()
-        gated = _routing_examples(model, crafting[1], x, y, batch_size, device, log)
-        analysis = moe_analysis.analyse(model, x, y, attacks=names, eps=eps, norm=norm, seed=seed,
+        m = len(x) if per_expert_examples is None else per_expert_examples
+        gated = _routing_examples(model, crafting[1], x[:m], y[:m], batch_size, device, log)
+        analysis = moe_analysis.analyse(model, x[:m], y[:m], attacks=names, eps=eps, norm=norm, seed=seed,
                                         batch_size=batch_size, x_adv_gated=gated)
         timing['moe_analysis'] = time.perf_counter() - t0
+        for row in analysis['per_expert']:  # per-sample results as 0/1 lists, like the gated model's
+            row['correct'] = {k: v.int().tolist() for k, v in row['correct'].items()}
         result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
                       transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
         settings['per_expert_attacks'] = analysis['per_expert_attacks']

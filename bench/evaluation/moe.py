@@ -14,7 +14,7 @@ do: they return x for points misclassified at the start and stop improving a poi
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -94,10 +94,15 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
     rows, advs, attacked = [], [], []
     for i in range(timm_moe.num_experts(model)):
         with timm_moe.force_expert(model, i):
-            row = dict(expert=i, clean_acc=accuracy(_correct(model, x, y, batch_size)), robust_acc={})
+            clean = _correct(model, x, y, batch_size)
+            row = dict(expert=i, clean_acc=accuracy(clean), robust_acc={}, n_examples=len(x),
+                       correct={'clean': clean})
             for name in attacks:
                 x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size)
-                row['robust_acc'][name] = accuracy(_correct(model, x_adv, y, batch_size))
+                # a point the subpath misclassifies clean stays broken, as for the gated model
+                ok = _correct(model, x_adv, y, batch_size) & clean
+                row['robust_acc'][name] = accuracy(ok)
+                row['correct'][name] = ok
             x_adv, hit = craft(crafter, model, x, y, batch_size)
             advs.append(x_adv)
             attacked.append(int(hit.sum()))
@@ -130,15 +135,36 @@ def _expert_sets(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str
     return {k: torch.cat(v) for k, v in sets.items()}
 
 
-def _load(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str, List[float]]:
+def _routing_pass(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str, Dict[str, Any]]:
+    """`timm_moe.routing_stats` over a forward pass of exactly these images (counts start and end at zero)."""
     timm_moe.reset_routing_stats(model)
     device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             model(x[i:i + batch_size].to(device))
-    loads = {k: v['load'] for k, v in timm_moe.routing_stats(model).items()}
+    stats = timm_moe.routing_stats(model)
     timm_moe.reset_routing_stats(model)
-    return loads
+    return stats
+
+
+def _load(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str, List[float]]:
+    return {k: v['load'] for k, v in _routing_pass(model, x, batch_size).items()}
+
+
+def clean_routing(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> Dict[str, Any]:
+    """Expert load, importance and collapse on clean images: the routing statistics a registry entry keeps.
+
+    Every MoE run gets these (a forward pass per image, so affordable on every point), unlike the per-expert
+    attacks; the top-level numbers average the MoE layers, `layers` has each layer's load.
+
+    Returns:
+        dict(load, importance, collapse, n_images, layers): `collapse` is 1 - H(load) / log E (0: uniform load,
+        1: every image to one expert), as `timm_moe.routing_stats` computes it.
+    """
+    stats = _routing_pass(model, x, batch_size)
+    mean = lambda key: torch.tensor([s[key] for s in stats.values()], dtype=torch.float64).mean(0).tolist()  # noqa: E731
+    return dict(load=mean('load'), importance=mean('importance'), collapse=mean('collapse'), n_images=len(x),
+                layers={name: list(s['load']) for name, s in stats.items()})
 
 
 def _fraction(flags: torch.Tensor, over: torch.Tensor) -> Optional[float]:

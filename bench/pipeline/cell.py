@@ -41,6 +41,7 @@ class Evaluation:
     norm: str = 'Linf'
     n_check: int = 100
     per_expert: bool = True
+    per_expert_examples: Optional[int] = None  # the per-expert analyses on the first N images only (None: all)
     seed: Optional[int] = None  # the attacks' seed; None: the training seed
     attack_note: Optional[str] = None  # free text stored in the entry (e.g. 'not AutoAttack')
 
@@ -97,7 +98,8 @@ def train_or_reuse(cfg: TrainConfig, reuse: bool) -> Dict[str, Any]:
     return run_training(cfg, overwrite=True)  # a half-finished run restarts cleanly
 
 
-def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out: Output) -> CellResult:
+def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out: Output,
+             grid: Optional[Mapping[str, Any]] = None) -> CellResult:
     """Train `spec` with `training`, attack it as `evaluation` says, audit its FLOPs and register the entry.
 
     Args:
@@ -105,6 +107,7 @@ def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out
         training: The training config of the spec (see `training_config`).
         evaluation: The attacks and their sizes.
         out: The registry and the reuse policy.
+        grid: The sweep cell this run is (stored in the entry, so a study finds its runs).
     """
     _check_training(spec, training)
     clock = _Clock()
@@ -118,7 +121,8 @@ def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out
         spec=spec, model_kwargs=train['model_kwargs'], dataset=training.dataset, method=training.training,
         eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train['checkpoint']),
         training_config=training.to_dict(), config_path=str(Path(training.out) / 'config.yaml'),
-        epochs=training.epochs, attack_note=evaluation.attack_note, **audit_fields(audit))
+        epochs=training.epochs, attack_note=evaluation.attack_note, grid=grid, timing=clock.seconds,
+        **audit_fields(audit))
     return CellResult(entry, register(entry, out), result, audit, train, clock.seconds)
 
 
@@ -132,7 +136,8 @@ def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any],
     result = evaluate_model(model, x, y, attacks=evaluation.attacks, eps=evaluation.eps, norm=evaluation.norm,
                             batch_size=evaluation.batch_size, per_expert=evaluation.per_expert,
                             seed=cfg.seed if evaluation.seed is None else evaluation.seed, mean=info['mean'],
-                            std=info['std'], n_check=evaluation.n_check)
+                            std=info['std'], n_check=evaluation.n_check,
+                            per_expert_examples=evaluation.per_expert_examples)
     return result, x
 
 

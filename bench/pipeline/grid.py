@@ -33,6 +33,8 @@ from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.parallel import process_pool
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
+from bench.pipeline.followup import check_followup, run_followups
+from bench.pipeline.named_cells import check_configs, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.core.yaml_files import read_yaml_mapping
 from bench.training.config import TrainConfig
@@ -60,6 +62,12 @@ class GridSpec:
     eval: Dict[str, Any] = field(default_factory=lambda: dict(attacks='paper', n_examples=1000, batch_size=250))
     out: str = 'runs/grid'
     registry: Optional[str] = None  # default: <out>/registry
+    # named configurations instead of axes (`bench.pipeline.named_cells`): {name: {model, model_kwargs, ...}}
+    configs: Optional[Dict[str, Dict[str, Any]]] = None
+    first_seed_eval: Dict[str, Any] = field(default_factory=dict)  # extra evaluation of each config's first seed
+    # AutoAttack on chosen configs' first seeds once every cell is done (`bench.pipeline.followup`)
+    autoattack: Optional[Dict[str, Any]] = None
+    name: str = 'grid'  # the spec file's stem, stored in each entry's `grid` field (set by load_spec)
 
 
 def load_spec(path: str | Path) -> GridSpec:
@@ -69,10 +77,14 @@ def load_spec(path: str | Path) -> GridSpec:
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise UserError(f'unknown grid key {unknown[0]!r} in {path}; allowed: {", ".join(allowed)}')
+    if 'name' in data:
+        raise UserError(f"unknown grid key 'name' in {path}: a spec is named after its file")
+    if data.get('configs') is not None:
+        check_configs(data['configs'], data, path)
     for axis in AXES:
         if axis in data and not isinstance(data[axis], list):
             data[axis] = [data[axis]]
-    spec = GridSpec(**data)
+    spec = GridSpec(**data, name=Path(str(path)).stem)
     for value in spec.arch:
         if value not in ARCHS:
             raise UserError(f'arch {value!r} is not allowed; choose from {", ".join(ARCHS)}')
@@ -82,7 +94,9 @@ def load_spec(path: str | Path) -> GridSpec:
     _check_train_config(spec.train_config, spec.arch, path)
     _check_seeds(spec.seeds, path)
     # an unknown attack or eval key would otherwise fail every cell after its training
-    resolve_attacks(grid_evaluation(spec).attacks)
+    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in cells(spec)}:
+        resolve_attacks(evaluation_of(json.loads(values)).attacks)
+    check_followup(spec, path)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
@@ -134,6 +148,8 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
     Raises:
         UserError: a cell's model kwargs do not make a valid spec (the message names the cell).
     """
+    if spec.configs:
+        return named_cells(spec, _cell, recipe_for)
     out, seen = [], set()
     seeds: List[Optional[int]] = list(spec.seeds) if spec.seeds else [None]
     for arch, training, seed in itertools.product(spec.arch, spec.training, seeds):
@@ -208,16 +224,35 @@ def _cell_dir(cell: Mapping[str, Any], spec: GridSpec) -> Path:
     return Path(spec.out) / 'cells' / cell['cell']
 
 
+def run_dir(cell: Mapping[str, Any], spec: GridSpec) -> Path:
+    """The training run directory of a cell (config.yaml, weights, result.json); a follow-up evaluation
+    (`bench.pipeline.followup`) has its source cell's."""
+    return Path(spec.out) / 'cells' / cell.get('source_cell', cell['cell']) / 'run'
+
+
 def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
-    """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values, then the cell's own."""
-    seed = {} if cell.get('seed') is None else {'seed': cell['seed']}
+    """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values (or the config's, laid over
+    them), then the cell's own seed and upcycling source."""
+    own: Dict[str, Any] = {} if cell.get('seed') is None else {'seed': cell['seed']}
+    if cell.get('upcycle_from'):
+        own['upcycle_from'] = str(run_dir(dict(cell=cell['upcycle_from']), spec))
     return training_config(cell['spec'], cell['train_config'], cell['timm_kwargs'], training=cell['training'],
-                           out=str(_cell_dir(cell, spec) / 'run'), **{'progress': False, **spec.train, **seed})
+                           out=str(run_dir(cell, spec)), **{'progress': False, **cell.get('train', spec.train), **own})
 
 
 def grid_evaluation(spec: GridSpec) -> Evaluation:
     """The grid's `eval` mapping as the pipeline's Evaluation (an unknown key is the user's to fix)."""
-    values = {'attacks': 'paper', 'n_examples': 1000, 'batch_size': 250, **spec.eval}
+    return evaluation_of(spec.eval)
+
+
+def cell_evaluation(cell: Mapping[str, Any], spec: GridSpec) -> Evaluation:
+    """A cell's Evaluation: its own (named configs, first seeds) or the grid's."""
+    return evaluation_of(cell.get('eval', spec.eval))
+
+
+def evaluation_of(eval_values: Mapping[str, Any]) -> Evaluation:
+    """An `eval` mapping as the pipeline's Evaluation (an unknown key is the user's to fix)."""
+    values = {'attacks': 'paper', 'n_examples': 1000, 'batch_size': 250, **eval_values}
     allowed = [f for f in Evaluation.__dataclass_fields__ if f != 'attack_note']
     unknown = sorted(set(values) - set(allowed))
     if unknown:
@@ -229,7 +264,15 @@ def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`)."""
     cell_dir = _cell_dir(cell, spec)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    result = run_cell(cell['spec'], cell_config(cell, spec), grid_evaluation(spec), Output(registry=registry_dir(spec)))
+    if cell.get('upcycle_from') and status(dict(cell=cell['upcycle_from']), spec) != 'done':
+        raise UserError(f'cell {cell["cell"]} upcycles from cell {cell["upcycle_from"]}, which is not done: '
+                        'run the grid again once it is')
+    grid = dict(spec=spec.name, config=cell.get('config'), seed=cell.get('seed'),
+                cell=cell.get('source_cell', cell['cell']), stage=cell.get('stage', 'main'))
+    if cell.get('selected_as'):
+        grid['selected_as'] = cell['selected_as']
+    result = run_cell(cell['spec'], cell_config(cell, spec), cell_evaluation(cell, spec),
+                      Output(registry=registry_dir(spec)), grid=grid)
     ev = result.evaluation
     done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev['clean_acc'],
                 robust_acc=ev['robust_acc'], flags=ev['flags'], flops_ratio=result.audit['flops_ratio'])
@@ -248,7 +291,12 @@ def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
         return dict(cell=cell['cell'], error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
 
 
-def status(cell: Dict[str, Any], spec: GridSpec) -> str:
+def read_done(cell: Mapping[str, Any], spec: GridSpec) -> Dict[str, Any]:
+    """A finished cell's done record (`run_grid_cell`)."""
+    return json.loads((_cell_dir(cell, spec) / 'done.json').read_text())
+
+
+def status(cell: Mapping[str, Any], spec: GridSpec) -> str:
     cell_dir = _cell_dir(cell, spec)
     if (cell_dir / 'done.json').exists():
         return 'done'
@@ -282,15 +330,12 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     pending = [c for c in todo_cells if states[c['cell']] != 'done']
     if dry_run:
         return dict(done=[], failed=[], skipped=skipped, pending=pending)
-    if procs > 1:
-        pool, _ = process_pool(procs)
-        with pool:
-            outcomes = list(pool.map(_guarded, pending, [spec] * len(pending)))
-    else:
-        outcomes = []
-        for c in pending:
-            console.print(f'cell {c["cell"]} ...')
-            outcomes.append(_guarded(c, spec))
+    # an upcycled cell needs its source's finished run: sources train in the first wave
+    outcomes = []
+    for wave in ([c for c in pending if not c.get('upcycle_from')], [c for c in pending if c.get('upcycle_from')]):
+        outcomes += run_wave(wave, spec, procs, console)
+    if spec.autoattack:
+        outcomes += run_followups(spec, cells(spec), shard, procs, console)
     done = [o for o in outcomes if 'error' not in o]
     failed = [o for o in outcomes if 'error' in o]
     for o in failed:
@@ -300,3 +345,15 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         write_leaderboard(registry_dir(spec))
     console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
     return dict(done=done, failed=failed, skipped=skipped, pending=[])
+
+
+def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console) -> List[Dict[str, Any]]:
+    if procs > 1 and len(wave) > 1:
+        pool, _ = process_pool(procs)
+        with pool:
+            return list(pool.map(_guarded, wave, [spec] * len(wave)))
+    outcomes = []
+    for c in wave:
+        console.print(f'cell {c["cell"]} ...')
+        outcomes.append(_guarded(c, spec))
+    return outcomes

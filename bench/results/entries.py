@@ -91,7 +91,9 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
                    epochs: Optional[float] = None, flops: Optional[Mapping[str, Any]] = None,
                    params: Optional[Mapping[str, Any]] = None, routing: Optional[Mapping[str, Any]] = None,
                    entry_id: Optional[str] = None, attack_note: Optional[str] = None,
-                   notes: Optional[List[str]] = None, index_start: int = 0) -> Dict[str, Any]:
+                   notes: Optional[List[str]] = None, index_start: int = 0,
+                   grid: Optional[Mapping[str, Any]] = None,
+                   timing: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
     """Assemble a `source: measured` entry from an evaluation result (`evaluate_model`).
 
     The entry keeps the evaluation's exact settings (`eval_settings`), its per-sample results as bits
@@ -122,6 +124,8 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         notes: free-text remarks.
         index_start: test-set index of the first evaluated point (`bench.data.eval_tensors` takes the
             first n, so 0).
+        grid: which sweep cell produced the entry (`bench.pipeline.grid`): spec, config, seed, cell, stage.
+        timing: wall seconds per pipeline stage (train, evaluate, audit), for sizing studies.
     """
     _check_spec(spec, model_kwargs)
     if not eval_result.get('correct'):
@@ -133,6 +137,8 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         raise ValueError("measured_entry needs eval_result['settings'] (the attacks' exact settings)")
     cfg = dict(training_config) if training_config is not None else None
     cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest() if cfg else None
+    if routing is None and eval_result.get('routing'):
+        routing = eval_result['routing']
     if routing is None and eval_result.get('routing_under_attack'):
         rua = eval_result['routing_under_attack']
         routing = {'load': list(rua['load_clean']), 'collapse': None} if rua.get('load_clean') else None
@@ -167,10 +173,28 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         'per_sample': per_sample,
         'flops': dict(flops) if flops else None,
         'params': dict(params) if params else None,
-        'per_expert': [dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=dict(p['robust_acc']))
-                       for p in eval_result['per_expert']] if eval_result.get('per_expert') else None,
+        'per_expert': [_per_expert_row(p, index_start) for p in eval_result['per_expert']]
+        if eval_result.get('per_expert') else None,
         'routing': dict(routing) if routing else None,
+        'routing_under_attack': _plain(eval_result.get('routing_under_attack')),
+        'transfer': dict(matrix=eval_result['transfer'], **_plain(eval_result.get('transfer_info') or {}))
+        if eval_result.get('transfer') else None,
+        'grid': dict(grid) if grid else None,
+        'timing': {k: round(float(v), 3) for k, v in timing.items()} if timing else None,
         'sanity_flags': list(eval_result.get('flags') or []),
         'notes': list(notes) if notes else None,
         'provenance': dict(provenance),
     }
+
+
+def _per_expert_row(row: Mapping[str, Any], index_start: int) -> Dict[str, Any]:
+    """One subpath's accuracies, and its per-sample bits when the evaluation kept them (first n points)."""
+    out = dict(expert=row['expert'], clean_acc=row['clean_acc'], robust_acc=dict(row['robust_acc']))
+    if row.get('correct'):
+        out.update(n_examples=row.get('n_examples'), per_sample=per_sample_block(row['correct'], index_start))
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-plain copy (tuples become lists), as the entry file will hold it."""
+    return json.loads(json.dumps(obj, default=str)) if obj is not None else None

@@ -160,10 +160,11 @@ def config_label(config: Mapping[str, Any], member_labels: Sequence[str] = ()) -
     elif family == 'APGD':
         loss = config.get('loss')
         label = f'APGD-{str(loss).upper()}-{steps}' if loss else f'APGD-{steps}'
-    elif family == 'APGDTargeted':
-        label = f'APGD-T-{steps}'
-    elif family == 'FABTargeted':
-        label = f'FAB-T-{steps}'
+    elif family in ('APGDTargeted', 'FABTargeted'):
+        label = f"{'APGD' if family == 'APGDTargeted' else 'FAB'}-T-{steps}"
+        targets = config.get('n_target_classes')
+        if targets not in (9, None):  # AutoAttack's 9 need no mention; fewer make a weaker attack
+            label += f' ({targets} targets)'
     elif family == 'Square':
         label = f"Square-{config.get('n_queries')}"
     elif family == 'AutoAttack':

@@ -1,0 +1,105 @@
+"""Named configurations of a grid (`configs:`): the cells of a study that is not a cartesian product.
+
+A study compares hand-picked configurations (the dense baseline, E=4 k=2 at matched width, an upcycled MoE,
+...), each repeated over seeds, so its spec lists them by name instead of crossing axes:
+
+    seeds: [0, 1, 2]
+    configs:
+      dense: {model: resnet18_dense}
+      e4k2_matched: {model: resnet18_blockmoe_e4_k2, model_kwargs: {expert_width: matched}, tag: fmnist_pgd_matched}
+      dense_half: {model: resnet18_dense, train: {epochs: 1}}
+      upcycled: {model: resnet18_blockmoe_e4_k1, upcycle_from: dense_half, train: {epochs: 1}}
+      dense_normal: {model: resnet18_dense, training: normal, seeds: [0]}
+
+Each config's `model_kwargs` and `train` are laid over the spec's; `upcycle_from` names the config whose run
+of the same seed is the dense source (`timm-moe train --upcycle-from`); `tag` is the timm pretrained tag its
+first seed ships as (`timm-moe ship`). The spec's `first_seed_eval` adds attacks for, and overrides other
+evaluation values of, the first seed of every config (the costly analyses that one run per config answers).
+A cell's id is `<config>-seed<seed>`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from bench.core.errors import UserError
+
+CONFIG_KEYS = ('model', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
+AXIS_KEYS = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
+
+
+def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
+    """Refuse a `configs:` block no study could run, naming the config and the key (UserError)."""
+    if not isinstance(configs, Mapping) or not configs:
+        raise UserError(f'configs in {path} must be a mapping {{name: {{model: ...}}}} with at least one config')
+    mixed = [k for k in AXIS_KEYS if k in data]
+    if mixed:
+        raise UserError(f'{path} sets configs and the axis {mixed[0]!r}: a spec either lists named configs or '
+                        f'crosses axes ({", ".join(AXIS_KEYS)}), not both')
+    for name, config in configs.items():
+        where = f'config {name!r} in {path}'
+        if not isinstance(config, Mapping):
+            raise UserError(f'{where} is {config!r}: give a mapping with at least model: <timm model name>')
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise UserError(f'{where} has unknown key {unknown[0]!r}; allowed: {", ".join(CONFIG_KEYS)}')
+        if not isinstance(config.get('model'), str):
+            raise UserError(f'{where} needs model: <timm model name>, e.g. resnet18_blockmoe_e4_k1')
+        for key in ('model_kwargs', 'train', 'eval'):
+            if not isinstance(config.get(key, {}), Mapping):
+                raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
+        if 'seed' in config.get('train', {}):
+            raise UserError(f'{where} sets train.seed: name the seeds with seeds: [...]')
+        source = config.get('upcycle_from')
+        if source is not None:
+            if source not in configs:
+                raise UserError(f'{where}: upcycle_from {source!r} is not a config; configs: {", ".join(configs)}')
+            if configs[source].get('upcycle_from') is not None:
+                raise UserError(f'{where}: upcycle_from {source!r} is itself upcycled; upcycle from a trained '
+                                'dense config')
+
+
+def config_seeds(config: Mapping[str, Any], spec_seeds: Optional[List[int]]) -> List[Optional[int]]:
+    seeds = config.get('seeds', spec_seeds)
+    return list(seeds) if seeds else [None]
+
+
+def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
+                recipe_for: Callable[[Any, str], Optional[str]]) -> List[Dict[str, Any]]:
+    """The cells of a spec with `configs`, configs in the spec's order, seeds in their order.
+
+    Args:
+        spec: The grid spec (`bench.pipeline.grid.GridSpec`).
+        make_cell: `(cell id, model name, model kwargs, common fields) -> cell`, the grid's own cell builder.
+        recipe_for: `(spec, arch) -> recipe`, the grid's choice of training recipe per architecture.
+    """
+    out = []
+    for name, config in spec.configs.items():
+        seeds = config_seeds(config, spec.seeds)
+        source = config.get('upcycle_from')
+        for seed in seeds:
+            if source is not None and seed not in config_seeds(spec.configs[source], spec.seeds):
+                raise UserError(f'config {name!r} upcycles from {source!r} with seed {seed}, which {source!r} '
+                                'does not train: give both the same seeds')
+            cell_id = name if seed is None else f'{name}-seed{seed}'
+            arch = config['model'].split('_')[0]
+            common = dict(training=config.get('training', 'pgd'), arch=arch, seed=seed, config=name,
+                          first_seed=seed == seeds[0], tag=config.get('tag'),
+                          train={**spec.train, **config.get('train', {})},
+                          upcycle_from=None if source is None else (source if seed is None else f'{source}-seed{seed}'),
+                          eval=cell_eval(spec, config, seed == seeds[0]))
+            common['train_config'] = recipe_for(spec, arch)
+            out.append(make_cell(cell_id, config['model'], {**spec.model_kwargs, **config.get('model_kwargs', {})},
+                                 common))
+    return out
+
+
+def cell_eval(spec: Any, config: Mapping[str, Any], first_seed: bool) -> Dict[str, Any]:
+    """The evaluation of one cell: the spec's, the config's overrides, then (first seed) `first_seed_eval`,
+    whose attacks are added to the others rather than replacing them."""
+    values = {**spec.eval, **config.get('eval', {})}
+    if first_seed and spec.first_seed_eval:
+        extra = dict(spec.first_seed_eval)
+        if 'attacks' in extra:
+            extra['attacks'] = f'{values.get("attacks", "paper")},{extra["attacks"]}'
+        values.update(extra)
+    return values

@@ -1,0 +1,99 @@
+"""Named-config grids (a study): cells, seeds, upcycling waves, first-seed extras, AutoAttack follow-ups."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.core.errors import UserError
+from bench.pipeline.followup import best_moe
+from bench.pipeline.grid import cell_config, cell_evaluation, cells, load_spec, run_dir
+from bench.results.registry import load_entries
+
+FIXTURE = Path(__file__).parent / 'fixtures' / 'study_tiny.yaml'
+
+
+def _tiny(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(FIXTURE.read_text())
+    data.update(out=str(tmp_path / 'study'), **changes)
+    path = tmp_path / 'study_tiny.yaml'
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_named_configs_become_cells_per_seed(tmp_path):
+    spec = load_spec(_tiny(tmp_path))
+    grid = {c['cell']: c for c in cells(spec)}
+    assert list(grid) == ['dense-seed0', 'dense-seed1', 'e2k1-seed0', 'e2k1-seed1', 'switch-seed0', 'switch-seed1',
+                          'upcycled-seed0', 'upcycled-seed1', 'dense_normal-seed0']
+    assert spec.name == 'study_tiny' and grid['switch-seed1']['spec'].aux_loss == 'switch'
+    assert grid['dense_normal-seed0']['training'] == 'normal' and grid['e2k1-seed0']['tag'] == 'tiny_pgd'
+    # the upcycled run of seed s starts from the dense run of seed s
+    cfg = cell_config(grid['upcycled-seed1'], spec)
+    assert cfg.upcycle_from == str(run_dir(grid['dense-seed1'], spec)) and cfg.seed == 1
+    # the first seed adds APGD-T and the per-expert analyses on its first 16 points; the others do not
+    first, other = cell_evaluation(grid['e2k1-seed0'], spec), cell_evaluation(grid['e2k1-seed1'], spec)
+    assert first.attacks == 'pgd10,apgd-ce10,apgd-t' and first.per_expert and first.per_expert_examples == 16
+    assert other.attacks == 'pgd10,apgd-ce10' and not other.per_expert
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(experts=[2]), "sets configs and the axis 'experts'"),
+    (dict(configs={'a': {'model': 'resnet18_dense', 'bogus': 1}}), "config 'a' in"),
+    (dict(configs={'a': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'zz'}}), "upcycle_from 'zz' is not a config"),
+    (dict(configs={'d': {'model': 'resnet18_dense'}, 'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'd'},
+                   'v': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'u'}}), "upcycle_from 'u' is itself upcycled"),
+    (dict(configs={'a': {'model': 'resnet18_dense', 'train': {'seed': 3}}}), 'name the seeds with seeds'),
+    (dict(autoattack={'configs': ['nope']}), "autoattack.configs in"),
+    (dict(autoattack={'configs': ['dense'], 'n_examples': 64}), 'autoattack.n_examples'),
+    (dict(configs={'a': {'model': 'resnet18_dense', 'seeds': [0]},
+                   'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'a'}}), 'give both the same seeds'),
+])
+def test_a_bad_study_spec_is_one_line(tmp_path, capsys, changes, message):
+    assert main(['grid', str(_tiny(tmp_path, **changes)), '--dry-run']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_best_moe_is_the_highest_mean_over_seeds(tmp_path):
+    spec = load_spec(_tiny(tmp_path))
+    grid = cells(spec)
+    acc = {'e2k1-seed0': 40.0, 'e2k1-seed1': 20.0, 'switch-seed0': 31.0, 'switch-seed1': 31.0,
+           'upcycled-seed0': 10.0, 'upcycled-seed1': 10.0, 'dense-seed0': 99.0, 'dense-seed1': 99.0,
+           'dense_normal-seed0': 99.0}
+    done = {k: {'robust_acc': {'apgd-ce10': v}} for k, v in acc.items()}
+    assert best_moe(grid, done, 'apgd-ce10') == 'switch'  # 31 > 30 (the mean), though e2k1 has the best run
+    with pytest.raises(UserError, match="rank_by 'pgd20'"):
+        best_moe(grid, done, 'pgd20')
+
+
+def test_an_upcycled_cell_waits_for_its_source(tmp_path, capsys):
+    assert main(['grid', str(_tiny(tmp_path)), '--only', 'upcycled-seed0']) == 1
+    assert 'upcycles from cell dense-seed0, which is not done' in capsys.readouterr().out
+
+
+def test_the_tiny_study_runs_every_stage_and_resumes(tmp_path, capsys):
+    spec_path = _tiny(tmp_path)
+    assert main(['grid', str(spec_path), '--procs', '2']) == 0
+    entries = load_entries(tmp_path / 'study' / 'registry')
+    main_runs = {e['grid']['cell']: e for e in entries if e['grid']['stage'] == 'main'}
+    assert len(main_runs) == 9 and all(e['grid']['spec'] == 'study_tiny' for e in entries)
+    first, other = main_runs['e2k1-seed0'], main_runs['e2k1-seed1']
+    # every MoE run: load and collapse on all 32 points; the first seed: subpaths with bits, routing, transfer
+    assert other['routing']['n_images'] == 32 and 0 <= other['routing']['collapse'] <= 1
+    assert other['per_expert'] is None and 'apgd-t' not in other['robust_acc']
+    assert 'apgd-t' in first['robust_acc'] and len(first['per_expert']) == 2
+    assert first['per_expert'][0]['per_sample']['n'] == 16 and first['transfer']['n_images'] == 16
+    assert first['routing_under_attack']['n_images'] == 16 and set(first['timing']) >= {'train', 'evaluate'}
+    up = main_runs['upcycled-seed0']['training']['config']
+    assert up['upcycle_from'].endswith('dense-seed0/run') and up['upcycle_sha256']
+    # AutoAttack follow-ups: the dense config and the best MoE, first seed, on 16 of the 32 points
+    follow = sorted((e for e in entries if e['grid']['stage'] == 'autoattack'), key=lambda e: e['grid']['cell'])
+    assert [e['grid']['config'] for e in follow][0] == 'dense' and len(follow) == 2
+    assert follow[1]['grid']['selected_as'] == 'best_moe' and follow[1]['n_examples'] == 16
+    assert all(e['provenance']['checkpoint_sha256'] == main_runs[e['grid']['cell']]['provenance']['checkpoint_sha256']
+               for e in follow)  # the follow-up attacks the cell's own trained weights
+    capsys.readouterr()
+    assert main(['grid', str(spec_path)]) == 0
+    assert 'grid: 0 done, 9 skipped' in capsys.readouterr().out
