@@ -31,6 +31,7 @@ VERBS = {
     'export': 'bench.cli.export',
     'compare': 'bench.cli.compare',
     'import-paper': 'bench.cli.import_paper',
+    'ship': 'bench.cli.ship',
 }
 
 

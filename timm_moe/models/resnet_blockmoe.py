@@ -13,16 +13,17 @@ import copy
 import inspect
 import sys
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
 from timm.layers import get_act_layer, get_norm_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..layers import BlockMoE, resolve_noisy_gating, validate_moe_args
+from .pretrained import check_weights_file, read_manifest, tag_model_kwargs, with_tags
 
 __all__ = ['ResNetBlockMoE', 'dense_name', 'MODEL_GRID']
 
@@ -299,14 +300,26 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
 FEATURE_REDUCTION = {'cifar': 8, 'imagenet': 32}
 
 
+def pool_size_of(input_size: Sequence[int], kwargs: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
+    """The final feature map of an input (..., H, W) for the model kwargs (None for an unknown stem)."""
+    reduction = FEATURE_REDUCTION.get(kwargs.get('stem', 'cifar'))
+    height, width = input_size[-2:]
+    return None if reduction is None else (-(-height // reduction), -(-width // reduction))
+
+
 def _create_resnet_blockmoe(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetBlockMoE:
+    # a pretrained tag ('name.tag' reaches us as pretrained_cfg='tag') fixes the architecture its weights need,
+    # also without pretrained=True (to load its file later): its model_kwargs are defaults, the user's kwargs win
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'))
+    kwargs = {**tag_model_kwargs(variant, cfg.tag), **kwargs}
     # pool_size depends on the stem, a kwarg, so the registered cfg cannot hold it for both stems;
     # an explicit pool_size in the user's overlay still wins
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-    height, width = overlay.get('input_size', _cfg()['input_size'])[-2:]
-    reduction = FEATURE_REDUCTION.get(kwargs.get('stem', 'cifar'))
-    if reduction is not None:  # an unknown stem is reported by the model itself
-        overlay.setdefault('pool_size', (-(-height // reduction), -(-width // reduction)))
+    pool_size = pool_size_of(overlay.get('input_size', cfg.input_size), kwargs)
+    if pool_size is not None:  # an unknown stem is reported by the model itself
+        overlay.setdefault('pool_size', pool_size)
+    if pretrained:
+        check_weights_file(variant, cfg, overlay)
     return build_model_with_cfg(ResNetBlockMoE, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
 
 
@@ -327,10 +340,11 @@ def _moe_name(arch: str, num_experts: int, k: int) -> str:
     return f'{arch}_blockmoe_e{num_experts}_k{k}'
 
 
-default_cfgs = generate_default_cfgs({
+# plus the pretrained tags of the package's manifest (or $TIMM_MOE_PRETRAINED_DIR's): see .pretrained
+default_cfgs = with_tags(generate_default_cfgs({
     **{f'{arch}_dense': _cfg() for arch in _ARCHS},
     **{_moe_name(*v): _cfg() for v in _moe_variants()},
-})
+}), read_manifest(), pool_size_of)
 
 
 @register_model

@@ -1,0 +1,32 @@
+"""`timm-moe ship SPEC`: a finished study's tagged configs as timm pretrained tags (package data).
+
+The logic is `bench.pipeline.ship`; the folder's format is `timm_moe.models.pretrained` (docs/ECOSYSTEM.md).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.pipeline.ship import DTYPE_CHOICES, MB, ship
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('ship', help="a finished study's tagged configs as timm pretrained tags",
+                              description="Write the first seed of each tagged config of a finished study "
+                              "(weights + manifest.json) into the pretrained-tags folder, so that "
+                              "timm.create_model('<model>.<tag>', pretrained=True) loads it offline.")
+    p.add_argument('spec', help='the study\'s grid YAML (configs with a tag), or a shipped grid_*.yaml name')
+    p.add_argument('--out', type=Path, default=None,
+                   help="the pretrained-tags folder to replace (default: the package's timm_moe/pretrained/)")
+    p.add_argument('--dtype', choices=DTYPE_CHOICES, default='auto',
+                   help='weights precision; auto: float32 unless the files would reach 18 MB, then float16')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out, manifest = ship(args.spec, args.out, args.dtype)
+    for key, record in sorted(manifest.items()):
+        print(f'{key}: {record["file"]} ({record["dtype"]}, registry entry {record["entry_id"]})')
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f'shipped {len(manifest)} tags to {out} ({size / MB:.2f} MB)')
+    return 0

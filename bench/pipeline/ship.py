@@ -1,0 +1,177 @@
+"""Ship a finished study's tagged configs as timm pretrained tags: `timm-moe ship SPEC`.
+
+Every config of the study spec that carries a `tag` ships its FIRST seed's run: the run's weights become
+`<model>.<tag>.safetensors` and its record in `manifest.json` holds the architecture kwargs the weights need,
+the data set's input size, mean and std, the run's main registry entry and a training summary. The folder
+format is `timm_moe.models.pretrained`'s (docs/ECOSYSTEM.md, "Pretrained tags"); the weights file is written
+by the hub export's `write_weights`, so it carries the same metadata as an export.
+
+The whole folder is written beside `--out` and swapped in only when complete: a refused or killed ship leaves
+the previous folder as it was. It replaces the folder, so it holds exactly the tags of this one spec.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder
+
+from bench.core.errors import UserError
+from bench.core.provenance import sha256_file
+from bench.core.yaml_files import read_yaml_mapping
+from bench.data import dataset_info
+from bench.models import SAFE_WEIGHTS, build_model
+from bench.pipeline import grid
+from bench.pipeline.export import run_model_spec
+from bench.results.export import check_compatible, read_export, write_weights
+from bench.results.registry import load_entries
+
+PathLike = Union[str, Path]
+
+MB = 1_000_000
+AUTO_FLOAT32_LIMIT = 18 * MB  # `--dtype auto` keeps float32 while every weights file together stays below this
+PACKAGE_LIMIT = 20 * MB  # all shipped files together: the wheel carries them
+DTYPE_CHOICES = (*DTYPES, 'auto')
+# run config keys that the manifest's training summary keeps
+_SUMMARY_KEYS = ('training', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
+
+
+def first_seed_cells(all_cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The cells to ship: of each config that carries a tag, its first cell in the spec's order (its first seed)."""
+    chosen: Dict[Any, Dict[str, Any]] = {}
+    for cell in all_cells:
+        if cell.get('tag') and cell.get('stage', 'main') == 'main':  # a follow-up evaluation trains nothing
+            chosen.setdefault(cell['config'], cell)
+    return list(chosen.values())
+
+
+def _main_entry(cell: Mapping[str, Any], entries: List[Dict[str, Any]], where: Path) -> Dict[str, Any]:
+    matches = [e for e in entries if (e.get('grid') or {}).get('cell') == cell['cell']
+               and e['grid'].get('stage') == 'main']
+    if not matches:
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): no main registry entry of its first '
+                        f'seed\'s cell {cell["cell"]} under {where}; finish the study before shipping it')
+    if len(matches) > 1:
+        raise UserError(f'tagged config {cell["config"]}: {len(matches)} main registry entries of cell '
+                        f'{cell["cell"]} ({", ".join(e["entry_id"] for e in matches)}); keep one')
+    return matches[0]
+
+
+def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], where: Path) -> Dict[str, Any]:
+    """What one tag ships: the model with the run's weights loaded, and its manifest record (no file yet)."""
+    run = Path(grid.run_dir(cell, spec))
+    weights = run / SAFE_WEIGHTS
+    missing = [p.name for p in (weights, run / 'config.yaml') if not p.is_file()]
+    if missing:
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its first seed\'s run {run} has no '
+                        f'{missing[0]}; finish the study before shipping it')
+    entry = _main_entry(cell, entries, where)
+    name, dataset, kwargs = run_model_spec(run, weights)
+    if name != cell['spec'].name:
+        raise UserError(f'tagged config {cell["config"]}: its run {run} trained {name}, not {cell["spec"].name}')
+    model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
+    state_dict, _ = read_export(weights)
+    check_compatible(state_dict, model, f'{name} (from {run / "config.yaml"})', what=f'the weights {weights}')
+    model.load_state_dict(state_dict)
+    run_cfg = json.loads(json.dumps(read_yaml_mapping(run / 'config.yaml', 'run config'), default=str))
+    info = dataset_info(dataset)
+    record = dict(
+        model_kwargs=kwargs, input_size=list(info['input_size']), mean=list(info['mean']), std=list(info['std']),
+        dataset=dataset, entry_id=entry['entry_id'],
+        source_run=os.path.relpath(run, Path(spec.out).parent),  # informational; never an absolute path
+        training=dict({k: run_cfg[k] for k in _SUMMARY_KEYS if k in run_cfg}, config=cell['config'],
+                      clean_acc=entry.get('clean_acc'), robust_acc=entry.get('robust_acc'),
+                      threat_model=entry.get('threat_model'), attack_eps=entry.get('eps'),
+                      n_examples=entry.get('n_examples')))
+    return dict(key=f'{name}.{cell["tag"]}', name=name, model=model, record=record)
+
+
+def _write_weights(folder: Path, sources: List[Dict[str, Any]], dtype: str) -> Dict[str, Dict[str, Any]]:
+    manifest = {}
+    for src in sources:
+        file = f'{src["key"]}.safetensors'
+        model: nn.Module = copy.deepcopy(src['model']).to(getattr(torch, dtype))  # floats only; counters stay int
+        write_weights(model, folder / file, src['name'], src['record']['model_kwargs'])
+        manifest[src['key']] = dict(file=file, sha256=sha256_file(folder / file), dtype=dtype, **src['record'])
+    return manifest
+
+
+def _files_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _check_out(out: Path) -> None:
+    # the folder is replaced whole: refuse one that holds anything a ship did not write (e.g. --out .)
+    if out.exists() and not out.is_dir():
+        raise UserError(f'--out {out} is a file, not a pretrained-tags folder')
+    foreign = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and p.suffix != '.safetensors') \
+        if out.is_dir() else []
+    if foreign:
+        raise UserError(f'--out {out} holds {foreign[0]!r}, which `timm-moe ship` did not write; give the '
+                        'pretrained-tags folder (manifest.json and *.safetensors only)')
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`; the old folder is put aside first and restored if the move fails."""
+    old = out.with_name(f'.{out.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def ship(spec_path: PathLike, out: Optional[PathLike] = None,
+         dtype: str = 'auto') -> Tuple[Path, Dict[str, Dict[str, Any]]]:
+    """Fill the pretrained-tags folder from a finished study; returns (the folder, the manifest written).
+
+    Args:
+        spec_path: The study's grid spec (a path or a shipped `grid_*.yaml` name).
+        out: The folder (default: the package's `timm_moe/pretrained/`).
+        dtype: 'float32', 'float16', or 'auto' (float32 unless that makes the weights 18 MB or more).
+    """
+    if dtype not in DTYPE_CHOICES:
+        raise UserError(f'--dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
+    out = Path(out) if out is not None else package_folder()
+    _check_out(out)
+    spec = grid.load_spec(spec_path)
+    tagged = first_seed_cells(grid.cells(spec))
+    if not tagged:
+        raise UserError(f'{spec_path}: no config carries a tag; tag the configs to ship in the spec')
+    where = grid.registry_dir(spec)
+    entries = load_entries(where) if where.is_dir() else []
+    sources = [_source(cell, spec, entries, where) for cell in tagged]  # every check before any write
+    keys = [s['key'] for s in sources]
+    if len(set(keys)) != len(keys):
+        raise UserError(f'{spec_path}: two tagged configs ship as {next(k for k in keys if keys.count(k) > 1)}; '
+                        'give each config of one model its own tag')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    try:
+        manifest = _write_weights(tmp, sources, 'float32' if dtype == 'auto' else dtype)
+        if dtype == 'auto' and _files_size(tmp) >= AUTO_FLOAT32_LIMIT:
+            manifest = _write_weights(tmp, sources, 'float16')  # same names: each file is overwritten
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + '\n')
+        total = _files_size(tmp)
+        if total >= PACKAGE_LIMIT:
+            raise UserError(f'the {len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, over the '
+                            f'{PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use float16')
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; it is package data
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, manifest

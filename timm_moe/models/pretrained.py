@@ -1,0 +1,174 @@
+"""Pretrained tags: trained checkpoints shipped as package data, which timm loads offline by name.
+
+    import timm, timm_moe
+    model = timm.create_model('resnet18_blockmoe_e4_k2.fmnist_pgd', pretrained=True)
+
+`timm_moe/pretrained/` holds `manifest.json` and one `<model>.<tag>.safetensors` per tag (`timm-moe ship`
+fills it from a finished study; docs/ECOSYSTEM.md, "Pretrained tags"). Each manifest record becomes a timm
+pretrained cfg of its model: `file` is the package file, and num_classes, input_size, mean and std are those of
+the data set the weights were trained on. Its `model_kwargs` (the architecture the weights need) become the
+defaults of the model's kwargs whenever the tag is named, with or without `pretrained=True`; the user's kwargs win.
+
+timm's PretrainedCfg is a dataclass that refuses unknown keys, so the rest of a record (model_kwargs, dtype,
+sha256, dataset, registry entry, source run, training summary) stays here: `tag_record('model.tag')`.
+
+Another folder: set TIMM_MOE_PRETRAINED_DIR before importing timm_moe, or call `register_tags(folder)`, which
+replaces the tags registered before (tests do). On timm 1.0.9, whose register_model does not clear a model's
+old entries, tags of the replaced folder stay listed; timm 1.0.31 clears them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.resources
+import json
+import os
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from timm.models import register_model, split_model_name_tag
+from timm.models._pretrained import DefaultCfg, PretrainedCfg
+
+__all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'register_tags',
+           'tag_record', 'tag_model_kwargs', 'check_weights_file']
+
+ENV_DIR = 'TIMM_MOE_PRETRAINED_DIR'
+MANIFEST = 'manifest.json'
+DTYPES = ('float32', 'float16')
+REQUIRED = ('file', 'sha256', 'dtype', 'model_kwargs', 'input_size', 'mean', 'std')
+
+PathLike = Union[str, Path]
+# (input_size, model kwargs) -> the final feature map size, or None when the model cannot say
+PoolSize = Callable[[Sequence[int], Mapping[str, Any]], Optional[Tuple[int, int]]]
+
+_TAGS: Dict[str, Dict[str, Any]] = {}  # 'model.tag' -> its manifest record (`path`: the absolute weights file)
+
+
+def package_folder() -> Path:
+    """The package's own `timm_moe/pretrained/`."""
+    # pip installs packages as directories, so the package data is a real file that timm can open
+    return Path(str(importlib.resources.files('timm_moe') / 'pretrained'))
+
+
+def default_folder() -> Path:
+    """$TIMM_MOE_PRETRAINED_DIR if set, else `package_folder()`."""
+    env = os.environ.get(ENV_DIR)
+    return Path(env) if env else package_folder()
+
+
+def read_manifest(folder: Optional[PathLike] = None) -> Dict[str, Dict[str, Any]]:
+    """The records of `folder`/manifest.json (default: `default_folder()`), each with `path`, its absolute file.
+
+    A package without the folder has no tags; a folder given explicitly (argument or $TIMM_MOE_PRETRAINED_DIR)
+    must hold a manifest. A malformed record raises ValueError naming the manifest and the tag.
+    """
+    explicit = folder is not None or bool(os.environ.get(ENV_DIR))
+    folder = Path(folder) if folder is not None else default_folder()
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        if explicit:
+            raise FileNotFoundError(f'{manifest} does not exist: a pretrained-tags folder holds a {MANIFEST} '
+                                    '(`timm-moe ship` writes one)')
+        return {}
+    data = json.loads(manifest.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f'{manifest}: expected a JSON object {{"model.tag": record}}, got {type(data).__name__}')
+    return {key: _checked(manifest, key, record) for key, record in data.items()}
+
+
+def _checked(manifest: Path, key: str, record: Any) -> Dict[str, Any]:
+    def bad(what: str) -> ValueError:
+        return ValueError(f'{manifest}: {key}: {what}')
+
+    name, tag = split_model_name_tag(key)
+    if not name or not tag:
+        raise bad('expected a key "model.tag" with a non-empty tag')
+    if not isinstance(record, dict):
+        raise bad(f'expected a record (JSON object), got {type(record).__name__}')
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise bad(f'the record lacks {missing}; a record holds {list(REQUIRED)} and more')
+    if record['dtype'] not in DTYPES:
+        raise bad(f'dtype={record["dtype"]!r}: expected one of {list(DTYPES)}')
+    kwargs = record['model_kwargs']
+    if not isinstance(kwargs, dict) or not isinstance(kwargs.get('num_classes'), int):
+        raise bad('model_kwargs must be an object with an integer num_classes')
+    if not (isinstance(record['input_size'], list) and len(record['input_size']) == 3):
+        raise bad(f'input_size={record["input_size"]!r}: expected [channels, height, width]')
+    return dict(record, path=str((manifest.parent / record['file']).resolve()))
+
+
+def tag_cfg(record: Mapping[str, Any], base: PretrainedCfg, pool_size: PoolSize) -> PretrainedCfg:
+    """The timm pretrained cfg of a manifest record: the model's untagged cfg with the weights and their data."""
+    input_size = tuple(record['input_size'])
+    cfg = dict(file=record['path'], num_classes=record['model_kwargs']['num_classes'], input_size=input_size,
+               mean=tuple(record['mean']), std=tuple(record['std']),
+               pool_size=pool_size(input_size, record['model_kwargs']),
+               description=f'timm-moe pretrained tag, trained on {record.get("dataset", "?")}')
+    # a state_dict/url/hub source in the base would win over `file` in timm's loader
+    return dataclasses.replace(base, url='', hf_hub_id=None, state_dict=None, **cfg)
+
+
+def with_tags(default_cfgs: Dict[str, DefaultCfg], records: Mapping[str, Mapping[str, Any]],
+              pool_size: PoolSize) -> Dict[str, DefaultCfg]:
+    """`default_cfgs` (model -> DefaultCfg) with the tags registered before replaced by `records`' tags.
+
+    The untagged cfg stays each model's first (default) tag: timm would otherwise make the first tag with
+    weights the default, and `create_model(name)` would quietly get the tag's classes, channels and mean.
+    """
+    unknown = sorted(k for k in records if split_model_name_tag(k)[0] not in default_cfgs)
+    if unknown:
+        raise ValueError(f'pretrained tag {unknown[0]!r} names no timm-moe model; models are e.g. '
+                         f'{sorted(default_cfgs)[0]!r}')
+    for key in _TAGS:
+        name, tag = split_model_name_tag(key)
+        default = default_cfgs[name]
+        default.cfgs.pop(tag, None)
+        default.tags = deque(t for t in default.tags if t != tag)
+        default.is_pretrained = any(c.has_weights for c in default.cfgs.values())
+    _TAGS.clear()
+    for key, record in records.items():
+        name, tag = split_model_name_tag(key)
+        default = default_cfgs[name]
+        default.cfgs[tag] = tag_cfg(record, default.cfgs[''], pool_size)
+        default.tags.append(tag)
+        default.is_pretrained = True
+        _TAGS[key] = dict(record)
+    return default_cfgs
+
+
+def register_tags(folder: Optional[PathLike] = None) -> List[str]:
+    """Register the tags of `folder`'s manifest (default: `default_folder()`) with timm, replacing the tags
+    registered before; returns the registered 'model.tag' names."""
+    from . import resnet_blockmoe  # imported here: that module reads the default folder through this one
+    records = read_manifest(folder)
+    changed = sorted({split_model_name_tag(k)[0] for k in (*_TAGS, *records)})
+    with_tags(resnet_blockmoe.default_cfgs, records, resnet_blockmoe.pool_size_of)
+    with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
+        warnings.simplefilter('ignore')
+        for name in changed:
+            register_model(getattr(resnet_blockmoe, name))
+    return sorted(records)
+
+
+def tag_record(name: str) -> Optional[Dict[str, Any]]:
+    """The manifest record of a registered 'model.tag' (None for another name)."""
+    record = _TAGS.get(name)
+    return copy.deepcopy(record) if record is not None else None
+
+
+def tag_model_kwargs(variant: str, tag: Optional[str]) -> Dict[str, Any]:
+    """The architecture kwargs that the weights of `variant`.`tag` need ({} for no tag or a tag without a record)."""
+    record = _TAGS.get(f'{variant}.{tag}') if tag else None
+    return dict(record['model_kwargs']) if record else {}
+
+
+def check_weights_file(variant: str, cfg: PretrainedCfg, overlay: Mapping[str, Any]) -> None:
+    """Refuse, naming the tag and the file, a tag whose weights file is missing (timm's own error has no message)."""
+    record = _TAGS.get(f'{variant}.{cfg.tag}') if cfg.tag else None
+    file = overlay.get('file', cfg.file)
+    if record is not None and file == record['path'] and not Path(file).is_file():
+        raise FileNotFoundError(f'{variant}.{cfg.tag}: its weights file {file} is missing (its manifest lists it); '
+                                'reinstall timm-moe or ship the tags again')
