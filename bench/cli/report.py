@@ -1,25 +1,57 @@
-"""`timm-moe report`: PNG plots drawn from the registry (see `bench.results.report` for what each shows)."""
+"""`timm-moe report`: PNG plots drawn from the registry (see `bench.results.report` for what each shows); with
+`--study SPEC`, the study report of a grid spec (`DIR/STUDY.md` and `DIR/study/*.png`, see `bench.results.study`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Dict
 
 from bench.cli.options import add_registry_args
-from bench.results.registry import check_filters
+from bench.core.errors import UserError
+from bench.results.registry import DEFAULT_REGISTRY, check_filters, load_entries
 from bench.results.report import write_report
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('report', help='draw PNG plots from the registry',
+    p = subparsers.add_parser('report', help='draw PNG plots from the registry (or a study report: --study)',
                               description='PNG plots drawn from the registry (never from numbers typed anywhere '
-                                          'else).')
+                                          'else); with --study, the study report STUDY.md and its plots.')
     add_registry_args(p)
+    # None: the repo's registry/, or with --study the spec's own registry
+    p.set_defaults(registry=None)
     p.add_argument('--out', required=True, type=Path, help='directory for the PNG files (created if missing)')
+    p.add_argument('--study', metavar='SPEC',
+                   help='write OUT/STUDY.md and OUT/study/*.png from the entries of this grid spec (a YAML path '
+                        'or a shipped name such as study_fashion_mnist); registry: the spec\'s unless --registry')
     p.set_defaults(func=run)
+
+
+def study_plan(spec: Any) -> Dict[str, Any]:
+    """The spec as the plain data `bench.results.study` takes (the results layer does not read specs)."""
+    from bench.pipeline.named_cells import config_seeds
+
+    if not spec.configs:
+        raise UserError(f'grid spec {spec.name!r} has no named configs (configs: ...): a study report compares '
+                        'named configurations; use plain `timm-moe report` for other grids')
+    return {'name': spec.name, 'seeds': list(spec.seeds or []),
+            'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),
+                               'seeds': [s for s in config_seeds(c, spec.seeds) if s is not None],
+                               'upcycle_from': c.get('upcycle_from')} for name, c in spec.configs.items()}}
 
 
 def run(args: argparse.Namespace) -> int:
     check_filters(args.dataset, args.threat_model)
-    for path in write_report(Path(args.registry), args.out, args.dataset, args.threat_model):
+    if args.study is None:
+        registry = Path(args.registry or DEFAULT_REGISTRY)
+        for path in write_report(registry, args.out, args.dataset, args.threat_model):
+            print(f'wrote {path}')
+        return 0
+    from bench.pipeline.grid import load_spec, registry_dir
+    from bench.results.study import write_study
+
+    spec = load_spec(args.study)
+    registry = Path(args.registry) if args.registry else registry_dir(spec)
+    entries = load_entries(registry, dataset=args.dataset, threat_model=args.threat_model)
+    for path in write_study(entries, study_plan(spec), args.out):
         print(f'wrote {path}')
     return 0

@@ -1,0 +1,140 @@
+"""The study report's plots, drawn from its runs with the registry report's figure helpers.
+
+- `robust_vs_clean.png`: primary-metric robust accuracy against clean accuracy per config, error bars = sd over seeds.
+- `flops_vs_robust.png`: active-FLOPs ratio against the primary metric, error bars = sd over seeds.
+- `subpaths.png`: each expert subpath beside the gated model on the same points, a panel per aux loss (first seed).
+- `expert_load.png`: expert load per config, mean ± sd over seeds, a panel per aux loss.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from bench.results import study_configs as sc
+from bench.results import study_stats as st
+from bench.results.report import KIND_COLORS, _empty, _figure, _save
+from bench.results.study_claims import subpath_comparison
+
+
+def _xy(study: sc.Study, config: str, metric: str):
+    s = st.summary(study.runs[config], metric)
+    return (None, 0.0) if s is None else (s['mean'], s['std'] or 0.0)
+
+
+def _color(study: sc.Study, config: str) -> str:
+    return KIND_COLORS['moe' if sc.is_moe(study, config) else 'dense']
+
+
+def plot_robust_vs_clean(study: sc.Study, path: Path) -> Path:
+    m = study.primary()
+    if m is None:
+        return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
+    fig, (ax,) = _figure(size=(7.0, 5.0))
+    for c in study.configs:
+        (x, xe), (y, ye) = _xy(study, c, 'clean'), _xy(study, c, m)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if sc.adversarial(study, c) else 's', color=_color(study, c),
+                    capsize=3, markersize=5)
+        ax.annotate(c, (x, y), fontsize=7, xytext=(4, 4), textcoords='offset points')
+    ax.set_xlabel('clean accuracy (%)')
+    ax.set_ylabel(f'{m} accuracy (%)')
+    ax.set_title(f'{study.name}: {m} vs clean\n(error bars: sd over seeds; squares: normal training)', fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_flops_vs_robust(study: sc.Study, path: Path) -> Path:
+    m = study.primary()
+    configs = [c for c in study.configs if sc.flops_ratio(study, c) is not None and sc.adversarial(study, c)]
+    if m is None or not configs:
+        return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
+    fig, (ax,) = _figure(size=(7.0, 5.0))
+    for c in configs:
+        y, ye = _xy(study, c, m)
+        ax.errorbar(sc.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
+        ax.annotate(c, (sc.flops_ratio(study, c), y), fontsize=7, xytext=(4, 4), textcoords='offset points')
+    ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
+    ax.set_xlabel('active inference FLOPs / dense')
+    ax.set_ylabel(f'{m} accuracy (%)')
+    ax.set_title(f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _by_aux(study: sc.Study, configs: List[str]) -> Dict[str, List[str]]:
+    out: Dict[str, List[str]] = {}
+    for c in configs:
+        out.setdefault(str(sc.traits(study, c).get('aux_loss')), []).append(c)
+    return dict(sorted(out.items()))
+
+
+def plot_subpaths(study: sc.Study, path: Path) -> Path:
+    m = study.primary()
+    rows: Dict[str, List[Any]] = {}
+    for c in study.configs:
+        e = study.first(c)
+        if m is None or e is None or not sc.adversarial(study, c):
+            continue
+        experts = [pe for pe in sorted(e.get('per_expert') or [], key=lambda p: p['expert'])
+                   if pe.get('per_sample') and m in pe['robust_acc']]
+        results = [subpath_comparison(e, pe, m) for pe in experts]
+        if results:
+            rows[c] = results
+    if not rows:
+        return _empty(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
+    groups = _by_aux(study, list(rows))
+    fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
+    for ax, (aux, configs) in zip(axes, groups.items()):
+        x = 0
+        ticks, labels = [], []
+        for c in configs:
+            g = rows[c][0]['b']
+            ax.bar(x, g['acc'], color='#d62728', width=0.8, yerr=[[g['acc'] - g['lo']], [g['hi'] - g['acc']]], capsize=2)
+            ticks.append(x)
+            labels.append(f'{c}\ngated')
+            for i, r in enumerate(rows[c]):
+                ax.bar(x + 1 + i, r['a']['acc'], color=_color(study, c), width=0.8,
+                       yerr=[[r['a']['acc'] - r['a']['lo']], [r['a']['hi'] - r['a']['acc']]], capsize=2)
+                ticks.append(x + 1 + i)
+                labels.append(f'e{i}')
+            x += len(rows[c]) + 2
+        ax.set_xticks(ticks, labels, fontsize=6)
+        ax.set_ylabel(f'{m} accuracy (%), same points', fontsize=8)
+        ax.set_title(f'aux loss {aux} (first seed; error bars: Wilson 95%)', fontsize=9)
+        ax.grid(alpha=0.3, axis='y')
+    return _save(fig, path)
+
+
+def plot_expert_load(study: sc.Study, path: Path) -> Path:
+    import numpy as np
+
+    loads: Dict[str, Optional[np.ndarray]] = {}
+    for c in study.configs:
+        ls = [e['routing']['load'] for _, e in sorted(study.runs[c].items()) if (e.get('routing') or {}).get('load')]
+        if ls and sc.adversarial(study, c):
+            loads[c] = np.asarray(ls, dtype=float)
+    if not loads:
+        return _empty(path, 'expert load', 'routing.load')
+    groups = _by_aux(study, list(loads))
+    fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
+    for ax, (aux, configs) in zip(axes, groups.items()):
+        width = 0.8 / len(configs)
+        for j, c in enumerate(configs):
+            arr = loads[c]
+            sd = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+            xs = np.arange(arr.shape[1]) + j * width
+            ax.bar(xs, arr.mean(0), width=width, yerr=sd, capsize=2, label=f'{c} ({len(arr)} seeds)')
+        n = max(loads[c].shape[1] for c in configs)
+        ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f'e{i}' for i in range(n)], fontsize=8)
+        ax.set_xlabel('expert', fontsize=8)
+        ax.set_ylabel('share of images (mean ± sd over seeds)', fontsize=8)
+        ax.set_title(f'aux loss {aux}', fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+PLOTS = (
+    ('robust_vs_clean.png', plot_robust_vs_clean, 'robust vs clean accuracy'),
+    ('flops_vs_robust.png', plot_flops_vs_robust, 'active FLOPs vs robust accuracy'),
+    ('subpaths.png', plot_subpaths, 'expert subpaths vs the gated model'),
+    ('expert_load.png', plot_expert_load, 'expert load per aux loss'),
+)

@@ -1,0 +1,267 @@
+"""`timm-moe report --study`: STUDY.md and its plots from a study's registry entries.
+
+Synthetic entries follow the registry contract of a study grid (grid, timing, per-expert bits, routing under
+attack, transfer); their per-point bits are built so that each verdict of the rule fires: a config that
+beats another by the same points at every seed ('holds'), one that loses at every seed ('reversed'), one
+that wins some seeds and loses others ('within noise').
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+
+from bench.attacks import build_attack
+from bench.cli import main
+from bench.core.errors import UserError
+from bench.results import study_stats as st
+from bench.results.entries import measured_entry
+from bench.results.registry import write_entry
+from bench.results.study import render
+from bench.results.study_configs import collect
+from registry_fakes import PROVENANCE
+from timm_moe import ModelSpec
+
+N = 200
+SEEDS = [0, 1, 2]
+ATTACKS = ('pgd20', 'apgd-ce')
+AA_SETTINGS = {'attack': 'AutoAttack', 'version': 'standard', 'eps': 0.1, 'norm': 'Linf', 'seed': 0}
+# config -> (model, extra kwargs, training, epochs, upcycle_from, seeds, FLOPs ratio, extra robust points per seed)
+CONFIGS = {
+    'dense': ('resnet18_dense', {}, 'pgd', 2, None, SEEDS, 1.0, [0, 0, 0]),
+    'e4k1': ('resnet18_blockmoe_e4_k1', {'aux_loss': 'entropy'}, 'pgd', 2, None, SEEDS, 1.0002, [30, 32, 31]),
+    'switch': ('resnet18_blockmoe_e4_k1', {'aux_loss': 'switch'}, 'pgd', 2, None, SEEDS, 1.0002, [50, 52, 51]),
+    'e4k2': ('resnet18_blockmoe_e4_k2', {}, 'pgd', 2, None, SEEDS, 1.31, [40, 20, 33]),
+    'dense_half': ('resnet18_dense', {}, 'pgd', 1, None, SEEDS, 1.0, [-5, -5, -5]),
+    'upcycled': ('resnet18_blockmoe_e4_k1', {}, 'pgd', 1, 'dense_half', SEEDS, 1.0002, [20, 21, 22]),
+    'dense_normal': ('resnet18_dense', {}, 'normal', 2, None, [0], 1.0, [-60]),
+}
+
+
+def plan(configs: Dict[str, Any] = CONFIGS, name: str = 'study_synth') -> Dict[str, Any]:
+    return {'name': name, 'seeds': SEEDS, 'configs': {c: {'model': v[0], 'training': v[2], 'seeds': v[5],
+                                                          'upcycle_from': v[4]} for c, v in configs.items()}}
+
+
+def _bits(seed: int, extra: int, base: float, n: int = N) -> np.ndarray:
+    """The seed's shared base vector (both configs fail the same hard points) plus `extra` more points right:
+    configs nest, so a larger `extra` wins every discordant point."""
+    rng = np.random.default_rng(1000 + seed)
+    order = rng.permutation(n)
+    k = int(base * n) + extra
+    out = np.zeros(n, dtype=bool)
+    out[order[:k]] = True
+    return out
+
+
+def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    n = len(correct['clean'])
+    acc = {k: 100.0 * v.sum() / n for k, v in correct.items()}
+    return dict(n_examples=n, eps=0.1, threat_model='Linf', clean_acc=acc['clean'],
+                robust_acc={k: v for k, v in acc.items() if k != 'clean'}, correct={k: v.tolist() for k, v in correct.items()},
+                settings=dict(attacks=settings, eps=0.1, norm='Linf', seed=seed, batch_size=n, n_examples=n), **extra)
+
+
+def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str = 'main',
+             configs: Dict[str, Any] = CONFIGS, index_start: int = 0) -> Dict[str, Any]:
+    model, kwargs, method, epochs, source, seeds, ratio, extras = configs[config]
+    extra = extras[seeds.index(seed)]
+    first = seed == seeds[0]
+    kwargs = {'width': 8, 'num_classes': 10, 'in_chans': 1, **kwargs}
+    spec = ModelSpec.from_timm_kwargs(model, kwargs)[0]
+    moe = spec.experts > 0
+    robust = _bits(seed, extra, 0.3)
+    attacks = list(ATTACKS) + (['apgd-t'] if first else [])
+    correct = {'clean': _bits(seed, extra, 0.7) | robust, **{a: robust for a in attacks}, 'ensemble': robust}
+    settings = {a: build_attack(a, 0.1, 'Linf', seed).settings() for a in attacks}
+    more: Dict[str, Any] = {}
+    if stage == 'autoattack':
+        n = 100
+        aa = robust[:n].copy()
+        aa[np.flatnonzero(aa)[:3 if moe else 6]] = False  # AutoAttack breaks a few points APGD-CE did not
+        correct, settings = {'clean': correct['clean'][:n], 'autoattack': aa}, {'autoattack': AA_SETTINGS}
+    elif first and moe:
+        n = 100
+        rows = []
+        for i in range(spec.experts):
+            sub = robust[:n].copy()
+            sub[np.flatnonzero(~sub)[:30]] = i == 0  # expert 0 is more robust than the gated model, the others equal
+            rows.append(dict(expert=i, clean_acc=100.0 * correct['clean'][:n].mean(), n_examples=n,
+                             robust_acc={a: 100.0 * sub.mean() for a in ATTACKS},
+                             correct={'clean': correct['clean'][:n], **{a: sub for a in ATTACKS}}))
+        more = dict(per_expert=rows, transfer=[[50.0, 60.0, 55.0, 58.0]] * 4,
+                    transfer_info=dict(attack='pgd20', attacked_points=[70, 70, 70, 70], n_images=n),
+                    routing_under_attack=dict(changed_fraction=0.25, attacked_points=60, n_images=n,
+                                              load_clean=[0.25] * 4, load_adv=[0.4, 0.2, 0.2, 0.2], attack='pgd20'))
+    collapse = 0.6 + 0.01 * seed if kwargs.get('aux_loss') == 'switch' else 0.05 + 0.01 * seed
+    return measured_entry(
+        spec=spec, model_kwargs=kwargs, dataset='fashion-mnist-bundled', method=method,
+        eval_result=_result(correct, seed, settings, **more), provenance=dict(PROVENANCE, seed=seed),
+        training_config={'dataset': 'fashion-mnist-bundled', 'train_limit': 10000, 'epochs': epochs, 'lr': 0.05,
+                         'training': method, 'attack_steps': 7, 'eps': 0.1, 'seed': seed, 'out': f'/abs/{config}'},
+        epochs=epochs, flops={'active': 7.3e6 * ratio, 'total': 1e7, 'dense': 7.3e6, 'ratio': ratio},
+        params={'total': 400000 if moe else 176000, 'active': 176000},
+        routing={'load': [0.7, 0.1, 0.1, 0.1] if kwargs.get('aux_loss') == 'switch' else [0.25] * 4,
+                 'collapse': collapse} if moe else None,
+        grid=dict(spec=spec_name, config=config, seed=seed, cell=f'{config}-seed{seed}', stage=stage),
+        timing={'train': 100.0 + seed, 'evaluate': 20.0, 'audit': 1.0}, index_start=index_start,
+        entry_id=f"{spec_name}-{config}-seed{seed}{'-aa' if stage == 'autoattack' else ''}")
+
+
+def make_entries(configs: Dict[str, Any] = CONFIGS, aa: bool = True) -> List[Dict[str, Any]]:
+    out = [make_run(c, s, configs=configs) for c, v in configs.items() for s in v[5]]
+    if aa:
+        out += [make_run(c, 0, stage='autoattack', configs=configs) for c in ('dense', 'e4k1') if c in configs]
+        out[-1]['grid']['selected_as'] = 'best_moe'
+    return out
+
+
+@pytest.fixture(scope='module')
+def entries() -> List[Dict[str, Any]]:
+    return make_entries()
+
+
+def _row(text: str, start: str, metric: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f'| {start}') and f'| {metric} |' in line)
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+
+def test_the_verdict_rule():
+    assert st.verdict(dict(n=3, lo=0.5, hi=2.0)) == 'holds'
+    assert st.verdict(dict(n=3, lo=-2.0, hi=-0.1)) == 'reversed'
+    assert st.verdict(dict(n=3, lo=-1.0, hi=2.0)) == 'within noise (seed interval spans 0)'
+    assert st.verdict(dict(n=1, lo=None, hi=None)).startswith('undecided')
+
+
+def test_each_verdict_fires_on_constructed_runs(entries):
+    study = collect(entries, plan())
+    assert st.compare_configs(study.runs['e4k1'], study.runs['dense'], 'apgd-ce')['verdict'] == 'holds'
+    assert st.compare_configs(study.runs['e4k1'], study.runs['switch'], 'apgd-ce')['verdict'] == 'reversed'
+    r = st.compare_configs(study.runs['e4k2'], study.runs['e4k1'], 'apgd-ce')
+    assert r['verdict'] == 'within noise (seed interval spans 0)'
+    assert [round(p['diff'], 2) for p in r['per_seed']] == [5.0, -6.0, 1.0]
+    assert r['pooled']['n'] == 3 * N and not r['flags'] and not r['refused']
+
+
+def test_the_claims_read_their_verdicts_from_the_data(entries):
+    text = render(collect(entries, plan()))
+    assert _row(text, 'e4k1 vs dense', 'apgd-ce').endswith('| holds |')
+    assert _row(text, 'e4k1 (entropy) vs switch (switch)', 'apgd-ce').endswith('| reversed |')
+    assert _row(text, 'e4k2 (k=2) vs e4k1 (k=1), FLOPs differ', 'apgd-ce').endswith('| within noise (seed interval spans 0) |')
+    assert 'e4k2: FLOPs ratio 1.310, not equal to dense' in text  # claim 1 states why it leaves a config out
+    assert 'upcycled: 2 epochs in all (1 of dense_half, then 1 as MoE), e4k1: 2 epochs: equal training compute' in text
+    assert 'switch (switch) vs e4k1 (entropy)' in text  # claim 4: switch collapses more, paired by seed
+    assert '8 of 32 subpath comparisons are more robust than the gated model' in text
+    assert '| dense_normal |' not in text.split('## Claim 2')[0].split('## Claim 1')[1]  # normal runs: own table
+    assert 'Difference of gaps, dense − e4k1: +3.00 points' in text
+
+
+def test_a_comparison_on_different_points_is_flagged():
+    configs = dict(CONFIGS)
+    entries = make_entries(configs, aa=False)
+    shifted = make_run('dense', 1, configs=configs, index_start=10)  # seed 1 of dense ran on other test points
+    entries = [shifted if e['entry_id'] == shifted['entry_id'] else e for e in entries]
+    r = st.compare_configs(*(collect(entries, plan()).runs[c] for c in ('e4k1', 'dense')), 'apgd-ce')
+    assert len(r['flags']) == 1 and r['flags'][0].startswith('seed 1: the point sets differ')
+    assert r['per_seed'][1]['n'] == N - 10
+    assert '- flag (e4k1 vs dense, apgd-ce): seed 1: the point sets differ' in render(collect(entries, plan()))
+
+
+def test_different_attack_settings_are_refused_not_compared(entries):
+    study = collect(entries, plan())
+    odd = dict(study.runs['dense'][2], eval_settings=dict(study.runs['dense'][2]['eval_settings']))
+    odd['eval_settings']['attacks'] = dict(odd['eval_settings']['attacks'],
+                                           pgd20=dict(odd['eval_settings']['attacks']['pgd20'], steps=10))
+    r = st.compare_configs(study.runs['e4k1'], {**study.runs['dense'], 2: odd}, 'pgd20')
+    assert r['seeds'] == [0, 1] and 'steps: 20 vs 10' in r['refused'][0]
+
+
+# ------------------------------------------------------------------------------------------ absent configs
+
+def test_a_study_without_the_compared_configs_renders_with_reasons():
+    configs = {c: CONFIGS[c] for c in ('dense', 'e4k1', 'dense_normal')}
+    text = render(collect(make_entries(configs, aa=False), plan(configs)))
+    assert 'Skipped: no two configs differ only in the aux loss with one of them entropy.' in text
+    assert 'Skipped: no two configs differ only in k (or in k and expert width).' in text
+    assert 'Collapse comparison skipped: no switch config' in text
+    assert 'Skipped: no upcycled config in the study.' in text
+    assert 'Skipped: no AutoAttack entry with its main run.' in text
+    assert _row(text, 'e4k1 vs dense', 'apgd-ce').endswith('| holds |')
+
+
+def test_missing_seeds_and_foreign_entries_are_named(entries):
+    kept = [e for e in entries if e['entry_id'] != 'study_synth-switch-seed2']
+    kept.append(make_run('dense', 0, spec_name='other_study'))
+    study = collect(kept, plan())
+    assert study.notes == ['config switch: no run for seed 2 (not finished, or failed)']
+    assert 'seed 2 only in A' in st.compare_configs(study.runs['e4k1'], study.runs['switch'], 'pgd20')['flags']
+
+
+def test_bad_registries_are_user_errors(entries):
+    with pytest.raises(UserError, match='no registry entry belongs to study'):
+        collect(entries, plan(name='nope'))
+    dup = dict(entries[0], entry_id='study_synth-dense-seed0-again')
+    with pytest.raises(UserError, match='has two entries'):
+        collect(entries + [dup], plan())
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def test_the_cli_regenerates_the_same_bytes(tmp_path, entries):
+    registry = tmp_path / 'registry'
+    for e in entries:
+        write_entry(e, registry)
+    spec = tmp_path / 'study_synth.yaml'
+    spec.write_text(_SPEC_YAML)
+    outs = []
+    for name in ('a', 'b'):
+        assert main(['report', '--study', str(spec), '--registry', str(registry), '--out', str(tmp_path / name)]) == 0
+        outs.append(sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob('*') if p.is_file()))
+    assert outs[0] == outs[1] == [Path('STUDY.md')] + [Path('study') / n for n in
+                                                       ('expert_load.png', 'flops_vs_robust.png',
+                                                        'robust_vs_clean.png', 'subpaths.png')]
+    for rel in outs[0]:
+        assert (tmp_path / 'a' / rel).read_bytes() == (tmp_path / 'b' / rel).read_bytes(), rel
+    text = (tmp_path / 'a' / 'STUDY.md').read_text()
+    assert str(tmp_path) not in text and '/abs/' not in text  # no absolute path of the machine or the runs
+    assert 'Verdict rule:' in text and '\n### Sizing\n' in text
+
+
+def test_report_without_study_is_unchanged(tmp_path):
+    assert main(['report', '--registry', str(tmp_path / 'none'), '--out', str(tmp_path / 'o')]) == 2
+
+
+# the synthetic study as a grid spec: the CLI reads configs, seeds and upcycling sources from it
+_SPEC_YAML = """
+model_kwargs: {width: 8}
+train: {dataset: fashion-mnist-bundled, epochs: 2, eps: 0.1, attack_steps: 7}
+seeds: [0, 1, 2]
+configs:
+  dense: {model: resnet18_dense}
+  e4k1: {model: resnet18_blockmoe_e4_k1, model_kwargs: {aux_loss: entropy}}
+  switch: {model: resnet18_blockmoe_e4_k1, model_kwargs: {aux_loss: switch}}
+  e4k2: {model: resnet18_blockmoe_e4_k2}
+  dense_half: {model: resnet18_dense, train: {epochs: 1}}
+  upcycled: {model: resnet18_blockmoe_e4_k1, upcycle_from: dense_half, train: {epochs: 1}}
+  dense_normal: {model: resnet18_dense, training: normal, seeds: [0]}
+eval: {attacks: 'pgd20,apgd-ce', n_examples: 200}
+"""
+
+
+FIXTURE = Path(__file__).parent / 'fixtures' / 'study_tiny'
+
+
+@pytest.mark.skipif(not (FIXTURE / 'registry').is_dir(), reason='the tiny study fixture is not there yet')
+def test_the_tiny_study_fixture_renders_twice_the_same(tmp_path):
+    outs = []
+    for name in ('a', 'b'):
+        assert main(['report', '--study', str(FIXTURE.parent / 'study_tiny.yaml'), '--registry',
+                     str(FIXTURE / 'registry'), '--out', str(tmp_path / name)]) == 0
+        outs.append({p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob('*')
+                     if p.is_file()})
+    assert outs[0] == outs[1]
+    text = outs[0][Path('STUDY.md')].decode()
+    assert '## Claim 1' in text and '## Claim 4' in text and 'Skipped: no two configs differ only in k' in text
