@@ -15,8 +15,6 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from rich.console import Console
-
 from bench.core.errors import UserError
 
 KEYS = ('n_examples', 'configs', 'rank_by', 'attacks')
@@ -71,8 +69,18 @@ def best_moe(cells: List[Dict[str, Any]], done: Mapping[str, Mapping[str, Any]],
 
 
 def followup_cells(spec: Any, cells: List[Dict[str, Any]],
-                   done: Mapping[str, Mapping[str, Any]]) -> List[Tuple[Dict[str, Any], Optional[str]]]:
-    """(first-seed cell, how it was chosen) of every configuration the `autoattack` block names."""
+                   done: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The follow-up cells of the `autoattack` block: each named config's first-seed cell, re-evaluated.
+
+    Args:
+        spec: The grid spec.
+        cells: The grid's cells.
+        done: Every cell's done record, by cell id (`best_moe` ranks by them).
+
+    Returns:
+        Cells `autoattack-<cell>` that reuse their source cell's training run (`source_cell`) and carry the
+        AutoAttack evaluation, the stage and how the config was chosen (`selected_as`).
+    """
     block = spec.autoattack
     chosen: List[Tuple[str, Optional[str]]] = []
     for name in block['configs']:
@@ -80,25 +88,7 @@ def followup_cells(spec: Any, cells: List[Dict[str, Any]],
         if pick[0] not in [c for c, _ in chosen]:
             chosen.append(pick)
     first = {c['config']: c for c in cells if c.get('first_seed')}
-    return [(first[name], how) for name, how in chosen]
-
-
-def run_followups(spec: Any, cells: List[Dict[str, Any]], shard: Optional[Tuple[int, int]], procs: int,
-                  console: Console) -> List[Dict[str, Any]]:
-    """Run the AutoAttack follow-ups not yet done, once every main cell is; returns their outcomes."""
-    from bench.pipeline import grid  # the grid runs follow-ups, and they run through its cells
-
-    waiting = [c['cell'] for c in cells if grid.status(c, spec) != 'done']
-    if waiting:
-        console.print(f'autoattack follow-ups wait for {len(waiting)} unfinished cells (first: {waiting[0]})')
-        return []
-    done = {c['cell']: grid.read_done(c, spec) for c in cells}
-    todo = []
-    for cell, how in followup_cells(spec, cells, done):
-        follow = dict(cell, cell=f'autoattack-{cell["cell"]}', source_cell=cell['cell'], selected_as=how,
-                      stage='autoattack', train=cell.get('train', spec.train),
-                      eval={**spec.eval, 'attacks': spec.autoattack.get('attacks', 'autoattack'), 'per_expert': False,
-                            'n_examples': spec.autoattack.get('n_examples', spec.eval.get('n_examples', 1000))})
-        if grid.status(follow, spec) != 'done':
-            todo.append(follow)
-    return grid.run_wave(grid.shard_cells(todo, shard), spec, procs, console)
+    evaluation = {**spec.eval, 'attacks': block.get('attacks', 'autoattack'), 'per_expert': False,
+                  'n_examples': block.get('n_examples', spec.eval.get('n_examples', 1000))}
+    return [dict(first[name], cell=f'autoattack-{first[name]["cell"]}', source_cell=first[name]['cell'],
+                 selected_as=how, stage='autoattack', eval=evaluation) for name, how in chosen]

@@ -33,7 +33,7 @@ from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.parallel import process_pool
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
-from bench.pipeline.followup import check_followup, run_followups
+from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.core.yaml_files import read_yaml_mapping
@@ -357,3 +357,16 @@ def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Co
         console.print(f'cell {c["cell"]} ...')
         outcomes.append(_guarded(c, spec))
     return outcomes
+
+
+def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tuple[int, int]], procs: int,
+                  console: Console) -> List[Dict[str, Any]]:
+    """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
+    (every shard's) is done; returns their outcomes."""
+    waiting = [c['cell'] for c in grid if status(c, spec) != 'done']
+    if waiting:
+        console.print(f'autoattack follow-ups wait for {len(waiting)} unfinished cells (first: {waiting[0]})')
+        return []
+    todo = [c for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec) for c in grid})
+            if status(c, spec) != 'done']
+    return run_wave(shard_cells(todo, shard), spec, procs, console)
