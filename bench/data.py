@@ -30,11 +30,14 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 
 _INFO: Dict[str, dict] = {
-    'cifar100': dict(num_classes=100, in_chans=3, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD),
-    'cifar10': dict(num_classes=10, in_chans=3, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD),
-    'fashion-mnist': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD),
+    'cifar100': dict(num_classes=100, in_chans=3, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD,
+                     train_images=50000, test_images=10000),
+    'cifar10': dict(num_classes=10, in_chans=3, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                    train_images=50000, test_images=10000),
+    'fashion-mnist': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD,
+                          train_images=60000, test_images=10000),
     'fashion-mnist-bundled': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN,
-                                  std=FMNIST_STD),
+                                  std=FMNIST_STD, train_images=10000, test_images=2000),
 }
 DATASETS = tuple(_INFO)
 _IDX_NAMES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

@@ -117,7 +117,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- building
 
 def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[str, Any]] = None,
-                 what: str = '--model-kwargs') -> nn.Module:
+                 what: str = '--model-kwargs', pretrained: bool = False) -> nn.Module:
     """THE model builder: `timm.create_model` of a spec or a timm name, with kwargs the user gave.
 
     timm_moe validates its kwargs with a plain ValueError (it does not depend on bench), and timm refuses an
@@ -127,13 +127,18 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
         model: A `timm_moe.ModelSpec` (its own kwargs come first) or any timm model name.
         model_kwargs: Further kwargs (num_classes, in_chans, or model kwargs for a name).
         what: How to name the kwargs in errors ('--model-kwargs', '--width', 'model_kwargs').
+        pretrained: Load the weights of the name's pretrained tag (`resnet18_dense.fmnist_pgd`), offline for
+            the tags timm_moe ships.
     """
     name = model.name if isinstance(model, ModelSpec) else model
     kwargs = {**(model.kwargs if isinstance(model, ModelSpec) else {}), **(model_kwargs or {})}
     if not timm.is_model(name):
         raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
+    if pretrained and not timm.list_pretrained(name):
+        raise UserError(f'{name!r} has no pretrained weights; tags with weights: '
+                        f'{", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     try:
-        return timm.create_model(name, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shown = ','.join(f'{k}={v}' for k, v in kwargs.items())
@@ -142,7 +147,7 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
 
 def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
                 model_kwargs: Optional[Mapping[str, Any]] = None,
-                checkpoint: Optional[Union[str, Path]] = None) -> nn.Module:
+                checkpoint: Optional[Union[str, Path]] = None, pretrained: bool = False) -> nn.Module:
     """A classifier for a data set (`num_classes`, `in_chans`), with weights from `checkpoint` if given.
 
     Args:
@@ -151,11 +156,12 @@ def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
         in_chans: Input channels, unless `model_kwargs` sets them.
         model_kwargs: Kwargs for `timm.create_model`, as the user gave them.
         checkpoint: A state_dict file (see `load_checkpoint`).
+        pretrained: Start from the name's pretrained tag (see `create_model`).
     """
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault('num_classes', num_classes)
     kwargs.setdefault('in_chans', in_chans)
-    net = create_model(model, kwargs)
+    net = create_model(model, kwargs, pretrained=pretrained)
     if checkpoint is not None:
         name = model.name if isinstance(model, ModelSpec) else model
         load_checkpoint(net, checkpoint, f'{name}({", ".join(f"{k}={v}" for k, v in kwargs.items())})')

@@ -36,6 +36,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.split('\n\n')[0])
     p.add_argument('--model', required=True, help='timm model name, e.g. resnet18_blockmoe_e8_k1')
     p.add_argument('--checkpoint', type=Path, help="state_dict file (timm's, or a dict with 'state_dict'/'model')")
+    p.add_argument('--pretrained', action='store_true',
+                   help="the weights of --model's pretrained tag, e.g. --model resnet18_blockmoe_e4_k2.fmnist_pgd "
+                        '(shipped tags load offline)')
     p.add_argument('--model-kwargs', default=None, help='k=v,k=v passed to timm.create_model (e.g. width=16); '
                    "defaults from the checkpoint's run config.yaml")
     p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
@@ -102,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     in_chans = args.in_chans or kwargs.pop('in_chans', None) or info['in_chans']
     if in_chans != info['in_chans']:
         raise UserError(f'--in-chans {in_chans} does not fit {args.dataset}, whose images have {info["in_chans"]}')
-    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint)
+    if args.pretrained and args.checkpoint:
+        raise UserError('--pretrained and --checkpoint both name the weights; give one')
+    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint, pretrained=args.pretrained)
     x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
     wrapped = normalized(model, info['mean'], info['std']).to(device)
     sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None

@@ -78,7 +78,8 @@ def protocol(study: sc.Study) -> Lines:
     commits = sorted({str((x.get('provenance') or {}).get('git_commit')) for x in study.entries() + study.autoattack})
     devices = sorted({str((x.get('provenance') or {}).get('device')) for x in study.entries() + study.autoattack})
     out = ['## Protocol', '',
-           f'- Data set: {cfg.get("dataset", e["dataset"])}, {cfg.get("train_limit") or "all"} training images.',
+           f'- Data set: {cfg.get("dataset", e["dataset"])}, '
+           f'{cfg.get("train_limit") or study.plan.get("train_images") or "all"} training images.',
            f'- Model: {e["model"].get("arch")} at width {kw.get("width", "default")} (stem {kw.get("stem", "default")}); '
            'per config in the table of all configurations.',
            f'- Code: commit{"s" if len(commits) > 1 else ""} {", ".join(commits)}; device{"s" if len(devices) > 1 else ""} '
@@ -108,7 +109,7 @@ def sizing(study: sc.Study) -> Lines:
         mean = {k: sum(t.get(k, 0.0) for t in timed) / len(timed) if timed else None for k in total}
         e = runs[0]
         cfg = (e.get('training') or {}).get('config') or {}
-        images = cfg.get('train_limit')
+        images = cfg.get('train_limit') or study.plan.get('train_images')
         epochs = (e.get('training') or {}).get('epochs') or 0
         thr = ('–' if not images or not mean['train'] else
                f"{images * epochs * _passes(e) / mean['train']:.0f}")
