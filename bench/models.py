@@ -184,8 +184,8 @@ def param_counts(model: nn.Module) -> Dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
-    """`model_kwargs` from the run config (config.yaml, as `timm-moe train` writes) next to a checkpoint."""
+def _run_config(checkpoint: Optional[Path]) -> Dict[str, Any]:
+    """The run config (config.yaml, as `timm-moe train` writes) next to a checkpoint; {} if there is none."""
     if checkpoint is None:
         return {}
     cfg = Path(checkpoint).parent / 'config.yaml'
@@ -196,8 +196,22 @@ def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
         data = yaml.safe_load(cfg.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
-    kw = data.get('model_kwargs') if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
+    """`model_kwargs` from the run config next to a checkpoint."""
+    kw = _run_config(checkpoint).get('model_kwargs')
     return dict(kw) if isinstance(kw, dict) else {}
+
+
+def check_run_model(checkpoint: Optional[Path], model: str) -> None:
+    """Refuse weights whose run trained another model name: top-k routing changes no weight, so only the run
+    config can tell an E4 k=1 run evaluated as E4 k=2 (which would silently measure another network)."""
+    trained = _run_config(checkpoint).get('model')
+    if isinstance(trained, str) and trained != model:
+        raise UserError(f'--checkpoint {checkpoint} was trained as {trained} (its config.yaml), not --model {model}; '
+                        f'pass --model {trained}')
 
 
 def state_dict_of(obj: Any, path: Path) -> Dict[str, torch.Tensor]:

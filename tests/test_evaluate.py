@@ -227,6 +227,21 @@ def test_cli_checkpoint_mismatch_names_keys_and_counts(tmp_path, capsys, mismatc
     assert re.search(r'\d+ unexpected keys \(layer4\.1\.[^)]*, \.\.\.\)', err), err
 
 
+def test_cli_refuses_weights_trained_as_another_model(tmp_path, capsys):
+    # top-k routing changes no weight: an E4 k=1 run loads into E4 k=2 without a key error, so only the run's
+    # config.yaml can catch the mix-up
+    run = tmp_path / 'run'
+    run.mkdir()
+    net = timm.create_model('resnet18_blockmoe_e4_k1', width=8, in_chans=1, num_classes=10)
+    torch.save(net.state_dict(), run / 'model.pth')
+    (run / 'config.yaml').write_text('model: resnet18_blockmoe_e4_k1\nmodel_kwargs:\n  width: 8\n')
+    argv = ['eval', '--model', 'resnet18_blockmoe_e4_k2', '--checkpoint', str(run / 'model.pth'), '--dataset', DATA,
+            '--n-examples', '8', '--attacks', 'pgd10', '--no-progress']
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'was trained as resnet18_blockmoe_e4_k1' in err[0], err
+
+
 def test_cli_end_to_end_with_run_config_interrupt_and_resume(tmp_path, capsys, monkeypatch, tiny_trained):
     run = tmp_path / 'run'
     run.mkdir()

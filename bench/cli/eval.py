@@ -27,7 +27,7 @@ from bench.core.values import parse_eps, parse_mapping
 from bench.evaluation import checks as sanity
 from bench.evaluation.loop import evaluate_model
 from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
-from bench.models import build_model, normalized, run_config_kwargs
+from bench.models import build_model, check_run_model, normalized, run_config_kwargs
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         _check_json_target(args.json, args.resume, args.overwrite)
     check_torchcompile(args.torchcompile, args.torchcompile_mode)
     device = choose_device(args.device)
+    check_run_model(args.checkpoint, args.model)
     given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
     kwargs = {**run_config_kwargs(args.checkpoint), **given}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
