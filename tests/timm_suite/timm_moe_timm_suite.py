@@ -8,7 +8,9 @@ What it does, and why:
 - imports `timm_moe` before pytest collects timm's file, whose parametrisations call
   `timm.list_models()` at import time;
 - keeps only the items parametrised with one of our model names (the 28 BlockMoE variants and the
-  2 dense baselines; `-k blockmoe` would drop the baselines), and deselects the rest;
+  2 dense baselines; `-k blockmoe` would drop the baselines) or one of our shipped pretrained tags
+  (`resnet18_dense.fmnist_pgd`, ...: timm's tests of default cfgs with tags and of loading pretrained
+  weights run on them), and deselects the rest;
 - fails the run (exit 4) unless every core test of the file collected every one of our names, so
   that a timm filter list or a renamed test cannot silently shrink coverage;
 - adds our names to the tests that timm selects by model *module* (its FEAT_INTER_FILTERS lists
@@ -81,6 +83,11 @@ def our_model_names() -> List[str]:
                   if timm.models.model_entrypoint(n).__module__.startswith('timm_moe.'))
 
 
+def our_tagged_names() -> List[str]:
+    """`model.tag` of every pretrained tag timm_moe ships (timm's pretrained-loading tests run on these)."""
+    return sorted(n for n in timm.list_pretrained() if '.' in n and n.split('.')[0] in set(our_model_names()))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for marker in TIMM_MARKERS:
         config.addinivalue_line('markers', marker)
@@ -133,8 +140,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     if problems:
         raise pytest.UsageError("timm's test_models.py does not exercise all of timm-moe's models: " +
                                 '; '.join(problems))
-    keep = [item for item in items if model_name_of(item) in ours]
-    dropped = [item for item in items if model_name_of(item) not in ours]
+    # our shipped tags too: timm's tests parametrised with tags (default cfgs with include_tags, loading
+    # pretrained weights with another in_chans/num_classes, features_only) must hold for them as for timm's own
+    ours_or_tags = set(ours) | set(our_tagged_names())
+    keep = [item for item in items if model_name_of(item) in ours_or_tags]
+    dropped = [item for item in items if model_name_of(item) not in ours_or_tags]
     for item in keep:
         fails, reason = TORCHSCRIPT_XFAILS.get(item.originalname, (None, ''))
         if fails is not None and fails(model_name_of(item)):
