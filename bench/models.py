@@ -134,7 +134,7 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
     kwargs = {**(model.kwargs if isinstance(model, ModelSpec) else {}), **(model_kwargs or {})}
     if not timm.is_model(name):
         raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
-    if pretrained and not timm.list_pretrained(name):
+    if pretrained and not _has_weights(name):
         raise UserError(f'{name!r} has no pretrained weights; tags with weights: '
                         f'{", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     try:
@@ -143,6 +143,15 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shown = ','.join(f'{k}={v}' for k, v in kwargs.items())
         raise UserError(f'{what}: {name} cannot be built with {shown}: {first}') from None
+
+
+def _has_weights(name: str) -> bool:
+    """Whether `name` (with its tag, or the default tag) has weights timm can load."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm's answer to an unknown tag
+        return False
+    return bool(cfg is not None and cfg.has_weights)  # timm 1.0.9 answers with the url or file
 
 
 def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
