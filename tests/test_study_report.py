@@ -16,11 +16,11 @@ import pytest
 from bench.attacks import build_attack
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.results import study_stats as st
+from bench.results.study import analysis as st
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
-from bench.results.study import render
-from bench.results.study_configs import collect
+from bench.results.study import report_text
+from bench.results.study.analysis import collect
 from registry_fakes import PROVENANCE
 from timm_moe import ModelSpec
 
@@ -147,7 +147,7 @@ def test_each_verdict_fires_on_constructed_runs(entries):
 
 
 def test_the_claims_read_their_verdicts_from_the_data(entries):
-    text = render(collect(entries, plan()))
+    text = report_text(collect(entries, plan()))
     assert _row(text, 'e4k1 vs dense', 'apgd-ce').endswith('| holds |')
     assert _row(text, 'e4k1 (entropy) vs switch (switch)', 'apgd-ce').endswith('| reversed |')
     assert _row(text, 'e4k2 (k=2) vs e4k1 (k=1), FLOPs differ', 'apgd-ce').endswith('| within noise (seed interval spans 0) |')
@@ -167,7 +167,7 @@ def test_a_comparison_on_different_points_is_flagged():
     r = st.compare_configs(*(collect(entries, plan()).runs[c] for c in ('e4k1', 'dense')), 'apgd-ce')
     assert len(r['flags']) == 1 and r['flags'][0].startswith('seed 1: the point sets differ')
     assert r['per_seed'][1]['n'] == N - 10
-    assert '- flag (e4k1 vs dense, apgd-ce): seed 1: the point sets differ' in render(collect(entries, plan()))
+    assert '- flag (e4k1 vs dense, apgd-ce): seed 1: the point sets differ' in report_text(collect(entries, plan()))
 
 
 def test_different_attack_settings_are_refused_not_compared(entries):
@@ -183,7 +183,7 @@ def test_different_attack_settings_are_refused_not_compared(entries):
 
 def test_a_study_without_the_compared_configs_renders_with_reasons():
     configs = {c: CONFIGS[c] for c in ('dense', 'e4k1', 'dense_normal')}
-    text = render(collect(make_entries(configs, aa=False), plan(configs)))
+    text = report_text(collect(make_entries(configs, aa=False), plan(configs)))
     assert 'Skipped: no two configs differ only in the aux loss with one of them entropy.' in text
     assert 'Skipped: no two configs differ only in k (or in k and expert width).' in text
     assert 'Collapse comparison skipped: no switch config' in text
