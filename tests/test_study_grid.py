@@ -1,5 +1,6 @@
 """Named-config grids (a study): cells, seeds, upcycling waves, first-seed extras, AutoAttack follow-ups."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,21 @@ def test_best_moe_is_the_highest_mean_over_seeds(tmp_path):
     assert best_moe(grid, done, 'apgd-ce10') == 'switch'  # 31 > 30 (the mean), though e2k1 has the best run
     with pytest.raises(UserError, match="rank_by 'pgd20'"):
         best_moe(grid, done, 'pgd20')
+
+
+def test_best_moe_breaks_a_float_tie_by_spec_order(tmp_path):
+    """The study's real tie: e4k2 and kl both sum to 173.9 APGD-CE points over 3 seeds, but their float means
+    differ in the last bit (57.96666666666666 vs ...67); the config listed first in the spec (cells come in
+    spec order) wins."""
+    spec = load_spec(_tiny(tmp_path))
+    grid = [c for c in cells(spec) if c['config'] in ('e2k1', 'switch')]
+    acc = {'e2k1': [57.3, 59.3, 57.3], 'switch': [57.4, 58.3, 58.2]}  # e2k1 is listed before switch
+    assert statistics.fmean(acc['e2k1']) < statistics.fmean(acc['switch'])  # the float mean would pick switch
+    grid = [dict(c, cell=f"{c['config']}-seed{s}") for c in grid if c['seed'] == 0 for s in range(3)]
+    done = {f'{c}-seed{s}': {'robust_acc': {'apgd-ce10': v[s]}} for c, v in acc.items() for s in range(3)}
+    assert best_moe(grid, done, 'apgd-ce10') == 'e2k1'
+    done['switch-seed0']['robust_acc']['apgd-ce10'] = 57.5  # a real difference of 0.1 point still counts
+    assert best_moe(grid, done, 'apgd-ce10') == 'switch'
 
 
 def test_an_upcycled_cell_waits_for_its_source(tmp_path, capsys):

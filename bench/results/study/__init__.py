@@ -17,7 +17,7 @@ from bench.core.errors import UserError
 from bench.results.report import KIND_COLORS, _empty, _figure, _save
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study, collect
-from bench.results.study.render import CLAIMS, TABLES, protocol, subpath_comparison
+from bench.results.study.render import CLAIMS, TABLES, protocol, subpath_comparison, summary
 
 # ------------------------------------------------------------------------------------------ plots
 
@@ -158,9 +158,10 @@ def report_text(study: Study) -> str:
              f'{len(study.autoattack)} AutoAttack follow-ups in the registry; do not edit by hand, rerun it.', '']
     if study.notes:
         lines += ['Missing or left out:', ''] + [f'- {n}' for n in study.notes] + ['']
-    lines += ['Contents: claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, routing '
-              'under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in the '
-              'protocol).', '']
+    lines += ['Contents: summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
+              'routing under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in '
+              'the protocol).', '']
+    lines += ['## Summary', ''] + summary(study)
     for claim in CLAIMS:
         lines += claim(study)
     for table in TABLES:

@@ -25,6 +25,7 @@ Bootstrap seeds are fixed (`BOOT_SEED`), so the report is the same bytes on ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,6 +57,8 @@ class Study:
     runs: Dict[str, Dict[int, Dict[str, Any]]]  # config -> seed -> main-stage entry
     autoattack: List[Dict[str, Any]]  # stage 'autoattack' entries, by cell
     notes: List[str] = field(default_factory=list)  # what the data lack (missing cells, unknown configs)
+    # comparisons computed once per report: (A, B, metric) -> compare_configs result
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def configs(self) -> List[str]:
@@ -74,13 +77,24 @@ class Study:
         return [self.runs[c][s] for c in self.configs for s in sorted(self.runs[c])]
 
     def metrics(self) -> List[str]:
-        """Robust metrics every main run measured, strongest first (the first-seed extras are not among them)."""
-        sets = [set(e.get('robust_acc') or {}) for e in self.entries()]
-        return by_strength(set.intersection(*sets)) if sets else []
+        """Robust metrics every main run measured with the same settings, strongest first (the first-seed
+        extras are not among them, and neither is the per-point worst case when the runs' attack sets differ:
+        the worst case over another set of attacks is another statistic)."""
+        sigs = [stats.attack_signature(e) for e in self.entries()]
+        if not sigs:
+            return []
+        shared = set.intersection(*(set(s) for s in sigs))
+        return by_strength({m for m in shared if len({s[m] for s in sigs}) == 1})
+
+    def mixed_worst_case(self) -> bool:
+        """Every run stores a worst case, but over different attack sets (`metrics` leaves it out)."""
+        runs = self.entries()
+        return (bool(runs) and all('ensemble' in (e.get('robust_acc') or {}) for e in runs)
+                and 'ensemble' not in self.metrics())
 
     def first_seed_metrics(self) -> List[str]:
-        """Robust metrics only some runs (the first seeds) measured, strongest first."""
-        every = set(self.metrics())
+        """Robust metrics only some runs (the first seeds) measured, strongest first (not the worst case)."""
+        every = set(self.metrics()) | {'ensemble'}
         return by_strength({m for e in self.entries() for m in (e.get('robust_acc') or {})} - every)
 
     def primary(self) -> Optional[str]:
@@ -199,8 +213,12 @@ def pairs_differing_in(study: Study, allowed: Tuple[str, ...], required: str) ->
 N_BOOT = 10000
 BOOT_SEED = 0
 ALPHA = 0.05
+POWER = 0.8
 VERDICT_RULE = ("'holds' if the 95% t-interval over the seeds of the paired difference (claimed better minus "
-                "other) lies above 0; 'reversed' if it lies below 0; else 'within noise (seed interval spans 0)'; "
+                "other) lies above 0; 'reversed' if it lies below 0; else 'inconclusive at this power', with the "
+                f"minimum detectable difference (the true difference the paired t-test over the seeds detects with "
+                f"{POWER:.0%} power at two-sided alpha {0.05:g}: (t(0.975, df) + t({POWER:g}, df)) × sd / √seeds, "
+                "df = seeds − 1, sd of the seeds' differences): a difference smaller than it is not ruled out; "
                 "with one seed there is no seed interval: 'undecided (one seed)'. Separately, the exact McNemar "
                 "test on the points pooled over seeds says whether sampling noise over test points alone "
                 f"explains the difference (p < {ALPHA:g}: it does not).")
@@ -240,7 +258,19 @@ def fmt_summary(s: Optional[Mapping[str, Any]], digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} [{s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
 
 
-def verdict(seed_interval: Optional[Mapping[str, Any]]) -> str:
+INCONCLUSIVE = 'inconclusive at this power'
+
+
+def detectable(seed_interval: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The minimum detectable difference of a seed_summary of paired differences (`VERDICT_RULE`); None for
+    fewer than 2 seeds."""
+    if seed_interval is None or seed_interval['n'] < 2:
+        return None
+    n = seed_interval['n']
+    return stats.minimum_detectable_difference(seed_interval['std'] / n ** 0.5, n - 1, ALPHA, POWER)
+
+
+def verdict(seed_interval: Optional[Mapping[str, Any]], digits: int = 2) -> str:
     """`VERDICT_RULE` on a seed_summary of the differences (claimed better minus other)."""
     if seed_interval is None or seed_interval['n'] < 2:
         return 'undecided (one seed)'
@@ -248,7 +278,7 @@ def verdict(seed_interval: Optional[Mapping[str, Any]]) -> str:
         return 'holds'
     if seed_interval['hi'] < 0:
         return 'reversed'
-    return 'within noise (seed interval spans 0)'
+    return f'{INCONCLUSIVE} (detectable Δ {detectable(seed_interval):.{digits}f})'
 
 
 def points_note(p: Optional[float]) -> str:
@@ -302,7 +332,8 @@ def compare_configs(a: Runs, b: Runs, metric: str) -> Dict[str, Any]:
         diff, lo, hi = stats.paired_bootstrap(xa, xb, n_boot=N_BOOT, seed=BOOT_SEED)
         pooled = dict(diff=diff, lo=lo, hi=hi, p=stats.mcnemar_exact(xa, xb), n=len(xa))
     return dict(metric=metric, seeds=[p['seed'] for p in per_seed], per_seed=per_seed, seed_diff=seed_diff,
-                pooled=pooled, verdict=verdict(seed_diff), flags=flags, refused=refused)
+                pooled=pooled, verdict=verdict(seed_diff), detectable=detectable(seed_diff), flags=flags,
+                refused=refused)
 
 
 def seed_paired(a: Mapping[int, float], b: Mapping[int, float]) -> Dict[str, Any]:
@@ -312,7 +343,7 @@ def seed_paired(a: Mapping[int, float], b: Mapping[int, float]) -> Dict[str, Any
     if not seeds:
         return dict(seeds=[], seed_diff=None, verdict='undecided (no shared seed)')
     s = stats.seed_summary([a[k] - b[k] for k in seeds])
-    return dict(seeds=seeds, seed_diff=s, verdict=verdict(s))
+    return dict(seeds=seeds, seed_diff=s, verdict=verdict(s, digits=3))
 
 
 def fmt_interval(s: Optional[Mapping[str, Any]], key: str = 'mean', digits: int = 2) -> str:
@@ -343,3 +374,99 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = BO
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi))
+
+
+# ------------------------------------------------------------------------------------------ the paper's table
+
+PAPER_SOURCE = ("the paper code's CIFAR-100 ResNet-18 table (registry/sources/robust_experts_official_results.csv: "
+                'PGD-AT, eps 8/255; PGD-20 / APGD-20, percent points)')
+PAPER_SINGLE = ('resnet18-placement-conv5_x', 'BlockMoE replacing 2nd BasicBlock')  # one BlockMoE at the last block
+PAPER_MAIN = ('resnet18', 'BlockMoE')  # both conv5_x blocks, k = 1..4
+PAPER_FAMILY = ('L_ent', 'GAP-FC')  # the loss and gate of the study's e4k1
+
+
+def paper_rows(path: Any) -> List[Dict[str, Any]]:
+    """The adversarially trained rows of the paper's table, numbers as floats (`import_paper.read_csv` reads it)."""
+    from bench.results.import_paper import read_csv
+
+    rows = []
+    for r in read_csv(Path(path)):
+        if r['training'].strip() == 'adversarial':
+            rows.append({**{k: r[k].strip() for k in ('table', 'moe', 'loss', 'gate', 'k')},
+                         'pgd20': float(r['pgd20']), 'apgd20': float(r['apgd20'])})
+    return rows
+
+
+def _row(rows: Sequence[Mapping[str, Any]], **want: str) -> Optional[Mapping[str, Any]]:
+    return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
+
+
+def _delta(a: Optional[Mapping[str, Any]], b: Optional[Mapping[str, Any]]) -> Optional[Tuple[float, float]]:
+    return None if a is None or b is None else (a['pgd20'] - b['pgd20'], a['apgd20'] - b['apgd20'])
+
+
+def _fmt_delta(d: Optional[Tuple[float, float]]) -> str:
+    return '–' if d is None else f'{d[0]:+.2f} / {d[1]:+.2f}'
+
+
+def _ahead(deltas: Sequence[Tuple[float, float]], what: str) -> str:
+    """'3 of 6 families on PGD-20 and 6 of 6 on APGD-20': how often A is ahead."""
+    n = len(deltas)
+    return f'{sum(d[0] > 0 for d in deltas)} of {n} {what} on PGD-20 and {sum(d[1] > 0 for d in deltas)} of {n} on APGD-20'
+
+
+
+def paper_effects(rows: Sequence[Mapping[str, Any]]) -> Dict[int, Dict[str, str]]:
+    """What the paper's own table says on each claim, computed from its rows: {claim: {'claim': the claim as
+    the table has it, 'effect': the effect at the study's e4k1 settings (PGD-20 / APGD-20), 'detail': the
+    table's other families}}."""
+    loss, gate = PAPER_FAMILY
+    single = [r for r in rows if (r['table'], r['moe']) == PAPER_SINGLE]
+    main = [r for r in rows if (r['table'], r['moe']) == PAPER_MAIN]
+    base = _row(rows, table=PAPER_SINGLE[0], moe='Baseline')
+    out: Dict[int, Dict[str, str]] = {}
+
+    d1 = [_delta(r, base) for r in single]
+    d1 = [d for d in d1 if d is not None]
+    out[1] = dict(claim='a BlockMoE at the last block (E=4, k=1) is more robust than dense after adversarial training',
+                  effect=f'{_fmt_delta(_delta(_row(single, loss=loss, gate=gate), base))} (entropy, GAP-FC, vs dense)',
+                  detail=f'the single last-block BlockMoE is ahead of dense in {_ahead(d1, "loss × gate rows")}')
+
+    d2s = [_delta(_row(single, loss=loss, gate=g), _row(single, loss='L_switch', gate=g)) for g in ('GAP-FC', 'Conv-GAP')]
+    d2s += [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_switch', gate=g, k=k))
+            for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
+    d2k = [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_column_entropy', gate=g, k=k))
+           for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
+    d2s, d2k = [d for d in d2s if d], [d for d in d2k if d]
+    out[2] = dict(claim='the entropy loss gives more robust MoEs than the switch and KL losses',
+                  effect=(f'entropy − switch {_fmt_delta(_delta(_row(single, loss=loss, gate=gate), _row(single, loss="L_switch", gate=gate)))} '
+                          f'(last block, GAP-FC); entropy − KL {_fmt_delta(_delta(_row(main, loss=loss, gate=gate, k="1"), _row(main, loss="L_column_entropy", gate=gate, k="1")))} '
+                          '(both conv5_x blocks, GAP-FC, k=1; the table has no last-block KL row)'),
+                  detail=(f'entropy is ahead of switch in {_ahead(d2s, "matched rows")}, and of KL (column entropy) '
+                          f'in {_ahead(d2k, "matched rows")}'))
+
+    families = sorted({(r['loss'], r['gate']) for r in main})
+    d3 = [_delta(_row(main, loss=lo, gate=g, k='1'), _row(main, loss=lo, gate=g, k='2')) for lo, g in families]
+    d3 = [d for d in d3 if d]
+    best = {m: sum(max((r for r in main if (r['loss'], r['gate']) == f), key=lambda r: r[m])['k'] == '1'
+                   for f in families) for m in ('pgd20', 'apgd20')}
+    out[3] = dict(claim='k=1 is more robust than k=2 (the table has it this way round; a summary of the paper said '
+                        'the reverse)',
+                  effect=f'{_fmt_delta(d3[families.index((loss, gate))] if (loss, gate) in families else None)} '
+                         '(k=1 − k=2, entropy, GAP-FC, both conv5_x blocks)',
+                  detail=(f'k=1 is ahead of k=2 in {_ahead(d3, "BlockMoE loss × gate families")}, and the most '
+                          f'robust of k=1..4 in {best["pgd20"]} of {len(families)} on PGD-20 and {best["apgd20"]} of '
+                          f'{len(families)} on APGD-20'))
+    out[4] = dict(claim='the switch loss collapses the routing, and some expert subpaths are more robust than the '
+                        'gated model', effect='– (the table has no routing or subpath numbers)', detail='')
+    return out
+
+
+def load_paper_effects(plan: Mapping[str, Any]) -> Tuple[Optional[Dict[int, Dict[str, str]]], Optional[str]]:
+    """(paper_effects of the plan's `paper_csv`, or of the repository's copy; None and the reason if absent)."""
+    from bench.results.import_paper import DEFAULT_CSV
+
+    path = Path(plan.get('paper_csv') or DEFAULT_CSV)
+    if not path.is_file():
+        return None, f"the paper's table is not at {path.name}: its effects are left out"
+    return paper_effects(paper_rows(path)), None

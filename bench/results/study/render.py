@@ -35,13 +35,22 @@ def comparison_row(study: an.Study, a: str, b: str, metric: str, r: Mapping[str,
             '–' if pooled is None else f"{pooled['p']:.3g}", r['verdict']]
 
 
+def compare(study: an.Study, a: str, b: str, metric: str) -> Dict[str, Any]:
+    """`analysis.compare_configs` of two configs of the study, computed once per report (the summary and the
+    claims show the same comparisons)."""
+    key = (a, b, metric)
+    if key not in study.cache:
+        study.cache[key] = an.compare_configs(study.runs[a], study.runs[b], metric)
+    return study.cache[key]
+
+
 def comparisons(study: an.Study, pairs: Sequence[Tuple[str, str]], metrics: Sequence[str],
                 labels: Optional[Mapping[Tuple[str, str], str]] = None) -> Tuple[Lines, Dict[Tuple[str, str, str], Any]]:
     """The comparison table of `pairs` (A claimed better) on each metric, with every flag and refusal below it."""
     rows, notes, results = [], [], {}
     for a, b in pairs:
         for m in metrics:
-            r = an.compare_configs(study.runs[a], study.runs[b], m)
+            r = compare(study, a, b, m)
             results[(a, b, m)] = r
             rows.append(comparison_row(study, a, b, m, r, (labels or {}).get((a, b), '')))
             notes += [f'- flag ({a} vs {b}, {m}): {f}' for f in r['flags']]
@@ -70,14 +79,21 @@ def _metrics(study: an.Study) -> List[str]:
     return [m for m in (study.primary(), study.pgd()) if m]
 
 
+def paper_lines(study: an.Study, claim: int) -> Lines:
+    """What the paper's own table says on a claim, beside ours (computed from the table, `analysis.paper_effects`)."""
+    effects, why = an.load_paper_effects(study.plan)
+    if effects is None:
+        return [f"The paper's table: {why}.", '']
+    e = effects[claim]
+    return [f"**The paper's table** ({an.PAPER_SOURCE}): {e['claim']}. Effect: {e['effect']}"
+            + (f"; {e['detail']}" if e['detail'] else '') + '.', '']
+
+
 # ------------------------------------------------------------------------------------------ claims 1-3
 
-def claim_equal_flops(study: an.Study) -> Lines:
-    """(1) Every adversarially trained MoE config at the dense model's FLOPs vs the dense config."""
-    out = ['## Claim 1: MoE with adversarial training is more robust than dense at equal FLOPs', '',
-           f'Pairs: every adversarially trained MoE config from scratch whose active-FLOPs ratio to dense is within '
-           f'±{an.FLOPS_TOL:g} of 1, against the dense config with the same training method, epochs and width. '
-           f'Primary metric {study.primary()}; also {study.pgd() or "no PGD attack"}.', '']
+def equal_flops_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
+    """(1) (pairs, what is left out and why, labels): every adversarially trained MoE config at the dense
+    model's FLOPs vs the dense config."""
     pairs, skipped = [], []
     for c in study.configs:
         if not an.is_moe(study, c):
@@ -93,6 +109,16 @@ def claim_equal_flops(study: an.Study) -> Lines:
             skipped.append(f'{c}: no dense config trained the same way')
         else:
             pairs.append((c, ref))
+    return pairs, skipped, {}
+
+
+def claim_equal_flops(study: an.Study) -> Lines:
+    out = ['## Claim 1: MoE with adversarial training is more robust than dense at equal FLOPs', '',
+           *paper_lines(study, 1),
+           f'Pairs: every adversarially trained MoE config from scratch whose active-FLOPs ratio to dense is within '
+           f'±{an.FLOPS_TOL:g} of 1, against the dense config with the same training method, epochs and width. '
+           f'Primary metric {study.primary()}; also {study.pgd() or "no PGD attack"}.', '']
+    pairs, skipped, _ = equal_flops_pairs(study)
     table, results = comparisons(study, pairs, _metrics(study)) if pairs else ([], {})
     out += table + [f'- not compared: {s}' for s in skipped] + ([''] if skipped else [])
     out += ['**Answer.** ' + _answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'), '']
@@ -109,40 +135,55 @@ def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]
     return out
 
 
-def claim_entropy(study: an.Study) -> Lines:
-    """(2) The entropy loss vs every config that differs from an entropy config only in the aux loss."""
+def entropy_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
+    """(2) The entropy config vs every config that differs from it only in the aux loss."""
     aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
     pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
                       lambda a, b: aux(a) == 'entropy' and aux(b) != 'entropy')
+    return pairs, [], {(a, b): f'{a} ({aux(a)}) vs {b} ({aux(b)})' for a, b in pairs}
+
+
+def claim_entropy(study: an.Study) -> Lines:
     out = ['## Claim 2: the entropy loss gives more robust MoEs than the switch and KL losses', '',
+           *paper_lines(study, 2),
            'Pairs: adversarially trained MoE configs that differ only in the auxiliary loss (and what follows from it: '
            'its default weight, noisy gating under `auto`), the entropy one as A.', '']
+    pairs, _, labels = entropy_pairs(study)
     if not pairs:
         return out + ['Skipped: no two configs differ only in the aux loss with one of them entropy.', '']
-    table, results = comparisons(study, pairs, _metrics(study),
-                                 {(a, b): f'{a} ({aux(a)}) vs {b} ({aux(b)})' for a, b in pairs})
+    table, results = comparisons(study, pairs, _metrics(study), labels)
     return out + table + ['**Answer.** ' + _answer(results, study.primary(), ''), '']
 
 
-def claim_k(study: an.Study) -> Lines:
-    """(3) k=2 vs k=1: configs that differ only in k (FLOPs differ), or in k and expert width (FLOPs matched)."""
+def k_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
+    """(3) k=1 vs k=2 (the paper's table has k=1 ahead): configs that differ only in k (FLOPs differ), or in k
+    and expert width (FLOPs matched); the smaller k as A."""
     k = lambda c: an.traits(study, c).get('k') or 0  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, ('k', 'expert_width'), 'k'), lambda a, b: k(a) > k(b))
-    out = ['## Claim 3: k=2 is more robust than k=1', '',
-           'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
-           'the expert width (a matched width keeps the FLOPs equal); the larger k as A.', '']
-    if not pairs:
-        return out + ['Skipped: no two configs differ only in k (or in k and expert width).', '']
+    pairs = _oriented(an.pairs_differing_in(study, ('k', 'expert_width'), 'k'), lambda a, b: k(a) < k(b))
     labels = {}
     for a, b in pairs:
         fa, fb = an.flops_ratio(study, a), an.flops_ratio(study, b)
         same = fa is not None and fb is not None and abs(fa - fb) <= an.FLOPS_TOL
         cost = '' if fa is None or fb is None else f'FLOPs {fa:.2f} vs {fb:.2f}'
         labels[(a, b)] = f'{a} (k={k(a)}) vs {b} (k={k(b)}), {"equal FLOPs" if same else "FLOPs differ"}: {cost}'
+    return pairs, [], labels
+
+
+def claim_k(study: an.Study) -> Lines:
+    out = ['## Claim 3: k=1 is more robust than k=2 (as the paper\'s table has it)', '',
+           *paper_lines(study, 3),
+           'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
+           'the expert width (a matched width keeps the FLOPs equal); the smaller k as A.', '']
+    pairs, _, labels = k_pairs(study)
+    if not pairs:
+        return out + ['Skipped: no two configs differ only in k (or in k and expert width).', '']
     table, results = comparisons(study, pairs, _metrics(study), labels)
     return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') +
-                          ' Where the FLOPs differ, a gain is bought with compute; only the equal-FLOPs pairs '
-                          'answer the claim at equal cost.', '']
+                          ' Where the FLOPs differ, a difference is bought or saved with compute; only the '
+                          'equal-FLOPs pairs answer the claim at equal cost.', '']
+
+
+CLAIM_PAIRS = ((1, equal_flops_pairs), (2, entropy_pairs), (3, k_pairs))
 
 
 # ------------------------------------------------------------------------------------------ claim 4
@@ -179,19 +220,25 @@ def subpath_comparison(entry: Mapping[str, Any], pe: Mapping[str, Any], metric: 
     return compare_entries(sub, entry, metric=metric, n_boot=an.N_BOOT, seed=an.BOOT_SEED)
 
 
+def collapse_results(study: an.Study) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(A, B, seed-paired collapse difference) of each switch config vs its twin that differs only in the aux loss."""
+    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
+    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
+                      lambda a, b: aux(a) == 'switch' and aux(b) != 'switch')
+    return [(a, b, an.seed_paired(collapse_of(study, a), collapse_of(study, b))) for a, b in pairs]
+
+
 def claim_switch(study: an.Study) -> Lines:
     """(4) The switch loss collapses the routing; some expert subpaths are more robust than the gated model."""
     aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
     out = ['## Claim 4: the switch loss collapses the routing, and some expert subpaths are more robust than the '
-           'gated model', '', 'Collapse = 1 − H(load)/log E over the test images (0: uniform, 1: one expert takes '
-           'every image); load = share of images per expert; mean ± sd over seeds.', '']
+           'gated model', '', *paper_lines(study, 4), 'Collapse = 1 − H(load)/log E over the test images (0: uniform, '
+           '1: one expert takes every image); load = share of images per expert; mean ± sd over seeds.', '']
     out += md_table(('config', 'aux loss', 'seeds', 'collapse', 'load per expert'), routing_rows(study))
-    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
-                      lambda a, b: aux(a) == 'switch' and aux(b) != 'switch')
-    if pairs:
+    results = collapse_results(study)
+    if results:
         rows, words = [], []
-        for a, b in pairs:
-            r = an.seed_paired(collapse_of(study, a), collapse_of(study, b))
+        for a, b, r in results:
             rows.append([f'{a} ({aux(a)}) vs {b} ({aux(b)})', ', '.join(map(str, r['seeds'])),
                          an.fmt_interval(r['seed_diff'], digits=3), r['verdict']])
             words.append(f"{a} vs {b}: {r['verdict']}")
@@ -203,12 +250,17 @@ def claim_switch(study: an.Study) -> Lines:
     return out
 
 
-def _subpaths(study: an.Study) -> Lines:
-    rows, better, worse, total, flags = [], [], 0, 0, []
+def subpaths(study: an.Study) -> Tuple[List[List[Any]], Lines, Dict[str, Dict[str, Any]]]:
+    """(table rows, flags, counts): every expert subpath of the first seeds against its gated model; counts per
+    training ('adversarial', 'normal'): comparisons, more robust at p < ALPHA (named), less robust at p < ALPHA."""
+    rows, flags = [], []
+    counts: Dict[str, Dict[str, Any]] = {}
     for c in study.configs:
         e = study.first(c)
         if e is None or not e.get('per_expert'):
             continue
+        kind = counts.setdefault('adversarial' if an.adversarial(study, c) else 'normal',
+                                 dict(total=0, better=[], worse=0))
         for pe in sorted(e['per_expert'], key=lambda p: p['expert']):
             if not pe.get('per_sample'):
                 flags.append(f'- {c} expert {pe["expert"]}: no per-sample bits, no paired test')
@@ -219,16 +271,33 @@ def _subpaths(study: an.Study) -> Lines:
                 except UserError as err:
                     flags.append(f'- refused ({c} expert {pe["expert"]}, {m}): {err}')
                     continue
-                total += 1
+                kind['total'] += 1
                 sig = r['mcnemar_p'] < an.ALPHA
                 if sig and r['diff'] > 0:
-                    better.append(f"{c} expert {pe['expert']} ({m} {r['diff']:+.2f})")
-                worse += sig and r['diff'] < 0
+                    kind['better'].append(f"{c} expert {pe['expert']} ({m} {r['diff']:+.2f})")
+                kind['worse'] += sig and r['diff'] < 0
                 flags += [f'- flag ({c} expert {pe["expert"]}, {m}): {w}' for w in r['warnings']
                           if not w.startswith('the point sets differ')]  # expected: the subpath ran on the first n
                 rows.append([c, an.traits(study, c).get('aux_loss'), pe['expert'], m, r['n'], f"{r['a']['acc']:.2f}",
                              f"{r['b']['acc']:.2f}", f"{r['diff']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}]",
                              f"{r['mcnemar_p']:.3g}"])
+    return rows, flags, counts
+
+
+def subpath_answer(counts: Mapping[str, Mapping[str, Any]]) -> str:
+    """'adversarially trained: 0 of 72 subpath comparisons are more robust ...; normally trained: ...'."""
+    parts = []
+    for kind, what in (('adversarial', 'adversarially trained'), ('normal', 'normally trained')):
+        if kind in counts and counts[kind]['total']:
+            k = counts[kind]
+            parts.append(f"{what}: {len(k['better'])} of {k['total']} subpath comparisons are more robust than the "
+                         f'gated model at p < {an.ALPHA:g}' + (f' ({"; ".join(k["better"])})' if k['better'] else '') +
+                         f", {k['worse']} are less robust at p < {an.ALPHA:g}")
+    return '; '.join(parts)
+
+
+def _subpaths(study: an.Study) -> Lines:
+    rows, flags, counts = subpaths(study)
     out = ['### Expert subpaths vs the gated model (first seed)', '',
            "Each expert forced on its own, attacked on the first points of the run; the gated model's numbers are its "
            "main-run bits restricted to the same points. Δ = subpath − gated.", '']
@@ -236,11 +305,66 @@ def _subpaths(study: an.Study) -> Lines:
         return out + ['Skipped: no first-seed run stores per-expert per-sample results.', ''] + flags
     out += md_table(('config', 'aux loss', 'expert', 'metric', 'points', 'subpath', 'gated', 'Δ [95% bootstrap]',
                      'McNemar p'), rows) + flags + ([''] if flags else [])
-    out += [f'**Answer (subpaths).** {len(better)} of {total} subpath comparisons are more robust than the gated '
-            f'model at p < {an.ALPHA:g}' + (f': {"; ".join(better)}' if better else '') +
-            f'; {worse} are less robust at p < {an.ALPHA:g}. These are single runs: the test is over points only.',
-            '']
+    out += [f'**Answer (subpaths).** {subpath_answer(counts).capitalize()}. These are single runs: the test is over '
+            'points only, conditional on the trained weights.', '']
     return out
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+SUMMARY_START = '<!-- summary: generated by timm-moe report --study; the README quotes it, do not edit -->'
+SUMMARY_END = '<!-- end of summary -->'
+
+
+def summary(study: an.Study) -> Lines:
+    """Every claim in one table, the paper's table beside ours, on the primary metric; the README quotes these
+    lines verbatim (between `SUMMARY_START` and `SUMMARY_END`)."""
+    metric = study.primary()
+    effects, why = an.load_paper_effects(study.plan)
+    rows, mdds, verdicts = [], [], []
+    for claim, pairs_of in CLAIM_PAIRS:
+        pairs, _, labels = pairs_of(study)
+        paper = '–' if effects is None else effects[claim]['effect']
+        statement = f"{claim}. {effects[claim]['claim'] if effects else ''}".rstrip()
+        if not pairs or metric is None:
+            rows.append([statement, paper, 'no pair in this study', '–', '–', '–'])
+        for i, (a, b) in enumerate(pairs):
+            r = compare(study, a, b, metric)
+            mdd = r.get('detectable')
+            if mdd is not None:
+                mdds.append(mdd)
+            verdicts.append(r['verdict'])
+            rows.append([statement if i == 0 else '', paper if i == 0 else '', labels.get((a, b), f'{a} vs {b}'),
+                         an.fmt_interval(r['seed_diff']), '–' if mdd is None else f'{mdd:.2f}',
+                         r['verdict'].split(' (')[0]])
+    coll = collapse_results(study)
+    _, _, counts = subpaths(study)
+    statement = f"4. {effects[4]['claim'] if effects else ''}".rstrip()
+    for i, (a, b, r) in enumerate(coll):
+        rows.append([statement if i == 0 else '', effects[4]['effect'] if effects and i == 0 else '',
+                     f'collapse, {a} − {b}', an.fmt_interval(r['seed_diff'], digits=3),
+                     '–' if an.detectable(r['seed_diff']) is None else f"{an.detectable(r['seed_diff']):.3f}",
+                     r['verdict'].split(' (')[0]])
+    n_seeds = sorted({len(study.runs[c]) for c in study.configs if an.adversarial(study, c)})
+    held = sum(v == 'holds' for v in verdicts)
+    rev = sum(v == 'reversed' for v in verdicts)
+    inc = sum(v.startswith(an.INCONCLUSIVE) for v in verdicts)
+    out = [SUMMARY_START, '',
+           f'Ours: {metric} on the same test points, mean Δ (A − B) over the seeds paired by seed '
+           f'({"/".join(map(str, n_seeds))} seeds per adversarially trained config) with its 95% t-interval; '
+           f'detectable Δ: the smallest true difference this design detects with {an.POWER:.0%} power '
+           f'(two-sided alpha {an.ALPHA:g}). The paper: {an.PAPER_SOURCE}' + (f'; {why}' if why else '') + '.', '',
+           *md_table(('claim (as the paper\'s table has it)', 'the paper\'s effect (PGD-20 / APGD-20)', 'here: A vs B',
+                      f'mean Δ {metric} [95% t, seeds]', 'detectable Δ', 'verdict'), rows)]
+    if verdicts:
+        out += [f'Of {len(verdicts)} comparisons on {metric}: {held} hold, {rev} reversed, {inc} inconclusive at this '
+                f'power' + (f' (detectable differences {min(mdds):.2f} to {max(mdds):.2f} points)' if mdds else '') +
+                '. An inconclusive comparison neither reproduces nor refutes the claim: a true difference smaller than '
+                'its detectable difference is not ruled out.', '']
+    if counts:
+        out += [f'Expert subpaths (claim 4; first seed, per point, conditional on the trained weights): '
+                f'{subpath_answer(counts)}.', '']
+    return out + [SUMMARY_END, '']
 
 
 CLAIMS = (claim_equal_flops, claim_entropy, claim_k, claim_switch)
@@ -267,9 +391,14 @@ def overview(study: an.Study) -> Lines:
                     + [an.fmt_summary(an.summary(runs, m)) for m in metrics]
                     + ['–' if ratio is None else f'{ratio:.3f}',
                        f"{params.get('active', '–')} / {params.get('total', '–')}"])
+    worst = ('Worst case: per point, broken by any attack of the run.' if 'ensemble' in every else
+             'Worst case: not shown, because the runs attacked with different attack sets (the first seeds add '
+             f'{", ".join(first) or "attacks"}), and a worst case over another set of attacks is another statistic; '
+             f'the headline metric is {study.primary()}, which every run measured with the same settings.'
+             if study.mixed_worst_case() else '')
     return ['## All configurations', '',
             'Accuracy in %: mean ± sd over seeds [95% t-interval over seeds]; a single run: its Wilson 95% interval '
-            '[W lo, hi] over the test points. Worst case: per point, broken by any attack of the run.', '',
+            '[W lo, hi] over the test points. ' + worst, '',
             *md_table(header, rows)]
 
 
