@@ -84,6 +84,33 @@ def test_best_moe_breaks_a_float_tie_by_spec_order(tmp_path):
     assert best_moe(grid, done, 'apgd-ce10') == 'switch'
 
 
+def test_a_cell_committed_in_the_registry_is_done_without_its_folder(tmp_path, capsys):
+    """A study that runs in pieces on machines that keep only the registry: a cell whose entry is committed is
+    done (skipped, its numbers readable for best_moe), even with no cells/<cell>/ folder; a cell that needs
+    its weights (upcycling, AutoAttack follow-up) says that they are gone, in one line."""
+    from bench.pipeline.grid import read_done, registered_cells, registry_dir, run_grid, status
+    from bench.results.registry import write_entry
+    from registry_fakes import make_entry
+
+    spec = load_spec(_tiny(tmp_path))
+    grid = {c['cell']: c for c in cells(spec)}
+    entry = make_entry('dense-seed0-entry', attacks={'pgd10': 41.0, 'apgd-ce10': 40.0}, experts=0,
+                       grid=dict(spec=spec.name, config='dense', seed=0, cell='dense-seed0', stage='main'))
+    write_entry(entry, registry_dir(spec))
+    write_entry(make_entry('elsewhere', grid=dict(spec='other_study', config='dense', seed=1, cell='dense-seed1',
+                                                 stage='main')), registry_dir(spec))
+    assert not (tmp_path / 'study' / 'cells').exists()
+    assert status(grid['dense-seed0'], spec) == 'done' and status(grid['dense-seed1'], spec) == 'todo'
+    assert read_done(grid['dense-seed0'], spec)['robust_acc']['apgd-ce10'] == 40.0
+    assert list(registered_cells(spec)) == [('dense-seed0', 'main')]  # another study's entry is not this cell
+    out = run_grid(spec, dry_run=True, only='dense-seed')
+    assert [c['cell'] for c in out['skipped']] == ['dense-seed0']
+    assert [c['cell'] for c in out['pending']] == ['dense-seed1']
+    assert main(['grid', str(_tiny(tmp_path)), '--only', 'upcycled-seed0']) == 1
+    assert 'needs the trained weights of cell dense-seed0, whose entry is in the registry but whose run folder' \
+        in capsys.readouterr().out
+
+
 def test_an_upcycled_cell_waits_for_its_source(tmp_path, capsys):
     assert main(['grid', str(_tiny(tmp_path)), '--only', 'upcycled-seed0']) == 1
     assert 'upcycles from cell dense-seed0, which is not done' in capsys.readouterr().out
