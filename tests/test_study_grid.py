@@ -50,11 +50,23 @@ def test_named_configs_become_cells_per_seed(tmp_path):
     (dict(autoattack={'configs': ['dense'], 'n_examples': 64}), 'autoattack.n_examples'),
     (dict(configs={'a': {'model': 'resnet18_dense', 'seeds': [0]},
                    'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'a'}}), 'give both the same seeds'),
+    (dict(preregistration={'baseline': 'dense', 'primary': ['nope']}), "preregistration.primary in"),
+    (dict(preregistration={'baseline': 'dense', 'primary': ['e2k1'], 'margin': -1}), 'preregistration.margin'),
 ])
 def test_a_bad_study_spec_is_one_line(tmp_path, capsys, changes, message):
     assert main(['grid', str(_tiny(tmp_path, **changes)), '--dry-run']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_preregistered_spec_reaches_the_report_with_its_defaults(tmp_path):
+    from bench.cli.report import study_plan
+
+    spec = load_spec(_tiny(tmp_path, preregistration={'baseline': 'dense', 'primary': ['e2k1', 'switch'],
+                                                      'metric': 'apgd-ce10', 'seed_sd': 2.3}))
+    prereg = study_plan(spec)['preregistration']
+    assert prereg['primary'] == {'e2k1': {}, 'switch': {}} and prereg['margin'] == 1.5
+    assert (prereg['alpha'], prereg['power'], prereg['analysis']) == (0.05, 0.8, 'welch')
 
 
 def test_best_moe_is_the_highest_mean_over_seeds(tmp_path):

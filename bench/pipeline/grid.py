@@ -39,6 +39,7 @@ from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.results.registry import entry_path, load_entries
+from bench.results.study.analysis import check_preregistration
 from bench.core.yaml_files import read_yaml_mapping
 from bench.training.config import TrainConfig
 
@@ -70,6 +71,9 @@ class GridSpec:
     first_seed_eval: Dict[str, Any] = field(default_factory=dict)  # extra evaluation of each config's first seed
     # AutoAttack on chosen configs' first seeds once every cell is done (`bench.pipeline.followup`)
     autoattack: Optional[Dict[str, Any]] = None
+    # the study's primary contrasts, metric, margin and analysis, named before it runs
+    # (`bench.results.study.analysis.check_preregistration`)
+    preregistration: Optional[Dict[str, Any]] = None
     name: str = 'grid'  # the spec file's stem, stored in each entry's `grid` field (set by load_spec)
 
 
@@ -100,6 +104,10 @@ def load_spec(path: str | Path) -> GridSpec:
     for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in cells(spec)}:
         resolve_attacks(evaluation_of(json.loads(values)).attacks)
     check_followup(spec, path)
+    if spec.preregistration is not None:
+        if not spec.configs:
+            raise UserError(f'preregistration in {path} needs named configs (configs: ...) to contrast')
+        spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path))
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec

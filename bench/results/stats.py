@@ -28,7 +28,7 @@ __all__ = [
     'BITSET_FORMAT', 'wilson_interval', 'encode_bits', 'decode_bits', 'per_sample_block', 'per_sample_vectors',
     'paired_bootstrap', 'mcnemar_exact', 'attack_settings', 'attack_signature', 'seed_group_key', 'group_by_seed',
     'seed_summary', 't_quantile', 't_cdf', 'minimum_detectable_difference', 'welch', 'holm', 'holm_levels',
-    'seeds_for_margin',
+    'seeds_for_margin', 'hierarchical_bootstrap',
 ]
 
 BITSET_FORMAT = 'bitset-b64-v1'
@@ -538,3 +538,38 @@ def seed_summary(values: Sequence[float], confidence: float = 0.95) -> Dict[str,
     std = float(v.std(ddof=1))
     half = t_quantile(confidence, v.size - 1) * std / math.sqrt(v.size)
     return dict(mean=mean, std=std, n=int(v.size), lo=mean - half, hi=mean + half)
+
+
+def hierarchical_bootstrap(bits_a: Any, bits_b: Any, n_boot: int = 10000, seed: int = 0,
+                           confidence: float = 0.95) -> Tuple[float, float, float]:
+    """Mean accuracy of arm A minus arm B, in points, with a percentile interval from a two-level bootstrap:
+    the seeds of each arm resampled with replacement, then the test points (drawn once per replicate and
+    shared by every run, because every run was attacked on the same points).
+
+    Args:
+        bits_a, bits_b: (seeds, points) correct/incorrect matrices of the two arms on the same points.
+
+    Returns:
+        (difference, lo, hi).
+    """
+    _check_confidence(confidence)
+    a, b = np.asarray(bits_a, dtype=float), np.asarray(bits_b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or 0 in a.shape or 0 in b.shape:
+        raise ValueError(f'hierarchical_bootstrap needs (seeds, points) matrices on the same points, got {a.shape} '
+                         f'and {b.shape}')
+    if int(n_boot) < 1:
+        raise ValueError(f'n_boot={n_boot} must be >= 1')
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    out = np.empty(int(n_boot))
+    for start in range(0, int(n_boot), 500):  # in blocks: 500 x n point weights at a time
+        m = min(500, int(n_boot) - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=m).T / n  # (points, m)
+        acc_a, acc_b = a @ weights, b @ weights  # (seeds, m): each run's accuracy on the resampled points
+        pick_a = rng.integers(0, a.shape[0], size=(a.shape[0], m))
+        pick_b = rng.integers(0, b.shape[0], size=(b.shape[0], m))
+        cols = np.arange(m)
+        out[start:start + m] = (acc_a[pick_a, cols].mean(0) - acc_b[pick_b, cols].mean(0)) * 100
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(out, [alpha, 1 - alpha])
+    return float(100 * (a.mean() - b.mean())), float(lo), float(hi)

@@ -17,7 +17,7 @@ from bench.core.errors import UserError
 from bench.results.report import KIND_COLORS, _empty, _figure, _save
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study, collect
-from bench.results.study.render import CLAIMS, TABLES, protocol, subpath_comparison, summary
+from bench.results.study.render import CLAIMS, TABLES, preregistration, protocol, subpath_comparison, summary
 
 # ------------------------------------------------------------------------------------------ plots
 
@@ -158,9 +158,10 @@ def report_text(study: Study) -> str:
              f'{len(study.autoattack)} AutoAttack follow-ups in the registry; do not edit by hand, rerun it.', '']
     if study.notes:
         lines += ['Missing or left out:', ''] + [f'- {n}' for n in study.notes] + ['']
-    lines += ['Contents: summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
+    lines += ['Contents: pre-registration, summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
               'routing under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in '
               'the protocol).', '']
+    lines += preregistration(study)
     lines += ['## Summary', ''] + summary(study)
     for claim in CLAIMS:
         lines += claim(study)
@@ -179,7 +180,7 @@ def write_study(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], o
 
     Args:
         entries: the registry's entries (those of other studies are ignored).
-        plan: the spec as plain data (`bench.results.study_configs` describes it).
+        plan: the spec as plain data (`bench.results.study.analysis` describes it).
         out_dir: where the report goes (created if missing).
     """
     study = collect(entries, plan)

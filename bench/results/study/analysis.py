@@ -470,3 +470,158 @@ def load_paper_effects(plan: Mapping[str, Any]) -> Tuple[Optional[Dict[int, Dict
     if not path.is_file():
         return None, f"the paper's table is not at {path.name}: its effects are left out"
     return paper_effects(paper_rows(path)), None
+
+
+# ------------------------------------------------------------------------------------------ pre-registration
+
+PREREG_KEYS = ('baseline', 'primary', 'metric', 'margin', 'alpha', 'power', 'analysis', 'seed_sd')
+PREREG_DEFAULTS = dict(metric='apgd-ce', margin=1.5, alpha=0.05, power=0.8, analysis='welch')
+ANALYSES = ('welch', 'pooled')
+PAPER_KEYS = ('table', 'moe', 'loss', 'gate', 'k')
+HOLDS, EQUIVALENT, WORSE = 'holds', 'equivalent', 'worse'
+PREREG_RULE = ("each primary contrast (config − baseline, seeds as the unit) gets {analysis} t over the seeds, "
+               "two-sided p against 0, and Holm's correction over the primary contrasts at family-wise alpha "
+               "{alpha:g}; its interval is the t-interval at Holm's level for its rank (1 − alpha/m for the "
+               "smallest p, then 1 − alpha/(m − 1), ...). 'holds': Holm rejects 0 and the difference is above 0 "
+               "(the interval lies above 0); 'worse': Holm rejects 0 and it is below 0; 'equivalent': the interval "
+               "lies inside ±{margin:g} points; 'inconclusive': anything else, with the minimum detectable "
+               "difference ({power:.0%} power at the contrast's level). The hierarchical bootstrap (seeds, then "
+               "points) is shown beside it as a check; the per-point McNemar p is conditional on the trained "
+               "weights and decides nothing. Everything outside the primary contrasts is exploratory.")
+
+
+def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """The `preregistration:` block of a study spec with its defaults, or UserError naming the key.
+
+    A study names, before it runs, the contrasts that decide it (each primary config against the baseline),
+    the metric, the equivalence margin, the analysis and the seed sd its sizing used:
+
+        preregistration:
+          baseline: dense
+          primary:                       # config: {paper: the row of the paper's table it reproduces} or {}
+            convmoe_c5: {paper: {table: resnet18-placement-conv5_x, moe: ConvMoEs replacing all 4 conv layers,
+                                 loss: L_ent, gate: GAP-FC}}
+            blockmoe_last: {paper: {table: resnet18-placement-conv5_x, moe: BlockMoE replacing 2nd BasicBlock,
+                                    loss: L_ent, gate: GAP-FC}}
+          metric: apgd-ce                # APGD-CE-100 on the points every run is attacked on
+          margin: 1.5                    # points: the equivalence margin, and the detectable difference sought
+          analysis: welch                # or pooled (pooled-variance t over the arms)
+          seed_sd: 2.3                   # the measured sd over seeds the sizing used
+    """
+    if not isinstance(block, Mapping):
+        raise UserError(f'preregistration in {where} is {block!r}: give a mapping with baseline, primary, ...')
+    unknown = sorted(set(block) - set(PREREG_KEYS))
+    if unknown:
+        raise UserError(f'unknown preregistration key {unknown[0]!r} in {where}; allowed: {", ".join(PREREG_KEYS)}')
+    out = {**PREREG_DEFAULTS, **block}
+    if out.get('baseline') not in configs:
+        raise UserError(f'preregistration.baseline in {where} is {out.get("baseline")!r}: name a config of the spec '
+                        f'({", ".join(configs)})')
+    primary = out.get('primary')
+    if isinstance(primary, list):
+        primary = {name: {} for name in primary}
+    if not isinstance(primary, Mapping) or not primary:
+        raise UserError(f'preregistration.primary in {where} must name at least one config (a list, or '
+                        '{config: {paper: {...}}})')
+    for name, options in primary.items():
+        if name not in configs or name == out['baseline']:
+            raise UserError(f'preregistration.primary in {where} names {name!r}: name configs of the spec other than '
+                            f'the baseline ({", ".join(c for c in configs if c != out["baseline"])})')
+        options = options or {}
+        if not isinstance(options, Mapping) or set(options) - {'paper'}:
+            raise UserError(f'preregistration.primary.{name} in {where} is {options!r}: give {{}} or '
+                            '{paper: {table, moe, loss, gate, k}}')
+        paper = options.get('paper') or {}
+        if not isinstance(paper, Mapping) or set(paper) - set(PAPER_KEYS):
+            raise UserError(f'preregistration.primary.{name}.paper in {where} is {paper!r}: keys '
+                            f'{", ".join(PAPER_KEYS)} of a row of the paper\'s table')
+    out['primary'] = {name: dict(options or {}) for name, options in primary.items()}
+    for key, lo, hi in (('margin', 0, None), ('alpha', 0, 1), ('power', 0, 1), ('seed_sd', 0, None)):
+        value = out.get(key)
+        if value is None and key == 'seed_sd':
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+                or not value > lo or (hi is not None and not value < hi)):
+            raise UserError(f'preregistration.{key} in {where} is {value!r}: give a number > {lo}'
+                            + (f' and < {hi}' if hi is not None else ''))
+    if out['analysis'] not in ANALYSES:
+        raise UserError(f'preregistration.analysis in {where} is {out["analysis"]!r}; choose from {", ".join(ANALYSES)}')
+    if not isinstance(out['metric'], str) or not out['metric']:
+        raise UserError(f'preregistration.metric in {where} is {out["metric"]!r}: give an attack name, e.g. apgd-ce')
+    return out
+
+
+def prereg_verdict(diff: float, lo: float, hi: float, p_holm: float, margin: float, alpha: float) -> str:
+    """`PREREG_RULE` on one contrast: its difference, its interval at Holm's level and its Holm-adjusted p."""
+    if p_holm < alpha:
+        return HOLDS if diff > 0 else WORSE
+    if -margin < lo and hi < margin:
+        return EQUIVALENT
+    return INCONCLUSIVE
+
+
+def _arm(study: Study, config: str, metric: str) -> Tuple[Dict[int, float], Dict[int, np.ndarray], List[str]]:
+    """One arm's accuracy per seed, its per-point bits, and what keeps it from the analysis."""
+    values, bits, problems = {}, {}, []
+    for seed, e in sorted(study.runs.get(config, {}).items()):
+        value = accuracy(e, metric)
+        if value is None:
+            problems.append(f'{config} seed {seed} did not measure {metric}')
+            continue
+        values[seed] = value
+        found = stats.per_sample_vectors(e)
+        if found is not None and metric in found[1]:
+            bits[seed] = found[1][metric]
+    return values, bits, problems
+
+
+def preregistered(study: Study) -> Optional[Dict[str, Any]]:
+    """The pre-registered analysis of a study whose plan has `preregistration` (None otherwise).
+
+    Returns:
+        dict(prereg, sizing (seeds per arm the margin asks for at `seed_sd`, and at the sd measured here),
+        contrasts [{config, baseline, n_a, n_b, diff, lo, hi, level, p, p_holm, detectable, boot, verdict,
+        problems}]).
+    """
+    prereg = study.plan.get('preregistration')
+    if not prereg:
+        return None
+    metric, alpha, margin, power = prereg['metric'], prereg['alpha'], prereg['margin'], prereg['power']
+    base_values, base_bits, base_problems = _arm(study, prereg['baseline'], metric)
+    signatures = {stats.attack_signature(e).get(metric) for runs in study.runs.values() for e in runs.values()
+                  if metric in (e.get('robust_acc') or {})}
+    contrasts = []
+    for config in prereg['primary']:
+        values, bits, problems = _arm(study, config, metric)
+        problems = base_problems + problems
+        if len(signatures) > 1:
+            problems.append(f'the runs measured {metric} with different settings')
+        if len(values) < 2 or len(base_values) < 2:
+            problems.append(f'{config} and {prereg["baseline"]} need at least 2 seeds each')
+        c = dict(config=config, baseline=prereg['baseline'], n_a=len(values), n_b=len(base_values), problems=problems,
+                 paper=prereg['primary'][config].get('paper'))
+        if not problems:
+            c.update(stats.welch(list(values.values()), list(base_values.values()),
+                                 pooled=prereg['analysis'] == 'pooled'))
+            lengths = {len(v) for v in list(bits.values()) + list(base_bits.values())}
+            if len(bits) == len(values) and len(base_bits) == len(base_values) and len(lengths) == 1:
+                c['boot'] = stats.hierarchical_bootstrap(np.stack(list(bits.values())), np.stack(list(base_bits.values())),
+                                                         n_boot=N_BOOT, seed=BOOT_SEED)
+        contrasts.append(c)
+    tested = [c for c in contrasts if 'p' in c]
+    for c, p_holm, level in zip(tested, stats.holm([c['p'] for c in tested]),
+                                stats.holm_levels([c['p'] for c in tested], alpha)):
+        half = stats.t_quantile(1 - level, c['df']) * c['se']
+        c.update(p_holm=p_holm, level=level, lo=c['diff'] - half, hi=c['diff'] + half,
+                 detectable=stats.minimum_detectable_difference(c['se'], c['df'], level, power))
+        c['verdict'] = prereg_verdict(c['diff'], c['lo'], c['hi'], p_holm, margin, alpha)
+    for c in contrasts:
+        c.setdefault('verdict', 'not analysed: ' + '; '.join(c['problems']))
+    measured_sd = [s for runs in [base_values] + [_arm(study, c, metric)[0] for c in prereg['primary']]
+                   for s in ([float(np.std(list(runs.values()), ddof=1))] if len(runs) > 1 else [])]
+    sizing = {}
+    if prereg.get('seed_sd'):
+        sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, alpha, power))
+    if measured_sd:
+        sizing['measured'] = (max(measured_sd), stats.seeds_for_margin(max(measured_sd), margin, alpha, power))
+    return dict(prereg=prereg, contrasts=contrasts, sizing=sizing)

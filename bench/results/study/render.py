@@ -665,3 +665,66 @@ def sizing(study: an.Study) -> Lines:
             f"All {len(study.entries())} runs and {len(study.autoattack)} AutoAttack follow-ups: train {total['train']:.0f} s, "
             f"evaluate {total['evaluate']:.0f} s, audit {total['audit']:.0f} s; {all_s:.0f} s in all "
             f'({all_s / 3600:.2f} h).', '']
+
+
+# ------------------------------------------------------------------------------------------ pre-registration
+
+def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
+    """The paper's effect for a pre-registered contrast: its named row minus the same table's dense baseline."""
+    if not paper:
+        return '–'
+    from bench.results.import_paper import DEFAULT_CSV
+
+    path = study.plan.get('paper_csv') or DEFAULT_CSV
+    try:
+        rows = an.paper_rows(path)
+    except UserError as err:
+        return f'– ({err})'
+    row = an._row(rows, **{k: str(v) for k, v in paper.items()})
+    base = an._row(rows, table=str(paper.get('table')), moe='Baseline')
+    if row is None or base is None:
+        return f"– (no such row in the paper's table: {dict(paper)})"
+    return an._fmt_delta(an._delta(row, base))
+
+
+def preregistration(study: an.Study) -> Lines:
+    """The pre-registration and each primary verdict with its interval, detectable difference and margin; or,
+    for a study without one, the statement that everything in it is exploratory."""
+    r = an.preregistered(study)
+    if r is None:
+        return ['## Pre-registration', '', 'None: this study did not name its primary contrasts, margin and analysis '
+                'before it ran, so every comparison in this report is exploratory.', '']
+    p = r['prereg']
+    contrasts = ', '.join(f"{c} − {p['baseline']}" for c in p['primary'])
+    out = ['## Pre-registered analysis', '',
+           f"Pre-registered in the spec before the runs: primary contrasts {contrasts}; "
+           f"metric {p['metric']} on the test points every run was attacked on; equivalence margin ±{p['margin']:g} "
+           f"points; alpha {p['alpha']:g} (family-wise, Holm); power {p['power']:.0%}; analysis {p['analysis']} t "
+           'over seeds' + (f"; sizing from a seed sd of {p['seed_sd']:g} points" if p.get('seed_sd') else '') + '.', '',
+           'Rule: ' + an.PREREG_RULE.format(**p), '']
+    rows = []
+    for c in r['contrasts']:
+        if 'lo' not in c:
+            rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–', '–', '–', '–',
+                         f"±{p['margin']:g}", _paper_contrast(study, c.get('paper')), c['verdict']])
+            continue
+        boot = c.get('boot')
+        rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
+                     f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
+                     '–' if boot is None else f'[{boot[1]:+.2f}, {boot[2]:+.2f}]',
+                     f"{c['p']:.3g}", f"{c['p_holm']:.3g}", f"{c['detectable']:.2f}", f"±{p['margin']:g}",
+                     _paper_contrast(study, c.get('paper')), c['verdict']])
+    out += md_table(('contrast', 'seeds (A / B)', f"Δ {p['metric']} [t-interval at Holm's level]",
+                     'hierarchical bootstrap 95% (seeds, points)', 'p', 'p (Holm)', 'detectable Δ', 'margin',
+                     "the paper's effect (PGD-20 / APGD-20)", 'verdict'), rows)
+    sizing = r['sizing']
+    words = [f'{n} seeds per arm at the spec\'s seed sd {sd:g}' for sd, n in [sizing['spec']]] if 'spec' in sizing else []
+    if 'measured' in sizing:
+        sd, n = sizing['measured']
+        words.append(f'{n} at the largest sd measured here ({sd:.2f})')
+    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])})
+    if words:
+        out += [f"Sizing: for a detectable difference of at most ±{p['margin']:g} points ({p['power']:.0%} power, "
+                f"two-sided alpha {p['alpha']:g}, two arms), {'; '.join(words)}; this study ran "
+                f"{'/'.join(map(str, ran))} seeds per arm.", '']
+    return out + ['Everything below this section is exploratory.', '']
