@@ -118,7 +118,7 @@ def test_equal_values_share_a_rank_and_ties_follow_clean_then_id():
                                     ('d', 90.0, 10.0, 0.4))]
     rows = _table(lb.render_markdown(es, sort='PGD-20'), '## fashion')
     assert [(r['#'], r['Entry']) for r in rows] == [('1', 'm-c'), ('1', 'm-a'), ('1', 'm-b'), ('4', 'm-d')]
-    assert [e['entry_id'] for e in lb.sort_entries(es, 'clean')] == ['m-d', 'm-c', 'm-a', 'm-b']
+    assert [r['Entry'] for r in _table(lb.render_markdown(es, sort='clean'), '## fashion')] == ['m-d', 'm-c', 'm-a', 'm-b']
 
 
 def test_auto_ranks_by_the_most_measured_then_strongest_configuration():
@@ -137,7 +137,7 @@ def test_sort_names_one_configuration(tmp_path):
     entries = [ours] + load_entries(tmp_path)
     with pytest.raises(UserError, match=r"'pgd20' names 2 attack configurations .*PGD-20; PGD-20 \[paper code\]"):
         lb.render_markdown(entries, sort='pgd20')
-    assert [e['entry_id'] for e in lb.sort_entries(entries, 'pgd-20')][0] == 'ours'
+    assert _table(lb.render_markdown(entries, sort='pgd-20'), '## cifar100')[0]['Entry'] == 'ours'
     with pytest.raises(UserError, match=r"'pgd' names no attack configuration .*PGD-20"):
         lb.check_sort(entries, 'pgd')
 

@@ -251,11 +251,6 @@ def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
                            out=str(run_dir(cell, spec)), **{'progress': False, **cell.get('train', spec.train), **own})
 
 
-def grid_evaluation(spec: GridSpec) -> Evaluation:
-    """The grid's `eval` mapping as the pipeline's Evaluation (an unknown key is the user's to fix)."""
-    return evaluation_of(spec.eval)
-
-
 def cell_evaluation(cell: Mapping[str, Any], spec: GridSpec) -> Evaluation:
     """A cell's Evaluation: its own (named configs, first seeds) or the grid's."""
     return evaluation_of(cell.get('eval', spec.eval))

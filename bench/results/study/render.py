@@ -23,7 +23,7 @@ Lines = List[str]
 
 
 COMPARISON_HEADER = ('A vs B', 'metric', 'A', 'B', 'Δ per seed (A − B)', 'mean Δ [95% t, seeds]',
-                     'pooled Δ [95% bootstrap, points]', 'McNemar p (pooled)', 'verdict')
+                     'pooled Δ [95% bootstrap, points]', 'McNemar p (pooled; given these weights)', 'verdict')
 
 
 def comparison_row(study: an.Study, a: str, b: str, metric: str, r: Mapping[str, Any], label: str = '') -> List[str]:
@@ -628,7 +628,9 @@ def protocol(study: an.Study) -> Lines:
             'A vs B: paired by seed (compare_entries per seed pair, which refuses different attack settings and flags '
             'different point sets), the 95% t-interval over the seeds\' differences, and pooled over seeds the '
             f'per-point paired bootstrap 95% interval ({an.N_BOOT} resamples, seed {an.BOOT_SEED}) and the exact '
-            'McNemar p.', '', f'Verdict rule: {an.VERDICT_RULE}', '']
+            'McNemar p. The pooled columns resample test points only: they describe these trained weights, not '
+            'the configuration (a new seed trains other weights), so they decide no verdict.', '',
+            f'Verdict rule: {an.VERDICT_RULE}', '']
     return out + sizing(study)
 
 
