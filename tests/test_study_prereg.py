@@ -15,8 +15,8 @@ import pytest
 from bench.core.errors import UserError
 from bench.results import stats
 from bench.results.study import analysis as an
-from bench.results.study import report_text
 from bench.results.study.analysis import Study
+from bench.results.study.render import preregistration
 
 N = 100  # test points per run
 
@@ -114,7 +114,6 @@ def test_the_report_shows_the_preregistration_and_the_papers_effect():
     study.plan['preregistration']['primary']['up'] = {'paper': {
         'table': 'resnet18-placement-conv5_x', 'moe': 'ConvMoEs replacing all 4 conv layers', 'loss': 'L_ent',
         'gate': 'GAP-FC'}}
-    from bench.results.study.render import preregistration
     text = '\n'.join(preregistration(study))
     assert '## Pre-registered analysis' in text and 'primary contrasts up − dense' in text
     assert '| +8.16 / +6.04 | holds |' in text  # the paper's ConvMoE over conv5_x: 25.03 - 16.87 PGD-20
@@ -124,5 +123,4 @@ def test_the_report_shows_the_preregistration_and_the_papers_effect():
 def test_a_study_without_preregistration_says_everything_is_exploratory():
     study = _study({'dense': _spread(50, 1, 3), 'up': _spread(55, 1, 3)})
     study.plan['preregistration'] = None
-    assert 'every comparison in this report is exploratory' in '\n'.join(
-        __import__('bench.results.study.render', fromlist=['x']).preregistration(study))
+    assert 'every comparison in this report is exploratory' in '\n'.join(preregistration(study))
