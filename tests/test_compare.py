@@ -220,3 +220,20 @@ def test_strongest_shared_order():
     assert s(['pgd10', 'clean', 'mystery'], ['mystery', 'clean', 'pgd10']) == 'pgd10'
     assert s(['clean', 'mystery'], ['mystery', 'clean']) == 'mystery'  # unknown attacks rank above clean
     assert s(['clean'], ['pgd20']) is None
+
+
+def test_default_metric_skips_a_worst_case_over_different_attack_sets(tmp_path, capsys):
+    """A study's first seed runs an extra attack: its worst case is over another attack set, so the default
+    is the strongest metric both measured the same way (here apgd-ce), not a refusal."""
+    root = tmp_path / 'reg'
+    va, vb = _vectors(100, 13), _vectors(100, 14)
+    va['apgd-dlr'] = va['apgd-ce'].copy()  # the first seed's extra attack, also in its worst case
+    write_entry(_entry('first-seed', va, settings={'pgd20': dict(PGD20), 'apgd-ce': dict(APGD),
+                                                   'apgd-dlr': dict(APGD, loss='dlr')}), root)
+    write_entry(_entry('other-seed', vb), root)
+    code, out, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root)
+    assert code == 0, err
+    assert ('metric: apgd-ce (the strongest metric both entries measured with the same settings '
+            '(ensemble: settings differ))') in out
+    code, _, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root, '--metric', 'ensemble')
+    assert code == 2 and 'ensemble members' in err  # asked for by name, it is still refused

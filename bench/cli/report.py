@@ -36,7 +36,7 @@ def study_plan(spec: Any) -> Dict[str, Any]:
     from bench.data import dataset_info
 
     dataset = spec.train.get('dataset')
-    return {'name': spec.name, 'seeds': list(spec.seeds or []),
+    return {'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
             'train_images': dataset_info(dataset)['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),

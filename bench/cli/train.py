@@ -30,13 +30,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
                            help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
-    # the old name of --training, read for one release (load_config warns)
-    p.add_argument('--method', dest='cfg_method', default=None, metavar='METHOD', help='deprecated: use --training')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = ['--method', args.cfg_method] if args.cfg_method is not None else []
+    overrides: list = []
     for f in _FIELDS:
         value = getattr(args, f'cfg_{f.name}')
         if value is not None:

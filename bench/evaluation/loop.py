@@ -84,7 +84,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                        for label, (name, attack) in objs.items()}
     moe = per_expert and timm_moe.num_experts(model) > 0
     crafting = moe_analysis.crafting_attack(names, eps, norm, seed) if moe else None
-    settings = dict(attacks=attack_settings, attack_settings=attack_settings, requested_attacks=names,
+    settings = dict(attacks=attack_settings, requested_attacks=names,
                     attack_labels=list(objs), eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
                     num_classes=n_cls, n_check=n_check, model_config=model_config(model),
                     per_expert_examples=per_expert_examples if moe else None,

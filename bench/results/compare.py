@@ -171,13 +171,21 @@ def _overlap(ra: Tuple[int, int], rb: Tuple[int, int], ida: str, idb: str) -> Tu
 
 
 def _pick_metric(metric: Optional[str], va: Mapping[str, Any], vb: Mapping[str, Any],
-                 ida: str, idb: str) -> Tuple[str, str]:
+                 ida: str, idb: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Tuple[str, str]:
     if metric is None:
-        best = strongest_shared(list(va), list(vb))
-        if best is None:
+        shared = sorted(set(va) & set(vb), key=_rank)
+        if not shared:
             raise UserError(f'entries {ida!r} ({", ".join(sorted(va))}) and {idb!r} ({", ".join(sorted(vb))}) '
                             'store no metric in common')
-        return best, 'the strongest metric both entries store'
+        # the strongest metric both measured the same way: a worst case over different attack sets, or an
+        # attack run with other settings, is not a default anyone could mean
+        same = [m for m in shared if not settings_check(a, b, m)['differences']]
+        if not same:
+            raise UserError(f'entries {ida!r} and {idb!r} measured every shared metric ({", ".join(shared)}) with '
+                            'different settings: pass --metric and --allow-different-settings to compare anyway')
+        skipped = shared[:shared.index(same[0])]
+        return same[0], ('the strongest metric both entries measured with the same settings'
+                         + (f' ({", ".join(skipped)}: settings differ)' if skipped else ''))
     lacking = [f'{i!r} has {", ".join(sorted(v, key=_rank))}' for i, v in ((ida, va), (idb, vb)) if metric not in v]
     if lacking:
         shared = sorted(set(va) & set(vb), key=_rank)
@@ -192,7 +200,8 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
 
     Args:
         a, b: registry entries with `per_sample` results.
-        metric: 'clean', 'pgd20', 'autoattack', ...; None: the strongest both store (`METRIC_STRENGTH`).
+        metric: 'clean', 'pgd20', 'autoattack', ...; None: the strongest both store with the same settings
+            (`METRIC_STRENGTH`, `settings_check`).
         n_boot: bootstrap replicates. seed: the bootstrap's seed. confidence: of every interval.
         allow_different_settings: compare even when the metric's attack settings differ (flagged in the result).
 
@@ -209,7 +218,7 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
     if a.get('dataset') != b.get('dataset'):
         raise UserError(f'entries {ida!r} ({a.get("dataset")}) and {idb!r} ({b.get("dataset")}) are on different '
                         'data sets: their test points are not the same images')
-    metric, why = _pick_metric(metric, va, vb, ida, idb)
+    metric, why = _pick_metric(metric, va, vb, ida, idb, a, b)
     for entry, vec in ((a, va), (b, vb)):
         _check_consistent(entry, metric, vec[metric])
     check = settings_check(a, b, metric)

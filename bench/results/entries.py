@@ -51,23 +51,14 @@ def effective_model_kwargs(model_name: str, model_kwargs: Mapping[str, Any]) -> 
 
 
 def eval_settings_of(eval_result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-    """The registry's `eval_settings` from an evaluation result: its settings, attacks keyed by accuracy key.
-
-    The evaluation reports per-attack settings as `settings['attacks'][name]`; results written before
-    that have the names in `settings['attacks']` and the settings in `settings['attack_settings']`.
-    """
+    """The registry's `eval_settings` from an evaluation result: its settings, with the per-attack settings
+    under `attacks`, keyed by accuracy key (as `evaluate_model` reports them)."""
     settings = eval_result.get('settings')
     if not settings:
         return None
     out = json.loads(json.dumps(dict(settings), default=str))  # tuples become lists, as in the file
-    per_attack = out.get('attacks')
-    if not isinstance(per_attack, dict):
-        per_attack = out.pop('attack_settings', None)
-    else:
-        out.pop('attack_settings', None)
-    if not isinstance(per_attack, dict):
+    if not isinstance(out.get('attacks'), dict):
         raise ValueError(f'evaluation settings hold no per-attack settings (keys: {sorted(settings)})')
-    out['attacks'] = per_attack
     return out
 
 

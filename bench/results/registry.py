@@ -88,9 +88,32 @@ def validation_errors(entry: Mapping[str, Any]) -> List[str]:
     return out
 
 
-def schema_version(entry: Mapping[str, Any]) -> int:
-    """The entry's schema version; entries written before versions were recorded are version 1."""
-    return int(entry.get('schema_version', 1))
+# field names stored entries may still carry -> their names now; `migrate` is the one place they are read
+RENAMED_MODEL_KWARGS = {'moe_blocks': 'placement'}
+RENAMED_TRAIN_KEYS = {'method': 'training'}
+
+
+def migrate(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """An entry as read from a file, with the field names of older code brought to today's (in place).
+
+    Stored entries are data written by earlier versions: `model.kwargs` / `model.effective_kwargs` may say
+    `moe_blocks` (now `placement`), and `training.config` may say `method` (now `training`). No other code
+    reads an old name; every reader of the registry goes through `load_entry`, which calls this.
+    """
+    def renamed(d: Dict[str, Any], names: Mapping[str, str]) -> Dict[str, Any]:
+        # an old key yields to its new name when both are there: the new one was written later
+        return {names.get(k, k): v for k, v in d.items() if not (k in names and names[k] in d)}
+
+    model = entry.get('model')
+    for block in ('kwargs', 'effective_kwargs'):
+        kwargs = model.get(block) if isinstance(model, dict) else None
+        if isinstance(kwargs, dict) and set(kwargs) & set(RENAMED_MODEL_KWARGS):
+            model[block] = renamed(kwargs, RENAMED_MODEL_KWARGS)
+    training = entry.get('training')
+    config = training.get('config') if isinstance(training, dict) else None
+    if isinstance(config, dict) and set(config) & set(RENAMED_TRAIN_KEYS):
+        training['config'] = renamed(config, RENAMED_TRAIN_KEYS)
+    return entry
 
 
 def validate_entry(entry: Mapping[str, Any]) -> None:
@@ -233,6 +256,8 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
         entry = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    if isinstance(entry, dict):
+        migrate(entry)
     try:
         validate_entry(entry)
     except UserError as e:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import re
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -58,7 +57,7 @@ class TrainConfig:
     min_lr: float = 0.0
     clip_grad: Optional[float] = None
     # -- adversarial training
-    training: str = 'normal'  # normal | pgd (Madry) | trades; the old key `method` still reads (deprecated)
+    training: str = 'normal'  # normal | pgd (Madry) | trades
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
     attack_step: float = 2 / 255
     attack_steps: int = 7
@@ -107,13 +106,6 @@ class TrainConfig:
         check_torchcompile(self.torchcompile, self.torchcompile_mode)
         return self
 
-    @property
-    def method(self) -> str:
-        """Deprecated name of `training` (kept for one release)."""
-        warnings.warn('TrainConfig.method is deprecated and will be removed in the next release; use '
-                      'TrainConfig.training', DeprecationWarning, stacklevel=2)
-        return self.training
-
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -125,15 +117,15 @@ class TrainConfig:
         leaving it out keeps the hashes of configs written before the key existed.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
-        # hashed under the key's old name, so that the hashes of configs written before the rename still match
+        # The field is serialised as 'method' here, its name when the first entries were written: every stored
+        # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
+        # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
         d['method'] = d.pop('training')
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# old key -> its name now (one name per concept: `training`, as the registry and the grid say); read for one release
-_DEPRECATED_KEYS = {'method': 'training'}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -178,10 +170,6 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
         v = yaml.safe_load(value) if isinstance(value, str) else value
         cfg_dict.setdefault('model_kwargs', {})[sub] = v
         return
-    if key in _DEPRECATED_KEYS:
-        warnings.warn(f'config key {key} is deprecated and will be removed in the next release; use '
-                      f'{_DEPRECATED_KEYS[key]}', DeprecationWarning, stacklevel=3)
-        key = _DEPRECATED_KEYS[key]
     if key not in _FIELDS:
         raise UserError(f'unknown config key {key!r}; allowed: {", ".join(_FIELDS)}')
     if key == 'torchcompile' and str(value).lower() in ('true', 'false'):  # a bare flag, or a YAML bool

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
                                                describe)
 from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections
+from bench.results.markdown import md_table
 from bench.results.registry import DEFAULT_REGISTRY, load_entries
 
 def fmt_cell(cell: Optional[Cell], reported: bool = False) -> str:
@@ -96,17 +97,6 @@ def _label_of(section: Section, metric: Optional[str], sort: str) -> str:
 
 # ------------------------------------------------------------------------------------ markdown
 
-def _md_cell(s: str) -> str:
-    return s.replace('|', '\\|')
-
-
-def _md_table(head: Sequence[str], body: Iterable[Sequence[str]], right: Iterable[str]) -> List[str]:
-    right = set(right)
-    lines = ['| ' + ' | '.join(_md_cell(h) for h in head) + ' |',
-             '|' + '|'.join('---:' if h in right else '---' for h in head) + '|']
-    return lines + ['| ' + ' | '.join(_md_cell(c) for c in cells) + ' |' for cells in body] + ['']
-
-
 def _inferred_note(column: Column) -> str:
     if not column.inferred:
         return ''
@@ -156,10 +146,10 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         head = header(sec.columns)
         right = RIGHT | {c.label for c in sec.columns}
         if ranked:
-            lines += _md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
+            lines += md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
         if rest:
             lines += [f'### Not measured with {label}', '']
-            lines += _md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
+            lines += md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
         if sec.columns:
             lines += ['Columns (the settings that define each; seeds and batch sizes are in the entries):', '']
             lines += [f'- **{c.label}**: {describe(c.config)}' + _inferred_note(c) for c in sec.columns] + ['']

@@ -1,38 +1,43 @@
-"""The study report's plots, drawn from its runs with the registry report's figure helpers.
+"""`timm-moe report --study SPEC --out DIR`: the study's report, `DIR/STUDY.md` and its plots in `DIR/study/`,
+written from the registry entries of the study's grid (never from numbers typed anywhere else).
 
-- `robust_vs_clean.png`: primary-metric robust accuracy against clean accuracy per config, error bars = sd over seeds.
-- `flops_vs_robust.png`: active-FLOPs ratio against the primary metric, error bars = sd over seeds.
-- `subpaths.png`: each expert subpath beside the gated model on the same points, a panel per aux loss (first seed).
-- `expert_load.png`: expert load per config, mean ± sd over seeds, a panel per aux loss.
+A rerun on the same entries writes the same bytes: configs in the spec's order, seeds and entries sorted,
+fixed bootstrap seeds, fixed number formats, PNGs without a version stamp, and no date, host or absolute path.
+
+The parts: `analysis` (runs by config and seed, what each config is, which pairs a claim compares, the
+statistics and the verdict rules), `render` (the claims, the other tables, protocol and sizing as markdown),
+and here the plots and `write_study`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from bench.results import study_configs as sc
-from bench.results import study_stats as st
+from bench.core.errors import UserError
 from bench.results.report import KIND_COLORS, _empty, _figure, _save
-from bench.results.study_claims import subpath_comparison
+from bench.results.study import analysis as an
+from bench.results.study.analysis import Study, collect
+from bench.results.study.render import CLAIMS, TABLES, preregistration, protocol, subpath_comparison, summary
 
+# ------------------------------------------------------------------------------------------ plots
 
-def _xy(study: sc.Study, config: str, metric: str):
-    s = st.summary(study.runs[config], metric)
+def _xy(study: an.Study, config: str, metric: str):
+    s = an.summary(study.runs[config], metric)
     return (None, 0.0) if s is None else (s['mean'], s['std'] or 0.0)
 
 
-def _color(study: sc.Study, config: str) -> str:
-    return KIND_COLORS['moe' if sc.is_moe(study, config) else 'dense']
+def _color(study: an.Study, config: str) -> str:
+    return KIND_COLORS['moe' if an.is_moe(study, config) else 'dense']
 
 
-def plot_robust_vs_clean(study: sc.Study, path: Path) -> Path:
+def plot_robust_vs_clean(study: an.Study, path: Path) -> Path:
     m = study.primary()
     if m is None:
         return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
     fig, (ax,) = _figure(size=(7.0, 5.0))
     for c in study.configs:
         (x, xe), (y, ye) = _xy(study, c, 'clean'), _xy(study, c, m)
-        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if sc.adversarial(study, c) else 's', color=_color(study, c),
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if an.adversarial(study, c) else 's', color=_color(study, c),
                     capsize=3, markersize=5)
         ax.annotate(c, (x, y), fontsize=7, xytext=(4, 4), textcoords='offset points')
     ax.set_xlabel('clean accuracy (%)')
@@ -42,16 +47,16 @@ def plot_robust_vs_clean(study: sc.Study, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_flops_vs_robust(study: sc.Study, path: Path) -> Path:
+def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
     m = study.primary()
-    configs = [c for c in study.configs if sc.flops_ratio(study, c) is not None and sc.adversarial(study, c)]
+    configs = [c for c in study.configs if an.flops_ratio(study, c) is not None and an.adversarial(study, c)]
     if m is None or not configs:
         return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
     fig, (ax,) = _figure(size=(7.0, 5.0))
     for c in configs:
         y, ye = _xy(study, c, m)
-        ax.errorbar(sc.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
-        ax.annotate(c, (sc.flops_ratio(study, c), y), fontsize=7, xytext=(4, 4), textcoords='offset points')
+        ax.errorbar(an.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
+        ax.annotate(c, (an.flops_ratio(study, c), y), fontsize=7, xytext=(4, 4), textcoords='offset points')
     ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
     ax.set_xlabel('active inference FLOPs / dense')
     ax.set_ylabel(f'{m} accuracy (%)')
@@ -60,19 +65,19 @@ def plot_flops_vs_robust(study: sc.Study, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _by_aux(study: sc.Study, configs: List[str]) -> Dict[str, List[str]]:
+def _by_aux(study: an.Study, configs: List[str]) -> Dict[str, List[str]]:
     out: Dict[str, List[str]] = {}
     for c in configs:
-        out.setdefault(str(sc.traits(study, c).get('aux_loss')), []).append(c)
+        out.setdefault(str(an.traits(study, c).get('aux_loss')), []).append(c)
     return dict(sorted(out.items()))
 
 
-def plot_subpaths(study: sc.Study, path: Path) -> Path:
+def plot_subpaths(study: an.Study, path: Path) -> Path:
     m = study.primary()
     rows: Dict[str, List[Any]] = {}
     for c in study.configs:
         e = study.first(c)
-        if m is None or e is None or not sc.adversarial(study, c):
+        if m is None or e is None or not an.adversarial(study, c):
             continue
         experts = [pe for pe in sorted(e.get('per_expert') or [], key=lambda p: p['expert'])
                    if pe.get('per_sample') and m in pe['robust_acc']]
@@ -104,13 +109,13 @@ def plot_subpaths(study: sc.Study, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_expert_load(study: sc.Study, path: Path) -> Path:
+def plot_expert_load(study: an.Study, path: Path) -> Path:
     import numpy as np
 
     loads: Dict[str, Optional[np.ndarray]] = {}
     for c in study.configs:
         ls = [e['routing']['load'] for _, e in sorted(study.runs[c].items()) if (e.get('routing') or {}).get('load')]
-        if ls and sc.adversarial(study, c):
+        if ls and an.adversarial(study, c):
             loads[c] = np.asarray(ls, dtype=float)
     if not loads:
         return _empty(path, 'expert load', 'routing.load')
@@ -138,3 +143,54 @@ PLOTS = (
     ('subpaths.png', plot_subpaths, 'expert subpaths vs the gated model'),
     ('expert_load.png', plot_expert_load, 'expert load per aux loss'),
 )
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+REPORT_NAME = 'STUDY.md'
+PLOT_DIR = 'study'
+
+
+def report_text(study: Study) -> str:
+    """The markdown of the report (plots linked relative to it)."""
+    lines = [f'# Study: {study.name}', '',
+             f'Generated by `timm-moe report --study {study.name} --out <dir>` from {len(study.entries())} runs and '
+             f'{len(study.autoattack)} AutoAttack follow-ups in the registry; do not edit by hand, rerun it.', '']
+    if study.notes:
+        lines += ['Missing or left out:', ''] + [f'- {n}' for n in study.notes] + ['']
+    lines += ['Contents: pre-registration, summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
+              'routing under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in '
+              'the protocol).', '']
+    lines += preregistration(study)
+    lines += ['## Summary', ''] + summary(study)
+    for claim in CLAIMS:
+        lines += claim(study)
+    for table in TABLES:
+        lines += table(study)
+    lines += ['## Plots', '']
+    lines += [f'![{title}]({PLOT_DIR}/{name})' for name, _, title in PLOTS] + ['']
+    lines += protocol(study)
+    while lines and lines[-1] == '':
+        lines.pop()
+    return '\n'.join(lines) + '\n'
+
+
+def write_study(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], out_dir: Path) -> List[Path]:
+    """Write `out_dir/STUDY.md` and `out_dir/study/*.png`; returns the files written.
+
+    Args:
+        entries: the registry's entries (those of other studies are ignored).
+        plan: the spec as plain data (`bench.results.study.analysis` describes it).
+        out_dir: where the report goes (created if missing).
+    """
+    study = collect(entries, plan)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f'--out {out_dir} is a file: pass a directory for {REPORT_NAME} and its plots')
+    (out_dir / PLOT_DIR).mkdir(parents=True, exist_ok=True)
+    text = report_text(study)  # before any file is written: a refusal leaves the old report whole
+    paths = [fn(study, out_dir / PLOT_DIR / name) for name, fn, _ in PLOTS]
+    report = out_dir / REPORT_NAME
+    report.write_text(text, encoding='utf-8')
+    return [report] + paths
+
