@@ -5,7 +5,8 @@ Each parser raises `UserError` naming the value and what is allowed, so every ve
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, Dict, Union
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
 
 import yaml
 
@@ -54,3 +55,25 @@ def parse_mapping(key: str, text: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
     return value
+
+
+def check_out_apart(out: Union[str, Path], sources: Mapping[str, Optional[Union[str, Path]]],
+                    flag: str = '--out') -> None:
+    """Refuse an output folder that is, contains or lies inside a folder the verb reads from.
+
+    Replacing such a folder (export --overwrite, ship) would delete the very run or registry being read, and
+    writing into one mixes outputs with its files. Paths are compared resolved, so links and `..` do not hide it.
+
+    Args:
+        out: The output folder the user gave.
+        sources: {what it is, e.g. 'the run': its folder}; None values are skipped.
+        flag: How to name `out` in the message.
+    """
+    target = Path(out).resolve()
+    for what, source in sources.items():
+        if source is None:
+            continue
+        src = Path(source).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise UserError(f'{flag} {out} overlaps {what} {source}: it would be written over what it is made '
+                            f'from; give a folder outside {source}')

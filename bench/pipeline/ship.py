@@ -26,6 +26,7 @@ from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder
 
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
+from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import dataset_info
 from bench.models import SAFE_WEIGHTS, build_model
@@ -148,6 +149,8 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
     out = Path(out) if out is not None else package_folder()
     _check_out(out)
     spec = grid.load_spec(spec_path)
+    # the folder is replaced whole: it must not be, hold or sit in the study's runs or registry
+    check_out_apart(out, {"the study's runs": spec.out, "the study's registry": grid.registry_dir(spec)})
     tagged = first_seed_cells(grid.cells(spec))
     if not tagged:
         raise UserError(f'{spec_path}: no config carries a tag; tag the configs to ship in the spec')
