@@ -2,7 +2,9 @@
 user made (a run, a registry entry, a shipped folder) lost or corrupted. Every test here failed before its fix."""
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import os
 import shutil
@@ -51,7 +53,7 @@ def run(run_dir, tmp_path):
 
 def _study(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(STUDY.read_text())
-    data.update(out=str(tmp_path / 'study'), **changes)
+    data.update({'out': str(tmp_path / 'study'), **changes})
     path = tmp_path / 'study_tiny.yaml'
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -93,3 +95,112 @@ def test_report_refuses_an_out_that_overlaps_the_registry(tmp_path, capsys):
         assert main(['report', '--registry', str(registry), '--out', str(out)]) == 2
         _one_line(capsys, '--out', 'overlaps')
     assert sorted(registry.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 2. a read-only file system
+
+class ReadOnly:
+    """A folder that refuses every write as a read-only file system does (EROFS), once `on()` is called.
+
+    As root, chmod does not stop writes, so the calls every writer ends in (open for writing, os.open, mkdir,
+    rename, link, unlink) are patched to raise what the kernel raises on a read-only mount.
+    """
+
+    def __init__(self, root: Path, monkeypatch) -> None:
+        self.root, self.monkeypatch = root, monkeypatch
+        root.mkdir()
+
+    def _guard(self, *paths) -> None:
+        top = str(self.root.resolve())
+        for path in paths:
+            if isinstance(path, (str, bytes, os.PathLike)):
+                p = os.path.abspath(os.fsdecode(path))
+                if p == top or p.startswith(top + os.sep):
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS), p)
+
+    def on(self) -> Path:
+        real = dict(open=builtins.open, os_open=os.open, mkdir=os.mkdir, rename=os.rename, replace=os.replace,
+                    link=os.link, unlink=os.unlink, rmdir=os.rmdir)
+
+        def fake_open(file, mode='r', *a, **k):
+            if any(c in mode for c in 'wax+'):
+                self._guard(file)
+            return real['open'](file, mode, *a, **k)
+
+        def fake_os_open(path, flags, *a, **k):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                self._guard(path)
+            return real['os_open'](path, flags, *a, **k)
+
+        def fake_mkdir(path, *a, **k):
+            if os.path.exists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(path))
+            self._guard(path)
+            return real['mkdir'](path, *a, **k)
+
+        def two(name):
+            def fake(src, dst, *a, **k):
+                self._guard(src, dst)
+                return real[name](src, dst, *a, **k)
+            return fake
+
+        def one(name):
+            def fake(path, *a, **k):
+                self._guard(path)
+                return real[name](path, *a, **k)
+            return fake
+
+        for module, attr, fake in ((builtins, 'open', fake_open), (io, 'open', fake_open), (os, 'open', fake_os_open),
+                                   (os, 'mkdir', fake_mkdir), (os, 'rename', two('rename')),
+                                   (os, 'replace', two('replace')), (os, 'link', two('link')),
+                                   (os, 'unlink', one('unlink')), (os, 'rmdir', one('rmdir'))):
+            self.monkeypatch.setattr(module, attr, fake)
+        return self.root
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    return ReadOnly(tmp_path / 'ro', monkeypatch)
+
+
+def _registry_with_two(tmp_path: Path) -> Path:
+    from bench.results.registry import write_entry
+    from registry_fakes import make_entry
+    registry = tmp_path / 'registry'
+    for i, clean in enumerate((60.0, 55.0)):
+        write_entry(make_entry(entry_id=f'e{i}', clean=clean, lr=0.1 + i), registry)
+    return registry
+
+
+def _tiny_train(out: Path) -> list:
+    return ['train', '--model', 'resnet18_dense', '--model-kwargs', 'width=4', '--dataset', 'fashion-mnist-bundled',
+            '--batch-size', '16', '--train-limit', '32', '--eval-limit', '0', '--workers', '0', '--max-steps', '1',
+            '--progress', 'false', '--out', str(out)]
+
+
+@pytest.mark.parametrize('verb', ['train', 'leaderboard', 'report', 'compare', 'export', 'grid', 'import-paper',
+                                  'eval'])
+def test_a_read_only_file_system_is_one_line(verb, run, read_only, tmp_path, capsys):
+    ro = read_only.root
+    if verb == 'leaderboard':  # the registry itself is read-only: LEADERBOARD.md cannot be written
+        shutil.copytree(_registry_with_two(tmp_path), ro / 'registry')
+    registry = _registry_with_two(tmp_path / 'w') if verb in ('report', 'compare') else None
+    argv = {
+        'train': _tiny_train(ro / 'run'),
+        'leaderboard': ['leaderboard', '--registry', str(ro / 'registry')],
+        'report': ['report', '--registry', str(registry), '--out', str(ro / 'plots')],
+        'compare': ['compare', 'e0', 'e1', '--registry', str(registry), '--json', str(ro / 'c.json')],
+        'export': ['export', '--checkpoint', str(run), '--out', str(ro / 'hub'), '--registry', str(tmp_path / 'no')],
+        'grid': ['grid', str(_study(tmp_path, out=str(ro / 'study'))), '--only', 'dense_normal'],
+        'import-paper': ['import-paper', '--registry', str(ro / 'registry')],
+        'eval': ['eval', '--model', NAME, '--checkpoint', str(run / 'model.pth'), '--dataset', 'fashion-mnist-bundled',
+                 '--attacks', 'pgd10', '--n-examples', '4', '--batch-size', '4', '--n-check', '2', '--no-per-expert',
+                 '--no-progress', '--json', str(ro / 'e.json')],
+    }[verb]
+    read_only.on()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.out + captured.err
+    err = captured.err
+    assert err.count('\n') == 1 and 'Read-only file system' in err and str(ro) in err, err
+    assert '.tmp' not in err  # the user's path, not the writer's temporary file

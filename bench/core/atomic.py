@@ -28,7 +28,10 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
             otherwise; of several concurrent writers exactly one wins.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e:
+        raise _about(e, path) from None
     try:
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else 'utf-8') as f:
             yield f
@@ -39,9 +42,29 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
             _link_exclusive(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        if tmp not in (e.filename, e.filename2):
+            raise
+        raise _about(e, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def temp_dir_beside(target: Union[str, Path]) -> Path:
+    """A new empty folder beside `target`, on its file system, to fill and then rename to `target` (whole or not at
+    all); makes `target`'s parent. An error names `target`, not the temporary folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    except OSError as e:
+        raise _about(e, target) from None
+
+
+def _about(e: OSError, path: Path) -> OSError:
+    """The same error about the user's `path` instead of the writer's temporary file (which the user never named)."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def _umask() -> int:

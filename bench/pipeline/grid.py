@@ -30,7 +30,7 @@ from timm_moe import ModelSpec
 
 from bench.attacks import resolve_attacks
 from bench.core.atomic import write_json_atomic
-from bench.core.errors import UserError
+from bench.core.errors import UserError, is_user_os_error
 from bench.core.parallel import process_pool
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
@@ -285,6 +285,8 @@ def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     try:
         return run_grid_cell(cell, spec)
     except Exception as e:  # noqa: BLE001 - one failed cell must not stop the sweep; its reason is kept
+        if is_user_os_error(e):  # a read-only or full file system fails every cell alike: stop, in one line
+            raise
         cell_dir = _cell_dir(cell, spec)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / 'failed.txt').write_text(traceback.format_exc())

@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder
 
+from bench.core.atomic import temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
@@ -161,8 +161,7 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
     if len(set(keys)) != len(keys):
         raise UserError(f'{spec_path}: two tagged configs ship as {next(k for k in keys if keys.count(k) > 1)}; '
                         'give each config of one model its own tag')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         manifest = _write_weights(tmp, sources, 'float32' if dtype == 'auto' else dtype)
         if dtype == 'auto' and _files_size(tmp) >= AUTO_FLOAT32_LIMIT:
