@@ -204,3 +204,24 @@ def test_a_read_only_file_system_is_one_line(verb, run, read_only, tmp_path, cap
     err = captured.err
     assert err.count('\n') == 1 and 'Read-only file system' in err and str(ro) in err, err
     assert '.tmp' not in err  # the user's path, not the writer's temporary file
+
+
+# ------------------------------------------------------------------ 3. named-config specs checked whole at load
+
+@pytest.mark.parametrize('configs, message', [
+    ({'d': {'model': 'resnet18_dense', 'training': 'bogus'}}, "training='bogus' is not allowed"),
+    ({'d': {'model': 'resnet18_dense', 'train': {'epochs': 'two'}}}, "epochs='two' has the wrong type"),
+    ({'d': {'model': 'resnet18_dense', 'train': {'epoch': 2}}}, "unknown config key 'epoch'"),
+    ({'m': {'model': 'resnet18_blockmoe_e2_k1'}, 'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'm'}},
+     "upcycle_from 'm' is a MoE config"),
+    ({'d': {'model': 'resnet50_dense'}, 'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'd'}},
+     'upcycles from resnet18_dense'),
+    ({'d': {'model': 'resnet18_dense', 'model_kwargs': {'width': 8}},
+      'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'd'}}, 'upcycles from resnet18_dense'),
+    ({'d': {'model': 'resnet18_dense'}, 'u': {'model': 'resnet18_dense', 'upcycle_from': 'd'}},
+     'only a BlockMoE config can be upcycled'),
+])
+def test_a_named_config_spec_is_checked_whole_before_the_dry_run(tmp_path, capsys, configs, message):
+    spec = _study(tmp_path, configs=configs, autoattack=None, first_seed_eval={})
+    assert main(['grid', str(spec), '--dry-run']) == 2
+    _one_line(capsys, message)

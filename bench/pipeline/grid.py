@@ -34,7 +34,7 @@ from bench.core.errors import UserError, is_user_os_error
 from bench.core.parallel import process_pool
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
-from bench.pipeline.named_cells import check_configs, named_cells
+from bench.pipeline.named_cells import check_configs, check_upcycling, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.core.yaml_files import read_yaml_mapping
 from bench.training.config import TrainConfig
@@ -93,13 +93,29 @@ def load_spec(path: str | Path) -> GridSpec:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
     _check_train_config(spec.train_config, spec.arch, path)
     _check_seeds(spec.seeds, path)
+    grid = cells(spec)
     # an unknown attack or eval key would otherwise fail every cell after its training
-    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in cells(spec)}:
+    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in grid}:
         resolve_attacks(evaluation_of(json.loads(values)).attacks)
+    _check_cells(spec, grid, path)
     check_followup(spec, path)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
+
+
+def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
+    """Every cell's full training config (recipe, `train` values, training) and every upcycling pair, checked when
+    the spec loads: a bad value must not wait for the cells before it to train, then fail as a cell."""
+    by_id = {c['cell']: c for c in grid}
+    for c in grid:
+        try:
+            cell_config(c, spec)
+        except UserError as e:
+            where = f'config {c["config"]!r}' if c.get('config') else f'grid cell {c["cell"]}'
+            raise UserError(f'{where} in {path}: {e}') from None
+        if c.get('upcycle_from'):
+            check_upcycling(c, by_id[c['upcycle_from']], path)
 
 
 def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:

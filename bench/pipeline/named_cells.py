@@ -58,6 +58,22 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
                                 'dense config')
 
 
+def check_upcycling(cell: Mapping[str, Any], source: Mapping[str, Any], path: Any) -> None:
+    """Refuse, when the spec loads, an upcycled config whose source no run could upcycle from: the source must
+    be the dense model of the MoE's own architecture (arch, width, stem), as `timm-moe train --upcycle-from`
+    requires once the source has trained."""
+    moe, dense = cell['spec'], source['spec']
+    where = f'config {cell["config"]!r} in {path}'
+    if not moe.is_moe:
+        raise UserError(f'{where} is {moe.name}, a dense model: only a BlockMoE config can be upcycled')
+    if dense.is_moe:
+        raise UserError(f'{where}: upcycle_from {source["config"]!r} is a MoE config ({dense.name}); upcycle from a '
+                        f'dense config of {moe.dense().name}')
+    if dense != moe.dense():
+        raise UserError(f'{where}: {moe.name} ({moe.label}) upcycles from {moe.dense().name} ({moe.dense().label}), '
+                        f'but upcycle_from {source["config"]!r} is {dense.name} ({dense.label})')
+
+
 def config_seeds(config: Mapping[str, Any], spec_seeds: Optional[List[int]]) -> List[Optional[int]]:
     seeds = config.get('seeds', spec_seeds)
     return list(seeds) if seeds else [None]
