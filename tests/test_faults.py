@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -225,3 +226,45 @@ def test_a_named_config_spec_is_checked_whole_before_the_dry_run(tmp_path, capsy
     spec = _study(tmp_path, configs=configs, autoattack=None, first_seed_eval={})
     assert main(['grid', str(spec), '--dry-run']) == 2
     _one_line(capsys, message)
+
+
+# ------------------------------------------------------------------ 4. a config's own seeds; one process per cell
+
+@pytest.mark.parametrize('seeds, message', [(5, 'seeds is 5'), ([0, 0], 'repeats a seed'), ([-3], 'seeds is [-3]'),
+                                            ([], 'seeds is []'), ([True], 'seeds is [True]')])
+def test_a_configs_own_seeds_are_checked_like_the_spec_seeds(tmp_path, capsys, seeds, message):
+    configs = {'d': {'model': 'resnet18_dense', 'seeds': seeds}}
+    assert main(['grid', str(_study(tmp_path, configs=configs, autoattack=None, first_seed_eval={})), '--dry-run']) == 2
+    _one_line(capsys, "config 'd'", message)
+
+
+def test_a_lock_is_held_by_one_process_and_a_dead_holders_lock_is_reclaimed(tmp_path):
+    import subprocess
+    import sys
+    from bench.core.locks import acquire, release
+    lock = tmp_path / 'running.lock'
+    assert acquire(lock) is None
+    assert str(os.getpid()) in acquire(lock)  # a live holder (this process): busy
+    release(lock)
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    lock.write_text(f'{socket.gethostname()} {int(dead.stdout)}\n')  # a holder killed before it released
+    assert acquire(lock) is None  # its holder is gone: reclaimed
+    assert lock.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    release(lock)
+
+
+def test_a_cell_another_live_process_runs_is_skipped_and_reported(tmp_path, capsys):
+    from bench.core.locks import acquire, release
+    spec = _study(tmp_path)
+    lock = tmp_path / 'study' / 'cells' / 'dense_normal-seed0' / 'running.lock'
+    lock.parent.mkdir(parents=True)
+    assert acquire(lock) is None  # as if another grid process were training this cell
+    try:
+        assert main(['grid', str(spec), '--only', 'dense_normal']) == 0
+    finally:
+        release(lock)
+    out = capsys.readouterr().out
+    assert 'dense_normal-seed0' in out and 'running in another process' in out and '1 running elsewhere' in out
+    assert not (lock.parent / 'run').exists() and not (lock.parent / 'failed.txt').exists()
+

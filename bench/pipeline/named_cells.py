@@ -47,6 +47,8 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
         for key in ('model_kwargs', 'train', 'eval'):
             if not isinstance(config.get(key, {}), Mapping):
                 raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
+        if 'seeds' in config:
+            check_seeds(config['seeds'], f'{where}: seeds')
         if 'seed' in config.get('train', {}):
             raise UserError(f'{where} sets train.seed: name the seeds with seeds: [...]')
         source = config.get('upcycle_from')
@@ -56,6 +58,17 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
             if configs[source].get('upcycle_from') is not None:
                 raise UserError(f'{where}: upcycle_from {source!r} is itself upcycled; upcycle from a trained '
                                 'dense config')
+
+
+def check_seeds(seeds: Any, what: str) -> None:
+    """Refuse seeds that are not a list of distinct integers >= 0 (`what` names them: 'seeds in grid.yaml')."""
+    if seeds is None:
+        return
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise UserError(f'{what} is {seeds!r}: give a list of integers >= 0, e.g. [0, 1, 2]')
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f'{what} repeats a seed: {seeds!r}')
 
 
 def check_upcycling(cell: Mapping[str, Any], source: Mapping[str, Any], path: Any) -> None:
