@@ -268,3 +268,51 @@ def test_a_cell_another_live_process_runs_is_skipped_and_reported(tmp_path, caps
     assert 'dense_normal-seed0' in out and 'running in another process' in out and '1 running elsewhere' in out
     assert not (lock.parent / 'run').exists() and not (lock.parent / 'failed.txt').exists()
 
+
+# ------------------------------------------------------------------ 5. non-finite numbers
+
+def _float_options():
+    import dataclasses
+    import typing
+    from bench.training.config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    return [f.name for f in dataclasses.fields(TrainConfig) if float in (hints[f.name], *typing.get_args(hints[f.name]))]
+
+
+@pytest.mark.parametrize('value', ['.nan', '.inf', '-.inf', '1e400'])
+@pytest.mark.parametrize('option', _float_options())
+def test_every_float_option_must_be_finite(tmp_path, capsys, option, value):
+    assert main(_tiny_train(tmp_path / 'run') + [f'--{option.replace("_", "-")}={value}']) == 2
+    _one_line(capsys, option)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_float_in_a_config_file_must_be_finite(tmp_path, capsys):
+    config = tmp_path / 'recipe.yaml'
+    config.write_text('lr: .nan\n')
+    assert main(_tiny_train(tmp_path / 'run') + ['--config', str(config)]) == 2
+    _one_line(capsys, 'lr=nan', 'finite')
+
+
+def test_a_run_whose_loss_turns_non_finite_stops_in_one_line(tmp_path, capsys):
+    import torch
+    out = tmp_path / 'run'
+    # lr 1e20 blows the weights up in one step: the second loss is NaN
+    argv = _tiny_train(out) + ['--lr', '1e20', '--max-steps', '4', '--train-limit', '64', '--log-every', '1',
+                               '--checkpoint-every', '1']
+    assert main(argv) == 2
+    _one_line(capsys, 'loss', 'step 2', 'lr')
+    lines = (out / 'metrics.jsonl').read_text().splitlines()
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(f'{c} in metrics.jsonl')) for line in lines]
+    assert [r['step'] for r in records] == [1]
+    weights = torch.load(out / 'model.pth', weights_only=True)  # the last checkpoint: from before the NaN
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------ 8. overflow and nesting
+
+@pytest.mark.parametrize('norm', ['Linf', 'L2'])
+@pytest.mark.parametrize('eps', ['1e400', '1' * 400 + '/3', 'inf', '.nan'])
+def test_an_eps_beyond_a_float_is_one_line(capsys, norm, eps):
+    assert main(['eval', '--model', NAME, '--eps', eps, '--norm', norm]) == 2
+    _one_line(capsys, '--eps')

@@ -4,6 +4,7 @@ Each parser raises `UserError` naming the value and what is allowed, so every ve
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -14,11 +15,21 @@ from bench.core.errors import UserError
 
 
 def parse_number(text: Union[str, float], what: str = '--eps') -> float:
-    """'8/255', '0.03' or a number -> float; anything else is a UserError naming `what` and the value."""
+    """'8/255', '0.03' or a finite number -> float; anything else is a UserError naming `what` and the value."""
     try:
-        return float(Fraction(text)) if isinstance(text, str) else float(text)
+        value = float(Fraction(text)) if isinstance(text, str) else float(text)
     except (ValueError, ZeroDivisionError):
         raise UserError(f'{what} {text!r} is not a number or a fraction like 8/255') from None
+    except OverflowError:  # 1e400, or a fraction of 400-digit numbers
+        raise UserError(f'{what} {_short(text)} is too large for a float') from None
+    if not math.isfinite(value):
+        raise UserError(f'{what} {_short(text)} is not a finite number')
+    return value
+
+
+def _short(text: Any) -> str:
+    text = repr(text)
+    return text if len(text) <= 40 else f'{text[:20]}...{text[-10:]} ({len(text) - 2} characters)'
 
 
 def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') -> float:

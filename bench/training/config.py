@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 import warnings
@@ -157,11 +158,13 @@ def _coerce(key: str, value: Any) -> Any:
         return dict(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise UserError(f'{key}={value!r} has the wrong type: expected {base.__name__}')
+    if base is float and not math.isfinite(value):  # YAML's .nan and .inf, or 1e400
+        raise UserError(f'{key}={value!r} is not a finite number')
     return value
 
 
 def _parse_scalar(key: str, text: str, base: type) -> Any:
-    if base is float and '/' in text:  # '8/255'
+    if base is float:  # '8/255' and '1e-3' too (YAML 1.1 reads 1e-3 as a string); a finite number
         return parse_number(text, key)
     try:
         return yaml.safe_load(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -293,7 +294,7 @@ class Trainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
             with open(self.run_dir / 'metrics.jsonl', 'a') as f:
-                f.write(json.dumps(record, sort_keys=True) + '\n')
+                f.write(json.dumps(_finite(record), sort_keys=True, allow_nan=False) + '\n')  # null, never NaN
 
     # -- the loop
     @torch.no_grad()
@@ -326,6 +327,10 @@ class Trainer:
                 for x, y in loader:
                     t0 = time.perf_counter()
                     out = self.train_step(x, y)
+                    if not math.isfinite(out['loss']):  # nothing of this step is logged or saved
+                        raise UserError(f'training diverged: the loss is {out["loss"]} at step {self.global_step} '
+                                        f'(epoch {self.epoch}); lower lr (now {cfg.lr:g}) or set clip_grad; the '
+                                        f'checkpoints in {self.run_dir} are from before')
                     dt = time.perf_counter() - t0
                     train_seconds += dt
                     images_seen += len(y) * self.world_size
@@ -367,6 +372,17 @@ class Trainer:
         torch.use_deterministic_algorithms(self._was_deterministic)
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity as None: JSON has no NaN, and metrics.jsonl must stay JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _routing_summary(model: nn.Module) -> Dict[str, Any]:
