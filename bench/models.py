@@ -12,6 +12,7 @@ from torch import nn
 
 import timm_moe
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_utf8
 from timm_moe import ModelSpec
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
@@ -202,7 +203,7 @@ def _run_config(checkpoint: Optional[Path]) -> Dict[str, Any]:
         return {}
     import yaml
     try:
-        data = yaml.safe_load(cfg.read_text()) or {}
+        data = yaml.safe_load(read_utf8(cfg, 'run config')) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
     return data if isinstance(data, dict) else {}

@@ -316,3 +316,27 @@ def test_a_run_whose_loss_turns_non_finite_stops_in_one_line(tmp_path, capsys):
 def test_an_eps_beyond_a_float_is_one_line(capsys, norm, eps):
     assert main(['eval', '--model', NAME, '--eps', eps, '--norm', norm]) == 2
     _one_line(capsys, '--eps')
+
+
+# ------------------------------------------------------------------ 6. files that are not UTF-8
+
+LATIN1 = 'model: résnet\n'.encode('latin-1')  # é as one byte: not UTF-8
+
+
+@pytest.mark.parametrize('verb', ['leaderboard', 'compare', 'eval', 'export', 'grid', 'train'])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(verb, run, tmp_path, capsys):
+    registry = _registry_with_two(tmp_path)
+    bad = {'leaderboard': registry / 'fashion-mnist-bundled' / 'Linf' / 'e9.json', 'compare': tmp_path / 'e9.json',
+           'eval': run / 'config.yaml', 'export': run / 'config.yaml', 'grid': tmp_path / 'grid.yaml',
+           'train': tmp_path / 'recipe.yaml'}[verb]
+    bad.write_bytes(LATIN1)
+    argv = {
+        'leaderboard': ['leaderboard', '--registry', str(registry), '--no-write'],
+        'compare': ['compare', str(bad), 'e0', '--registry', str(registry)],
+        'eval': ['eval', '--model', NAME, '--checkpoint', str(run / 'model.pth'), '--dataset', 'fashion-mnist-bundled'],
+        'export': ['export', '--checkpoint', str(run), '--out', str(tmp_path / 'hub'), '--registry', str(registry)],
+        'grid': ['grid', str(bad), '--dry-run'],
+        'train': _tiny_train(tmp_path / 'run') + ['--config', str(bad)],
+    }[verb]
+    assert main(argv) == 2
+    _one_line(capsys, str(bad), 'UTF-8')
