@@ -340,3 +340,33 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_it(verb, run, tmp_path, caps
     }[verb]
     assert main(argv) == 2
     _one_line(capsys, str(bad), 'UTF-8')
+
+
+@pytest.mark.parametrize('argv', [
+    ['eval', '--model', NAME, '--model-kwargs', 'width=[4'],
+    ['train', '--model-kwargs', 'width=[4'],
+    ['train', '--model-kwargs', 'width={a: [1'],
+])
+def test_a_model_kwarg_that_is_not_yaml_is_one_line(capsys, argv):
+    assert main(argv) == 2
+    _one_line(capsys, 'width', '[4' if '[4' in ' '.join(argv) else '[1')
+
+
+def test_a_dotted_model_kwarg_that_is_not_yaml_is_a_user_error():
+    from bench.training.config import load_config
+    with pytest.raises(UserError, match=r"model_kwargs.width='\[4' is not a YAML value"):
+        load_config(None, ['--model-kwargs.width=[4'])
+
+
+@pytest.mark.parametrize('where', ['leaderboard', 'compare', 'grid'])
+def test_a_file_nested_too_deep_is_one_line(tmp_path, capsys, where):
+    registry = _registry_with_two(tmp_path)
+    deep = '[' * 100_000 + ']' * 100_000
+    bad = {'leaderboard': registry / 'fashion-mnist-bundled' / 'Linf' / 'e9.json', 'compare': tmp_path / 'e9.json',
+           'grid': tmp_path / 'grid.yaml'}[where]
+    bad.write_text(deep if where != 'grid' else f'configs: {deep}\n')
+    argv = {'leaderboard': ['leaderboard', '--registry', str(registry), '--no-write'],
+            'compare': ['compare', str(bad), 'e0', '--registry', str(registry)],
+            'grid': ['grid', str(bad), '--dry-run']}[where]
+    assert main(argv) == 2
+    _one_line(capsys, str(bad), 'nested')

@@ -47,6 +47,17 @@ def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') 
     return eps
 
 
+def parse_yaml_value(what: str, text: str) -> Any:
+    """One value written as YAML ('16', '[1, 2]', 'conv_gap'); text that is not YAML is a UserError naming `what`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = str(getattr(e, 'problem', None) or e).splitlines()[0]
+        raise UserError(f'{what}={text!r} is not a YAML value ({reason})') from None
+    except RecursionError:
+        raise UserError(f'{what}={_short(text)} is nested too deep') from None
+
+
 def parse_mapping(key: str, text: str) -> Dict[str, Any]:
     """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}' -> dict (values parsed as YAML scalars).
 
@@ -58,10 +69,10 @@ def parse_mapping(key: str, text: str) -> Dict[str, Any]:
         pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
         if any(len(p) != 2 for p in pairs):
             raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
-        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+        return {k.strip(): parse_yaml_value(f'{key} {k.strip()}', v) for k, v in pairs}
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')

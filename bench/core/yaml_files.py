@@ -40,6 +40,8 @@ def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml')
         data = yaml.safe_load(read_utf8(file, what)) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
+    except RecursionError:
+        raise UserError(f'{file} is nested too deep to be a {what}') from None
     if not isinstance(data, dict):
         raise UserError(f'{file} must hold a mapping of {what} keys, not {type(data).__name__}')
     return data

@@ -234,6 +234,8 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
         entry = json.loads(read_utf8(path, 'registry file'))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    except RecursionError:
+        raise UserError(f'registry file {path} is nested too deep to be an entry') from None
     try:
         validate_entry(entry)
     except UserError as e:

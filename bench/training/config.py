@@ -21,7 +21,7 @@ from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
 from bench.core.yaml_files import read_yaml_mapping
-from bench.core.values import parse_eps, parse_mapping, parse_number
+from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
 
 METHODS = ('normal', 'pgd', 'trades')
 ATTACK_PRECISIONS = ('fp32', 'amp')
@@ -168,7 +168,7 @@ def _parse_scalar(key: str, text: str, base: type) -> Any:
         return parse_number(text, key)
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise UserError(f'{key}={text!r} could not be parsed as {base.__name__}') from None
 
 
@@ -178,7 +178,7 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
         head, sub = key.split('.', 1)
         if head != 'model_kwargs':
             raise UserError(f'unknown config key {key!r}: only model_kwargs takes dotted sub-keys')
-        v = yaml.safe_load(value) if isinstance(value, str) else value
+        v = parse_yaml_value(key, value) if isinstance(value, str) else value
         cfg_dict.setdefault('model_kwargs', {})[sub] = v
         return
     if key in _DEPRECATED_KEYS:
