@@ -370,3 +370,35 @@ def test_a_file_nested_too_deep_is_one_line(tmp_path, capsys, where):
             'grid': ['grid', str(bad), '--dry-run']}[where]
     assert main(argv) == 2
     _one_line(capsys, str(bad), 'nested')
+
+
+# ------------------------------------------------------------------ 9. options without range checks
+
+@pytest.mark.parametrize('extra, message', [
+    (['--seed', '-1'], '--seed -1'),
+    (['--boot', '10000000000'], 'at most 1000000'),
+])
+def test_compare_bounds_its_seed_and_resamples(tmp_path, capsys, extra, message):
+    registry = _registry_with_two(tmp_path)
+    assert main(['compare', 'e0', 'e1', '--registry', str(registry), *extra]) == 2
+    _one_line(capsys, message)
+
+
+@pytest.mark.parametrize('n_check', ['0', '-1'])
+def test_eval_refuses_an_n_check_below_one(capsys, n_check):
+    assert main(['eval', '--model', NAME, '--dataset', 'fashion-mnist-bundled', '--attacks', 'pgd10', '--n-examples', '4',
+                 '--no-per-expert', '--no-progress', '--n-check', n_check]) == 2
+    _one_line(capsys, f'--n-check {n_check}')
+
+
+def test_a_torchcompile_backend_that_does_not_import_is_refused_and_not_listed(capsys):
+    import importlib.util
+    from bench.core.compile import check_torchcompile
+    if importlib.util.find_spec('tvm') is not None:
+        pytest.skip('tvm is installed here')
+    with pytest.raises(UserError, match="'tvm' needs the package tvm, which is not installed") as e:
+        check_torchcompile('tvm', None)
+    assert 'choose one of' in str(e.value) and 'tvm,' not in str(e.value).split('choose one of')[1]
+    assert main(['eval', '--model', NAME, '--torchcompile', 'tvm']) == 2
+    _one_line(capsys, 'tvm')
+

@@ -35,9 +35,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+MAX_BOOT = 1_000_000  # about 30 MB and a second; a million resamples put the interval's ends to +-0.01 points
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.boot < 1:
-        raise UserError(f'--boot {args.boot} must be at least 1 (10000 is usual)')
+    if not 1 <= args.boot <= MAX_BOOT:
+        raise UserError(f'--boot {args.boot} must be at least 1 and at most {MAX_BOOT} (10000 is usual)')
+    if not 0 <= args.seed < 2 ** 63:
+        raise UserError(f'--seed {args.seed} must be an integer from 0 to 2**63 - 1')
     if not 0 < args.confidence < 1:
         raise UserError(f'--confidence {args.confidence} must lie strictly between 0 and 1 (e.g. 0.95)')
     (a, where_a), (b, where_b) = (resolve_entry(ref, args.registry) for ref in (args.a, args.b))
