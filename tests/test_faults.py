@@ -402,3 +402,117 @@ def test_a_torchcompile_backend_that_does_not_import_is_refused_and_not_listed(c
     assert main(['eval', '--model', NAME, '--torchcompile', 'tvm']) == 2
     _one_line(capsys, 'tvm')
 
+
+# ------------------------------------------------------------------ 10. silent surprises
+
+def test_compare_json_keeps_an_existing_file_without_overwrite(tmp_path, capsys):
+    registry = _registry_with_two(tmp_path)
+    out = tmp_path / 'c.json'
+    out.write_text('mine\n')
+    argv = ['compare', 'e0', 'e1', '--registry', str(registry), '--json', str(out)]
+    assert main(argv) == 2
+    _one_line(capsys, str(out), '--overwrite')
+    assert out.read_text() == 'mine\n'
+    assert main(argv + ['--overwrite']) == 0
+    assert json.loads(out.read_text())['metric']
+
+
+def test_compare_refuses_one_entry_twice(tmp_path, capsys):
+    registry = _registry_with_two(tmp_path)
+    path = registry / 'fashion-mnist-bundled' / 'Linf' / 'e0.json'
+    for a, b in (('e0', 'e0'), ('e0', str(path))):
+        assert main(['compare', a, b, '--registry', str(registry)]) == 2
+        _one_line(capsys, 'the same entry')
+
+
+@pytest.mark.parametrize('tag', ['123', 'x y.z', 'a/b', 'Upper', 'a.b', '', 7])
+def test_a_tag_that_timm_cannot_name_is_refused_when_the_spec_loads(tmp_path, capsys, tag):
+    configs = {'d': {'model': 'resnet18_dense', 'tag': tag}}
+    spec = _study(tmp_path, configs=configs, autoattack=None, first_seed_eval={})
+    for verb in (['grid', str(spec), '--dry-run'], ['ship', str(spec), '--out', str(tmp_path / 'tags')]):
+        assert main(verb) == 2
+        _one_line(capsys, "config 'd'", 'tag')
+
+
+def _flip_two_bits(entry: dict) -> None:
+    """Move one correct point of the clean bits to a wrong one: the count, and so the accuracy, stay the same."""
+    from bench.results.stats import decode_bits, encode_bits
+    block = entry['per_sample']
+    bits = decode_bits(block['bits']['clean'], block['n'])
+    right, wrong = int(bits.argmax()), int((~bits).argmax())
+    bits[right], bits[wrong] = False, True
+    block['bits']['clean'] = encode_bits(bits)
+
+
+def test_per_sample_bits_carry_a_checksum_that_catches_a_flip_keeping_the_count(tmp_path, capsys):
+    from bench.results.registry import load_entry, write_entry
+    from registry_fakes import make_entry
+    path = write_entry(make_entry(entry_id='e0'), tmp_path / 'registry')
+    entry = json.loads(path.read_text())
+    assert len(entry['per_sample']['sha256']) == 64
+    _flip_two_bits(entry)
+    path.write_text(json.dumps(entry))
+    with pytest.raises(UserError, match=r"e0.*per_sample.*sha256"):
+        load_entry(path)
+    assert main(['compare', str(path), 'e0', '--registry', str(tmp_path / 'registry')]) == 2
+    _one_line(capsys, 'sha256')
+
+
+def test_an_entry_written_before_the_checksum_still_loads(tmp_path):
+    from bench.results.registry import load_entry, write_entry
+    from registry_fakes import make_entry
+    path = write_entry(make_entry(entry_id='e0'), tmp_path / 'registry')
+    entry = json.loads(path.read_text())
+    del entry['per_sample']['sha256']
+    path.write_text(json.dumps(entry))
+    assert load_entry(path)['per_sample']['n'] == 200
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+    from bench.core.atomic import atomic_open
+    target = tmp_path / 'LEADERBOARD.md'
+    kill = ('import os, sys; from bench.core.atomic import atomic_open\n'
+            'with atomic_open(sys.argv[1]) as f:\n    f.write("half"); f.flush(); os.kill(os.getpid(), 9)\n')
+    assert subprocess.run([sys.executable, '-c', kill, str(target)]).returncode == -9
+    orphans = [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+    assert len(orphans) == 1 and not target.exists()
+    with atomic_open(tmp_path / 'other.md') as f:  # another target: its orphans are not this writer's business
+        f.write('x')
+    assert orphans[0].exists()
+    with atomic_open(target) as f:  # this target's next write removes its dead writer's file
+        f.write('whole')
+    assert target.read_text() == 'whole' and sorted(p.name for p in tmp_path.iterdir()) == ['LEADERBOARD.md', 'other.md']
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    from bench.core.atomic import atomic_open
+    target = tmp_path / 'entry.json'
+    with atomic_open(target) as outer:  # this process is alive: its temporary file must survive a second write
+        outer.write('outer')
+        with atomic_open(target) as inner:
+            inner.write('inner')
+    assert target.read_text() == 'outer'
+
+
+def test_an_atomic_write_error_names_the_target_not_the_temporary_file(read_only):
+    from bench.core.atomic import write_json_atomic
+    target = read_only.on() / 'result.json'
+    with pytest.raises(OSError) as e:
+        write_json_atomic({}, target)
+    assert e.value.errno == errno.EROFS and e.value.filename == str(target)
+
+
+@pytest.mark.parametrize('option', ['--num-classes', '--in-chans'])
+@pytest.mark.parametrize('value', ['-5', '0'])
+def test_eval_reports_a_class_or_channel_count_below_one_as_a_range_error(run, capsys, option, value):
+    assert main(['eval', '--model', NAME, '--checkpoint', str(run / 'model.pth'), '--dataset', 'fashion-mnist-bundled',
+                 f'{option}={value}']) == 2
+    _one_line(capsys, f'{option} {value}', 'at least 1')
+
+
+def test_json_lines_write_non_finite_numbers_as_null():
+    from bench.core.atomic import finite_json
+    record = {'loss': float('nan'), 'routing': {'load': [0.5, float('inf')]}, 'step': 3, 'lr': (0.1, -float('inf'))}
+    assert finite_json(record) == {'loss': None, 'routing': {'load': [0.5, None]}, 'step': 3, 'lr': [0.1, None]}

@@ -2,19 +2,24 @@
 
 The content goes to a temporary file in the target's directory, is fsynced, then renamed into place:
 a rename within one file system is atomic, so a reader, or a resume after SIGKILL, sees either the old
-complete file or the new one, never a torn one.
+complete file or the new one, never a torn one. A writer killed mid-write leaves its temporary file (named after
+the target, the host and the pid); the next write of the same target removes it once that process is gone.
 """
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Union
 
 import torch
+
+from bench.core.locks import process_alive
 
 
 @contextmanager
@@ -28,8 +33,9 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
             otherwise; of several concurrent writers exactly one wins.
     """
     path = Path(path)
+    _remove_orphans(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path) + f'{os.getpid()}.', suffix='.tmp')
     except OSError as e:
         raise _about(e, path) from None
     try:
@@ -49,6 +55,28 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _tmp_prefix(path: Path) -> str:
+    # the writer's host and pid in the name: the next write of `path` can tell a killed writer's file from a live one's
+    return f'.{path.name}.{socket.gethostname()}-'
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files of `path` that writers killed mid-write left behind: this host's, whose process is
+    gone. Another host's cannot be judged from here and are left."""
+    prefix = _tmp_prefix(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return  # the write itself will report the folder
+    for name in names:
+        pid = name[len(prefix):].split('.', 1)[0] if name.startswith(prefix) and name.endswith('.tmp') else ''
+        if pid.isdigit() and not process_alive(int(pid)):
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass  # another writer removed it first, or the folder is read-only: the write will say so
 
 
 def temp_dir_beside(target: Union[str, Path]) -> Path:
@@ -99,6 +127,15 @@ def write_json_atomic(obj: Any, path: Union[str, Path], exclusive: bool = False,
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, exclusive=exclusive) as f:
         json.dump(obj, f, **{'indent': 1, **dump_kwargs})
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinity as None (null): JSON has none, and one bare NaN makes a file unreadable."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:

@@ -39,8 +39,11 @@ def _alive(holder: str, path: Path) -> bool:
         except FileNotFoundError:
             return False
     host, pid = parts[0], int(parts[1])
-    if host != socket.gethostname():
-        return True
+    return host != socket.gethostname() or process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

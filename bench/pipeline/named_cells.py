@@ -19,10 +19,14 @@ A cell's id is `<config>-seed<seed>`.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from bench.core.errors import UserError
 
+# timm's tags ('in1k', 'fb_in22k_ft_in1k'): no dot (it splits model.tag there), no path separator (the tag names
+# the shipped file), no space, not only digits
+TAG_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 CONFIG_KEYS = ('model', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
 AXIS_KEYS = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
 
@@ -47,6 +51,10 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
         for key in ('model_kwargs', 'train', 'eval'):
             if not isinstance(config.get(key, {}), Mapping):
                 raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
+        tag = config.get('tag')
+        if tag is not None and not (isinstance(tag, str) and TAG_PATTERN.fullmatch(tag)):
+            raise UserError(f'{where}: tag {tag!r} cannot name a timm pretrained tag (model.tag); write lower-case '
+                            'letters, digits and _, starting with a letter, as timm\'s tags (e.g. fmnist_pgd)')
         if 'seeds' in config:
             check_seeds(config['seeds'], f'{where}: seeds')
         if 'seed' in config.get('train', {}):

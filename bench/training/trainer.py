@@ -35,7 +35,7 @@ from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
 from bench import models as ckpt
-from bench.core.atomic import atomic_save, atomic_save_safetensors, write_json_atomic
+from bench.core.atomic import atomic_save, atomic_save_safetensors, finite_json, write_json_atomic
 from bench.core.compile import torchcompile_settings
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
@@ -294,7 +294,7 @@ class Trainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
             with open(self.run_dir / 'metrics.jsonl', 'a') as f:
-                f.write(json.dumps(_finite(record), sort_keys=True, allow_nan=False) + '\n')  # null, never NaN
+                f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + '\n')  # null, never NaN
 
     # -- the loop
     @torch.no_grad()
@@ -372,17 +372,6 @@ class Trainer:
         torch.use_deterministic_algorithms(self._was_deterministic)
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def _finite(value: Any) -> Any:
-    """`value` with every NaN or infinity as None: JSON has no NaN, and metrics.jsonl must stay JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _routing_summary(model: nn.Module) -> Dict[str, Any]:
