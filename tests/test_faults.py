@@ -516,3 +516,43 @@ def test_json_lines_write_non_finite_numbers_as_null():
     from bench.core.atomic import finite_json
     record = {'loss': float('nan'), 'routing': {'load': [0.5, float('inf')]}, 'step': 3, 'lr': (0.1, -float('inf'))}
     assert finite_json(record) == {'loss': None, 'routing': {'load': [0.5, None]}, 'step': 3, 'lr': [0.1, None]}
+
+
+# ------------------------------------------------------------------ 11. file modes follow the umask
+
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_an_export_folder_and_its_files_follow_the_umask(run, tmp_path, umask):
+    from bench.pipeline.export import export_run
+    out = export_run(run, tmp_path / 'hub', registry_dir=tmp_path / 'none')
+    assert _mode(out) == 0o777 & ~umask
+    assert {p.name: _mode(p) for p in out.iterdir()} == {p.name: 0o666 & ~umask for p in out.iterdir()}
+
+
+def test_shipped_tags_follow_the_umask(tmp_path, monkeypatch, umask):
+    from types import SimpleNamespace
+    from bench.pipeline import grid
+    from bench.pipeline.ship import ship
+    import test_pretrained_tags as tags
+    study = tags.study.__wrapped__(tmp_path, monkeypatch)
+    out, _ = ship(study.spec, tmp_path / 'pretrained', dtype='float16')
+    assert _mode(out) == 0o777 & ~umask
+    assert {p.name: _mode(p) for p in out.iterdir()} == {p.name: 0o666 & ~umask for p in out.iterdir()}
+
+
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    import torch
+    from bench.core.atomic import atomic_save, atomic_save_safetensors, write_json_atomic
+    write_json_atomic({}, tmp_path / 'a.json')
+    atomic_save({'w': torch.zeros(1)}, tmp_path / 'b.pth')
+    atomic_save_safetensors({'w': torch.zeros(1)}, tmp_path / 'c.safetensors')
+    assert {_mode(p) for p in tmp_path.iterdir()} == {0o666 & ~umask}

@@ -15,7 +15,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Union
+from typing import IO, Any, Iterator, Mapping, Optional, Union
 
 import torch
 
@@ -85,9 +85,11 @@ def temp_dir_beside(target: Union[str, Path]) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
     except OSError as e:
         raise _about(e, target) from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; it becomes an ordinary output folder
+    return tmp
 
 
 def _about(e: OSError, path: Path) -> OSError:
@@ -144,11 +146,13 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
         torch.save(obj, f)
 
 
-def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path]) -> None:
-    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix)."""
+def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path],
+                            metadata: Optional[Mapping[str, str]] = None) -> None:
+    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix), with
+    `metadata` in its header (default {'format': 'pt'})."""
     from safetensors.torch import save as safetensors_bytes
     # safetensors stores dense row-major buffers: channels_last or sliced tensors must be made contiguous
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    data = safetensors_bytes(tensors, metadata={'format': 'pt'})
+    data = safetensors_bytes(tensors, metadata=dict(metadata) if metadata is not None else {'format': 'pt'})
     with atomic_open(path, 'wb') as f:
         f.write(data)

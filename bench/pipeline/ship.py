@@ -171,7 +171,6 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
         if total >= PACKAGE_LIMIT:
             raise UserError(f'the {len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, over the '
                             f'{PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use float16')
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; it is package data
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
