@@ -12,7 +12,9 @@ from torch import nn
 
 import timm_moe
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_utf8
 from timm_moe import ModelSpec
+from timm_moe.models.pretrained import CorruptWeightsError
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
 WEIGHTS = 'model.pth'  # the plain timm state_dict: pretrained_cfg_overlay=dict(file=...)
@@ -139,6 +141,8 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
                         f'{", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except CorruptWeightsError as e:  # the tag's file, not the kwargs
+        raise UserError(str(e)) from None
     except (TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shown = ','.join(f'{k}={v}' for k, v in kwargs.items())
@@ -202,7 +206,7 @@ def _run_config(checkpoint: Optional[Path]) -> Dict[str, Any]:
         return {}
     import yaml
     try:
-        data = yaml.safe_load(cfg.read_text()) or {}
+        data = yaml.safe_load(read_utf8(cfg, 'run config')) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
     return data if isinstance(data, dict) else {}

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Optional
 
-from bench.core.errors import UserError
+from bench.core.errors import UserError, is_user_os_error
 
 # Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
@@ -68,7 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f'timm-moe {args.verb}: interrupted', file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
+    except Exception as e:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
+        if is_user_os_error(e):  # the user's file system refuses (read-only, full): bad input, not a bug
+            print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
+            return 2
         traceback.print_exc()
         print(f'timm-moe {args.verb}: internal error (a bug in timm-moe, not bad input): please report the '
               'traceback above', file=sys.stderr)

@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--batch-size {args.batch_size} must be at least 1')
     if args.n_examples < 1:
         raise UserError(f'--n-examples {args.n_examples} must be at least 1')
+    for flag, value in (('--num-classes', args.num_classes), ('--in-chans', args.in_chans)):
+        if value is not None and value < 1:
+            raise UserError(f'{flag} {value} must be at least 1 (default: the data set\'s)')
+    if args.n_check < 1:
+        raise UserError(f'--n-check {args.n_check} must be at least 1 (the sanity checks attack that many examples)')
     if args.resume and args.json is None:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
     if args.json is not None:

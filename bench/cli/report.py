@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 from bench.cli.options import add_registry_args
 from bench.core.errors import UserError
+from bench.core.values import check_out_apart
 from bench.results.registry import DEFAULT_REGISTRY, check_filters, load_entries
 from bench.results.report import write_report
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     check_filters(args.dataset, args.threat_model)
     if args.study is None:
         registry = Path(args.registry or DEFAULT_REGISTRY)
+        check_out_apart(args.out, {'the registry': registry})
         for path in write_report(registry, args.out, args.dataset, args.threat_model):
             print(f'wrote {path}')
         return 0
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.study)
     registry = Path(args.registry) if args.registry else registry_dir(spec)
+    check_out_apart(args.out, {'the registry': registry})
     entries = load_entries(registry, dataset=args.dataset, threat_model=args.threat_model)
     for path in write_study(entries, study_plan(spec), args.out):
         print(f'wrote {path}')

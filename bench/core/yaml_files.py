@@ -12,6 +12,16 @@ from bench.core.errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
 
 
+def read_utf8(path: str | Path, what: str = 'file') -> str:
+    """The text of a file the user gave; one that is not UTF-8 is a UserError naming it and the first bad byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise UserError(f'{what} {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); '
+                        'save it as UTF-8') from None
+
+
 def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml') -> Dict[str, Any]:
     """The mapping in a YAML file, given as a path or as the name of a file shipped in `bench/configs`.
 
@@ -27,9 +37,11 @@ def read_yaml_mapping(path: str | Path, what: str, shipped_glob: str = '*.yaml')
         shipped = ', '.join(sorted(p.stem for p in CONFIG_DIR.glob(shipped_glob)))
         raise UserError(f'{what} {str(path)!r} not found; give a YAML path or one of: {shipped}')
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(read_utf8(file, what)) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{file} is not valid YAML: {str(e).splitlines()[0]}') from None
+    except RecursionError:
+        raise UserError(f'{file} is nested too deep to be a {what}') from None
     if not isinstance(data, dict):
         raise UserError(f'{file} must hold a mapping of {what} keys, not {type(data).__name__}')
     return data

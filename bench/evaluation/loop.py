@@ -63,6 +63,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         raise UserError(f'--batch-size {batch_size} must be at least 1')
     if len(x) != len(y) or len(x) == 0:
         raise UserError(f'need as many labels as images, and at least one: got {len(x)} images, {len(y)} labels')
+    if n_check < 1:  # x[:0] would crash the checks, x[:-1] would quietly drop a point
+        raise UserError(f'n_check={n_check} must be at least 1 (the sanity checks attack that many examples)')
     if per_expert_examples is not None and not 1 <= per_expert_examples <= len(x):
         raise UserError(f'per_expert_examples={per_expert_examples} must be between 1 and the {len(x)} images '
                         'evaluated')

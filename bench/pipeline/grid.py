@@ -31,18 +31,20 @@ from rich.table import Table
 from timm_moe import ModelSpec
 
 from bench.attacks import resolve_attacks
+from bench.core import locks
 from bench.core.atomic import write_json_atomic
-from bench.core.errors import UserError
+from bench.core.errors import UserError, is_user_os_error
 from bench.core.parallel import process_pool
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
-from bench.pipeline.named_cells import check_configs, named_cells
+from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycling, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.results.registry import entry_path, load_entries
 from bench.results.study.analysis import check_preregistration
 from bench.core.yaml_files import read_yaml_mapping
 from bench.training.config import TrainConfig
 
+LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = ('resnet18', 'resnet50')
 TRAININGS = ('normal', 'pgd', 'trades')
@@ -99,10 +101,12 @@ def load_spec(path: str | Path) -> GridSpec:
         if value not in TRAININGS:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
     _check_train_config(spec.train_config, spec.arch, path)
-    _check_seeds(spec.seeds, path)
+    check_seeds(spec.seeds, f'seeds in {path}')
+    grid = cells(spec)
     # an unknown attack or eval key would otherwise fail every cell after its training
-    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in cells(spec)}:
+    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in grid}:
         resolve_attacks(evaluation_of(json.loads(values)).attacks)
+    _check_cells(spec, grid, path)
     check_followup(spec, path)
     if spec.preregistration is not None:
         if not spec.configs:
@@ -111,6 +115,20 @@ def load_spec(path: str | Path) -> GridSpec:
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
+
+
+def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
+    """Every cell's full training config (recipe, `train` values, training) and every upcycling pair, checked when
+    the spec loads: a bad value must not wait for the cells before it to train, then fail as a cell."""
+    by_id = {c['cell']: c for c in grid}
+    for c in grid:
+        try:
+            cell_config(c, spec)
+        except UserError as e:
+            where = f'config {c["config"]!r}' if c.get('config') else f'grid cell {c["cell"]}'
+            raise UserError(f'{where} in {path}: {e}') from None
+        if c.get('upcycle_from'):
+            check_upcycling(c, by_id[c['upcycle_from']], path)
 
 
 def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
@@ -129,16 +147,6 @@ def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
     if bad:
         arch, recipe = next(iter(bad.items()))
         raise UserError(f'train_config in {path}: the recipe for {arch} is {recipe!r}, not a recipe name')
-
-
-def _check_seeds(seeds: Any, path: str | Path) -> None:
-    if seeds is None:
-        return
-    if (not isinstance(seeds, list) or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise UserError(f'seeds in {path} is {seeds!r}: give a list of integers >= 0, e.g. [0, 1, 2]')
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f'seeds in {path} repeats a seed: {seeds!r}')
 
 
 def recipe_for(spec: GridSpec, arch: str) -> Optional[str]:
@@ -267,9 +275,18 @@ def evaluation_of(eval_values: Mapping[str, Any]) -> Evaluation:
 
 
 def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
-    """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`)."""
+    """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`), or
+    {'cell', 'busy'} when another live process holds the cell's lock (two grids on one spec, say)."""
     cell_dir = _cell_dir(cell, spec)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    with locks.held(cell_dir / LOCK) as busy:
+        if busy is not None:
+            return dict(cell=cell['cell'], busy=busy)
+        # done.json: finished by another process since this one listed the cells
+        return read_done(cell, spec) if (cell_dir / 'done.json').exists() else _run_locked(cell, spec, cell_dir)
+
+
+def _run_locked(cell: Dict[str, Any], spec: GridSpec, cell_dir: Path) -> Dict[str, Any]:
     if cell.get('upcycle_from') and status(dict(cell=cell['upcycle_from']), spec) != 'done':
         raise UserError(f'cell {cell["cell"]} upcycles from cell {cell["upcycle_from"]}, which is not done: '
                         'run the grid again once it is')
@@ -297,6 +314,8 @@ def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     try:
         return run_grid_cell(cell, spec)
     except Exception as e:  # noqa: BLE001 - one failed cell must not stop the sweep; its reason is kept
+        if is_user_os_error(e):  # a read-only or full file system fails every cell alike: stop, in one line
+            raise
         cell_dir = _cell_dir(cell, spec)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / 'failed.txt').write_text(traceback.format_exc())
@@ -347,6 +366,8 @@ def status(cell: Mapping[str, Any], spec: GridSpec, registered: Optional[Registe
         return 'done'
     if _key(cell) in (registered_cells(spec) if registered is None else registered):
         return 'done'
+    if locks.holder(cell_dir / LOCK):
+        return 'running'
     return 'failed' if (cell_dir / 'failed.txt').exists() else 'todo'
 
 
@@ -384,15 +405,20 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         outcomes += run_wave(wave, spec, procs, console)
     if spec.autoattack:
         outcomes += run_followups(spec, cells(spec), shard, procs, console)
-    done = [o for o in outcomes if 'error' not in o]
+    busy = [o for o in outcomes if 'busy' in o]
+    done = [o for o in outcomes if 'error' not in o and 'busy' not in o]
     failed = [o for o in outcomes if 'error' in o]
+    for o in busy:
+        console.print(f'[yellow]skipped[/] {o["cell"]}: running in another process ({o["busy"]}); run the grid '
+                      'again once it is done')
     for o in failed:
         console.print(f'[red]failed[/] {o["cell"]}: {o["error"]} (traceback in cells/{o["cell"]}/failed.txt)')
     if done or skipped:
         # from every entry in the registry, including other shards' (the last shard to finish sees them all)
         write_leaderboard(registry_dir(spec))
-    console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
-    return dict(done=done, failed=failed, skipped=skipped, pending=[])
+    console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(busy)} running elsewhere, '
+                  f'{len(failed)} failed')
+    return dict(done=done, failed=failed, skipped=skipped, pending=[], busy=busy)
 
 
 def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console) -> List[Dict[str, Any]]:

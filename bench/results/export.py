@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -29,6 +28,7 @@ from torch import nn
 import timm_moe
 from timm_moe import ModelSpec
 
+from bench.core.atomic import atomic_save_safetensors, temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.results.registry import load_entries, load_entry
@@ -162,12 +162,11 @@ def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], datas
 
 
 def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
-    from safetensors.torch import save_file
     # safetensors refuses views and shared storage: one contiguous copy per tensor
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     # one metadata key: safetensors writes several in hash order, and the file would differ run to run
     record = {'architecture': name, 'model_args': dict(model_args)}
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+    atomic_save_safetensors(tensors, path, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -274,8 +273,7 @@ def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping
                      entry_note: str) -> Path:
     """Write the folder (weights, config.json, model card) beside `out`, then move it into place: a killed
     export leaves no half folder behind. Replaces `out` if it exists (the caller decides whether it may)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         write_weights(model, tmp / WEIGHTS_FILE, name, model_args)
         (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, model_args, dataset, info), indent=2) + '\n')

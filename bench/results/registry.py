@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_utf8
 from bench.results.stats import per_sample_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -253,9 +254,11 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
     """
     path = Path(path)
     try:
-        entry = json.loads(path.read_text(encoding='utf-8'))
+        entry = json.loads(read_utf8(path, 'registry file'))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    except RecursionError:
+        raise UserError(f'registry file {path} is nested too deep to be an entry') from None
     if isinstance(entry, dict):
         migrate(entry)
     try:

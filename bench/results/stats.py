@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from statistics import NormalDist
@@ -137,8 +138,16 @@ def per_sample_block(correct_by_metric: Mapping[str, Any], start: int = 0) -> Di
     if int(start) < 0:
         raise ValueError(f'start={start} must be >= 0')
     n = next(iter(lengths.values()))
-    return {'format': BITSET_FORMAT, 'index_range': [int(start), int(start) + n], 'n': n,
-            'bits': {k: encode_bits(v) for k, v in vectors.items()}}
+    block = {'format': BITSET_FORMAT, 'index_range': [int(start), int(start) + n], 'n': n,
+             'bits': {k: encode_bits(v) for k, v in vectors.items()}}
+    return dict(block, sha256=bits_sha256(block))
+
+
+def bits_sha256(block: Mapping[str, Any]) -> str:
+    """sha256 of a per_sample block's points and bits (canonical JSON), stored beside them: the accuracy check
+    catches a flipped bit that changes a count, this one also a flip that keeps it (one point right, another wrong)."""
+    payload = {'index_range': [int(v) for v in block['index_range']], 'n': int(block['n']), 'bits': dict(block['bits'])}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(',', ':')).encode('ascii')).hexdigest()
 
 
 def _entry_name(entry: Mapping[str, Any]) -> str:
@@ -169,6 +178,10 @@ def per_sample_vectors(entry: Mapping[str, Any]) -> Optional[Tuple[Tuple[int, in
         vectors = {k: decode_bits(v, n) for k, v in bits.items()}
     except UserError as e:
         raise UserError(f'entry {name}: {e}') from None
+    # entries written before the checksum have none, and still load
+    if 'sha256' in block and block['sha256'] != bits_sha256(block):
+        raise UserError(f'entry {name}: per_sample bits do not match their sha256 (changed after they were written); '
+                        'restore the entry or evaluate the model again')
     return (start, stop), vectors
 
 

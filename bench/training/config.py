@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
 from bench.core.yaml_files import read_yaml_mapping
-from bench.core.values import parse_eps, parse_mapping, parse_number
+from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
 
 METHODS = ('normal', 'pgd', 'trades')
 ATTACK_PRECISIONS = ('fp32', 'amp')
@@ -149,15 +150,17 @@ def _coerce(key: str, value: Any) -> Any:
         return dict(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise UserError(f'{key}={value!r} has the wrong type: expected {base.__name__}')
+    if base is float and not math.isfinite(value):  # YAML's .nan and .inf, or 1e400
+        raise UserError(f'{key}={value!r} is not a finite number')
     return value
 
 
 def _parse_scalar(key: str, text: str, base: type) -> Any:
-    if base is float and '/' in text:  # '8/255'
+    if base is float:  # '8/255' and '1e-3' too (YAML 1.1 reads 1e-3 as a string); a finite number
         return parse_number(text, key)
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise UserError(f'{key}={text!r} could not be parsed as {base.__name__}') from None
 
 
@@ -167,7 +170,7 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
         head, sub = key.split('.', 1)
         if head != 'model_kwargs':
             raise UserError(f'unknown config key {key!r}: only model_kwargs takes dotted sub-keys')
-        v = yaml.safe_load(value) if isinstance(value, str) else value
+        v = parse_yaml_value(key, value) if isinstance(value, str) else value
         cfg_dict.setdefault('model_kwargs', {})[sub] = v
         return
     if key not in _FIELDS:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
 from bench import models as ckpt
-from bench.core.atomic import atomic_save, atomic_save_safetensors, write_json_atomic
+from bench.core.atomic import atomic_save, atomic_save_safetensors, finite_json, write_json_atomic
 from bench.core.compile import torchcompile_settings
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
@@ -293,7 +294,7 @@ class Trainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
             with open(self.run_dir / 'metrics.jsonl', 'a') as f:
-                f.write(json.dumps(record, sort_keys=True) + '\n')
+                f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + '\n')  # null, never NaN
 
     # -- the loop
     @torch.no_grad()
@@ -326,6 +327,10 @@ class Trainer:
                 for x, y in loader:
                     t0 = time.perf_counter()
                     out = self.train_step(x, y)
+                    if not math.isfinite(out['loss']):  # nothing of this step is logged or saved
+                        raise UserError(f'training diverged: the loss is {out["loss"]} at step {self.global_step} '
+                                        f'(epoch {self.epoch}); lower lr (now {cfg.lr:g}) or set clip_grad; the '
+                                        f'checkpoints in {self.run_dir} are from before')
                     dt = time.perf_counter() - t0
                     train_seconds += dt
                     images_seen += len(y) * self.world_size
