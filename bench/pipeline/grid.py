@@ -37,11 +37,11 @@ from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, named_cells
 from bench.results.leaderboard import write_leaderboard
 from bench.core.yaml_files import read_yaml_mapping
-from bench.training.config import TrainConfig
+from bench.training.config import METHODS, TrainConfig
 
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = ('resnet18', 'resnet50')
-TRAININGS = ('normal', 'pgd', 'trades')
+TRAININGS = METHODS  # every `--training` of the trainer
 
 
 @dataclass
