@@ -7,14 +7,14 @@ import dataclasses
 import os
 
 from bench.core.compile import TORCHCOMPILE_DEFAULT
-from bench.training.config import TrainConfig, load_config
+from bench.training.config import FIELD_HELP, TrainConfig, load_config
 from bench.training.trainer import run_training
 
 _FIELDS = dataclasses.fields(TrainConfig)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('train', help='train a model (normal, PGD or TRADES adversarial training)',
+    p = subparsers.add_parser('train', help='train a model (normal, or PGD, TRADES, Fast or Free adversarial training)',
                               description='Train with timm components. Every config key is an option; '
                                           '--config loads a YAML recipe first (e.g. cifar100_resnet18_pgd).')
     p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs)')
@@ -29,7 +29,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                            metavar='BACKEND', help=f'compile with torch.compile (bare: {TORCHCOMPILE_DEFAULT})')
         else:
             p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
-                           help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
+                           help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else FIELD_HELP.get(f.name))
     p.set_defaults(func=run)
 
 

@@ -100,3 +100,17 @@ def compiled_in_place(model: nn.Module, backend: Optional[str], mode: Optional[s
     # retain_graph: the gradient-masking checks backward twice through one forward
     with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True):
         yield model
+
+
+def compile_for_training(ddp: nn.Module, net: nn.Module, backend: Optional[str], mode: Optional[str],
+                         distributed: bool) -> tuple:
+    """(step_net, local_net): the training forward (through DDP) and the attack's and clean accuracy's forward
+    (without DDP), compiled by `--torchcompile` as timm's train.py does it: after the DDP wrap, with the EMA and
+    the checkpoints on the raw module (so no `_orig_mod.` key reaches a state_dict). No backend: both as given."""
+    if not backend:
+        return ddp, net
+    torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
+    step_net = torch.compile(ddp, backend=backend, mode=mode)
+    # without DDP the attack's backward must not all-reduce: a distributed run compiles the bare net too
+    local_net = torch.compile(net, backend=backend, mode=mode) if distributed else step_net
+    return step_net, local_net

@@ -42,12 +42,12 @@ from bench.results.leaderboard import write_leaderboard
 from bench.results.registry import entry_path, load_entries
 from bench.results.study.analysis import check_preregistration
 from bench.core.yaml_files import read_yaml_mapping
-from bench.training.config import TrainConfig
+from bench.training.config import METHODS, TrainConfig
 
 LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = ('resnet18', 'resnet50')
-TRAININGS = ('normal', 'pgd', 'trades')
+TRAININGS = METHODS  # every `--training` of the trainer
 
 
 @dataclass

@@ -99,7 +99,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         model_kwargs: every kwarg timm.create_model got (the spec's, plus timm's such as num_classes);
             they must build `spec` (ValueError otherwise: a caller bug, not bad input).
         dataset: one of the registry's data sets.
-        method: 'normal' | 'pgd' | 'trades' | 'other'.
+        method: 'normal' | 'pgd' | 'trades' | 'fast' | 'free' | 'other'.
         eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model, settings (the attacks'
             settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, flags,
             routing_under_attack.

@@ -22,7 +22,7 @@ from bench.core.errors import UserError
 from bench.core.yaml_files import read_yaml_mapping
 from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
 
-METHODS = ('normal', 'pgd', 'trades')
+METHODS = ('normal', 'pgd', 'trades', 'fast', 'free')
 ATTACK_PRECISIONS = ('fp32', 'amp')
 
 
@@ -58,12 +58,16 @@ class TrainConfig:
     min_lr: float = 0.0
     clip_grad: Optional[float] = None
     # -- adversarial training
-    training: str = 'normal'  # normal | pgd (Madry) | trades
+    training: str = 'normal'  # normal | pgd (Madry) | trades | fast | free
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
     attack_step: float = 2 / 255
     attack_steps: int = 7
     random_start: bool = True
     trades_beta: float = 6.0
+    fast_step: Optional[float] = None  # Fast-AT's FGSM step; None = 1.25 * eps (Wong et al. 2020)
+    free_replays: int = 4  # Free-AT: optimizer steps (replays) per minibatch; `epochs` counts data passes
+    free_step: Optional[float] = None  # Free-AT's ascent step on the carried perturbation; None = eps
+    free_reset_prob: float = 0.0  # Free-AT: chance per image and replay that its carried perturbation restarts at 0
     attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
     attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
     # -- extras
@@ -102,10 +106,31 @@ class TrainConfig:
             raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
         if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
             raise UserError(f'upcycle_sha256={self.upcycle_sha256!r} is not a sha256 (64 lower-case hex digits)')
+        self._validate_fast_free()
         if self.batch_size % self.accum_steps:
             raise UserError(f'batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}')
         check_torchcompile(self.torchcompile, self.torchcompile_mode)
         return self
+
+    def _validate_fast_free(self) -> None:
+        if self.free_replays < 1:
+            raise UserError(f'free_replays={self.free_replays} must be at least 1')
+        for key in ('fast_step', 'free_step'):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise UserError(f'{key}={value} must be positive (or none for its default)')
+        if not 0 <= self.free_reset_prob <= 1:
+            raise UserError(f'free_reset_prob={self.free_reset_prob} must be in [0, 1]')
+        if self.training == 'fast' and not self.random_start:
+            raise UserError('random_start=False with training=fast: Fast-AT is FGSM from a random start (without it, '
+                            'it is the FGSM training that overfits catastrophically); use random_start=True')
+        if self.training == 'free':
+            if self.attack_mode != 'train':
+                raise UserError(f'attack_mode={self.attack_mode!r} with training=free: Free-AT takes its perturbation '
+                                "gradient from the update's own backward, in train mode; use attack_mode=train")
+            if self.max_steps is not None and self.max_steps % self.free_replays:
+                raise UserError(f'max_steps={self.max_steps} with training=free must be a multiple of '
+                                f'free_replays={self.free_replays}: the replays of a minibatch are one unit')
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,7 +142,10 @@ class TrainConfig:
         forwards and gradients match eager's to rounding; tests/test_torchcompile_cli.py checks it), and
         leaving it out keeps the hashes of configs written before the key existed.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        # the Fast-/Free-AT keys change only those runs: left out of others, so older configs keep their hashes
+        unused = _FREE_KEYS + _FAST_KEYS if self.training not in ('fast', 'free') else \
+            (_FREE_KEYS if self.training == 'fast' else _FAST_KEYS)
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED + unused}
         # The field is serialised as 'method' here, its name when the first entries were written: every stored
         # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
         # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
@@ -126,6 +154,20 @@ class TrainConfig:
 
 
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
+# `timm-moe train --help` text of the keys whose meaning a comment above cannot carry to the command line
+FIELD_HELP = {
+    'training': 'normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: '
+                'minibatch replay); default normal',
+    'fast_step': 'training=fast: FGSM step from the random start; default none = 1.25 * eps (Wong et al. 2020)',
+    'free_replays': 'training=free: replays m of each minibatch, one optimizer step each; --epochs counts data '
+                    'passes, so a run makes m x the updates of one epoch per epoch (the reference runs epochs / m); '
+                    'default 4',
+    'free_step': 'training=free: sign-gradient step on the carried perturbation per replay; default none = eps',
+    'free_reset_prob': "training=free: chance per image and replay that its carried perturbation restarts at 0 "
+                       "(the reference's p_reset_noise); default 0",
+}
+_FAST_KEYS = ('fast_step',)
+_FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 
