@@ -101,6 +101,7 @@ DRIVER = textwrap.dedent('''
         'report': verb('report', '--out', 'plots', '--dataset', 'fashion-mnist-bundled'),
         'study': verb('report', '--study', '%(study)s', '--out', 'study-report'),
         'import': verb('import-paper'),
+        'page': verb('leaderboard', '--no-write', '--html', 'site/index.html'),
         'own_leaderboard': verb('leaderboard', '--registry', 'registry', '--limit', '2'),
         'into_package': verb('import-paper', '--registry', str(shipped), '--overwrite'),
     }
@@ -132,10 +133,13 @@ def test_installed_wheel_runs_the_registry_verbs_outside_the_repo(installed):
         else:
             assert 'default: the registry shipped with timm-moe, read-only' in text, (verb, text)
             assert str(shipped) in text.replace(' ', ''), (verb, text)
-    for verb in ('compare', 'report', 'study', 'import', 'own_leaderboard'):
+    for verb in ('compare', 'report', 'study', 'import', 'page', 'own_leaderboard'):
         assert res[verb]['rc'] == 0, (verb, res[verb])
     assert 'A - B' in res['compare']['out'] and 'verdict' in res['compare']['out']
     assert (work / 'plots').is_dir() and any((work / 'plots').glob('*.png'))
+    # the leaderboard page, with its inlined assets and copies of the entries it links
+    page = (work / 'site' / 'index.html').read_text(encoding='utf-8')
+    assert '<script>' in page and 'sortBy' in page and (work / 'site' / 'entries').is_dir()
     # the study report from the shipped entries (the study's own registry does not exist here)
     study_md = (work / 'study-report' / 'STUDY.md').read_text(encoding='utf-8')
     assert 'does not exist: reading' in res['study']['out'] and '|' in study_md

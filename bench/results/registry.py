@@ -36,7 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _PACKAGE = Path(__file__).resolve().parents[1]  # bench/
 # the shipped registry, resolved: the repository's registry/ in a clone (bench/registry_data links there),
 # the package's own copy in an installed wheel (pyproject.toml's package-data copies it through the link)
-SHIPPED_REGISTRY = (_PACKAGE / 'registry_data').resolve()
+# (a checkout without symlink support has a small text file there instead: then the repository's folder)
+SHIPPED_REGISTRY = ((_PACKAGE / 'registry_data').resolve() if (_PACKAGE / 'registry_data').is_dir()
+                    else REPO_ROOT / 'registry')
 DEFAULT_REGISTRY = SHIPPED_REGISTRY  # what the library functions read when given no registry
 REGISTRY_ENV = 'TIMM_MOE_REGISTRY'  # the user's default registry for every verb, when set
 LOCAL_REGISTRY = Path('registry')  # where an installed package's writers put entries by default (./registry)
