@@ -20,7 +20,6 @@ from bench.results import leaderboard as lb
 from bench.results.leaderboard.html import moe_kind, render_html, write_html
 from bench.results.registry import DEFAULT_REGISTRY, load_entries
 from headless_chromium import Chromium, find_chromium
-from registry_fakes import make_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get('CI_ARTIFACTS') or ROOT / '.ci' / 'artifacts')
@@ -91,15 +90,19 @@ def test_page_is_a_pure_function_of_the_entries(shipped):
     assert render_html(shipped, href) == render_html(list(shipped), href)
 
 
-def test_moe_kind_filter_values():
-    dense = make_entry('d', attacks={'pgd20': 20.0}, experts=0)
-    block = make_entry('b', attacks={'pgd20': 20.0})
-    conv = dict(block, model=dict(block['model'], name='paper:resnet18-convmoe-layer4.convs-e4-k1'))
+def test_moe_kind_filter_values(shipped):
+    def first(name_part):
+        return next(e for e in shipped if name_part in e['model']['name'])
+    dense, block, conv = first('resnet18_dense'), first('blockmoe'), first('convmoe')
     assert [moe_kind(e) for e in (dense, block, conv)] == ['dense', 'blockmoe', 'convmoe']
+    unnamed = dict(block, model=dict(block['model'], name='my_experts_net'))
+    assert moe_kind(unnamed) == 'moe'
 
 
 def test_html_out_must_be_a_file(tmp_path, capsys):
-    assert main(['leaderboard', '--no-write', '--html', str(tmp_path)]) == 2
+    empty = tmp_path / 'registry'
+    empty.mkdir()
+    assert main(['leaderboard', '--registry', str(empty), '--no-write', '--html', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'is a directory' in err
 

@@ -85,7 +85,8 @@ def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: st
         if name == 'Entry':
             out.append(f'<td class="entry">{links}</td>')
             continue
-        cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config'}.get(name, 'num' if name in right else '')
+        cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config', 'Flags': 'flags'}.get(
+            name, 'num' if name in right else '')
         value, _, spread = text.partition(' ')
         if name in right and spread:
             body = f'<span class="v">{html.escape(value)}</span> <span class="ci">{html.escape(spread)}</span>'
