@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.compare import compare_entries, format_result, resolve_entry
-from bench.results.registry import DEFAULT_REGISTRY
+from bench.cli.options import add_registry_option
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--metric', default=None,
                    help="clean, pgd20, apgd-ce, autoattack, ensemble, ... (default: the strongest both store: "
                         "autoattack > ensemble > apgd-ce > ... > pgd20 > pgd10 > clean)")
-    p.add_argument('--registry', default=str(DEFAULT_REGISTRY), help="registry root for entry ids (default: the repo's)")
+    add_registry_option(p, 'registry root for entry ids')
     p.add_argument('--boot', type=int, default=10000, help='bootstrap resamples (default 10000)')
     p.add_argument('--seed', type=int, default=0, help="the bootstrap's seed (default 0)")
     p.add_argument('--confidence', type=float, default=0.95, help='coverage of every interval (default 0.95)')

@@ -1,6 +1,11 @@
 """The results registry: one schema-checked JSON file per result, written atomically.
 
 Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/schema.json`.
+
+Which registry (docs/REGISTRY.md, "Where entries live"): the registry that ships with timm-moe is the
+repository's `registry/`; the package reaches it as `bench/registry_data`, a link to it in a clone and a
+copy of it in an installed wheel. That copy is read-only: writers refuse it (`check_writable`), and new
+results go to a folder of the user's (`--registry DIR`, or `$TIMM_MOE_REGISTRY`, see `default_registry`).
 Every number the project shows is read from these files (see `bench.results.leaderboard`, `bench.results.report`).
 Field meanings and the schema versions are in docs/REGISTRY.md: version 2 entries store the exact
 settings of every attack (`eval_settings`), which test points each measurement got right (`per_sample`)
@@ -29,13 +34,66 @@ from bench.core.yaml_files import read_utf8
 from bench.results.stats import per_sample_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REGISTRY = REPO_ROOT / 'registry'
-# registry/schema.json is the one schema; bench/assets links to it so that wheels carry a copy
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / 'assets' / 'registry_schema.json'
+_PACKAGE = Path(__file__).resolve().parents[1]  # bench/
+# the shipped registry, resolved: the repository's registry/ in a clone (bench/registry_data links there),
+# the package's own copy in an installed wheel (pyproject.toml's package-data copies it through the link)
+# (a checkout without symlink support has a small text file there instead: then the repository's folder)
+SHIPPED_REGISTRY = ((_PACKAGE / 'registry_data').resolve() if (_PACKAGE / 'registry_data').is_dir()
+                    else REPO_ROOT / 'registry')
+DEFAULT_REGISTRY = SHIPPED_REGISTRY  # what the library functions read when given no registry
+REGISTRY_ENV = 'TIMM_MOE_REGISTRY'  # the user's default registry for every verb, when set
+LOCAL_REGISTRY = Path('registry')  # where an installed package's writers put entries by default (./registry)
+SCHEMA_PATH = SHIPPED_REGISTRY / 'schema.json'  # the one schema, whatever registry dir is used
 SCHEMA_VERSION = 2  # what this code writes; every version in the schema's enum still loads
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
 
 PathLike = Union[str, os.PathLike]
+
+
+def shipped_is_package_data() -> bool:
+    """True in an installed package: the shipped registry is a copy inside it, read-only (in a clone it is
+    the repository's registry/, outside the package, where results are committed)."""
+    return _PACKAGE in SHIPPED_REGISTRY.parents
+
+
+def default_registry() -> Path:
+    """The registry a reading verb uses without --registry: $TIMM_MOE_REGISTRY if set, else the shipped one."""
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env) if env else SHIPPED_REGISTRY
+
+
+def default_write_registry() -> Path:
+    """The registry a writing verb (import-paper) uses without --registry: $TIMM_MOE_REGISTRY if set, else the
+    repository's registry/ in a clone, else ./registry (never the installed package's copy)."""
+    env = os.environ.get(REGISTRY_ENV)
+    if env:
+        return Path(env)
+    return LOCAL_REGISTRY if shipped_is_package_data() else SHIPPED_REGISTRY
+
+
+def default_text(write: bool = False) -> str:
+    """What the default registry is, exactly, for --help (`write`: the default of a verb that writes entries)."""
+    env = os.environ.get(REGISTRY_ENV)
+    if env:
+        return f'{env}, from ${REGISTRY_ENV}'
+    if not shipped_is_package_data():
+        return f"the repository's registry, {SHIPPED_REGISTRY}; ${REGISTRY_ENV} changes it"
+    if write:
+        return f'./registry (the registry shipped in the package is read-only); ${REGISTRY_ENV} changes it'
+    return f'the registry shipped with timm-moe, read-only, {SHIPPED_REGISTRY}; ${REGISTRY_ENV} changes it'
+
+
+def is_read_only(registry_dir: PathLike) -> bool:
+    """Whether `registry_dir` is (inside) the installed package's copy of the shipped registry."""
+    target = Path(registry_dir).resolve()
+    return shipped_is_package_data() and (target == SHIPPED_REGISTRY or SHIPPED_REGISTRY in target.parents)
+
+
+def check_writable(registry_dir: PathLike) -> None:
+    """Refuse to write into the installed package's copy of the shipped registry."""
+    if is_read_only(registry_dir):
+        raise UserError(f'registry {registry_dir} is the copy shipped inside the installed timm-moe package, '
+                        f'which is read-only: pass --registry DIR (or set {REGISTRY_ENV}) for your own registry')
 
 
 @lru_cache(maxsize=1)
@@ -227,6 +285,7 @@ def write_entry(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGIS
         UserError: the entry is invalid, or it exists and overwrite is False.
     """
     validate_entry(entry)
+    check_writable(registry_dir)
     path = entry_path(entry, registry_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():  # cheap early answer; the link below is the real guard

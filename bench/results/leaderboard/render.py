@@ -11,7 +11,7 @@ from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAUL
                                                describe)
 from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections
 from bench.results.markdown import md_table
-from bench.results.registry import DEFAULT_REGISTRY, load_entries
+from bench.results.registry import DEFAULT_REGISTRY, check_writable, load_entries
 
 def fmt_cell(cell: Optional[Cell], reported: bool = False) -> str:
     """'61.33 [55.7, 66.6]' (one run, Wilson), '61.33 ±1.20 [58.4, 64.3]' (seeds: std, t-interval), '61.33†'."""
@@ -169,6 +169,7 @@ def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[S
         entries: the entries to render (default: load them all from registry_dir).
     """
     registry_dir = Path(registry_dir)
+    check_writable(registry_dir)
     if entries is None:
         entries = load_entries(registry_dir)
     text = render_markdown(entries, DEFAULT_SORT)
