@@ -26,6 +26,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--no-group', action='store_true',
                    help='one row per run, instead of one per configuration over its seeds')
     p.add_argument('--no-write', action='store_true', help='print only; leave LEADERBOARD.md as it is')
+    p.add_argument('--wide', action='store_true',
+                   help='every column of LEADERBOARD.md (entry ids included), one line per row; default: a compact '
+                        'view for a terminal about 110 columns wide')
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     shown = [e for e in everything if (not args.dataset or e['dataset'] in args.dataset)
              and (not args.threat_model or e['threat_model'] in args.threat_model)]
     check_sort(shown, args.sort)
-    print_table(shown, args.sort, args.limit, group=not args.no_group)
+    print_table(shown, args.sort, args.limit, group=not args.no_group, wide=args.wide)
     if not args.no_write:
         path = write_leaderboard(registry, everything)
         print(f'wrote {path} ({len(everything)} entries)')
