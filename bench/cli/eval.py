@@ -27,7 +27,7 @@ from bench.core.values import parse_eps, parse_mapping
 from bench.evaluation import checks as sanity
 from bench.evaluation.loop import evaluate_model
 from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
-from bench.models import build_model, check_run_model, normalized, run_config_kwargs
+from bench.models import build_model, check_run_model, default_dataset, normalized, run_config_kwargs
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    "defaults from the checkpoint's run config.yaml")
     p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
     p.add_argument('--in-chans', type=int, default=None, help='default: the data set\'s')
-    p.add_argument('--dataset', default='cifar100', help=f'one of {", ".join(DATASETS)}')
+    p.add_argument('--dataset', default=None,
+                   help=f'one of {", ".join(DATASETS)} (default: the data set the checkpoint\'s run config.yaml '
+                        'or the pretrained tag names, else cifar100)')
     p.add_argument('--data-dir', default=None)
     p.add_argument('--download', action='store_true', help='let torchvision download the data set')
     presets = '; '.join(f'{k} = {"+".join(v)}' for k, v in PRESETS.items())
@@ -88,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     # validate every cheap input before any expensive work
     eps = parse_eps(args.eps, args.norm)
     names = resolve_attacks(args.attacks)
+    if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
+        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
+        print(f'--dataset not given: {args.dataset} ({why})')
     info = dataset_info(args.dataset)
     if args.batch_size < 1:
         raise UserError(f'--batch-size {args.batch_size} must be at least 1')

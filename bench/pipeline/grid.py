@@ -36,7 +36,7 @@ from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, named_cells
 from bench.results.leaderboard import write_leaderboard
-from bench.core.yaml_files import read_yaml_mapping
+from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
 from bench.training.config import TrainConfig
 
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
@@ -72,7 +72,7 @@ class GridSpec:
 
 def load_spec(path: str | Path) -> GridSpec:
     """Read and check a grid YAML (a path or the name of a shipped `bench/configs/grid_*.yaml`)."""
-    data = read_yaml_mapping(path, 'grid spec', 'grid_*.yaml')
+    data = read_yaml_mapping(path, 'grid spec', GRID_SPEC)
     allowed = GridSpec.__dataclass_fields__
     unknown = sorted(set(data) - set(allowed))
     if unknown:

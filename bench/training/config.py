@@ -19,7 +19,7 @@ import yaml
 from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
-from bench.core.yaml_files import read_yaml_mapping
+from bench.core.yaml_files import RECIPE, read_yaml_mapping
 from bench.core.values import parse_eps, parse_mapping, parse_number
 
 METHODS = ('normal', 'pgd', 'trades')
@@ -200,7 +200,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     """
     cfg: Dict[str, Any] = {}
     if path is not None:
-        for k, v in read_yaml_mapping(path, 'config', 'cifar*.yaml').items():
+        for k, v in read_yaml_mapping(path, 'config', RECIPE).items():
             _set(cfg, str(k), v)
     for k, v in _pairs(overrides or []):
         _set(cfg, k, v)
