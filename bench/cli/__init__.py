@@ -35,8 +35,24 @@ VERBS = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds '(default: X)' to an option whose help does not say its default (None and False have none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and 'default' not in text and '%(default)' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors that name the verb and suggest the closest option or choice."""
+    """argparse with one-line errors that name the verb and suggest the closest option or choice, and help that
+    states every default."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's signature
+        kwargs.setdefault('formatter_class', _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
         self.exit(2, f'{self.prog}: error: {message}{_suggestion(self, message)}\n')

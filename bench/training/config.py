@@ -43,34 +43,34 @@ class TrainConfig:
     augment: bool = True  # the paper's augmentation (crop, flip, colour jitter on CIFAR)
     workers: int = 4  # loader processes; augmentation stays reproducible with any number
     # -- optimisation (the paper: SGD 0.1 Nesterov, wd 5e-4, poly 0.9, 200 epochs, batch 640)
-    epochs: int = 200
+    epochs: int = 200  # passes over the training set
     batch_size: int = 640  # global batch; each of N distributed ranks takes batch_size / N
     accum_steps: int = 1  # split each batch into this many sequential micro-batches (same gradient)
     opt: str = 'sgd'  # timm optimizer name; timm's 'sgd' is Nesterov momentum
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay (see filter_bias_and_bn)
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
     warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
     warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None
+    min_lr: float = 0.0  # the schedule's floor
+    clip_grad: Optional[float] = None  # clip the gradient norm to this (none: no clipping)
     # -- adversarial training
     training: str = 'normal'  # normal | pgd (Madry) | trades; the old key `method` still reads (deprecated)
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
-    attack_step: float = 2 / 255
-    attack_steps: int = 7
-    random_start: bool = True
-    trades_beta: float = 6.0
+    attack_step: float = 2 / 255  # the training attack's step size, in [0, 1] pixels; accepts '2/255'
+    attack_steps: int = 7  # the training attack's PGD steps
+    random_start: bool = True  # start the training attack at a uniform random point of the eps-ball
+    trades_beta: float = 6.0  # TRADES' weight of the robust KL term
     attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
     attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
     # -- extras
     ema: bool = False  # keep a ModelEmaV3 copy of the weights
-    ema_decay: float = 0.9998
+    ema_decay: float = 0.9998  # the EMA's decay per optimizer step
     amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
     torchcompile: Optional[str] = None  # torch.compile backend, as timm's --torchcompile (bare flag: inductor)
     torchcompile_mode: Optional[str] = None  # inductor's mode: default | reduce-overhead | max-autotune | ...
     device: str = 'auto'  # auto | cpu | cuda | cuda:N
@@ -128,6 +128,20 @@ class TrainConfig:
         # hashed under the key's old name, so that the hashes of configs written before the rename still match
         d['method'] = d.pop('training')
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def field_help() -> Dict[str, str]:
+    """{field: its trailing comment in TrainConfig}: the one description of each key, which `train --help` shows
+    (tests/test_cli_help.py checks that every field has one)."""
+    import inspect
+    import io
+    import tokenize
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        m = re.match(r'    (\w+): ', tok.line)
+        if tok.type == tokenize.COMMENT and m and m.group(1) in _FIELDS:
+            out[m.group(1)] = tok.string.lstrip('#').strip()
+    return out
 
 
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
