@@ -42,11 +42,8 @@ def smoke_numbers(out: Path, summary: dict) -> dict:
                 runs=dict(sorted(runs.items())))
 
 
-def test_quickstart_smoke_numbers_are_pinned(smoke):
-    got = smoke_numbers(*smoke)
-    if os.environ.get('TIMM_MOE_REPIN'):
-        PINNED.write_text(json.dumps(got, indent=1) + '\n')
-    pinned = json.loads(PINNED.read_text())
+def check_pinned(got: dict, pinned: dict) -> None:
+    """Fail, with the commands that regenerate the pins, when the smoke numbers differ from the pinned ones."""
     why = (f'the smoke quickstart\'s numbers changed. If the change is meant to alter them (models, init, '
            f'training, attacks), regenerate the fixture with `{REGENERATE}` and the shipped quickstart entries with '
            '`python scripts/refresh_quickstart_entries.py`, and commit both')
@@ -60,6 +57,27 @@ def test_quickstart_smoke_numbers_are_pinned(smoke):
         for key in ('clean_acc', 'pgd_acc', 'apgd_acc'):
             assert abs(run[key] - want[key]) <= tol, f'{name} {key}: {run[key]} vs pinned {want[key]}: {why}'
         assert run['flops_ratio'] == pytest.approx(want['flops_ratio'], abs=1e-6), why
+
+
+def test_quickstart_smoke_numbers_are_pinned(smoke):
+    got = smoke_numbers(*smoke)
+    if os.environ.get('TIMM_MOE_REPIN'):
+        PINNED.write_text(json.dumps(got, indent=1) + '\n')
+    check_pinned(got, json.loads(PINNED.read_text()))
+
+
+def test_the_pin_fires_on_a_changed_number():
+    pinned = json.loads(PINNED.read_text())
+    changed = json.loads(json.dumps(pinned))
+    run = next(iter(changed['runs'].values()))
+    run['train_loss'] += 1e-6  # a change of the initialisation moves at least this
+    with pytest.raises(AssertionError, match='TIMM_MOE_REPIN=1'):
+        check_pinned(changed, pinned)
+    changed['threads_per_process'] += 1  # on another machine only a clear move fails
+    check_pinned(changed, pinned)
+    run['pgd_acc'] += 10.0
+    with pytest.raises(AssertionError, match='pgd_acc'):
+        check_pinned(changed, pinned)
 
 
 def test_quickstart_smoke_plan_writes_everything(smoke):
