@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -216,6 +216,23 @@ def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
     """`model_kwargs` from the run config next to a checkpoint."""
     kw = _run_config(checkpoint).get('model_kwargs')
     return dict(kw) if isinstance(kw, dict) else {}
+
+
+DEFAULT_EVAL_DATASET = 'cifar100'
+
+
+def default_dataset(checkpoint: Optional[Path], pretrained_tag: Optional[str] = None) -> Tuple[str, str]:
+    """(data set, where it comes from) for weights evaluated without --dataset: the data set the checkpoint's
+    run trained on (its config.yaml), or the one the pretrained tag's manifest records, else CIFAR-100."""
+    trained = _run_config(checkpoint).get('dataset')
+    if isinstance(trained, str):
+        return trained, f"{Path(checkpoint).parent / 'config.yaml'} names it"
+    if pretrained_tag:
+        from timm_moe.models.pretrained import tag_record
+        record = tag_record(pretrained_tag) or {}
+        if isinstance(record.get('dataset'), str):
+            return record['dataset'], f"the pretrained tag {pretrained_tag}'s manifest names it"
+    return DEFAULT_EVAL_DATASET, 'the default'
 
 
 def check_run_model(checkpoint: Optional[Path], model: str) -> None:

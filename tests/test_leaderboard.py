@@ -257,7 +257,7 @@ def test_leaderboard_is_deterministic(tmp_path):
 
 def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
     _small_registry(tmp_path)
-    assert main(['leaderboard', '--registry', str(tmp_path)]) == 0
+    assert main(['leaderboard', '--registry', str(tmp_path), '--wide']) == 0  # --wide: entry ids on the console
     first = (tmp_path / 'LEADERBOARD.md').read_bytes()
     out = capsys.readouterr().out
     assert 'm-a' in out and 'LEADERBOARD.md' in out and 'run-s0, run-s1, run-s2' in out
@@ -265,7 +265,8 @@ def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
     assert (tmp_path / 'LEADERBOARD.md').read_bytes() == first  # the file never depends on the flags
     (tmp_path / 'LEADERBOARD.md').unlink()
     capsys.readouterr()
-    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write', '--no-group', '--sort', 'PGD-20']) == 0
+    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write', '--no-group', '--sort', 'PGD-20',
+                 '--wide']) == 0
     out = capsys.readouterr().out
     assert not (tmp_path / 'LEADERBOARD.md').exists()
     assert 'run-s0, run-s1' not in out and 'not measured with PGD-20' in out

@@ -32,6 +32,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--no-write', action='store_true',
                    help='print only; leave LEADERBOARD.md as it is (always so for the read-only shipped registry of '
                         'an installed package)')
+    p.add_argument('--wide', action='store_true',
+                   help='every column of LEADERBOARD.md (entry ids included), one line per row; default: a compact '
+                        'view for a terminal about 110 columns wide')
     p.set_defaults(func=run)
 
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     shown = [e for e in everything if (not args.dataset or e['dataset'] in args.dataset)
              and (not args.threat_model or e['threat_model'] in args.threat_model)]
     check_sort(shown, args.sort)
-    print_table(shown, args.sort, args.limit, group=not args.no_group)
+    print_table(shown, args.sort, args.limit, group=not args.no_group, wide=args.wide)
     if args.html is not None:
         from bench.results.leaderboard.html import write_html
 

@@ -99,4 +99,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
     model.load_state_dict(state_dict)
     run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
-    return write_hub_folder(out, model, name, kwargs, dataset, dataset_info(dataset), run_cfg, chosen, entry_note)
+    result_file = run_dir / 'result.json'  # what the run did (steps, epochs), beside what it was configured to do
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    return write_hub_folder(out, model, name, kwargs, dataset, dataset_info(dataset), run_cfg, chosen, entry_note,
+                            result)

@@ -41,7 +41,7 @@ from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycli
 from bench.results.leaderboard import write_leaderboard
 from bench.results.registry import entry_path, load_entries
 from bench.results.study.analysis import check_preregistration
-from bench.core.yaml_files import read_yaml_mapping
+from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
 from bench.training.config import METHODS, TrainConfig
 
 LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
@@ -81,7 +81,7 @@ class GridSpec:
 
 def load_spec(path: str | Path) -> GridSpec:
     """Read and check a grid YAML (a path or the name of a shipped `bench/configs/grid_*.yaml`)."""
-    data = read_yaml_mapping(path, 'grid spec', 'grid_*.yaml')
+    data = read_yaml_mapping(path, 'grid spec', GRID_SPEC)
     allowed = GridSpec.__dataclass_fields__
     unknown = sorted(set(data) - set(allowed))
     if unknown:

@@ -140,9 +140,12 @@ def settings_check(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> D
     notes: List[str] = []
     if metric == 'clean':  # no attack: eps and the threat model do not enter clean accuracy
         return dict(differences=diffs, notes=notes)
-    for key in ('threat_model', 'eps'):
-        if stats._canon(a.get(key)) != stats._canon(b.get(key)):
-            diffs.append(f'{key}: {a.get(key)!r} vs {b.get(key)!r}')
+    if stats._canon(a.get('eps')) != stats._canon(b.get('eps')):
+        from bench.results.leaderboard.groups import fmt_eps
+        diffs.append(f"eps: {fmt_eps(float(a['eps']), a.get('threat_model', 'Linf'))} vs "
+                     f"{fmt_eps(float(b['eps']), b.get('threat_model', 'Linf'))}")
+    if stats._canon(a.get('threat_model')) != stats._canon(b.get('threat_model')):
+        diffs.append(f"threat_model: {a.get('threat_model')!r} vs {b.get('threat_model')!r}")
     if metric == 'ensemble':  # the worst case over different attack lists is a different attack
         runs = [sorted(set(e.get('robust_acc') or {}) - {'ensemble'}) for e in (a, b)]
         if runs[0] != runs[1]:
@@ -214,6 +217,8 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
             that differ (without allow_different_settings), or bits that contradict the entry's numbers.
     """
     ida, idb = str(a.get('entry_id')), str(b.get('entry_id'))
+    if ida == idb and stats._canon(a) == stats._canon(b):
+        raise UserError(f'A and B are the same entry ({ida!r}): give two different entries to compare')
     (ra, va), (rb, vb) = _vectors(a), _vectors(b)
     if a.get('dataset') != b.get('dataset'):
         raise UserError(f'entries {ida!r} ({a.get("dataset")}) and {idb!r} ({b.get("dataset")}) are on different '
@@ -224,7 +229,10 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
     check = settings_check(a, b, metric)
     warnings: List[str] = []
     if check['differences']:
-        what = f'the settings of {metric!r} differ between {ida!r} and {idb!r}: {"; ".join(check["differences"])}'
+        # the radius and threat model first, then at most two attack settings: one line a reader takes in
+        diffs = check['differences']
+        listed = '; '.join(diffs[:3]) + (f'; and {len(diffs) - 3} more' if len(diffs) > 3 else '')
+        what = f'the settings of {metric!r} differ between {ida!r} and {idb!r}: {listed}'
         if not allow_different_settings:
             raise UserError(f'{what}; the accuracies measure different attacks (pass --allow-different-settings '
                             'to compare anyway)')

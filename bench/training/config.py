@@ -19,7 +19,7 @@ import yaml
 from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
-from bench.core.yaml_files import read_yaml_mapping
+from bench.core.yaml_files import RECIPE, read_yaml_mapping
 from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
 
 METHODS = ('normal', 'pgd', 'trades', 'fast', 'free')
@@ -43,27 +43,27 @@ class TrainConfig:
     augment: bool = True  # the paper's augmentation (crop, flip, colour jitter on CIFAR)
     workers: int = 4  # loader processes; augmentation stays reproducible with any number
     # -- optimisation (the paper: SGD 0.1 Nesterov, wd 5e-4, poly 0.9, 200 epochs, batch 640)
-    epochs: int = 200
+    epochs: int = 200  # passes over the training set
     batch_size: int = 640  # global batch; each of N distributed ranks takes batch_size / N
     accum_steps: int = 1  # split each batch into this many sequential micro-batches (same gradient)
     opt: str = 'sgd'  # timm optimizer name; timm's 'sgd' is Nesterov momentum
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay (see filter_bias_and_bn)
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
     warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
     warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None
+    min_lr: float = 0.0  # the schedule's floor
+    clip_grad: Optional[float] = None  # clip the gradient norm to this (none: no clipping)
     # -- adversarial training
-    training: str = 'normal'  # normal | pgd (Madry) | trades | fast | free
+    training: str = 'normal'  # normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: minibatch replay)
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
-    attack_step: float = 2 / 255
-    attack_steps: int = 7
-    random_start: bool = True
-    trades_beta: float = 6.0
+    attack_step: float = 2 / 255  # the training attack's step size, in [0, 1] pixels; accepts '2/255'
+    attack_steps: int = 7  # the training attack's PGD steps
+    random_start: bool = True  # start the training attack at a uniform random point of the eps-ball
+    trades_beta: float = 6.0  # TRADES' weight of the robust KL term
     fast_step: Optional[float] = None  # Fast-AT's FGSM step; None = 1.25 * eps (Wong et al. 2020)
     free_replays: int = 4  # Free-AT: optimizer steps (replays) per minibatch; `epochs` counts data passes
     free_step: Optional[float] = None  # Free-AT's ascent step on the carried perturbation; None = eps
@@ -72,9 +72,9 @@ class TrainConfig:
     attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
     # -- extras
     ema: bool = False  # keep a ModelEmaV3 copy of the weights
-    ema_decay: float = 0.9998
+    ema_decay: float = 0.9998  # the EMA's decay per optimizer step
     amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
     torchcompile: Optional[str] = None  # torch.compile backend, as timm's --torchcompile (bare flag: inductor)
     torchcompile_mode: Optional[str] = None  # inductor's mode: default | reduce-overhead | max-autotune | ...
     device: str = 'auto'  # auto | cpu | cuda | cuda:N
@@ -153,19 +153,21 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def field_help() -> Dict[str, str]:
+    """{field: its trailing comment in TrainConfig}: the one description of each key, which `train --help` shows
+    (tests/test_cli_help.py checks that every field has one)."""
+    import inspect
+    import io
+    import tokenize
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        m = re.match(r'    (\w+): ', tok.line)
+        if tok.type == tokenize.COMMENT and m and m.group(1) in _FIELDS:
+            out[m.group(1)] = tok.string.lstrip('#').strip()
+    return out
+
+
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
-# `timm-moe train --help` text of the keys whose meaning a comment above cannot carry to the command line
-FIELD_HELP = {
-    'training': 'normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: '
-                'minibatch replay); default normal',
-    'fast_step': 'training=fast: FGSM step from the random start; default none = 1.25 * eps (Wong et al. 2020)',
-    'free_replays': 'training=free: replays m of each minibatch, one optimizer step each; --epochs counts data '
-                    'passes, so a run makes m x the updates of one epoch per epoch (the reference runs epochs / m); '
-                    'default 4',
-    'free_step': 'training=free: sign-gradient step on the carried perturbation per replay; default none = eps',
-    'free_reset_prob': "training=free: chance per image and replay that its carried perturbation restarts at 0 "
-                       "(the reference's p_reset_noise); default 0",
-}
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -233,7 +235,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     """
     cfg: Dict[str, Any] = {}
     if path is not None:
-        for k, v in read_yaml_mapping(path, 'config', 'cifar*.yaml').items():
+        for k, v in read_yaml_mapping(path, 'config', RECIPE).items():
             _set(cfg, str(k), v)
     for k, v in _pairs(overrides or []):
         _set(cfg, k, v)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bench.core.errors import UserError
-from bench.results.report import KIND_COLORS, _empty, _figure, _save
+from bench.results.report import KIND_COLORS, _empty, _figure, _save, label_column
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study, collect
 from bench.results.study.render import CLAIMS, TABLES, preregistration, protocol, subpath_comparison, summary
@@ -34,16 +34,18 @@ def plot_robust_vs_clean(study: an.Study, path: Path) -> Path:
     m = study.primary()
     if m is None:
         return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
-    fig, (ax,) = _figure(size=(7.0, 5.0))
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
     for c in study.configs:
         (x, xe), (y, ye) = _xy(study, c, 'clean'), _xy(study, c, m)
         ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if an.adversarial(study, c) else 's', color=_color(study, c),
                     capsize=3, markersize=5)
-        ax.annotate(c, (x, y), fontsize=7, xytext=(4, 4), textcoords='offset points')
+        labels.append((x, y, c, _color(study, c)))
     ax.set_xlabel('clean accuracy (%)')
     ax.set_ylabel(f'{m} accuracy (%)')
     ax.set_title(f'{study.name}: {m} vs clean\n(error bars: sd over seeds; squares: normal training)', fontsize=10)
     ax.grid(alpha=0.3)
+    label_column(ax, labels)
     return _save(fig, path)
 
 
@@ -52,16 +54,18 @@ def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
     configs = [c for c in study.configs if an.flops_ratio(study, c) is not None and an.adversarial(study, c)]
     if m is None or not configs:
         return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
-    fig, (ax,) = _figure(size=(7.0, 5.0))
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
     for c in configs:
         y, ye = _xy(study, c, m)
         ax.errorbar(an.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
-        ax.annotate(c, (an.flops_ratio(study, c), y), fontsize=7, xytext=(4, 4), textcoords='offset points')
+        labels.append((an.flops_ratio(study, c), y, c, _color(study, c)))
     ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
     ax.set_xlabel('active inference FLOPs / dense')
     ax.set_ylabel(f'{m} accuracy (%)')
     ax.set_title(f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', fontsize=10)
     ax.grid(alpha=0.3)
+    label_column(ax, labels)
     return _save(fig, path)
 
 
@@ -87,7 +91,11 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
     if not rows:
         return _empty(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
     groups = _by_aux(study, list(rows))
-    fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
+    # each panel as wide as its bars, so that a panel of six configs is as legible as one of one
+    bars = [sum(len(rows[c]) + 2 for c in configs) for configs in groups.values()]
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(max(6.0, 0.28 * sum(bars) + 1.2 * len(bars)), 4.2), layout='constrained')
+    axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=bars)[0]
     for ax, (aux, configs) in zip(axes, groups.items()):
         x = 0
         ticks, labels = [], []
@@ -95,17 +103,22 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
             g = rows[c][0]['b']
             ax.bar(x, g['acc'], color='#d62728', width=0.8, yerr=[[g['acc'] - g['lo']], [g['hi'] - g['acc']]], capsize=2)
             ticks.append(x)
-            labels.append(f'{c}\ngated')
+            labels.append('gated')
             for i, r in enumerate(rows[c]):
                 ax.bar(x + 1 + i, r['a']['acc'], color=_color(study, c), width=0.8,
                        yerr=[[r['a']['acc'] - r['a']['lo']], [r['a']['hi'] - r['a']['acc']]], capsize=2)
                 ticks.append(x + 1 + i)
                 labels.append(f'e{i}')
+            # the config's name once, under its group of bars
+            ax.text(x + len(rows[c]) / 2, -0.13, c, transform=ax.get_xaxis_transform(), ha='center', va='top',
+                    fontsize=8, fontweight='bold')
             x += len(rows[c]) + 2
-        ax.set_xticks(ticks, labels, fontsize=6)
+        ax.set_xticks(ticks, labels, fontsize=6, rotation=90)
         ax.set_ylabel(f'{m} accuracy (%), same points', fontsize=8)
-        ax.set_title(f'aux loss {aux} (first seed; error bars: Wilson 95%)', fontsize=9)
+        ax.set_title(f'aux loss {aux}', fontsize=9)
         ax.grid(alpha=0.3, axis='y')
+    fig.suptitle('Expert subpaths on the same points as the gated model (first seed): red = the gated model, '
+                 'then each expert forced alone; error bars: Wilson 95%', fontsize=9)
     return _save(fig, path)
 
 
@@ -127,8 +140,14 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
             arr = loads[c]
             sd = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
             xs = np.arange(arr.shape[1]) + j * width
-            ax.bar(xs, arr.mean(0), width=width, yerr=sd, capsize=2, label=f'{c} ({len(arr)} seeds)')
+            mean = arr.mean(0)
+            # a share is never negative: the lower bar stops at 0
+            ax.bar(xs, mean, width=width, yerr=[np.minimum(sd, mean), sd], capsize=2, label=f'{c} ({len(arr)} seeds)')
         n = max(loads[c].shape[1] for c in configs)
+        for e, style in zip(sorted({loads[c].shape[1] for c in configs}), ('--', ':', '-.')):
+            ax.hlines(1 / e, -width, e - 1 + 0.8, colors='#555555', linestyles=style, linewidth=1,
+                      label=f'uniform load, E={e}')
+        ax.set_ylim(bottom=0)
         ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f'e{i}' for i in range(n)], fontsize=8)
         ax.set_xlabel('expert', fontsize=8)
         ax.set_ylabel('share of images (mean ± sd over seeds)', fontsize=8)
