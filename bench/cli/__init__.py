@@ -65,8 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f'timm-moe {args.verb}: interrupted', file=sys.stderr)
+    except KeyboardInterrupt:  # one Ctrl-C: the verb has stopped its workers; say what is kept, in one line
+        hint = getattr(args, 'interrupted', None)
+        print(f'timm-moe {args.verb}: interrupted' + (f'; {hint(args)}' if hint else ''), file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
         traceback.print_exc()

@@ -37,7 +37,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--only', help='run only the cells whose id contains this text')
     p.add_argument('--shard', metavar='I/N', help='run only the I-th (from 0) of N slices of the cells; N '
                    'processes with I = 0..N-1 run every cell once and fill one registry')
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=lambda args: 'finished cells are kept; rerun the same command to resume')
 
 
 def run(args: argparse.Namespace) -> int:

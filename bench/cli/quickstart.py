@@ -23,12 +23,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--procs', type=int, default=2, help='parallel worker processes')
     p.add_argument('--resume', action='store_true', help='reuse the finished trainings in --out')
     p.add_argument('--overwrite', action='store_true', help='replace whatever is in --out')
-    p.set_defaults(func=run)
+    p.add_argument('--no-progress', action='store_true', help="hide each run's stage and ETA (shown on stderr)")
+    p.set_defaults(func=run, interrupted=lambda args: f'finished trainings are kept in {args.out}; rerun with '
+                                                      '--resume to reuse them')
 
 
 def run(args: argparse.Namespace) -> int:
     if args.plan not in PLANS:
         raise UserError(f'--plan {args.plan!r} is unknown; choose one of {", ".join(PLANS)}')
     console = Console(width=200) if not sys.stdout.isatty() else Console()
-    summary = run_quickstart(args.out, PLANS[args.plan], args.procs, args.resume, args.overwrite, console)
+    summary = run_quickstart(args.out, PLANS[args.plan], args.procs, args.resume, args.overwrite, console,
+                             progress=not args.no_progress)
     return 0 if summary['method_works'] or args.plan != 'default' else 1

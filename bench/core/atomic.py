@@ -12,9 +12,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Union
+from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is saved: registry readers (leaderboard) start without it
+    import torch
 
 
 @contextmanager
@@ -80,6 +81,7 @@ def write_json_atomic(obj: Any, path: Union[str, Path], exclusive: bool = False,
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """torch.save that a kill at any moment leaves either the previous or the new complete file."""
+    import torch
     with atomic_open(path, 'wb') as f:
         torch.save(obj, f)
 

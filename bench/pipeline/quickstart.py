@@ -26,7 +26,7 @@ from timm_moe import ModelSpec
 
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
-from bench.core.parallel import process_pool
+from bench.core.parallel import run_parallel, threads_per_process
 from bench.models import prepare_run_dir
 from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config
 from bench.results.leaderboard import write_leaderboard
@@ -120,7 +120,7 @@ def _row(cell: Dict[str, Any], res: CellResult) -> Dict[str, Any]:
 
 
 def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool = False,
-                   overwrite: bool = False, console: Console | None = None) -> Dict[str, Any]:
+                   overwrite: bool = False, console: Console | None = None, progress: bool = True) -> Dict[str, Any]:
     """Train, attack, audit and rank the four quickstart models; returns the summary written to summary.json.
 
     Args:
@@ -129,7 +129,8 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
         procs: Parallel worker processes.
         resume: Reuse finished trainings in `out`.
         overwrite: Replace whatever is in `out`.
-        console: Where to print progress.
+        console: Where to print the summary.
+        progress: Show each run's stage and the ETA on stderr (`bench.core.progress.RunBoard`).
     """
     console = console or Console()
     if procs < 1:
@@ -139,12 +140,11 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     todo = cells(plan, out)
     registry_dir = out / 'registry'
     target = Output(registry=registry_dir, reuse_training=resume, overwrite_entry=True)
-    pool, threads = process_pool(procs)
-    with pool:
-        console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
-                      f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
-        futures = [pool.submit(run_cell, c['spec'], c['training'], evaluation(plan), target) for c in todo]
-        done = [f.result() for f in futures]
+    threads = threads_per_process(procs)
+    console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
+                  f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
+    jobs = [(Path(c['training'].out).name, (c['spec'], c['training'], evaluation(plan), target)) for c in todo]
+    done = run_parallel(run_cell, jobs, procs, 'quickstart', progress=progress)
     rows = [_row(c, res) for c, res in zip(todo, done)]
     write_leaderboard(registry_dir)
     plots = write_report(registry_dir, out / 'plots')
