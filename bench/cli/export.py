@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.pipeline.export import export_run
-
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser('export', help='a hub-style folder (config.json, model.safetensors, model card) '
@@ -26,6 +24,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.pipeline.export import export_run  # torch: imported by the verb, not by --help
     out = export_run(args.checkpoint, args.out, entry=args.entry, registry_dir=args.registry, ema=args.ema,
                      overwrite=args.overwrite)
     print(f'wrote {out}: {", ".join(sorted(p.name for p in out.iterdir()))}')

@@ -13,7 +13,6 @@ from typing import Optional, Tuple
 from rich.console import Console
 
 from bench.core.errors import UserError
-from bench.pipeline.grid import load_spec, run_grid
 
 
 def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -41,6 +40,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.pipeline.grid import load_spec, run_grid  # torch: imported by the verb, not by --help
     shard = parse_shard(args.shard)
     if args.procs < 1:
         raise UserError(f'--procs {args.procs} must be at least 1')

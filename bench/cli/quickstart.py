@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.core.errors import UserError
-from bench.pipeline.quickstart import PLANS, run_quickstart
+from bench.pipeline.quickstart_plans import PLANS
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plan not in PLANS:
         raise UserError(f'--plan {args.plan!r} is unknown; choose one of {", ".join(PLANS)}')
+    from bench.pipeline.quickstart import run_quickstart  # torch: imported by the verb, not by --help
     console = Console(width=200) if not sys.stdout.isatty() else Console()
     summary = run_quickstart(args.out, PLANS[args.plan], args.procs, args.resume, args.overwrite, console,
                              progress=not args.no_progress)
