@@ -160,8 +160,17 @@ class _ToSink(_Tasks):
 def _rich_progress(console: Any, *extra: Any, **kwargs: Any) -> Any:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
+    from rich.text import Text
+
+    class Eta(TimeRemainingColumn):
+        """rich's estimate from the task's recent pace, or the task's own `eta` field where it has one."""
+
+        def render(self, task: Any) -> Any:
+            eta = task.fields.get('eta')
+            return Text(eta, style='progress.remaining') if eta else super().render(task)
+
     columns = (TextColumn('[bold]{task.description}'), *extra, BarColumn(), MofNCompleteColumn(),
-               TextColumn('{task.fields[ips]}'), TimeElapsedColumn(), TextColumn('ETA'), TimeRemainingColumn())
+               TextColumn('{task.fields[ips]}'), TimeElapsedColumn(), TextColumn('ETA'), Eta())
     return Progress(*columns, console=console, **kwargs)
 
 
@@ -310,8 +319,7 @@ class RunBoard:
             eta = fmt_seconds(self.overall_eta()) if len(self.finished) < len(self.runs) else '0:00'
             if self.live:
                 self._progress.remove_task(self._rows.pop(run))
-                self._progress.update(self._overall, completed=len(self.finished),
-                                      ips=f'ETA ~{eta} at this pace')
+                self._progress.update(self._overall, completed=len(self.finished), eta=f'~{eta}')
                 self._progress.console.print(f'{self.title}: {run}: done in '
                                              f'{fmt_seconds(time.perf_counter() - self.t0)} since start')
             else:
