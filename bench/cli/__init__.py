@@ -18,20 +18,24 @@ from bench.core.errors import UserError, is_user_os_error
 # traceback and exits 1, so that it is never mistaken for bad input.
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
-# verb -> module that implements it; imported lazily so `timm-moe --help` stays fast
+# verb -> (module that implements it, its line in `timm-moe --help`). A module is imported only when its verb
+# runs (or shows its own --help): `timm-moe --help` and a mistyped verb import none, so neither waits for torch.
 VERBS = {
-    'quickstart': 'bench.cli.quickstart',
-    'train': 'bench.cli.train',
-    'eval': 'bench.cli.eval',
-    'audit': 'bench.cli.audit',
-    'leaderboard': 'bench.cli.leaderboard',
-    'grid': 'bench.cli.grid',
-    'report': 'bench.cli.report',
-    'models': 'bench.cli.models',
-    'export': 'bench.cli.export',
-    'compare': 'bench.cli.compare',
-    'import-paper': 'bench.cli.import_paper',
-    'ship': 'bench.cli.ship',
+    'quickstart': ('bench.cli.quickstart', 'train, attack, audit and rank small dense and BlockMoE models on the '
+                                           'bundled data (CPU, offline, a few minutes)'),
+    'train': ('bench.cli.train', 'train a model (normal, PGD or TRADES adversarial training)'),
+    'eval': ('bench.cli.eval', 'clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks'),
+    'audit': ('bench.cli.audit', 'FLOPs (fvcore), parameters, latency and memory of models over their dense '
+                                 'baselines'),
+    'leaderboard': ('bench.cli.leaderboard', 'rank the registry and regenerate registry/LEADERBOARD.md'),
+    'grid': ('bench.cli.grid', 'run a sweep from a YAML spec: train, attack, audit, register each cell'),
+    'report': ('bench.cli.report', 'draw PNG plots from the registry (or a study report: --study)'),
+    'models': ('bench.cli.models', 'list every registered model (experts, parameters) and the pretrained tags'),
+    'export': ('bench.cli.export', 'a hub-style folder (config.json, model.safetensors, model card) from a '
+                                   'training run'),
+    'compare': ('bench.cli.compare', 'paired comparison of two registry entries on their shared test points'),
+    'import-paper': ('bench.cli.import_paper', "rebuild the registry's paper and RobustBench entries"),
+    'ship': ('bench.cli.ship', "a finished study's tagged configs as timm pretrained tags"),
 }
 
 
@@ -88,12 +92,11 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
     parser = _Parser(prog='timm-moe', description='BlockMoE ResNets for timm: train, attack, audit, rank.')
     sub = parser.add_subparsers(dest='verb', metavar='VERB', parser_class=_Parser)
-    for name, module in VERBS.items():
-        if verb is not None and name != verb:
-            # still list the verb in --help without importing its module
-            sub.add_parser(name, help=f'see `timm-moe {name} --help`')
-            continue
-        importlib.import_module(module).add_cli(sub)
+    for name, (module, summary) in VERBS.items():
+        if name == verb:
+            importlib.import_module(module).add_cli(sub)
+        else:  # listed in --help without importing its module
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -110,8 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f'timm-moe {args.verb}: interrupted', file=sys.stderr)
+    except KeyboardInterrupt:  # one Ctrl-C: the verb has stopped its workers; say what is kept, in one line
+        hint = getattr(args, 'interrupted', None)
+        print(f'timm-moe {args.verb}: interrupted' + (f'; {hint(args)}' if hint else ''), file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
         if is_user_os_error(e):  # the user's file system refuses (read-only, full): bad input, not a bug

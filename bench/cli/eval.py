@@ -68,8 +68,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm does')
     p.add_argument('--torchcompile-mode', default=None,
                    help='inductor mode: default, reduce-overhead, max-autotune, ...')
-    p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.set_defaults(func=run)
+    p.add_argument('--no-progress', action='store_true', help="hide each stage's progress and ETA (shown on stderr)")
+    p.set_defaults(func=run, interrupted=_interrupted)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if args.json is None:
+        return 'nothing was kept (with --json, finished batches are kept and --resume continues from them)'
+    return f'finished batches are kept in {args.json}{SIDECAR_SUFFIX}; rerun with --resume to continue'
+
 
 
 def _check_json_target(out: Path, resume: bool, overwrite: bool) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.pipeline.export import export_run
 from bench.results.registry import default_registry, default_text
 
 
@@ -28,6 +27,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.pipeline.export import export_run  # torch: imported by the verb, not by --help
     out = export_run(args.checkpoint, args.out, entry=args.entry, registry_dir=args.registry, ema=args.ema,
                      overwrite=args.overwrite)
     print(f'wrote {out}: {", ".join(sorted(p.name for p in out.iterdir()))}')

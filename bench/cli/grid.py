@@ -13,7 +13,6 @@ from typing import Optional, Tuple
 from rich.console import Console
 
 from bench.core.errors import UserError
-from bench.pipeline.grid import load_spec, run_grid
 
 
 def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -38,10 +37,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--only', help='run only the cells whose id contains this text')
     p.add_argument('--shard', metavar='I/N', help='run only the I-th (from 0) of N slices of the cells; N '
                    'processes with I = 0..N-1 run every cell once and fill one registry')
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=lambda args: 'finished cells are kept; rerun the same command to resume')
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.pipeline.grid import load_spec, run_grid  # torch: imported by the verb, not by --help
     shard = parse_shard(args.shard)
     if args.procs < 1:
         raise UserError(f'--procs {args.procs} must be at least 1')

@@ -1,57 +1,92 @@
-"""`timm-moe models`: build every registered variant and show its experts, parameters and routing."""
+"""`timm-moe models`: every model the plugin registers in timm, its experts and parameters, and the pretrained tags.
+
+Parameters are counted on models built on the meta device: the parameters have shapes but no storage, so the
+paper's width costs no memory and no initialisation, and the whole list answers in seconds.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Any, Dict, List
 
-import timm
-import torch
-from rich.console import Console
-from rich.table import Table
-
-import timm_moe
 from bench.core.errors import UserError
-from bench.models import create_model, param_counts
+
+PLUGIN = 'timm_moe'  # the package whose registered models are listed, whatever their names
 
 
-def summarize(name: str, width: int, batch: int, seed: int = 0) -> Dict[str, Any]:
-    """Build `name`, route one random batch through it in eval mode and summarise."""
-    torch.manual_seed(seed)
-    model = create_model(name, dict(width=width), '--width').eval()
-    with torch.no_grad():
-        model(torch.rand(batch, *model.pretrained_cfg['input_size']))
-    stats = timm_moe.routing_stats(model)
+def plugin_models(pattern: str = '*') -> List[str]:
+    """The timm names (no tags) matching `pattern` that this plugin registers."""
+    import timm
+    import timm_moe  # noqa: F401 - registers the models
+    return [n for n in timm.list_models(pattern)
+            if timm.models.model_entrypoint(n).__module__.split('.')[0] == PLUGIN]
+
+
+def summarize(name: str, width: int) -> Dict[str, Any]:
+    """Experts, top-k, MoE layers and parameter counts of `name` at `width`, built on the meta device."""
+    import torch
+
+    import timm_moe
+    from bench.models import create_model, param_counts
+    with torch.device('meta'):
+        model = create_model(name, dict(width=width), '--width')
     layers = timm_moe.moe_layers(model)
-    return dict(
-        model=name, experts=timm_moe.num_experts(model), k=layers[0][1].k if layers else 0,
-        moe_layers=[n for n, _ in layers], **{f'params_{k}': v for k, v in param_counts(model).items()},
-        load={n: [round(v, 3) for v in s['load']] for n, s in stats.items()},
-        collapse={n: round(s['collapse'], 3) for n, s in stats.items()},
-    )
+    return dict(model=name, experts=timm_moe.num_experts(model), k=layers[0][1].k if layers else 0,
+                moe_layers=[n for n, _ in layers], **{f'params_{k}': v for k, v in param_counts(model).items()})
+
+
+def pretrained_tags(names: List[str]) -> List[Dict[str, Any]]:
+    """The shipped pretrained tags of `names`: tag, data set, training, and the accuracies its manifest records."""
+    import timm
+
+    from timm_moe.models.pretrained import tag_record
+    rows = []
+    for name in names:
+        for tagged in timm.list_pretrained(f'{name}.*'):
+            record = tag_record(tagged) or {}
+            train = record.get('training', {})
+            rows.append(dict(tag=tagged, dataset=record.get('dataset', '?'), training=train.get('training', '?'),
+                             width=record.get('model_kwargs', {}).get('width'), clean_acc=train.get('clean_acc'),
+                             robust_acc=train.get('robust_acc', {}), eps=train.get('eps'),
+                             n_examples=train.get('n_examples')))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
-    names: List[str] = timm.list_models(args.filter)
-    names = [n for n in names if n.startswith(('resnet18_', 'resnet50_')) and ('blockmoe' in n or n.endswith('_dense'))]
+    from rich.console import Console
+    from rich.table import Table
+    if args.width < 1:
+        raise UserError(f'--width {args.width} must be at least 1')
+    names = plugin_models(args.filter)
     if not names:
         raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*" or "resnet18_*"')
-    table = Table(title=f'timm-moe models (width {args.width}; routing of {args.batch} random images, untrained)')
-    for col in ('model', 'E', 'k', 'MoE layers', 'params', 'active/image', 'expert load', 'collapse'):
-        table.add_column(col, justify='right' if col in ('E', 'k', 'params', 'active/image', 'collapse') else 'left')
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f'timm-moe models (width {args.width}; parameters counted on the meta device)')
+    for col in ('model', 'E', 'k', 'MoE layers', 'params', 'active/image'):
+        table.add_column(col, justify='left' if col in ('model', 'MoE layers') else 'right')
     for name in names:
-        s = summarize(name, args.width, args.batch)
-        load = '; '.join(' '.join(f'{v:.2f}' for v in l) for l in s['load'].values()) or '-'
-        collapse = ' '.join(f'{v:.2f}' for v in s['collapse'].values()) or '-'
+        s = summarize(name, args.width)
         table.add_row(name, str(s['experts']), str(s['k']), ','.join(s['moe_layers']) or '-',
-                      f"{s['params_total'] / 1e6:.2f}M", f"{s['params_active'] / 1e6:.2f}M", load, collapse)
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+                      f"{s['params_total'] / 1e6:.2f}M", f"{s['params_active'] / 1e6:.2f}M")
+    console.print(table)
+    tags = pretrained_tags(names)
+    if tags:
+        t = Table(title='pretrained tags (timm.create_model(TAG, pretrained=True); shipped, load offline)',
+                  caption='accuracy % on the first N test images; PGD-20 at the eps the tag was trained with')
+        for col in ('tag', 'data set', 'training', 'width', 'clean %', 'PGD-20 %', 'eps', 'N'):
+            t.add_column(col, justify='left' if col in ('tag', 'data set', 'training') else 'right')
+        for r in tags:
+            pgd = r['robust_acc'].get('pgd20')
+            t.add_row(r['tag'], r['dataset'], r['training'], str(r['width'] or '-'),
+                      '-' if r['clean_acc'] is None else f"{r['clean_acc']:.1f}", '-' if pgd is None else f'{pgd:.1f}',
+                      '-' if r['eps'] is None else f"{r['eps']:.4g}", str(r['n_examples'] or '-'))
+        console.print(t)
     return 0
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('models', help='list every registered model with its experts, parameters and routing')
-    p.add_argument('--filter', default='resnet*', help='timm wildcard over model names')
-    p.add_argument('--width', type=int, default=64, help='base width (64 = the paper; smaller is faster)')
-    p.add_argument('--batch', type=int, default=32, help='random images routed to show the expert load')
+    p = subparsers.add_parser('models', help='list every registered model (experts, parameters) and the pretrained '
+                                             'tags')
+    p.add_argument('--filter', default='*', help='timm wildcard over model names, e.g. "resnet18_*"')
+    p.add_argument('--width', type=int, default=64, help='base width the parameters are counted at (64 = the paper)')
     p.set_defaults(func=run)

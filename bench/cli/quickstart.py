@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.core.errors import UserError
-from bench.pipeline.quickstart import PLANS, run_quickstart
+from bench.pipeline.quickstart_plans import PLANS
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +23,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--procs', type=int, default=2, help='parallel worker processes')
     p.add_argument('--resume', action='store_true', help='reuse the finished trainings in --out')
     p.add_argument('--overwrite', action='store_true', help='replace whatever is in --out')
-    p.set_defaults(func=run)
+    p.add_argument('--no-progress', action='store_true', help="hide each run's stage and ETA (shown on stderr)")
+    p.set_defaults(func=run, interrupted=lambda args: f'finished trainings are kept in {args.out}; rerun with '
+                                                      '--resume to reuse them')
 
 
 def run(args: argparse.Namespace) -> int:
     if args.plan not in PLANS:
         raise UserError(f'--plan {args.plan!r} is unknown; choose one of {", ".join(PLANS)}')
+    from bench.pipeline.quickstart import run_quickstart  # torch: imported by the verb, not by --help
     console = Console(width=200) if not sys.stdout.isatty() else Console()
-    summary = run_quickstart(args.out, PLANS[args.plan], args.procs, args.resume, args.overwrite, console)
+    summary = run_quickstart(args.out, PLANS[args.plan], args.procs, args.resume, args.overwrite, console,
+                             progress=not args.no_progress)
     return 0 if summary['method_works'] or args.plan != 'default' else 1

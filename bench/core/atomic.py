@@ -15,9 +15,10 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is saved: registry readers (leaderboard) start without it
+    import torch
 
 from bench.core.locks import process_alive
 
@@ -142,6 +143,7 @@ def finite_json(obj: Any) -> Any:
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """torch.save that a kill at any moment leaves either the previous or the new complete file."""
+    import torch
     with atomic_open(path, 'wb') as f:
         torch.save(obj, f)
 

@@ -324,9 +324,15 @@ def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                                           f'{only_square} broken by Square only')
 
 
+# every check, in the order `run_checks` runs them and a result lists them
+CHECKS = ('deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean', 'monotone_in_eps', 'large_eps_to_chance',
+          'ensemble_reverified', 'apgd_not_weaker_than_pgd', 'square_not_stronger')
+
+
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, num_classes: int,
                runs: Mapping[str, AttackRecord], ensemble_correct: torch.Tensor, seed: int = 0,
-               batch_size: int = 128, n_check: int = 100, build: Builder = build_attack) -> Dict[str, Check]:
+               batch_size: int = 128, n_check: int = 100, build: Builder = build_attack,
+               step: Callable[..., None] = lambda **_: None) -> Dict[str, Check]:
     """Every check, in a fixed order. Per-sample results must be aligned with `x`.
 
     Args:
@@ -342,24 +348,30 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         batch_size: Batch size of the extra attacks.
         n_check: Examples used by the checks that run extra attacks.
         build: The evaluation's attack factory (eps_zero_is_clean rebuilds its attacks at eps 0).
+        step: Called after each check (`bench.core.progress.stage`), with the check's name as `ips`.
     """
     device = x.device
     correct = {k: r.correct.to(device) for k, r in runs.items()}
     xs, ys = x[:n_check], y[:n_check]
     xb, yb = x[:min(len(x), batch_size)], y[:min(len(x), batch_size)]
-    return {
-        'deterministic': check_deterministic(model, xb),
-        'logits': check_logits(model, xb),
-        'nonzero_gradients': check_gradients(model, xb, yb),
-        'eps_zero_is_clean': check_eps_zero(model, xs, ys, {k: r.name for k, r in runs.items()}, norm, seed,
-                                            batch_size, build),
-        'monotone_in_eps': check_monotone(model, xs, ys, eps, norm, seed, batch_size),
-        'large_eps_to_chance': check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size),
-        'ensemble_reverified': check_ensemble(model, x, y, runs, ensemble_correct, eps, norm, batch_size),
-        'apgd_not_weaker_than_pgd': check_apgd_vs_pgd(runs),
-        'square_not_stronger': check_square(model, xs, ys, eps, norm, seed, batch_size,
-                                            {k: v[:n_check] for k, v in correct.items()}),
+    run = {
+        'deterministic': lambda: check_deterministic(model, xb),
+        'logits': lambda: check_logits(model, xb),
+        'nonzero_gradients': lambda: check_gradients(model, xb, yb),
+        'eps_zero_is_clean': lambda: check_eps_zero(model, xs, ys, {k: r.name for k, r in runs.items()}, norm, seed,
+                                                    batch_size, build),
+        'monotone_in_eps': lambda: check_monotone(model, xs, ys, eps, norm, seed, batch_size),
+        'large_eps_to_chance': lambda: check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size),
+        'ensemble_reverified': lambda: check_ensemble(model, x, y, runs, ensemble_correct, eps, norm, batch_size),
+        'apgd_not_weaker_than_pgd': lambda: check_apgd_vs_pgd(runs),
+        'square_not_stronger': lambda: check_square(model, xs, ys, eps, norm, seed, batch_size,
+                                                    {k: v[:n_check] for k, v in correct.items()}),
     }
+    checks = {}
+    for name in CHECKS:
+        checks[name] = run[name]()
+        step(ips=name)
+    return checks
 
 
 def failed(checks: Mapping[str, Check]) -> List[str]:

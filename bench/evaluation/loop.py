@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ import timm_moe
 from bench.attacks import (NORMS, AutoAttack, accuracy, build_attack, perturbation_norm, predict,
                            reference_warning_flag, reference_warnings, resolve_attacks, robust_under_all)
 from bench.core.errors import UserError
-from bench.core.progress import progress_bar
+from bench.core.progress import progress_bar, stage
 from bench.core.values import parse_eps
 from bench.evaluation import checks as sanity, moe as moe_analysis
 from bench.evaluation.resume import ROUTING_KEY, BatchLog, tensor_digest
@@ -47,7 +47,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         std: Normalisation std, to wrap a raw model.
         sidecar: JSON-lines file to record each finished (attack, batch) in.
         resume: Skip the batches already recorded in `sidecar`.
-        progress: Show a rich progress bar per attack.
+        progress: Show each stage's progress on stderr (attacks, sanity checks, per-expert subpaths, routing,
+            transfer; `bench.core.progress.progress_bar`).
         n_check: Examples used by the sanity checks that run extra attacks.
         per_expert_examples: Run the per-expert analysis on only the first N images (None: all). Per-expert
             attacks cost E times an evaluation, so a study may size them apart from the main attacks.
@@ -99,9 +100,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     runs: Dict[str, sanity.AttackRecord] = {}
     timing: Dict[str, float] = {}
     warned: Dict[str, List[str]] = {}
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:  # every stage below reports here: which, how far, ETA
         for label, (name, attack) in objs.items():
-            task = bar.add_task(label, total=n_batches, ips='')
+            step = stage(bar, f'attack {label}', n_batches)
             ok = torch.zeros(n, dtype=torch.bool)
             examples = torch.empty_like(x)
             seconds, messages = 0.0, []
@@ -115,47 +116,48 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                 examples[sl] = kept['examples']
                 seconds += rec['seconds']
                 messages += rec.get('warnings', [])
-                bar.update(task, advance=1, ips=f'{accuracy(ok[:sl.stop]):.1f}%')
+                step(ips=f'{accuracy(ok[:sl.stop]):.1f}%')
             runs[label] = sanity.AttackRecord(name, attack_settings[label], ok, examples)
             timing[label] = seconds
             if messages:
                 warned[label] = list(dict.fromkeys(messages))  # each distinct warning once, in order
-    correct = {k: r.correct for k, r in runs.items()}
-    ensemble = robust_under_all(correct.values())
+        correct = {k: r.correct for k, r in runs.items()}
+        ensemble = robust_under_all(correct.values())
 
-    t0 = time.perf_counter()
-    checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
-                               runs=runs, ensemble_correct=ensemble, seed=seed, batch_size=batch_size,
-                               n_check=n_check)
-    timing['sanity'] = time.perf_counter() - t0
-    dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
-    flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \
-        sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
-    result: Dict[str, Any] = dict(
-        n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
-        robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
-        counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
-                'ensemble': int(ensemble.sum())},
-        correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
-                 'ensemble': ensemble.int().tolist()},
-        per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
-        routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
-        autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
-        attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
-    if moe:
         t0 = time.perf_counter()
-        m = len(x) if per_expert_examples is None else per_expert_examples
-        gated = _routing_examples(model, crafting[1], x[:m], y[:m], batch_size, device, log)
-        analysis = moe_analysis.analyse(model, x[:m], y[:m], attacks=names, eps=eps, norm=norm, seed=seed,
-                                        batch_size=batch_size, x_adv_gated=gated)
-        timing['moe_analysis'] = time.perf_counter() - t0
-        for row in analysis['per_expert']:  # per-sample results as 0/1 lists, like the gated model's
-            row['correct'] = {k: v.int().tolist() for k, v in row['correct'].items()}
-        result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
-                      transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
-        settings['per_expert_attacks'] = analysis['per_expert_attacks']
-    elif per_expert:
-        settings['per_expert_attacks'] = None  # dense model: nothing to force
+        checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
+                                   runs=runs, ensemble_correct=ensemble, seed=seed, batch_size=batch_size,
+                                   n_check=n_check, step=stage(bar, 'sanity checks', len(sanity.CHECKS)))
+        timing['sanity'] = time.perf_counter() - t0
+        dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
+        flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \
+            sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
+        result: Dict[str, Any] = dict(
+            n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
+            robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
+            counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
+                    'ensemble': int(ensemble.sum())},
+            correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
+                     'ensemble': ensemble.int().tolist()},
+            per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
+            routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
+            autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
+            attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
+        if moe:
+            t0 = time.perf_counter()
+            m = len(x) if per_expert_examples is None else per_expert_examples
+            gated = _routing_examples(model, crafting[1], x[:m], y[:m], batch_size, device, log,
+                                      stage(bar, f'routing: {crafting[0]} on the gated model', -(-m // batch_size)))
+            analysis = moe_analysis.analyse(model, x[:m], y[:m], attacks=names, eps=eps, norm=norm, seed=seed,
+                                            batch_size=batch_size, x_adv_gated=gated, bar=bar)
+            timing['moe_analysis'] = time.perf_counter() - t0
+            for row in analysis['per_expert']:  # per-sample results as 0/1 lists, like the gated model's
+                row['correct'] = {k: v.int().tolist() for k, v in row['correct'].items()}
+            result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
+                          transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
+            settings['per_expert_attacks'] = analysis['per_expert_attacks']
+        elif per_expert:
+            settings['per_expert_attacks'] = None  # dense model: nothing to force
     return result
 
 
@@ -197,7 +199,8 @@ def _attack_batch(model: nn.Module, attack: Any, label: str, xb: torch.Tensor, y
 
 
 def _routing_examples(model: nn.Module, crafter: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                      device: torch.device, log: BatchLog) -> Tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device, log: BatchLog,
+                      step: Callable[[], None] = lambda: None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x_adv, attacked) of the crafting attack against the gated model, per batch, kept for --resume."""
     advs, attacked = [], []
     for b, i in enumerate(range(0, len(x), batch_size)):
@@ -209,6 +212,7 @@ def _routing_examples(model: nn.Module, crafter: Any, x: torch.Tensor, y: torch.
             log.put_tensors(ROUTING_KEY, b, kept)
         advs.append(kept['x_adv'])
         attacked.append(kept['attacked'].bool())
+        step()
     return torch.cat(advs), torch.cat(attacked)
 
 

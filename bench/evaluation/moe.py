@@ -14,13 +14,20 @@ do: they return x for points misclassified at the start and stop improving a poi
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 import timm_moe
 from bench.attacks import PGD, Attack, accuracy, build_attack, predict
+from bench.core.progress import stage
+
+Step = Callable[..., None]  # called once per batch done (`bench.core.progress.stage`)
+
+
+def _no_step(n: float = 1, **fields: Any) -> None:
+    pass
 
 # steps of the crafting PGD when the evaluation ran no PGD of its own (the paper's PGD-20)
 CRAFTING_STEPS = 20
@@ -47,7 +54,7 @@ def crafting_attack(attacks: Sequence[str], eps: float, norm: str = 'Linf', seed
 
 
 def craft(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-          batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+          batch_size: int, step: Step = _no_step) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x_adv, attacked) over batches, on the CPU: the examples and which points the attack ran on."""
     device = next(model.parameters()).device
     advs, attacked = [], []
@@ -55,14 +62,18 @@ def craft(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         adv, hit = attack.run(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
         advs.append(adv.cpu())
         attacked.append(hit.cpu())
+        step()
     return torch.cat(advs), torch.cat(attacked)
 
 
 def _attack_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    batch_size: int) -> torch.Tensor:
+                    batch_size: int, step: Step = _no_step) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.cat([attack(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(x), batch_size)])
+    advs = []
+    for i in range(0, len(x), batch_size):
+        advs.append(attack(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).cpu())
+        step()
+    return torch.cat(advs)
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -72,7 +83,7 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: float,
                norm: str = 'Linf', seed: int = 0, batch_size: int = 128, crafter: Optional[PGD] = None,
-               ) -> Tuple[List[dict], List[torch.Tensor], List[int]]:
+               step: Step = _no_step) -> Tuple[List[dict], List[torch.Tensor], List[int]]:
     """Clean and robust accuracy of each expert's subpath, and each subpath's crafted examples for transfer.
 
     Args:
@@ -85,6 +96,7 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
         seed: Attack seed.
         batch_size: Attack batch size.
         crafter: The crafting attack of the transfer matrix (default: `crafting_attack(attacks, ...)`).
+        step: Called after each attacked batch: E x (attacks + 1) x batches calls in all.
 
     Returns:
         The per-expert rows; for each expert the crafter's examples against its subpath; and for each expert
@@ -98,12 +110,13 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
             row = dict(expert=i, clean_acc=accuracy(clean), robust_acc={}, n_examples=len(x),
                        correct={'clean': clean})
             for name in attacks:
-                x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size)
+                x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size,
+                                        lambda: step(ips=f'expert {i} {name}'))
                 # a point the subpath misclassifies clean stays broken, as for the gated model
                 ok = _correct(model, x_adv, y, batch_size) & clean
                 row['robust_acc'][name] = accuracy(ok)
                 row['correct'][name] = ok
-            x_adv, hit = craft(crafter, model, x, y, batch_size)
+            x_adv, hit = craft(crafter, model, x, y, batch_size, lambda: step(ips=f'expert {i} crafting'))
             advs.append(x_adv)
             attacked.append(int(hit.sum()))
         rows.append(row)
@@ -111,14 +124,15 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
 
 
 def transfer_matrix(model: nn.Module, advs: Sequence[torch.Tensor], y: torch.Tensor,
-                    batch_size: int = 128) -> List[List[float]]:
-    """[i][j] = accuracy (%) of expert j's subpath on the examples crafted against expert i."""
+                    batch_size: int = 128, step: Step = _no_step) -> List[List[float]]:
+    """[i][j] = accuracy (%) of expert j's subpath on the examples crafted against expert i; `step` after each."""
     matrix = []
     for adv in advs:
         row = []
         for j in range(len(advs)):
             with timm_moe.force_expert(model, j):
                 row.append(accuracy(_correct(model, adv, y, batch_size)))
+            step()
         matrix.append(row)
     return matrix
 
@@ -206,7 +220,7 @@ def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
 
 def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str], eps: float,
             norm: str = 'Linf', seed: int = 0, batch_size: int = 128,
-            x_adv_gated: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
+            x_adv_gated: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, bar: Any = None) -> dict:
     """Per-expert subpaths, routing under attack and the transfer matrix, for a model with BlockMoE layers.
 
     Args:
@@ -220,6 +234,7 @@ def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequ
         batch_size: Batch size.
         x_adv_gated: (examples, attacked) of `crafting_attack(attacks, ...)` against the gated model, if the
             evaluation already has them (it keeps them for --resume); crafted here otherwise.
+        bar: Where each stage reports its progress (`bench.core.progress.progress_bar`); None: nowhere.
 
     Returns:
         dict(per_expert, routing_under_attack, transfer, transfer_info, per_expert_attacks); routing_under_attack
@@ -228,12 +243,20 @@ def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequ
     """
     names = per_expert_attack_names(attacks)
     label, crafter = crafting_attack(attacks, eps, norm, seed)
-    rows, advs, attacked = per_expert(model, x, y, names, eps, norm, seed, batch_size, crafter)
+    n_experts, n_batches = timm_moe.num_experts(model), -(-len(x) // batch_size)
+    rows, advs, attacked = per_expert(
+        model, x, y, names, eps, norm, seed, batch_size, crafter,
+        stage(bar, f'per-expert subpaths: {n_experts} experts x {"+".join(names)}+{label}',
+              n_experts * (len(names) + 1) * n_batches))
     if x_adv_gated is None:
-        x_adv_gated = craft(crafter, model, x, y, batch_size)
+        x_adv_gated = craft(crafter, model, x, y, batch_size, stage(bar, f'routing: {label} on the gated model',
+                                                                    n_batches))
+    step = stage(bar, 'routing under attack', 1)
     routing = routing_under_attack(model, x, x_adv_gated[0], batch_size, attacked=x_adv_gated[1])
+    step()
     routing.update(attack=label, crafted_with=crafter.settings())
     transfer_info = dict(attack=label, crafted_with=crafter.settings(), attacked_points=attacked,
                          n_images=len(x))
-    return dict(per_expert=rows, routing_under_attack=routing, transfer=transfer_matrix(model, advs, y, batch_size),
-                transfer_info=transfer_info, per_expert_attacks=names)
+    transfer = transfer_matrix(model, advs, y, batch_size, stage(bar, 'transfer matrix', n_experts ** 2))
+    return dict(per_expert=rows, routing_under_attack=routing, transfer=transfer, transfer_info=transfer_info,
+                per_expert_attacks=names)

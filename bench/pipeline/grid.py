@@ -34,7 +34,7 @@ from bench.attacks import resolve_attacks
 from bench.core import locks
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError, is_user_os_error
-from bench.core.parallel import process_pool
+from bench.core.parallel import run_parallel
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycling, named_cells
@@ -422,15 +422,10 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
 
 
 def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console) -> List[Dict[str, Any]]:
-    if procs > 1 and len(wave) > 1:
-        pool, _ = process_pool(procs)
-        with pool:
-            return list(pool.map(_guarded, wave, [spec] * len(wave)))
-    outcomes = []
-    for c in wave:
-        console.print(f'cell {c["cell"]} ...')
-        outcomes.append(_guarded(c, spec))
-    return outcomes
+    """Run the cells of `wave`, `procs` at a time, with a progress board on stderr; their outcomes in order."""
+    if not wave:
+        return []
+    return run_parallel(_guarded, [(c['cell'], (c, spec)) for c in wave], procs, 'grid')
 
 
 def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tuple[int, int]], procs: int,

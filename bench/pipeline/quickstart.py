@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -26,9 +25,10 @@ from timm_moe import ModelSpec
 
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
-from bench.core.parallel import process_pool
+from bench.core.parallel import run_parallel, threads_per_process
 from bench.models import prepare_run_dir
 from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config
+from bench.pipeline.quickstart_plans import PLANS, Plan  # noqa: F401 - PLANS: the plans by name, here too
 from bench.results.leaderboard import write_leaderboard
 from bench.results.report import write_report
 from bench.results.stats import paired_bootstrap, wilson_interval
@@ -36,30 +36,6 @@ from bench.results.stats import paired_bootstrap, wilson_interval
 DATASET = 'fashion-mnist-bundled'
 PGD, APGD = 'pgd20', 'apgd-ce20'  # the accuracy keys of the 'paper' attack preset: PGD-20 and APGD-CE-20
 TRAININGS = {'pgd': 'adversarial', 'normal': 'normal'}  # training method -> how the summary names it
-
-
-@dataclass(frozen=True)
-class Plan:
-    width: int = 8  # base channels (the paper's ResNet-18 has 64); same depth and stage layout
-    experts: int = 4  # the reference trains 4 experts
-    k: int = 1  # k=1 keeps inference FLOPs at the dense model's
-    train_limit: int = 10000  # the whole bundled training subset
-    normal_epochs: int = 2
-    adv_epochs: int = 1  # PGD-7 costs 8 forward/backward passes per image
-    batch_size: int = 128
-    adv_batch_size: int = 64  # more, smaller steps: one adversarial epoch then learns as much as two at 128
-    lr: float = 0.05
-    n_eval: int = 300  # first test images attacked
-    n_check: int = 100  # images used by the gradient-masking checks
-    eval_batch: int = 250
-
-
-PLANS = {
-    'default': Plan(),
-    # a minute-long pass through every stage, for tests and smoke checks; its numbers mean little
-    'smoke': Plan(width=4, train_limit=512, normal_epochs=1, adv_epochs=1, batch_size=64, adv_batch_size=64,
-                  n_eval=64, n_check=32, eval_batch=64),
-}
 
 
 def specs(plan: Plan) -> Dict[str, ModelSpec]:
@@ -120,7 +96,7 @@ def _row(cell: Dict[str, Any], res: CellResult) -> Dict[str, Any]:
 
 
 def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool = False,
-                   overwrite: bool = False, console: Console | None = None) -> Dict[str, Any]:
+                   overwrite: bool = False, console: Console | None = None, progress: bool = True) -> Dict[str, Any]:
     """Train, attack, audit and rank the four quickstart models; returns the summary written to summary.json.
 
     Args:
@@ -129,7 +105,8 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
         procs: Parallel worker processes.
         resume: Reuse finished trainings in `out`.
         overwrite: Replace whatever is in `out`.
-        console: Where to print progress.
+        console: Where to print the summary.
+        progress: Show each run's stage and the ETA on stderr (`bench.core.progress.RunBoard`).
     """
     console = console or Console()
     if procs < 1:
@@ -139,12 +116,11 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     todo = cells(plan, out)
     registry_dir = out / 'registry'
     target = Output(registry=registry_dir, reuse_training=resume, overwrite_entry=True)
-    pool, threads = process_pool(procs)
-    with pool:
-        console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
-                      f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
-        futures = [pool.submit(run_cell, c['spec'], c['training'], evaluation(plan), target) for c in todo]
-        done = [f.result() for f in futures]
+    threads = threads_per_process(procs)
+    console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
+                  f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
+    jobs = [(Path(c['training'].out).name, (c['spec'], c['training'], evaluation(plan), target)) for c in todo]
+    done = run_parallel(run_cell, jobs, procs, 'quickstart', progress=progress)
     rows = [_row(c, res) for c, res in zip(todo, done)]
     write_leaderboard(registry_dir)
     plots = write_report(registry_dir, out / 'plots')

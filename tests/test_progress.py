@@ -1,0 +1,53 @@
+"""Progress on stderr: every stage of an evaluation, a board of runs across worker processes; never a number."""
+import io
+
+import pytest
+import timm
+import torch
+
+import timm_moe  # noqa: F401 - registers the models
+from bench.core.parallel import run_parallel
+from bench.core.progress import RunBoard, progress_bar, reporting_to, stage
+from bench.evaluation.loop import evaluate_model
+from bench.models import normalized
+
+import parallel_jobs
+
+
+def test_every_evaluation_stage_reports_and_no_number_changes(capsys, one_thread):
+    torch.manual_seed(0)
+    model = normalized(timm.create_model('resnet18_blockmoe_e2_k1', width=4, in_chans=1, num_classes=10),
+                       (0.5,), (0.5,)).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    quiet = evaluate_model(model, x, y, attacks='pgd10', batch_size=4, n_check=4, progress=False)
+    assert capsys.readouterr().err == ''
+    shown = evaluate_model(model, x, y, attacks='pgd10', batch_size=4, n_check=4, progress=True)
+    err = capsys.readouterr().err  # not a terminal: plain lines, each stage's start and end
+    for done in ('attack pgd10: 2/2', 'sanity checks: 9/9', 'routing: pgd10-last on the gated model: 2/2',
+                 'per-expert subpaths: 2 experts x pgd10+pgd10-last: 8/8', 'routing under attack: 1/1',
+                 'transfer matrix: 4/4'):
+        assert done in err, err
+    for key in ('clean_acc', 'robust_acc', 'correct', 'per_expert', 'routing_under_attack', 'transfer', 'sanity'):
+        assert shown[key] == quiet[key]
+
+
+def test_a_board_shows_each_runs_stage_and_the_overall_eta():
+    out = io.StringIO()
+    with RunBoard('grid', ['a', 'b'], procs=1, stream=out) as board:
+        for run in ('a', 'b'):
+            with reporting_to(board.handle, run), progress_bar(False) as bar:
+                step = stage(bar, 'train', 3)
+                for _ in range(3):
+                    step()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == 'grid: 2 runs, 1 at a time'
+    assert 'grid: a: train (0/3)' in lines and any(l.startswith('grid: a: done (1/2 runs') and 'ETA' in l
+                                                   for l in lines)
+    assert any(l.startswith('grid: b: done (2/2 runs') for l in lines)
+
+
+def test_run_parallel_returns_results_in_order_and_raises_a_jobs_error(tmp_path):
+    jobs = [(f'j{i}', (str(tmp_path), f'j{i}', 0.0)) for i in range(3)]
+    assert run_parallel(parallel_jobs.sleepy, jobs, 2, 'jobs', progress=False) == ['j0', 'j1', 'j2']
+    with pytest.raises(RuntimeError, match='boom'):
+        run_parallel(parallel_jobs.failing, [('a', ('boom',)), ('b', ('boom',))], 2, 'jobs', progress=False)
