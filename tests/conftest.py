@@ -3,13 +3,23 @@ import os
 import pytest
 import torch
 
-# two cores: keep torch from oversubscribing when pytest-xdist or helpers run beside it
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# two cores: keep torch from oversubscribing when pytest-xdist or helpers run beside it; OMP_NUM_THREADS, when set,
+# wins (torch has read it already), so that the suite can be run at 1 and at 2 threads
+if not os.environ.get('OMP_NUM_THREADS'):
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    """Each test starts from the same torch seed and leaves torch's thread count as it found it.
+
+    Some tests run a script's `main()` in-process, and scripts set their own thread count (`--threads 1`): without
+    the restore, every test after such a one, in whatever order they run, would run at that count.
+    """
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
