@@ -1,4 +1,7 @@
-"""The harness as layers (docs/CONTRACTS.md): who may import whom, no import cycles, and no module over 400 lines.
+"""The harness as layers (docs/CONTRACTS.md): who may import whom, and no import cycles.
+
+Module length is a guideline (docs/CONTRACTS.md), not a test: a module is split where its parts are separate
+things, never to meet a line count.
 
 The import graph is read from the source with `ast` (every import statement, also those inside functions:
 a lazy import is still a dependency), so a violation fails here before anyone runs the code path.
@@ -7,17 +10,15 @@ import ast
 from pathlib import Path
 from typing import Dict, Set
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_LINES = 400
 
 # package (first component under bench/) -> the packages it may import besides itself
 ALLOWED = {
     'core': set(),
     'data': {'core'},
     'models': {'core'},
-    'attacks': {'core', 'models'},
+    'attacks': {'core'},
     'training': {'core', 'data', 'models', 'attacks'},
     'evaluation': {'core', 'data', 'models', 'attacks'},
     'audit': {'core', 'models'},
@@ -121,10 +122,3 @@ def test_the_import_graph_has_no_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': set()}) == ['a', 'b', 'c', 'a']
     assert _cycle({'a': {'b'}, 'b': set()}) is None
-
-
-@pytest.mark.parametrize('package', ['bench', 'timm_moe'])
-def test_no_module_is_longer_than_400_lines(package):
-    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / package).rglob('*.py'))
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not long, f'modules over {MAX_LINES} lines (split them): {long}'

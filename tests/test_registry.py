@@ -66,7 +66,7 @@ def test_shipped_reference_points():
     assert (dense['clean_acc'], dense['robust_acc']) == (52.14, {'pgd20': 16.87, 'apgd20': 17.99})
     best = by_id['paper-resnet18-blockmoe-last-entropy-gap-fc-k1-pgd']
     assert (best['clean_acc'], best['robust_acc']) == (54.91, {'pgd20': 19.96, 'apgd20': 20.76})
-    assert best['model']['name'] == 'resnet18_blockmoe_e4_k1' and best['model']['kwargs']['moe_blocks'] == 'last'
+    assert best['model']['name'] == 'resnet18_blockmoe_e4_k1' and best['model']['kwargs']['placement'] == 'last'
     for e in by_id.values():
         if e['source'] == 'paper':
             assert set(e['robust_acc']) == {'pgd20', 'apgd20'} and 'not AutoAttack' in e['attack_note']
@@ -355,6 +355,7 @@ def test_per_sample_bits_must_match_the_accuracies():
         validate_entry(_set(e, 'n_examples', 100))
     extra = copy.deepcopy(e)
     extra['per_sample']['bits']['fgsm'] = extra['per_sample']['bits']['pgd20']
+    del extra['per_sample']['sha256']  # as an entry written before the checksum: the key check still holds
     with pytest.raises(UserError, match='per_sample.bits.fgsm is not clean_acc or a robust_acc key'):
         validate_entry(extra)
     with pytest.raises(UserError, match='bytes'):
@@ -385,6 +386,27 @@ def test_schema1_entries_still_load(tmp_path):
     del versionless['schema_version']  # written before versions were recorded
     write_entry(versionless, tmp_path)
     assert load_entries(tmp_path) == [versionless]
+
+
+def test_old_field_names_load_through_the_one_migration(tmp_path):
+    """Entries written by older code say `moe_blocks` (now `placement`) in the model's kwargs and `method`
+    (now `training`) in the training config: reading them renames the keys, and nothing else reads them."""
+    from bench.results.registry import migrate
+
+    old = [e for e in load_entries(SCHEMA1_REGISTRY) if e['source'] == 'measured'][0]
+    raw = copy.deepcopy(old)
+    raw['model']['kwargs'] = {'moe_blocks': 'last', 'width': 8}
+    raw['training']['config'] = {'method': 'pgd', 'lr': 0.1}
+    path = tmp_path / raw['dataset'] / raw['threat_model'] / f"{raw['entry_id']}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(raw))
+    (loaded,) = load_entries(tmp_path)
+    assert loaded['model']['kwargs'] == {'placement': 'last', 'width': 8}
+    assert loaded['training']['config'] == {'training': 'pgd', 'lr': 0.1}
+    # a new name written beside the old one wins; an entry without old names is left as it is
+    both = migrate({'model': {'kwargs': {'moe_blocks': 'all', 'placement': 'last'}}})
+    assert both['model']['kwargs'] == {'placement': 'last'}
+    assert migrate(copy.deepcopy(loaded)) == loaded
 
 
 def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():

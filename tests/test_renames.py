@@ -41,19 +41,3 @@ def test_placement_is_the_model_kwarg_and_moe_blocks_a_deprecated_alias():
     assert [n for n, _ in timm_moe.moe_layers(old)] == ['layer4.0', 'layer4.1']
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='one setting under two names'):
         timm.create_model('resnet18_blockmoe_e4_k1', width=4, moe_blocks='last', placement='all')
-
-
-def test_config_key_training_replaces_method_which_warns(tmp_path):
-    from bench.training.config import load_config
-    with pytest.warns(DeprecationWarning, match='use training'):
-        old = load_config(None, ['--method', 'pgd'])
-    assert old.training == 'pgd' and old == load_config(training='pgd')
-    # a config written with `method:` (a run directory made before the rename) reads the same
-    (tmp_path / 'old.yaml').write_text('method: trades\n')
-    with pytest.warns(DeprecationWarning):
-        assert load_config(tmp_path / 'old.yaml').training == 'trades'
-    with pytest.warns(DeprecationWarning, match='TrainConfig.training'):
-        assert old.method == 'pgd'
-    # the hash keeps the old key, so that configs hashed before the rename keep their hash (this one was
-    # computed by the code before the rename, from load_config(method='pgd'))
-    assert old.sha256() == '56b41f0f0abef5e65f9d1a036c99cf38a2c19523432db459fa71d3d9eda7a5ee'

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -29,6 +28,7 @@ from torch import nn
 import timm_moe
 from timm_moe import ModelSpec
 
+from bench.core.atomic import atomic_save_safetensors, temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.results.registry import load_entries, load_entry
@@ -162,26 +162,48 @@ def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], datas
 
 
 def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
-    from safetensors.torch import save_file
     # safetensors refuses views and shared storage: one contiguous copy per tensor
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     # one metadata key: safetensors writes several in hash order, and the file would differ run to run
     record = {'architecture': name, 'model_args': dict(model_args)}
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+    atomic_save_safetensors(tensors, path, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return f'{value:.{digits}f}' if isinstance(value, (int, float)) and not isinstance(value, bool) else '-'
 
 
+def training_of(run_cfg: Mapping[str, Any]) -> str:
+    """The run's training (normal, pgd, trades); configs written before the rename call it `method`."""
+    return str(run_cfg.get('training') or run_cfg.get('method') or '?')
+
+
+def what_ran(run_cfg: Mapping[str, Any], result: Optional[Mapping[str, Any]]) -> str:
+    """How long the run really trained, from its result.json (the configured `epochs` is only the plan: a
+    `--max-steps 20` run of a 2-epoch config trains a fraction of one)."""
+    if not result or not isinstance(result.get('steps'), int):
+        return 'unknown (the run has no result.json: unfinished, or written by an older version)'
+    steps, history = result['steps'], [h for h in result.get('history') or [] if h.get('kind', 'epoch') == 'epoch']
+    complete = sum(1 for h in history if h.get('complete'))
+    text = f'{steps} optimizer steps: {complete} complete epoch{"s" * (complete != 1)} of {run_cfg.get("epochs", "?")}'
+    if history and not history[-1].get('complete'):
+        text += f' and part of epoch {complete + 1}'
+    max_steps = run_cfg.get('max_steps')
+    if isinstance(max_steps, int) and steps >= max_steps:
+        text += f' (stopped by max_steps={max_steps})'
+    return text
+
+
 def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: Mapping[str, Any],
-               entry: Optional[Mapping[str, Any]], weights_sha256: str, entry_note: str) -> str:
-    """README.md: front matter, how to load, training, and the registry entry's numbers (or none)."""
+               entry: Optional[Mapping[str, Any]], weights_sha256: str, entry_note: str,
+               result: Optional[Mapping[str, Any]] = None) -> str:
+    """README.md: front matter, how to load, training (`result`: the run's result.json, for what ran), and the
+    registry entry's numbers (or none)."""
     args = ', '.join(f'{k}={v!r}' for k, v in model_args.items())
     lines = [
         '---', 'library_name: timm', 'license: apache-2.0', 'tags:', '- image-classification', '- timm',
         '- timm-moe', '- mixture-of-experts', '- adversarial-robustness', '---', '',
-        f'# {name} ({dataset}, {run_cfg.get("method", "?")} training)', '',
+        f'# {name} ({dataset}, {training_of(run_cfg)} training)', '',
         f'A [timm-moe](https://arxiv.org/abs/2509.05086) BlockMoE ResNet exported by `timm-moe export`. '
         f'Model kwargs: `{args}`.', '',
         '## Load', '', '```python', 'import json, timm, timm_moe   # timm_moe registers the architecture', '',
@@ -194,9 +216,10 @@ def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: 
         f'Inputs: images in [0, 1] normalised with the mean and std in `config.json` ({dataset}); '
         'timm.data.resolve_data_config(model=model) picks them up.', '',
         '## Training', '',
-        '| setting | value |', '|---|---|',
+        '| setting | value |', '|---|---|', f'| training | {training_of(run_cfg)} |',
+        f'| trained for | {what_ran(run_cfg, result)} |',
     ]
-    for key in ('training', 'method', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
+    for key in ('batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
         if key in run_cfg:
             value = run_cfg[key]
             lines.append(f'| {key} | {_fmt(value, 5) if isinstance(value, float) else value} |')
@@ -271,15 +294,15 @@ def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike)
 
 def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
                      info: Mapping[str, Any], run_cfg: Mapping[str, Any], entry: Optional[Mapping[str, Any]],
-                     entry_note: str) -> Path:
+                     entry_note: str, result: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the folder (weights, config.json, model card) beside `out`, then move it into place: a killed
     export leaves no half folder behind. Replaces `out` if it exists (the caller decides whether it may)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         write_weights(model, tmp / WEIGHTS_FILE, name, model_args)
         (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, model_args, dataset, info), indent=2) + '\n')
-        card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note)
+        card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note,
+                          result)
         (tmp / CARD_FILE).write_text(card)
         if out.exists():
             shutil.rmtree(out)

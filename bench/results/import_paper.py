@@ -37,10 +37,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
-from bench.results.registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path,
-                                    validate_entry, write_entry)
+from bench.results.registry import (DEFAULT_REGISTRY, SCHEMA_VERSION, SHIPPED_REGISTRY, check_writable, dumps_entry,
+                                    entry_path, validate_entry, write_entry)
 
-DEFAULT_CSV = REPO_ROOT / 'registry' / 'sources' / 'robust_experts_official_results.csv'
+DEFAULT_CSV = SHIPPED_REGISTRY / 'sources' / 'robust_experts_official_results.csv'
 COLUMNS = ('table', 'moe', 'loss', 'gate', 'k', 'training', 'clean', 'pgd20', 'apgd20')
 EPS = 8 / 255
 PAPER_REPO = 'KASTEL-MobilityLab/robust-sparse-moes'
@@ -292,6 +292,7 @@ def import_all(csv_path: Path = DEFAULT_CSV, registry_dir: Path = DEFAULT_REGIST
         registry_dir: the registry root.
         overwrite: replace entries whose content changed (without it, a changed entry is an error).
     """
+    check_writable(registry_dir)  # also when every entry is unchanged: the answer must not depend on that
     entries = paper_entries(Path(csv_path)) + robustbench_entries()
     ids = [e['entry_id'] for e in entries]
     if len(set(ids)) != len(ids):

@@ -32,7 +32,7 @@ from timm.models import register_model, split_model_name_tag
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 
 __all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'register_tags',
-           'tag_record', 'tag_model_kwargs', 'check_weights_file']
+           'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError']
 
 ENV_DIR = 'TIMM_MOE_PRETRAINED_DIR'
 MANIFEST = 'manifest.json'
@@ -165,10 +165,39 @@ def tag_model_kwargs(variant: str, tag: Optional[str]) -> Dict[str, Any]:
     return dict(record['model_kwargs']) if record else {}
 
 
+class CorruptWeightsError(ValueError):
+    """A tag's weights file is not the one its manifest lists (its sha256 differs): truncated or altered."""
+
+
+_VERIFIED: Dict[Tuple[str, int, int], str] = {}  # (file, size, mtime_ns) -> sha256: each file is hashed once
+
+
+def _sha256(file: Path) -> str:
+    import hashlib
+    st = file.stat()
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(file, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        _VERIFIED[key] = digest.hexdigest()
+    return _VERIFIED[key]
+
+
 def check_weights_file(variant: str, cfg: PretrainedCfg, overlay: Mapping[str, Any]) -> None:
-    """Refuse, naming the tag and the file, a tag whose weights file is missing (timm's own error has no message)."""
+    """Refuse, naming the tag and the file, a tag whose weights file is missing (timm's own error has no message)
+    or is not the file its manifest lists (its sha256: a truncated file fails in safetensors, an altered one would
+    load other weights without a word)."""
     record = _TAGS.get(f'{variant}.{cfg.tag}') if cfg.tag else None
     file = overlay.get('file', cfg.file)
-    if record is not None and file == record['path'] and not Path(file).is_file():
+    if record is None or file != record['path']:
+        return
+    if not Path(file).is_file():
         raise FileNotFoundError(f'{variant}.{cfg.tag}: its weights file {file} is missing (its manifest lists it); '
                                 'reinstall timm-moe or ship the tags again')
+    digest = _sha256(Path(file))
+    if digest != record['sha256']:
+        raise CorruptWeightsError(f'{variant}.{cfg.tag}: its weights file {file} is corrupt: sha256 {digest[:12]}..., '
+                                  f'its manifest lists {str(record["sha256"])[:12]}...; reinstall timm-moe or ship '
+                                  'the tags again')
