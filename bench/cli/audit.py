@@ -43,16 +43,22 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
         if not names:
             raise UserError(f'--all with --filter {args.filter!r} and --k {args.k!r} matches no model: '
                             f'try --filter "resnet18_*" or --k 1')
-        return [(n, w) for n in names for w in widths[args.expert_width or 'both']]
+        return [(n, w) for n in names for w in _widths(n, widths[args.expert_width or 'both'])]
     if args.k or args.filter != '*blockmoe*':
         raise UserError('--k and --filter select among --all; with --model name the models directly')
     for name in args.model:
         check_model_name(name)
-    return [(n, w) for n in args.model for w in widths[args.expert_width or 'full']]
+    return [(n, w) for n in args.model for w in _widths(n, widths[args.expert_width or 'full'])]
 
 
-def _model_kwargs(args: argparse.Namespace, expert_width: str) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = dict(expert_width=expert_width)
+def _widths(name: str, widths: List[str]) -> List[str]:
+    # only a BlockMoE has compute-matched experts; another model is audited once
+    return widths if ModelSpec.from_name(name).kind == 'block' else widths[:1]
+
+
+def _model_kwargs(args: argparse.Namespace, name: str, expert_width: str) -> Dict[str, Any]:
+    # expert_width is a BlockMoE kwarg: a ConvMoE's experts are convolutions of the dense width
+    kwargs: Dict[str, Any] = dict(expert_width=expert_width) if ModelSpec.from_name(name).kind == 'block' else {}
     for key in ('stem', 'width', 'num_classes', 'in_chans', 'gate', 'placement'):
         value = getattr(args, key)
         if value is not None:
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     results: List[Dict[str, Any]] = []
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
-        kwargs = _model_kwargs(args, expert_width)
+        kwargs = _model_kwargs(args, name, expert_width)
         label = f'{name} ({", ".join(f"{k}={v}" for k, v in kwargs.items())})'
         err.print(f'[{i}/{len(targets)}] {label}', highlight=False)
         try:
@@ -203,8 +209,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--width', type=int, default=None, help='base width (64 = the paper; 16 for quick CPU runs)')
     p.add_argument('--stem', choices=('cifar', 'imagenet'), default=None, help='stem of model and baseline')
     p.add_argument('--gate', choices=('gap_fc', 'conv_gap'), default=None, help='gate type')
-    p.add_argument('--placement', '--moe-blocks', dest='placement', choices=('last', 'all'), default=None,
-                   help='MoE at the last layer4 block or all (--moe-blocks: the old name)')
+    p.add_argument('--placement', default=None,
+                   help="where the MoE layers go: 'last' or 'all' of layer4, or module paths joined by '+' "
+                        "(e.g. layer4.0, layer3+layer4, layer4.0.conv1)")
     p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default 100)')
     p.add_argument('--in-chans', type=int, default=None, help='input channels (default 3)')
     p.add_argument('--input-size', default=None, metavar='C,H,W',

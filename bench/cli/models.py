@@ -33,9 +33,11 @@ def summarize(name: str, width: int, batch: int, seed: int = 0) -> Dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     names: List[str] = timm.list_models(args.filter)
-    names = [n for n in names if n.startswith(('resnet18_', 'resnet50_')) and ('blockmoe' in n or n.endswith('_dense'))]
+    ours = set(timm_moe.model_names())
+    names = [n for n in names if n in ours]
     if not names:
-        raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*" or "resnet18_*"')
+        raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*", "*convmoe*" or '
+                        '"resnet18_*"')
     table = Table(title=f'timm-moe models (width {args.width}; routing of {args.batch} random images, untrained)')
     for col in ('model', 'E', 'k', 'MoE layers', 'params', 'active/image', 'expert load', 'collapse'):
         table.add_column(col, justify='right' if col in ('E', 'k', 'params', 'active/image', 'collapse') else 'left')

@@ -221,6 +221,26 @@ def _entry_files(registry_dir: Path) -> List[Path]:
                   if not (p.parent == registry_dir and p.name == 'schema.json') and not p.name.startswith('.'))
 
 
+# model kwargs renamed since entries were first stored: old name -> new name (the stored file is left as it is)
+_RENAMED_MODEL_KWARGS = {'moe_blocks': 'placement'}
+
+
+def migrate_entry(entry: Any) -> Any:
+    """An entry as read from a file, in the current field names: the one place where old names are read.
+
+    Model kwargs stored under an old name (`moe_blocks`, now `placement`) take the new name, in `model.kwargs`
+    and `model.effective_kwargs`. Anything that is not an entry is returned unchanged, for validation to judge.
+    """
+    model = entry.get('model') if isinstance(entry, dict) else None
+    if not isinstance(model, dict):
+        return entry
+    for field in ('kwargs', 'effective_kwargs'):
+        kwargs = model.get(field)
+        if isinstance(kwargs, dict) and any(old in kwargs for old in _RENAMED_MODEL_KWARGS):
+            model[field] = {_RENAMED_MODEL_KWARGS.get(k, k): v for k, v in kwargs.items()}
+    return entry
+
+
 def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[str, Any]:
     """Read and validate one entry file; with `registry_dir`, also check that it sits where it belongs.
 
@@ -233,6 +253,7 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
         entry = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    entry = migrate_entry(entry)
     try:
         validate_entry(entry)
     except UserError as e:
