@@ -178,12 +178,12 @@ def test_matched_experts_pay_for_the_downsample_with_all_placement():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(k=0), 'k=0'),
-    (dict(k=16), 'k=16 > num_experts=8'),
-    (dict(num_experts=-1), 'num_experts=-1'),
+    (dict(k=0), r"k=0: fixed by the model name 'resnet18_blockmoe_e8_k2'; pick the name instead"),
+    (dict(k=16), 'k=16: fixed by the model name'),
+    (dict(num_experts=-1), 'num_experts=-1: fixed by the model name'),
     (dict(gate='mlp'), "gate='mlp'"),
     (dict(aux_loss='l2'), "aux_loss='l2'"),
-    (dict(placement='first'), "placement='first'"),
+    (dict(placement='first'), "placement='first': target 'first' selects no residual block"),
     (dict(stem='deep'), "stem='deep'"),
     (dict(expert_width='half'), "expert_width='half'"),
 ])
@@ -253,7 +253,7 @@ def test_noisy_gating_explicit_bool_overrides_auto(explicit, aux_loss):
 
 
 @pytest.mark.parametrize('bad', ['yes', 'True', 1, 0])  # None: timm.create_model drops it (the default)
-@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_dense'])
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_convmoe_e4_k1'])
 def test_noisy_gating_rejects_other_values(bad, name):
     with pytest.raises(ValueError, match=r"noisy_gating=.*: expected one of 'auto', True, False"):
         timm.create_model(name, width=8, noisy_gating=bad)

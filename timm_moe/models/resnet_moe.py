@@ -211,6 +211,11 @@ def _create_resnet_moe(variant: str, pretrained: bool = False, **kwargs: Any) ->
     if pretrained:
         check_weights_file(variant, cfg, overlay)
     entry = ENTRYPOINTS[variant]
+    fixed = [key for key in ('arch', 'kind', 'num_experts', 'k') if key in kwargs]
+    if fixed:
+        others = [n for n, e in ENTRYPOINTS.items() if e.arch == entry.arch and e.kind == entry.kind][:3]
+        raise ValueError(f'{fixed[0]}={kwargs[fixed[0]]!r}: fixed by the model name {variant!r}; pick the name '
+                         f'instead, e.g. one of {others} (timm_moe.model_names() lists them)')
     return build_model_with_cfg(_build, variant, pretrained, pretrained_cfg_overlay=overlay, arch=entry.arch,
                                 kind=entry.kind, num_experts=entry.experts, k=entry.k, **kwargs)
 
