@@ -165,7 +165,7 @@ def test_convert_any_timm_resnet():
     torch.manual_seed(0)
     model = timm.create_model('resnet18', num_classes=10)  # timm's own model, ImageNet stem
     conv = model.layer4[1].conv2
-    moe = timm_moe.convert(model, 'layer4.*.conv2', num_experts=3, k=2)
+    moe = timm_moe.convert(model, 'layer4.*.conv2', num_experts=3, k=2, gate='conv_gap')
     assert moe is model and [n for n, _ in moe_layers(model)] == ['layer4.0.conv2', 'layer4.1.conv2']
     layer = model.layer4[1].conv2
     # re-initialised copies: Kaiming fan_out, each expert its own draw; the gate keeps PyTorch's default init
@@ -174,7 +174,7 @@ def test_convert_any_timm_resnet():
         assert expert.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
         assert not torch.equal(expert.weight, conv.weight)
     assert not torch.equal(layer.experts[0].weight, layer.experts[1].weight)
-    assert layer.gate.fc.weight.abs().max() <= 1 / math.sqrt(conv.in_channels)
+    assert layer.gate.conv.weight.abs().max() <= 1 / math.sqrt(conv.in_channels * 9)
     # the 64x64 input of this check passes layer4 (stride 32) as 2x2: an unpadded Conv-GAP gate names the minimum
     assert layer.min_image_size == 65
     model(torch.rand(2, 3, 64, 64)).mean().backward()

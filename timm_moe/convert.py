@@ -21,7 +21,7 @@ from torch import nn
 
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .layers import MoE, resolve_noisy_gating, validate_moe_args
+from .layers import GATES, MoE, resolve_noisy_gating, validate_moe_args
 
 __all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets']
 
@@ -139,7 +139,8 @@ def convert(
         if not_blocks:
             raise ValueError(f"expert_width='matched' applies to residual blocks, not to {not_blocks[0]!r}: "
                              "use expert_width='full'")
-    reductions = _input_reductions(model, paths)
+    # only an unpadded Conv-GAP gate has a minimum input, which its error names in model pixels
+    reductions = _input_reductions(model, paths) if GATES[gate].min_input_size > 1 else {}
     noisy = resolve_noisy_gating(noisy_gating, aux_loss)
     for path in paths:
         module = model.get_submodule(path)

@@ -19,6 +19,8 @@ class GapFcGate(nn.Module):
         num_experts: Number of experts E.
     """
 
+    min_input_size = 1
+
     def __init__(self, in_chs: int, num_experts: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
