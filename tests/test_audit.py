@@ -199,7 +199,7 @@ def test_sweep_reports_a_model_that_cannot_be_built_and_goes_on(capsys, tmp_path
     # matched experts cannot fit k=4 copies of ResNet-50's strided layer4.0 (its downsample is paid k times)
     out = tmp_path / 'a.json'
     rc = cli.main(['audit', '--model', 'resnet50_blockmoe_e4_k4', '--model', 'resnet18_blockmoe_e2_k1',
-                   '--expert-width', 'matched', '--moe-blocks', 'all', '--width', '16', '--no-latency',
+                   '--expert-width', 'matched', '--placement', 'all', '--width', '16', '--no-latency',
                    '--json', str(out)])
     err = capsys.readouterr().err
     assert rc == 2

@@ -175,9 +175,12 @@ def test_convert_any_timm_resnet():
         assert not torch.equal(expert.weight, conv.weight)
     assert not torch.equal(layer.experts[0].weight, layer.experts[1].weight)
     assert layer.gate.conv.weight.abs().max() <= 1 / math.sqrt(conv.in_channels * 9)
-    # the 64x64 input of this check passes layer4 (stride 32) as 2x2: an unpadded Conv-GAP gate names the minimum
+    # layer4 sees the input 32-fold reduced: the unpadded Conv-GAP gate needs 3x3 there, 65x65 model pixels
     assert layer.min_image_size == 65
-    model(torch.rand(2, 3, 64, 64)).mean().backward()
+    with pytest.raises(ValueError, match=r'layer4.0.conv2: the conv_gap gate needs an input of at least 3x3 '
+                                         r'\(model input at least 65x65\), got 2x2'):
+        model(torch.rand(2, 3, 64, 64))
+    model(torch.rand(2, 3, 96, 96)).mean().backward()
     # exact copies for upcycling, and targets that select nothing, or one another
     copies = timm_moe.convert(timm.create_model('resnet18'), 'layer3.0', num_experts=2, copy_weights=True)
     assert torch.equal(copies.layer3[0].experts[1].conv1.weight, copies.layer3[0].experts[0].conv1.weight)
