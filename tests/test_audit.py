@@ -19,18 +19,18 @@ from bench.cli.audit import _targets, model_kwargs_of
 from bench.core.errors import UserError
 from bench.audit.flops import flop_table, moe_flops, per_image_by_module
 from bench.audit.latency import latency_vs_dense, peak_forward_bytes
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
-# a tiny BlockMoE with experts of different cost, so that the active count shows the routing
+# a tiny MoE with experts of different cost, so that the active count shows the routing
 C, H, W = 4, 6, 6
 CONV3 = C * C * 9 * H * W  # 3x3 conv C->C, padding 1: MACs = C_in * C_out * 9 per output pixel
 CONV1 = C * C * 1 * H * W  # 1x1 conv C->C
 GATE = C * H * W + C * 2  # GAP-FC: fvcore counts the pool as one FLOP per input element, the FC as C*E MACs
 
 
-def _tiny_moe(k: int = 1) -> BlockMoE:
+def _tiny_moe(k: int = 1) -> MoE:
     experts = [nn.Conv2d(C, C, 3, padding=1, bias=False), nn.Conv2d(C, C, 1, bias=False)]
-    return BlockMoE(experts, C, k=k, gate='gap_fc').eval()
+    return MoE(experts, C, k=k, gate='gap_fc').eval()
 
 
 def test_hand_computed_flops_of_tiny_blockmoe():

@@ -93,7 +93,7 @@ def test_card_says_what_ran():
                     '(newer timm has it); test_pretrained_cfg_overlay_loads_safetensors covers this version')
 def test_local_dir_loads_export(exported, run_dir):
     model = timm.create_model(f'local-dir:{exported}', pretrained=True)
-    assert type(model).__name__ == 'ResNetBlockMoE' and model.moe_config['num_experts'] == 4
+    assert type(model).__name__ == 'ResNet' and model.moe_config['num_experts'] == 4
     _assert_same_weights(model, _run_weights(run_dir))
     data_cfg = timm.data.resolve_data_config(model=model)
     assert tuple(data_cfg['input_size']) == (1, 28, 28) and tuple(data_cfg['mean']) == (0.286,)
@@ -115,11 +115,13 @@ def test_load_exported_round_trip(exported, run_dir):
 
 
 @pytest.mark.parametrize('target, kwargs, differs', [
-    ('resnet18_blockmoe_e8_k1', {}, 'experts at layer4.1 4 vs 8'),
-    ('resnet18_blockmoe_e4_k2', {}, 'routing k 1 vs 2'),  # identical keys and shapes: only the metadata tells
-    ('resnet50_blockmoe_e4_k1', {}, 'block BasicBlock vs Bottleneck'),
-    ('resnet18_dense', {}, "MoE layers ('layer4.1',) vs None"),
-    (NAME, dict(gate='conv_gap'), 'gate at layer4.1 gap_fc vs conv_gap'),
+    ('resnet18_blockmoe_e8_k1', {}, 'experts 4 vs 8'),
+    ('resnet18_blockmoe_e4_k2', {}, 'k 1 vs 2'),  # identical keys and shapes: only the metadata tells
+    ('resnet50_blockmoe_e4_k1', {}, 'arch resnet18 vs resnet50'),
+    ('resnet18_convmoe_e4_k1', {}, 'kind block vs conv'),
+    ('resnet18_dense', {}, 'experts 4 vs 0'),
+    (NAME, dict(gate='conv_gap'), 'gate gap_fc vs conv_gap'),
+    (NAME, dict(placement='all'), 'placement last vs all'),
     (NAME, dict(width=8), 'width 4 vs 8'),
 ])
 def test_wrong_architecture_fails_in_one_line(exported, target, kwargs, differs):

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 import timm_moe  # noqa: F401 - registers the models and the shipped tags
 from timm_moe import ModelSpec
-from timm_moe.models.pretrained import package_folder, read_manifest, register_tags, tag_record
+from timm_moe.models import register_tags
+from timm_moe.models.pretrained import package_folder, read_manifest, tag_record
 
 from bench import cli
 from bench.core.atomic import atomic_save_safetensors

@@ -44,12 +44,17 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
         if not names:
             raise UserError(f'--all with --filter {args.filter!r} and --k {args.k!r} matches no model: '
                             f'try --filter "resnet18_*" or --k 1')
-        return [(n, w) for n in names for w in widths[args.expert_width or 'both']]
+        return [(n, w) for n in names for w in _widths(n, widths[args.expert_width or 'both'])]
     if args.k or args.filter != '*blockmoe*':
         raise UserError('--k and --filter select among --all; with --model name the models directly')
     for name in args.model:
         check_model_name(name)
-    return [(n, w) for n in args.model for w in widths[args.expert_width or 'full']]
+    return [(n, w) for n in args.model for w in _widths(n, widths[args.expert_width or 'full'])]
+
+
+def _widths(name: str, widths: List[str]) -> List[str]:
+    # only a BlockMoE has compute-matched experts; another model is audited once
+    return widths if ModelSpec.from_name(name).kind == 'block' else widths[:1]
 
 
 # the options that named single model kwargs before --model-kwargs (the spelling train and eval use)
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     results: List[Dict[str, Any]] = []
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
-        kwargs = dict(given, expert_width=expert_width)
+        # expert_width is a BlockMoE kwarg: a ConvMoE's experts are convolutions of the dense width
+        kwargs = dict(given, expert_width=expert_width) if ModelSpec.from_name(name).kind == 'block' else dict(given)
         label = f'{name} ({", ".join(f"{k}={v}" for k, v in kwargs.items())})'
         err.print(f'[{i}/{len(targets)}] {label}', highlight=False)
         try:

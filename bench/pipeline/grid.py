@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from timm_moe import ModelSpec
+from timm_moe.models import ARCHS as MODEL_ARCHS
 
 from bench.attacks import resolve_attacks
 from bench.core import locks
@@ -46,7 +47,7 @@ from bench.training.config import METHODS, TrainConfig
 
 LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
-ARCHS = ('resnet18', 'resnet50')
+ARCHS = tuple(MODEL_ARCHS)  # the plugin's base architectures: one list
 TRAININGS = METHODS  # every `--training` of the trainer
 
 
@@ -180,13 +181,21 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
                                                          spec.placement):
             if k > e or e == 0:
                 continue  # k <= E, and dense baselines come from `dense`
-            model = f'{arch}_blockmoe_e{e}_k{k}'
+            model = _moe_name(arch, e, k)
             cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
                 kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, placement=place)
                 out.append(_cell(cell, model, kwargs, common))
     return out
+
+
+def _moe_name(arch: str, experts: int, k: int) -> str:
+    """The registered BlockMoE name of (arch, E, k), from the plugin's table of names (a bad value is the user's)."""
+    try:
+        return ModelSpec(arch=arch, experts=experts, k=k, kind='block').name
+    except ValueError as e:
+        raise UserError(f'grid: {e}') from None
 
 
 def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mapping[str, Any]) -> Dict[str, Any]:

@@ -16,7 +16,6 @@ timm's own `save_for_hf`, plus a model card:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -45,51 +44,13 @@ PathLike = Union[str, Path]
 
 # ---------------------------------------------------------------------------------------------- compatibility
 
-def _layout(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """What a ResNet(-BlockMoE) state_dict says about the model it came from.
-
-    Only facts that can be read from keys and shapes: residual block type, blocks per stage, stem
-    (kernel size), base width, input channels, classes, and per MoE layer its number of experts, gate
-    type and expert inner width. Routing k leaves no trace in the weights (see `check_compatible`).
-    """
-    layout: Dict[str, Any] = {}
-    stem = state_dict.get('conv1.weight')
-    if stem is not None and stem.ndim == 4:
-        layout.update(width=stem.shape[0], in_chans=stem.shape[1], stem='cifar' if stem.shape[-1] == 3 else 'imagenet')
-    fc = state_dict.get('fc.weight')
-    layout['num_classes'] = fc.shape[0] if fc is not None else 0
-    blocks: Dict[int, set] = {}
-    for key in state_dict:
-        m = re.match(r'layer(\d+)\.(\d+)\.', key)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    layout['blocks per stage'] = tuple(len(blocks[s]) for s in sorted(blocks))
-    layout['block'] = 'Bottleneck' if any(re.search(r'(^|\.)conv3\.weight$', k) for k in state_dict) else 'BasicBlock'
-    experts: Dict[str, set] = {}
-    for key in state_dict:
-        m = re.match(r'(.+)\.experts\.(\d+)\.', key)
-        if m:
-            experts.setdefault(m.group(1), set()).add(int(m.group(2)))
-    layout['MoE layers'] = tuple(sorted(experts)) or None
-    for name in sorted(experts):
-        layout[f'experts at {name}'] = len(experts[name])
-        gate = 'conv_gap' if f'{name}.gate.conv.weight' in state_dict else 'gap_fc'
-        layout[f'gate at {name}'] = gate
-        inner = state_dict.get(f'{name}.experts.0.conv1.weight')
-        if inner is not None:
-            layout[f'expert inner width at {name}'] = inner.shape[0]
-    return layout
-
-
-def _k_of(name: Optional[str], model_args: Optional[Mapping[str, Any]] = None) -> Optional[int]:
-    """Routing k of a registered model name (overridden by an explicit `k` in its kwargs); None for dense
-    or for a model that is not ours."""
-    if model_args and model_args.get('k') is not None:
-        return int(model_args['k'])
+def _recorded_spec(source: Optional[Mapping[str, Any]]) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:
+    """(the spec, the timm kwargs) that `source` records for the weights' own model; (None, {}) if not ours."""
+    name = (source or {}).get('architecture')
     try:
-        return ModelSpec.from_name(name).k
+        return ModelSpec.from_timm_kwargs(name, dict((source or {}).get('model_args') or {}))
     except ValueError:
-        return None
+        return None, {}
 
 
 def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
@@ -100,19 +61,21 @@ def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Mod
         state_dict: The weights.
         model: The model they are meant for.
         source: What is recorded about the weights' own model, e.g. `{'architecture': name,
-            'model_args': {...}}` from config.json or the safetensors metadata; needed to tell k apart.
+            'model_args': {...}}` from config.json or the safetensors metadata. For two timm-moe models the
+            specs are compared field by field (routing k, for one, changes no weight); otherwise, and when
+            the specs agree, the keys and shapes.
     """
-    own = model.state_dict()
-    theirs, ours = _layout(state_dict), _layout(own)
-    problems = [f'{key} {theirs.get(key)} vs {ours.get(key)}' for key in dict.fromkeys([*ours, *theirs])
-                if theirs.get(key) != ours.get(key)]
-    if source:
-        k_weights = _k_of(source.get('architecture'), source.get('model_args'))
-        moe_config = getattr(model, 'moe_config', None) or {}
-        k_model = moe_config.get('k') if moe_config.get('num_experts') else None
-        if k_weights != k_model:
-            problems.append(f'routing k {k_weights} vs {k_model}')
-    if not problems:  # same layout, yet the keys or shapes may still differ (e.g. another model family)
+    problems: List[str] = []
+    theirs, their_args = _recorded_spec(source)
+    ours = ModelSpec.of_model(model)
+    if theirs is not None and ours is not None:
+        a, b = theirs.resolved().to_dict(), ours.to_dict()
+        problems += [f'{key} {a[key]} vs {b[key]}' for key in a if a[key] != b[key]]
+        for key in ('num_classes', 'in_chans'):
+            if key in their_args and their_args[key] != getattr(model, key, None):
+                problems.append(f'{key} {their_args[key]} vs {getattr(model, key, None)}')
+    if not problems:  # same model as recorded, yet the keys or shapes may still differ (e.g. another family)
+        own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
@@ -128,9 +91,9 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
                      source: Optional[Mapping[str, Any]] = None, what: str = 'the weights') -> None:
     """Raise UserError, in one line naming what differs (weights vs model), unless the weights fit `model`.
 
-    Architecture, E (experts per layer), gate, widths, classes and input channels are read from the
-    weights themselves; routing k changes no weight, so it is compared only when `source` records the
-    weights' model (config.json / safetensors metadata of an export, or a run's config.yaml).
+    With a `source` that records the weights' model (config.json / safetensors metadata of an export), the two
+    timm-moe specs are compared (architecture, kind, E, k, placement, gate, widths, ...); the keys and shapes
+    of the weights are always checked.
     """
     problems = compatibility_problems(state_dict, model, source)
     if problems:
@@ -204,7 +167,7 @@ def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: 
         '---', 'library_name: timm', 'license: apache-2.0', 'tags:', '- image-classification', '- timm',
         '- timm-moe', '- mixture-of-experts', '- adversarial-robustness', '---', '',
         f'# {name} ({dataset}, {training_of(run_cfg)} training)', '',
-        f'A [timm-moe](https://arxiv.org/abs/2509.05086) BlockMoE ResNet exported by `timm-moe export`. '
+        f'A [timm-moe](https://arxiv.org/abs/2509.05086) MoE ResNet exported by `timm-moe export`. '
         f'Model kwargs: `{args}`.', '',
         '## Load', '', '```python', 'import json, timm, timm_moe   # timm_moe registers the architecture', '',
         "model = timm.create_model('local-dir:FOLDER', pretrained=True)   # newer timm (not 1.0.9)", '',

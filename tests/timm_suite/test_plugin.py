@@ -173,7 +173,7 @@ def test_model_forward(model_name):
     out = result.stdout.str()
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k1]' in out
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k2]' not in out
-    assert '1 BlockMoE layer(s) built by this test outlived it (layer4.1)' in out
+    assert '1 MoE layer(s) built by this test outlived it (layer4.1)' in out
 
 
 def test_prune_contract_is_marked_slow(pytester):

@@ -46,7 +46,7 @@ import pytest
 import timm
 
 import timm_moe  # noqa: F401 - registers our models with timm before the test file is collected
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
 # Core tests of timm's test_models.py that must run on every one of our models where the file defines
 # them (1.0.9 and 1.0.31 both define all of these).
@@ -68,13 +68,13 @@ SLOW_TESTS = ('test_prune_intermediate_layers_contract',)
 # why). Strict: a model that starts to pass fails the run, so that this list stays exact.
 TORCHSCRIPT_XFAILS = {
     'test_model_forward_torchscript': (
-        lambda name: True,
-        'TorchScript is not supported: BlockMoE dispatches on data (ModuleList indexed at run time, host-side '
-        'split sizes), and ResNetBlockMoE.forward_features checks its input with Python TorchScript cannot '
-        'compile; use torch.compile or torch.export (docs/ECOSYSTEM.md)'),
+        lambda name: 'moe_' in name,
+        'TorchScript is not supported: MoE dispatches on data (ModuleList indexed at run time, host-side '
+        'split sizes); the dense baselines are timm\'s own ResNet and script. Use torch.compile or torch.export '
+        '(docs/ECOSYSTEM.md)'),
     'test_model_forward_fx_torchscript': (
-        lambda name: '_blockmoe_' in name,
-        'TorchScript is not supported: the FX graph keeps BlockMoE as a leaf module, which TorchScript then '
+        lambda name: 'moe_' in name,
+        'TorchScript is not supported: the FX graph keeps MoE as a leaf module, which TorchScript then '
         'has to compile (data-dependent dispatch); the dense baselines trace and script (docs/ECOSYSTEM.md)'),
 }
 
@@ -164,7 +164,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in TIMM_MARKERS:
         config.addinivalue_line('markers', marker)
-    BlockMoE.__init__ = _tracked_init  # undone in pytest_unconfigure
+    MoE.__init__ = _tracked_init  # undone in pytest_unconfigure
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -244,31 +244,31 @@ def select_items(items: Sequence[pytest.Item], ours: Sequence[str], tags: Sequen
             if model_name_of(item) in tags or model_name_of(item) in per_test.get(item.originalname, ())]
 
 
-# every BlockMoE built during the current test, held weakly: whatever is left after the test is a leak
-_BUILT: 'weakref.WeakSet[BlockMoE]' = weakref.WeakSet()
-_ORIGINAL_INIT = BlockMoE.__init__
+# every MoE layer built during the current test, held weakly: whatever is left after the test is a leak
+_BUILT: 'weakref.WeakSet[MoE]' = weakref.WeakSet()
+_ORIGINAL_INIT = MoE.__init__
 
 
-def _tracked_init(self: BlockMoE, *args, **kwargs) -> None:
+def _tracked_init(self: MoE, *args, **kwargs) -> None:
     _ORIGINAL_INIT(self, *args, **kwargs)
     _BUILT.add(self)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    BlockMoE.__init__ = _ORIGINAL_INIT
+    MoE.__init__ = _ORIGINAL_INIT
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     _BUILT.clear()
 
 
-def leaked_layers() -> List[BlockMoE]:
-    """BlockMoE layers built in the current test that are still alive after a full garbage collection."""
+def leaked_layers() -> List[MoE]:
+    """MoE layers built in the current test that are still alive after a full garbage collection."""
     gc.collect()
     return list(_BUILT)
 
 
-def release(layers: List[BlockMoE]) -> None:
+def release(layers: List[MoE]) -> None:
     """Drop what a layer keeps from its last forward, which may hold an autograd graph (and through it the model)."""
     for layer in layers:
         layer.last_aux = None
@@ -296,7 +296,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     # a failed (or xfailed) test's model may still sit in its traceback, which pytest and its plugins
     # keep for reporting: only a test that passed must have let go of everything
     passed = item.stash.get(_CALL_PASSED, False)
-    message = (f'{len(leaked)} BlockMoE layer(s) built by this test outlived it '
+    message = (f'{len(leaked)} MoE layer(s) built by this test outlived it '
                f'({", ".join(sorted({layer.name for layer in leaked}))}): something still references them, so '
                'their model leaks; released their last_aux/last_routing')
     release(leaked)

@@ -12,7 +12,8 @@ defaults of the model's kwargs whenever the tag is named, with or without `pretr
 timm's PretrainedCfg is a dataclass that refuses unknown keys, so the rest of a record (model_kwargs, dtype,
 sha256, dataset, registry entry, source run, training summary) stays here: `tag_record('model.tag')`.
 
-Another folder: set TIMM_MOE_PRETRAINED_DIR before importing timm_moe, or call `register_tags(folder)`, which
+Another folder: set TIMM_MOE_PRETRAINED_DIR before importing timm_moe, or call
+`timm_moe.models.register_tags(folder)`, which
 replaces the tags registered before (tests do). On timm 1.0.9, whose register_model does not clear a model's
 old entries, tags of the replaced folder stay listed; timm 1.0.31 clears them.
 """
@@ -23,15 +24,14 @@ import dataclasses
 import importlib.resources
 import json
 import os
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from timm.models import register_model, split_model_name_tag
+from timm.models import split_model_name_tag
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 
-__all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'register_tags',
+__all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'registered_tags',
            'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError']
 
 ENV_DIR = 'TIMM_MOE_PRETRAINED_DIR'
@@ -139,18 +139,9 @@ def with_tags(default_cfgs: Dict[str, DefaultCfg], records: Mapping[str, Mapping
     return default_cfgs
 
 
-def register_tags(folder: Optional[PathLike] = None) -> List[str]:
-    """Register the tags of `folder`'s manifest (default: `default_folder()`) with timm, replacing the tags
-    registered before; returns the registered 'model.tag' names."""
-    from . import resnet_blockmoe  # imported here: that module reads the default folder through this one
-    records = read_manifest(folder)
-    changed = sorted({split_model_name_tag(k)[0] for k in (*_TAGS, *records)})
-    with_tags(resnet_blockmoe.default_cfgs, records, resnet_blockmoe.pool_size_of)
-    with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
-        warnings.simplefilter('ignore')
-        for name in changed:
-            register_model(getattr(resnet_blockmoe, name))
-    return sorted(records)
+def registered_tags() -> List[str]:
+    """The 'model.tag' names registered now (the model module's `register_tags` replaces them)."""
+    return sorted(_TAGS)
 
 
 def tag_record(name: str) -> Optional[Dict[str, Any]]:
