@@ -11,9 +11,8 @@ from bench.training.config import TrainConfig, field_help
 
 
 def _verb_parsers():
-    parser = build_parser()
-    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    return verbs
+    parser = build_parser(full=True)  # a bare build lists the verbs only, without their options
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def help_problems(parser: argparse.ArgumentParser):

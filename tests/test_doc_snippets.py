@@ -211,7 +211,7 @@ def _bash_params():
 @pytest.fixture(scope='module')
 def cli_parser():
     from bench.cli import build_parser
-    return build_parser()
+    return build_parser(full=True)
 
 
 @pytest.mark.parametrize('argv', _bash_params())

@@ -23,7 +23,7 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, I
 VERBS = {
     'quickstart': ('bench.cli.quickstart', 'train, attack, audit and rank small dense and BlockMoE models on the '
                                            'bundled data (CPU, offline, a few minutes)'),
-    'train': ('bench.cli.train', 'train a model (normal, PGD or TRADES adversarial training)'),
+    'train': ('bench.cli.train', 'train a model (normal, or PGD, TRADES, Fast or Free adversarial training)'),
     'eval': ('bench.cli.eval', 'clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks'),
     'audit': ('bench.cli.audit', 'FLOPs (fvcore), parameters, latency and memory of models over their dense '
                                  'baselines'),
@@ -89,11 +89,12 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     return f'; did you mean {" / ".join(hints)}?' if hints else ''
 
 
-def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(verb: Optional[str] = None, full: bool = False) -> argparse.ArgumentParser:
+    """The CLI's parser, with the full options of `verb` (or of every verb if `full`: slow, it imports them all)."""
     parser = _Parser(prog='timm-moe', description='BlockMoE ResNets for timm: train, attack, audit, rank.')
     sub = parser.add_subparsers(dest='verb', metavar='VERB', parser_class=_Parser)
     for name, (module, summary) in VERBS.items():
-        if name == verb:
+        if full or name == verb:
             importlib.import_module(module).add_cli(sub)
         else:  # listed in --help without importing its module
             sub.add_parser(name, help=summary)
