@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from timm_moe import CIFAR100_MEAN, CIFAR100_STD  # the models' default preprocessing: one definition
+
 from bench.core.errors import UserError
 from bench.core.rng import forked_rng, key_seed
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')
 
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 

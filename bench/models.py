@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -12,7 +12,9 @@ from torch import nn
 
 import timm_moe
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_utf8
 from timm_moe import ModelSpec
+from timm_moe.models.pretrained import CorruptWeightsError
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
 WEIGHTS = 'model.pth'  # the plain timm state_dict: pretrained_cfg_overlay=dict(file=...)
@@ -139,6 +141,8 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
                         f'{", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except CorruptWeightsError as e:  # the tag's file, not the kwargs
+        raise UserError(str(e)) from None
     except (TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         shown = ','.join(f'{k}={v}' for k, v in kwargs.items())
@@ -202,7 +206,7 @@ def _run_config(checkpoint: Optional[Path]) -> Dict[str, Any]:
         return {}
     import yaml
     try:
-        data = yaml.safe_load(cfg.read_text()) or {}
+        data = yaml.safe_load(read_utf8(cfg, 'run config')) or {}
     except yaml.YAMLError as e:
         raise UserError(f'{cfg} is not valid YAML: {str(e).splitlines()[0]}') from None
     return data if isinstance(data, dict) else {}
@@ -212,6 +216,23 @@ def run_config_kwargs(checkpoint: Optional[Path]) -> Dict[str, Any]:
     """`model_kwargs` from the run config next to a checkpoint."""
     kw = _run_config(checkpoint).get('model_kwargs')
     return dict(kw) if isinstance(kw, dict) else {}
+
+
+DEFAULT_EVAL_DATASET = 'cifar100'
+
+
+def default_dataset(checkpoint: Optional[Path], pretrained_tag: Optional[str] = None) -> Tuple[str, str]:
+    """(data set, where it comes from) for weights evaluated without --dataset: the data set the checkpoint's
+    run trained on (its config.yaml), or the one the pretrained tag's manifest records, else CIFAR-100."""
+    trained = _run_config(checkpoint).get('dataset')
+    if isinstance(trained, str):
+        return trained, f"{Path(checkpoint).parent / 'config.yaml'} names it"
+    if pretrained_tag:
+        from timm_moe.models.pretrained import tag_record
+        record = tag_record(pretrained_tag) or {}
+        if isinstance(record.get('dataset'), str):
+            return record['dataset'], f"the pretrained tag {pretrained_tag}'s manifest names it"
+    return DEFAULT_EVAL_DATASET, 'the default'
 
 
 def check_run_model(checkpoint: Optional[Path], model: str) -> None:

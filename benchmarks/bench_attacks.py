@@ -9,7 +9,8 @@ at least as strong).
     python -m benchmarks.bench_attacks                      # trains a tiny MoE on the bundled Fashion-MNIST first
     python -m benchmarks.bench_attacks --checkpoint tiny.pth --model-kwargs width=8 --batch-size 128 --repeats 9
 
-`train_tiny()` is also what the attack tests use as their small trained model.
+`train_tiny()` trains the default model. (The tests' small trained model is the same architecture, shipped as
+the pretrained tag `resnet18_blockmoe_e4_k1.fmnist_normal`: nothing trains in the suite.)
 """
 from __future__ import annotations
 

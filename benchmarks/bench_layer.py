@@ -1,4 +1,4 @@
-"""Benchmark: one BlockMoE layer against its ideal cost and against the paper's public MoE layer.
+"""Benchmark: one MoE layer against its ideal cost and against the paper's public MoE layer.
 
     python -m benchmarks.bench_layer [--experts 8 --k 2 --batch 128] [--reference-src DIR]
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from timm.models.resnet import BasicBlock
 
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
 from bench.core.timing import interleaved_times
 
@@ -42,7 +42,7 @@ def _reference_layer(src: str, experts: nn.ModuleList, in_chs: int, k: int) -> n
     return MOELayer(gate, experts)
 
 
-def timm_moe_routed_chunks(layer: BlockMoE, x: torch.Tensor) -> list:
+def timm_moe_routed_chunks(layer: MoE, x: torch.Tensor) -> list:
     """(expert, its images) pairs as routed by the layer's last forward."""
     indices = layer.last_routing.indices
     return [(e, x[(indices == e).any(dim=1)]) for e in range(layer.num_experts) if (indices == e).any()]
@@ -63,7 +63,7 @@ def run_benchmark(experts: int, k: int, batch: int, channels: int, size: int, re
     torch.manual_seed(0)
     block = BasicBlock(channels, channels)
     x = torch.randn(batch, channels, size, size)
-    ours = BlockMoE([copy.deepcopy(block) for _ in range(experts)], channels, k=k)
+    ours = MoE([copy.deepcopy(block) for _ in range(experts)], channels, k=k)
     ideal_fn = nn.ModuleList([copy.deepcopy(block) for _ in range(k)])
     with torch.no_grad():
         ours.eval()(x)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run_benchmark(args.experts, args.k, args.batch, args.channels, args.size, args.repeats, args.reference_src)
-    print(f'BlockMoE E={args.experts} k={args.k} batch={args.batch} C={args.channels} {args.size}x{args.size}, '
+    print(f'MoE E={args.experts} k={args.k} batch={args.batch} C={args.channels} {args.size}x{args.size}, '
           f'torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}')
     print(f"{'mode':<6} {'ours ms':>8} {'ideal ms':>9} {'experts ms':>11} {'ref ms':>8} "
           f"{'ours/ideal':>11} {'ours/experts':>13} {'experts/ideal':>14} {'ref/ours':>9} {'ref/ideal':>10}")

@@ -1,4 +1,4 @@
-"""Benchmark: forward latency of each BlockMoE variant over its dense baseline, in one run.
+"""Benchmark: forward latency of each MoE variant over its dense baseline, in one run.
 
     python -m benchmarks.bench_models [--arch resnet18] [--batch 1 128] [--repeats 7] [--models NAME ...]
 
@@ -27,7 +27,7 @@ def bench_model(name: str, batches: List[int], repeats: int, input_size: int = 3
     torch.manual_seed(0)
     models = {
         'moe': timm.create_model(name, **kwargs).eval().to(device),
-        'dense': timm.create_model(timm_moe.dense_name(name), **kwargs).eval().to(device),
+        'dense': timm.create_model(timm_moe.ModelSpec.from_name(name).dense().name, **kwargs).eval().to(device),
     }
     out = {}
     for batch in batches:

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from bench.attacks import (APGD, AutoAttack, Ensemble, FABTargeted, PGD, APGDTargeted, PRESETS, REFERENCE_LOGGER,
+from bench.attacks import (APGD, AutoAttack, FABTargeted, PGD, APGDTargeted, PRESETS, REFERENCE_LOGGER,
                            Square, accuracy, build_attack, parse_eps, perturbation_norm, predict,
-                           reference_warning_flag, reference_warnings, resolve_attacks, worst_case)
+                           reference_warning_flag, reference_warnings, resolve_attacks, robust_under_all)
 from bench.data import eval_tensors
 from bench.core.errors import UserError
 
@@ -272,46 +272,10 @@ def test_apgd_dlr_zero_gradient_warning_is_caught_from_a_real_run():
 
 # ------------------------------------------------------------------------------------------- ensemble
 
-def test_worst_case_is_per_sample_and():
-    x = torch.zeros(4, 1)
-    advs = [x + 1, x + 2, x + 3]
+def test_robust_under_all_is_the_per_sample_and():
     corrects = [torch.tensor([1, 0, 1, 1]).bool(), torch.tensor([1, 1, 0, 1]).bool(),
                 torch.tensor([0, 0, 1, 1]).bool()]
-    x_adv, ok = worst_case(advs, corrects)
-    assert ok.tolist() == [False, False, False, True]
-    # each broken sample takes the first attack that broke it; a robust one the first attack's example
-    assert x_adv.flatten().tolist() == [3.0, 1.0, 2.0, 1.0]
-
-
-class _Shift:
-    """A fake attack that moves chosen samples far enough to flip a threshold model."""
-    eps, norm = 1.0, 'Linf'
-
-    def __init__(self, hit):
-        self.hit = hit
-
-    def __call__(self, model, x, y):
-        out = x.clone()
-        out[[i for i in range(len(x)) if self.hit(x[i])]] = 0.0
-        return out
-
-    def settings(self):
-        return {}
-
-
-def test_ensemble_reports_worst_case_and_matches_autoattack_style_sequencing():
-    model = Linear(torch.tensor([[-1.0], [1.0]]), torch.tensor([0.5, -0.5]))  # class 1 iff x > 0.5
-    x = torch.tensor([[0.6], [0.7], [0.8], [0.9]])
-    y = torch.ones(4, dtype=torch.long)
-    members = {'a': _Shift(lambda v: v < 0.65), 'b': _Shift(lambda v: 0.75 < v < 0.85)}
-    full = Ensemble(members).run(model, x, y)
-    assert full.per_attack['a'].tolist() == [False, True, True, True]
-    assert full.per_attack['b'].tolist() == [True, True, False, True]
-    assert full.correct.tolist() == [False, True, False, True]
-    for ok in full.per_attack.values():
-        assert not (full.correct & ~ok).any(), 'ensemble weaker than a member'
-    cheap = Ensemble(members, all_points=False).run(model, x, y)
-    assert torch.equal(cheap.correct, full.correct)
+    assert robust_under_all(corrects).tolist() == [False, False, False, True]
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -345,11 +309,9 @@ def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_moe(tiny_trained):
     """The reference's symptom (APGD above PGD-20) must not appear with a sound APGD: APGD-CE <= PGD-20 + 0.5."""
     x, y = eval_tensors('fashion-mnist-bundled', 100)
     eps = 8 / 255
-    ens = Ensemble({'pgd20': build_attack('pgd20', eps), 'apgd-ce': build_attack('apgd-ce', eps)}).run(tiny_trained,
-                                                                                                      x, y)
-    pgd, apgd = accuracy(ens.per_attack['pgd20']), accuracy(ens.per_attack['apgd-ce'])
+    ok = {name: predict(tiny_trained, build_attack(name, eps)(tiny_trained, x, y)) == y for name in ('pgd20', 'apgd-ce')}
+    pgd, apgd = accuracy(ok['pgd20']), accuracy(ok['apgd-ce'])
     clean = accuracy(predict(tiny_trained, x) == y)
     assert apgd <= pgd + 0.5, (apgd, pgd)
     assert pgd < clean, 'the attack should break something at 8/255'
-    for ok in ens.per_attack.values():
-        assert accuracy(ens.correct) <= accuracy(ok)
+    assert accuracy(robust_under_all(ok.values())) <= min(pgd, apgd)

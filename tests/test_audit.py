@@ -15,21 +15,22 @@ from torch import nn
 import timm_moe
 from bench import cli
 from bench.audit.audit import audit_model
-from bench.cli.audit import _targets
+from bench.cli.audit import _targets, model_kwargs_of
+from bench.core.errors import UserError
 from bench.audit.flops import flop_table, moe_flops, per_image_by_module
 from bench.audit.latency import latency_vs_dense, peak_forward_bytes
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
-# a tiny BlockMoE with experts of different cost, so that the active count shows the routing
+# a tiny MoE with experts of different cost, so that the active count shows the routing
 C, H, W = 4, 6, 6
 CONV3 = C * C * 9 * H * W  # 3x3 conv C->C, padding 1: MACs = C_in * C_out * 9 per output pixel
 CONV1 = C * C * 1 * H * W  # 1x1 conv C->C
 GATE = C * H * W + C * 2  # GAP-FC: fvcore counts the pool as one FLOP per input element, the FC as C*E MACs
 
 
-def _tiny_moe(k: int = 1) -> BlockMoE:
+def _tiny_moe(k: int = 1) -> MoE:
     experts = [nn.Conv2d(C, C, 3, padding=1, bias=False), nn.Conv2d(C, C, 1, bias=False)]
-    return BlockMoE(experts, C, k=k, gate='gap_fc').eval()
+    return MoE(experts, C, k=k, gate='gap_fc').eval()
 
 
 def test_hand_computed_flops_of_tiny_blockmoe():
@@ -128,7 +129,7 @@ def test_audit_hand_computed_extra_block_width16():
 def test_cli_gate_exits_nonzero_naming_model(capsys, tmp_path):
     out = tmp_path / 'audit.json'
     rc = cli.main(['audit', '--model', 'resnet18_blockmoe_e2_k2', '--model', 'resnet18_blockmoe_e2_k1',
-                   '--width', '16', '--no-latency', '--max-flops-ratio', '1.001', '--json', str(out)])
+                   '--model-kwargs', 'width=16', '--no-latency', '--max-flops-ratio', '1.001', '--json', str(out)])
     err = capsys.readouterr().err
     assert rc == 1
     fails = [l for l in err.splitlines() if 'FAIL' in l]
@@ -141,7 +142,7 @@ def test_cli_gate_exits_nonzero_naming_model(capsys, tmp_path):
         assert key in data[0], key
     assert data[1]['flops_ratio'] <= 1.001
 
-    rc = cli.main(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--width', '16', '--no-latency',
+    rc = cli.main(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', 'width=16', '--no-latency',
                    '--max-flops-ratio', '1.001'])
     assert rc == 0 and 'PASS' in capsys.readouterr().err
 
@@ -162,7 +163,7 @@ def test_cli_bad_input_one_line(capsys, argv, needle):
 
 def test_latency_and_memory_json(tmp_path, capsys):
     out = tmp_path / 'a.json'
-    rc = cli.main(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--width', '8', '--batch-sizes', '1,4',
+    rc = cli.main(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', 'width=8', '--batch-sizes', '1,4',
                    '--repeats', '2', '--warmup', '1', '--json', str(out)])
     assert rc == 0
     r = json.loads(out.read_text())[0]
@@ -199,9 +200,23 @@ def test_sweep_reports_a_model_that_cannot_be_built_and_goes_on(capsys, tmp_path
     # matched experts cannot fit k=4 copies of ResNet-50's strided layer4.0 (its downsample is paid k times)
     out = tmp_path / 'a.json'
     rc = cli.main(['audit', '--model', 'resnet50_blockmoe_e4_k4', '--model', 'resnet18_blockmoe_e2_k1',
-                   '--expert-width', 'matched', '--moe-blocks', 'all', '--width', '16', '--no-latency',
+                   '--expert-width', 'matched', '--model-kwargs', 'placement=all,width=16', '--no-latency',
                    '--json', str(out)])
     err = capsys.readouterr().err
     assert rc == 2
     assert 'error: resnet50_blockmoe_e4_k4' in err and 'no inner width' in err
     assert [r['model'] for r in json.loads(out.read_text())] == ['resnet18_blockmoe_e2_k1']
+
+
+def test_audit_takes_model_kwargs_as_train_and_eval_do(capsys):
+    """One spelling everywhere: --model-kwargs; the old single-kwarg flags still work for a release and warn."""
+    parse = cli.build_parser('audit').parse_args
+    args = parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', 'width=16,gate=conv_gap',
+                  '--num-classes', '10'])
+    assert model_kwargs_of(args) == dict(width=16, gate='conv_gap', num_classes=10)
+    old = parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--width', '8', '--moe-blocks', 'all'])
+    assert model_kwargs_of(old) == dict(width=8, placement='all')
+    assert '--width is deprecated' in capsys.readouterr().err
+    for bad, needle in (('expert_width=matched', '--expert-width'), ('width=0', 'width=0')):
+        with pytest.raises(UserError, match=needle):
+            model_kwargs_of(parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', bad]))

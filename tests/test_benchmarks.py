@@ -4,11 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
 import timm_moe  # noqa: F401 - registers the models
-from benchmarks import bench_attacks, bench_layer, bench_models
+from benchmarks import bench_attacks, bench_layer, bench_models, bench_training
 from bench.models import normalized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +49,17 @@ def test_bench_attacks_reports_times_ratio_and_accuracies(one_thread):
     assert set(res['median_s']) == {'pgd20', 'apgd20'} and math.isfinite(res['ratio_pgd_over_apgd'])
     for acc in res['robust_acc'].values():
         assert 0 <= acc <= res['clean_acc']
+
+
+def test_bench_training_reports_cost_per_epoch_against_normal(one_thread, capsys):
+    assert bench_training.main(['--width', '4', '--batch-size', '8', '--free-replays', '2', '--attack-steps', '2',
+                                '--repeats', '1', '--warmup', '0']) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(('normal', 'pgd-2', 'fast', 'free'))}
+    assert set(rows) == {'normal', 'pgd-2', 'fast', 'free'}
+    # (ms per minibatch, cost per epoch over normal); free's row names m before them and a note after
+    got = {k: tuple(map(float, r[2:4] if k == 'free' else r[1:3])) for k, r in rows.items()}
+    assert got['normal'][1] == 1.0
+    assert all(math.isfinite(v) and v > 0 for pair in got.values() for v in pair)
+    # free per effective epoch: its time per minibatch over m, over normal's
+    assert got['free'][1] == pytest.approx(got['free'][0] / 2 / got['normal'][0], rel=0.05, abs=0.01)

@@ -1,4 +1,4 @@
-"""BlockMoE: routing, sparse dispatch against a dense reference, aux losses, inspection API."""
+"""MoE: routing, sparse dispatch against a dense reference, aux losses, inspection API."""
 import math
 import warnings
 
@@ -10,15 +10,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import timm_moe
-from timm_moe.layers import AUX_LOSSES, BlockMoE, route
+from timm_moe.layers import AUX_LOSSES, MoE, route
 from timm_moe.layers.routing import Routing
 
 
 def _layer(num_experts=4, k=2, chs=8, **kw):
-    return BlockMoE([BasicBlock(chs, chs) for _ in range(num_experts)], chs, k=k, **kw)
+    return MoE([BasicBlock(chs, chs) for _ in range(num_experts)], chs, k=k, **kw)
 
 
-def _dense_reference(layer: BlockMoE, x: torch.Tensor) -> torch.Tensor:
+def _dense_reference(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     """Run every expert on every image, then mask: the (E, B, C, H, W) way we avoid."""
     r = route(layer.gate(x), layer.k, straight_through=layer.straight_through)
     all_out = torch.stack([e(x) for e in layer.experts])  # E, B, C, H, W
@@ -82,7 +82,7 @@ class _AllocationMeter(TorchDispatchMode):
         return out
 
 
-class _BufferedMoE(BlockMoE):
+class _BufferedMoE(MoE):
     """The reference's dispatch: an (E, B, C, H, W) zero buffer, masked and summed. Only for the test below."""
 
     def _dispatch(self, x, r, counts):
@@ -154,7 +154,7 @@ def test_force_expert_runs_that_expert_alone_and_restores_routing():
     with pytest.raises(ValueError, match=r'expert=4: expected an integer in \[0, 4\)'):
         with timm_moe.force_expert(model, 4):
             pass
-    with pytest.raises(ValueError, match='no BlockMoE'):
+    with pytest.raises(ValueError, match="no MoE layer"):
         with timm_moe.force_expert(timm.create_model('resnet18_dense', width=8), 0):
             pass
 
@@ -267,7 +267,7 @@ def test_upcycle_rejects_mismatched_dense_model():
 
 def test_block_moe_rejects_bad_arguments():
     with pytest.raises(ValueError, match='num_experts=0'):
-        BlockMoE([], 8)
+        MoE([], 8)
     with pytest.raises(ValueError, match='k=3 > num_experts=2'):
         _layer(num_experts=2, k=3)
     with pytest.raises(ValueError, match='4-D input'):

@@ -156,7 +156,7 @@ def test_different_eps_is_a_different_setting(tmp_path, capsys):
     write_entry(_entry('eps8', _vectors(60, 9)), root)
     write_entry(_entry('eps4', _vectors(60, 10), eps=4 / 255), root)
     code, _, err = _run(capsys, 'eps8', 'eps4', '--registry', root, '--metric', 'pgd20')
-    assert code == 2 and 'eps: 0.0313' in err
+    assert code == 2 and 'eps: 8/255 vs 4/255' in err
     code, _, err = _run(capsys, 'eps8', 'eps4', '--registry', root, '--metric', 'clean')
     assert code == 0, err  # clean accuracy does not depend on eps
 
@@ -220,3 +220,20 @@ def test_strongest_shared_order():
     assert s(['pgd10', 'clean', 'mystery'], ['mystery', 'clean', 'pgd10']) == 'pgd10'
     assert s(['clean', 'mystery'], ['mystery', 'clean']) == 'mystery'  # unknown attacks rank above clean
     assert s(['clean'], ['pgd20']) is None
+
+
+def test_default_metric_skips_a_worst_case_over_different_attack_sets(tmp_path, capsys):
+    """A study's first seed runs an extra attack: its worst case is over another attack set, so the default
+    is the strongest metric both measured the same way (here apgd-ce), not a refusal."""
+    root = tmp_path / 'reg'
+    va, vb = _vectors(100, 13), _vectors(100, 14)
+    va['apgd-dlr'] = va['apgd-ce'].copy()  # the first seed's extra attack, also in its worst case
+    write_entry(_entry('first-seed', va, settings={'pgd20': dict(PGD20), 'apgd-ce': dict(APGD),
+                                                   'apgd-dlr': dict(APGD, loss='dlr')}), root)
+    write_entry(_entry('other-seed', vb), root)
+    code, out, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root)
+    assert code == 0, err
+    assert ('metric: apgd-ce (the strongest metric both entries measured with the same settings '
+            '(ensemble: settings differ))') in out
+    code, _, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root, '--metric', 'ensemble')
+    assert code == 2 and 'ensemble members' in err  # asked for by name, it is still refused

@@ -13,13 +13,16 @@ from bench.cli import main
 from bench.training.config import load_config
 from bench.core.errors import UserError
 from bench.pipeline.export import export_run
-from bench.results.export import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_exported, read_export
+from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_exported, read_export,
+                                  training_of, what_ran)
 from bench.core.provenance import sha256_file
 from bench.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = 'resnet18_blockmoe_e4_k1'  # the quickstart's MoE, so that its shipped registry entry fits the run
-ENTRY = REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf' / f'{NAME}-pgd-fmnist-bundled-4ed573.json'
+# the shipped quickstart entry of that model (scripts/refresh_quickstart_entries.py renames it when it regenerates it)
+ENTRY = next(p for p in sorted((REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf').glob(f'{NAME}-pgd-*.json'))
+             if '"attack_note": "quickstart:' in p.read_text())
 
 
 def _has_local_dir() -> bool:
@@ -71,13 +74,26 @@ def test_export_writes_hub_folder(exported, run_dir):
     card = (exported / CARD_FILE).read_text()
     assert 'No registry entry was given or found' in card and 'accuracy %' not in card
     assert sha256_file(exported / WEIGHTS_FILE) in card
+    # what the run was and what actually ran: a max_steps=2 run of a 200-epoch config trained 2 steps
+    assert f'# {NAME} (fashion-mnist-bundled, normal training)' in card and '? training' not in card
+    assert '| trained for | 2 optimizer steps: 1 complete epoch of 200 (stopped by max_steps=2) |' in card
+
+
+def test_card_says_what_ran():
+    history = [dict(kind='epoch', epoch=0, step=20, complete=False)]
+    assert what_ran(dict(epochs=2, max_steps=20), dict(steps=20, history=history)) == \
+        '20 optimizer steps: 0 complete epochs of 2 and part of epoch 1 (stopped by max_steps=20)'
+    full = [dict(kind='epoch', epoch=e, step=10 * (e + 1), complete=True) for e in range(2)]
+    assert what_ran(dict(epochs=2, max_steps=None), dict(steps=20, history=full)) == '20 optimizer steps: 2 complete epochs of 2'
+    assert what_ran(dict(epochs=2), None).startswith('unknown')
+    assert training_of(dict(method='pgd')) == 'pgd' and training_of(dict(training='trades')) == 'trades'
 
 
 @pytest.mark.skipif(not _has_local_dir(), reason=f"timm {timm.__version__} has no 'local-dir:' model source "
                     '(newer timm has it); test_pretrained_cfg_overlay_loads_safetensors covers this version')
 def test_local_dir_loads_export(exported, run_dir):
     model = timm.create_model(f'local-dir:{exported}', pretrained=True)
-    assert type(model).__name__ == 'ResNetBlockMoE' and model.moe_config['num_experts'] == 4
+    assert type(model).__name__ == 'ResNet' and model.moe_config['num_experts'] == 4
     _assert_same_weights(model, _run_weights(run_dir))
     data_cfg = timm.data.resolve_data_config(model=model)
     assert tuple(data_cfg['input_size']) == (1, 28, 28) and tuple(data_cfg['mean']) == (0.286,)
@@ -99,11 +115,13 @@ def test_load_exported_round_trip(exported, run_dir):
 
 
 @pytest.mark.parametrize('target, kwargs, differs', [
-    ('resnet18_blockmoe_e8_k1', {}, 'experts at layer4.1 4 vs 8'),
-    ('resnet18_blockmoe_e4_k2', {}, 'routing k 1 vs 2'),  # identical keys and shapes: only the metadata tells
-    ('resnet50_blockmoe_e4_k1', {}, 'block BasicBlock vs Bottleneck'),
-    ('resnet18_dense', {}, "MoE layers ('layer4.1',) vs None"),
-    (NAME, dict(gate='conv_gap'), 'gate at layer4.1 gap_fc vs conv_gap'),
+    ('resnet18_blockmoe_e8_k1', {}, 'experts 4 vs 8'),
+    ('resnet18_blockmoe_e4_k2', {}, 'k 1 vs 2'),  # identical keys and shapes: only the metadata tells
+    ('resnet50_blockmoe_e4_k1', {}, 'arch resnet18 vs resnet50'),
+    ('resnet18_convmoe_e4_k1', {}, 'kind block vs conv'),
+    ('resnet18_dense', {}, 'experts 4 vs 0'),
+    (NAME, dict(gate='conv_gap'), 'gate gap_fc vs conv_gap'),
+    (NAME, dict(placement='all'), 'placement last vs all'),
     (NAME, dict(width=8), 'width 4 vs 8'),
 ])
 def test_wrong_architecture_fails_in_one_line(exported, target, kwargs, differs):

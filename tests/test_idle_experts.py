@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 
 import timm_moe
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
 BIG = 20.0  # a logit gap that makes the other experts' probabilities ~2e-9: never selected, still finite
 
@@ -75,7 +75,7 @@ def test_without_the_call_momentum_and_weight_decay_move_the_idle_expert():
 
 
 def test_counts_span_micro_batches_and_reset():
-    layer = BlockMoE([BasicBlock(4, 4) for _ in range(4)], 4, k=1).train()
+    layer = MoE([BasicBlock(4, 4) for _ in range(4)], 4, k=1).train()
     with torch.no_grad():
         layer.gate.fc.weight.zero_()
         layer.gate.fc.bias.copy_(torch.tensor([BIG, 0, 0, 0]))
@@ -91,7 +91,7 @@ def test_counts_span_micro_batches_and_reset():
 
 
 def test_uncounted_forwards_do_not_count():
-    layer = BlockMoE([BasicBlock(4, 4) for _ in range(2)], 4, k=1).train()
+    layer = MoE([BasicBlock(4, 4) for _ in range(2)], 4, k=1).train()
     with torch.no_grad():
         layer.gate.fc.weight.zero_()
         layer.gate.fc.bias.copy_(torch.tensor([BIG, 0]))
@@ -122,7 +122,7 @@ def _ddp_worker(rank, port, results):
     dist.init_process_group('gloo', rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        layer = BlockMoE([BasicBlock(4, 4) for _ in range(4)], 4, k=1).train()
+        layer = MoE([BasicBlock(4, 4) for _ in range(4)], 4, k=1).train()
         with torch.no_grad():
             layer.gate.fc.weight.zero_()
             layer.gate.fc.bias.fill_(0.0)

@@ -118,7 +118,7 @@ def test_equal_values_share_a_rank_and_ties_follow_clean_then_id():
                                     ('d', 90.0, 10.0, 0.4))]
     rows = _table(lb.render_markdown(es, sort='PGD-20'), '## fashion')
     assert [(r['#'], r['Entry']) for r in rows] == [('1', 'm-c'), ('1', 'm-a'), ('1', 'm-b'), ('4', 'm-d')]
-    assert [e['entry_id'] for e in lb.sort_entries(es, 'clean')] == ['m-d', 'm-c', 'm-a', 'm-b']
+    assert [r['Entry'] for r in _table(lb.render_markdown(es, sort='clean'), '## fashion')] == ['m-d', 'm-c', 'm-a', 'm-b']
 
 
 def test_auto_ranks_by_the_most_measured_then_strongest_configuration():
@@ -137,7 +137,7 @@ def test_sort_names_one_configuration(tmp_path):
     entries = [ours] + load_entries(tmp_path)
     with pytest.raises(UserError, match=r"'pgd20' names 2 attack configurations .*PGD-20; PGD-20 \[paper code\]"):
         lb.render_markdown(entries, sort='pgd20')
-    assert [e['entry_id'] for e in lb.sort_entries(entries, 'pgd-20')][0] == 'ours'
+    assert _table(lb.render_markdown(entries, sort='pgd-20'), '## cifar100')[0]['Entry'] == 'ours'
     with pytest.raises(UserError, match=r"'pgd' names no attack configuration .*PGD-20"):
         lb.check_sort(entries, 'pgd')
 
@@ -191,6 +191,29 @@ def test_a_different_recipe_is_not_a_seed_group():
     assert len(lb.make_rows([a, b], lb.columns_of([a, b])[1])) == 2
 
 
+
+def test_a_first_seed_with_more_attacks_stays_in_its_seed_group():
+    """A study's first seed adds APGD-T: the three seeds are still one row, every column they share is the
+    mean over all three (the dense group keeps its worst seed), and neither worst case is pooled, because
+    seed 0's is over another attack set."""
+    runs = [make_entry(f'run-s{s}', seed=s, attacks=dict({'pgd20': 30.0 + s, 'apgd-ce': 28.0 + s},
+                                                         **({'apgd-t': 25.0, 'ensemble': 24.0} if s == 0
+                                                            else {'ensemble': 27.0 + s})))
+            for s in (0, 1, 2)]
+    columns, keymap = lb.columns_of(runs)
+    rows = lb.make_rows(runs, keymap)
+    assert len(rows) == 1 and rows[0].ids == ('run-s0', 'run-s1', 'run-s2')
+    apgd = next(c.ident for c in columns if c.label == 'APGD-CE-100')
+    assert rows[0].cells[apgd].value == pytest.approx(29.0) and rows[0].cells[apgd].std == pytest.approx(1.0)
+    worst = [c.ident for c in columns if c.config['attack'] == 'Ensemble']
+    assert len(worst) == 2 and not any(w in rows[0].cells for w in worst)
+    # the same attack with other settings is another measurement: that run is a row of its own
+    odd = make_entry('run-s3', seed=3, attacks={'pgd20': 33.0, 'apgd-ce': 31.0, 'ensemble': 30.0})
+    odd['eval_settings']['attacks']['pgd20']['steps'] = 10
+    assert [r.ids for r in lb.make_rows(runs + [odd], lb.columns_of(runs + [odd])[1])] == [
+        ('run-s0', 'run-s1', 'run-s2'), ('run-s3',)]
+
+
 # --- config column ----------------------------------------------------------------------------------------
 
 def test_config_shows_effective_noisy_gating():
@@ -209,7 +232,7 @@ def test_config_shows_effective_noisy_gating():
 # --- the file and the command ---------------------------------------------------------------------------
 
 def _small_registry(root: Path) -> list:
-    for e in (make_entry('m-b', attacks={'autoattack': 19.0, 'pgd20': 21.0}),
+    for e in (make_entry('m-b', attacks={'autoattack': 19.0, 'pgd20': 21.0}, lr=0.3),  # not run-s0's config
               make_entry('m-a', attacks={'autoattack': 19.0, 'pgd20': 21.0}, lr=0.2),
               make_entry('m-dense', clean=65.0, attacks={'pgd20': 19.0}, experts=0),
               make_entry('m-other', dataset='cifar10', clean=80.0, attacks={'pgd20': 41.0}),
@@ -234,7 +257,7 @@ def test_leaderboard_is_deterministic(tmp_path):
 
 def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
     _small_registry(tmp_path)
-    assert main(['leaderboard', '--registry', str(tmp_path)]) == 0
+    assert main(['leaderboard', '--registry', str(tmp_path), '--wide']) == 0  # --wide: entry ids on the console
     first = (tmp_path / 'LEADERBOARD.md').read_bytes()
     out = capsys.readouterr().out
     assert 'm-a' in out and 'LEADERBOARD.md' in out and 'run-s0, run-s1, run-s2' in out
@@ -242,7 +265,8 @@ def test_leaderboard_cli_writes_identical_file(tmp_path, capsys):
     assert (tmp_path / 'LEADERBOARD.md').read_bytes() == first  # the file never depends on the flags
     (tmp_path / 'LEADERBOARD.md').unlink()
     capsys.readouterr()
-    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write', '--no-group', '--sort', 'PGD-20']) == 0
+    assert main(['leaderboard', '--registry', str(tmp_path), '--no-write', '--no-group', '--sort', 'PGD-20',
+                 '--wide']) == 0
     out = capsys.readouterr().out
     assert not (tmp_path / 'LEADERBOARD.md').exists()
     assert 'run-s0, run-s1' not in out and 'not measured with PGD-20' in out

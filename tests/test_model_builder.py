@@ -13,7 +13,7 @@ from timm_moe import ModelSpec
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(gate='bogus'), "gate='bogus'"),  # timm_moe's ValueError
-    (dict(k=8), 'k=8 > num_experts=4'),  # k > experts: also a ValueError
+    (dict(k=8), "k=8: fixed by the model name 'resnet18_blockmoe_e4_k1'"),  # the name fixes k: also a ValueError
     (dict(no_such_kwarg=1), 'no_such_kwarg'),  # timm's TypeError for an unknown kwarg
 ])
 def test_bad_kwargs_are_a_user_error_naming_the_value(kwargs, message):
@@ -52,7 +52,7 @@ def _one_line_exit_2(capsys, argv, message):
 
 
 def test_models_width_0_is_one_line(capsys):
-    _one_line_exit_2(capsys, ['models', '--width', '0', '--filter', '*_e4_k1'], 'width=0: expected an integer >= 1')
+    _one_line_exit_2(capsys, ['models', '--width', '0', '--filter', '*_e4_k1'], 'width=0: expected an even integer >= 2')
 
 
 def test_train_bad_model_kwargs_is_one_line_and_makes_no_run(tmp_path, capsys):

@@ -9,16 +9,26 @@ import torch.nn.functional as F
 import timm_moe
 from timm_moe.introspection import moe_layers
 
-MOE_NAMES = timm.list_models('*blockmoe*')
-ALL_NAMES = MOE_NAMES + ['resnet18_dense', 'resnet50_dense']
+MOE_NAMES = timm.list_models('*moe_e*')
+# every family (arch x kind), every k, the smallest and largest E, and the dense baselines: the per-name tests
+# below run on these (test_every_variant_is_registered and test_spec.py cover every name)
+ALL_NAMES = [n for n in MOE_NAMES if any(n.endswith(t) for t in ('_e2_k1', '_e4_k1', '_e4_k2', '_e4_k3', '_e4_k4',
+                                                                 '_e32_k2'))] + timm.list_models('*_dense')
 SMALL = dict(width=8, num_classes=10)  # same graph as the paper's models, a fraction of the cost
 
 
 def test_every_variant_is_registered():
-    expected = {f'resnet{d}_blockmoe_e{e}_k{k}' for d in (18, 50) for e in (2, 4, 8, 16, 32) for k in (1, 2, 4) if k <= e}
-    assert set(MOE_NAMES) == expected
-    assert len(MOE_NAMES) >= 28
-    assert timm.is_model('resnet18_dense') and timm.is_model('resnet50_dense')
+    families = [('resnet18', 'block'), ('resnet18', 'conv'), ('resnet50', 'block'), ('resnet50', 'conv'),
+                ('wide_resnet50_2', 'block')]
+    expected = {f'{arch}_{kind}moe_e{e}_k{k}' for arch, kind in families for e in (2, 4, 8, 16, 32)
+                for k in (1, 2, 3, 4) if k <= e}
+    assert set(MOE_NAMES) == expected and len(MOE_NAMES) == 90
+    assert set(timm.list_models('*_dense')) == {'resnet18_dense', 'resnet50_dense', 'wide_resnet50_2_dense'}
+    # the plugin's own listing by family agrees with timm's
+    assert set(timm_moe.model_names()) == set(MOE_NAMES) | set(timm.list_models('*_dense'))
+    assert timm_moe.model_names('resnet18', 'conv') == [f'resnet18_convmoe_e{e}_k{k}' for e in (2, 4, 8, 16, 32)
+                                                          for k in (1, 2, 3, 4) if k <= e]
+    assert timm_moe.model_names(kind=None) == ['resnet18_dense', 'resnet50_dense', 'wide_resnet50_2_dense']
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)
@@ -168,12 +178,12 @@ def test_matched_experts_pay_for_the_downsample_with_all_placement():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(k=0), 'k=0'),
-    (dict(k=16), 'k=16 > num_experts=8'),
-    (dict(num_experts=-1), 'num_experts=-1'),
+    (dict(k=0), r"k=0: fixed by the model name 'resnet18_blockmoe_e8_k2'; pick the name instead"),
+    (dict(k=16), 'k=16: fixed by the model name'),
+    (dict(num_experts=-1), 'num_experts=-1: fixed by the model name'),
     (dict(gate='mlp'), "gate='mlp'"),
     (dict(aux_loss='l2'), "aux_loss='l2'"),
-    (dict(placement='first'), "placement='first'"),
+    (dict(placement='first'), "placement='first': target 'first' selects no residual block"),
     (dict(stem='deep'), "stem='deep'"),
     (dict(expert_width='half'), "expert_width='half'"),
 ])
@@ -184,14 +194,8 @@ def test_bad_kwargs_name_the_value(kwargs, match):
 
 def test_wrong_input_rank():
     model = timm.create_model('resnet18_blockmoe_e2_k1', width=8)
-    with pytest.raises(ValueError, match='4-D input'):
+    with pytest.raises(ValueError, match='4D input'):  # timm's ResNet (its BatchNorm) refuses it
         model(torch.rand(3, 32, 32))
-
-
-def test_dense_name():
-    assert timm_moe.dense_name('resnet50_blockmoe_e16_k4') == 'resnet50_dense'
-    with pytest.raises(ValueError, match='vit_base'):
-        timm_moe.dense_name('vit_base_patch16_224')
 
 
 @pytest.mark.parametrize('k', [1, 2])
@@ -249,7 +253,7 @@ def test_noisy_gating_explicit_bool_overrides_auto(explicit, aux_loss):
 
 
 @pytest.mark.parametrize('bad', ['yes', 'True', 1, 0])  # None: timm.create_model drops it (the default)
-@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_dense'])
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_convmoe_e4_k1'])
 def test_noisy_gating_rejects_other_values(bad, name):
     with pytest.raises(ValueError, match=r"noisy_gating=.*: expected one of 'auto', True, False"):
         timm.create_model(name, width=8, noisy_gating=bad)
@@ -340,7 +344,8 @@ def test_features_only_fx_matches_the_hook_free_extractor():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_blockmoe_e4_k2', 'resnet50_blockmoe_e2_k1'])
+@pytest.mark.parametrize('name', ['resnet18_blockmoe_e4_k1', 'resnet18_blockmoe_e4_k2', 'resnet50_blockmoe_e2_k1',
+                                  'resnet18_convmoe_e4_k1', 'resnet50_convmoe_e4_k3'])
 def test_model_forward_and_backward_fx(name):
     # as timm's own test_model_forward_fx / test_model_backward_fx: torchvision's extractor, timm's leaf modules
     from timm.models._features_fx import get_graph_node_names, get_notrace_functions, get_notrace_modules
@@ -349,7 +354,7 @@ def test_model_forward_and_backward_fx(name):
     tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     train_nodes, eval_nodes = get_graph_node_names(model)
     leaves = [n for n, _ in moe_layers(model)]
-    assert set(leaves) <= set(eval_nodes) & set(train_nodes), 'BlockMoE was traced through, not kept as a leaf'
+    assert set(leaves) <= set(eval_nodes) & set(train_nodes), 'an MoE layer was traced through, not kept as a leaf'
     fx = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
                                   tracer_kwargs=tracer_kwargs)
     x = torch.rand(2, 3, 32, 32)

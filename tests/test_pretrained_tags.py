@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 import timm_moe  # noqa: F401 - registers the models and the shipped tags
 from timm_moe import ModelSpec
-from timm_moe.models.pretrained import package_folder, read_manifest, register_tags, tag_record
+from timm_moe.models import register_tags
+from timm_moe.models.pretrained import package_folder, read_manifest, tag_record
 
 from bench import cli
 from bench.core.atomic import atomic_save_safetensors
@@ -174,6 +175,19 @@ def test_a_missing_weights_file_is_named(shipped):
     (shipped[0] / f'{NAME}.{TAG}.safetensors').unlink()
     with pytest.raises(FileNotFoundError, match=rf'{NAME}.{TAG}: its weights file .*{TAG}.safetensors is missing'):
         timm.create_model(f'{NAME}.{TAG}', pretrained=True)
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+def test_a_corrupt_weights_file_is_named_in_one_line(shipped, capsys, damage):
+    file = shipped[0] / f'{NAME}.{TAG}.safetensors'
+    data = file.read_bytes()
+    # truncated: safetensors itself would fail; one byte flipped in a weight: it would load wrong weights silently
+    file.write_bytes(data[:len(data) // 2] if damage == 'truncate' else data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    with pytest.raises(ValueError, match=rf'{NAME}.{TAG}: its weights file .*{TAG}.safetensors is corrupt'):
+        timm.create_model(f'{NAME}.{TAG}', pretrained=True)
+    assert cli.main(['eval', '--model', f'{NAME}.{TAG}', '--pretrained', '--dataset', DATASET]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is corrupt' in err and str(file) in err and 'Traceback' not in err
 
 
 def test_a_folder_without_manifest_is_refused(tmp_path, registered):

@@ -1,5 +1,8 @@
-"""The quickstart end to end at its smoke size: every stage runs and writes what the README promises."""
+"""The quickstart end to end at its smoke size: every stage runs and writes what the README promises, and its
+numbers are the pinned ones (tests/fixtures/quickstart_smoke_numbers.json)."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -7,11 +10,78 @@ from bench.cli import main
 from bench.results.registry import load_entries
 from bench.results.stats import wilson_interval
 
+PINNED = Path(__file__).parent / 'fixtures' / 'quickstart_smoke_numbers.json'
+REGENERATE = 'TIMM_MOE_REPIN=1 python -m pytest tests/test_quickstart.py -k pinned'
+# the smoke plan is deterministic for a given number of torch threads per worker (cores / 2); with another
+# count, float reductions round differently, so a number may move by a test point or two (not by drift's ten)
+OTHER_THREADS_TOLERANCE_POINTS = 2
 
-def test_quickstart_smoke_plan_writes_everything(tmp_path):
-    out = tmp_path / 'qs'
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp('quickstart') / 'qs'
     assert main(['quickstart', '--out', str(out), '--plan', 'smoke']) == 0
-    summary = json.loads((out / 'summary.json').read_text())
+    return out, json.loads((out / 'summary.json').read_text())
+
+
+def smoke_numbers(out: Path, summary: dict) -> dict:
+    """What the smoke plan measured, per run: the numbers that a change of the models, the training or the
+    attacks moves (the final training loss and which test points each attack broke, beside the accuracies)."""
+    entries = {e['entry_id']: e for e in load_entries(out / 'registry')}
+    runs = {}
+    for r in summary['rows']:
+        method = 'pgd' if r['training'] == 'adversarial' else 'normal'
+        history = json.loads((out / 'runs' / f"{r['model']}-{method}" / 'result.json').read_text())['history']
+        runs[f"{r['model']}-{r['training']}"] = dict(
+            clean_acc=r['clean_acc'], pgd_acc=r['pgd_acc'], apgd_acc=r['apgd_acc'],
+            flops_ratio=round(r['flops_ratio'], 6), train_loss=round(history[-1]['train_loss'], 6),
+            per_expert=[[p['clean_acc'], *[p['robust_acc'][k] for k in sorted(p['robust_acc'])]]
+                        for p in r['per_expert']],
+            per_sample_bits=entries[r['entry_id']]['per_sample']['bits'])
+    return dict(n_eval=summary['n_eval'], threads_per_process=summary['threads_per_process'],
+                runs=dict(sorted(runs.items())))
+
+
+def check_pinned(got: dict, pinned: dict) -> None:
+    """Fail, with the commands that regenerate the pins, when the smoke numbers differ from the pinned ones."""
+    why = (f'the smoke quickstart\'s numbers changed. If the change is meant to alter them (models, init, '
+           f'training, attacks), regenerate the fixture with `{REGENERATE}` and the shipped quickstart entries with '
+           '`python scripts/refresh_quickstart_entries.py`, and commit both')
+    assert got['n_eval'] == pinned['n_eval'] and got['runs'].keys() == pinned['runs'].keys(), why
+    if got['threads_per_process'] == pinned['threads_per_process']:
+        assert got['runs'] == pinned['runs'], why
+        return
+    tol = 100 * OTHER_THREADS_TOLERANCE_POINTS / got['n_eval']
+    for name, run in got['runs'].items():
+        want = pinned['runs'][name]
+        for key in ('clean_acc', 'pgd_acc', 'apgd_acc'):
+            assert abs(run[key] - want[key]) <= tol, f'{name} {key}: {run[key]} vs pinned {want[key]}: {why}'
+        assert run['flops_ratio'] == pytest.approx(want['flops_ratio'], abs=1e-6), why
+
+
+def test_quickstart_smoke_numbers_are_pinned(smoke):
+    got = smoke_numbers(*smoke)
+    if os.environ.get('TIMM_MOE_REPIN'):
+        PINNED.write_text(json.dumps(got, indent=1) + '\n')
+    check_pinned(got, json.loads(PINNED.read_text()))
+
+
+def test_the_pin_fires_on_a_changed_number():
+    pinned = json.loads(PINNED.read_text())
+    changed = json.loads(json.dumps(pinned))
+    run = next(iter(changed['runs'].values()))
+    run['train_loss'] += 1e-6  # a change of the initialisation moves at least this
+    with pytest.raises(AssertionError, match='TIMM_MOE_REPIN=1'):
+        check_pinned(changed, pinned)
+    changed['threads_per_process'] += 1  # on another machine only a clear move fails
+    check_pinned(changed, pinned)
+    run['pgd_acc'] += 10.0
+    with pytest.raises(AssertionError, match='pgd_acc'):
+        check_pinned(changed, pinned)
+
+
+def test_quickstart_smoke_plan_writes_everything(smoke):
+    out, summary = smoke
     assert len(summary['rows']) == 4
     for row in summary['rows']:
         assert set(row) >= {'model', 'training', 'clean_acc', 'pgd_acc', 'apgd_acc', 'flops_ratio'}

@@ -1,4 +1,4 @@
-"""BlockMoE against the paper's equations, written out here with no use of timm_moe's routing code.
+"""MoE against the paper's equations, written out here with no use of timm_moe's routing code.
 
 Per image b with block input x_b: logits s_b = gate(x_b); p_b = softmax(s_b); M_b = top-k mask of p_b.
   k = 1: y_b = expert_{argmax}(x_b), weight 1 forward, gradient of p_b * M_b backward (straight-through);
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
 NUM_EXPERTS, CHS = 4, 8
 
 
-def _gate_logits(layer: BlockMoE, x: torch.Tensor) -> torch.Tensor:
+def _gate_logits(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     if layer.gate_type == 'conv_gap':
         return F.conv2d(x, layer.gate.conv.weight).mean(dim=(2, 3))
     fc = layer.gate.fc
@@ -30,7 +30,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum(-1)  # fine here: softmax of small random logits has no zeros
 
 
-def _reference(layer: BlockMoE, x: torch.Tensor, k: int):
+def _reference(layer: MoE, x: torch.Tensor, k: int):
     """(output, aux loss) by the equations above."""
     p = _gate_logits(layer, x).softmax(-1)
     top = p.topk(k, dim=-1).indices
@@ -53,9 +53,9 @@ def _reference(layer: BlockMoE, x: torch.Tensor, k: int):
     return out, aux
 
 
-def _layer(k: int, gate: str) -> BlockMoE:
+def _layer(k: int, gate: str) -> MoE:
     torch.manual_seed(0)
-    layer = BlockMoE([BasicBlock(CHS, CHS) for _ in range(NUM_EXPERTS)], CHS, k=k, gate=gate, aux_loss='entropy')
+    layer = MoE([BasicBlock(CHS, CHS) for _ in range(NUM_EXPERTS)], CHS, k=k, gate=gate, aux_loss='entropy')
     with torch.no_grad():  # non-trivial BN and gate, so that a wrong pairing or weight shows
         for m in layer.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -17,7 +17,7 @@ from bench.core import provenance as prov
 from bench.core.errors import UserError
 from bench.results import import_paper, leaderboard
 from bench.results.entries import measured_entry
-from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_schema,
+from bench.results.registry import (DEFAULT_REGISTRY, dumps_entry, entry_path, load_entries, load_entry, load_schema,
                                     make_entry_id, validate_entry, write_entry)
 from timm_moe import ModelSpec
 from registry_fakes import make_entry
@@ -66,23 +66,39 @@ def test_shipped_reference_points():
     assert (dense['clean_acc'], dense['robust_acc']) == (52.14, {'pgd20': 16.87, 'apgd20': 17.99})
     best = by_id['paper-resnet18-blockmoe-last-entropy-gap-fc-k1-pgd']
     assert (best['clean_acc'], best['robust_acc']) == (54.91, {'pgd20': 19.96, 'apgd20': 20.76})
-    assert best['model']['name'] == 'resnet18_blockmoe_e4_k1' and best['model']['kwargs']['moe_blocks'] == 'last'
+    assert best['model']['name'] == 'resnet18_blockmoe_e4_k1' and best['model']['kwargs']['placement'] == 'last'
+    # the paper's most robust model: ConvMoE over every conv of layer4, entropy, GAP-FC, k=1
+    conv = by_id['paper-resnet18-convmoe-all-entropy-gap-fc-k1-pgd']
+    assert (conv['clean_acc'], conv['robust_acc']) == (50.96, {'pgd20': 25.03, 'apgd20': 24.03})
+    assert conv['model']['name'] == 'resnet18_convmoe_e4_k1' and conv['model']['kwargs']['placement'] == 'all'
     for e in by_id.values():
         if e['source'] == 'paper':
             assert set(e['robust_acc']) == {'pgd20', 'apgd20'} and 'not AutoAttack' in e['attack_note']
             assert e['eps'] == 8 / 255 and e['dataset'] == 'cifar100' and e['threat_model'] == 'Linf'
 
 
-def test_paper_model_names_are_registered_timm_models():
+def test_every_paper_entry_names_a_registered_timm_model():
     import timm
     import timm_moe  # noqa: F401  (registers the models)
 
-    names = {e['model']['name'] for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'paper'}
-    ours = {n for n in names if not n.startswith('paper:')}
-    assert ours and ours <= set(timm.list_models()), ours - set(timm.list_models())
-    # everything our plugin cannot express is a descriptive id, never a made-up timm name
-    assert any(n.startswith('paper:resnet18-convmoe') for n in names)
-    assert any(n.endswith('-k3') for n in names)
+    paper = [e for e in load_entries(DEFAULT_REGISTRY) if e['source'] == 'paper']
+    assert len(paper) == 219  # 215 MoE configurations (219 rows, 4 listed in two tables) and 4 dense ones
+    names = {e['model']['name'] for e in paper}
+    assert names <= set(timm.list_models()), names - set(timm.list_models())
+    assert any('_convmoe_' in n for n in names) and any(n.endswith('_k3') for n in names)
+    # tests/test_paper_rows.py builds every one of them
+
+
+def test_stored_moe_blocks_kwarg_reads_as_placement(tmp_path):
+    entry = next(e for e in load_entries(DEFAULT_REGISTRY) if e['entry_id'] == 'paper-resnet18-dense-pgd')
+    old = copy.deepcopy(entry)
+    old['model']['kwargs'] = {'stem': 'cifar', 'moe_blocks': 'all'}
+    old['model']['effective_kwargs'] = {'moe_blocks': 'all', 'width': 8}
+    path = tmp_path / 'old.json'
+    path.write_text(json.dumps(old))
+    model = load_entry(path)['model']
+    assert model['kwargs'] == {'stem': 'cifar', 'placement': 'all'}
+    assert model['effective_kwargs'] == {'placement': 'all', 'width': 8}
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -355,6 +371,7 @@ def test_per_sample_bits_must_match_the_accuracies():
         validate_entry(_set(e, 'n_examples', 100))
     extra = copy.deepcopy(e)
     extra['per_sample']['bits']['fgsm'] = extra['per_sample']['bits']['pgd20']
+    del extra['per_sample']['sha256']  # as an entry written before the checksum: the key check still holds
     with pytest.raises(UserError, match='per_sample.bits.fgsm is not clean_acc or a robust_acc key'):
         validate_entry(extra)
     with pytest.raises(UserError, match='bytes'):
@@ -385,6 +402,27 @@ def test_schema1_entries_still_load(tmp_path):
     del versionless['schema_version']  # written before versions were recorded
     write_entry(versionless, tmp_path)
     assert load_entries(tmp_path) == [versionless]
+
+
+def test_old_field_names_load_through_the_one_migration(tmp_path):
+    """Entries written by older code say `moe_blocks` (now `placement`) in the model's kwargs and `method`
+    (now `training`) in the training config: reading them renames the keys, and nothing else reads them."""
+    from bench.results.registry import migrate
+
+    old = [e for e in load_entries(SCHEMA1_REGISTRY) if e['source'] == 'measured'][0]
+    raw = copy.deepcopy(old)
+    raw['model']['kwargs'] = {'moe_blocks': 'last', 'width': 8}
+    raw['training']['config'] = {'method': 'pgd', 'lr': 0.1}
+    path = tmp_path / raw['dataset'] / raw['threat_model'] / f"{raw['entry_id']}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(raw))
+    (loaded,) = load_entries(tmp_path)
+    assert loaded['model']['kwargs'] == {'placement': 'last', 'width': 8}
+    assert loaded['training']['config'] == {'training': 'pgd', 'lr': 0.1}
+    # a new name written beside the old one wins; an entry without old names is left as it is
+    both = migrate({'model': {'kwargs': {'moe_blocks': 'all', 'placement': 'last'}}})
+    assert both['model']['kwargs'] == {'placement': 'last'}
+    assert migrate(copy.deepcopy(loaded)) == loaded
 
 
 def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():

@@ -231,9 +231,78 @@ def test_seed_group_key_ignores_seed_and_noise_only():
                         ('model.name', 'resnet18_dense'), ('training.method', 'trades'),
                         ('training.config', {'lr': 0.1, 'epochs': 1}), ('eps', 4 / 255), ('threat_model', 'L2'),
                         ('n_examples', 1000), ('per_sample', {'index_range': [300, 600]}),
-                        ('eval_settings', {'attacks': {'pgd20': {'attack': 'PGD', 'steps': 10}}}),
-                        ('robust_acc', {'pgd20': 40.0}), ('source', 'paper')]:
+                        ('source', 'paper')]:
         assert stats.seed_group_key(_entry(1, **{path: value})) != base, path
+    # which attacks ran is not the configuration: group_by_seed checks the attacks entries share
+    assert stats.seed_group_key(_entry(1, robust_acc={'pgd20': 40.0})) == base
+
+
+def test_a_seed_with_more_attacks_stays_in_its_group_but_other_settings_split():
+    """A study's first seed adds an attack (and so has another worst case): still one configuration. The same
+    attack run with other settings is another measurement: its entry is a group of its own."""
+    extra = _entry(1, robust_acc={'pgd20': 41.0, 'apgd-t': 30.0, 'ensemble': 29.0},
+                   eval_settings={'seed': 1, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 20, 'seed': 1},
+                                                         'apgd-t': {'attack': 'APGDTargeted', 'seed': 1}}})
+    other = _entry(4, eval_settings={'seed': 4, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 10, 'seed': 4}}})
+    groups = stats.group_by_seed([extra, _entry(2), _entry(3), other])
+    assert [[e['entry_id'] for e in g] for g in groups] == [
+        ['m-pgd-fmnist-1', 'm-pgd-fmnist-2', 'm-pgd-fmnist-3'], ['m-pgd-fmnist-4']]
+    sig = [stats.attack_signature(e) for e in groups[0]]
+    assert sig[0]['pgd20'] == sig[1]['pgd20'] and sig[0]['ensemble'] != sig[1]['ensemble']
+
+
+# ------------------------------------------------------------------------------------------ power and sizing
+
+def test_t_cdf_matches_tables_and_the_integer_quantile():
+    assert stats.t_cdf(2.0, 5) == pytest.approx(0.949030, abs=1e-6)
+    assert stats.t_cdf(-2.0, 5) == pytest.approx(1 - 0.949030, abs=1e-6)
+    assert stats.t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-12)  # Cauchy
+    for df in (1, 2, 7, 30):
+        q = stats.t_quantile(0.95, df)
+        assert stats.t_cdf(q, df) == pytest.approx(0.975, abs=1e-9)
+    q = stats.t_quantile(0.95, 5.5)  # Welch's df are not integers
+    assert stats.t_quantile(0.95, 6) < q < stats.t_quantile(0.95, 5) and stats.t_cdf(q, 5.5) == pytest.approx(0.975)
+
+
+def test_minimum_detectable_difference_of_the_three_seed_study():
+    # 3 seeds, paired sd 2.25: (t_{.975,2} + t_{.80,2}) * 2.25 / sqrt(3) = (4.3027 + 1.0607) * 1.2990
+    assert stats.minimum_detectable_difference(2.25 / math.sqrt(3), 2) == pytest.approx(6.967, abs=1e-3)
+    with pytest.raises(ValueError, match='power'):
+        stats.minimum_detectable_difference(1.0, 2, power=1.0)
+
+
+def test_welch_matches_a_hand_computation():
+    r = stats.welch([1, 2, 3, 4], [2, 4, 6, 8, 10])
+    # var 5/3 and 10: se = sqrt(5/12 + 2) = 1.5546, Welch-Satterthwaite df = 5.5208, t = -2.2514
+    assert (r['diff'], r['se'], r['df'], r['t']) == pytest.approx((-3.5, 1.55456, 5.52079, -2.25144), abs=1e-4)
+    assert r['p'] == pytest.approx(2 * stats.t_cdf(-2.25144, 5.52079), abs=1e-5)
+    assert 0.06 < r['p'] < 0.08
+    pooled = stats.welch([1, 2, 3, 4], [2, 4, 6, 8, 10], pooled=True)
+    assert pooled['df'] == 7 and pooled['se'] == pytest.approx(math.sqrt((3 * 5 / 3 + 4 * 10) / 7 * (1 / 4 + 1 / 5)))
+    assert stats.welch([1, 1], [1, 1])['p'] == 1.0 and stats.welch([2, 2], [1, 1])['p'] == 0.0
+    with pytest.raises(ValueError, match='at least 2'):
+        stats.welch([1], [1, 2])
+
+
+def test_holm_on_constructed_p_values():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.02, 0.02]) == pytest.approx([0.04, 0.04])
+    assert stats.holm([0.9, 0.001]) == pytest.approx([0.9, 0.002])  # monotone along the order, capped at 1
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert stats.holm_levels([0.04, 0.01], 0.05) == pytest.approx([0.05, 0.025])
+    with pytest.raises(ValueError):
+        stats.holm([1.5])
+
+
+def test_seeds_for_margin_matches_the_textbook_sample_size():
+    # a two-sample t-test for an effect of one sd at alpha 0.05 and 80 % power needs 17 per group
+    assert stats.seeds_for_margin(1.0, 1.0) == 17
+    assert stats.seeds_for_margin(1.5, 1.5) == 17
+    n = stats.seeds_for_margin(2.3, 1.5)  # the study's worst measured seed sd
+    mdd = lambda k: stats.minimum_detectable_difference(2.3 * math.sqrt(2 / k), 2 * k - 2)  # noqa: E731
+    assert mdd(n) <= 1.5 < mdd(n - 1)
+    with pytest.raises(ValueError):
+        stats.seeds_for_margin(0.0, 1.5)
 
 
 def test_group_by_seed_keeps_order():

@@ -1,5 +1,6 @@
 """Named-config grids (a study): cells, seeds, upcycling waves, first-seed extras, AutoAttack follow-ups."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,23 @@ def test_named_configs_become_cells_per_seed(tmp_path):
     (dict(autoattack={'configs': ['dense'], 'n_examples': 64}), 'autoattack.n_examples'),
     (dict(configs={'a': {'model': 'resnet18_dense', 'seeds': [0]},
                    'u': {'model': 'resnet18_blockmoe_e2_k1', 'upcycle_from': 'a'}}), 'give both the same seeds'),
+    (dict(preregistration={'baseline': 'dense', 'primary': ['nope']}), "preregistration.primary in"),
+    (dict(preregistration={'baseline': 'dense', 'primary': ['e2k1'], 'margin': -1}), 'preregistration.margin'),
 ])
 def test_a_bad_study_spec_is_one_line(tmp_path, capsys, changes, message):
     assert main(['grid', str(_tiny(tmp_path, **changes)), '--dry-run']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_preregistered_spec_reaches_the_report_with_its_defaults(tmp_path):
+    from bench.cli.report import study_plan
+
+    spec = load_spec(_tiny(tmp_path, preregistration={'baseline': 'dense', 'primary': ['e2k1', 'switch'],
+                                                      'metric': 'apgd-ce10', 'seed_sd': 2.3}))
+    prereg = study_plan(spec)['preregistration']
+    assert prereg['primary'] == {'e2k1': {}, 'switch': {}} and prereg['margin'] == 1.5
+    assert (prereg['alpha'], prereg['power'], prereg['analysis']) == (0.05, 0.8, 'welch')
 
 
 def test_best_moe_is_the_highest_mean_over_seeds(tmp_path):
@@ -66,6 +79,48 @@ def test_best_moe_is_the_highest_mean_over_seeds(tmp_path):
     assert best_moe(grid, done, 'apgd-ce10') == 'switch'  # 31 > 30 (the mean), though e2k1 has the best run
     with pytest.raises(UserError, match="rank_by 'pgd20'"):
         best_moe(grid, done, 'pgd20')
+
+
+def test_best_moe_breaks_a_float_tie_by_spec_order(tmp_path):
+    """The study's real tie: e4k2 and kl both sum to 173.9 APGD-CE points over 3 seeds, but their float means
+    differ in the last bit (57.96666666666666 vs ...67); the config listed first in the spec (cells come in
+    spec order) wins."""
+    spec = load_spec(_tiny(tmp_path))
+    grid = [c for c in cells(spec) if c['config'] in ('e2k1', 'switch')]
+    acc = {'e2k1': [57.3, 59.3, 57.3], 'switch': [57.4, 58.3, 58.2]}  # e2k1 is listed before switch
+    assert statistics.fmean(acc['e2k1']) < statistics.fmean(acc['switch'])  # the float mean would pick switch
+    grid = [dict(c, cell=f"{c['config']}-seed{s}") for c in grid if c['seed'] == 0 for s in range(3)]
+    done = {f'{c}-seed{s}': {'robust_acc': {'apgd-ce10': v[s]}} for c, v in acc.items() for s in range(3)}
+    assert best_moe(grid, done, 'apgd-ce10') == 'e2k1'
+    done['switch-seed0']['robust_acc']['apgd-ce10'] = 57.5  # a real difference of 0.1 point still counts
+    assert best_moe(grid, done, 'apgd-ce10') == 'switch'
+
+
+def test_a_cell_committed_in_the_registry_is_done_without_its_folder(tmp_path, capsys):
+    """A study that runs in pieces on machines that keep only the registry: a cell whose entry is committed is
+    done (skipped, its numbers readable for best_moe), even with no cells/<cell>/ folder; a cell that needs
+    its weights (upcycling, AutoAttack follow-up) says that they are gone, in one line."""
+    from bench.pipeline.grid import read_done, registered_cells, registry_dir, run_grid, status
+    from bench.results.registry import write_entry
+    from registry_fakes import make_entry
+
+    spec = load_spec(_tiny(tmp_path))
+    grid = {c['cell']: c for c in cells(spec)}
+    entry = make_entry('dense-seed0-entry', attacks={'pgd10': 41.0, 'apgd-ce10': 40.0}, experts=0,
+                       grid=dict(spec=spec.name, config='dense', seed=0, cell='dense-seed0', stage='main'))
+    write_entry(entry, registry_dir(spec))
+    write_entry(make_entry('elsewhere', grid=dict(spec='other_study', config='dense', seed=1, cell='dense-seed1',
+                                                 stage='main')), registry_dir(spec))
+    assert not (tmp_path / 'study' / 'cells').exists()
+    assert status(grid['dense-seed0'], spec) == 'done' and status(grid['dense-seed1'], spec) == 'todo'
+    assert read_done(grid['dense-seed0'], spec)['robust_acc']['apgd-ce10'] == 40.0
+    assert list(registered_cells(spec)) == [('dense-seed0', 'main')]  # another study's entry is not this cell
+    out = run_grid(spec, dry_run=True, only='dense-seed')
+    assert [c['cell'] for c in out['skipped']] == ['dense-seed0']
+    assert [c['cell'] for c in out['pending']] == ['dense-seed1']
+    assert main(['grid', str(_tiny(tmp_path)), '--only', 'upcycled-seed0']) == 1
+    assert 'needs the trained weights of cell dense-seed0, whose entry is in the registry but whose run folder' \
+        in capsys.readouterr().out
 
 
 def test_an_upcycled_cell_waits_for_its_source(tmp_path, capsys):

@@ -3,7 +3,7 @@
 Synthetic entries follow the registry contract of a study grid (grid, timing, per-expert bits, routing under
 attack, transfer); their per-point bits are built so that each verdict of the rule fires: a config that
 beats another by the same points at every seed ('holds'), one that loses at every seed ('reversed'), one
-that wins some seeds and loses others ('within noise').
+that wins some seeds and loses others ('inconclusive at this power', with its detectable difference).
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import pytest
 from bench.attacks import build_attack
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.results import study_stats as st
+from bench.results.study import analysis as st
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
-from bench.results.study import render
-from bench.results.study_configs import collect
+from bench.results.study import report_text
+from bench.results.study.render import SUMMARY_END, SUMMARY_START
+from bench.results.study.analysis import collect
 from registry_fakes import PROVENANCE
 from timm_moe import ModelSpec
 
@@ -132,7 +133,8 @@ def _row(text: str, start: str, metric: str) -> str:
 def test_the_verdict_rule():
     assert st.verdict(dict(n=3, lo=0.5, hi=2.0)) == 'holds'
     assert st.verdict(dict(n=3, lo=-2.0, hi=-0.1)) == 'reversed'
-    assert st.verdict(dict(n=3, lo=-1.0, hi=2.0)) == 'within noise (seed interval spans 0)'
+    # 3 seeds, sd 1.0: detectable (4.303 + 1.061) / sqrt(3) = 3.10 points
+    assert st.verdict(dict(n=3, lo=-1.0, hi=2.0, std=1.0)) == 'inconclusive at this power (detectable Δ 3.10)'
     assert st.verdict(dict(n=1, lo=None, hi=None)).startswith('undecided')
 
 
@@ -141,20 +143,21 @@ def test_each_verdict_fires_on_constructed_runs(entries):
     assert st.compare_configs(study.runs['e4k1'], study.runs['dense'], 'apgd-ce')['verdict'] == 'holds'
     assert st.compare_configs(study.runs['e4k1'], study.runs['switch'], 'apgd-ce')['verdict'] == 'reversed'
     r = st.compare_configs(study.runs['e4k2'], study.runs['e4k1'], 'apgd-ce')
-    assert r['verdict'] == 'within noise (seed interval spans 0)'
+    assert r['verdict'].startswith('inconclusive at this power (detectable Δ ')
+    assert r['detectable'] == pytest.approx(st.stats.minimum_detectable_difference(r['seed_diff']['std'] / 3 ** 0.5, 2))
     assert [round(p['diff'], 2) for p in r['per_seed']] == [5.0, -6.0, 1.0]
     assert r['pooled']['n'] == 3 * N and not r['flags'] and not r['refused']
 
 
 def test_the_claims_read_their_verdicts_from_the_data(entries):
-    text = render(collect(entries, plan()))
+    text = report_text(collect(entries, plan()))
     assert _row(text, 'e4k1 vs dense', 'apgd-ce').endswith('| holds |')
     assert _row(text, 'e4k1 (entropy) vs switch (switch)', 'apgd-ce').endswith('| reversed |')
-    assert _row(text, 'e4k2 (k=2) vs e4k1 (k=1), FLOPs differ', 'apgd-ce').endswith('| within noise (seed interval spans 0) |')
+    assert '| inconclusive at this power (detectable Δ ' in _row(text, 'e4k1 (k=1) vs e4k2 (k=2), FLOPs differ', 'apgd-ce')
     assert 'e4k2: FLOPs ratio 1.310, not equal to dense' in text  # claim 1 states why it leaves a config out
     assert 'upcycled: 2 epochs in all (1 of dense_half, then 1 as MoE), e4k1: 2 epochs: equal training compute' in text
     assert 'switch (switch) vs e4k1 (entropy)' in text  # claim 4: switch collapses more, paired by seed
-    assert '8 of 32 subpath comparisons are more robust than the gated model' in text
+    assert 'adversarially trained: 8 of 32 subpath comparisons are more robust than the gated model' in text
     assert '| dense_normal |' not in text.split('## Claim 2')[0].split('## Claim 1')[1]  # normal runs: own table
     assert 'Difference of gaps, dense − e4k1: +3.00 points' in text
 
@@ -167,7 +170,7 @@ def test_a_comparison_on_different_points_is_flagged():
     r = st.compare_configs(*(collect(entries, plan()).runs[c] for c in ('e4k1', 'dense')), 'apgd-ce')
     assert len(r['flags']) == 1 and r['flags'][0].startswith('seed 1: the point sets differ')
     assert r['per_seed'][1]['n'] == N - 10
-    assert '- flag (e4k1 vs dense, apgd-ce): seed 1: the point sets differ' in render(collect(entries, plan()))
+    assert '- flag (e4k1 vs dense, apgd-ce): seed 1: the point sets differ' in report_text(collect(entries, plan()))
 
 
 def test_different_attack_settings_are_refused_not_compared(entries):
@@ -183,7 +186,7 @@ def test_different_attack_settings_are_refused_not_compared(entries):
 
 def test_a_study_without_the_compared_configs_renders_with_reasons():
     configs = {c: CONFIGS[c] for c in ('dense', 'e4k1', 'dense_normal')}
-    text = render(collect(make_entries(configs, aa=False), plan(configs)))
+    text = report_text(collect(make_entries(configs, aa=False), plan(configs)))
     assert 'Skipped: no two configs differ only in the aux loss with one of them entropy.' in text
     assert 'Skipped: no two configs differ only in k (or in k and expert width).' in text
     assert 'Collapse comparison skipped: no switch config' in text
@@ -265,3 +268,71 @@ def test_the_tiny_study_fixture_renders_twice_the_same(tmp_path):
     assert outs[0] == outs[1]
     text = outs[0][Path('STUDY.md')].decode()
     assert '## Claim 1' in text and '## Claim 4' in text and 'Skipped: no two configs differ only in k' in text
+
+
+# ------------------------------------------------------------------------------------------ part-1 corrections
+
+def test_the_summary_quotes_the_papers_table_and_states_the_detectable_difference(entries):
+    text = report_text(collect(entries, plan()))
+    summary = text.split(SUMMARY_START)[1].split(SUMMARY_END)[0]
+    # the paper's effects are computed from its table (registry/sources), never typed: at the study's e4k1
+    # settings (entropy, GAP-FC) one last-block BlockMoE is +3.09 PGD-20 over dense, and k=1 is ahead of k=2
+    assert '| 1. a BlockMoE at the last block (E=4, k=1) is more robust than dense' in summary
+    assert '+3.09 / +2.77 (entropy, GAP-FC, vs dense)' in summary
+    assert '| 3. k=1 is more robust than k=2' in summary and '+1.35 / +1.93 (k=1 − k=2' in summary
+    assert 'k=1 is ahead of k=2 in 3 of 6 BlockMoE loss × gate families on PGD-20 and 6 of 6 on APGD-20' in text
+    assert '| e4k1 vs dense | ' in summary and '| holds |' in summary
+    assert 'detectable Δ' in summary and 'adversarially trained: 8 of 32' in summary
+    # the per-seed rows use the orientation of the table: the smaller k is A
+    assert 'e4k1 (k=1) vs e4k2 (k=2), FLOPs differ' in summary
+
+
+def test_paper_effects_say_what_the_table_says_when_it_changes(tmp_path):
+    rows = st.paper_rows(Path(__file__).resolve().parents[1] / 'registry' / 'sources' / 'robust_experts_official_results.csv')
+    flipped = [dict(r, pgd20=r['pgd20'] + 5) if (r['table'], r['loss'], r['gate'], r['k']) ==
+               ('resnet18', 'L_ent', 'GAP-FC', '2') else r for r in rows]
+    assert st.paper_effects(rows)[3]['effect'].startswith('+1.35 / +1.93')
+    assert st.paper_effects(flipped)[3]['effect'].startswith('-3.65 / +1.93')  # computed, not typed
+    text = report_text(collect(make_entries(), {**plan(), 'paper_csv': str(tmp_path / 'none.csv')}))
+    assert "the paper's table is not at none.csv: its effects are left out" in text
+
+
+def test_a_worst_case_over_different_attack_sets_is_not_pooled(entries):
+    """Every first seed adds apgd-t, so its worst case is over another attack set: the overview leaves the
+    worst case out and says why; the headline metric is the strongest attack every run shares."""
+    study = collect(entries, plan())
+    assert study.mixed_worst_case() and 'ensemble' not in study.metrics() and study.primary() == 'apgd-ce'
+    overview = report_text(study).split('## All configurations')[1].split('\n## ')[0]
+    assert 'Worst case: not shown, because the runs attacked with different attack sets' in overview
+    assert 'worst case' not in overview.split('\n| config |')[1].split('\n')[0]
+
+
+README = Path(__file__).resolve().parents[1] / 'README.md'
+DOCS_STUDY = Path(__file__).resolve().parents[1] / 'docs' / 'STUDY.md'
+
+
+def _block(text: str) -> str:
+    assert text.count(SUMMARY_START) == 1 and text.count(SUMMARY_END) == 1
+    return text[text.index(SUMMARY_START):text.index(SUMMARY_END)]
+
+
+def test_the_readme_quotes_the_generated_summary_verbatim():
+    """The README's study numbers are docs/STUDY.md's summary, copied between the markers: never restated."""
+    assert _block(README.read_text(encoding='utf-8')) == _block(DOCS_STUDY.read_text(encoding='utf-8'))
+
+
+def test_the_readme_check_fires_on_a_hand_edit(tmp_path):
+    edited = DOCS_STUDY.read_text(encoding='utf-8').replace('inconclusive at this power', 'within noise', 1)
+    assert _block(edited) != _block(DOCS_STUDY.read_text(encoding='utf-8'))
+
+
+@pytest.mark.slow
+def test_docs_study_regenerates_from_the_registry():
+    """docs/STUDY.md is the report of the shipped registry, byte for byte (about a minute on one core)."""
+    from bench.cli.report import study_plan
+    from bench.pipeline.grid import load_spec
+    from bench.results.registry import load_entries
+
+    registry = README.parent / 'registry'
+    text = report_text(collect(load_entries(registry), study_plan(load_spec('study_fashion_mnist'))))
+    assert text == DOCS_STUDY.read_text(encoding='utf-8')

@@ -120,10 +120,14 @@ def test_kill_and_resume_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize('training', [
+    dict(training='pgd', attack_steps=2, max_steps=3),
+    # Free-AT: each rank carries its own positions' perturbation, as each micro-batch does; 2 minibatches, 2 replays
+    dict(training='free', free_replays=2, max_steps=4, free_reset_prob=0.25)], ids=['pgd', 'free'])
+def test_ddp_two_processes_match_one_process(tmp_path, training):
     # DDP averages the two ranks' gradients; one process with two micro-batches of the same images sums the
     # halves' gradients / 2: the same update, BatchNorm batch statistics included (each half normalises alone)
-    common = dict(training='pgd', attack_steps=2, max_steps=3, eval_limit=0, deterministic=True)
+    common = dict(eval_limit=0, deterministic=True, **training)
     single = _train_subprocess(_cli_args(tmp_path / 'single', accum_steps=2, **common))
     ddp = _train_subprocess(_cli_args(tmp_path / 'ddp', **common), launcher=[
         '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533'])

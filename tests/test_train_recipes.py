@@ -50,6 +50,8 @@ def test_resnet50_recipe_lr_schedule(tmp_path, recipe):
 
 def test_shipped_recipes_load():
     for name in ('cifar100_resnet18_pgd', 'cifar100_resnet18_normal', 'cifar100_resnet50_pgd',
-                 'cifar100_resnet50_normal', 'fashion_mnist_quick'):
+                 'cifar100_resnet50_normal', 'fashion_mnist_quick', 'cifar100_resnet18_fast', 'cifar100_resnet18_free',
+                 'fashion_mnist_fast', 'fashion_mnist_free'):
         cfg = load_config(name)
-        assert cfg.model.startswith(name.split('_')[1]) or name == 'fashion_mnist_quick'
+        assert cfg.model.startswith(name.split('_')[1]) or name.startswith('fashion_mnist')
+        assert cfg.training == name.rsplit('_', 1)[1] or name == 'fashion_mnist_quick'

@@ -68,7 +68,7 @@ def test_upcycle_from_a_weights_file_on_the_command_line(tmp_path, dense_run, ca
     ('width', "model_kwargs width=4 there, 8 here"),
     ('bare-width', "conv1.weight has shape (4, 1, 3, 3) there, (8, 1, 3, 3)"),
     ('arch', "trained resnet18_dense; resnet50_blockmoe_e4_k1 upcycles from resnet50_dense"),
-    ('dense-target', "needs a timm-moe BlockMoE model such as resnet18_blockmoe_e4_k1, not resnet18_dense"),
+    ('dense-target', "needs a timm-moe MoE model such as resnet18_blockmoe_e4_k1, not resnet18_dense"),
     ('missing', "does not exist; give a dense run directory"),
     ('sha', "not the upcycle_sha256 " + '0' * 64),
     ('moe-source', "keys resnet18_dense lacks, e.g. 'layer4.1.gate"),

@@ -1,6 +1,6 @@
 """Idle experts: give an expert that received no image in an optimisation step no gradient at all.
 
-BlockMoE ties every idle expert into the graph with weight 0 (its "idle anchor"), so that DDP runs
+MoE ties every idle expert into the graph with weight 0 (its "idle anchor"), so that DDP runs
 without `find_unused_parameters` and every parameter has a `.grad`. That grad is exactly zero, but
 SGD momentum, Nesterov and weight decay still move a parameter whose grad is zero. In the paper's
 code an unused expert's grad is None and the optimizer skips it; `drop_idle_expert_grads` restores
@@ -39,10 +39,10 @@ def drop_idle_expert_grads(model: nn.Module) -> Dict[str, List[int]]:
     before `optimizer.step()` (and before `GradScaler.unscale_`/clipping, which skip None grads).
 
     Args:
-        model: A model with or without BlockMoE layers (DDP / wrapper modules included).
+        model: A model with or without MoE layers (DDP / wrapper modules included).
 
     Returns:
-        {layer name: ids of the experts whose grads were dropped}, one key per BlockMoE layer.
+        {layer name: ids of the experts whose grads were dropped}, one key per MoE layer.
     """
     layers = moe_layers(model)
     if not layers:

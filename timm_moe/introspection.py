@@ -1,19 +1,19 @@
-"""One-call introspection of the BlockMoE layers in a model: losses, routing, statistics, forcing."""
+"""One-call introspection of the MoE layers in a model: losses, routing, statistics, forcing."""
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .layers import BlockMoE
+from .layers import MoE
 
 
-def moe_layers(model: nn.Module) -> List[Tuple[str, BlockMoE]]:
-    """All BlockMoE layers of `model` (any wrapper included), with their qualified names."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, BlockMoE)]
+def moe_layers(model: nn.Module) -> List[Tuple[str, MoE]]:
+    """All MoE layers of `model` (any wrapper included), with their qualified names."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
 
 
 def num_experts(model: nn.Module) -> int:
@@ -69,7 +69,7 @@ def paused_routing_stats(model: nn.Module) -> Iterator[nn.Module]:
     For forwards that are not the data's own, such as the steps of an attack crafting a training example.
 
     Args:
-        model: A model with or without BlockMoE layers.
+        model: A model with or without MoE layers.
     """
     layers = [m for _, m in moe_layers(model)]
     previous = [m.record_stats for m in layers]
@@ -83,24 +83,33 @@ def paused_routing_stats(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def force_expert(model: nn.Module, expert: int) -> Iterator[nn.Module]:
-    """Bypass every gate and send every image through expert `expert` (its "subpath").
+def force_expert(model: nn.Module, expert: int, layers: Optional[Union[str, Sequence[str]]] = None) -> Iterator[nn.Module]:
+    """Bypass the gates and send every image through expert `expert` (its "subpath").
 
     Args:
-        model: A model with BlockMoE layers.
+        model: A model with MoE layers.
         expert: Index in [0, E).
+        layers: The MoE layers to force, by path (e.g. 'layer4.1' or ['layer4.0']); None forces every layer
+            ("expert e in every layer"). The other layers keep routing.
     """
-    layers = moe_layers(model)
-    if not layers:
-        raise ValueError('force_expert: the model has no BlockMoE layer')
-    for name, m in layers:
-        if not isinstance(expert, int) or not 0 <= expert < m.num_experts:
+    found = moe_layers(model)
+    if not found:
+        raise ValueError('force_expert: the model has no MoE layer')
+    if layers is not None:
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        names = [name for name, _ in found]
+        unknown = [w for w in wanted if w not in names]
+        if unknown or not wanted:
+            raise ValueError(f'layers={layers!r}: expected MoE layer paths of the model, some of {names}')
+        found = [(name, m) for name, m in found if name in wanted]
+    for name, m in found:
+        if isinstance(expert, bool) or not isinstance(expert, int) or not 0 <= expert < m.num_experts:
             raise ValueError(f'expert={expert!r}: expected an integer in [0, {m.num_experts}) for {name}')
-    previous: List[Optional[int]] = [m.forced_expert for _, m in layers]
-    for _, m in layers:
+    previous: List[Optional[int]] = [m.forced_expert for _, m in found]
+    for _, m in found:
         m.forced_expert = expert
     try:
         yield model
     finally:
-        for (_, m), prev in zip(layers, previous):
+        for (_, m), prev in zip(found, previous):
             m.forced_expert = prev

@@ -1,8 +1,7 @@
 """Attacks in [0, 1] pixel space: one PGD core (pgd.py) that evaluation and training both run, the reference
-AutoAttack family through `pyautoattack` (reference.py), the shared protocol, helpers and ensemble (base.py), and
+AutoAttack family through `pyautoattack` (reference.py), the shared protocol and helpers (base.py), and
 names and presets (factory.py). The package re-exports the public names so callers write `bench.attacks.PGD`."""
-from bench.attacks.base import (NORMS, Attack, Ensemble, EnsembleResult, accuracy, num_classes_of, perturbation_norm,
-                                predict, robust_under_all, worst_case)
+from bench.attacks.base import NORMS, Attack, accuracy, num_classes_of, perturbation_norm, predict, robust_under_all
 from bench.attacks.factory import (ATTACKS, CUSTOM_PREFIX, PRESETS, WHITE_BOX, attack_choices, build_attack,
                                    is_white_box, resolve_attacks)
 from bench.attacks.pgd import PGD, ascend, ascent_step, input_grad, project
@@ -11,8 +10,8 @@ from bench.attacks.reference import (APGD, APGD_SCHEDULE, AUTOATTACK_PARTS, REFE
                                      reference_warnings)
 from bench.core.values import parse_eps
 
-__all__ = ['NORMS', 'Attack', 'Ensemble', 'EnsembleResult', 'accuracy', 'num_classes_of', 'perturbation_norm',
-           'predict', 'robust_under_all', 'worst_case', 'ATTACKS', 'CUSTOM_PREFIX', 'PRESETS', 'WHITE_BOX',
+__all__ = ['NORMS', 'Attack', 'accuracy', 'num_classes_of', 'perturbation_norm',
+           'predict', 'robust_under_all', 'ATTACKS', 'CUSTOM_PREFIX', 'PRESETS', 'WHITE_BOX',
            'attack_choices', 'build_attack', 'is_white_box', 'resolve_attacks', 'PGD', 'ascend', 'ascent_step',
            'input_grad', 'project', 'APGD', 'APGD_SCHEDULE', 'AUTOATTACK_PARTS', 'REFERENCE_LOGGER',
            'REFERENCE_WARNINGS', 'APGDTargeted', 'AutoAttack', 'FABTargeted', 'Square', 'reference_warning_flag',

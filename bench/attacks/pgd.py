@@ -1,6 +1,7 @@
 """THE projected gradient method: one projection, one step and one ascent loop in an L-inf or L2 ball, in [0, 1]
-pixel space. Evaluation's `PGD` attack and the training attacks (`bench.training.adversarial`: Madry's PGD-AT and
-TRADES) are all built on `project`, `ascent_step`, `input_grad` and `ascend`, so a fix here reaches both.
+pixel space. Evaluation's `PGD` attack and the training attacks (`bench.training.adversarial`: Madry's PGD-AT,
+TRADES, Fast-AT and Free-AT) are all built on `project`, `clip_to_ball`, `ascent_step`, `input_grad` and `ascend`,
+so a fix here reaches both.
 """
 from __future__ import annotations
 
@@ -20,13 +21,23 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *[1] * (like.dim() - 1))
 
 
+def clip_to_ball(delta: torch.Tensor, eps: float, norm: str = 'Linf') -> torch.Tensor:
+    """A perturbation moved into the eps-ball around 0 (L-inf: clipped per coordinate; L2: scaled down).
+
+    Free adversarial training carries a perturbation from one minibatch to the next, so its ball is centred at 0
+    and the [0, 1] clamp belongs to each image it is added to, not to the perturbation (`project` does both).
+    """
+    if norm == 'Linf':
+        return delta.clamp(-eps, eps)
+    return delta * torch.clamp(eps / _per_sample(perturbation_norm(delta, 'L2'), delta).clamp_min(1e-12), max=1.0)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = 'Linf') -> torch.Tensor:
     """x_adv moved into the eps-ball around x (L-inf: clipped per coordinate; L2: scaled down) and into [0, 1]."""
     if norm == 'Linf':
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
     else:
-        delta = x_adv - x
-        x_adv = x + delta * torch.clamp(eps / _per_sample(perturbation_norm(delta, 'L2'), x).clamp_min(1e-12), max=1.0)
+        x_adv = x + clip_to_ball(x_adv - x, eps, 'L2')
     # clamping to [0, 1] only moves coordinates towards x, so it never leaves the ball
     return x_adv.clamp(0.0, 1.0)
 

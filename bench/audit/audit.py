@@ -46,9 +46,8 @@ _DENSE_CACHE: Dict[Tuple[Any, ...], Tuple[nn.Module, FlopReport, FlopReport]] = 
 
 
 def timm_moe_models() -> List[str]:
-    """Every name timm-moe registers with timm: the BlockMoE variants and the dense baselines."""
-    names = timm.list_models('*blockmoe*') + timm.list_models('resnet*_dense')
-    return sorted(n for n in set(names) if n.startswith(('resnet18_', 'resnet50_')))
+    """Every name timm-moe registers with timm: the MoE variants and the dense baselines."""
+    return sorted(timm_moe.model_names())
 
 
 def check_model_name(name: str) -> None:

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import List, Optional
 
-from bench.core.errors import UserError
+from bench.core.errors import UserError, is_user_os_error
 
 # Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
@@ -39,9 +39,54 @@ VERBS = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds '(default: X)' to an option whose help does not say its default (None and False have none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and 'default' not in text and '%(default)' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the verb and suggest the closest option or choice, and help that
+    states every default."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's signature
+        kwargs.setdefault('formatter_class', _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        self.exit(2, f'{self.prog}: error: {message}\n')
+        self.exit(2, f'{self.prog}: error: {message}{_suggestion(self, message)}\n')
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        # argparse reports unknown options from the top parser ('timm-moe: error: ...'); report them from the
+        # verb's parser instead, which knows the verb and its options
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            verbs = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            verb_parser = verbs.get(getattr(parsed, 'verb', None), self)
+            verb_parser.error(f'unrecognized arguments: {" ".join(extras)}')
+        return parsed
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """'; did you mean --checkpoint?' for a mistyped option or choice (difflib's closest), else ''."""
+    import difflib
+    import re
+    if message.startswith('unrecognized arguments:'):
+        known = [s for a in parser._actions for s in a.option_strings]
+        typed = [t.split('=', 1)[0] for t in message.split(':', 1)[1].split() if t.startswith('--')]
+    else:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if not m:
+            return ''
+        known = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(',')]
+        typed = [m.group(1)]
+    hints = [close[0] for t in typed for close in [difflib.get_close_matches(t, known, n=1, cutoff=0.6)] if close]
+    return f'; did you mean {" / ".join(hints)}?' if hints else ''
 
 
 def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
@@ -72,7 +117,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = getattr(args, 'interrupted', None)
         print(f'timm-moe {args.verb}: interrupted' + (f'; {hint(args)}' if hint else ''), file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
+    except Exception as e:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
+        if is_user_os_error(e):  # the user's file system refuses (read-only, full): bad input, not a bug
+            print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
+            return 2
         traceback.print_exc()
         print(f'timm-moe {args.verb}: internal error (a bug in timm-moe, not bad input): please report the '
               'traceback above', file=sys.stderr)

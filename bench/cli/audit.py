@@ -19,6 +19,7 @@ from bench.audit.audit import AGREEMENT_TOLERANCE, FLOPS_UNIT, audit_model, chec
 from bench.core.atomic import write_json_atomic
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
+from bench.core.values import parse_mapping
 from timm_moe import ModelSpec
 
 
@@ -43,20 +44,40 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
         if not names:
             raise UserError(f'--all with --filter {args.filter!r} and --k {args.k!r} matches no model: '
                             f'try --filter "resnet18_*" or --k 1')
-        return [(n, w) for n in names for w in widths[args.expert_width or 'both']]
+        return [(n, w) for n in names for w in _widths(n, widths[args.expert_width or 'both'])]
     if args.k or args.filter != '*blockmoe*':
         raise UserError('--k and --filter select among --all; with --model name the models directly')
     for name in args.model:
         check_model_name(name)
-    return [(n, w) for n in args.model for w in widths[args.expert_width or 'full']]
+    return [(n, w) for n in args.model for w in _widths(n, widths[args.expert_width or 'full'])]
 
 
-def _model_kwargs(args: argparse.Namespace, expert_width: str) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = dict(expert_width=expert_width)
-    for key in ('stem', 'width', 'num_classes', 'in_chans', 'gate', 'placement'):
+def _widths(name: str, widths: List[str]) -> List[str]:
+    # only a BlockMoE has compute-matched experts; another model is audited once
+    return widths if ModelSpec.from_name(name).kind == 'block' else widths[:1]
+
+
+# the options that named single model kwargs before --model-kwargs (the spelling train and eval use)
+_OLD_KWARG_FLAGS = ('width', 'stem', 'gate', 'placement')
+
+
+def model_kwargs_of(args: argparse.Namespace) -> Dict[str, Any]:
+    """--model-kwargs, --num-classes and --in-chans (and the deprecated --width, --stem, --gate, --placement)."""
+    kwargs = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    if 'expert_width' in kwargs:
+        raise UserError('--model-kwargs expert_width=...: give it as --expert-width full, matched or both '
+                        '(audit compares the two)')
+    for key in _OLD_KWARG_FLAGS:
         value = getattr(args, key)
         if value is not None:
-            kwargs[key] = value
+            print(f'timm-moe audit: --{key.replace("_", "-")} is deprecated and will be removed in the next '
+                  f'release; use --model-kwargs {key}={value}', file=sys.stderr)
+            kwargs.setdefault(key, value)
+    for key in ('num_classes', 'in_chans'):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if kwargs.get('width') is not None and (not isinstance(kwargs['width'], int) or kwargs['width'] < 1):
+        raise UserError(f'--model-kwargs width={kwargs["width"]!r}: expected an integer >= 1')
     return kwargs
 
 
@@ -97,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if args.table and args.all:
         raise UserError('--table prints one model\'s per-module table: use it with --model, not --all')
     batch_sizes = _int_list(args.batch_sizes, '--batch-sizes')
-    for flag, value in (('--repeats', args.repeats), ('--batch', args.batch), ('--width', args.width)):
+    given = model_kwargs_of(args)
+    for flag, value in (('--repeats', args.repeats), ('--batch', args.batch)):
         if value is not None and value < 1:
             raise UserError(f'{flag} {value}: expected an integer >= 1')
     device = choose_device(args.device) if args.device else None
@@ -111,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     results: List[Dict[str, Any]] = []
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
-        kwargs = _model_kwargs(args, expert_width)
+        # expert_width is a BlockMoE kwarg: a ConvMoE's experts are convolutions of the dense width
+        kwargs = dict(given, expert_width=expert_width) if ModelSpec.from_name(name).kind == 'block' else dict(given)
         label = f'{name} ({", ".join(f"{k}={v}" for k, v in kwargs.items())})'
         err.print(f'[{i}/{len(targets)}] {label}', highlight=False)
         try:
@@ -200,11 +223,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--batch', type=int, default=32, help='images in the routing batch that weights the experts')
     p.add_argument('--device', choices=('cpu', 'cuda'), default=None, help='latency device (default: cuda if present)')
     p.add_argument('--seed', type=int, default=0, help='seeds weights and the routing batch')
-    p.add_argument('--width', type=int, default=None, help='base width (64 = the paper; 16 for quick CPU runs)')
-    p.add_argument('--stem', choices=('cifar', 'imagenet'), default=None, help='stem of model and baseline')
-    p.add_argument('--gate', choices=('gap_fc', 'conv_gap'), default=None, help='gate type')
-    p.add_argument('--placement', '--moe-blocks', dest='placement', choices=('last', 'all'), default=None,
-                   help='MoE at the last layer4 block or all (--moe-blocks: the old name)')
+    p.add_argument('--model-kwargs', default=None, metavar='K=V,...',
+                   help='model kwargs for every audited model and its dense baseline, as train and eval take them '
+                        '(e.g. width=16,gate=conv_gap,stem=imagenet; default: the models\' defaults)')
+    for key, kind in (('width', int), ('stem', str), ('gate', str), ('placement', str)):
+        flags = ['--placement', '--moe-blocks'] if key == 'placement' else [f'--{key}']
+        p.add_argument(*flags, dest=key, type=kind, default=None,
+                       help=f'deprecated: use --model-kwargs {key}=...')
     p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default 100)')
     p.add_argument('--in-chans', type=int, default=None, help='input channels (default 3)')
     p.add_argument('--input-size', default=None, metavar='C,H,W',

@@ -27,7 +27,7 @@ from bench.core.values import parse_eps, parse_mapping
 from bench.evaluation import checks as sanity
 from bench.evaluation.loop import evaluate_model
 from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
-from bench.models import build_model, check_run_model, normalized, run_config_kwargs
+from bench.models import build_model, check_run_model, default_dataset, normalized, run_config_kwargs
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -43,17 +43,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    "defaults from the checkpoint's run config.yaml")
     p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
     p.add_argument('--in-chans', type=int, default=None, help='default: the data set\'s')
-    p.add_argument('--dataset', default='cifar100', help=f'one of {", ".join(DATASETS)}')
-    p.add_argument('--data-dir', default=None)
+    p.add_argument('--dataset', default=None,
+                   help=f'one of {", ".join(DATASETS)} (default: the data set the checkpoint\'s run config.yaml '
+                        'or the pretrained tag names, else cifar100)')
+    p.add_argument('--data-dir', default=None,
+                   help="where the data set lives (default: data/; Fashion-MNIST: Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument('--download', action='store_true', help='let torchvision download the data set')
     presets = '; '.join(f'{k} = {"+".join(v)}' for k, v in PRESETS.items())
     p.add_argument('--attacks', default='standard',
                    help=f'comma list of {attack_choices()}; presets: {presets}. On a CPU use quick')
     p.add_argument('--n-examples', type=int, default=1000, help='first N test images')
-    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--batch-size', type=int, default=128, help='images per attack batch')
     p.add_argument('--eps', default='8/255', help='radius: 8/255 or a float in [0, 1]')
-    p.add_argument('--norm', default='Linf', choices=NORMS)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--norm', default='Linf', choices=NORMS, help='threat model of every attack')
+    p.add_argument('--seed', type=int, default=0, help="the attacks' random seed (random starts, Square)")
     p.add_argument('--json', type=Path, default=None, help='write the result here (atomically, when complete)')
     p.add_argument('--resume', action='store_true', help='skip the batches recorded in the --json sidecar')
     p.add_argument('--overwrite', action='store_true',
@@ -95,11 +98,19 @@ def run(args: argparse.Namespace) -> int:
     # validate every cheap input before any expensive work
     eps = parse_eps(args.eps, args.norm)
     names = resolve_attacks(args.attacks)
+    if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
+        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
+        print(f'--dataset not given: {args.dataset} ({why})')
     info = dataset_info(args.dataset)
     if args.batch_size < 1:
         raise UserError(f'--batch-size {args.batch_size} must be at least 1')
     if args.n_examples < 1:
         raise UserError(f'--n-examples {args.n_examples} must be at least 1')
+    for flag, value in (('--num-classes', args.num_classes), ('--in-chans', args.in_chans)):
+        if value is not None and value < 1:
+            raise UserError(f'{flag} {value} must be at least 1 (default: the data set\'s)')
+    if args.n_check < 1:
+        raise UserError(f'--n-check {args.n_check} must be at least 1 (the sanity checks attack that many examples)')
     if args.resume and args.json is None:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
     if args.json is not None:

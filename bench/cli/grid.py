@@ -32,7 +32,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--dry-run', action='store_true', help='list the cells and their status, run nothing')
     p.add_argument('--procs', type=int, default=1, help='cells run in parallel')
     p.add_argument('--out', help='override the spec\'s output directory')
-    p.add_argument('--registry', help='override where entries are written')
+    p.add_argument('--registry', help="where entries are written (default: the spec's registry: key, else registry/ "
+                                      "in its output directory)")
     p.add_argument('--only', help='run only the cells whose id contains this text')
     p.add_argument('--shard', metavar='I/N', help='run only the I-th (from 0) of N slices of the cells; N '
                    'processes with I = 0..N-1 run every cell once and fill one registry')

@@ -8,16 +8,17 @@ import argparse
 from pathlib import Path
 
 from bench.results.import_paper import DEFAULT_CSV, import_all
-from bench.results.registry import DEFAULT_REGISTRY
+from bench.results.registry import default_text, default_write_registry
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser('import-paper', help="rebuild the registry's paper and RobustBench entries from "
-                                                   'registry/sources',
+                                                   'the shipped sources',
                               description='Import reported numbers into the registry: the paper code\'s CIFAR-100 '
                                           'table and RobustBench points.')
-    p.add_argument('--csv', type=Path, default=DEFAULT_CSV, help=f'the paper CSV (default {DEFAULT_CSV})')
-    p.add_argument('--registry', type=Path, default=DEFAULT_REGISTRY, help='registry root (default: registry/)')
+    p.add_argument('--csv', type=Path, default=DEFAULT_CSV, help=f'the paper CSV (default: the shipped copy, {DEFAULT_CSV})')
+    p.add_argument('--registry', type=Path, default=default_write_registry(),
+                   help=f'registry root to write to (default: {default_text(write=True)})')
     p.add_argument('--overwrite', action='store_true', help='replace existing entries whose content changed')
     p.set_defaults(func=run)
 

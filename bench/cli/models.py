@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
     names = plugin_models(args.filter)
     if not names:
-        raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*" or "resnet18_*"')
+        raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*", "*convmoe*" or "resnet18_*"')
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f'timm-moe models (width {args.width}; parameters counted on the meta device)')
     for col in ('model', 'E', 'k', 'MoE layers', 'params', 'active/image'):

@@ -8,7 +8,8 @@ from typing import Any, Dict
 
 from bench.cli.options import add_registry_args
 from bench.core.errors import UserError
-from bench.results.registry import DEFAULT_REGISTRY, check_filters, load_entries
+from bench.core.values import check_out_apart
+from bench.results.registry import check_filters, default_registry, default_text, load_entries
 from bench.results.report import write_report
 
 
@@ -17,12 +18,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                               description='PNG plots drawn from the registry (never from numbers typed anywhere '
                                           'else); with --study, the study report STUDY.md and its plots.')
     add_registry_args(p)
-    # None: the repo's registry/, or with --study the spec's own registry
+    # None: the default registry, or with --study the spec's own registry when it exists
     p.set_defaults(registry=None)
     p.add_argument('--out', required=True, type=Path, help='directory for the PNG files (created if missing)')
     p.add_argument('--study', metavar='SPEC',
                    help='write OUT/STUDY.md and OUT/study/*.png from the entries of this grid spec (a YAML path '
-                        'or a shipped name such as study_fashion_mnist); registry: the spec\'s unless --registry')
+                        'or a shipped name such as study_fashion_mnist); registry: --registry, else the spec\'s own '
+                        '(its registry: key, else registry/ in its out: folder) when that folder exists, else '
+                        f'{default_text()}')
     p.set_defaults(func=run)
 
 
@@ -36,7 +39,7 @@ def study_plan(spec: Any) -> Dict[str, Any]:
     from bench.data import dataset_info
 
     dataset = spec.train.get('dataset')
-    return {'name': spec.name, 'seeds': list(spec.seeds or []),
+    return {'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
             'train_images': dataset_info(dataset)['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),
@@ -47,7 +50,8 @@ def study_plan(spec: Any) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     check_filters(args.dataset, args.threat_model)
     if args.study is None:
-        registry = Path(args.registry or DEFAULT_REGISTRY)
+        registry = Path(args.registry or default_registry())
+        check_out_apart(args.out, {'the registry': registry})
         for path in write_report(registry, args.out, args.dataset, args.threat_model):
             print(f'wrote {path}')
         return 0
@@ -56,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.study)
     registry = Path(args.registry) if args.registry else registry_dir(spec)
+    if not args.registry and not registry.is_dir():
+        # the study was not run here: report on the results that came with timm-moe (or the user's default)
+        print(f'{registry} does not exist: reading {default_registry()}')
+        registry = default_registry()
+    check_out_apart(args.out, {'the registry': registry})
     entries = load_entries(registry, dataset=args.dataset, threat_model=args.threat_model)
     for path in write_study(entries, study_plan(spec), args.out):
         print(f'wrote {path}')

@@ -7,36 +7,48 @@ import dataclasses
 import os
 
 from bench.core.compile import TORCHCOMPILE_DEFAULT
-from bench.training.config import TrainConfig, load_config
+from bench.training.config import TrainConfig, field_help, load_config
 from bench.training.trainer import run_training
 
 _FIELDS = dataclasses.fields(TrainConfig)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('train', help='train a model (normal, PGD or TRADES adversarial training)',
+    p = subparsers.add_parser('train', help='train a model (normal, or PGD, TRADES, Fast or Free adversarial training)',
                               description='Train with timm components. Every config key is an option; '
                                           '--config loads a YAML recipe first (e.g. cifar100_resnet18_pgd).')
-    p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs)')
+    p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs); its keys are the defaults '
+                                    'that the options below override (default: none, the built-in defaults shown)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     p.add_argument('--overwrite', action='store_true', help='delete --out first if it holds a run')
+    helps = field_help()  # the config's own description of each key: one place, shown here
     for f in _FIELDS:
         flag = '--' + f.name.replace('_', '-')
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        text = f'{helps[f.name]} (default: {_shown(default)})'.replace('%', '%%')
         if f.type in ('bool', bool):
-            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL')
+            p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL',
+                           help=f'{text}; a bare flag means true')
         elif f.name == 'torchcompile':  # timm's flag: an optional backend, inductor when bare
             p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None,
-                           metavar='BACKEND', help=f'compile with torch.compile (bare: {TORCHCOMPILE_DEFAULT})')
+                           metavar='BACKEND', help=f'{text}; bare: {TORCHCOMPILE_DEFAULT}')
         else:
             p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
-                           help='k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else None)
-    # the old name of --training, read for one release (load_config warns)
-    p.add_argument('--method', dest='cfg_method', default=None, metavar='METHOD', help='deprecated: use --training')
+                           help=f'{text}; k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else text)
     p.set_defaults(func=run)
 
 
+def _shown(value: object) -> str:
+    """A default as the YAML recipes write it: 8/255 for eps, true/false, none."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float) and value not in (0.0, 1.0) and abs(value * 255 - round(value * 255)) < 1e-9 and value < 1:
+        return f'{round(value * 255)}/255'
+    return str(value)
+
+
 def run(args: argparse.Namespace) -> int:
-    overrides = ['--method', args.cfg_method] if args.cfg_method is not None else []
+    overrides: list = []
     for f in _FIELDS:
         value = getattr(args, f'cfg_{f.name}')
         if value is not None:

@@ -2,20 +2,25 @@
 
 The content goes to a temporary file in the target's directory, is fsynced, then renamed into place:
 a rename within one file system is atomic, so a reader, or a resume after SIGKILL, sees either the old
-complete file or the new one, never a torn one.
+complete file or the new one, never a torn one. A writer killed mid-write leaves its temporary file (named after
+the target, the host and the pid); the next write of the same target removes it once that process is gone.
 """
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Union
+from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 if TYPE_CHECKING:  # torch is imported where a tensor is saved: registry readers (leaderboard) start without it
     import torch
+
+from bench.core.locks import process_alive
 
 
 @contextmanager
@@ -29,7 +34,11 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
             otherwise; of several concurrent writers exactly one wins.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    _remove_orphans(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path) + f'{os.getpid()}.', suffix='.tmp')
+    except OSError as e:
+        raise _about(e, path) from None
     try:
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else 'utf-8') as f:
             yield f
@@ -40,9 +49,53 @@ def atomic_open(path: Union[str, Path], mode: str = 'w', exclusive: bool = False
             _link_exclusive(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        if tmp not in (e.filename, e.filename2):
+            raise
+        raise _about(e, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _tmp_prefix(path: Path) -> str:
+    # the writer's host and pid in the name: the next write of `path` can tell a killed writer's file from a live one's
+    return f'.{path.name}.{socket.gethostname()}-'
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files of `path` that writers killed mid-write left behind: this host's, whose process is
+    gone. Another host's cannot be judged from here and are left."""
+    prefix = _tmp_prefix(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return  # the write itself will report the folder
+    for name in names:
+        pid = name[len(prefix):].split('.', 1)[0] if name.startswith(prefix) and name.endswith('.tmp') else ''
+        if pid.isdigit() and not process_alive(int(pid)):
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass  # another writer removed it first, or the folder is read-only: the write will say so
+
+
+def temp_dir_beside(target: Union[str, Path]) -> Path:
+    """A new empty folder beside `target`, on its file system, to fill and then rename to `target` (whole or not at
+    all); makes `target`'s parent. An error names `target`, not the temporary folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    except OSError as e:
+        raise _about(e, target) from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; it becomes an ordinary output folder
+    return tmp
+
+
+def _about(e: OSError, path: Path) -> OSError:
+    """The same error about the user's `path` instead of the writer's temporary file (which the user never named)."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def _umask() -> int:
@@ -79,6 +132,15 @@ def write_json_atomic(obj: Any, path: Union[str, Path], exclusive: bool = False,
         json.dump(obj, f, **{'indent': 1, **dump_kwargs})
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinity as None (null): JSON has none, and one bare NaN makes a file unreadable."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """torch.save that a kill at any moment leaves either the previous or the new complete file."""
     import torch
@@ -86,11 +148,13 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
         torch.save(obj, f)
 
 
-def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path]) -> None:
-    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix)."""
+def atomic_save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path],
+                            metadata: Optional[Mapping[str, str]] = None) -> None:
+    """A state_dict as a safetensors file, whole or not at all (timm loads it by its `.safetensors` suffix), with
+    `metadata` in its header (default {'format': 'pt'})."""
     from safetensors.torch import save as safetensors_bytes
     # safetensors stores dense row-major buffers: channels_last or sliced tensors must be made contiguous
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    data = safetensors_bytes(tensors, metadata={'format': 'pt'})
+    data = safetensors_bytes(tensors, metadata=dict(metadata) if metadata is not None else {'format': 'pt'})
     with atomic_open(path, 'wb') as f:
         f.write(data)

@@ -16,22 +16,37 @@ from bench.core.errors import UserError
 TORCHCOMPILE_DEFAULT = 'inductor'
 
 
-def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
-    """Refuse, in one line, a backend torch.compile does not know or a mode its backend does not take.
+# backends torch registers whatever is installed, and the package each imports only when it compiles
+_BACKEND_PACKAGES = {'tvm': 'tvm', 'openxla': 'torch_xla', 'openxla_eval': 'torch_xla', 'onnxrt': 'onnxruntime',
+                     'tensorrt': 'torch_tensorrt', 'torch_tensorrt': 'torch_tensorrt',
+                     'ipex': 'intel_extension_for_pytorch'}
 
-    Any registered backend is accepted, as `torch.compile` accepts it; the message lists the ones
-    `torch._dynamo.list_backends()` recommends and names the debugging ones.
+
+def _installed(backend: str) -> bool:
+    import importlib.util
+    package = _BACKEND_PACKAGES.get(backend)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
+    """Refuse, in one line, a backend torch.compile does not know or cannot import, or a mode its backend does not
+    take.
+
+    Any registered backend whose package is installed is accepted, as `torch.compile` accepts it; the message
+    lists the usable ones of those `torch._dynamo.list_backends()` recommends and names the debugging ones.
     """
     if backend is None:
         if mode is not None:
             raise UserError(f'--torchcompile-mode {mode!r} needs --torchcompile (the backend to compile with)')
         return
     import torch._dynamo
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+    if backend not in torch._dynamo.list_backends(exclude_tags=()) or not _installed(backend):
         debug = [b for b in ('eager', 'aot_eager') if b in torch._dynamo.list_backends(exclude_tags=())]
-        raise UserError(f'--torchcompile {backend!r} is not a torch.compile backend; choose one of '
-                        f'{", ".join(torch._dynamo.list_backends())} (torch._dynamo.list_backends()), '
-                        f'or for debugging {", ".join(debug)}')
+        usable = [b for b in torch._dynamo.list_backends() if _installed(b)]
+        what = (f'needs the package {_BACKEND_PACKAGES[backend]}, which is not installed' if backend in
+                torch._dynamo.list_backends(exclude_tags=()) else 'is not a torch.compile backend')
+        raise UserError(f'--torchcompile {backend!r} {what}; choose one of {", ".join(usable)} '
+                        f'(torch._dynamo.list_backends()), or for debugging {", ".join(debug)}')
     if mode is None:
         return
     if backend != 'inductor':  # the modes are inductor's; another backend ignores or rejects them
@@ -85,3 +100,17 @@ def compiled_in_place(model: nn.Module, backend: Optional[str], mode: Optional[s
     # retain_graph: the gradient-masking checks backward twice through one forward
     with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True):
         yield model
+
+
+def compile_for_training(ddp: nn.Module, net: nn.Module, backend: Optional[str], mode: Optional[str],
+                         distributed: bool) -> tuple:
+    """(step_net, local_net): the training forward (through DDP) and the attack's and clean accuracy's forward
+    (without DDP), compiled by `--torchcompile` as timm's train.py does it: after the DDP wrap, with the EMA and
+    the checkpoints on the raw module (so no `_orig_mod.` key reaches a state_dict). No backend: both as given."""
+    if not backend:
+        return ddp, net
+    torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
+    step_net = torch.compile(ddp, backend=backend, mode=mode)
+    # without DDP the attack's backward must not all-reduce: a distributed run compiles the bare net too
+    local_net = torch.compile(net, backend=backend, mode=mode) if distributed else step_net
+    return step_net, local_net

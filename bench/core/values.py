@@ -4,8 +4,10 @@ Each parser raises `UserError` naming the value and what is allowed, so every ve
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
-from typing import Any, Dict, Union
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
 
 import yaml
 
@@ -13,11 +15,21 @@ from bench.core.errors import UserError
 
 
 def parse_number(text: Union[str, float], what: str = '--eps') -> float:
-    """'8/255', '0.03' or a number -> float; anything else is a UserError naming `what` and the value."""
+    """'8/255', '0.03' or a finite number -> float; anything else is a UserError naming `what` and the value."""
     try:
-        return float(Fraction(text)) if isinstance(text, str) else float(text)
+        value = float(Fraction(text)) if isinstance(text, str) else float(text)
     except (ValueError, ZeroDivisionError):
         raise UserError(f'{what} {text!r} is not a number or a fraction like 8/255') from None
+    except OverflowError:  # 1e400, or a fraction of 400-digit numbers
+        raise UserError(f'{what} {_short(text)} is too large for a float') from None
+    if not math.isfinite(value):
+        raise UserError(f'{what} {_short(text)} is not a finite number')
+    return value
+
+
+def _short(text: Any) -> str:
+    text = repr(text)
+    return text if len(text) <= 40 else f'{text[:20]}...{text[-10:]} ({len(text) - 2} characters)'
 
 
 def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') -> float:
@@ -35,6 +47,17 @@ def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') 
     return eps
 
 
+def parse_yaml_value(what: str, text: str) -> Any:
+    """One value written as YAML ('16', '[1, 2]', 'conv_gap'); text that is not YAML is a UserError naming `what`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = str(getattr(e, 'problem', None) or e).splitlines()[0]
+        raise UserError(f'{what}={text!r} is not a YAML value ({reason})') from None
+    except RecursionError:
+        raise UserError(f'{what}={_short(text)} is nested too deep') from None
+
+
 def parse_mapping(key: str, text: str) -> Dict[str, Any]:
     """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}' -> dict (values parsed as YAML scalars).
 
@@ -46,11 +69,33 @@ def parse_mapping(key: str, text: str) -> Dict[str, Any]:
         pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
         if any(len(p) != 2 for p in pairs):
             raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
-        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+        return {k.strip(): parse_yaml_value(f'{key} {k.strip()}', v) for k, v in pairs}
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
     return value
+
+
+def check_out_apart(out: Union[str, Path], sources: Mapping[str, Optional[Union[str, Path]]],
+                    flag: str = '--out') -> None:
+    """Refuse an output folder that is, contains or lies inside a folder the verb reads from.
+
+    Replacing such a folder (export --overwrite, ship) would delete the very run or registry being read, and
+    writing into one mixes outputs with its files. Paths are compared resolved, so links and `..` do not hide it.
+
+    Args:
+        out: The output folder the user gave.
+        sources: {what it is, e.g. 'the run': its folder}; None values are skipped.
+        flag: How to name `out` in the message.
+    """
+    target = Path(out).resolve()
+    for what, source in sources.items():
+        if source is None:
+            continue
+        src = Path(source).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise UserError(f'{flag} {out} overlaps {what} {source}: it would be written over what it is made '
+                            f'from; give a folder outside {source}')

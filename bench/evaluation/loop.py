@@ -64,6 +64,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         raise UserError(f'--batch-size {batch_size} must be at least 1')
     if len(x) != len(y) or len(x) == 0:
         raise UserError(f'need as many labels as images, and at least one: got {len(x)} images, {len(y)} labels')
+    if n_check < 1:  # x[:0] would crash the checks, x[:-1] would quietly drop a point
+        raise UserError(f'n_check={n_check} must be at least 1 (the sanity checks attack that many examples)')
     if per_expert_examples is not None and not 1 <= per_expert_examples <= len(x):
         raise UserError(f'per_expert_examples={per_expert_examples} must be between 1 and the {len(x)} images '
                         'evaluated')
@@ -85,7 +87,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                        for label, (name, attack) in objs.items()}
     moe = per_expert and timm_moe.num_experts(model) > 0
     crafting = moe_analysis.crafting_attack(names, eps, norm, seed) if moe else None
-    settings = dict(attacks=attack_settings, attack_settings=attack_settings, requested_attacks=names,
+    settings = dict(attacks=attack_settings, requested_attacks=names,
                     attack_labels=list(objs), eps=eps, norm=norm, seed=seed, batch_size=batch_size, n_examples=n,
                     num_classes=n_cls, n_check=n_check, model_config=model_config(model),
                     per_expert_examples=per_expert_examples if moe else None,

@@ -1,5 +1,9 @@
 """Run RobustBench's `benchmark()` on our models: make robustbench 1.1.1 import and work on `pyautoattack`.
 
+Public API (the RobustBench interop, documented in README.md and docs/ECOSYSTEM.md): `import_robustbench`,
+`install_autoattack_alias`, `feed_examples` and `benchmark_on_examples` are for users'
+own scripts and notebooks, so no `timm-moe` verb calls them; tests/test_robustbench.py keeps them working.
+
 robustbench 1.1.1 (PyPI) cannot run as shipped, for three reasons:
 
 1. it does `from autoattack import AutoAttack` and `from autoattack.state import EvaluationState`, but its

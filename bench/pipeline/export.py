@@ -14,6 +14,7 @@ import timm
 
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
+from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import DATASETS, dataset_info
 from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
@@ -84,8 +85,10 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
         overwrite: Replace a non-empty `out`.
     """
     out = Path(out)
-    _check_out(out, overwrite)  # before any work, and before touching anything
     run_dir, weights = resolve_run(checkpoint, ema)
+    # before any work, and before touching anything: --overwrite must never delete the run or the registry
+    check_out_apart(out, {'the run': run_dir, 'the registry': registry_dir or DEFAULT_REGISTRY})
+    _check_out(out, overwrite)
     name, dataset, kwargs = run_model_spec(run_dir, weights)
     chosen, entry_note = find_entry(entry, sha256_file(weights), registry_dir or DEFAULT_REGISTRY)
     if chosen is not None and chosen.get('model', {}).get('name') not in (None, name):
@@ -96,4 +99,7 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
     model.load_state_dict(state_dict)
     run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
-    return write_hub_folder(out, model, name, kwargs, dataset, dataset_info(dataset), run_cfg, chosen, entry_note)
+    result_file = run_dir / 'result.json'  # what the run did (steps, epochs), beside what it was configured to do
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    return write_hub_folder(out, model, name, kwargs, dataset, dataset_info(dataset), run_cfg, chosen, entry_note,
+                            result)

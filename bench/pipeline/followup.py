@@ -6,7 +6,9 @@ points every run was attacked on, once every cell is done:
     autoattack: {n_examples: 500, configs: [dense, best_moe], rank_by: apgd-ce}
 
 `best_moe` is the adversarially trained MoE config with the highest mean `rank_by` accuracy over its seeds,
-chosen from the finished cells when the follow-ups run (the choice is stored in the entry's `grid` field).
+chosen from the finished cells when the follow-ups run (the choice is stored in the entry's `grid` field);
+equal means (exactly, not to the last float bit) go to the config listed first. A pre-registered study names
+its MoE instead (`configs: [dense, e4k1]`), so that the choice cannot depend on the results.
 Each follow-up re-attacks the first seed of its config from the cell's finished training run and registers
 an entry of its own (`grid.stage: autoattack`); a finished one leaves `cells/autoattack-<cell>/done.json`.
 """
@@ -55,6 +57,7 @@ def best_moe(cells: List[Dict[str, Any]], done: Mapping[str, Mapping[str, Any]],
         metric: The robust accuracy to rank by (an attack label, e.g. 'apgd-ce').
     """
     scores: Dict[str, List[float]] = {}
+    order = {c['config']: i for i, c in reversed(list(enumerate(cells)))}  # spec order: cells come in it
     for c in cells:
         if c['experts'] and c['training'] != 'normal' and c['cell'] in done:
             value = done[c['cell']]['robust_acc'].get(metric)
@@ -64,8 +67,11 @@ def best_moe(cells: List[Dict[str, Any]], done: Mapping[str, Mapping[str, Any]],
             scores.setdefault(c['config'], []).append(value)
     if not scores:
         raise UserError(f'autoattack names {BEST_MOE}, but the grid has no adversarially trained MoE config')
-    # the mean over seeds; ties go to the config listed first (dicts keep the spec's order)
-    return max(scores, key=lambda name: statistics.fmean(scores[name]))
+    # the mean over seeds, exactly: accuracies are count / n * 100, so means that are equal in exact arithmetic
+    # can differ in the last float bit (57.97 + 58.43 + ... summed in another order); rounding to 1e-9 of a
+    # point is far below the smallest real step (100 / n / seeds) and makes such ties exact. A tie goes to
+    # the config listed first in the spec.
+    return min(scores, key=lambda name: (-round(statistics.fmean(scores[name]), 9), order[name]))
 
 
 def followup_cells(spec: Any, cells: List[Dict[str, Any]],

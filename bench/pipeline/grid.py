@@ -1,8 +1,10 @@
 """The paper's sweep (experts x k x gate x aux loss x placement x arch x training) from YAML (`timm-moe grid`).
 
 Each cell runs the one pipeline, `bench.pipeline.cell.run_cell` (train, attack, audit, register one entry).
-A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; a failing cell is written to
-`cells/<cell>/failed.txt`, reported, and the sweep goes on with the next one.
+A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; so does a cell whose entry is already
+in the registry (`registered_cells`), even when its folder is gone: a study can run in pieces on machines that
+keep only the registry from one piece to the next. A failing cell is written to `cells/<cell>/failed.txt`,
+reported, and the sweep goes on with the next one.
 
 `shard=(i, n)` runs only the i-th of n slices of the cell list (`cells[i::n]`, i from 0), so that n processes,
 on n machines (a Slurm array job, say), fill one registry: every cell belongs to exactly one slice, and
@@ -27,21 +29,26 @@ from rich.console import Console
 from rich.table import Table
 
 from timm_moe import ModelSpec
+from timm_moe.models import ARCHS as MODEL_ARCHS
 
 from bench.attacks import resolve_attacks
+from bench.core import locks
 from bench.core.atomic import write_json_atomic
-from bench.core.errors import UserError
+from bench.core.errors import UserError, is_user_os_error
 from bench.core.parallel import run_parallel
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
-from bench.pipeline.named_cells import check_configs, named_cells
+from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycling, named_cells
 from bench.results.leaderboard import write_leaderboard
-from bench.core.yaml_files import read_yaml_mapping
-from bench.training.config import TrainConfig
+from bench.results.registry import entry_path, load_entries
+from bench.results.study.analysis import check_preregistration
+from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
+from bench.training.config import METHODS, TrainConfig
 
+LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
 AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
-ARCHS = ('resnet18', 'resnet50')
-TRAININGS = ('normal', 'pgd', 'trades')
+ARCHS = tuple(MODEL_ARCHS)  # the plugin's base architectures: one list
+TRAININGS = METHODS  # every `--training` of the trainer
 
 
 @dataclass
@@ -67,12 +74,15 @@ class GridSpec:
     first_seed_eval: Dict[str, Any] = field(default_factory=dict)  # extra evaluation of each config's first seed
     # AutoAttack on chosen configs' first seeds once every cell is done (`bench.pipeline.followup`)
     autoattack: Optional[Dict[str, Any]] = None
+    # the study's primary contrasts, metric, margin and analysis, named before it runs
+    # (`bench.results.study.analysis.check_preregistration`)
+    preregistration: Optional[Dict[str, Any]] = None
     name: str = 'grid'  # the spec file's stem, stored in each entry's `grid` field (set by load_spec)
 
 
 def load_spec(path: str | Path) -> GridSpec:
     """Read and check a grid YAML (a path or the name of a shipped `bench/configs/grid_*.yaml`)."""
-    data = read_yaml_mapping(path, 'grid spec', 'grid_*.yaml')
+    data = read_yaml_mapping(path, 'grid spec', GRID_SPEC)
     allowed = GridSpec.__dataclass_fields__
     unknown = sorted(set(data) - set(allowed))
     if unknown:
@@ -92,14 +102,34 @@ def load_spec(path: str | Path) -> GridSpec:
         if value not in TRAININGS:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
     _check_train_config(spec.train_config, spec.arch, path)
-    _check_seeds(spec.seeds, path)
+    check_seeds(spec.seeds, f'seeds in {path}')
+    grid = cells(spec)
     # an unknown attack or eval key would otherwise fail every cell after its training
-    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in cells(spec)}:
+    for values in {json.dumps(c.get('eval', spec.eval), sort_keys=True) for c in grid}:
         resolve_attacks(evaluation_of(json.loads(values)).attacks)
+    _check_cells(spec, grid, path)
     check_followup(spec, path)
+    if spec.preregistration is not None:
+        if not spec.configs:
+            raise UserError(f'preregistration in {path} needs named configs (configs: ...) to contrast')
+        spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path))
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
+
+
+def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
+    """Every cell's full training config (recipe, `train` values, training) and every upcycling pair, checked when
+    the spec loads: a bad value must not wait for the cells before it to train, then fail as a cell."""
+    by_id = {c['cell']: c for c in grid}
+    for c in grid:
+        try:
+            cell_config(c, spec)
+        except UserError as e:
+            where = f'config {c["config"]!r}' if c.get('config') else f'grid cell {c["cell"]}'
+            raise UserError(f'{where} in {path}: {e}') from None
+        if c.get('upcycle_from'):
+            check_upcycling(c, by_id[c['upcycle_from']], path)
 
 
 def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
@@ -118,16 +148,6 @@ def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
     if bad:
         arch, recipe = next(iter(bad.items()))
         raise UserError(f'train_config in {path}: the recipe for {arch} is {recipe!r}, not a recipe name')
-
-
-def _check_seeds(seeds: Any, path: str | Path) -> None:
-    if seeds is None:
-        return
-    if (not isinstance(seeds, list) or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise UserError(f'seeds in {path} is {seeds!r}: give a list of integers >= 0, e.g. [0, 1, 2]')
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f'seeds in {path} repeats a seed: {seeds!r}')
 
 
 def recipe_for(spec: GridSpec, arch: str) -> Optional[str]:
@@ -161,13 +181,21 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
                                                          spec.placement):
             if k > e or e == 0:
                 continue  # k <= E, and dense baselines come from `dense`
-            model = f'{arch}_blockmoe_e{e}_k{k}'
+            model = _moe_name(arch, e, k)
             cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
                 kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, placement=place)
                 out.append(_cell(cell, model, kwargs, common))
     return out
+
+
+def _moe_name(arch: str, experts: int, k: int) -> str:
+    """The registered BlockMoE name of (arch, E, k), from the plugin's table of names (a bad value is the user's)."""
+    try:
+        return ModelSpec(arch=arch, experts=experts, k=k, kind='block').name
+    except ValueError as e:
+        raise UserError(f'grid: {e}') from None
 
 
 def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mapping[str, Any]) -> Dict[str, Any]:
@@ -240,11 +268,6 @@ def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
                            out=str(run_dir(cell, spec)), **{'progress': False, **cell.get('train', spec.train), **own})
 
 
-def grid_evaluation(spec: GridSpec) -> Evaluation:
-    """The grid's `eval` mapping as the pipeline's Evaluation (an unknown key is the user's to fix)."""
-    return evaluation_of(spec.eval)
-
-
 def cell_evaluation(cell: Mapping[str, Any], spec: GridSpec) -> Evaluation:
     """A cell's Evaluation: its own (named configs, first seeds) or the grid's."""
     return evaluation_of(cell.get('eval', spec.eval))
@@ -261,12 +284,27 @@ def evaluation_of(eval_values: Mapping[str, Any]) -> Evaluation:
 
 
 def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
-    """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`)."""
+    """Run one cell through the pipeline; returns its done record (also written to `cells/<cell>/done.json`), or
+    {'cell', 'busy'} when another live process holds the cell's lock (two grids on one spec, say)."""
     cell_dir = _cell_dir(cell, spec)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    with locks.held(cell_dir / LOCK) as busy:
+        if busy is not None:
+            return dict(cell=cell['cell'], busy=busy)
+        # done.json: finished by another process since this one listed the cells
+        return read_done(cell, spec) if (cell_dir / 'done.json').exists() else _run_locked(cell, spec, cell_dir)
+
+
+def _run_locked(cell: Dict[str, Any], spec: GridSpec, cell_dir: Path) -> Dict[str, Any]:
     if cell.get('upcycle_from') and status(dict(cell=cell['upcycle_from']), spec) != 'done':
         raise UserError(f'cell {cell["cell"]} upcycles from cell {cell["upcycle_from"]}, which is not done: '
                         'run the grid again once it is')
+    # weights another cell trained: its entry may be in the registry while its folder is gone
+    for needed in (cell.get('upcycle_from'), cell.get('source_cell')):
+        if needed and not (run_dir(dict(cell=needed), spec) / 'result.json').is_file():
+            raise UserError(f'cell {cell["cell"]} needs the trained weights of cell {needed}, whose entry is in the '
+                            f'registry but whose run folder {run_dir(dict(cell=needed), spec)} is gone: remove that '
+                            'entry from the registry to retrain it, or restore the folder')
     grid = dict(spec=spec.name, config=cell.get('config'), seed=cell.get('seed'),
                 cell=cell.get('source_cell', cell['cell']), stage=cell.get('stage', 'main'))
     if cell.get('selected_as'):
@@ -285,21 +323,60 @@ def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     try:
         return run_grid_cell(cell, spec)
     except Exception as e:  # noqa: BLE001 - one failed cell must not stop the sweep; its reason is kept
+        if is_user_os_error(e):  # a read-only or full file system fails every cell alike: stop, in one line
+            raise
         cell_dir = _cell_dir(cell, spec)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / 'failed.txt').write_text(traceback.format_exc())
         return dict(cell=cell['cell'], error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
 
 
-def read_done(cell: Mapping[str, Any], spec: GridSpec) -> Dict[str, Any]:
-    """A finished cell's done record (`run_grid_cell`)."""
-    return json.loads((_cell_dir(cell, spec) / 'done.json').read_text())
+Registered = Dict[Tuple[Any, str], Dict[str, Any]]  # (grid.cell, grid.stage) -> that cell's done record
 
 
-def status(cell: Mapping[str, Any], spec: GridSpec) -> str:
+def _key(cell: Mapping[str, Any]) -> Tuple[Any, str]:
+    """How a cell's entry names it: a follow-up is stored under its source cell, with its own stage."""
+    return cell.get('source_cell', cell['cell']), cell.get('stage', 'main')
+
+
+def registered_cells(spec: GridSpec) -> Registered:
+    """The cells of this spec whose entry is committed in its registry, as done records (what `run_grid_cell`
+    writes to done.json), so that a cell counts as done even when its folder is gone."""
+    root = registry_dir(spec)
+    out: Registered = {}
+    if not root.is_dir():
+        return out
+    for e in load_entries(root):
+        g = e.get('grid') or {}
+        if g.get('spec') == spec.name and g.get('cell') is not None:
+            out[(g['cell'], g.get('stage', 'main'))] = dict(
+                cell=g['cell'] if g.get('stage', 'main') == 'main' else f"{g.get('stage')}-{g['cell']}",
+                entry=str(entry_path(e, root)), clean_acc=e['clean_acc'], robust_acc=e.get('robust_acc') or {},
+                flags=e.get('sanity_flags') or [], flops_ratio=(e.get('flops') or {}).get('ratio'), registered=True)
+    return out
+
+
+def read_done(cell: Mapping[str, Any], spec: GridSpec, registered: Optional[Registered] = None) -> Dict[str, Any]:
+    """A finished cell's done record (`run_grid_cell`), from its folder or else from its registry entry."""
+    path = _cell_dir(cell, spec) / 'done.json'
+    if path.exists():
+        return json.loads(path.read_text())
+    return (registered_cells(spec) if registered is None else registered)[_key(cell)]
+
+
+def status(cell: Mapping[str, Any], spec: GridSpec, registered: Optional[Registered] = None) -> str:
+    """'done' (done.json, or an entry in the registry), 'failed' or 'todo'.
+
+    Args:
+        registered: `registered_cells(spec)`, when the caller has read the registry already.
+    """
     cell_dir = _cell_dir(cell, spec)
     if (cell_dir / 'done.json').exists():
         return 'done'
+    if _key(cell) in (registered_cells(spec) if registered is None else registered):
+        return 'done'
+    if locks.holder(cell_dir / LOCK):
+        return 'running'
     return 'failed' if (cell_dir / 'failed.txt').exists() else 'todo'
 
 
@@ -322,7 +399,8 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     table = Table(title=f'grid{part}: {len(todo_cells)} cells -> {registry_dir(spec)}')
     for col in ('cell', 'model', 'training', 'recipe', 'status'):
         table.add_column(col)
-    states = {c['cell']: status(c, spec) for c in todo_cells}
+    registered = registered_cells(spec)
+    states = {c['cell']: status(c, spec, registered) for c in todo_cells}
     for c in todo_cells:
         table.add_row(c['cell'], c['model'], c['training'], c['train_config'] or '(defaults)', states[c['cell']])
     console.print(table)
@@ -336,15 +414,20 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         outcomes += run_wave(wave, spec, procs, console)
     if spec.autoattack:
         outcomes += run_followups(spec, cells(spec), shard, procs, console)
-    done = [o for o in outcomes if 'error' not in o]
+    busy = [o for o in outcomes if 'busy' in o]
+    done = [o for o in outcomes if 'error' not in o and 'busy' not in o]
     failed = [o for o in outcomes if 'error' in o]
+    for o in busy:
+        console.print(f'[yellow]skipped[/] {o["cell"]}: running in another process ({o["busy"]}); run the grid '
+                      'again once it is done')
     for o in failed:
         console.print(f'[red]failed[/] {o["cell"]}: {o["error"]} (traceback in cells/{o["cell"]}/failed.txt)')
     if done or skipped:
         # from every entry in the registry, including other shards' (the last shard to finish sees them all)
         write_leaderboard(registry_dir(spec))
-    console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(failed)} failed')
-    return dict(done=done, failed=failed, skipped=skipped, pending=[])
+    console.print(f'grid: {len(done)} done, {len(skipped)} skipped (already done), {len(busy)} running elsewhere, '
+                  f'{len(failed)} failed')
+    return dict(done=done, failed=failed, skipped=skipped, pending=[], busy=busy)
 
 
 def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console) -> List[Dict[str, Any]]:
@@ -358,10 +441,11 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
                   console: Console) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
     (every shard's) is done; returns their outcomes."""
-    waiting = [c['cell'] for c in grid if status(c, spec) != 'done']
+    registered = registered_cells(spec)
+    waiting = [c['cell'] for c in grid if status(c, spec, registered) != 'done']
     if waiting:
         console.print(f'autoattack follow-ups wait for {len(waiting)} unfinished cells (first: {waiting[0]})')
         return []
-    todo = [c for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec) for c in grid})
-            if status(c, spec) != 'done']
+    todo = [c for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec, registered) for c in grid})
+            if status(c, spec, registered) != 'done']
     return run_wave(shard_cells(todo, shard), spec, procs, console)

@@ -19,10 +19,14 @@ A cell's id is `<config>-seed<seed>`.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from bench.core.errors import UserError
 
+# timm's tags ('in1k', 'fb_in22k_ft_in1k'): no dot (it splits model.tag there), no path separator (the tag names
+# the shipped file), no space, not only digits
+TAG_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 CONFIG_KEYS = ('model', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
 AXIS_KEYS = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
 
@@ -47,6 +51,12 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
         for key in ('model_kwargs', 'train', 'eval'):
             if not isinstance(config.get(key, {}), Mapping):
                 raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
+        tag = config.get('tag')
+        if tag is not None and not (isinstance(tag, str) and TAG_PATTERN.fullmatch(tag)):
+            raise UserError(f'{where}: tag {tag!r} cannot name a timm pretrained tag (model.tag); write lower-case '
+                            'letters, digits and _, starting with a letter, as timm\'s tags (e.g. fmnist_pgd)')
+        if 'seeds' in config:
+            check_seeds(config['seeds'], f'{where}: seeds')
         if 'seed' in config.get('train', {}):
             raise UserError(f'{where} sets train.seed: name the seeds with seeds: [...]')
         source = config.get('upcycle_from')
@@ -56,6 +66,33 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
             if configs[source].get('upcycle_from') is not None:
                 raise UserError(f'{where}: upcycle_from {source!r} is itself upcycled; upcycle from a trained '
                                 'dense config')
+
+
+def check_seeds(seeds: Any, what: str) -> None:
+    """Refuse seeds that are not a list of distinct integers >= 0 (`what` names them: 'seeds in grid.yaml')."""
+    if seeds is None:
+        return
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise UserError(f'{what} is {seeds!r}: give a list of integers >= 0, e.g. [0, 1, 2]')
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f'{what} repeats a seed: {seeds!r}')
+
+
+def check_upcycling(cell: Mapping[str, Any], source: Mapping[str, Any], path: Any) -> None:
+    """Refuse, when the spec loads, an upcycled config whose source no run could upcycle from: the source must
+    be the dense model of the MoE's own architecture (arch, width, stem), as `timm-moe train --upcycle-from`
+    requires once the source has trained."""
+    moe, dense = cell['spec'], source['spec']
+    where = f'config {cell["config"]!r} in {path}'
+    if not moe.is_moe:
+        raise UserError(f'{where} is {moe.name}, a dense model: only a BlockMoE config can be upcycled')
+    if dense.is_moe:
+        raise UserError(f'{where}: upcycle_from {source["config"]!r} is a MoE config ({dense.name}); upcycle from a '
+                        f'dense config of {moe.dense().name}')
+    if dense != moe.dense():
+        raise UserError(f'{where}: {moe.name} ({moe.label}) upcycles from {moe.dense().name} ({moe.dense().label}), '
+                        f'but upcycle_from {source["config"]!r} is {dense.name} ({dense.label})')
 
 
 def config_seeds(config: Mapping[str, Any], spec_seeds: Optional[List[int]]) -> List[Optional[int]]:

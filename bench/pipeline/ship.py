@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -24,8 +23,10 @@ from torch import nn
 
 from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder
 
+from bench.core.atomic import temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
+from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import dataset_info
 from bench.models import SAFE_WEIGHTS, build_model
@@ -148,6 +149,8 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
     out = Path(out) if out is not None else package_folder()
     _check_out(out)
     spec = grid.load_spec(spec_path)
+    # the folder is replaced whole: it must not be, hold or sit in the study's runs or registry
+    check_out_apart(out, {"the study's runs": spec.out, "the study's registry": grid.registry_dir(spec)})
     tagged = first_seed_cells(grid.cells(spec))
     if not tagged:
         raise UserError(f'{spec_path}: no config carries a tag; tag the configs to ship in the spec')
@@ -158,8 +161,7 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
     if len(set(keys)) != len(keys):
         raise UserError(f'{spec_path}: two tagged configs ship as {next(k for k in keys if keys.count(k) > 1)}; '
                         'give each config of one model its own tag')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         manifest = _write_weights(tmp, sources, 'float32' if dtype == 'auto' else dtype)
         if dtype == 'auto' and _files_size(tmp) >= AUTO_FLOAT32_LIMIT:
@@ -169,7 +171,6 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
         if total >= PACKAGE_LIMIT:
             raise UserError(f'the {len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, over the '
                             f'{PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use float16')
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; it is package data
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

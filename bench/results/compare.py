@@ -140,9 +140,12 @@ def settings_check(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> D
     notes: List[str] = []
     if metric == 'clean':  # no attack: eps and the threat model do not enter clean accuracy
         return dict(differences=diffs, notes=notes)
-    for key in ('threat_model', 'eps'):
-        if stats._canon(a.get(key)) != stats._canon(b.get(key)):
-            diffs.append(f'{key}: {a.get(key)!r} vs {b.get(key)!r}')
+    if stats._canon(a.get('eps')) != stats._canon(b.get('eps')):
+        from bench.results.leaderboard.groups import fmt_eps
+        diffs.append(f"eps: {fmt_eps(float(a['eps']), a.get('threat_model', 'Linf'))} vs "
+                     f"{fmt_eps(float(b['eps']), b.get('threat_model', 'Linf'))}")
+    if stats._canon(a.get('threat_model')) != stats._canon(b.get('threat_model')):
+        diffs.append(f"threat_model: {a.get('threat_model')!r} vs {b.get('threat_model')!r}")
     if metric == 'ensemble':  # the worst case over different attack lists is a different attack
         runs = [sorted(set(e.get('robust_acc') or {}) - {'ensemble'}) for e in (a, b)]
         if runs[0] != runs[1]:
@@ -171,13 +174,21 @@ def _overlap(ra: Tuple[int, int], rb: Tuple[int, int], ida: str, idb: str) -> Tu
 
 
 def _pick_metric(metric: Optional[str], va: Mapping[str, Any], vb: Mapping[str, Any],
-                 ida: str, idb: str) -> Tuple[str, str]:
+                 ida: str, idb: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Tuple[str, str]:
     if metric is None:
-        best = strongest_shared(list(va), list(vb))
-        if best is None:
+        shared = sorted(set(va) & set(vb), key=_rank)
+        if not shared:
             raise UserError(f'entries {ida!r} ({", ".join(sorted(va))}) and {idb!r} ({", ".join(sorted(vb))}) '
                             'store no metric in common')
-        return best, 'the strongest metric both entries store'
+        # the strongest metric both measured the same way: a worst case over different attack sets, or an
+        # attack run with other settings, is not a default anyone could mean
+        same = [m for m in shared if not settings_check(a, b, m)['differences']]
+        if not same:
+            raise UserError(f'entries {ida!r} and {idb!r} measured every shared metric ({", ".join(shared)}) with '
+                            'different settings: pass --metric and --allow-different-settings to compare anyway')
+        skipped = shared[:shared.index(same[0])]
+        return same[0], ('the strongest metric both entries measured with the same settings'
+                         + (f' ({", ".join(skipped)}: settings differ)' if skipped else ''))
     lacking = [f'{i!r} has {", ".join(sorted(v, key=_rank))}' for i, v in ((ida, va), (idb, vb)) if metric not in v]
     if lacking:
         shared = sorted(set(va) & set(vb), key=_rank)
@@ -192,7 +203,8 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
 
     Args:
         a, b: registry entries with `per_sample` results.
-        metric: 'clean', 'pgd20', 'autoattack', ...; None: the strongest both store (`METRIC_STRENGTH`).
+        metric: 'clean', 'pgd20', 'autoattack', ...; None: the strongest both store with the same settings
+            (`METRIC_STRENGTH`, `settings_check`).
         n_boot: bootstrap replicates. seed: the bootstrap's seed. confidence: of every interval.
         allow_different_settings: compare even when the metric's attack settings differ (flagged in the result).
 
@@ -205,17 +217,22 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
             that differ (without allow_different_settings), or bits that contradict the entry's numbers.
     """
     ida, idb = str(a.get('entry_id')), str(b.get('entry_id'))
+    if ida == idb and stats._canon(a) == stats._canon(b):
+        raise UserError(f'A and B are the same entry ({ida!r}): give two different entries to compare')
     (ra, va), (rb, vb) = _vectors(a), _vectors(b)
     if a.get('dataset') != b.get('dataset'):
         raise UserError(f'entries {ida!r} ({a.get("dataset")}) and {idb!r} ({b.get("dataset")}) are on different '
                         'data sets: their test points are not the same images')
-    metric, why = _pick_metric(metric, va, vb, ida, idb)
+    metric, why = _pick_metric(metric, va, vb, ida, idb, a, b)
     for entry, vec in ((a, va), (b, vb)):
         _check_consistent(entry, metric, vec[metric])
     check = settings_check(a, b, metric)
     warnings: List[str] = []
     if check['differences']:
-        what = f'the settings of {metric!r} differ between {ida!r} and {idb!r}: {"; ".join(check["differences"])}'
+        # the radius and threat model first, then at most two attack settings: one line a reader takes in
+        diffs = check['differences']
+        listed = '; '.join(diffs[:3]) + (f'; and {len(diffs) - 3} more' if len(diffs) > 3 else '')
+        what = f'the settings of {metric!r} differ between {ida!r} and {idb!r}: {listed}'
         if not allow_different_settings:
             raise UserError(f'{what}; the accuracies measure different attacks (pass --allow-different-settings '
                             'to compare anyway)')

@@ -51,23 +51,14 @@ def effective_model_kwargs(model_name: str, model_kwargs: Mapping[str, Any]) -> 
 
 
 def eval_settings_of(eval_result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-    """The registry's `eval_settings` from an evaluation result: its settings, attacks keyed by accuracy key.
-
-    The evaluation reports per-attack settings as `settings['attacks'][name]`; results written before
-    that have the names in `settings['attacks']` and the settings in `settings['attack_settings']`.
-    """
+    """The registry's `eval_settings` from an evaluation result: its settings, with the per-attack settings
+    under `attacks`, keyed by accuracy key (as `evaluate_model` reports them)."""
     settings = eval_result.get('settings')
     if not settings:
         return None
     out = json.loads(json.dumps(dict(settings), default=str))  # tuples become lists, as in the file
-    per_attack = out.get('attacks')
-    if not isinstance(per_attack, dict):
-        per_attack = out.pop('attack_settings', None)
-    else:
-        out.pop('attack_settings', None)
-    if not isinstance(per_attack, dict):
+    if not isinstance(out.get('attacks'), dict):
         raise ValueError(f'evaluation settings hold no per-attack settings (keys: {sorted(settings)})')
-    out['attacks'] = per_attack
     return out
 
 
@@ -108,7 +99,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         model_kwargs: every kwarg timm.create_model got (the spec's, plus timm's such as num_classes);
             they must build `spec` (ValueError otherwise: a caller bug, not bad input).
         dataset: one of the registry's data sets.
-        method: 'normal' | 'pgd' | 'trades' | 'other'.
+        method: 'normal' | 'pgd' | 'trades' | 'fast' | 'free' | 'other'.
         eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model, settings (the attacks'
             settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, flags,
             routing_under_attack.

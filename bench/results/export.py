@@ -16,9 +16,7 @@ timm's own `save_for_hf`, plus a model card:
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -29,6 +27,7 @@ from torch import nn
 import timm_moe
 from timm_moe import ModelSpec
 
+from bench.core.atomic import atomic_save_safetensors, temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.results.registry import load_entries, load_entry
@@ -45,51 +44,13 @@ PathLike = Union[str, Path]
 
 # ---------------------------------------------------------------------------------------------- compatibility
 
-def _layout(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """What a ResNet(-BlockMoE) state_dict says about the model it came from.
-
-    Only facts that can be read from keys and shapes: residual block type, blocks per stage, stem
-    (kernel size), base width, input channels, classes, and per MoE layer its number of experts, gate
-    type and expert inner width. Routing k leaves no trace in the weights (see `check_compatible`).
-    """
-    layout: Dict[str, Any] = {}
-    stem = state_dict.get('conv1.weight')
-    if stem is not None and stem.ndim == 4:
-        layout.update(width=stem.shape[0], in_chans=stem.shape[1], stem='cifar' if stem.shape[-1] == 3 else 'imagenet')
-    fc = state_dict.get('fc.weight')
-    layout['num_classes'] = fc.shape[0] if fc is not None else 0
-    blocks: Dict[int, set] = {}
-    for key in state_dict:
-        m = re.match(r'layer(\d+)\.(\d+)\.', key)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    layout['blocks per stage'] = tuple(len(blocks[s]) for s in sorted(blocks))
-    layout['block'] = 'Bottleneck' if any(re.search(r'(^|\.)conv3\.weight$', k) for k in state_dict) else 'BasicBlock'
-    experts: Dict[str, set] = {}
-    for key in state_dict:
-        m = re.match(r'(.+)\.experts\.(\d+)\.', key)
-        if m:
-            experts.setdefault(m.group(1), set()).add(int(m.group(2)))
-    layout['MoE layers'] = tuple(sorted(experts)) or None
-    for name in sorted(experts):
-        layout[f'experts at {name}'] = len(experts[name])
-        gate = 'conv_gap' if f'{name}.gate.conv.weight' in state_dict else 'gap_fc'
-        layout[f'gate at {name}'] = gate
-        inner = state_dict.get(f'{name}.experts.0.conv1.weight')
-        if inner is not None:
-            layout[f'expert inner width at {name}'] = inner.shape[0]
-    return layout
-
-
-def _k_of(name: Optional[str], model_args: Optional[Mapping[str, Any]] = None) -> Optional[int]:
-    """Routing k of a registered model name (overridden by an explicit `k` in its kwargs); None for dense
-    or for a model that is not ours."""
-    if model_args and model_args.get('k') is not None:
-        return int(model_args['k'])
+def _recorded_spec(source: Optional[Mapping[str, Any]]) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:
+    """(the spec, the timm kwargs) that `source` records for the weights' own model; (None, {}) if not ours."""
+    name = (source or {}).get('architecture')
     try:
-        return ModelSpec.from_name(name).k
+        return ModelSpec.from_timm_kwargs(name, dict((source or {}).get('model_args') or {}))
     except ValueError:
-        return None
+        return None, {}
 
 
 def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
@@ -100,19 +61,21 @@ def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Mod
         state_dict: The weights.
         model: The model they are meant for.
         source: What is recorded about the weights' own model, e.g. `{'architecture': name,
-            'model_args': {...}}` from config.json or the safetensors metadata; needed to tell k apart.
+            'model_args': {...}}` from config.json or the safetensors metadata. For two timm-moe models the
+            specs are compared field by field (routing k, for one, changes no weight); otherwise, and when
+            the specs agree, the keys and shapes.
     """
-    own = model.state_dict()
-    theirs, ours = _layout(state_dict), _layout(own)
-    problems = [f'{key} {theirs.get(key)} vs {ours.get(key)}' for key in dict.fromkeys([*ours, *theirs])
-                if theirs.get(key) != ours.get(key)]
-    if source:
-        k_weights = _k_of(source.get('architecture'), source.get('model_args'))
-        moe_config = getattr(model, 'moe_config', None) or {}
-        k_model = moe_config.get('k') if moe_config.get('num_experts') else None
-        if k_weights != k_model:
-            problems.append(f'routing k {k_weights} vs {k_model}')
-    if not problems:  # same layout, yet the keys or shapes may still differ (e.g. another model family)
+    problems: List[str] = []
+    theirs, their_args = _recorded_spec(source)
+    ours = ModelSpec.of_model(model)
+    if theirs is not None and ours is not None:
+        a, b = theirs.resolved().to_dict(), ours.to_dict()
+        problems += [f'{key} {a[key]} vs {b[key]}' for key in a if a[key] != b[key]]
+        for key in ('num_classes', 'in_chans'):
+            if key in their_args and their_args[key] != getattr(model, key, None):
+                problems.append(f'{key} {their_args[key]} vs {getattr(model, key, None)}')
+    if not problems:  # same model as recorded, yet the keys or shapes may still differ (e.g. another family)
+        own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
@@ -128,9 +91,9 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
                      source: Optional[Mapping[str, Any]] = None, what: str = 'the weights') -> None:
     """Raise UserError, in one line naming what differs (weights vs model), unless the weights fit `model`.
 
-    Architecture, E (experts per layer), gate, widths, classes and input channels are read from the
-    weights themselves; routing k changes no weight, so it is compared only when `source` records the
-    weights' model (config.json / safetensors metadata of an export, or a run's config.yaml).
+    With a `source` that records the weights' model (config.json / safetensors metadata of an export), the two
+    timm-moe specs are compared (architecture, kind, E, k, placement, gate, widths, ...); the keys and shapes
+    of the weights are always checked.
     """
     problems = compatibility_problems(state_dict, model, source)
     if problems:
@@ -162,27 +125,49 @@ def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], datas
 
 
 def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
-    from safetensors.torch import save_file
     # safetensors refuses views and shared storage: one contiguous copy per tensor
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     # one metadata key: safetensors writes several in hash order, and the file would differ run to run
     record = {'architecture': name, 'model_args': dict(model_args)}
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+    atomic_save_safetensors(tensors, path, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return f'{value:.{digits}f}' if isinstance(value, (int, float)) and not isinstance(value, bool) else '-'
 
 
+def training_of(run_cfg: Mapping[str, Any]) -> str:
+    """The run's training (normal, pgd, trades); configs written before the rename call it `method`."""
+    return str(run_cfg.get('training') or run_cfg.get('method') or '?')
+
+
+def what_ran(run_cfg: Mapping[str, Any], result: Optional[Mapping[str, Any]]) -> str:
+    """How long the run really trained, from its result.json (the configured `epochs` is only the plan: a
+    `--max-steps 20` run of a 2-epoch config trains a fraction of one)."""
+    if not result or not isinstance(result.get('steps'), int):
+        return 'unknown (the run has no result.json: unfinished, or written by an older version)'
+    steps, history = result['steps'], [h for h in result.get('history') or [] if h.get('kind', 'epoch') == 'epoch']
+    complete = sum(1 for h in history if h.get('complete'))
+    text = f'{steps} optimizer steps: {complete} complete epoch{"s" * (complete != 1)} of {run_cfg.get("epochs", "?")}'
+    if history and not history[-1].get('complete'):
+        text += f' and part of epoch {complete + 1}'
+    max_steps = run_cfg.get('max_steps')
+    if isinstance(max_steps, int) and steps >= max_steps:
+        text += f' (stopped by max_steps={max_steps})'
+    return text
+
+
 def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: Mapping[str, Any],
-               entry: Optional[Mapping[str, Any]], weights_sha256: str, entry_note: str) -> str:
-    """README.md: front matter, how to load, training, and the registry entry's numbers (or none)."""
+               entry: Optional[Mapping[str, Any]], weights_sha256: str, entry_note: str,
+               result: Optional[Mapping[str, Any]] = None) -> str:
+    """README.md: front matter, how to load, training (`result`: the run's result.json, for what ran), and the
+    registry entry's numbers (or none)."""
     args = ', '.join(f'{k}={v!r}' for k, v in model_args.items())
     lines = [
         '---', 'library_name: timm', 'license: apache-2.0', 'tags:', '- image-classification', '- timm',
         '- timm-moe', '- mixture-of-experts', '- adversarial-robustness', '---', '',
-        f'# {name} ({dataset}, {run_cfg.get("method", "?")} training)', '',
-        f'A [timm-moe](https://arxiv.org/abs/2509.05086) BlockMoE ResNet exported by `timm-moe export`. '
+        f'# {name} ({dataset}, {training_of(run_cfg)} training)', '',
+        f'A [timm-moe](https://arxiv.org/abs/2509.05086) MoE ResNet exported by `timm-moe export`. '
         f'Model kwargs: `{args}`.', '',
         '## Load', '', '```python', 'import json, timm, timm_moe   # timm_moe registers the architecture', '',
         "model = timm.create_model('local-dir:FOLDER', pretrained=True)   # newer timm (not 1.0.9)", '',
@@ -194,9 +179,10 @@ def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: 
         f'Inputs: images in [0, 1] normalised with the mean and std in `config.json` ({dataset}); '
         'timm.data.resolve_data_config(model=model) picks them up.', '',
         '## Training', '',
-        '| setting | value |', '|---|---|',
+        '| setting | value |', '|---|---|', f'| training | {training_of(run_cfg)} |',
+        f'| trained for | {what_ran(run_cfg, result)} |',
     ]
-    for key in ('training', 'method', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
+    for key in ('batch_size', 'lr', 'eps', 'attack_steps', 'attack_step', 'seed'):
         if key in run_cfg:
             value = run_cfg[key]
             lines.append(f'| {key} | {_fmt(value, 5) if isinstance(value, float) else value} |')
@@ -271,15 +257,15 @@ def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike)
 
 def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
                      info: Mapping[str, Any], run_cfg: Mapping[str, Any], entry: Optional[Mapping[str, Any]],
-                     entry_note: str) -> Path:
+                     entry_note: str, result: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the folder (weights, config.json, model card) beside `out`, then move it into place: a killed
     export leaves no half folder behind. Replaces `out` if it exists (the caller decides whether it may)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         write_weights(model, tmp / WEIGHTS_FILE, name, model_args)
         (tmp / CONFIG_FILE).write_text(json.dumps(hub_config(model, name, model_args, dataset, info), indent=2) + '\n')
-        card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note)
+        card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note,
+                          result)
         (tmp / CARD_FILE).write_text(card)
         if out.exists():
             shutil.rmtree(out)

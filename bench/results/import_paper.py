@@ -16,9 +16,12 @@ Decisions, each written into the entries' `notes`:
 - The CSV does not give the number of experts. The paper code does: every CIFAR-100 experiment
   config sets `num_experts: 4`, every CIFAR-100 sweep script passes `num_experts=4`, and the
   evaluation notebook's runs are named `block-moe4-*` / `conv-moe4-*`. So experts = 4, sourced
-  in `notes`. Rows our plugin can express (BlockMoE at 'last' or 'all' layer4 blocks, k in
-  {1, 2, 4}) get our model name `resnet{18,50}_blockmoe_e4_k{k}`; other rows (ConvMoE, k=3,
-  other placements) get a descriptive id that is not a timm name.
+  in `notes`. Every row gets the timm name and kwargs that build its model:
+  `resnet{18,50}_{block,conv}moe_e4_k{k}` (or `resnet{18,50}_dense`) with `placement` naming where the
+  MoE layers go ('last' = layer4.1, 'all' = every block, or every conv, of layer4; 'layer4.0', 'layer3.0',
+  'layer3.1', 'layer3' for both blocks of conv4_x; 'layer4.0.conv1' ... 'layer4.1.conv2' for the 1st to 4th
+  conv of conv5_x). A ConvMoE over "all" convs includes layer4.0's 1x1 shortcut conv, as the paper code's
+  filter does (docs/FIDELITY.md says why).
 - Anomalies of the source are flagged, not corrected: APGD above PGD-20 (a weak-evaluation
   sign), the two attacks disagreeing by more than 5 points, and rows whose three numbers equal
   another configuration's (a likely copy error in the table).
@@ -35,19 +38,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from timm_moe import ModelSpec
+
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
-from bench.results.registry import (DEFAULT_REGISTRY, REPO_ROOT, SCHEMA_VERSION, dumps_entry, entry_path,
-                                    validate_entry, write_entry)
+from bench.results.registry import (DEFAULT_REGISTRY, SCHEMA_VERSION, SHIPPED_REGISTRY, check_writable, dumps_entry,
+                                    entry_path, validate_entry, write_entry)
 
-DEFAULT_CSV = REPO_ROOT / 'registry' / 'sources' / 'robust_experts_official_results.csv'
+DEFAULT_CSV = SHIPPED_REGISTRY / 'sources' / 'robust_experts_official_results.csv'
 COLUMNS = ('table', 'moe', 'loss', 'gate', 'k', 'training', 'clean', 'pgd20', 'apgd20')
 EPS = 8 / 255
 PAPER_REPO = 'KASTEL-MobilityLab/robust-sparse-moes'
 PAPER_COMMIT = 'ed22e81'
 # not in the CSV; from the paper code (see the module docstring)
 PAPER_NUM_EXPERTS = 4
-OUR_K = (1, 2, 4)  # top-k values our registered model names cover
 
 PAPER_CITATION = (
     'Pavlitska, Fan, Ditschuneit, Zöllner. Robust Experts: the Effect of Adversarial Training on CNNs with '
@@ -102,33 +106,38 @@ def read_csv(path: Path) -> List[Dict[str, str]]:
         return list(reader)
 
 
+# conv5_x's convolutions in the order the placement table counts them ("1st conv layer" ... "4th conv layer")
+CONV5_CONVS = ('layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2')
+
+
 def _placement(table: str, moe: str) -> Tuple[str, Optional[str], Optional[str]]:
     """(kind, placement, config-file stem) of a row: kind is 'dense' | 'block' | 'conv'.
 
-    placement uses our kwarg values ('last' = layer4's last block, 'all' = every layer4 block)
-    where they apply, else the layer's name. The paper code's ResNetBlockMoE replaces every
-    block of layer4; ResNetResidualBlockMoE replaces layer4.1; ResNetConvMoE every conv in layer4.
+    placement is the model kwarg: 'last' (layer4.1), 'all' (every block, or every conv, of layer4) or
+    module paths. The paper code's ResNetBlockMoE replaces every block of layer4 ('all');
+    ResNetResidualBlockMoE replaces layer4.1 ('last'); ResNetConvMoE every nn.Conv2d whose path contains its
+    prefix, 'layer4' in its configs ('all', the 1x1 shortcut conv included).
     """
     if moe == 'Baseline':
         return 'dense', None, 'default'
     if moe == 'BlockMoE' or (moe == '2 BlockMoEs' and table.endswith('conv5_x')):
         return 'block', 'all', 'resnet_block_moe'
     if moe == 'ConvMoE' or (moe.startswith('ConvMoEs replacing all') and table.endswith('conv5_x')):
-        return 'conv', 'layer4.convs', 'resnet_conv_moe'
+        return 'conv', 'all', 'resnet_conv_moe'
     layer = 'layer4' if table.endswith('conv5_x') else 'layer3' if table.endswith('conv4_x') else None
     if layer is None:
         raise UserError(f'paper CSV: unknown MoE placement {moe!r} in table {table!r}')
     ordinal = {'1st': 0, '2nd': 1, '3rd': 2, '4th': 3}
     words = moe.split()
-    if moe.startswith('BlockMoE replacing') and words[2] in ordinal:
+    if moe.startswith('BlockMoE replacing') and words[2] in ('1st', '2nd'):
         idx = ordinal[words[2]]
         if layer == 'layer4' and idx == 1:
             return 'block', 'last', 'resnet_residual_block_moe'
         return 'block', f'{layer}.{idx}', None
     if moe == '2 BlockMoEs':
-        return 'block', f'{layer}.all', None
-    if moe.startswith('ConvMoE replacing') and words[2] in ordinal:
-        return 'conv', f'{layer}.conv{ordinal[words[2]] + 1}', None
+        return 'block', layer, None  # both blocks of conv4_x
+    if moe.startswith('ConvMoE replacing') and words[2] in ordinal and layer == 'layer4':
+        return 'conv', CONV5_CONVS[ordinal[words[2]]], None
     raise UserError(f'paper CSV: unknown MoE placement {moe!r} in table {table!r}')
 
 
@@ -163,18 +172,14 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
         noisy = loss in NOISY_LOSSES
         if loss in LOSS_NOTES:
             notes.append(LOSS_NOTES[loss])
-        if kind == 'block' and placement in ('last', 'all') and k in OUR_K:
-            name = f'{arch}_blockmoe_e{experts}_k{k}'
-            kwargs = {'stem': 'cifar', 'gate': gate, 'moe_blocks': placement, 'aux_loss': loss,
-                      'noisy_gating': noisy}
-            if arch == 'resnet18':  # the paper code's ResNet-18 configs all weigh the balancing loss 0.5
-                kwargs['aux_weight'] = 0.5
-        else:
-            # not one of our registered models: a descriptive id, clearly not a timm name
-            name = f'paper:{arch}-{kind}moe-{placement}-e{experts}-k{k}'
-            kwargs = {}
-            why = 'ConvMoE' if kind == 'conv' else f'k={k}' if k not in OUR_K else f'placement {placement}'
-            notes.append(f'no timm-moe model name: {why} is not among our variants')
+        spec = ModelSpec(arch=arch, experts=experts, k=k, kind=kind)  # the registered name of (arch, kind, E, k)
+        name = spec.name
+        kwargs = {'stem': 'cifar', 'gate': gate, 'placement': placement, 'aux_loss': loss, 'noisy_gating': noisy}
+        if arch == 'resnet18':  # the paper code's ResNet-18 configs all weigh the balancing loss 0.5
+            kwargs['aux_weight'] = 0.5
+        if kind == 'conv' and placement == 'all':
+            notes.append('ConvMoE at every conv of layer4, the 1x1 shortcut conv included: the paper code\'s '
+                         "filter with its configs' prefix 'layer4' (docs/FIDELITY.md)")
     key = (arch, kind, placement, loss, gate, k, method)
     slug = '-'.join(str(p) for p in (arch, 'dense' if kind == 'dense' else f'{kind}moe', placement, loss, gate,
                                          None if k is None else f'k{k}', method) if p is not None)
@@ -292,6 +297,7 @@ def import_all(csv_path: Path = DEFAULT_CSV, registry_dir: Path = DEFAULT_REGIST
         registry_dir: the registry root.
         overwrite: replace entries whose content changed (without it, a changed entry is an error).
     """
+    check_writable(registry_dir)  # also when every entry is unchanged: the answer must not depend on that
     entries = paper_entries(Path(csv_path)) + robustbench_entries()
     ids = [e['entry_id'] for e in entries]
     if len(set(ids)) != len(ids):

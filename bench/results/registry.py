@@ -1,6 +1,11 @@
 """The results registry: one schema-checked JSON file per result, written atomically.
 
 Layout: `registry/<dataset>/<threat_model>/<entry_id>.json` beside `registry/schema.json`.
+
+Which registry (docs/REGISTRY.md, "Where entries live"): the registry that ships with timm-moe is the
+repository's `registry/`; the package reaches it as `bench/registry_data`, a link to it in a clone and a
+copy of it in an installed wheel. That copy is read-only: writers refuse it (`check_writable`), and new
+results go to a folder of the user's (`--registry DIR`, or `$TIMM_MOE_REGISTRY`, see `default_registry`).
 Every number the project shows is read from these files (see `bench.results.leaderboard`, `bench.results.report`).
 Field meanings and the schema versions are in docs/REGISTRY.md: version 2 entries store the exact
 settings of every attack (`eval_settings`), which test points each measurement got right (`per_sample`)
@@ -25,16 +30,70 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
+from bench.core.yaml_files import read_utf8
 from bench.results.stats import per_sample_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REGISTRY = REPO_ROOT / 'registry'
-# registry/schema.json is the one schema; bench/assets links to it so that wheels carry a copy
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / 'assets' / 'registry_schema.json'
+_PACKAGE = Path(__file__).resolve().parents[1]  # bench/
+# the shipped registry, resolved: the repository's registry/ in a clone (bench/registry_data links there),
+# the package's own copy in an installed wheel (pyproject.toml's package-data copies it through the link)
+# (a checkout without symlink support has a small text file there instead: then the repository's folder)
+SHIPPED_REGISTRY = ((_PACKAGE / 'registry_data').resolve() if (_PACKAGE / 'registry_data').is_dir()
+                    else REPO_ROOT / 'registry')
+DEFAULT_REGISTRY = SHIPPED_REGISTRY  # what the library functions read when given no registry
+REGISTRY_ENV = 'TIMM_MOE_REGISTRY'  # the user's default registry for every verb, when set
+LOCAL_REGISTRY = Path('registry')  # where an installed package's writers put entries by default (./registry)
+SCHEMA_PATH = SHIPPED_REGISTRY / 'schema.json'  # the one schema, whatever registry dir is used
 SCHEMA_VERSION = 2  # what this code writes; every version in the schema's enum still loads
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
 
 PathLike = Union[str, os.PathLike]
+
+
+def shipped_is_package_data() -> bool:
+    """True in an installed package: the shipped registry is a copy inside it, read-only (in a clone it is
+    the repository's registry/, outside the package, where results are committed)."""
+    return _PACKAGE in SHIPPED_REGISTRY.parents
+
+
+def default_registry() -> Path:
+    """The registry a reading verb uses without --registry: $TIMM_MOE_REGISTRY if set, else the shipped one."""
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env) if env else SHIPPED_REGISTRY
+
+
+def default_write_registry() -> Path:
+    """The registry a writing verb (import-paper) uses without --registry: $TIMM_MOE_REGISTRY if set, else the
+    repository's registry/ in a clone, else ./registry (never the installed package's copy)."""
+    env = os.environ.get(REGISTRY_ENV)
+    if env:
+        return Path(env)
+    return LOCAL_REGISTRY if shipped_is_package_data() else SHIPPED_REGISTRY
+
+
+def default_text(write: bool = False) -> str:
+    """What the default registry is, exactly, for --help (`write`: the default of a verb that writes entries)."""
+    env = os.environ.get(REGISTRY_ENV)
+    if env:
+        return f'{env}, from ${REGISTRY_ENV}'
+    if not shipped_is_package_data():
+        return f"the repository's registry, {SHIPPED_REGISTRY}; ${REGISTRY_ENV} changes it"
+    if write:
+        return f'./registry (the registry shipped in the package is read-only); ${REGISTRY_ENV} changes it'
+    return f'the registry shipped with timm-moe, read-only, {SHIPPED_REGISTRY}; ${REGISTRY_ENV} changes it'
+
+
+def is_read_only(registry_dir: PathLike) -> bool:
+    """Whether `registry_dir` is (inside) the installed package's copy of the shipped registry."""
+    target = Path(registry_dir).resolve()
+    return shipped_is_package_data() and (target == SHIPPED_REGISTRY or SHIPPED_REGISTRY in target.parents)
+
+
+def check_writable(registry_dir: PathLike) -> None:
+    """Refuse to write into the installed package's copy of the shipped registry."""
+    if is_read_only(registry_dir):
+        raise UserError(f'registry {registry_dir} is the copy shipped inside the installed timm-moe package, '
+                        f'which is read-only: pass --registry DIR (or set {REGISTRY_ENV}) for your own registry')
 
 
 @lru_cache(maxsize=1)
@@ -88,9 +147,32 @@ def validation_errors(entry: Mapping[str, Any]) -> List[str]:
     return out
 
 
-def schema_version(entry: Mapping[str, Any]) -> int:
-    """The entry's schema version; entries written before versions were recorded are version 1."""
-    return int(entry.get('schema_version', 1))
+# field names stored entries may still carry -> their names now; `migrate` is the one place they are read
+RENAMED_MODEL_KWARGS = {'moe_blocks': 'placement'}
+RENAMED_TRAIN_KEYS = {'method': 'training'}
+
+
+def migrate(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """An entry as read from a file, with the field names of older code brought to today's (in place).
+
+    Stored entries are data written by earlier versions: `model.kwargs` / `model.effective_kwargs` may say
+    `moe_blocks` (now `placement`), and `training.config` may say `method` (now `training`). No other code
+    reads an old name; every reader of the registry goes through `load_entry`, which calls this.
+    """
+    def renamed(d: Dict[str, Any], names: Mapping[str, str]) -> Dict[str, Any]:
+        # an old key yields to its new name when both are there: the new one was written later
+        return {names.get(k, k): v for k, v in d.items() if not (k in names and names[k] in d)}
+
+    model = entry.get('model')
+    for block in ('kwargs', 'effective_kwargs'):
+        kwargs = model.get(block) if isinstance(model, dict) else None
+        if isinstance(kwargs, dict) and set(kwargs) & set(RENAMED_MODEL_KWARGS):
+            model[block] = renamed(kwargs, RENAMED_MODEL_KWARGS)
+    training = entry.get('training')
+    config = training.get('config') if isinstance(training, dict) else None
+    if isinstance(config, dict) and set(config) & set(RENAMED_TRAIN_KEYS):
+        training['config'] = renamed(config, RENAMED_TRAIN_KEYS)
+    return entry
 
 
 def validate_entry(entry: Mapping[str, Any]) -> None:
@@ -203,6 +285,7 @@ def write_entry(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGIS
         UserError: the entry is invalid, or it exists and overwrite is False.
     """
     validate_entry(entry)
+    check_writable(registry_dir)
     path = entry_path(entry, registry_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():  # cheap early answer; the link below is the real guard
@@ -230,9 +313,13 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
     """
     path = Path(path)
     try:
-        entry = json.loads(path.read_text(encoding='utf-8'))
+        entry = json.loads(read_utf8(path, 'registry file'))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    except RecursionError:
+        raise UserError(f'registry file {path} is nested too deep to be an entry') from None
+    if isinstance(entry, dict):
+        migrate(entry)
     try:
         validate_entry(entry)
     except UserError as e:

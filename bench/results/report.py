@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.errors import UserError
-from bench.results.leaderboard import fmt_eps
+from bench.results.leaderboard import EXACT_N, fmt_eps
 from bench.results.registry import DEFAULT_REGISTRY, load_entries, robust_metric
+from bench.results.stats import wilson_interval
 
 MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
 SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}
 SOURCE_LINES = {'measured': '-', 'paper': '--', 'robustbench': ':'}
 KIND_COLORS = {'dense': '#444444', 'moe': '#1f77b4', 'unknown': '#ff7f0e'}
+# colour = architecture kind and training: the light shade is normal training, the dark one adversarial
+TRAINING_COLORS = {('dense', 'normal'): '#a6a6a6', ('dense', 'pgd'): '#333333', ('dense', 'trades'): '#8c6d31',
+                   ('moe', 'normal'): '#9ecae1', ('moe', 'pgd'): '#1f77b4', ('moe', 'trades'): '#6a3d9a'}
+KIND_NAMES = {'dense': 'dense', 'moe': 'MoE', 'unknown': 'unknown arch'}
 ATTACK_LABELS = {'autoattack': 'AutoAttack', 'ensemble': 'worst case of our attacks', 'pgd20': 'PGD-20'}
 
 
@@ -51,9 +56,72 @@ def _empty(path: Path, title: str, what: str) -> Path:
     return _save(fig, path)
 
 
+def label_column(ax, points: Sequence[Tuple[float, float, str, str]], fontsize: float = 7) -> None:
+    """Name each point in a column right of the axes, one line apart, with a thin leader line to its point:
+    labels never overlap however tight the points cluster (a label beside each point would).
+
+    Args:
+        ax: the axes; the figure's constrained layout makes room for the column.
+        points: (x, y, label, colour) in data coordinates.
+        fontsize: of the labels; it also sets the spacing.
+    """
+    if not points:
+        return
+    (y0, y1) = ax.get_ylim()  # autoscaled to every artist drawn so far: call this last
+    placed = sorted(((y - y0) / (y1 - y0), x, y, text, color) for x, y, text, color in points)
+    # one line in axes units, for axes about 80% of the figure's height (constrained layout)
+    step = fontsize * 1.5 / (ax.figure.get_figheight() * 72 * 0.8)
+    ys: List[float] = []
+    for fy, *_ in placed:  # bottom up, at least one line apart
+        ys.append(max(fy, ys[-1] + step) if ys else max(fy, 0.0))
+    ys = [y - max(0.0, ys[-1] - 1.0) for y in ys]  # the column back under the top
+    for i in range(len(ys) - 2, -1, -1):  # and one line apart again, top down
+        ys[i] = min(ys[i], ys[i + 1] - step)
+    for ty, (_, x, y, text, color) in zip(ys, placed):
+        ax.annotate(text, (x, y), xytext=(1.03, ty), textcoords='axes fraction', fontsize=fontsize, va='center',
+                    color=color, annotation_clip=False,
+                    arrowprops=dict(arrowstyle='-', color='#cccccc', linewidth=0.6, shrinkA=0, shrinkB=3))
+
+
 def _kind(entry: Mapping[str, Any]) -> str:
     experts = entry['model'].get('experts')
     return 'unknown' if experts is None else 'dense' if experts == 0 else 'moe'
+
+
+def _training(entry: Mapping[str, Any]) -> str:
+    return str((entry.get('training') or {}).get('method') or '?')
+
+
+def _color(entry: Mapping[str, Any]) -> str:
+    return TRAINING_COLORS.get((_kind(entry), _training(entry)), KIND_COLORS[_kind(entry)])
+
+
+def _wilson_err(entry: Mapping[str, Any], value: Optional[float]) -> Optional[List[List[float]]]:
+    """[[below], [above]]: the 95% Wilson interval of an accuracy of the entry as error-bar lengths (None
+    where the entry gives no number of points, or 10,000 or more: the leaderboard's rule)."""
+    n = (entry.get('per_sample') or {}).get('n') or entry.get('n_examples')
+    if value is None or not n or n >= EXACT_N:
+        return None
+    lo, hi = wilson_interval(round(value * n / 100), n)
+    return [[max(0.0, value - lo)], [max(0.0, hi - value)]]
+
+
+def _legend(ax, pts: Sequence[Tuple[Mapping[str, Any], float, str]], extra: Sequence[Any] = ()) -> None:
+    """What the markers mean, drawn as the points are: hollow where they are hollow; a swatch per colour
+    (architecture and training), a marker per source, fill = AutoAttack."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    handles = [Patch(color=_color(e), label=f'{KIND_NAMES[_kind(e)]} · {_training(e)} training')
+               for e in {(_kind(e), _training(e)): e for e, _, _ in sorted(pts, key=lambda p: (
+                   _kind(p[0]), _training(p[0])))}.values()]
+    handles += [Line2D([], [], marker=m, linestyle='', color='#000000', markerfacecolor='none', label=s)
+                for s, m in SOURCE_MARKERS.items() if any(e['source'] == s for e, _, _ in pts)]
+    if any(k == 'autoattack' for _, _, k in pts):
+        handles.append(Line2D([], [], marker='o', linestyle='', color='#000000', label='filled: AutoAttack'))
+        if any(k != 'autoattack' for _, _, k in pts):
+            handles.append(Line2D([], [], marker='o', linestyle='', color='#000000', markerfacecolor='none',
+                                  label='hollow: another attack'))
+    ax.legend(handles=handles + list(extra), fontsize=8, loc='best')
 
 
 def _label(entry: Mapping[str, Any], width: int = 34) -> str:
@@ -99,8 +167,12 @@ def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
     for ax, ((dataset, threat), group) in zip(axes, sorted(groups.items())):
         by_source: Dict[str, List[Tuple[float, float]]] = {}
         for e, r, key in group:
-            color = KIND_COLORS[_kind(e)]
+            color = _color(e)
             filled = key == 'autoattack'
+            xerr, yerr = _wilson_err(e, e['clean_acc']), _wilson_err(e, r)
+            if xerr or yerr:
+                ax.errorbar(e['clean_acc'], r, xerr=xerr, yerr=yerr, fmt='none', ecolor=color, elinewidth=0.8,
+                            capsize=2, alpha=0.6)
             ax.scatter(e['clean_acc'], r, marker=SOURCE_MARKERS[e['source']], s=36, linewidths=1.1,
                        edgecolors=color, facecolors=color if filled else 'none', alpha=0.85)
             by_source.setdefault(e['source'], []).append((e['clean_acc'], r))
@@ -118,16 +190,11 @@ def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
         ax.set_xlabel('clean accuracy (%)')
         ax.set_ylabel('robust accuracy (%): AutoAttack, else worst case, else PGD-20')
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker=m, linestyle='', color='#000000', markerfacecolor='none', label=s)
-               for s, m in SOURCE_MARKERS.items() if any(e['source'] == s for e, _, _ in pts)]
-    handles += [Line2D([], [], marker='o', linestyle='', color=c, label=k)
-                for k, c in KIND_COLORS.items() if any(_kind(e) == k for e, _, _ in pts)]
-    handles += [Line2D([], [], marker='o', linestyle='', color='#000000', label='filled: AutoAttack'),
-                Line2D([], [], marker='o', linestyle='', color='#000000', markerfacecolor='none',
-                       label='hollow: not AutoAttack')]
-    handles += [Line2D([], [], linestyle=SOURCE_LINES[s], color='#999999', label=f'Pareto front ({s})')
-                for s in SOURCE_MARKERS if s in fronts]
-    axes[-1].legend(handles=handles, fontsize=8, loc='best')
+    fronts_lines = [Line2D([], [], linestyle=SOURCE_LINES[s], color='#999999', label=f'Pareto front ({s})')
+                    for s in SOURCE_MARKERS if s in fronts]
+    if any(_wilson_err(e, r) for e, r, _ in pts):
+        fronts_lines.append(Line2D([], [], color='#777777', linewidth=0.8, label='error bars: Wilson 95%'))
+    _legend(axes[-1], pts, fronts_lines)
     return _save(fig, path)
 
 
@@ -175,6 +242,12 @@ def common_attack(entry: Mapping[str, Any]) -> Optional[str]:
     return min(shared) if shared else None
 
 
+def _bars_err(entry: Mapping[str, Any], values: Sequence[float]) -> Optional[List[List[float]]]:
+    """Wilson error bars for accuracies measured on the entry's points (the gated model's and each expert's)."""
+    errs = [_wilson_err(entry, v) for v in values]
+    return None if any(x is None for x in errs) else [[x[0][0] for x in errs], [x[1][0] for x in errs]]
+
+
 def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Clean and robust accuracy of every expert forced on its own, beside the gated model."""
     with_pe = [e for e in entries if e.get('per_expert')]
@@ -188,10 +261,12 @@ def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
         labels = ['gated'] + [f"e{pe['expert']}" for pe in experts]
         clean = [e['clean_acc']] + [pe['clean_acc'] for pe in experts]
         xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], clean, width=0.4, color='#aec7e8', label='clean')
+        ax.bar([x - 0.2 for x in xs], clean, width=0.4, color='#aec7e8', label='clean', yerr=_bars_err(e, clean),
+               capsize=2, error_kw=dict(elinewidth=0.8))
         if key is not None:
             robust = [e['robust_acc'][key]] + [pe['robust_acc'][key] for pe in experts]
-            ax.bar([x + 0.2 for x in xs], robust, width=0.4, color='#1f77b4', label=ATTACK_LABELS.get(key, key))
+            ax.bar([x + 0.2 for x in xs], robust, width=0.4, color='#1f77b4', label=ATTACK_LABELS.get(key, key),
+                   yerr=_bars_err(e, robust), capsize=2, error_kw=dict(elinewidth=0.8))
             ax.axhline(robust[0], color='#d62728', linestyle='--', linewidth=1, label='gated, robust')
         else:
             ax.text(0.5, 0.5, 'no attack shared by the gated model and all experts', ha='center', fontsize=7,
@@ -199,7 +274,8 @@ def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_xticks(list(xs), labels, fontsize=8)
         ax.set_ylabel('accuracy (%)', fontsize=8)
         ax.set_ylim(0, max(clean) * 1.35)  # head room for the legend
-        ax.set_title(f"{_label(e)}\n{e['training']['method']}, {e['dataset']}", fontsize=8)
+        ax.set_title(f"{_label(e)}\n{e['training']['method']}, {e['dataset']}"
+                     + (' (error bars: Wilson 95%)' if _bars_err(e, clean) else ''), fontsize=8)
         ax.legend(fontsize=7, ncol=3, loc='upper center')
     for ax in axes[len(shown):]:
         ax.set_axis_off()
@@ -214,19 +290,34 @@ def plot_flops_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
     pts = [(e, r, k) for e, r, k in pts if r is not None]
     if not pts:
         return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust accuracy')
-    fig, (ax,) = _figure(size=(7.0, 5.0))
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
     for e, r, key in pts:
-        color = KIND_COLORS[_kind(e)]
-        ax.scatter(e['flops']['ratio'], r, marker=SOURCE_MARKERS[e['source']], s=40, edgecolors=color,
+        color = _color(e)
+        x = e['flops']['ratio']
+        yerr = _wilson_err(e, r)
+        if yerr:
+            ax.errorbar(x, r, yerr=yerr, fmt='none', ecolor=color, elinewidth=0.8, capsize=2, alpha=0.6)
+        ax.scatter(x, r, marker=SOURCE_MARKERS[e['source']], s=40, edgecolors=color,
                    facecolors=color if key == 'autoattack' else 'none', linewidths=1.1)
         k = e['model'].get('k')
-        ax.annotate(f"E{e['model'].get('experts')}" + (f'k{k}' if k else ''), (e['flops']['ratio'], r),
-                    fontsize=7, xytext=(3, 3), textcoords='offset points')
+        arch = f"E{e['model']['experts']}" + (f'k{k}' if k else '') if e['model'].get('experts') else KIND_NAMES[_kind(e)]
+        labels.append((x, r, f'{arch} · {_training(e)}', KIND_COLORS[_kind(e)]))
     ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
+    # plain ratios (1.0003, not 0.0003 + 1), over at least ±0.02 so that near-equal costs are not a blur
+    ax.ticklabel_format(axis='x', useOffset=False, style='plain')
+    lo, hi = min(x for x, *_ in labels), max(x for x, *_ in labels)
+    if hi - lo < 0.04:
+        ax.set_xlim(min(lo, 1.0) - 0.02, max(hi, 1.0) + 0.02)
     ax.set_xlabel('active inference FLOPs / dense baseline')
     ax.set_ylabel('robust accuracy (%): AutoAttack, else worst case, else PGD-20')
-    ax.set_title('FLOPs vs robust accuracy (filled: AutoAttack; dotted: dense cost)')
+    ax.set_title('FLOPs vs robust accuracy (dotted: the dense cost)')
     ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+    _legend(ax, pts, [Line2D([], [], color='#777777', linewidth=0.8, label='error bars: Wilson 95%')]
+            if any(_wilson_err(e, r) for e, r, _ in pts) else [])
+    if len(labels) <= 24:  # a column of names; the paper's full grid would be a wall of them
+        label_column(ax, labels)
     return _save(fig, path)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from statistics import NormalDist
@@ -26,8 +27,9 @@ from bench.core.errors import UserError
 
 __all__ = [
     'BITSET_FORMAT', 'wilson_interval', 'encode_bits', 'decode_bits', 'per_sample_block', 'per_sample_vectors',
-    'paired_bootstrap', 'mcnemar_exact', 'attack_settings', 'seed_group_key', 'group_by_seed', 'seed_summary',
-    't_quantile',
+    'paired_bootstrap', 'mcnemar_exact', 'attack_settings', 'attack_signature', 'seed_group_key', 'group_by_seed',
+    'seed_summary', 't_quantile', 't_cdf', 'minimum_detectable_difference', 'welch', 'holm', 'holm_levels',
+    'seeds_for_margin', 'hierarchical_bootstrap',
 ]
 
 BITSET_FORMAT = 'bitset-b64-v1'
@@ -136,8 +138,16 @@ def per_sample_block(correct_by_metric: Mapping[str, Any], start: int = 0) -> Di
     if int(start) < 0:
         raise ValueError(f'start={start} must be >= 0')
     n = next(iter(lengths.values()))
-    return {'format': BITSET_FORMAT, 'index_range': [int(start), int(start) + n], 'n': n,
-            'bits': {k: encode_bits(v) for k, v in vectors.items()}}
+    block = {'format': BITSET_FORMAT, 'index_range': [int(start), int(start) + n], 'n': n,
+             'bits': {k: encode_bits(v) for k, v in vectors.items()}}
+    return dict(block, sha256=bits_sha256(block))
+
+
+def bits_sha256(block: Mapping[str, Any]) -> str:
+    """sha256 of a per_sample block's points and bits (canonical JSON), stored beside them: the accuracy check
+    catches a flipped bit that changes a count, this one also a flip that keeps it (one point right, another wrong)."""
+    payload = {'index_range': [int(v) for v in block['index_range']], 'n': int(block['n']), 'bits': dict(block['bits'])}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(',', ':')).encode('ascii')).hexdigest()
 
 
 def _entry_name(entry: Mapping[str, Any]) -> str:
@@ -168,6 +178,10 @@ def per_sample_vectors(entry: Mapping[str, Any]) -> Optional[Tuple[Tuple[int, in
         vectors = {k: decode_bits(v, n) for k, v in bits.items()}
     except UserError as e:
         raise UserError(f'entry {name}: {e}') from None
+    # entries written before the checksum have none, and still load
+    if 'sha256' in block and block['sha256'] != bits_sha256(block):
+        raise UserError(f'entry {name}: per_sample bits do not match their sha256 (changed after they were written); '
+                        'restore the entry or evaluate the model again')
     return (start, stop), vectors
 
 
@@ -276,20 +290,19 @@ def _canon(obj: Any) -> str:
 
 
 def seed_group_key(entry: Mapping[str, Any]) -> Tuple[str, ...]:
-    """What identifies an entry's configuration, leaving out the seed and other provenance noise.
+    """What identifies an entry's configuration, leaving out the seed, provenance noise and which attacks ran.
 
     In: source and citation, the whole `model` block (name, kwargs, effective settings), training method,
     epochs and config (minus `TRAIN_NOISE_KEYS`), data set, threat model, eps, n_examples and the
-    per-sample index range, which accuracies were measured, attack note and attack settings (minus
-    `ATTACK_NOISE_KEYS`: the grid seeds its attacks with the training seed).
+    per-sample index range, and the attack note.
     Out: entry_id, provenance (seed, date, commit, device, checkpoint hash), every measured number
-    (accuracies, FLOPs and routing, which follow the trained weights) and the config's path and hash
-    (the hash covers the seed and the output path).
+    (accuracies, FLOPs and routing, which follow the trained weights), the config's path and hash (the hash
+    covers the seed and the output path), and the attacks: a study's first seed runs more attacks than its
+    other seeds and is still the same configuration. `group_by_seed` checks the attacks that entries share.
     """
     training = entry.get('training') or {}
     config = training.get('config')
     per_sample = entry.get('per_sample') or {}
-    settings = attack_settings(entry)
     parts = {
         'source': entry.get('source'), 'citation': entry.get('citation'),
         'model': entry.get('model'),
@@ -297,18 +310,61 @@ def seed_group_key(entry: Mapping[str, Any]) -> Tuple[str, ...]:
                      'config': _strip(config, TRAIN_NOISE_KEYS) if isinstance(config, Mapping) else config},
         'dataset': entry.get('dataset'), 'threat_model': entry.get('threat_model'), 'eps': entry.get('eps'),
         'n_examples': entry.get('n_examples'), 'index_range': per_sample.get('index_range'),
-        'metrics': sorted(entry.get('robust_acc') or {}), 'attack_note': entry.get('attack_note'),
-        'attack_settings': _strip(settings, ATTACK_NOISE_KEYS) if settings is not None else None,
+        'attack_note': entry.get('attack_note'),
     }
     return tuple(f'{k}={_canon(v)}' for k, v in parts.items())
 
 
+def attack_signature(entry: Mapping[str, Any]) -> Dict[str, str]:
+    """{accuracy key: its attack's settings (minus `ATTACK_NOISE_KEYS`) as canonical text} of an entry.
+
+    The per-point worst case ('ensemble') is the worst over the entry's attack set, so its signature is that
+    set: two worst cases are the same statistic only over identical attack sets. An attack whose settings
+    are not stored (schema 1) is known by its name alone.
+    """
+    settings = attack_settings(entry) or {}
+    keys = sorted(k for k in (entry.get('robust_acc') or {}) if k != 'ensemble')
+    out = {k: _canon(_strip(settings[k], ATTACK_NOISE_KEYS)) if k in settings else _canon(None) for k in keys}
+    if 'ensemble' in (entry.get('robust_acc') or {}):
+        out['ensemble'] = _canon({k: out[k] for k in keys})
+    return out
+
+
+def _compatible(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Every attack both entries ran was run with the same settings (their worst cases aside: see below)."""
+    return all(a[k] == b[k] for k in set(a) & set(b) if k != 'ensemble')
+
+
 def group_by_seed(entries: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str, Any]]]:
-    """Entries grouped by `seed_group_key`; groups and their members keep the input order."""
-    groups: Dict[Tuple[str, ...], List[Mapping[str, Any]]] = {}
-    for e in entries:
-        groups.setdefault(seed_group_key(e), []).append(e)
-    return list(groups.values())
+    """Entries of one configuration (`seed_group_key`) whose shared attacks have identical settings; groups
+    and their members keep the input order.
+
+    Entries of one configuration may differ in which attacks they ran (a study's first seed adds APGD-T):
+    they stay one group, and a statistic over the group uses only what every member measured with the same
+    settings (`attack_signature`): the worst case of seeds with different attack sets is not pooled. An
+    attack that two entries both ran with different settings splits them, and so does one training seed
+    (`provenance.seed`) twice: that is one model evaluated twice.
+    """
+    groups: Dict[Tuple[str, ...], List[List[Mapping[str, Any]]]] = {}
+    signatures: Dict[int, Dict[str, str]] = {}
+
+    def fits(e: Mapping[str, Any], m: Mapping[str, Any]) -> bool:
+        seeds = [(x.get('provenance') or {}).get('seed') for x in (e, m)]
+        # two entries of one training seed are one trained model evaluated twice, not two seeds
+        return _compatible(signatures[id(e)], signatures[id(m)]) and (seeds[0] is None or seeds[0] != seeds[1])
+
+    position = {id(e): i for i, e in enumerate(entries)}
+    # assigned in entry-id order, so that the groups do not depend on the order the entries were read in
+    for e in sorted(entries, key=lambda x: (str(x.get('entry_id')), position[id(x)])):
+        signatures.setdefault(id(e), attack_signature(e))
+        bucket = groups.setdefault(seed_group_key(e), [])
+        home = next((g for g in bucket if all(fits(e, m) for m in g)), None)
+        if home is None:
+            bucket.append([e])
+        else:
+            home.append(e)
+    out = [sorted(g, key=lambda x: position[id(x)]) for bucket in groups.values() for g in bucket]
+    return sorted(out, key=lambda g: position[id(g[0])])
 
 
 def _t_two_sided_coverage(theta: float, df: int) -> float:
@@ -331,20 +387,148 @@ def _t_two_sided_coverage(theta: float, df: int) -> float:
     return 2 / math.pi * (theta + s * total)
 
 
-def t_quantile(confidence: float, df: int) -> float:
+def t_quantile(confidence: float, df: float) -> float:
     """The two-sided Student-t critical value: P(|T_df| < t) = confidence (12.706 for 0.95 at df = 1).
 
-    Exact up to float rounding: bisection (100 halvings) on the closed-form t distribution function of
-    integer df, so there is no table to run out of and no scipy.
+    Integer df: exact up to float rounding, by bisection (100 halvings) on the closed-form t distribution
+    function, so there is no table to run out of and no scipy. Other df (Welch's): bisection on `t_cdf`.
     """
     _check_confidence(confidence)
-    if int(df) < 1:
+    if not float(df) >= 1:
         raise ValueError(f'df={df} must be >= 1')
+    if float(df) != int(df):
+        lo, hi = 0.0, 1e6
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if 2 * t_cdf(mid, df) - 1 < confidence else (lo, mid)
+        return (lo + hi) / 2
     lo, hi = 0.0, math.pi / 2
     for _ in range(100):  # coverage rises monotonically with theta from 0 to 1
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _t_two_sided_coverage(mid, int(df)) < confidence else (lo, mid)
     return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b): its continued fraction (modified Lentz), on the
+    side of x where it converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return front * (f - 1.0)
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T_df <= t) for Student's t with any df > 0 (Welch's df are not integers)."""
+    if not float(df) > 0:
+        raise ValueError(f'df={df} must be > 0')
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def minimum_detectable_difference(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided t-test at level `alpha` detects with probability `power`:
+    (t_{1 - alpha/2, df} + t_{power, df}) * se, the usual t approximation of the power function.
+
+    With 3 seeds paired (df = 2) and a differences' sd of 2.25 points, se = 2.25 / sqrt(3) and the
+    detectable difference is (4.303 + 1.061) * 1.299 = 6.97 points.
+    """
+    if not 0 < power < 1:
+        raise ValueError(f'power {power!r} must lie strictly between 0 and 1 (e.g. 0.8)')
+    return (t_quantile(1 - alpha, df) + t_quantile(2 * power - 1, df)) * float(se)
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, pooled: bool = False) -> Dict[str, Any]:
+    """Mean(a) - mean(b) for two independent samples (seeds as the unit) with its t-interval and two-sided p.
+
+    Welch's unequal-variance t (Welch-Satterthwaite df), or with `pooled` the pooled-variance t (df = na + nb - 2).
+
+    Returns:
+        dict(diff, se, df, lo, hi, t, p, n_a, n_b, sd_a, sd_b).
+    """
+    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if va.size < 2 or vb.size < 2:
+        raise ValueError(f'welch needs at least 2 values per side, got {va.size} and {vb.size}')
+    if not (np.isfinite(va).all() and np.isfinite(vb).all()):
+        raise ValueError('welch got a non-finite value')
+    sa, sb = float(va.var(ddof=1)), float(vb.var(ddof=1))
+    na, nb = va.size, vb.size
+    if pooled:
+        df = float(na + nb - 2)
+        se = math.sqrt(((na - 1) * sa + (nb - 1) * sb) / df * (1 / na + 1 / nb))
+    else:
+        qa, qb = sa / na, sb / nb
+        se = math.sqrt(qa + qb)
+        df = (qa + qb) ** 2 / (qa ** 2 / (na - 1) + qb ** 2 / (nb - 1)) if se > 0 else float(na + nb - 2)
+    diff = float(va.mean() - vb.mean())
+    half = t_quantile(confidence, df) * se
+    if se > 0:
+        tt = diff / se
+        p = 2 * (1 - t_cdf(abs(tt), df))
+    else:  # no spread at all: the difference is exact
+        tt, p = (math.copysign(math.inf, diff), 0.0) if diff else (0.0, 1.0)
+    return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)),
+                n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
+
+
+def holm(pvalues: Sequence[float]) -> List[float]:
+    """Holm's step-down adjusted p-values, in the input order: the i-th smallest p times (m - i + 1), made
+    non-decreasing along the order and capped at 1. Rejecting where the adjusted p < alpha controls the
+    family-wise error rate at alpha over the m tests."""
+    p = [float(x) for x in pvalues]
+    if any(not 0 <= x <= 1 for x in p):
+        raise ValueError(f'p-values must lie in [0, 1], got {p}')
+    order = sorted(range(len(p)), key=lambda i: (p[i], i))
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> List[float]:
+    """The level Holm tests each p at, in the input order: alpha / (m - rank), rank 0 for the smallest p."""
+    order = sorted(range(len(pvalues)), key=lambda i: (float(pvalues[i]), i))
+    out = [0.0] * len(pvalues)
+    for rank, i in enumerate(order):
+        out[i] = alpha / (len(pvalues) - rank)
+    return out
+
+
+def seeds_for_margin(sd: float, margin: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 10000) -> int:
+    """Seeds per arm so that two arms of n seeds each, with seed sd `sd` in both, have a minimum detectable
+    difference (pooled t, df = 2n - 2, se = sd * sqrt(2 / n)) of at most `margin`.
+
+    sd = margin, alpha 0.05, power 0.8 gives 17 per arm: the textbook sample size of a two-sample t-test
+    for an effect of one sd.
+    """
+    if not (sd > 0 and margin > 0):
+        raise ValueError(f'sd {sd!r} and margin {margin!r} must be > 0')
+    for n in range(2, max_n + 1):
+        if minimum_detectable_difference(sd * math.sqrt(2 / n), 2 * n - 2, alpha, power) <= margin:
+            return n
+    raise ValueError(f'more than {max_n} seeds per arm: sd {sd} is too large for margin {margin}')
 
 
 def seed_summary(values: Sequence[float], confidence: float = 0.95) -> Dict[str, Any]:
@@ -367,3 +551,38 @@ def seed_summary(values: Sequence[float], confidence: float = 0.95) -> Dict[str,
     std = float(v.std(ddof=1))
     half = t_quantile(confidence, v.size - 1) * std / math.sqrt(v.size)
     return dict(mean=mean, std=std, n=int(v.size), lo=mean - half, hi=mean + half)
+
+
+def hierarchical_bootstrap(bits_a: Any, bits_b: Any, n_boot: int = 10000, seed: int = 0,
+                           confidence: float = 0.95) -> Tuple[float, float, float]:
+    """Mean accuracy of arm A minus arm B, in points, with a percentile interval from a two-level bootstrap:
+    the seeds of each arm resampled with replacement, then the test points (drawn once per replicate and
+    shared by every run, because every run was attacked on the same points).
+
+    Args:
+        bits_a, bits_b: (seeds, points) correct/incorrect matrices of the two arms on the same points.
+
+    Returns:
+        (difference, lo, hi).
+    """
+    _check_confidence(confidence)
+    a, b = np.asarray(bits_a, dtype=float), np.asarray(bits_b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or 0 in a.shape or 0 in b.shape:
+        raise ValueError(f'hierarchical_bootstrap needs (seeds, points) matrices on the same points, got {a.shape} '
+                         f'and {b.shape}')
+    if int(n_boot) < 1:
+        raise ValueError(f'n_boot={n_boot} must be >= 1')
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    out = np.empty(int(n_boot))
+    for start in range(0, int(n_boot), 500):  # in blocks: 500 x n point weights at a time
+        m = min(500, int(n_boot) - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=m).T / n  # (points, m)
+        acc_a, acc_b = a @ weights, b @ weights  # (seeds, m): each run's accuracy on the resampled points
+        pick_a = rng.integers(0, a.shape[0], size=(a.shape[0], m))
+        pick_b = rng.integers(0, b.shape[0], size=(b.shape[0], m))
+        cols = np.arange(m)
+        out[start:start + m] = (acc_a[pick_a, cols].mean(0) - acc_b[pick_b, cols].mean(0)) * 100
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(out, [alpha, 1 - alpha])
+    return float(100 * (a.mean() - b.mean())), float(lo), float(hi)

@@ -1,8 +1,10 @@
 """The inner maximisation of adversarial training: projected sign-gradient ascent in an L-inf ball.
 
-Madry's PGD-AT maximises cross-entropy; TRADES maximises the KL divergence from the clean prediction.
-Both are the one projected ascent of `bench.attacks.pgd` (which evaluation's PGD also runs) with a different loss
-and start; this module holds only what training adds: those losses and starts, and float16 loss scaling.
+Madry's PGD-AT maximises cross-entropy; TRADES maximises the KL divergence from the clean prediction; Fast-AT is
+Madry's PGD cut to one step of 1.25 eps from the random start. All three are the one projected ascent of
+`bench.attacks.pgd` (which evaluation's PGD also runs) with a different loss, start and length; this module holds
+only what training adds: those losses and starts, and float16 loss scaling. (Free-AT, which takes one step of
+that core per optimizer update on a perturbation it carries along, is `bench.training.free`.)
 
 Under float16 autocast the input gradient passes backwards through float16 activations. Its smallest
 positive value is 6e-8, and a mean loss over a batch of 640 confidently classified images has input
@@ -98,3 +100,26 @@ def trades_examples(model: torch.nn.Module, x: torch.Tensor, eps: float, step: f
         p_clean = F.softmax(model(x).float(), dim=1)
     return linf_ascent(lambda z: F.kl_div(F.log_softmax(model(z).float(), dim=1), p_clean, reduction='sum'),
                        x, eps, step, steps, 'gaussian', scaler)
+
+
+# Wong et al. (2020): alpha = 1.25 eps; much beyond it, FGSM training overfits catastrophically
+FAST_STEP_RATIO = 1.25
+
+
+def fast_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: Optional[float] = None,
+                  scaler: Optional[InputGradScaler] = None) -> torch.Tensor:
+    """Fast-AT's examples (Wong et al., 2020, "Fast is better than free"): FGSM from a uniform random start.
+
+    delta ~ U(-eps, eps); delta <- clip_eps(delta + step * sign(grad)); x_adv = clamp(x + delta, 0, 1). That is one
+    step of Madry's PGD with a random start, so it is exactly `madry_examples` with steps=1.
+
+    Args:
+        model: Maps [0, 1] images to logits.
+        x: Clean images in [0, 1].
+        y: Labels.
+        eps: Radius of the L-inf ball.
+        step: The FGSM step; None = 1.25 * eps.
+        scaler: Loss scaling for the input gradient under float16 autocast.
+    """
+    step = FAST_STEP_RATIO * eps if step is None else step
+    return madry_examples(model, x, y, eps, step, 1, random_start=True, scaler=scaler)

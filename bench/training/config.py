@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -19,10 +19,10 @@ import yaml
 from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
-from bench.core.yaml_files import read_yaml_mapping
-from bench.core.values import parse_eps, parse_mapping, parse_number
+from bench.core.yaml_files import RECIPE, read_yaml_mapping
+from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
 
-METHODS = ('normal', 'pgd', 'trades')
+METHODS = ('normal', 'pgd', 'trades', 'fast', 'free')
 ATTACK_PRECISIONS = ('fp32', 'amp')
 
 
@@ -43,34 +43,38 @@ class TrainConfig:
     augment: bool = True  # the paper's augmentation (crop, flip, colour jitter on CIFAR)
     workers: int = 4  # loader processes; augmentation stays reproducible with any number
     # -- optimisation (the paper: SGD 0.1 Nesterov, wd 5e-4, poly 0.9, 200 epochs, batch 640)
-    epochs: int = 200
+    epochs: int = 200  # passes over the training set
     batch_size: int = 640  # global batch; each of N distributed ranks takes batch_size / N
     accum_steps: int = 1  # split each batch into this many sequential micro-batches (same gradient)
     opt: str = 'sgd'  # timm optimizer name; timm's 'sgd' is Nesterov momentum
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay (see filter_bias_and_bn)
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
     warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
     warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None
+    min_lr: float = 0.0  # the schedule's floor
+    clip_grad: Optional[float] = None  # clip the gradient norm to this (none: no clipping)
     # -- adversarial training
-    training: str = 'normal'  # normal | pgd (Madry) | trades; the old key `method` still reads (deprecated)
+    training: str = 'normal'  # normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: minibatch replay)
     eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
-    attack_step: float = 2 / 255
-    attack_steps: int = 7
-    random_start: bool = True
-    trades_beta: float = 6.0
+    attack_step: float = 2 / 255  # the training attack's step size, in [0, 1] pixels; accepts '2/255'
+    attack_steps: int = 7  # the training attack's PGD steps
+    random_start: bool = True  # start the training attack at a uniform random point of the eps-ball
+    trades_beta: float = 6.0  # TRADES' weight of the robust KL term
+    fast_step: Optional[float] = None  # Fast-AT's FGSM step; None = 1.25 * eps (Wong et al. 2020)
+    free_replays: int = 4  # Free-AT: optimizer steps (replays) per minibatch; `epochs` counts data passes
+    free_step: Optional[float] = None  # Free-AT's ascent step on the carried perturbation; None = eps
+    free_reset_prob: float = 0.0  # Free-AT: chance per image and replay that its carried perturbation restarts at 0
     attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
     attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
     # -- extras
     ema: bool = False  # keep a ModelEmaV3 copy of the weights
-    ema_decay: float = 0.9998
+    ema_decay: float = 0.9998  # the EMA's decay per optimizer step
     amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
     torchcompile: Optional[str] = None  # torch.compile backend, as timm's --torchcompile (bare flag: inductor)
     torchcompile_mode: Optional[str] = None  # inductor's mode: default | reduce-overhead | max-autotune | ...
     device: str = 'auto'  # auto | cpu | cuda | cuda:N
@@ -102,17 +106,31 @@ class TrainConfig:
             raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
         if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
             raise UserError(f'upcycle_sha256={self.upcycle_sha256!r} is not a sha256 (64 lower-case hex digits)')
+        self._validate_fast_free()
         if self.batch_size % self.accum_steps:
             raise UserError(f'batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}')
         check_torchcompile(self.torchcompile, self.torchcompile_mode)
         return self
 
-    @property
-    def method(self) -> str:
-        """Deprecated name of `training` (kept for one release)."""
-        warnings.warn('TrainConfig.method is deprecated and will be removed in the next release; use '
-                      'TrainConfig.training', DeprecationWarning, stacklevel=2)
-        return self.training
+    def _validate_fast_free(self) -> None:
+        if self.free_replays < 1:
+            raise UserError(f'free_replays={self.free_replays} must be at least 1')
+        for key in ('fast_step', 'free_step'):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise UserError(f'{key}={value} must be positive (or none for its default)')
+        if not 0 <= self.free_reset_prob <= 1:
+            raise UserError(f'free_reset_prob={self.free_reset_prob} must be in [0, 1]')
+        if self.training == 'fast' and not self.random_start:
+            raise UserError('random_start=False with training=fast: Fast-AT is FGSM from a random start (without it, '
+                            'it is the FGSM training that overfits catastrophically); use random_start=True')
+        if self.training == 'free':
+            if self.attack_mode != 'train':
+                raise UserError(f'attack_mode={self.attack_mode!r} with training=free: Free-AT takes its perturbation '
+                                "gradient from the update's own backward, in train mode; use attack_mode=train")
+            if self.max_steps is not None and self.max_steps % self.free_replays:
+                raise UserError(f'max_steps={self.max_steps} with training=free must be a multiple of '
+                                f'free_replays={self.free_replays}: the replays of a minibatch are one unit')
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,16 +142,35 @@ class TrainConfig:
         forwards and gradients match eager's to rounding; tests/test_torchcompile_cli.py checks it), and
         leaving it out keeps the hashes of configs written before the key existed.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
-        # hashed under the key's old name, so that the hashes of configs written before the rename still match
+        # the Fast-/Free-AT keys change only those runs: left out of others, so older configs keep their hashes
+        unused = _FREE_KEYS + _FAST_KEYS if self.training not in ('fast', 'free') else \
+            (_FREE_KEYS if self.training == 'fast' else _FAST_KEYS)
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED + unused}
+        # The field is serialised as 'method' here, its name when the first entries were written: every stored
+        # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
+        # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
         d['method'] = d.pop('training')
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def field_help() -> Dict[str, str]:
+    """{field: its trailing comment in TrainConfig}: the one description of each key, which `train --help` shows
+    (tests/test_cli_help.py checks that every field has one)."""
+    import inspect
+    import io
+    import tokenize
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        m = re.match(r'    (\w+): ', tok.line)
+        if tok.type == tokenize.COMMENT and m and m.group(1) in _FIELDS:
+            out[m.group(1)] = tok.string.lstrip('#').strip()
+    return out
+
+
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
+_FAST_KEYS = ('fast_step',)
+_FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# old key -> its name now (one name per concept: `training`, as the registry and the grid say); read for one release
-_DEPRECATED_KEYS = {'method': 'training'}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -157,15 +194,17 @@ def _coerce(key: str, value: Any) -> Any:
         return dict(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise UserError(f'{key}={value!r} has the wrong type: expected {base.__name__}')
+    if base is float and not math.isfinite(value):  # YAML's .nan and .inf, or 1e400
+        raise UserError(f'{key}={value!r} is not a finite number')
     return value
 
 
 def _parse_scalar(key: str, text: str, base: type) -> Any:
-    if base is float and '/' in text:  # '8/255'
+    if base is float:  # '8/255' and '1e-3' too (YAML 1.1 reads 1e-3 as a string); a finite number
         return parse_number(text, key)
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise UserError(f'{key}={text!r} could not be parsed as {base.__name__}') from None
 
 
@@ -175,13 +214,9 @@ def _set(cfg_dict: Dict[str, Any], key: str, value: Any) -> None:
         head, sub = key.split('.', 1)
         if head != 'model_kwargs':
             raise UserError(f'unknown config key {key!r}: only model_kwargs takes dotted sub-keys')
-        v = yaml.safe_load(value) if isinstance(value, str) else value
+        v = parse_yaml_value(key, value) if isinstance(value, str) else value
         cfg_dict.setdefault('model_kwargs', {})[sub] = v
         return
-    if key in _DEPRECATED_KEYS:
-        warnings.warn(f'config key {key} is deprecated and will be removed in the next release; use '
-                      f'{_DEPRECATED_KEYS[key]}', DeprecationWarning, stacklevel=3)
-        key = _DEPRECATED_KEYS[key]
     if key not in _FIELDS:
         raise UserError(f'unknown config key {key!r}; allowed: {", ".join(_FIELDS)}')
     if key == 'torchcompile' and str(value).lower() in ('true', 'false'):  # a bare flag, or a YAML bool
@@ -200,7 +235,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     """
     cfg: Dict[str, Any] = {}
     if path is not None:
-        for k, v in read_yaml_mapping(path, 'config', 'cifar*.yaml').items():
+        for k, v in read_yaml_mapping(path, 'config', RECIPE).items():
             _set(cfg, str(k), v)
     for k, v in _pairs(overrides or []):
         _set(cfg, k, v)

@@ -1,4 +1,4 @@
-"""The trainer behind `timm-moe train`: standard, PGD (Madry) and TRADES adversarial training from timm's components.
+"""The trainer behind `timm-moe train`: normal, PGD (Madry), TRADES, Fast-AT and Free-AT training from timm's parts.
 
 timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per update),
 the weight EMA (`ModelEmaV3`) and the distributed set-up (`timm.utils.distributed`); this module adds the
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -34,15 +35,16 @@ from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
 from bench import models as ckpt
-from bench.core.atomic import atomic_save, atomic_save_safetensors, write_json_atomic
-from bench.core.compile import torchcompile_settings
+from bench.core.atomic import atomic_save, atomic_save_safetensors, finite_json, write_json_atomic
+from bench.core.compile import compile_for_training, torchcompile_settings
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
 from bench.core.progress import progress_bar
 from bench.core.rng import forked_rng, key_seed
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
 from bench.models import create_model, normalized
-from bench.training.adversarial import InputGradScaler, madry_examples, trades_examples
+from bench.training import free as free_at
+from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
 from bench.training.config import TrainConfig, save_config
 from bench.training.sampler import ShardedBatches
 from bench.training.upcycle import upcycle_model
@@ -92,13 +94,16 @@ class Trainer:
                                              momentum=cfg.momentum, filter_bias_and_bn=cfg.filter_bias_and_bn)
         self.train_set = build_dataset(cfg.dataset, 'train', cfg.data_dir, cfg.download, augment=cfg.augment,
                                        seed=cfg.seed, limit=cfg.train_limit)
-        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size  # minibatches per epoch (one data pass)
         if self.steps_per_epoch < 1:
             raise UserError(f'batch_size={cfg.batch_size} is larger than the {len(self.train_set)} training images')
+        # Free-AT's epoch (a data pass) makes free_replays updates per minibatch; the schedule runs over them all
+        self.free = free_at.from_config(cfg)  # None unless training=free
+        self.updates_per_epoch = self.steps_per_epoch * (cfg.free_replays if self.free is not None else 1)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.poly_power, min_lr=cfg.min_lr,
             warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch)
+            updates_per_epoch=self.updates_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.amp_dtype = (torch.float16 if self.device.type == 'cuda' else torch.bfloat16) if cfg.amp else None
         fp16 = self.amp_dtype == torch.float16
@@ -108,7 +113,8 @@ class Trainer:
         self.ddp = (nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index]
                                                         if self.device.type == 'cuda' else None)
                     if self.distributed else self.net)
-        self.step_net, self.local_net = self._compiled()
+        self.step_net, self.local_net = compile_for_training(self.ddp, self.net, cfg.torchcompile,
+                                                             cfg.torchcompile_mode, self.distributed)
         self.eval_set = self._eval_set() if cfg.eval_limit and self.primary else None
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
         if resume:
@@ -117,20 +123,6 @@ class Trainer:
             if self.upcycled_from is not None:  # config.yaml pins the dense source by content
                 cfg.upcycle_sha256 = self.upcycled_from['sha256']
             save_config(cfg, self.run_dir / 'config.yaml')
-
-    def _compiled(self) -> tuple:
-        """(step_net, local_net): the training forward (through DDP) and the attack's and clean accuracy's
-        forward (without DDP), compiled by `--torchcompile` as timm's train.py does it: after the DDP wrap,
-        with the EMA and the checkpoints on the raw module (so no `_orig_mod.` key reaches a state_dict)."""
-        cfg = self.cfg
-        if not cfg.torchcompile:
-            return self.ddp, self.net
-        torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
-        step_net = torch.compile(self.ddp, backend=cfg.torchcompile, mode=cfg.torchcompile_mode)
-        # without DDP the attack's backward must not all-reduce: a distributed run compiles the bare net too
-        local_net = torch.compile(self.net, backend=cfg.torchcompile, mode=cfg.torchcompile_mode) \
-            if self.distributed else step_net
-        return step_net, local_net
 
     def _compile_settings(self) -> contextlib.AbstractContextManager:
         if not self.cfg.torchcompile:
@@ -176,20 +168,25 @@ class Trainer:
             if cfg.training == 'pgd':
                 x_adv = madry_examples(self.local_net, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps,
                                        cfg.random_start, scaler=self.attack_scaler)
+            elif cfg.training == 'fast':
+                x_adv = fast_examples(self.local_net, x, y, cfg.eps, cfg.fast_step, scaler=self.attack_scaler)
             else:
                 x_adv = trades_examples(self.local_net, x, cfg.eps, cfg.attack_step, cfg.attack_steps,
                                         scaler=self.attack_scaler)
         self.net.train(was_training)
         return x_adv
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, shard: int) -> Dict[str, torch.Tensor]:
-        cfg = self.cfg
-        if cfg.training == 'normal':
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, shard: int, micro: int) -> Dict[str, torch.Tensor]:
+        cfg, leaf = self.cfg, None
+        if cfg.training in ('normal', 'free'):
+            if self.free is not None:  # Free-AT: the carried perturbation; this backward fills its gradient (`leaf`)
+                with forked_rng(self.device, key_seed(cfg.seed, self.epoch, self.global_step, shard)):
+                    x, leaf = self.free.inputs(x, slice(micro, None, cfg.accum_steps))
             with self._autocast():
                 logits = self.step_net(x)
                 task = F.cross_entropy(logits, y)
             aux = timm_moe.aux_loss(self.model)
-        elif cfg.training == 'pgd':
+        elif cfg.training in ('pgd', 'fast'):
             x_adv = self._adversarial(x, y, shard)
             with self._autocast():
                 logits = self.step_net(x_adv)
@@ -204,9 +201,16 @@ class Trainer:
                 task = F.cross_entropy(logits, y) + cfg.trades_beta * robust
             aux = timm_moe.aux_loss(self.model)
         return dict(loss=task + aux.to(task.dtype), task=task.detach(), aux=aux.detach(),
-                    correct=(logits.argmax(1) == y).sum().detach())
+                    correct=(logits.argmax(1) == y).sum().detach(), free_leaf=leaf)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        """One minibatch: one optimizer update, or Free-AT's `free_replays` updates on the same images."""
+        if self.free is None:
+            return self._update(x, y)
+        self.free.begin(self._to_device(x))
+        return free_at.replay(lambda: self._update(x, y), self.cfg.free_replays)
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         cfg, accum = self.cfg, self.cfg.accum_steps
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,9 +220,11 @@ class Trainer:
             xs, ys = self._to_device(x[micro::accum]), y[micro::accum].to(self.device)
             sync = micro == accum - 1 or not self.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                out = self._loss(xs, ys, shard=self.rank * accum + micro)
+                out = self._loss(xs, ys, self.rank * accum + micro, micro)
                 loss = out['loss'] / accum
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            if self.free is not None:  # the ascent step, from the gradient this backward gave for free
+                self.free.ascend(out['free_leaf'], slice(micro, None, accum))
             scale = torch.tensor([1 / accum] * 3 + [1.0], device=self.device)
             sums += torch.stack([out[k].detach().float() for k in keys]) * scale
         # An expert no image reached in any micro-batch on any rank has a zero grad (BlockMoE's idle anchor);
@@ -233,6 +239,7 @@ class Trainer:
         totals = dict(zip(keys, sums.tolist()))
         totals['acc'] = 100.0 * totals.pop('correct') / len(y)
         totals['idle_experts'] = sum(len(v) for v in idle.values())
+        totals['updates'] = 1
         return totals
 
     def _optimizer_step(self) -> None:
@@ -249,14 +256,15 @@ class Trainer:
             self.optimizer.step()
 
     # -- state
-    def state(self) -> Dict[str, Any]:
+    def state(self, free: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         rng = dict(torch=torch.get_rng_state())
         if self.device.type == 'cuda':
             rng['cuda'] = torch.cuda.get_rng_state(self.device)
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), ema=self.ema.state_dict() if self.ema else None,
                     scaler=self.scaler.state_dict() if self.scaler else None,
-                    attack_scaler=self.attack_scaler.state_dict() if self.attack_scaler else None, epoch=self.epoch,
+                    attack_scaler=self.attack_scaler.state_dict() if self.attack_scaler else None,
+                    free=free, epoch=self.epoch,
                     step_in_epoch=self.step_in_epoch, global_step=self.global_step, rng=rng,
                     history=self.history, config=self.cfg.to_dict(), model_name=self.cfg.model,
                     model_kwargs=self.model_kwargs, upcycled_from=self.upcycled_from)
@@ -273,6 +281,8 @@ class Trainer:
             self.scaler.load_state_dict(state['scaler'])
         if self.attack_scaler is not None and state.get('attack_scaler') is not None:
             self.attack_scaler.load_state_dict(state['attack_scaler'])
+        if self.free is not None and state.get('free') is not None:
+            free_at.load_state(self.free, state['free'], self.rank, self.world_size, self.device)
         self.upcycled_from = state.get('upcycled_from')
         self.epoch, self.step_in_epoch = state['epoch'], state['step_in_epoch']
         self.global_step, self.history = state['global_step'], state['history']
@@ -281,9 +291,11 @@ class Trainer:
             torch.cuda.set_rng_state(state['rng']['cuda'], self.device)
 
     def save(self) -> None:
+        # Free-AT's carried perturbation, gathered from every rank (a collective: before the primary-only part)
+        free = free_at.gather_state(self.free, self.world_size) if self.free is not None else None
         if not self.primary:
             return
-        atomic_save(self.state(), self.run_dir / ckpt.TRAIN_STATE)
+        atomic_save(self.state(free), self.run_dir / ckpt.TRAIN_STATE)
         atomic_save(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
         atomic_save_safetensors(self.model.state_dict(), self.run_dir / ckpt.SAFE_WEIGHTS)
         if self.ema is not None:
@@ -293,7 +305,7 @@ class Trainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if self.primary:
             with open(self.run_dir / 'metrics.jsonl', 'a') as f:
-                f.write(json.dumps(record, sort_keys=True) + '\n')
+                f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + '\n')  # null, never NaN
 
     # -- the loop
     @torch.no_grad()
@@ -308,8 +320,8 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
-        total = cfg.epochs * self.steps_per_epoch if cfg.max_steps is None else min(
-            cfg.max_steps, cfg.epochs * self.steps_per_epoch)
+        total = cfg.epochs * self.updates_per_epoch if cfg.max_steps is None else min(
+            cfg.max_steps, cfg.epochs * self.updates_per_epoch)
         images_seen, train_seconds = 0, 0.0
         with progress_bar(enabled=cfg.progress and self.primary) as bar, self._compile_settings():
             task = bar.add_task(f'{cfg.training} {cfg.model}', total=total, completed=self.global_step, ips='')
@@ -326,6 +338,10 @@ class Trainer:
                 for x, y in loader:
                     t0 = time.perf_counter()
                     out = self.train_step(x, y)
+                    if not math.isfinite(out['loss']):  # nothing of this step is logged or saved
+                        raise UserError(f'training diverged: the loss is {out["loss"]} at step {self.global_step} '
+                                        f'(epoch {self.epoch}); lower lr (now {cfg.lr:g}) or set clip_grad; the '
+                                        f'checkpoints in {self.run_dir} are from before')
                     dt = time.perf_counter() - t0
                     train_seconds += dt
                     images_seen += len(y) * self.world_size
@@ -334,11 +350,11 @@ class Trainer:
                     for k in sums:
                         sums[k] += out[k]
                     ips = images_seen / max(train_seconds, 1e-9)
-                    bar.update(task, advance=1, ips=f'{ips:.0f} img/s', loss=out['loss'])
-                    if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    bar.update(task, advance=out['updates'], ips=f'{ips:.0f} img/s', loss=out['loss'])
+                    if free_at.crossed(cfg.log_every, self.global_step, out['updates']):
                         self._log(dict(kind='step', epoch=self.epoch, step=self.global_step,
                                        lr=self.optimizer.param_groups[0]['lr'], img_per_s=ips, **out))
-                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    if free_at.crossed(cfg.checkpoint_every, self.global_step, out['updates']):
                         self.save()
                     if self.global_step >= total:
                         break

@@ -120,13 +120,13 @@ def upcycle_model(cfg: TrainConfig, model_kwargs: Dict[str, Any]) -> tuple:
 
 
 def _spec_of(name: str, model_kwargs: Dict[str, Any]) -> Tuple[ModelSpec, Dict[str, Any]]:
-    """(the BlockMoE spec, the remaining timm kwargs) of the run's model; only a BlockMoE can be upcycled."""
+    """(the MoE spec, the remaining timm kwargs) of the run's model; only an MoE model can be upcycled."""
     try:
         named = ModelSpec.from_name(name)
     except ValueError:
         named = None
     if named is None or not named.is_moe:
-        raise UserError(f'--upcycle-from needs a timm-moe BlockMoE model such as resnet18_blockmoe_e4_k1, not {name}')
+        raise UserError(f'--upcycle-from needs a timm-moe MoE model such as resnet18_blockmoe_e4_k1, not {name}')
     try:
         return ModelSpec.from_timm_kwargs(name, model_kwargs)
     except ValueError as e:

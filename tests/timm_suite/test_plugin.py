@@ -36,9 +36,11 @@ ALL = list_models()
 '''
 
 
-def _run(pytester, body: str, *args):
+def _run(pytester, body: str, *args, models: str = 'all'):
+    """Run a timm-like file with the plugin; `models='all'` unless a test is about the subset."""
     pytester.makepyfile(test_timm_like=HEADER + body)
-    return pytester.runpytest('-p', 'no:cacheprovider', *args, plugins=[PLUGIN])
+    return pytester.runpytest('-p', 'no:cacheprovider', *args, *([f'--timm-moe-models={models}'] if models else []),
+                              plugins=[PLUGIN])
 
 
 def test_our_names_are_the_28_moe_variants_and_2_baselines():
@@ -171,7 +173,7 @@ def test_model_forward(model_name):
     out = result.stdout.str()
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k1]' in out
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k2]' not in out
-    assert '1 BlockMoE layer(s) built by this test outlived it (layer4.1)' in out
+    assert '1 MoE layer(s) built by this test outlived it (layer4.1)' in out
 
 
 def test_prune_contract_is_marked_slow(pytester):
@@ -185,3 +187,78 @@ def test_prune_intermediate_layers_contract(model_name):
     pass
 ''', '-m', 'not slow', '-p', 'no:warnings')
     result.assert_outcomes(passed=len(OURS))
+
+
+# ------------------------------------------------------------------------------------------- representative subset
+
+# the names the design space adds (ConvMoE, k=3, placements, a WideResNet): the selection must cover them unseen
+FUTURE = OURS + ['resnet18_convmoe_e4_k1', 'resnet18_convmoe_e4_k3', 'resnet50_convmoe_e8_k2',
+                 'resnet18_convmoe_all_e4_k1', 'resnet18_blockmoe_layer3_e4_k2', 'resnet18_blockmoe_e4_k3',
+                 'wide_resnet50_2_blockmoe_e4_k1', 'wide_resnet50_2_dense']
+
+
+def _features(names):
+    return set().union(*(PLUGIN.name_features(n) for n in names))
+
+
+def test_name_features_read_family_k_experts_and_placement():
+    f = PLUGIN.name_features
+    assert f('wide_resnet50_2_blockmoe_e4_k1') == {('family', 'wide_resnet50_2', 'blockmoe'),
+                                                   ('experts', 'blockmoe', 'e4'), ('k', 'blockmoe', 'k1'),
+                                                   ('placement', 'blockmoe', 'default')}
+    assert ('placement', 'convmoe', 'all') in f('resnet18_convmoe_all_e4_k1')
+    assert f('resnet50_dense') == {('family', 'resnet50', 'dense')}
+    assert f('some_new_thing') == {('name', 'some_new_thing')}  # an unknown shape is always selected
+
+
+@pytest.mark.parametrize('names', [OURS, FUTURE], ids=['today', 'design-space'])
+def test_subset_covers_every_family_k_experts_and_placement(names):
+    subsets = [PLUGIN.representative_subset(names, salt=test) for test in PLUGIN.REQUIRED_TESTS]
+    for test, subset in zip(PLUGIN.REQUIRED_TESTS, subsets):
+        assert set(subset) <= set(names) and _features(subset) == _features(names)
+        assert len(subset) <= len(names) // 2, subset
+        assert PLUGIN.representative_subset(list(reversed(names)), salt=test) == subset  # deterministic
+    # each test draws its own subset: together they run on more names than one of them
+    assert len(set().union(*subsets)) > max(len(s) for s in subsets)
+    assert {'resnet18_dense', 'resnet50_dense'} <= set(subsets[0])
+    assert PLUGIN.representative_subset(names + ['some_new_thing'], 'x').count('some_new_thing') == 1
+
+
+def test_default_runs_each_test_on_its_subset_and_every_tag(pytester):
+    result = _run(pytester, '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    pass
+
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_backward(model_name):
+    pass
+
+@pytest.mark.parametrize('model_name', list_models(pretrained=True, include_tags=True))
+def test_model_load_pretrained(model_name):
+    pass
+''', '-v', models='')
+    expected = {test: PLUGIN.representative_subset(OURS, salt=test) for test in ('test_model_forward',
+                                                                                'test_model_backward')}
+    tags = PLUGIN.our_tagged_names()
+    result.assert_outcomes(passed=sum(map(len, expected.values())) + len(tags))
+    out = result.stdout.str()
+    for test, names in expected.items():
+        assert all(f'{test}[{name}] PASSED' in out for name in names)
+        assert sum(f'{test}[' in line for line in out.splitlines()) == len(names)
+    assert all(f'test_model_load_pretrained[{tag}] PASSED' in out for tag in tags)
+    assert 'each test runs a representative subset' in out
+
+
+def test_env_var_runs_every_name_and_a_bad_mode_is_refused(pytester, monkeypatch):
+    body = '''
+@pytest.mark.parametrize('model_name', ALL)
+def test_model_forward(model_name):
+    pass
+'''
+    monkeypatch.setenv(PLUGIN.ENV_VAR, 'all')
+    _run(pytester, body, models='').assert_outcomes(passed=len(OURS))
+    monkeypatch.setenv(PLUGIN.ENV_VAR, 'some')
+    result = _run(pytester, body, models='')
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "TIMM_MOE_TIMM_SUITE='some': expected one of subset, all" in result.stderr.str()

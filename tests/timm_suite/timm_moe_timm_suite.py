@@ -13,6 +13,10 @@ What it does, and why:
   weights run on them), and deselects the rest;
 - fails the run (exit 4) unless every core test of the file collected every one of our names, so
   that a timm filter list or a renamed test cannot silently shrink coverage;
+- then, by default, runs each test on a representative subset of our names (`representative_subset`):
+  every family (architecture x kind: BlockMoE, ConvMoE, dense), every k, every number of experts and every
+  placement appear in every test, and each test draws its own subset, so that the tests together cover
+  more names than any one of them; `--timm-moe-models=all` (or TIMM_MOE_TIMM_SUITE=all) runs every name;
 - adds our names to the tests that timm selects by model *module* (its FEAT_INTER_FILTERS lists
   'resnet' and others): ours live in `timm_moe`'s module but inherit timm's ResNet feature API, so
   timm's own checks of `forward_intermediates` and pruning apply to them unchanged;
@@ -32,14 +36,17 @@ What it does, and why:
 from __future__ import annotations
 
 import gc
+import os
+import re
 import weakref
-from typing import Dict, List, Set
+import zlib
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import pytest
 import timm
 
 import timm_moe  # noqa: F401 - registers our models with timm before the test file is collected
-from timm_moe.layers import BlockMoE
+from timm_moe.layers import MoE
 
 # Core tests of timm's test_models.py that must run on every one of our models where the file defines
 # them (1.0.9 and 1.0.31 both define all of these).
@@ -61,13 +68,13 @@ SLOW_TESTS = ('test_prune_intermediate_layers_contract',)
 # why). Strict: a model that starts to pass fails the run, so that this list stays exact.
 TORCHSCRIPT_XFAILS = {
     'test_model_forward_torchscript': (
-        lambda name: True,
-        'TorchScript is not supported: BlockMoE dispatches on data (ModuleList indexed at run time, host-side '
-        'split sizes), and ResNetBlockMoE.forward_features checks its input with Python TorchScript cannot '
-        'compile; use torch.compile or torch.export (docs/ECOSYSTEM.md)'),
+        lambda name: 'moe_' in name,
+        'TorchScript is not supported: MoE dispatches on data (ModuleList indexed at run time, host-side '
+        'split sizes); the dense baselines are timm\'s own ResNet and script. Use torch.compile or torch.export '
+        '(docs/ECOSYSTEM.md)'),
     'test_model_forward_fx_torchscript': (
-        lambda name: '_blockmoe_' in name,
-        'TorchScript is not supported: the FX graph keeps BlockMoE as a leaf module, which TorchScript then '
+        lambda name: 'moe_' in name,
+        'TorchScript is not supported: the FX graph keeps MoE as a leaf module, which TorchScript then '
         'has to compile (data-dependent dispatch); the dense baselines trace and script (docs/ECOSYSTEM.md)'),
 }
 
@@ -85,13 +92,79 @@ def our_model_names() -> List[str]:
 
 def our_tagged_names() -> List[str]:
     """`model.tag` of every pretrained tag timm_moe ships (timm's pretrained-loading tests run on these)."""
-    return sorted(n for n in timm.list_pretrained() if '.' in n and n.split('.')[0] in set(our_model_names()))
+    ours = set(our_model_names())  # once: a call lists all of timm's ~1,300 models
+    return sorted(n for n in timm.list_pretrained() if '.' in n and n.split('.')[0] in ours)
+
+
+# ----------------------------------------------------------------------------------- representative subset
+# A name is <arch>_<kind>[_<token>...]: kind is `dense` or `<something>moe`; tokens e<E> and k<K> are the number of
+# experts and of active experts, any other token is part of the placement (none: the default placement).
+_NAME = re.compile(r'^(?P<arch>.+?)_(?P<kind>dense|[a-z]+moe)(?:_(?P<rest>.+))?$')
+_MODES = ('subset', 'all')
+ENV_VAR = 'TIMM_MOE_TIMM_SUITE'
+
+
+def name_features(name: str) -> Set[Tuple[str, ...]]:
+    """What a model name stands for in the subset: its family, its k, its E and its placement.
+
+    A name of an unknown shape is its own feature, so that the subset always includes it.
+    """
+    m = _NAME.match(name.split('.')[0])
+    if m is None:
+        return {('name', name)}
+    arch, kind, rest = m['arch'], m['kind'], m['rest']
+    features = {('family', arch, kind)}
+    placement = []
+    for token in (rest.split('_') if rest else []):
+        if re.fullmatch(r'e\d+', token):
+            features.add(('experts', kind, token))
+        elif re.fullmatch(r'k\d+', token):
+            features.add(('k', kind, token))
+        else:
+            placement.append(token)
+    if kind != 'dense':
+        features.add(('placement', kind, '_'.join(placement) or 'default'))
+    elif placement:
+        features.add(('variant', kind, '_'.join(placement)))
+    return features
+
+
+def representative_subset(names: Iterable[str], salt: str = '') -> List[str]:
+    """A small subset of `names` that covers every feature (`name_features`) of the whole list, deterministically.
+
+    Greedy set cover: take the name that covers most features not yet covered; ties go by a hash of (salt, name),
+    so that each test (the salt) draws its own subset, the same in every run. Greedy is within a factor ln(#features)
+    of the smallest cover, which is small enough here: today 5 BlockMoE names cover both ResNets, k 1/2/4 and
+    E 2..32, plus the 2 dense baselines, out of 30.
+    """
+    names = sorted(set(names))
+    features = {n: name_features(n) for n in names}
+    uncovered = set().union(*features.values()) if names else set()
+    chosen: List[str] = []
+    while uncovered:
+        best = max(names, key=lambda n: (len(features[n] & uncovered), -zlib.crc32(f'{salt}:{n}'.encode())))
+        chosen.append(best)
+        uncovered -= features[best]
+    return sorted(chosen)
+
+
+def selection_mode(config: pytest.Config) -> str:
+    mode = config.getoption('timm_moe_models', None) or os.environ.get(ENV_VAR) or 'subset'
+    if mode not in _MODES:
+        raise pytest.UsageError(f'--timm-moe-models / {ENV_VAR}={mode!r}: expected one of {", ".join(_MODES)}')
+    return mode
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption('--timm-moe-models', dest='timm_moe_models', choices=_MODES, default=None,
+                     help=f'run each of timm\'s tests on a representative subset of timm-moe\'s names (default) or on '
+                          f'all of them; default from ${ENV_VAR}, else subset')
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in TIMM_MARKERS:
         config.addinivalue_line('markers', marker)
-    BlockMoE.__init__ = _tracked_init  # undone in pytest_unconfigure
+    MoE.__init__ = _tracked_init  # undone in pytest_unconfigure
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -135,16 +208,16 @@ def coverage_problems(items: List[pytest.Item], ours: List[str]) -> List[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before -k/-m, so that the check sees the whole file
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    ours = our_model_names()
-    problems = coverage_problems(items, ours)
+    ours = set(our_model_names())
+    problems = coverage_problems(items, sorted(ours))
     if problems:
         raise pytest.UsageError("timm's test_models.py does not exercise all of timm-moe's models: " +
                                 '; '.join(problems))
     # our shipped tags too: timm's tests parametrised with tags (default cfgs with include_tags, loading
     # pretrained weights with another in_chans/num_classes, features_only) must hold for them as for timm's own
-    ours_or_tags = set(ours) | set(our_tagged_names())
-    keep = [item for item in items if model_name_of(item) in ours_or_tags]
-    dropped = [item for item in items if model_name_of(item) not in ours_or_tags]
+    keep = select_items(items, ours, our_tagged_names(), everything=selection_mode(config) == 'all')
+    kept = {id(item) for item in keep}
+    dropped = [item for item in items if id(item) not in kept]
     for item in keep:
         fails, reason = TORCHSCRIPT_XFAILS.get(item.originalname, (None, ''))
         if fails is not None and fails(model_name_of(item)):
@@ -156,31 +229,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     items[:] = keep
 
 
-# every BlockMoE built during the current test, held weakly: whatever is left after the test is a leak
-_BUILT: 'weakref.WeakSet[BlockMoE]' = weakref.WeakSet()
-_ORIGINAL_INIT = BlockMoE.__init__
+def select_items(items: Sequence[pytest.Item], ours: Sequence[str], tags: Sequence[str],
+                 everything: bool = False) -> List[pytest.Item]:
+    """The items to run, in collection order: every item of one of our shipped tags (a few small weights), and
+    per test function the items of a representative subset of our names (of all of them if `everything`)."""
+    tags = set(tags)
+    per_test: Dict[str, Set[str]] = {}
+    for item in items:
+        if model_name_of(item) in ours:
+            per_test.setdefault(item.originalname, set()).add(model_name_of(item))
+    if not everything:
+        per_test = {test: set(representative_subset(names, salt=test)) for test, names in per_test.items()}
+    return [item for item in items
+            if model_name_of(item) in tags or model_name_of(item) in per_test.get(item.originalname, ())]
 
 
-def _tracked_init(self: BlockMoE, *args, **kwargs) -> None:
+# every MoE layer built during the current test, held weakly: whatever is left after the test is a leak
+_BUILT: 'weakref.WeakSet[MoE]' = weakref.WeakSet()
+_ORIGINAL_INIT = MoE.__init__
+
+
+def _tracked_init(self: MoE, *args, **kwargs) -> None:
     _ORIGINAL_INIT(self, *args, **kwargs)
     _BUILT.add(self)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    BlockMoE.__init__ = _ORIGINAL_INIT
+    MoE.__init__ = _ORIGINAL_INIT
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     _BUILT.clear()
 
 
-def leaked_layers() -> List[BlockMoE]:
-    """BlockMoE layers built in the current test that are still alive after a full garbage collection."""
+def leaked_layers() -> List[MoE]:
+    """MoE layers built in the current test that are still alive after a full garbage collection."""
     gc.collect()
     return list(_BUILT)
 
 
-def release(layers: List[BlockMoE]) -> None:
+def release(layers: List[MoE]) -> None:
     """Drop what a layer keeps from its last forward, which may hold an autograd graph (and through it the model)."""
     for layer in layers:
         layer.last_aux = None
@@ -208,7 +296,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     # a failed (or xfailed) test's model may still sit in its traceback, which pytest and its plugins
     # keep for reporting: only a test that passed must have let go of everything
     passed = item.stash.get(_CALL_PASSED, False)
-    message = (f'{len(leaked)} BlockMoE layer(s) built by this test outlived it '
+    message = (f'{len(leaked)} MoE layer(s) built by this test outlived it '
                f'({", ".join(sorted({layer.name for layer in leaked}))}): something still references them, so '
                'their model leaks; released their last_aux/last_routing')
     release(leaked)
@@ -218,4 +306,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f'timm-moe plugin: timm {timm.__version__}, {len(our_model_names())} timm-moe models'
+    n = len(our_model_names())
+    if selection_mode(config) == 'all':
+        return f'timm-moe plugin: timm {timm.__version__}, all {n} timm-moe models in every test'
+    return (f'timm-moe plugin: timm {timm.__version__}, {n} timm-moe models; each test runs a representative subset '
+            f'of about {len(representative_subset(our_model_names()))} (--timm-moe-models=all or {ENV_VAR}=all: every one)')

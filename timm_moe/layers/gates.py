@@ -1,6 +1,6 @@
-"""Gates that score each image against the experts of a BlockMoE layer.
+"""Gates that score each image against the experts of an MoE layer.
 
-A gate maps the block input (B, C, H, W) to one logit per expert (B, E). Routing is per
+A gate maps the expert input (B, C, H, W) to one logit per expert (B, E). Routing is per
 image, so both gates pool away the spatial dimensions.
 """
 from __future__ import annotations
@@ -15,9 +15,11 @@ class GapFcGate(nn.Module):
     """GAP-FC gate: global average pool, then a linear layer to E logits.
 
     Args:
-        in_chs: Channels of the block input.
+        in_chs: Channels of the expert input.
         num_experts: Number of experts E.
     """
+
+    min_input_size = 1
 
     def __init__(self, in_chs: int, num_experts: int) -> None:
         super().__init__()
@@ -38,7 +40,7 @@ class ConvGapGate(nn.Module):
     Unpadded, the conv needs an input of at least 3x3 (`min_input_size`).
 
     Args:
-        in_chs: Channels of the block input.
+        in_chs: Channels of the expert input.
         num_experts: Number of experts E.
     """
     min_input_size = 3
@@ -68,7 +70,7 @@ def create_gate(name: str, in_chs: int, num_experts: int) -> nn.Module:
 
     Args:
         name: One of `GATES` ('gap_fc', 'conv_gap').
-        in_chs: Channels of the block input.
+        in_chs: Channels of the expert input.
         num_experts: Number of experts E.
     """
     if name not in GATES:

@@ -12,7 +12,8 @@ defaults of the model's kwargs whenever the tag is named, with or without `pretr
 timm's PretrainedCfg is a dataclass that refuses unknown keys, so the rest of a record (model_kwargs, dtype,
 sha256, dataset, registry entry, source run, training summary) stays here: `tag_record('model.tag')`.
 
-Another folder: set TIMM_MOE_PRETRAINED_DIR before importing timm_moe, or call `register_tags(folder)`, which
+Another folder: set TIMM_MOE_PRETRAINED_DIR before importing timm_moe, or call
+`timm_moe.models.register_tags(folder)`, which
 replaces the tags registered before (tests do). On timm 1.0.9, whose register_model does not clear a model's
 old entries, tags of the replaced folder stay listed; timm 1.0.31 clears them.
 """
@@ -23,16 +24,15 @@ import dataclasses
 import importlib.resources
 import json
 import os
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from timm.models import register_model, split_model_name_tag
+from timm.models import split_model_name_tag
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 
-__all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'register_tags',
-           'tag_record', 'tag_model_kwargs', 'check_weights_file']
+__all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'registered_tags',
+           'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError']
 
 ENV_DIR = 'TIMM_MOE_PRETRAINED_DIR'
 MANIFEST = 'manifest.json'
@@ -139,18 +139,9 @@ def with_tags(default_cfgs: Dict[str, DefaultCfg], records: Mapping[str, Mapping
     return default_cfgs
 
 
-def register_tags(folder: Optional[PathLike] = None) -> List[str]:
-    """Register the tags of `folder`'s manifest (default: `default_folder()`) with timm, replacing the tags
-    registered before; returns the registered 'model.tag' names."""
-    from . import resnet_blockmoe  # imported here: that module reads the default folder through this one
-    records = read_manifest(folder)
-    changed = sorted({split_model_name_tag(k)[0] for k in (*_TAGS, *records)})
-    with_tags(resnet_blockmoe.default_cfgs, records, resnet_blockmoe.pool_size_of)
-    with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
-        warnings.simplefilter('ignore')
-        for name in changed:
-            register_model(getattr(resnet_blockmoe, name))
-    return sorted(records)
+def registered_tags() -> List[str]:
+    """The 'model.tag' names registered now (the model module's `register_tags` replaces them)."""
+    return sorted(_TAGS)
 
 
 def tag_record(name: str) -> Optional[Dict[str, Any]]:
@@ -165,10 +156,39 @@ def tag_model_kwargs(variant: str, tag: Optional[str]) -> Dict[str, Any]:
     return dict(record['model_kwargs']) if record else {}
 
 
+class CorruptWeightsError(ValueError):
+    """A tag's weights file is not the one its manifest lists (its sha256 differs): truncated or altered."""
+
+
+_VERIFIED: Dict[Tuple[str, int, int], str] = {}  # (file, size, mtime_ns) -> sha256: each file is hashed once
+
+
+def _sha256(file: Path) -> str:
+    import hashlib
+    st = file.stat()
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(file, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        _VERIFIED[key] = digest.hexdigest()
+    return _VERIFIED[key]
+
+
 def check_weights_file(variant: str, cfg: PretrainedCfg, overlay: Mapping[str, Any]) -> None:
-    """Refuse, naming the tag and the file, a tag whose weights file is missing (timm's own error has no message)."""
+    """Refuse, naming the tag and the file, a tag whose weights file is missing (timm's own error has no message)
+    or is not the file its manifest lists (its sha256: a truncated file fails in safetensors, an altered one would
+    load other weights without a word)."""
     record = _TAGS.get(f'{variant}.{cfg.tag}') if cfg.tag else None
     file = overlay.get('file', cfg.file)
-    if record is not None and file == record['path'] and not Path(file).is_file():
+    if record is None or file != record['path']:
+        return
+    if not Path(file).is_file():
         raise FileNotFoundError(f'{variant}.{cfg.tag}: its weights file {file} is missing (its manifest lists it); '
                                 'reinstall timm-moe or ship the tags again')
+    digest = _sha256(Path(file))
+    if digest != record['sha256']:
+        raise CorruptWeightsError(f'{variant}.{cfg.tag}: its weights file {file} is corrupt: sha256 {digest[:12]}..., '
+                                  f'its manifest lists {str(record["sha256"])[:12]}...; reinstall timm-moe or ship '
+                                  'the tags again')

@@ -19,7 +19,7 @@ from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAUL
                                                KEY_SETTINGS, Column, attack_config, columns_of, config_label,
                                                describe, entry_attack_settings, entry_columns, legacy_settings)
 from bench.results.leaderboard.groups import (Cell, Row, Section, fmt_eps, make_rows, rank_rows, resolve_sort,
-                                              sections, sort_entries)
+                                              sections)
 from bench.results.leaderboard.render import (_config, check_sort, fmt_cell, header, noisy_gating, print_table,
                                               render_markdown, row_cells, write_leaderboard)
 
@@ -27,4 +27,4 @@ __all__ = ['AUTO', 'CLEAN', 'DAGGER', 'DASH', 'DEFAULT_SORT', 'ENSEMBLE', 'EXACT
            'Cell', 'Column', 'Row', 'Section', 'attack_config', 'check_sort', 'columns_of', 'config_label',
            'describe', 'entry_attack_settings', 'entry_columns', 'fmt_cell', 'fmt_eps', 'header', 'legacy_settings',
            'make_rows', 'noisy_gating', 'print_table', 'rank_rows', 'render_markdown', 'resolve_sort', 'row_cells',
-           'sections', 'sort_entries', 'write_leaderboard']
+           'sections', 'write_leaderboard']

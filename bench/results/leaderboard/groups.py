@@ -7,7 +7,7 @@ from fractions import Fraction
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.errors import UserError
-from bench.results.leaderboard.columns import AUTO, CLEAN, DEFAULT_SORT, EXACT_N, Column, columns_of
+from bench.results.leaderboard.columns import AUTO, CLEAN, EXACT_N, Column, columns_of
 from bench.results.stats import group_by_seed, per_sample_vectors, seed_summary, wilson_interval
 
 
@@ -168,18 +168,6 @@ def rank_rows(rows: Sequence[Row], metric: Optional[str]) -> Tuple[List[Tuple[in
     have.sort(key=lambda r: (-r.cells[metric].value, -clean(r), r.ids))
     ranked = [(1 + sum(o.cells[metric].value > r.cells[metric].value for o in have), r) for r in have]
     return ranked, sorted(rest, key=lambda r: (-clean(r), r.ids))
-
-
-def sort_entries(entries: Iterable[Mapping[str, Any]], sort: str = DEFAULT_SORT) -> List[Mapping[str, Any]]:
-    """Entries of one section in leaderboard order, one per row (no seed grouping): ranked rows first, then
-    the rows without the metric. For tests and scripts; the tables use `rank_rows`."""
-    entries = list(entries)
-    out: List[Mapping[str, Any]] = []
-    for sec in sections(entries):
-        rows = make_rows(sec.entries, sec.keymap, group=False)
-        ranked, rest = rank_rows(rows, resolve_sort(sort, sec, rows))
-        out += [r.first for _, r in ranked] + [r.first for r in rest]
-    return out
 
 
 def fmt_eps(eps: float, threat_model: str = 'Linf') -> str:

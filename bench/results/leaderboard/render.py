@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
                                                describe)
 from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections
-from bench.results.registry import DEFAULT_REGISTRY, load_entries
+from bench.results.markdown import md_table
+from bench.results.registry import DEFAULT_REGISTRY, check_writable, load_entries
 
 def fmt_cell(cell: Optional[Cell], reported: bool = False) -> str:
     """'61.33 [55.7, 66.6]' (one run, Wilson), '61.33 ±1.20 [58.4, 64.3]' (seeds: std, t-interval), '61.33†'."""
@@ -46,6 +47,43 @@ def _config(entry: Mapping[str, Any]) -> str:
     parts = [str(p) for p in (m.get('gate'), m.get('aux_loss'), m.get('placement')) if p]
     if m.get('experts'):
         parts.append({True: 'noisy', False: 'no noise', None: 'noise ?'}[noisy_gating(entry)])
+        width = (m.get('effective_kwargs') or m.get('kwargs') or {}).get('expert_width')
+        if width not in (None, 'full'):
+            parts.append(f'{width} experts')
+    return ' · '.join(parts) or DASH
+
+
+def _short_source(path: str) -> str:
+    """'runs/study/cells/dense_half-seed0/run' -> 'dense_half-seed0/run': enough to tell the source apart."""
+    return '/'.join(Path(str(path)).parts[-2:])
+
+
+def setup(row: Row) -> str:
+    """What tells a measured row apart from rows of the same model, config and training: the grid config it
+    ran in (and its stage, if not the main one), the epochs (and a max_steps cut), upcycling, and the seeds.
+    Reported rows: their source says it all."""
+    e = row.first
+    if e['source'] != 'measured':
+        return DASH
+    parts = []
+    grid = e.get('grid') or {}
+    if grid.get('spec'):
+        parts.append(f"{grid['spec']}: {grid.get('config', '?')}"
+                     + (f" ({grid['stage']} stage)" if grid.get('stage') not in (None, 'main') else ''))
+    training = e.get('training') or {}
+    config = training.get('config') if isinstance(training.get('config'), Mapping) else {}
+    if training.get('epochs') is not None:
+        parts.append(f"{training['epochs']} ep")
+    if config.get('max_steps'):
+        parts.append(f"max {config['max_steps']} steps")
+    sources = sorted({str(((x.get('training') or {}).get('config') or {}).get('upcycle_from') or '')
+                      for x in row.entries} - {''})
+    if sources:
+        parts.append(f'upcycled from {_short_source(sources[0])}' if len(sources) == 1
+                     else f'upcycled from {len(sources)} runs')
+    seeds = [(x.get('provenance') or {}).get('seed') for x in row.entries]
+    if all(s is not None for s in seeds):
+        parts.append(f"seed{'s' * (len(seeds) > 1)} {', '.join(str(s) for s in sorted(seeds))}")
     return ' · '.join(parts) or DASH
 
 
@@ -54,7 +92,9 @@ def _flops(row: Row) -> str:
     return f'{sum(ratios) / len(ratios):.3f}' if ratios else DASH
 
 
-FIXED_LEFT = ('#', 'Model', 'Config', 'E', 'k', 'Training', 'Source', 'Clean')
+FIXED_LEFT = ('#', 'Model', 'Config', 'E', 'k', 'Training', 'Setup', 'Source', 'Clean')
+# the columns that say which model, training and run a row is (no two rows of a table may agree in all of them)
+IDENTITY = ('Model', 'Config', 'E', 'k', 'Training', 'Setup', 'Source')
 FIXED_RIGHT = ('FLOPs×', 'n', 'Seeds', 'Flags', 'Entry')
 RIGHT = {'#', 'E', 'k', 'Clean', 'FLOPs×', 'n', 'Seeds'}
 
@@ -80,7 +120,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     return [
         DASH if rank is None else str(rank), m['name'], _config(e),
         DASH if m.get('experts') is None else str(m['experts']), DASH if m.get('k') is None else str(m['k']),
-        e['training']['method'], f"{e['source']}{DAGGER if reported else ''}",
+        e['training']['method'], setup(row), f"{e['source']}{DAGGER if reported else ''}",
         fmt_cell(row.cells.get(CLEAN), reported),
         *[fmt_cell(row.cells.get(c.ident), reported) for c in columns],
         _flops(row), DASH if n is None else str(n), DASH if reported else str(len(row.entries)),
@@ -95,17 +135,6 @@ def _label_of(section: Section, metric: Optional[str], sort: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ markdown
-
-def _md_cell(s: str) -> str:
-    return s.replace('|', '\\|')
-
-
-def _md_table(head: Sequence[str], body: Iterable[Sequence[str]], right: Iterable[str]) -> List[str]:
-    right = set(right)
-    lines = ['| ' + ' | '.join(_md_cell(h) for h in head) + ' |',
-             '|' + '|'.join('---:' if h in right else '---' for h in head) + '|']
-    return lines + ['| ' + ' | '.join(_md_cell(c) for c in cells) + ' |' for cells in body] + ['']
-
 
 def _inferred_note(column: Column) -> str:
     if not column.inferred:
@@ -137,7 +166,8 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         'torchattacks APGD-20, **not AutoAttack**; APGD above PGD-20 points to a weak evaluation.',
         f'- **robustbench{DAGGER}**: AutoAttack numbers from the RobustBench leaderboard.',
         f'- {DAGGER} = reported elsewhere, not measured here. {DASH} = not measured or not reported. '
-        'Config: gate · balancing loss · placement · noisy gating in training.',
+        'Config: gate · balancing loss · placement · noisy gating in training (· expert width, when not full). '
+        'Setup (measured rows): grid spec and config, epochs, upcycling source, seeds.',
         '',
     ]
     if not entries:
@@ -156,10 +186,10 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         head = header(sec.columns)
         right = RIGHT | {c.label for c in sec.columns}
         if ranked:
-            lines += _md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
+            lines += md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
         if rest:
             lines += [f'### Not measured with {label}', '']
-            lines += _md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
+            lines += md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
         if sec.columns:
             lines += ['Columns (the settings that define each; seeds and batch sizes are in the entries):', '']
             lines += [f'- **{c.label}**: {describe(c.config)}' + _inferred_note(c) for c in sec.columns] + ['']
@@ -179,6 +209,7 @@ def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[S
         entries: the entries to render (default: load them all from registry_dir).
     """
     registry_dir = Path(registry_dir)
+    check_writable(registry_dir)
     if entries is None:
         entries = load_entries(registry_dir)
     text = render_markdown(entries, DEFAULT_SORT)
@@ -204,34 +235,122 @@ def check_sort(entries: Sequence[Mapping[str, Any]], sort: str) -> None:
                         f'or one of: {"; ".join(labels) or "(none)"}')
 
 
+def _two_lines(cell: Optional[Cell], reported: bool) -> str:
+    """A cell as the console shows it: the value, then its spread and interval on a second line."""
+    text = fmt_cell(cell, reported)
+    value, _, rest = text.partition(' ')
+    return f'{value}\n{rest}' if rest else value
+
+
+def _compact_label(column: Column) -> str:
+    """The worst-case column's label lists every attack; the console says how many ('worst of 3')."""
+    if column.config['attack'] == 'Ensemble':
+        return f"worst of {len(column.config['members'])}"
+    return column.label
+
+
+def compact_cells(rank: Optional[int], row: Row, columns: Sequence[Column], flags_column: bool) -> List[str]:
+    """A row for a terminal about 110 columns wide: the model with its config and setup below it, each
+    accuracy above its interval; E and k are in the name, the source shows as † and dim rows, the seeds in
+    the setup, and the entry ids are left to --wide and LEADERBOARD.md."""
+    e = row.first
+    reported = e['source'] != 'measured'
+    model = '\n'.join([e['model']['name']] + [s for s in (_config(e), setup(row)) if s != DASH])
+    flags = {f for x in row.entries for f in (x.get('sanity_flags') or [])}
+    return [
+        DASH if rank is None else str(rank), model, e['training']['method'],
+        _two_lines(row.cells.get(CLEAN), reported),
+        *[_two_lines(row.cells.get(c.ident), reported) for c in columns],
+        _flops(row), *([str(len(flags)) if flags else DASH] if flags_column else []),
+    ]
+
+
+def _compact_table(title: str, body: Sequence[Tuple[Optional[int], Row]], columns: Sequence[Column],
+                   caption: str) -> Tuple[Any, int]:
+    """(the rich table, the narrowest width it renders in without folding a word). Every column but Model has
+    the width of its longest cell line (the header wraps inside it); Model takes the rest, wrapping at spaces."""
+    from rich.markup import escape
+    from rich.table import Table
+    flags_column = any(x.get('sanity_flags') for _, r in body for x in r.entries)
+    head = ['#', 'Model', 'Training', 'Clean', *map(_compact_label, columns), 'FLOPs×'] + ['Flags'] * flags_column
+    cells = [compact_cells(rank, r, columns, flags_column) for rank, r in body]
+    table = Table(title=escape(title), caption=escape(caption), show_lines=True, pad_edge=False)
+    narrowest = 1 + 3 * len(head) - 2  # the borders and the padding (none at the outer edges)
+    for i, name in enumerate(head):
+        lines = [line for row in cells for line in row[i].split('\n')]
+        words = [w for text in lines + [name] for w in text.split()]
+        if name == 'Model':
+            narrowest += max(map(len, words))
+            table.add_column(name, overflow='fold')
+        else:
+            width = max(map(len, lines + words))
+            narrowest += width
+            table.add_column(escape(name), justify='left' if name == 'Training' else 'right', width=width,
+                             overflow='fold')
+    for (_, r), row in zip(body, cells):
+        table.add_row(*map(escape, row), style=None if r.first['source'] == 'measured' else 'dim')
+    return table, narrowest
+
+
+def _fitting_columns(width: int, build: Any, columns: Sequence[Column], keep: Optional[str]) -> List[Column]:
+    """The attack columns that fit `width` without folding a word: the last ones (never the ranking metric's)
+    are left out until the table's narrowest rendering fits."""
+    shown = list(columns)
+    while shown and build(shown)[1] > width:
+        droppable = [c for c in shown if c.ident != keep]
+        if not droppable:
+            break
+        shown.remove(droppable[-1])
+    return shown
+
+
 def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, limit: int = 0,
-                group: bool = True) -> None:
-    """The rich console tables: per section, the ranked rows, then the rows without the metric."""
+                group: bool = True, wide: bool = False, console: Any = None) -> None:
+    """The rich console tables: per section, the ranked rows, then the rows without the metric.
+
+    Args:
+        wide: every column of LEADERBOARD.md, one line per row (for a wide terminal or a pipe). By default, a
+            compact view (`compact_cells`) that leaves out the attack columns that do not fit the terminal
+            (never the ranking metric's) and says which.
+        console: a rich Console (default: the terminal, or 240 columns when stdout is not one).
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 240)
+    console = console or Console(width=None if sys.stdout.isatty() else 240)
     if not entries:
         console.print('no entries match')
         return
+    legend = f'{DAGGER} reported elsewhere (dim rows); {DASH} missing; [lo, hi] 95% interval; ±std over seeds'
     for sec in sections(entries):
         rows = make_rows(sec.entries, sec.keymap, group=group)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
         label = _label_of(sec, metric, sort)
         shown = ranked[:limit] if limit > 0 else ranked
-        head = header(sec.columns)
         for title, body in ((f'{sec.title}: ranked by {label} ({len(shown)} of {len(ranked)} rows)',
                              [(rank, r) for rank, r in shown]),
                             (f'{sec.title}: not measured with {label} ({len(rest)} rows)', [(None, r) for r in rest])):
             if not body:
                 continue
+            if not wide:
+                points = sorted({str(r.first.get('n_examples')) for _, r in body if r.first.get('n_examples')})
+                caption = f'{legend}; test points: {", ".join(points) or DASH}; Flags = failed sanity checks'
+
+                def build(cols: Sequence[Column], caption: str = caption) -> Tuple[Any, int]:
+                    return _compact_table(title, body, cols, caption)
+                cols = _fitting_columns(console.width, build, sec.columns, metric)
+                left_out = [c.label for c in sec.columns if c not in cols]
+                if left_out:
+                    caption += f'; not shown here (too narrow): {"; ".join(left_out)}'
+                caption += '; --wide: every column, entry ids included'
+                console.print(_compact_table(title, body, cols, caption)[0])
+                continue
             table = Table(title=escape(title),
-                          caption=escape(f'{DAGGER} reported elsewhere; {DASH} missing; [lo, hi] 95% interval; '
-                                         '±std over seeds; Flags = number of failed sanity checks'))
+                          caption=escape(f'{legend}; Flags = number of failed sanity checks'))
             right = RIGHT | {c.label for c in sec.columns}
-            for c in head:
+            for c in header(sec.columns):
                 table.add_column(escape(c), justify='right' if c in right else 'left', overflow='fold')
             for rank, r in body:
                 style = None if r.first['source'] == 'measured' else 'dim'

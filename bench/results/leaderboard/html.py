@@ -1,0 +1,218 @@
+"""The leaderboard as one static web page: `timm-moe leaderboard --html OUT`.
+
+The page shows what `LEADERBOARD.md` shows (the same sections, columns, cells and ranking, from
+`bench.results.leaderboard`), and adds what a page can: every column sorts, seed groups expand into their runs,
+rows filter by architecture, MoE kind, training and source, and each row links to its entry JSON and, for a
+shipped pretrained tag, to its model card. It needs no network: the CSS and JS (`bench/assets/leaderboard.*`)
+are inlined. The entry links are relative: to the registry itself when the page is written inside it, else to
+copies under `entries/` beside the page. Like the markdown file, the page is a pure function of the entries.
+"""
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from bench.core.atomic import atomic_open
+from bench.core.errors import UserError
+from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe
+from bench.results.leaderboard.groups import Row, make_rows, rank_rows, resolve_sort, sections
+from bench.results.leaderboard.render import RIGHT, _label_of, header, row_cells
+from bench.results.registry import check_writable, entry_path
+
+ASSETS = Path(__file__).resolve().parents[2] / 'assets'
+ENTRY_COPIES = 'entries'  # beside a page written outside the registry
+FILTERS = (('arch', 'architecture'), ('kind', 'MoE kind'), ('training', 'training'), ('source', 'source'))
+
+
+def moe_kind(entry: Mapping[str, Any]) -> str:
+    """'dense', or the MoE layer kind named in the model name ('blockmoe', 'convmoe', ...); 'moe' if unnamed."""
+    m = entry['model']
+    if not m.get('experts'):
+        return 'dense'
+    found = re.search(r'(?:^|[_:.-])([a-z]*moe)(?=[_.-]|$)', str(m['name']).lower())
+    return found.group(1) if found else 'moe'
+
+
+def pretrained_cards() -> Dict[str, Dict[str, Any]]:
+    """{entry_id: {'tag': ..., record}} of the shipped pretrained tags (timm_moe/pretrained/manifest.json).
+
+    The manifest is read as a file, without importing the plugin (which imports torch): the page is cheap.
+    """
+    spec = importlib.util.find_spec('timm_moe')
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    manifest = Path(list(spec.submodule_search_locations)[0]) / 'pretrained' / 'manifest.json'
+    if not manifest.is_file():
+        return {}
+    records = json.loads(manifest.read_text(encoding='utf-8'))
+    return {r['entry_id']: dict(r, tag=tag) for tag, r in sorted(records.items()) if r.get('entry_id')}
+
+
+def _card_html(card: Mapping[str, Any], href: str) -> str:
+    """A pretrained tag's model card: how to load it, what it was trained with, its weights and its entry."""
+    tag, t = card['tag'], card.get('training') or {}
+    arch = tag.split('.')[0]
+    kwargs = ', '.join(f'{k}={v!r}' for k, v in sorted((card.get('model_kwargs') or {}).items()))
+    rows = ''.join(f'<tr><th>{html.escape(k)}</th><td>{html.escape(str(t[k]))}</td></tr>'
+                   for k in ('training', 'config', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
+                   if k in t)
+    return (f'<article class="card" id="card-{html.escape(tag)}"><h3>{html.escape(tag)}</h3>'
+            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({tag!r}, pretrained=True)'
+            f'  # {html.escape(arch)}({html.escape(kwargs)})</code></pre>'
+            f'<table class="kv">{rows}<tr><th>input</th><td>{html.escape(str(card.get("input_size")))} '
+            f'({html.escape(str(card.get("dataset")))})</td></tr>'
+            f'<tr><th>weights</th><td>{html.escape(str(card.get("file")))}, {html.escape(str(card.get("dtype")))}, '
+            f'sha256 <code>{html.escape(str(card.get("sha256")))}</code></td></tr>'
+            f'<tr><th>entry</th><td><a href="{html.escape(href)}">{html.escape(card["entry_id"])}</a></td></tr>'
+            '</table></article>')
+
+
+def _attrs(entry: Mapping[str, Any]) -> Dict[str, str]:
+    return {'arch': str(entry['model'].get('arch') or entry['model']['name']), 'kind': moe_kind(entry),
+            'training': str(entry['training']['method']), 'source': str(entry['source'])}
+
+
+def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: str, toggle: str = '') -> str:
+    """The <td>s of one row; an accuracy's interval is set apart from its value, so that it may go below it."""
+    out = []
+    for name, text in zip(head, cells):
+        if name == 'Entry':
+            out.append(f'<td class="entry">{links}</td>')
+            continue
+        cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config', 'Flags': 'flags'}.get(
+            name, 'num' if name in right else '')
+        value, _, spread = text.partition(' ')
+        if name in right and spread:
+            body = f'<span class="v">{html.escape(value)}</span> <span class="ci">{html.escape(spread)}</span>'
+            cls = 'num acc'
+        else:
+            body = html.escape(text)
+        out.append(f'<td class="{cls}">{toggle if name == "#" else ""}{body}</td>' if cls
+                   else f'<td>{body}</td>')
+    return ''.join(out)
+
+
+def _links(entries: Sequence[Mapping[str, Any]], href, cards: Mapping[str, Mapping[str, Any]]) -> str:
+    parts = []
+    for e in entries:
+        link = f'<a href="{html.escape(href(e))}">{html.escape(e["entry_id"])}</a>'
+        if e['entry_id'] in cards:
+            link += f' <a class="card-link" href="#card-{html.escape(cards[e["entry_id"]]["tag"])}">card</a>'
+        parts.append(link)
+    return '<br>'.join(parts)
+
+
+def _row_group(index: int, rank: Optional[int], row: Row, columns, head, right, keymap, href, cards) -> str:
+    """One <tbody>: the row, and for a seed group its runs (hidden until expanded); sorting moves it whole."""
+    attrs = ''.join(f' data-{k}="{html.escape(v)}"' for k, v in _attrs(row.first).items())
+    runs = row.entries if len(row.entries) > 1 else []
+    toggle = (f'<button class="toggle" aria-expanded="false" title="show the {len(runs)} runs">▸</button> '
+              if runs else '')
+    cls = 'row' + ('' if row.first['source'] == 'measured' else ' reported')
+    body = [f'<tr class="{cls}">' + _cells_html(row_cells(rank, row, columns), head, right,
+                                                  _links(row.entries, href, cards), toggle) + '</tr>']
+    for e in runs:  # each run on its own: its own cells and Wilson intervals
+        cells = row_cells(None, make_rows([e], keymap, group=False)[0], columns)
+        cells[0] = '↳'  # a run of the group above, not ranked on its own
+        body.append('<tr class="run" hidden>' + _cells_html(cells, head, right, _links([e], href, cards)) + '</tr>')
+    return f'<tbody data-order="{index}"{attrs}>' + ''.join(body) + '</tbody>'
+
+
+def _options(values: Sequence[str]) -> str:
+    return '<option value="">all</option>' + ''.join(
+        f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in sorted(set(values)))
+
+
+def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                title: str = 'timm-moe leaderboard') -> str:
+    """The page. Pure function of its arguments.
+
+    Args:
+        entries: the registry's entries.
+        href: entry -> the relative link of its JSON file.
+        cards: {entry_id: pretrained tag record} (`pretrained_cards`); rows of these link to a card.
+    """
+    cards = {k: v for k, v in (cards or {}).items() if any(e['entry_id'] == k for e in entries)}
+    css = (ASSETS / 'leaderboard.css').read_text(encoding='utf-8')
+    js = (ASSETS / 'leaderboard.js').read_text(encoding='utf-8')
+    values = {k: [_attrs(e)[k] for e in entries] for k, _ in FILTERS}
+    filters = ''.join(f'<label>{html.escape(name)} <select data-filter="{k}">{_options(values[k])}</select></label>'
+                      for k, name in FILTERS)
+    parts = [
+        '<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no favicon request: the page loads nothing
+        f'<title>{html.escape(title)}</title><style>{css}</style></head><body>',
+        f'<header><h1>{html.escape(title)}</h1><p>Accuracies in percent, from {len(entries)} registry entries. '
+        'Each accuracy column is one attack configuration (its settings are listed under the table). '
+        f'<code>61.33 [55.7, 66.6]</code>: one run on fewer than {EXACT_N:,} test points with its 95% Wilson '
+        'interval; <code>61.33 ±1.20 [58.4, 64.3]</code>: the runs that differ only in their training seed '
+        '(▸ lists them): mean, standard deviation and 95% t-interval over the seeds. '
+        f'{DAGGER} reported by the paper\'s code or RobustBench, not measured here; {DASH} not measured. '
+        'Click a column heading to sort by it.</p>',
+        '</header>',
+        f'<form class="filters" onsubmit="return false">{filters}'
+        '<output id="shown" aria-live="polite"></output></form><main>',
+    ]
+    if not entries:
+        parts.append('<p>No entries yet.</p>')
+    for s_index, sec in enumerate(sections(entries)):
+        rows = make_rows(sec.entries, sec.keymap, group=True)
+        metric = resolve_sort(DEFAULT_SORT, sec, rows)
+        ranked, rest = rank_rows(rows, metric)
+        head = header(sec.columns)
+        right = RIGHT | {c.label for c in sec.columns}
+        n_meas = sum(e['source'] == 'measured' for e in sec.entries)
+        accuracy = {'Clean'} | {c.label for c in sec.columns}
+        ths = ''.join(f'<th scope="col" class="{"num acc" if h in accuracy else "num" if h in right else ""}" '
+                      f'title="{html.escape(h)}"><button type="button">{html.escape(h)}</button></th>' for h in head)
+        groups = [(rank, r) for rank, r in ranked] + [(None, r) for r in rest]
+        body = ''.join(_row_group(i, rank, r, sec.columns, head, right, sec.keymap, href, cards)
+                       for i, (rank, r) in enumerate(groups))
+        legend = ''.join(f'<li><b>{html.escape(c.label)}</b>: {html.escape(describe(c.config))}</li>'
+                         for c in sec.columns)
+        parts.append(
+            f'<section id="section-{s_index}"><h2>{html.escape(sec.title)}</h2>'
+            f'<p>{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '
+            f'{len(rows)} rows; # ranks by <b>{html.escape(_label_of(sec, metric, DEFAULT_SORT))}</b> (the '
+            'configuration measured on the most rows, the strongest among those); rows without it are listed '
+            f'after the ranked ones.</p><div class="scroll"><table class="lb"><thead><tr>{ths}</tr></thead>{body}'
+            f'</table></div><ul class="legend">{legend}</ul></section>')
+    if cards:
+        parts.append('<section id="cards"><h2>Model cards of the pretrained tags</h2>' + ''.join(
+            _card_html(c, href(next(e for e in entries if e['entry_id'] == c['entry_id'])))
+            for c in cards.values()) + '</section>')
+    parts.append(f'</main><script>{js}</script></body></html>\n')
+    return '\n'.join(parts)
+
+
+def write_html(out: Path, registry_dir: Path, entries: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the page to `out`; link the entries in place when `out` lies in the registry, else copy them
+    beside the page (under `entries/`). Returns the page's path."""
+    out, registry_dir = Path(out), Path(registry_dir)
+    if out.is_dir():
+        raise UserError(f'--html {out} is a directory: pass the page to write, e.g. {out / "leaderboard.html"}')
+    check_writable(out.parent)
+    page_dir = out.parent.resolve()
+    inside = page_dir == registry_dir.resolve() or registry_dir.resolve() in page_dir.parents
+    root = registry_dir if inside else page_dir / ENTRY_COPIES
+
+    def href(entry: Mapping[str, Any]) -> str:
+        return Path(os.path.relpath(entry_path(entry, root).resolve(), page_dir)).as_posix()
+
+    text = render_html(entries, href, pretrained_cards())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not inside:
+        for e in entries:
+            src, dst = entry_path(e, registry_dir), entry_path(e, root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    with atomic_open(out) as f:
+        f.write(text)
+    return out

@@ -1,0 +1,215 @@
+"""`timm-moe report --study SPEC --out DIR`: the study's report, `DIR/STUDY.md` and its plots in `DIR/study/`,
+written from the registry entries of the study's grid (never from numbers typed anywhere else).
+
+A rerun on the same entries writes the same bytes: configs in the spec's order, seeds and entries sorted,
+fixed bootstrap seeds, fixed number formats, PNGs without a version stamp, and no date, host or absolute path.
+
+The parts: `analysis` (runs by config and seed, what each config is, which pairs a claim compares, the
+statistics and the verdict rules), `render` (the claims, the other tables, protocol and sizing as markdown),
+and here the plots and `write_study`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from bench.core.errors import UserError
+from bench.results.report import KIND_COLORS, _empty, _figure, _save, label_column
+from bench.results.study import analysis as an
+from bench.results.study.analysis import Study, collect
+from bench.results.study.render import CLAIMS, TABLES, preregistration, protocol, subpath_comparison, summary
+
+# ------------------------------------------------------------------------------------------ plots
+
+def _xy(study: an.Study, config: str, metric: str):
+    s = an.summary(study.runs[config], metric)
+    return (None, 0.0) if s is None else (s['mean'], s['std'] or 0.0)
+
+
+def _color(study: an.Study, config: str) -> str:
+    return KIND_COLORS['moe' if an.is_moe(study, config) else 'dense']
+
+
+def plot_robust_vs_clean(study: an.Study, path: Path) -> Path:
+    m = study.primary()
+    if m is None:
+        return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
+    for c in study.configs:
+        (x, xe), (y, ye) = _xy(study, c, 'clean'), _xy(study, c, m)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if an.adversarial(study, c) else 's', color=_color(study, c),
+                    capsize=3, markersize=5)
+        labels.append((x, y, c, _color(study, c)))
+    ax.set_xlabel('clean accuracy (%)')
+    ax.set_ylabel(f'{m} accuracy (%)')
+    ax.set_title(f'{study.name}: {m} vs clean\n(error bars: sd over seeds; squares: normal training)', fontsize=10)
+    ax.grid(alpha=0.3)
+    label_column(ax, labels)
+    return _save(fig, path)
+
+
+def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
+    m = study.primary()
+    configs = [c for c in study.configs if an.flops_ratio(study, c) is not None and an.adversarial(study, c)]
+    if m is None or not configs:
+        return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
+    for c in configs:
+        y, ye = _xy(study, c, m)
+        ax.errorbar(an.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
+        labels.append((an.flops_ratio(study, c), y, c, _color(study, c)))
+    ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
+    ax.set_xlabel('active inference FLOPs / dense')
+    ax.set_ylabel(f'{m} accuracy (%)')
+    ax.set_title(f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', fontsize=10)
+    ax.grid(alpha=0.3)
+    label_column(ax, labels)
+    return _save(fig, path)
+
+
+def _by_aux(study: an.Study, configs: List[str]) -> Dict[str, List[str]]:
+    out: Dict[str, List[str]] = {}
+    for c in configs:
+        out.setdefault(str(an.traits(study, c).get('aux_loss')), []).append(c)
+    return dict(sorted(out.items()))
+
+
+def plot_subpaths(study: an.Study, path: Path) -> Path:
+    m = study.primary()
+    rows: Dict[str, List[Any]] = {}
+    for c in study.configs:
+        e = study.first(c)
+        if m is None or e is None or not an.adversarial(study, c):
+            continue
+        experts = [pe for pe in sorted(e.get('per_expert') or [], key=lambda p: p['expert'])
+                   if pe.get('per_sample') and m in pe['robust_acc']]
+        results = [subpath_comparison(e, pe, m) for pe in experts]
+        if results:
+            rows[c] = results
+    if not rows:
+        return _empty(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
+    groups = _by_aux(study, list(rows))
+    # each panel as wide as its bars, so that a panel of six configs is as legible as one of one
+    bars = [sum(len(rows[c]) + 2 for c in configs) for configs in groups.values()]
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(max(6.0, 0.28 * sum(bars) + 1.2 * len(bars)), 4.2), layout='constrained')
+    axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=bars)[0]
+    for ax, (aux, configs) in zip(axes, groups.items()):
+        x = 0
+        ticks, labels = [], []
+        for c in configs:
+            g = rows[c][0]['b']
+            ax.bar(x, g['acc'], color='#d62728', width=0.8, yerr=[[g['acc'] - g['lo']], [g['hi'] - g['acc']]], capsize=2)
+            ticks.append(x)
+            labels.append('gated')
+            for i, r in enumerate(rows[c]):
+                ax.bar(x + 1 + i, r['a']['acc'], color=_color(study, c), width=0.8,
+                       yerr=[[r['a']['acc'] - r['a']['lo']], [r['a']['hi'] - r['a']['acc']]], capsize=2)
+                ticks.append(x + 1 + i)
+                labels.append(f'e{i}')
+            # the config's name once, under its group of bars
+            ax.text(x + len(rows[c]) / 2, -0.13, c, transform=ax.get_xaxis_transform(), ha='center', va='top',
+                    fontsize=8, fontweight='bold')
+            x += len(rows[c]) + 2
+        ax.set_xticks(ticks, labels, fontsize=6, rotation=90)
+        ax.set_ylabel(f'{m} accuracy (%), same points', fontsize=8)
+        ax.set_title(f'aux loss {aux}', fontsize=9)
+        ax.grid(alpha=0.3, axis='y')
+    fig.suptitle('Expert subpaths on the same points as the gated model (first seed): red = the gated model, '
+                 'then each expert forced alone; error bars: Wilson 95%', fontsize=9)
+    return _save(fig, path)
+
+
+def plot_expert_load(study: an.Study, path: Path) -> Path:
+    import numpy as np
+
+    loads: Dict[str, Optional[np.ndarray]] = {}
+    for c in study.configs:
+        ls = [e['routing']['load'] for _, e in sorted(study.runs[c].items()) if (e.get('routing') or {}).get('load')]
+        if ls and an.adversarial(study, c):
+            loads[c] = np.asarray(ls, dtype=float)
+    if not loads:
+        return _empty(path, 'expert load', 'routing.load')
+    groups = _by_aux(study, list(loads))
+    fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
+    for ax, (aux, configs) in zip(axes, groups.items()):
+        width = 0.8 / len(configs)
+        for j, c in enumerate(configs):
+            arr = loads[c]
+            sd = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+            xs = np.arange(arr.shape[1]) + j * width
+            mean = arr.mean(0)
+            # a share is never negative: the lower bar stops at 0
+            ax.bar(xs, mean, width=width, yerr=[np.minimum(sd, mean), sd], capsize=2, label=f'{c} ({len(arr)} seeds)')
+        n = max(loads[c].shape[1] for c in configs)
+        for e, style in zip(sorted({loads[c].shape[1] for c in configs}), ('--', ':', '-.')):
+            ax.hlines(1 / e, -width, e - 1 + 0.8, colors='#555555', linestyles=style, linewidth=1,
+                      label=f'uniform load, E={e}')
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f'e{i}' for i in range(n)], fontsize=8)
+        ax.set_xlabel('expert', fontsize=8)
+        ax.set_ylabel('share of images (mean ± sd over seeds)', fontsize=8)
+        ax.set_title(f'aux loss {aux}', fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+PLOTS = (
+    ('robust_vs_clean.png', plot_robust_vs_clean, 'robust vs clean accuracy'),
+    ('flops_vs_robust.png', plot_flops_vs_robust, 'active FLOPs vs robust accuracy'),
+    ('subpaths.png', plot_subpaths, 'expert subpaths vs the gated model'),
+    ('expert_load.png', plot_expert_load, 'expert load per aux loss'),
+)
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+REPORT_NAME = 'STUDY.md'
+PLOT_DIR = 'study'
+
+
+def report_text(study: Study) -> str:
+    """The markdown of the report (plots linked relative to it)."""
+    lines = [f'# Study: {study.name}', '',
+             f'Generated by `timm-moe report --study {study.name} --out <dir>` from {len(study.entries())} runs and '
+             f'{len(study.autoattack)} AutoAttack follow-ups in the registry; do not edit by hand, rerun it.', '']
+    if study.notes:
+        lines += ['Missing or left out:', ''] + [f'- {n}' for n in study.notes] + ['']
+    lines += ['Contents: pre-registration, summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
+              'routing under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in '
+              'the protocol).', '']
+    lines += preregistration(study)
+    lines += ['## Summary', ''] + summary(study)
+    for claim in CLAIMS:
+        lines += claim(study)
+    for table in TABLES:
+        lines += table(study)
+    lines += ['## Plots', '']
+    lines += [f'![{title}]({PLOT_DIR}/{name})' for name, _, title in PLOTS] + ['']
+    lines += protocol(study)
+    while lines and lines[-1] == '':
+        lines.pop()
+    return '\n'.join(lines) + '\n'
+
+
+def write_study(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], out_dir: Path) -> List[Path]:
+    """Write `out_dir/STUDY.md` and `out_dir/study/*.png`; returns the files written.
+
+    Args:
+        entries: the registry's entries (those of other studies are ignored).
+        plan: the spec as plain data (`bench.results.study.analysis` describes it).
+        out_dir: where the report goes (created if missing).
+    """
+    study = collect(entries, plan)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f'--out {out_dir} is a file: pass a directory for {REPORT_NAME} and its plots')
+    (out_dir / PLOT_DIR).mkdir(parents=True, exist_ok=True)
+    text = report_text(study)  # before any file is written: a refusal leaves the old report whole
+    paths = [fn(study, out_dir / PLOT_DIR / name) for name, fn, _ in PLOTS]
+    report = out_dir / REPORT_NAME
+    report.write_text(text, encoding='utf-8')
+    return [report] + paths
+

@@ -1,0 +1,627 @@
+"""The study's analysis: its runs by configuration and seed, what each configuration is, which pairs a claim
+compares, and the statistics of those comparisons.
+
+The CLI reads the grid spec and passes its plain `plan` here (this layer does not import the pipeline):
+
+    {'name': 'study_fashion_mnist', 'seeds': [0, 1, 2],
+     'configs': {'dense': {'model': 'resnet18_dense', 'training': 'pgd', 'seeds': [0, 1, 2], 'upcycle_from': None},
+                 ...}}
+
+What a configuration *is* (experts, k, gate, aux loss, expert width, training method, upcycled or not) is read
+from its entries' `model` block, the effective values the runs had, so that the claims' pairs ("differ only
+in aux_loss") follow what was trained, not how the spec spelled it. No config name or attack label is built
+into the computation: the claims find their pairs by these traits and their metrics among the entries'.
+
+Statistics (every number from `bench.results.stats` and `bench.results.compare`; arranged here for a study):
+
+- `summary`: mean, sd and 95% t-interval over seeds of one metric (one run: its Wilson interval instead).
+- `compare_configs`: A vs B paired by seed: `compare_entries` per seed pair (which refuses different attack
+  settings and flags different point sets), the t-interval over the seeds' differences with its minimum
+  detectable difference, and pooled over seeds the per-point paired bootstrap interval and the exact McNemar p.
+- `verdict`: the rule stated in the report's protocol (`VERDICT_RULE`).
+
+Bootstrap seeds are fixed (`BOOT_SEED`), so the report is the same bytes on every run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bench.core.errors import UserError
+from bench.results import stats
+from bench.results.compare import compare_entries, strongest_shared
+
+FLOPS_TOL = 0.02  # |ratio - 1| within this is 'equal FLOPs': a gate adds well under 1% to a ResNet block
+STAGE_MAIN, STAGE_AA = 'main', 'autoattack'
+# an aux loss brings its own default weight, and noisy_gating 'auto' resolves by the loss: they follow from it
+AUX_KEYS = ('aux_loss', 'aux_weight', 'noisy_gating')
+
+
+def by_strength(metrics: Sequence[str]) -> List[str]:
+    """Metrics strongest first, in `compare.METRIC_STRENGTH` order."""
+    rest, out = set(metrics), []
+    while rest:
+        best = strongest_shared(sorted(rest), sorted(rest))
+        out.append(best)
+        rest.discard(best)
+    return out
+
+
+@dataclass
+class Study:
+    name: str
+    plan: Mapping[str, Any]
+    runs: Dict[str, Dict[int, Dict[str, Any]]]  # config -> seed -> main-stage entry
+    autoattack: List[Dict[str, Any]]  # stage 'autoattack' entries, by cell
+    notes: List[str] = field(default_factory=list)  # what the data lack (missing cells, unknown configs)
+    # comparisons computed once per report: (A, B, metric) -> compare_configs result
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def configs(self) -> List[str]:
+        """Configs of the spec that have at least one run, in the spec's order."""
+        return [c for c in self.plan['configs'] if self.runs.get(c)]
+
+    def first(self, config: str) -> Optional[Dict[str, Any]]:
+        """The run of the config's first seed (the one with the first-seed analyses), if it is there."""
+        seeds = self.plan['configs'][config].get('seeds') or [min(self.runs[config])]
+        return self.runs.get(config, {}).get(seeds[0])
+
+    def main_entry(self, cell: str) -> Optional[Dict[str, Any]]:
+        return next((e for runs in self.runs.values() for e in runs.values() if e['grid']['cell'] == cell), None)
+
+    def entries(self) -> List[Dict[str, Any]]:
+        return [self.runs[c][s] for c in self.configs for s in sorted(self.runs[c])]
+
+    def metrics(self) -> List[str]:
+        """Robust metrics every main run measured with the same settings, strongest first (the first-seed
+        extras are not among them, and neither is the per-point worst case when the runs' attack sets differ:
+        the worst case over another set of attacks is another statistic)."""
+        sigs = [stats.attack_signature(e) for e in self.entries()]
+        if not sigs:
+            return []
+        shared = set.intersection(*(set(s) for s in sigs))
+        return by_strength({m for m in shared if len({s[m] for s in sigs}) == 1})
+
+    def mixed_worst_case(self) -> bool:
+        """Every run stores a worst case, but over different attack sets (`metrics` leaves it out)."""
+        runs = self.entries()
+        return (bool(runs) and all('ensemble' in (e.get('robust_acc') or {}) for e in runs)
+                and 'ensemble' not in self.metrics())
+
+    def first_seed_metrics(self) -> List[str]:
+        """Robust metrics only some runs (the first seeds) measured, strongest first (not the worst case)."""
+        every = set(self.metrics()) | {'ensemble'}
+        return by_strength({m for e in self.entries() for m in (e.get('robust_acc') or {})} - every)
+
+    def primary(self) -> Optional[str]:
+        """The claims' primary metric: the strongest single attack every run measured (the worst case over
+        attacks is a different statistic and is shown beside it)."""
+        single = [m for m in self.metrics() if m != 'ensemble']
+        return single[0] if single else None
+
+    def pgd(self) -> Optional[str]:
+        """The strongest PGD attack every run measured (the paper's headline attack), if any."""
+        return next((m for m in self.metrics() if m.startswith('pgd')), None)
+
+
+def collect(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]) -> Study:
+    """The study's entries (`grid.spec == plan['name']`) by config and seed, and what is missing.
+
+    Raises:
+        UserError: no entry of the study, or two entries of one cell and stage (which one counts is not
+            the report's to guess: remove the stale one).
+    """
+    name = plan['name']
+    mine = [e for e in entries if (e.get('grid') or {}).get('spec') == name]
+    if not mine:
+        raise UserError(f'no registry entry belongs to study {name!r} (grid.spec); run `timm-moe grid {name}` '
+                        'first, or pass the --registry it wrote to')
+    runs: Dict[str, Dict[int, Dict[str, Any]]] = {}
+    autoattack, seen, notes = [], {}, []
+    for e in sorted(mine, key=lambda e: e['entry_id']):
+        g = e['grid']
+        key = (g.get('cell'), g.get('stage', STAGE_MAIN))
+        if key in seen:
+            raise UserError(f'study {name!r}: cell {key[0]} ({key[1]}) has two entries, {seen[key]!r} and '
+                            f'{e["entry_id"]!r}: remove the stale one from the registry')
+        seen[key] = e['entry_id']
+        if g.get('config') not in plan['configs']:
+            notes.append(f'entry {e["entry_id"]} is of config {g.get("config")!r}, which the spec does not list: '
+                         'left out')
+        elif key[1] == STAGE_AA:
+            autoattack.append(e)
+        else:
+            runs.setdefault(g['config'], {})[int(g.get('seed') or 0)] = e
+    for config, values in plan['configs'].items():
+        missing = [s for s in values.get('seeds') or [] if s not in runs.get(config, {})]
+        if missing:
+            notes.append(f'config {config}: no run for seed{"s" if len(missing) > 1 else ""} '
+                         f'{", ".join(map(str, missing))} (not finished, or failed)')
+    return Study(name=name, plan=plan, runs=runs, autoattack=autoattack, notes=notes)
+
+
+# ------------------------------------------------------------------------------------------ traits
+
+def traits(study: Study, config: str) -> Dict[str, Any]:
+    """What the config trains: the model's effective settings, the training method, whether it is upcycled
+    and its epochs (from its first run; the runs of a config differ only in their seed)."""
+    e = next(iter(study.runs[config].values()))
+    model = e['model']
+    out = {'arch': model.get('arch'), 'experts': model.get('experts') or 0, 'k': model.get('k')}
+    if out['experts']:  # a dense model's effective kwargs carry MoE defaults that mean nothing for it
+        out.update({k: v for k, v in (model.get('effective_kwargs') or {}).items()
+                    if k not in ('num_classes', 'in_chans')})
+    else:
+        out['width'] = (model.get('effective_kwargs') or {}).get('width')
+    out['training'] = (e.get('training') or {}).get('method')
+    out['upcycled'] = bool(study.plan['configs'][config].get('upcycle_from'))
+    out['epochs'] = (e.get('training') or {}).get('epochs')
+    return out
+
+
+def differing(study: Study, a: str, b: str) -> List[str]:
+    ta, tb = traits(study, a), traits(study, b)
+    return sorted(k for k in set(ta) | set(tb) if ta.get(k) != tb.get(k))
+
+
+def is_moe(study: Study, config: str) -> bool:
+    return bool(traits(study, config)['experts'])
+
+
+def flops_ratio(study: Study, config: str) -> Optional[float]:
+    ratios = [(e.get('flops') or {}).get('ratio') for e in study.runs[config].values()]
+    ratios = [r for r in ratios if r is not None]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def adversarial(study: Study, config: str) -> bool:
+    return traits(study, config)['training'] not in (None, 'normal')
+
+
+def scratch(study: Study, config: str) -> bool:
+    """Trained from random initialisation with the spec's own recipe (not upcycled)."""
+    return not traits(study, config)['upcycled']
+
+
+def dense_reference(study: Study, config: str) -> Optional[str]:
+    """The dense config trained like `config`: the same training method, epochs and width, from scratch."""
+    keys = ('arch', 'width', 'training', 'epochs')
+    t = traits(study, config)
+    return next((c for c in study.configs if not is_moe(study, c) and scratch(study, c)
+                 and all(traits(study, c).get(k) == t.get(k) for k in keys)), None)
+
+
+def pairs_differing_in(study: Study, allowed: Tuple[str, ...], required: str) -> List[Tuple[str, str]]:
+    """(a, b) of adversarially trained MoE configs from scratch that differ in `required` and otherwise only
+    in `allowed` keys; each unordered pair once, in spec order."""
+    moe = [c for c in study.configs if is_moe(study, c) and adversarial(study, c) and scratch(study, c)]
+    out = []
+    for i, a in enumerate(moe):
+        for b in moe[i + 1:]:
+            diff = differing(study, a, b)
+            if required in diff and set(diff) <= set(allowed):
+                out.append((a, b))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+N_BOOT = 10000
+BOOT_SEED = 0
+ALPHA = 0.05
+POWER = 0.8
+VERDICT_RULE = ("'holds' if the 95% t-interval over the seeds of the paired difference (claimed better minus "
+                "other) lies above 0; 'reversed' if it lies below 0; else 'inconclusive at this power', with the "
+                f"minimum detectable difference (the true difference the paired t-test over the seeds detects with "
+                f"{POWER:.0%} power at two-sided alpha {0.05:g}: (t(0.975, df) + t({POWER:g}, df)) × sd / √seeds, "
+                "df = seeds − 1, sd of the seeds' differences): a difference smaller than it is not ruled out; "
+                "with one seed there is no seed interval: 'undecided (one seed)'. Separately, the exact McNemar "
+                "test on the points pooled over seeds says whether sampling noise over test points alone "
+                f"explains the difference (p < {ALPHA:g}: it does not).")
+
+Runs = Mapping[int, Mapping[str, Any]]  # seed -> entry
+
+
+def accuracy(entry: Mapping[str, Any], metric: str) -> Optional[float]:
+    return entry.get('clean_acc') if metric == 'clean' else (entry.get('robust_acc') or {}).get(metric)
+
+
+def summary(runs: Runs, metric: str) -> Optional[Dict[str, Any]]:
+    """seed_summary of a metric over the runs that measured it; a single run adds its Wilson interval
+    (the only spread one run has: over test points)."""
+    values = {s: accuracy(e, metric) for s, e in sorted(runs.items())}
+    values = {s: v for s, v in values.items() if v is not None}
+    if not values:
+        return None
+    out = stats.seed_summary(list(values.values()))
+    out['seeds'] = sorted(values)
+    if out['n'] == 1:
+        entry = runs[out['seeds'][0]]
+        n = int(entry['n_examples'])
+        out['lo'], out['hi'] = stats.wilson_interval(round(out['mean'] * n / 100), n)
+        out['wilson'] = True
+    return out
+
+
+def fmt_summary(s: Optional[Mapping[str, Any]], digits: int = 2) -> str:
+    """'71.23 ± 0.85 [69.12, 73.34]' (sd over seeds, 95% t-interval); one run: '71.20 [W 68.31, 74.02]'."""
+    if s is None:
+        return '–'
+    if s.get('wilson'):
+        return f"{s['mean']:.{digits}f} [W {s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
+    if s['n'] == 1:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} [{s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
+
+
+INCONCLUSIVE = 'inconclusive at this power'
+
+
+def detectable(seed_interval: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The minimum detectable difference of a seed_summary of paired differences (`VERDICT_RULE`); None for
+    fewer than 2 seeds."""
+    if seed_interval is None or seed_interval['n'] < 2:
+        return None
+    n = seed_interval['n']
+    return stats.minimum_detectable_difference(seed_interval['std'] / n ** 0.5, n - 1, ALPHA, POWER)
+
+
+def verdict(seed_interval: Optional[Mapping[str, Any]], digits: int = 2) -> str:
+    """`VERDICT_RULE` on a seed_summary of the differences (claimed better minus other)."""
+    if seed_interval is None or seed_interval['n'] < 2:
+        return 'undecided (one seed)'
+    if seed_interval['lo'] > 0:
+        return 'holds'
+    if seed_interval['hi'] < 0:
+        return 'reversed'
+    return f'{INCONCLUSIVE} (detectable Δ {detectable(seed_interval):.{digits}f})'
+
+
+def points_note(p: Optional[float]) -> str:
+    if p is None:
+        return 'no pooled test'
+    return (f'pooled McNemar p = {p:.3g} < {ALPHA:g}: not sampling noise over points alone' if p < ALPHA
+            else f'pooled McNemar p = {p:.3g} ≥ {ALPHA:g}: within sampling noise over points')
+
+
+def _shared_bits(r: Mapping[str, Any], a: Mapping[str, Any], b: Mapping[str, Any]):
+    """The two correct-vectors a compare_entries result was computed on (its overlap of points)."""
+    lo, hi = r['overlap']['index_range']
+    out = []
+    for entry in (a, b):
+        (start, _), vectors = stats.per_sample_vectors(entry)
+        out.append(vectors[r['metric']][lo - start:hi - start])
+    return out
+
+
+def compare_configs(a: Runs, b: Runs, metric: str) -> Dict[str, Any]:
+    """A vs B on `metric`, paired by seed (the seeds both ran) and by test point.
+
+    Returns:
+        dict(metric, seeds, per_seed [{seed, diff, lo, hi, p, flags}], seed_diff (seed_summary of the
+        per-seed differences), pooled {diff, lo, hi, p, n}, verdict, flags, refused): a pair that
+        compare_entries refuses (different attack settings, no shared points, inconsistent bits) is left
+        out and named in `refused`; its warnings (different point sets) are in `flags`.
+    """
+    seeds = sorted(set(a) & set(b))
+    flags: List[str] = [f'seed {s} only in {side}' for side, runs in (('A', a), ('B', b))
+                        for s in sorted(set(runs) - set(seeds))]
+    per_seed, refused, pooled_a, pooled_b = [], [], [], []
+    for s in seeds:
+        if accuracy(a[s], metric) is None or accuracy(b[s], metric) is None:
+            refused.append(f'seed {s}: {metric} not measured on both')
+            continue
+        try:
+            r = compare_entries(a[s], b[s], metric=metric, n_boot=N_BOOT, seed=BOOT_SEED)
+        except UserError as e:
+            refused.append(f'seed {s}: {e}')
+            continue
+        xa, xb = _shared_bits(r, a[s], b[s])
+        pooled_a.append(xa)
+        pooled_b.append(xb)
+        flags += [f'seed {s}: {w}' for w in r['warnings']]
+        per_seed.append(dict(seed=s, diff=r['diff'], lo=r['diff_lo'], hi=r['diff_hi'], p=r['mcnemar_p'], n=r['n']))
+    seed_diff = stats.seed_summary([p['diff'] for p in per_seed]) if per_seed else None
+    pooled = None
+    if per_seed:
+        xa, xb = np.concatenate(pooled_a), np.concatenate(pooled_b)
+        diff, lo, hi = stats.paired_bootstrap(xa, xb, n_boot=N_BOOT, seed=BOOT_SEED)
+        pooled = dict(diff=diff, lo=lo, hi=hi, p=stats.mcnemar_exact(xa, xb), n=len(xa))
+    return dict(metric=metric, seeds=[p['seed'] for p in per_seed], per_seed=per_seed, seed_diff=seed_diff,
+                pooled=pooled, verdict=verdict(seed_diff), detectable=detectable(seed_diff), flags=flags,
+                refused=refused)
+
+
+def seed_paired(a: Mapping[int, float], b: Mapping[int, float]) -> Dict[str, Any]:
+    """A number that has no per-point bits (routing collapse): the differences paired by seed, their
+    seed_summary and the verdict."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return dict(seeds=[], seed_diff=None, verdict='undecided (no shared seed)')
+    s = stats.seed_summary([a[k] - b[k] for k in seeds])
+    return dict(seeds=seeds, seed_diff=s, verdict=verdict(s, digits=3))
+
+
+def fmt_interval(s: Optional[Mapping[str, Any]], key: str = 'mean', digits: int = 2) -> str:
+    """'+1.23 [-0.40, +2.86]' (signed), or the value alone when there is no interval."""
+    if s is None:
+        return '–'
+    if s.get('lo') is None:
+        return f'{s[key]:+.{digits}f}'
+    return f"{s[key]:+.{digits}f} [{s['lo']:+.{digits}f}, {s['hi']:+.{digits}f}]"
+
+
+def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                   confidence: float = 0.95) -> Dict[str, float]:
+    """Mean of per-point values with a percentile bootstrap interval over points.
+
+    For a statistic of more than two vectors, which `stats.paired_bootstrap` (two vectors) does not cover:
+    the difference between two models' AutoAttack gaps on the same points, per point
+    (dense_apgd - dense_aa) - (moe_apgd - moe_aa).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError('bootstrap_mean needs at least one value')
+    rng = np.random.default_rng(seed)
+    means = np.empty(int(n_boot))
+    for i in range(0, int(n_boot), 1000):  # in blocks: 1000 x n indices at a time keeps memory small
+        m = min(1000, int(n_boot) - i)
+        means[i:i + m] = v[rng.integers(0, v.size, size=(m, v.size))].mean(1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi))
+
+
+# ------------------------------------------------------------------------------------------ the paper's table
+
+PAPER_SOURCE = ("the paper code's CIFAR-100 ResNet-18 table (registry/sources/robust_experts_official_results.csv: "
+                'PGD-AT, eps 8/255; PGD-20 / APGD-20, percent points)')
+PAPER_SINGLE = ('resnet18-placement-conv5_x', 'BlockMoE replacing 2nd BasicBlock')  # one BlockMoE at the last block
+PAPER_MAIN = ('resnet18', 'BlockMoE')  # both conv5_x blocks, k = 1..4
+PAPER_FAMILY = ('L_ent', 'GAP-FC')  # the loss and gate of the study's e4k1
+
+
+def paper_rows(path: Any) -> List[Dict[str, Any]]:
+    """The adversarially trained rows of the paper's table, numbers as floats (`import_paper.read_csv` reads it)."""
+    from bench.results.import_paper import read_csv
+
+    rows = []
+    for r in read_csv(Path(path)):
+        if r['training'].strip() == 'adversarial':
+            rows.append({**{k: r[k].strip() for k in ('table', 'moe', 'loss', 'gate', 'k')},
+                         'pgd20': float(r['pgd20']), 'apgd20': float(r['apgd20'])})
+    return rows
+
+
+def _row(rows: Sequence[Mapping[str, Any]], **want: str) -> Optional[Mapping[str, Any]]:
+    return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
+
+
+def _delta(a: Optional[Mapping[str, Any]], b: Optional[Mapping[str, Any]]) -> Optional[Tuple[float, float]]:
+    return None if a is None or b is None else (a['pgd20'] - b['pgd20'], a['apgd20'] - b['apgd20'])
+
+
+def _fmt_delta(d: Optional[Tuple[float, float]]) -> str:
+    return '–' if d is None else f'{d[0]:+.2f} / {d[1]:+.2f}'
+
+
+def _ahead(deltas: Sequence[Tuple[float, float]], what: str) -> str:
+    """'3 of 6 families on PGD-20 and 6 of 6 on APGD-20': how often A is ahead."""
+    n = len(deltas)
+    return f'{sum(d[0] > 0 for d in deltas)} of {n} {what} on PGD-20 and {sum(d[1] > 0 for d in deltas)} of {n} on APGD-20'
+
+
+
+def paper_effects(rows: Sequence[Mapping[str, Any]]) -> Dict[int, Dict[str, str]]:
+    """What the paper's own table says on each claim, computed from its rows: {claim: {'claim': the claim as
+    the table has it, 'effect': the effect at the study's e4k1 settings (PGD-20 / APGD-20), 'detail': the
+    table's other families}}."""
+    loss, gate = PAPER_FAMILY
+    single = [r for r in rows if (r['table'], r['moe']) == PAPER_SINGLE]
+    main = [r for r in rows if (r['table'], r['moe']) == PAPER_MAIN]
+    base = _row(rows, table=PAPER_SINGLE[0], moe='Baseline')
+    out: Dict[int, Dict[str, str]] = {}
+
+    d1 = [_delta(r, base) for r in single]
+    d1 = [d for d in d1 if d is not None]
+    out[1] = dict(claim='a BlockMoE at the last block (E=4, k=1) is more robust than dense after adversarial training',
+                  effect=f'{_fmt_delta(_delta(_row(single, loss=loss, gate=gate), base))} (entropy, GAP-FC, vs dense)',
+                  detail=f'the single last-block BlockMoE is ahead of dense in {_ahead(d1, "loss × gate rows")}')
+
+    d2s = [_delta(_row(single, loss=loss, gate=g), _row(single, loss='L_switch', gate=g)) for g in ('GAP-FC', 'Conv-GAP')]
+    d2s += [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_switch', gate=g, k=k))
+            for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
+    d2k = [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_column_entropy', gate=g, k=k))
+           for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
+    d2s, d2k = [d for d in d2s if d], [d for d in d2k if d]
+    out[2] = dict(claim='the entropy loss gives more robust MoEs than the switch and KL losses',
+                  effect=(f'entropy − switch {_fmt_delta(_delta(_row(single, loss=loss, gate=gate), _row(single, loss="L_switch", gate=gate)))} '
+                          f'(last block, GAP-FC); entropy − KL {_fmt_delta(_delta(_row(main, loss=loss, gate=gate, k="1"), _row(main, loss="L_column_entropy", gate=gate, k="1")))} '
+                          '(both conv5_x blocks, GAP-FC, k=1; the table has no last-block KL row)'),
+                  detail=(f'entropy is ahead of switch in {_ahead(d2s, "matched rows")}, and of KL (column entropy) '
+                          f'in {_ahead(d2k, "matched rows")}'))
+
+    families = sorted({(r['loss'], r['gate']) for r in main})
+    d3 = [_delta(_row(main, loss=lo, gate=g, k='1'), _row(main, loss=lo, gate=g, k='2')) for lo, g in families]
+    d3 = [d for d in d3 if d]
+    best = {m: sum(max((r for r in main if (r['loss'], r['gate']) == f), key=lambda r: r[m])['k'] == '1'
+                   for f in families) for m in ('pgd20', 'apgd20')}
+    out[3] = dict(claim='k=1 is more robust than k=2 (the table has it this way round; a summary of the paper said '
+                        'the reverse)',
+                  effect=f'{_fmt_delta(d3[families.index((loss, gate))] if (loss, gate) in families else None)} '
+                         '(k=1 − k=2, entropy, GAP-FC, both conv5_x blocks)',
+                  detail=(f'k=1 is ahead of k=2 in {_ahead(d3, "BlockMoE loss × gate families")}, and the most '
+                          f'robust of k=1..4 in {best["pgd20"]} of {len(families)} on PGD-20 and {best["apgd20"]} of '
+                          f'{len(families)} on APGD-20'))
+    out[4] = dict(claim='the switch loss collapses the routing, and some expert subpaths are more robust than the '
+                        'gated model', effect='– (the table has no routing or subpath numbers)', detail='')
+    return out
+
+
+def load_paper_effects(plan: Mapping[str, Any]) -> Tuple[Optional[Dict[int, Dict[str, str]]], Optional[str]]:
+    """(paper_effects of the plan's `paper_csv`, or of the repository's copy; None and the reason if absent)."""
+    from bench.results.import_paper import DEFAULT_CSV
+
+    path = Path(plan.get('paper_csv') or DEFAULT_CSV)
+    if not path.is_file():
+        return None, f"the paper's table is not at {path.name}: its effects are left out"
+    return paper_effects(paper_rows(path)), None
+
+
+# ------------------------------------------------------------------------------------------ pre-registration
+
+PREREG_KEYS = ('baseline', 'primary', 'metric', 'margin', 'alpha', 'power', 'analysis', 'seed_sd')
+PREREG_DEFAULTS = dict(metric='apgd-ce', margin=1.5, alpha=0.05, power=0.8, analysis='welch')
+ANALYSES = ('welch', 'pooled')
+PAPER_KEYS = ('table', 'moe', 'loss', 'gate', 'k')
+HOLDS, EQUIVALENT, WORSE = 'holds', 'equivalent', 'worse'
+PREREG_RULE = ("each primary contrast (config − baseline, seeds as the unit) gets {analysis} t over the seeds, "
+               "two-sided p against 0, and Holm's correction over the primary contrasts at family-wise alpha "
+               "{alpha:g}; its interval is the t-interval at Holm's level for its rank (1 − alpha/m for the "
+               "smallest p, then 1 − alpha/(m − 1), ...). 'holds': Holm rejects 0 and the difference is above 0 "
+               "(the interval lies above 0); 'worse': Holm rejects 0 and it is below 0; 'equivalent': the interval "
+               "lies inside ±{margin:g} points; 'inconclusive': anything else, with the minimum detectable "
+               "difference ({power:.0%} power at the contrast's level). The hierarchical bootstrap (seeds, then "
+               "points) is shown beside it as a check; the per-point McNemar p is conditional on the trained "
+               "weights and decides nothing. Everything outside the primary contrasts is exploratory.")
+
+
+def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """The `preregistration:` block of a study spec with its defaults, or UserError naming the key.
+
+    A study names, before it runs, the contrasts that decide it (each primary config against the baseline),
+    the metric, the equivalence margin, the analysis and the seed sd its sizing used:
+
+        preregistration:
+          baseline: dense
+          primary:                       # config: {paper: the row of the paper's table it reproduces} or {}
+            convmoe_c5: {paper: {table: resnet18-placement-conv5_x, moe: ConvMoEs replacing all 4 conv layers,
+                                 loss: L_ent, gate: GAP-FC}}
+            blockmoe_last: {paper: {table: resnet18-placement-conv5_x, moe: BlockMoE replacing 2nd BasicBlock,
+                                    loss: L_ent, gate: GAP-FC}}
+          metric: apgd-ce                # APGD-CE-100 on the points every run is attacked on
+          margin: 1.5                    # points: the equivalence margin, and the detectable difference sought
+          analysis: welch                # or pooled (pooled-variance t over the arms)
+          seed_sd: 2.3                   # the measured sd over seeds the sizing used
+    """
+    if not isinstance(block, Mapping):
+        raise UserError(f'preregistration in {where} is {block!r}: give a mapping with baseline, primary, ...')
+    unknown = sorted(set(block) - set(PREREG_KEYS))
+    if unknown:
+        raise UserError(f'unknown preregistration key {unknown[0]!r} in {where}; allowed: {", ".join(PREREG_KEYS)}')
+    out = {**PREREG_DEFAULTS, **block}
+    if out.get('baseline') not in configs:
+        raise UserError(f'preregistration.baseline in {where} is {out.get("baseline")!r}: name a config of the spec '
+                        f'({", ".join(configs)})')
+    primary = out.get('primary')
+    if isinstance(primary, list):
+        primary = {name: {} for name in primary}
+    if not isinstance(primary, Mapping) or not primary:
+        raise UserError(f'preregistration.primary in {where} must name at least one config (a list, or '
+                        '{config: {paper: {...}}})')
+    for name, options in primary.items():
+        if name not in configs or name == out['baseline']:
+            raise UserError(f'preregistration.primary in {where} names {name!r}: name configs of the spec other than '
+                            f'the baseline ({", ".join(c for c in configs if c != out["baseline"])})')
+        options = options or {}
+        if not isinstance(options, Mapping) or set(options) - {'paper'}:
+            raise UserError(f'preregistration.primary.{name} in {where} is {options!r}: give {{}} or '
+                            '{paper: {table, moe, loss, gate, k}}')
+        paper = options.get('paper') or {}
+        if not isinstance(paper, Mapping) or set(paper) - set(PAPER_KEYS):
+            raise UserError(f'preregistration.primary.{name}.paper in {where} is {paper!r}: keys '
+                            f'{", ".join(PAPER_KEYS)} of a row of the paper\'s table')
+    out['primary'] = {name: dict(options or {}) for name, options in primary.items()}
+    for key, lo, hi in (('margin', 0, None), ('alpha', 0, 1), ('power', 0, 1), ('seed_sd', 0, None)):
+        value = out.get(key)
+        if value is None and key == 'seed_sd':
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+                or not value > lo or (hi is not None and not value < hi)):
+            raise UserError(f'preregistration.{key} in {where} is {value!r}: give a number > {lo}'
+                            + (f' and < {hi}' if hi is not None else ''))
+    if out['analysis'] not in ANALYSES:
+        raise UserError(f'preregistration.analysis in {where} is {out["analysis"]!r}; choose from {", ".join(ANALYSES)}')
+    if not isinstance(out['metric'], str) or not out['metric']:
+        raise UserError(f'preregistration.metric in {where} is {out["metric"]!r}: give an attack name, e.g. apgd-ce')
+    return out
+
+
+def prereg_verdict(diff: float, lo: float, hi: float, p_holm: float, margin: float, alpha: float) -> str:
+    """`PREREG_RULE` on one contrast: its difference, its interval at Holm's level and its Holm-adjusted p."""
+    if p_holm < alpha:
+        return HOLDS if diff > 0 else WORSE
+    if -margin < lo and hi < margin:
+        return EQUIVALENT
+    return INCONCLUSIVE
+
+
+def _arm(study: Study, config: str, metric: str) -> Tuple[Dict[int, float], Dict[int, np.ndarray], List[str]]:
+    """One arm's accuracy per seed, its per-point bits, and what keeps it from the analysis."""
+    values, bits, problems = {}, {}, []
+    for seed, e in sorted(study.runs.get(config, {}).items()):
+        value = accuracy(e, metric)
+        if value is None:
+            problems.append(f'{config} seed {seed} did not measure {metric}')
+            continue
+        values[seed] = value
+        found = stats.per_sample_vectors(e)
+        if found is not None and metric in found[1]:
+            bits[seed] = found[1][metric]
+    return values, bits, problems
+
+
+def preregistered(study: Study) -> Optional[Dict[str, Any]]:
+    """The pre-registered analysis of a study whose plan has `preregistration` (None otherwise).
+
+    Returns:
+        dict(prereg, sizing (seeds per arm the margin asks for at `seed_sd`, and at the sd measured here),
+        contrasts [{config, baseline, n_a, n_b, diff, lo, hi, level, p, p_holm, detectable, boot, verdict,
+        problems}]).
+    """
+    prereg = study.plan.get('preregistration')
+    if not prereg:
+        return None
+    metric, alpha, margin, power = prereg['metric'], prereg['alpha'], prereg['margin'], prereg['power']
+    base_values, base_bits, base_problems = _arm(study, prereg['baseline'], metric)
+    signatures = {stats.attack_signature(e).get(metric) for runs in study.runs.values() for e in runs.values()
+                  if metric in (e.get('robust_acc') or {})}
+    contrasts = []
+    for config in prereg['primary']:
+        values, bits, problems = _arm(study, config, metric)
+        problems = base_problems + problems
+        if len(signatures) > 1:
+            problems.append(f'the runs measured {metric} with different settings')
+        if len(values) < 2 or len(base_values) < 2:
+            problems.append(f'{config} and {prereg["baseline"]} need at least 2 seeds each')
+        c = dict(config=config, baseline=prereg['baseline'], n_a=len(values), n_b=len(base_values), problems=problems,
+                 paper=prereg['primary'][config].get('paper'))
+        if not problems:
+            c.update(stats.welch(list(values.values()), list(base_values.values()),
+                                 pooled=prereg['analysis'] == 'pooled'))
+            lengths = {len(v) for v in list(bits.values()) + list(base_bits.values())}
+            if len(bits) == len(values) and len(base_bits) == len(base_values) and len(lengths) == 1:
+                c['boot'] = stats.hierarchical_bootstrap(np.stack(list(bits.values())), np.stack(list(base_bits.values())),
+                                                         n_boot=N_BOOT, seed=BOOT_SEED)
+        contrasts.append(c)
+    tested = [c for c in contrasts if 'p' in c]
+    for c, p_holm, level in zip(tested, stats.holm([c['p'] for c in tested]),
+                                stats.holm_levels([c['p'] for c in tested], alpha)):
+        half = stats.t_quantile(1 - level, c['df']) * c['se']
+        c.update(p_holm=p_holm, level=level, lo=c['diff'] - half, hi=c['diff'] + half,
+                 detectable=stats.minimum_detectable_difference(c['se'], c['df'], level, power))
+        c['verdict'] = prereg_verdict(c['diff'], c['lo'], c['hi'], p_holm, margin, alpha)
+    for c in contrasts:
+        c.setdefault('verdict', 'not analysed: ' + '; '.join(c['problems']))
+    measured_sd = [s for runs in [base_values] + [_arm(study, c, metric)[0] for c in prereg['primary']]
+                   for s in ([float(np.std(list(runs.values()), ddof=1))] if len(runs) > 1 else [])]
+    sizing = {}
+    if prereg.get('seed_sd'):
+        sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, alpha, power))
+    if measured_sd:
+        sizing['measured'] = (max(measured_sd), stats.seeds_for_margin(max(measured_sd), margin, alpha, power))
+    return dict(prereg=prereg, contrasts=contrasts, sizing=sizing)

@@ -1,0 +1,130 @@
+"""The leaderboard reads right: every row says what distinguishes it, and the terminal view fits 110 columns
+without breaking a model name or a number."""
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from typing import List, Tuple
+
+from rich.console import Console
+
+from bench.pipeline.quickstart import _print_summary
+from bench.results.leaderboard import print_table, render_markdown
+from bench.results.leaderboard.render import IDENTITY
+from bench.results.registry import DEFAULT_REGISTRY, load_entries
+from registry_fakes import make_entry
+
+
+def _tables(text: str) -> List[Tuple[str, List[dict]]]:
+    """(heading, rows as {column: cell}) of every markdown table."""
+    out, heading, lines = [], '', text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith('#'):
+            heading = lines[i]
+        if lines[i].startswith('| ') and i + 1 < len(lines) and lines[i + 1].startswith('|--'):
+            head = [c.strip() for c in lines[i].strip('|').split(' | ')]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith('| '):
+                rows.append(dict(zip(head, (c.strip() for c in lines[i].strip('|').split(' | ')))))
+                i += 1
+            out.append((heading, rows))
+        i += 1
+    return out
+
+
+def rows_alike(text: str) -> List[str]:
+    """Rows of one table that agree in every identifying column (IDENTITY)."""
+    clashes = []
+    for heading, rows in _tables(text):
+        if not rows or not set(IDENTITY) <= set(rows[0]):
+            continue
+        seen = Counter(tuple(r[c] for c in IDENTITY) for r in rows)
+        clashes += [f'{heading}: {" | ".join(k)} ({n} rows)' for k, n in seen.items() if n > 1]
+    return clashes
+
+
+def test_no_two_rows_of_the_shipped_leaderboard_look_alike():
+    entries = load_entries(DEFAULT_REGISTRY)
+    text = render_markdown(entries)
+    assert not rows_alike(text), '\n'.join(rows_alike(text))
+    # the committed file is the one this code renders (regenerate: python -m bench.cli leaderboard)
+    assert (DEFAULT_REGISTRY / 'LEADERBOARD.md').read_text(encoding='utf-8') == text
+
+
+def test_runs_that_differ_in_epochs_upcycling_width_or_study_config_say_so():
+    base = dict(attacks={'pgd20': 30.0})
+    a = make_entry('a', **base)
+    b = make_entry('b', **base)
+    b['training']['epochs'] = 2
+    c = make_entry('c', **base)
+    c['training']['config']['upcycle_from'] = 'runs/study/cells/dense_half-seed0/run'
+    d = make_entry('d', **base)
+    d['model']['effective_kwargs'] = dict(d['model']['effective_kwargs'], expert_width='matched')
+    e = make_entry('e', **base, lr=0.3, grid={'spec': 'study_x', 'config': 'dense', 'seed': 0, 'cell': 'dense-seed0',
+                                      'stage': 'main'})
+    rows = {r['Entry']: r for _, t in _tables(render_markdown([a, b, c, d, e])) for r in t}
+    assert rows['a']['Setup'] == '1 ep · seed 0' and rows['b']['Setup'] == '2 ep · seed 0'
+    assert rows['c']['Setup'] == '1 ep · upcycled from dense_half-seed0/run · seed 0'
+    assert rows['d']['Config'].endswith('· matched experts') and rows['d']['Setup'] == rows['a']['Setup']
+    assert rows['e']['Setup'] == 'study_x: dense · 1 ep · seed 0'
+
+
+def test_the_identity_check_fires_on_rows_that_look_alike():
+    a, b = make_entry('a', attacks={'pgd20': 30.0}), make_entry('b', attacks={'pgd20': 31.0})
+    b['training']['config']['lr'] = 0.2  # another configuration, but nothing the table shows
+    assert len(rows_alike(render_markdown([a, b]))) == 1
+
+
+def _lines(console: Console) -> List[str]:
+    return console.export_text().splitlines()
+
+
+def test_the_terminal_view_of_the_quickstart_fits_110_columns():
+    entries = [e for e in load_entries(DEFAULT_REGISTRY) if e['dataset'] == 'fashion-mnist-bundled'
+               and e['eps'] < 0.05]
+    assert len(entries) == 4
+    console = Console(width=110, record=True, file=io.StringIO())
+    print_table(entries, console=console)
+    lines = _lines(console)
+    assert max(map(len, lines)) <= 110
+    text = '\n'.join(lines)
+    for e in entries:  # names and numbers whole: nothing folded mid-word
+        assert re.search(rf'│ {e["model"]["name"]} +│', text), e['model']['name']
+        assert f'{e["clean_acc"]:.2f}' in text
+    assert 'not shown here' not in text  # all three attack columns fit
+    assert re.search(r'\[\d+\.\d, \d+\.\d\]', text)
+
+
+def test_the_terminal_view_leaves_out_what_does_not_fit_and_says_so():
+    entries = [e for e in load_entries(DEFAULT_REGISTRY) if e['dataset'] == 'fashion-mnist-bundled'
+               and e['eps'] > 0.05]
+    console = Console(width=110, record=True, file=io.StringIO())
+    print_table(entries, console=console, limit=3)
+    text = '\n'.join(_lines(console))
+    assert max(map(len, text.splitlines())) <= 110
+    assert 'not shown here (too narrow)' in text and 'APGD-CE-100' in text  # the ranking metric always stays
+    wide = Console(width=400, record=True, file=io.StringIO())
+    print_table(entries, console=wide, limit=3, wide=True)
+    assert 'resnet18_dense-pgd-fmnist-bundled' in wide.export_text()  # --wide: entry ids
+
+
+def test_the_quickstart_summary_fits_110_columns():
+    row = dict(intervals={'clean': [69.5, 79.3], 'pgd20': [62.2, 72.7], 'apgd-ce20': [62.2, 72.7]},
+               clean_acc=74.67, pgd_acc=67.67, apgd_acc=67.67, flops_ratio=1.0001, train_img_per_s=512.0, flags=[])
+    summary = dict(dataset='fashion-mnist-bundled', n_eval=300,
+                   rows=[dict(row, model=m, training=t) for m in ('resnet18_dense', 'resnet18_blockmoe_e4_k1')
+                         for t in ('normal', 'adversarial')],
+                   pgd_gain_points={'dense': 30.0, 'moe': 31.0},
+                   pgd_gain_interval={'dense': [25.0, 35.0], 'moe': [26.0, 36.0]}, method_works=True,
+                   adv_train_img_per_s_moe_over_dense=0.9, seconds={'total': 100.0}, leaderboard='x/LEADERBOARD.md',
+                   plots=['x/clean_vs_robust.png'])
+    console = Console(width=110, record=True, file=io.StringIO())
+    _print_summary(console, summary)
+    lines = _lines(console)
+    table = [line for line in lines if line.startswith(('│', '┃'))]
+    assert table and max(map(len, table)) <= 110
+    text = '\n'.join(lines)
+    assert 'resnet18_blockmoe_e4_k1 ' in text and '[69.5, 79.3]' in text and 'adversarial' in text
+

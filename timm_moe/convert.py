@@ -1,0 +1,286 @@
+"""`convert`: a built model whose target modules are replaced by MoE layers over copies of themselves.
+
+    model = timm.create_model('resnet18', num_classes=100)
+    model = timm_moe.convert(model, 'layer4.1', num_experts=4, k=1)                # a BlockMoE at layer4.1
+    model = timm_moe.convert(model, 'layer4', num_experts=4, k=1, kind='conv')     # a ConvMoE at every conv of layer4
+
+This is the paper code's construction (a filter selects modules of a built network, a replace function turns each
+into a mixture of deep copies), written once for every kind of expert. A target is a module path or an fnmatch
+pattern over paths ('layer4.1', 'layer4.*.conv*'), or several joined by '+' or given as a list. With `kind`
+('block' or 'conv') a target also selects every module of that kind under the path it names ('layer4' with
+kind='conv' is every conv of layer4); without it a target must name the modules themselves.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from .layers import GATES, MoE, resolve_noisy_gating, validate_moe_args
+
+__all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets']
+
+Targets = Union[str, Sequence[str]]
+
+# the residual blocks a 'block' target selects; a ConvMoE's experts are convolutions
+BLOCK_TYPES = (BasicBlock, Bottleneck)
+KIND_TYPES: Dict[str, tuple] = {'block': BLOCK_TYPES, 'conv': (nn.Conv2d,)}
+EXPERT_WIDTHS = ('full', 'matched')
+PROBE_SIZE = 256  # side of the shape-only input that finds each target's stride from the model input
+
+
+def module_paths(model: nn.Module, kind: str) -> List[str]:
+    """Paths of the modules of `kind` ('block' or 'conv') in `model`, in registration order, outside MoE layers."""
+    if kind not in KIND_TYPES:
+        raise ValueError(f'kind={kind!r}: expected one of {sorted(KIND_TYPES)}')
+    return [name for name, m in _named_modules_outside_moe(model) if isinstance(m, KIND_TYPES[kind])]
+
+
+def _named_modules_outside_moe(model: nn.Module) -> List[tuple]:
+    # an MoE's experts are not targets of another conversion
+    inside = [name for name, m in model.named_modules() if isinstance(m, MoE)]
+    return [(name, m) for name, m in model.named_modules()
+            if name and not any(name == p or name.startswith(p + '.') for p in inside)]
+
+
+def _split(targets: Targets) -> List[str]:
+    parts = targets.split('+') if isinstance(targets, str) else list(targets)
+    if not parts or any(not isinstance(p, str) or not p.strip() for p in parts):
+        raise ValueError(f'targets={targets!r}: expected module paths or patterns, e.g. "layer4.1", '
+                         '"layer3+layer4", "layer4.*.conv*"')
+    return [p.strip() for p in parts]
+
+
+def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = None) -> List[str]:
+    """The module paths that `targets` select in `model` (see the module docstring), in the model's order.
+
+    Raises a one-line ValueError for a target that selects nothing (naming it and the model's block and conv
+    paths) and for targets that select one module inside another.
+    """
+    if kind is not None and kind not in KIND_TYPES:
+        raise ValueError(f'kind={kind!r}: expected one of {sorted(KIND_TYPES)} or None')
+    modules = _named_modules_outside_moe(model)
+    if kind is not None:
+        modules = [(name, m) for name, m in modules if isinstance(m, KIND_TYPES[kind])]
+    selected = set()
+    for pattern in _split(targets):
+        hits = [name for name, _ in modules if fnmatch.fnmatchcase(name, pattern)
+                or (kind is not None and name.startswith(pattern + '.'))]
+        if not hits:
+            what = {'block': 'residual block', 'conv': 'conv', None: 'module'}[kind]
+            raise ValueError(f'target {pattern!r} selects no {what} of {type(model).__name__}: expected paths or '
+                             f'patterns over the blocks {module_paths(model, "block")} or the convs '
+                             f'{module_paths(model, "conv")}')
+        selected.update(hits)
+    paths = [name for name, _ in modules if name in selected]
+    for outer in paths:
+        inner = [p for p in paths if p.startswith(outer + '.')]
+        if inner:
+            raise ValueError(f'targets={targets!r} select {inner[0]!r} inside {outer!r}: an expert cannot contain '
+                             'another MoE layer')
+    return paths
+
+
+def convert(
+        model: nn.Module,
+        targets: Targets,
+        num_experts: int,
+        k: int = 1,
+        *,
+        kind: Optional[str] = None,
+        gate: str = 'gap_fc',
+        aux_loss: str = 'entropy',
+        aux_weight: float = 0.5,
+        noisy_gating: Union[bool, str] = 'auto',
+        noise_std: float = 0.1,
+        expert_width: str = 'full',
+        copy_weights: bool = False,
+) -> nn.Module:
+    """Replace each target module of `model`, in place, by an MoE layer over `num_experts` copies of it.
+
+    Each expert is a deep copy of the module it replaces: re-initialised (convs Kaiming normal, fan_out, as
+    timm's ResNet init; BatchNorm weight 1, bias 0, fresh running statistics), or, with `copy_weights`, an exact
+    copy, so that at k=1 the converted model computes the original function (upcycling; `timm_moe.upcycle`).
+    Gates are built after the experts and keep PyTorch's default init. The layer's gate sees the module's input.
+
+    Args:
+        model: A built model, e.g. `timm.create_model('resnet18')`.
+        targets: Module paths or fnmatch patterns ('layer4.1', 'layer3+layer4', 'layer4.*.conv*').
+        num_experts: Experts per MoE layer.
+        k: Experts per image, 1 <= k <= num_experts.
+        kind: 'block' or 'conv' to select the modules of that kind under each target path; None: the targets
+            name the modules themselves.
+        gate: 'gap_fc' or 'conv_gap'.
+        aux_loss: 'entropy', 'switch', 'kl', 'z_loss' or 'none'.
+        aux_weight: Weight of the aux loss in `timm_moe.aux_loss(model)`.
+        noisy_gating: True, False or 'auto' (the reference's policy; see `MoE`).
+        noise_std: Standard deviation of the training-only gate noise.
+        expert_width: 'full' (each expert a full copy) or 'matched' (a residual block's inner width shrunk so that
+            k active experts cost no more conv MACs than the block); 'matched' applies to residual blocks only.
+        copy_weights: Copy the module's weights into every expert instead of re-initialising them.
+
+    Returns:
+        `model`, converted in place.
+    """
+    validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
+    if expert_width not in EXPERT_WIDTHS:
+        raise ValueError(f'expert_width={expert_width!r}: expected one of {list(EXPERT_WIDTHS)}')
+    paths = resolve_targets(model, targets, kind)
+    if expert_width == 'matched':
+        if copy_weights:
+            raise ValueError("expert_width='matched' with copy_weights=True: a narrowed expert cannot hold the "
+                             "module's weights; use expert_width='full'")
+        not_blocks = [p for p in paths if not isinstance(model.get_submodule(p), BLOCK_TYPES)]
+        if not_blocks:
+            raise ValueError(f"expert_width='matched' applies to residual blocks, not to {not_blocks[0]!r}: "
+                             "use expert_width='full'")
+    # only an unpadded Conv-GAP gate has a minimum input, which its error names in model pixels
+    reductions = _input_reductions(model, paths) if GATES[gate].min_input_size > 1 else {}
+    noisy = resolve_noisy_gating(noisy_gating, aux_loss)
+    for path in paths:
+        module = model.get_submodule(path)
+        reference = next(module.parameters())
+        in_chs = _in_channels(module)
+        make = _expert_factory(module, in_chs, k, expert_width, copy_weights)
+        # built where the module lives; the gate comes last, so no init of the experts touches it
+        with torch.device(reference.device):
+            experts = [make() for _ in range(num_experts)]
+            reduction = reductions.get(path)
+            layer = MoE(experts, in_chs, k=k, gate=gate, aux_loss=aux_loss, aux_weight=aux_weight,
+                        noisy_gating=noisy, noise_std=noise_std, name=path,
+                        # an unpadded 3x3 gate needs 3x3 pixels: 2r + 1 model pixels after a stride of r
+                        min_image_size=2 * reduction + 1 if reduction else None)
+        layer.gate.to(dtype=reference.dtype)
+        parent, _, child = path.rpartition('.')
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    return model
+
+
+def _in_channels(module: nn.Module) -> int:
+    """Channels of the module's input: those of its first convolution (a block's conv1, or the conv itself)."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError(f'{type(module).__name__} has no Conv2d: an MoE gate needs to know the input channels')
+    return conv.in_channels
+
+
+def reinit_(module: nn.Module) -> nn.Module:
+    """Re-initialise a copied expert: convs Kaiming normal (fan_out, as timm's ResNet), BatchNorm (1, 0) and fresh
+    running statistics. In place; returns the module."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+    return module
+
+
+def _expert_factory(module: nn.Module, in_chs: int, k: int, expert_width: str,
+                    copy_weights: bool) -> Callable[[], nn.Module]:
+    if copy_weights:
+        return lambda: copy.deepcopy(module)
+    if expert_width == 'matched':
+        inner = matched_inner_width(module, in_chs, k)
+        return lambda: reinit_(_narrow_block(module, inner))
+    return lambda: reinit_(copy.deepcopy(module))
+
+
+def _input_reductions(model: nn.Module, paths: Sequence[str]) -> Dict[str, int]:
+    """Per target path, the stride from the model input to the module's input (empty when it cannot be probed).
+
+    Found with a shape-only forward: every parameter and buffer replaced by a meta tensor, nothing computed.
+    """
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return {}
+    seen: Dict[str, int] = {}
+
+    def record(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple) -> None:  # returns None: the input goes on unchanged
+            seen.setdefault(path, inputs[0].shape[-1])
+        return hook
+
+    hooks = [model.get_submodule(p).register_forward_pre_hook(record(p)) for p in paths]
+    meta = {n: torch.empty_like(t, device='meta') for n, t in (*model.named_parameters(), *model.named_buffers())}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(
+                model, meta, (torch.empty(1, conv.in_channels, PROBE_SIZE, PROBE_SIZE, device='meta'),))
+    except (RuntimeError, ValueError, TypeError):
+        # a model that takes no square image of this size: the layers then only lose a hint in their errors
+        return {}
+    finally:
+        for h in hooks:
+            h.remove()
+    return {p: -(-PROBE_SIZE // size) for p, size in seen.items()}
+
+
+# ------------------------------------------------------------------------------------ compute-matched experts
+
+def _conv_like(conv: nn.Conv2d, in_chs: Optional[int] = None, out_chs: Optional[int] = None) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_chs or conv.in_channels, out_chs or conv.out_channels, conv.kernel_size, conv.stride,
+        conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+
+
+def _narrow_block(block: nn.Module, inner: int) -> nn.Module:
+    """A copy of a BasicBlock/Bottleneck whose inner width is `inner`; input, output and skip unchanged."""
+    block = copy.deepcopy(block)
+    if isinstance(block, Bottleneck):
+        block.conv1 = _conv_like(block.conv1, out_chs=inner)
+        block.bn1 = type(block.bn1)(inner)
+        block.conv2 = _conv_like(block.conv2, in_chs=inner, out_chs=inner)
+        block.bn2 = type(block.bn2)(inner)
+        block.conv3 = _conv_like(block.conv3, in_chs=inner)
+    else:
+        block.conv1 = _conv_like(block.conv1, out_chs=inner)
+        block.bn1 = type(block.bn1)(inner)
+        block.conv2 = _conv_like(block.conv2, in_chs=inner)
+    return block
+
+
+def _conv_macs(block: nn.Module, in_chs: int) -> int:
+    """Multiply-accumulates of the convs in a meta-device `block` on an 8x8 input."""
+    total = 0
+
+    def hook(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = mod.kernel_size
+        total += (mod.in_channels // mod.groups) * kh * kw * out[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        block.eval()(torch.empty(1, in_chs, 8, 8, device='meta'))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def matched_inner_width(block: nn.Module, in_chs: int, k: int) -> int:
+    """The widest inner width at which k experts cost no more conv MACs than the dense block.
+
+    The skip path (and a downsample, if any) keeps its width, so it is paid k times; the search
+    accounts for that instead of assuming inner width / k.
+    """
+    meta = copy.deepcopy(block).to('meta')  # shapes only: no memory, no init cost
+
+    def cost(inner: int) -> int:
+        with torch.device('meta'):
+            return k * _conv_macs(_narrow_block(meta, inner), in_chs)
+
+    budget = _conv_macs(meta, in_chs)
+    lo, hi = 1, block.conv1.out_channels
+    while lo < hi:  # largest inner width within budget; cost grows with it
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    if cost(lo) > budget:
+        raise ValueError(f'expert_width=matched: no inner width lets k={k} experts fit the dense block budget')
+    return lo

@@ -1,0 +1,306 @@
+"""MoE: one module (a residual block, a convolution, ...) replaced by E copies of itself and a per-image top-k gate.
+
+BlockMoE (the experts are residual blocks) and ConvMoE (the experts are convolutions, the BatchNorm after them
+stays shared) are this one layer over different expert modules; `timm_moe.convert` builds them.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+try:
+    from timm.layers import register_notrace_module
+except ImportError:  # timm 1.0.9 (robustbench's pin) keeps it in the FX feature module
+    from timm.models._features_fx import register_notrace_module
+
+from .gates import GATES, create_gate
+from .routing import AUX_LOSSES, Routing, route
+
+# the reference's top-k gate adds training noise whenever the balancing loss is not the entropy loss
+NOISY_AUX_LOSSES = ('switch', 'kl', 'z_loss')
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs, i.e. in gradient checkpointing's recomputation forward."""
+    graph_task_id = getattr(torch._C, '_current_graph_task_id', None)  # private, hence the guard
+    return graph_task_id is not None and graph_task_id() != -1
+
+
+# the expert kinds the layer knows by name (for display): a convolution, or anything else (a residual block)
+KINDS = ('block', 'conv')
+
+
+def expert_kind(expert: nn.Module) -> str:
+    """'conv' for a convolution expert (ConvMoE), 'block' for any other module (BlockMoE)."""
+    return 'conv' if isinstance(expert, nn.Conv2d) else 'block'
+
+
+# data-dependent dispatch (each expert's batch size depends on the routing) cannot be FX-traced, so the
+# layer is a leaf for timm's FX feature extraction (features_only + feature_cls='fx') and its fx helpers
+@register_notrace_module
+class MoE(nn.Module):
+    """Sparse Mixture-of-Experts over copies of one module: BlockMoE over residual blocks, ConvMoE over convs.
+
+    Each image is routed to its top-k experts; each expert runs only on the images routed to it,
+    and the outputs are combined with their routing weights. No (E, B, C, H, W) buffer is built.
+    The layer takes what its expert takes: (B, C_in, H, W), for a block and a convolution alike.
+
+    Args:
+        experts: The experts, each mapping (B, C_in, H, W) to the same output shape.
+        in_chs: Channels of the expert input (what the gate sees).
+        k: Experts per image, 1 <= k <= len(experts).
+        gate: Gate type, one of 'gap_fc', 'conv_gap'.
+        aux_loss: Auxiliary loss, one of 'entropy', 'switch', 'kl', 'z_loss', 'none'.
+        aux_weight: Weight of the auxiliary loss in `timm_moe.aux_loss(model)`.
+        noisy_gating: Select experts on noisy scores in training (never in eval): True, False, or 'auto'
+            (the reference's policy: on for 'switch', 'kl', 'z_loss'; off for 'entropy', 'none').
+            The attribute holds the effective bool.
+        noise_std: Standard deviation of that noise.
+        straight_through: For k=1, forward weight exactly 1 with a straight-through gradient.
+        name: The layer's path in its model (e.g. 'layer4.1'), for error messages.
+        min_image_size: The smallest model input whose feature map the gate accepts, for error messages.
+    """
+
+    def __init__(
+            self,
+            experts: Sequence[nn.Module],
+            in_chs: int,
+            k: int = 1,
+            gate: str = 'gap_fc',
+            aux_loss: str = 'entropy',
+            aux_weight: float = 0.5,
+            noisy_gating: Union[bool, str] = 'auto',
+            noise_std: float = 0.1,
+            straight_through: bool = True,
+            name: str = 'MoE',
+            min_image_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        num_experts = len(experts)
+        validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
+        self.num_experts = num_experts
+        self.k = k
+        self.gate_type = gate
+        self.aux_loss_type = aux_loss
+        self.aux_weight = float(aux_weight)
+        self.noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
+        self.noise_std = noise_std
+        self.straight_through = straight_through
+        self.gate = create_gate(gate, in_chs, num_experts)
+        self.experts = nn.ModuleList(experts)
+        self.kind = expert_kind(self.experts[0])
+
+        self.name = name
+        self.min_image_size = min_image_size
+        self._warned_aux = False
+        self.forced_expert: Optional[int] = None
+        self.last_routing: Optional[Routing] = None
+        self.last_aux: Optional[torch.Tensor] = None
+        self.record_stats = True  # off inside `timm_moe.paused_routing_stats`, e.g. while an attack probes
+        self.reset_stats()
+        self.reset_usage()
+
+    def reset_usage(self) -> None:
+        """Forget the per-expert image counts of counted training forwards (see `timm_moe.drop_idle_expert_grads`)."""
+        self._usage: Optional[torch.Tensor] = None  # (E,) int64 on the routing's device: no host sync to update
+        self._usage_forwards = 0
+
+    def usage(self) -> Tuple[torch.Tensor, int]:
+        """Images each expert received in counted training forwards since `reset_usage`, and how many such forwards.
+
+        Counted: training mode with grad enabled, outside `paused_routing_stats`, no forced expert. The
+        recomputation forward of gradient checkpointing is counted too (it repeats the same routing, so
+        it only doubles counts, never turns an idle expert into a used one).
+        """
+        if self._usage is None:
+            device = next(self.gate.parameters()).device
+            return torch.zeros(self.num_experts, dtype=torch.long, device=device), self._usage_forwards
+        return self._usage, self._usage_forwards
+
+    def reset_stats(self) -> None:
+        """Forget the accumulated expert load and importance."""
+        self._load: Optional[torch.Tensor] = None
+        self._importance: Optional[torch.Tensor] = None
+        self._images = 0
+
+    def _record(self, r: Routing, counts: torch.Tensor) -> None:
+        self.last_routing = Routing(*(t.detach() for t in (r.logits, r.probs, r.indices, r.weights)))
+        if not self.record_stats:
+            return
+        with torch.no_grad():
+            load = counts.float()
+            importance = r.probs.float().sum(dim=0)
+            if self._load is None:
+                self._load, self._importance = load, importance
+            else:
+                self._load += load.to(self._load.device)
+                self._importance += importance.to(self._importance.device)
+            self._images += r.indices.shape[0]
+
+    def stats(self) -> Dict[str, object]:
+        """Expert load and importance since the last `reset_stats`, and a collapse measure.
+
+        `load[i]` is the fraction of (image, slot) assignments that went to expert i, `importance[i]`
+        the mean gate probability of expert i, and `collapse` is 1 - H(load) / log E: 0 when load is
+        uniform, 1 when a single expert takes everything.
+        """
+        num_experts = self.num_experts
+        if self._load is None or self._images == 0:
+            return dict(load=[0.0] * num_experts, importance=[0.0] * num_experts, collapse=float('nan'), images=0)
+        load = self._load / self._load.sum()
+        importance = self._importance / self._images
+        entropy = -torch.special.xlogy(load, load).sum()
+        collapse = 1.0 - float(entropy) / float(torch.log(torch.tensor(float(num_experts)))) if num_experts > 1 else 0.0
+        return dict(load=load.tolist(), importance=importance.tolist(), collapse=collapse, images=self._images)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f'{self.name}: expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
+        if self.forced_expert is not None:
+            return self.experts[self.forced_expert](x)
+        if x.is_meta:
+            # meta tensors carry shapes only, and routing depends on values (bincount has no meta kernel):
+            # every expert maps the input to the same shape, so expert 0 stands in for the routed output
+            return self.experts[0](x)
+
+        self._check_gate_input(x)
+        logits = self.gate(x)
+        noise = self.noise_std if (self.noisy_gating and self.training) else 0.0
+        r = route(logits, self.k, straight_through=self.straight_through, noise_std=noise)
+        counts = torch.bincount(r.indices.flatten(), minlength=self.num_experts)
+        # computed even in checkpointing's recomputation: non-reentrant checkpointing checks that the
+        # recomputation saves the same tensors for backward as the original forward did
+        aux = self.aux_weight * AUX_LOSSES[self.aux_loss_type](r)
+        if _in_backward():
+            # that recomputation runs inside backward: the images were counted, and the aux loss (already
+            # summed into the loss) taken, by the original forward
+            self._warn_if_aux_had_no_grad()
+        else:
+            # kept with its graph only in training, where a backward follows. In eval (attacks, timm's
+            # checkpointed forward tests) a graph held by the module can form a cycle through checkpointing's
+            # C++ frames back to the module, which Python's GC cannot free: the whole model would leak
+            self.last_aux = aux if self.training else aux.detach()
+            self._record(r, counts)
+        if self.training and torch.is_grad_enabled() and self.record_stats:
+            self._count_usage(counts)
+        return self._dispatch(x, r, counts.tolist())
+
+    def _warn_if_aux_had_no_grad(self) -> None:
+        # reentrant checkpointing runs the original forward without grad, so the aux loss the user
+        # summed into the loss could not train the gate; say so once rather than train silently without it
+        if self._warned_aux or self.last_aux is None or self.last_aux.requires_grad:
+            return
+        if self.aux_loss_type == 'none' or self.aux_weight == 0:
+            return
+        if not any(p.requires_grad for p in self.gate.parameters()):
+            return
+        self._warned_aux = True
+        warnings.warn(
+            f'{self.name}: the aux loss had no gradient because the forward ran under reentrant gradient '
+            'checkpointing; use non-reentrant checkpointing (timm.layers.set_reentrant_ckpt(False), the default '
+            'in recent timm) so that the aux loss trains the gate', RuntimeWarning, stacklevel=2)
+
+    def _check_gate_input(self, x: torch.Tensor) -> None:
+        min_size = getattr(self.gate, 'min_input_size', 1)
+        height, width = x.shape[-2:]
+        if height < min_size or width < min_size:
+            hint = f' (model input at least {self.min_image_size}x{self.min_image_size})' if self.min_image_size else ''
+            raise ValueError(
+                f'{self.name}: the {self.gate_type} gate needs an input of at least {min_size}x{min_size}{hint}, '
+                f'got {height}x{width}')
+
+    def _count_usage(self, counts: torch.Tensor) -> None:
+        counts = counts.detach()
+        if self._usage is None:
+            self._usage = counts.clone()
+        else:
+            self._usage += counts.to(self._usage.device)
+        self._usage_forwards += 1
+
+    def _dispatch(self, x: torch.Tensor, r: Routing, counts: List[int]) -> torch.Tensor:
+        batch, k = r.indices.shape
+        flat_expert = r.indices.flatten()
+        # group the (image, slot) pairs by expert: one gather, then each expert gets a contiguous view
+        order = torch.argsort(flat_expert, stable=True)
+        image_of = order // k
+        chunks = x.index_select(0, image_of).split(counts)
+        targets = image_of.split(counts)
+        # for k=1 with the straight-through estimator the weight is exactly 1, so the multiply only
+        # matters when a gradient must reach the gate
+        scale = k > 1 or not self.straight_through or torch.is_grad_enabled()
+        weights = r.weights.flatten().index_select(0, order).split(counts) if scale else [None] * len(counts)
+
+        out: Optional[torch.Tensor] = None
+        for expert, chunk, target, w, n in zip(self.experts, chunks, targets, weights, counts):
+            if n == 0:
+                continue
+            y = expert(chunk)
+            if w is not None:
+                y = y * w.view((-1,) + (1,) * (y.ndim - 1))
+            if out is None:
+                # every image receives k contributions; with k=1 each row is written exactly once
+                out = y.new_zeros((batch,) + y.shape[1:]) if k > 1 else y.new_empty((batch,) + y.shape[1:])
+            # in place: autograd tracks it, and an out-of-place op would copy the whole batch per expert
+            if k > 1:
+                out.index_add_(0, target, y)
+            else:
+                out.index_copy_(0, target, y)
+        assert out is not None
+
+        if self.training and torch.is_grad_enabled():
+            out = out + self._idle_anchor(counts, out)
+        return out
+
+    def _idle_anchor(self, counts: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every idle expert's parameters.
+
+        An expert that received no image in this batch would otherwise get no gradient, which breaks
+        DDP without `find_unused_parameters` and timm's all-parameters-get-grad test. Their gradient
+        is exactly zero, but SGD momentum and weight decay would still move the expert: call
+        `timm_moe.drop_idle_expert_grads(model)` before `optimizer.step()` to give it no grad at all.
+        """
+        anchor = like.new_zeros(())
+        for expert, n in zip(self.experts, counts):
+            if n == 0:
+                for p in expert.parameters():
+                    if p.requires_grad:
+                        anchor = anchor + p.flatten()[0] * 0.0
+        return anchor
+
+    def extra_repr(self) -> str:
+        return (f'kind={self.kind}, num_experts={self.num_experts}, k={self.k}, gate={self.gate_type}, '
+                f'aux_loss={self.aux_loss_type}, aux_weight={self.aux_weight}, noisy_gating={self.noisy_gating}')
+
+
+def resolve_noisy_gating(noisy_gating: Union[bool, str], aux_loss: str) -> bool:
+    """The effective noisy-gating flag: an explicit bool wins, 'auto' follows the reference's policy."""
+    _check_noisy_gating(noisy_gating)
+    if noisy_gating == 'auto':
+        return aux_loss in NOISY_AUX_LOSSES
+    return bool(noisy_gating)
+
+
+def _check_noisy_gating(noisy_gating: Union[bool, str]) -> None:
+    # a bool, or exactly the string 'auto': 0/1 or 'true' are more likely mistakes than intent
+    if not (isinstance(noisy_gating, bool) or (isinstance(noisy_gating, str) and noisy_gating == 'auto')):
+        raise ValueError(f"noisy_gating={noisy_gating!r}: expected one of 'auto', True, False")
+
+
+def validate_moe_args(
+        num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: str = 'entropy',
+        noisy_gating: Union[bool, str] = 'auto') -> None:
+    """Raise ValueError naming the first bad argument and what is allowed."""
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f'num_experts={num_experts!r}: expected an integer >= 1')
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f'k={k!r}: expected an integer >= 1')
+    if k > num_experts:
+        raise ValueError(f'k={k} > num_experts={num_experts}: expected 1 <= k <= num_experts')
+    if gate not in GATES:
+        raise ValueError(f'gate={gate!r}: expected one of {sorted(GATES)}')
+    if aux_loss not in AUX_LOSSES:
+        raise ValueError(f'aux_loss={aux_loss!r}: expected one of {sorted(AUX_LOSSES)}')
+    _check_noisy_gating(noisy_gating)
