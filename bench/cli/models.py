@@ -55,8 +55,6 @@ def pretrained_tags(names: List[str]) -> List[Dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-    if args.width < 1:
-        raise UserError(f'--width {args.width} must be at least 1')
     names = plugin_models(args.filter)
     if not names:
         raise UserError(f'--filter {args.filter!r} matches no timm-moe model: try "*blockmoe*", "*convmoe*" or "resnet18_*"')

@@ -38,8 +38,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from timm_moe import ModelSpec
-
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.results.registry import (DEFAULT_REGISTRY, SCHEMA_VERSION, SHIPPED_REGISTRY, check_writable, dumps_entry,
@@ -172,6 +170,7 @@ def row_to_entry(row: Dict[str, str], source_sha256: str) -> Tuple[tuple, Dict[s
         noisy = loss in NOISY_LOSSES
         if loss in LOSS_NOTES:
             notes.append(LOSS_NOTES[loss])
+        from timm_moe import ModelSpec  # torch and timm: imported on import, not by `leaderboard`'s start-up
         spec = ModelSpec(arch=arch, experts=experts, k=k, kind=kind)  # the registered name of (arch, kind, E, k)
         name = spec.name
         kwargs = {'stem': 'cifar', 'gate': gate, 'placement': placement, 'aux_loss': loss, 'noisy_gating': noisy}
