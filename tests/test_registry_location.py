@@ -38,7 +38,7 @@ def test_env_variable_is_every_verbs_default(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(['compare', '--help'])
     assert f'(default:{own},from${REGISTRY_ENV})' in ''.join(capsys.readouterr().out.split())
-    assert main(['leaderboard']) == 0
+    assert main(['leaderboard', '--wide']) == 0  # the wide view shows entry ids
     out = capsys.readouterr().out
     assert 'envtest' in out and (own / 'LEADERBOARD.md').is_file()
 
