@@ -97,7 +97,9 @@ def test_bad_backend_or_mode_is_one_line(tmp_path, capsys, verb, extra, message)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f'timm-moe {verb}: error:') and message in err, err
     if 'nope' in extra:
-        assert all(b in err for b in torch._dynamo.list_backends()), err
+        from bench.core.compile import _installed
+        # every recommended backend whose package imports (tvm, openxla need theirs)
+        assert all(b in err for b in torch._dynamo.list_backends() if _installed(b)), err
     assert not out.exists()
 
 
