@@ -58,7 +58,7 @@ def check_torchcompile(backend: Optional[str], mode: Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def torchcompile_settings(num_experts: int, retain_graph: bool = False) -> Iterator[None]:
+def torchcompile_settings(num_experts: int, retain_graph: bool = False, cpu: bool = False) -> Iterator[None]:
     """The dynamo and AOT-autograd settings under which compiled BlockMoE models run their whole job compiled.
 
     With torch's defaults the job still gives eager's numbers, but parts of it quietly run eagerly:
@@ -70,18 +70,27 @@ def torchcompile_settings(num_experts: int, retain_graph: bool = False) -> Itera
       limit here grows with the number of experts.
     - `retain_graph=True` (the evaluation's gradient checks backward twice through one forward): compiled
       backwards donate their saved buffers by default, which forbids a second backward.
+    - On CPU, inductor's layout optimisation (convolutions converted to channels_last) gives wrong weight
+      gradients, and now and then a corrupted heap (glibc abort), on torch 2.14.1: a ResNet-18 at width 4,
+      dense or MoE, got a wrong gradient for layer2.0.downsample.0 (1x1, stride 2, 4 to 8 channels) in 4 of 8
+      fresh processes with it on, and in 0 of 8 with it off (docs/ECOSYSTEM.md). Eager is right, so on CPU
+      it is off. CUDA keeps it: it is where channels_last pays, and the bug was not seen there.
 
     Args:
         num_experts: Experts per MoE layer (`timm_moe.num_experts(model)`; 0 for a dense model).
         retain_graph: Turn buffer donation off.
+        cpu: The model runs on the CPU (turns inductor's layout optimisation off).
     """
     import torch._dynamo
     import torch._functorch.config
+    import torch._inductor.config
     limit = max(torch._dynamo.config.recompile_limit, 2 * (num_experts + 1) + 8)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, recompile_limit=limit))
         if retain_graph:
             stack.enter_context(torch._functorch.config.patch(donated_buffer=False))
+        if cpu:
+            stack.enter_context(torch._inductor.config.patch(layout_optimization=False))
         yield
 
 
@@ -98,7 +107,8 @@ def compiled_in_place(model: nn.Module, backend: Optional[str], mode: Optional[s
     torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
     model.compile(backend=backend, mode=mode)
     # retain_graph: the gradient-masking checks backward twice through one forward
-    with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True):
+    on_cpu = all(p.device.type == 'cpu' for p in model.parameters())
+    with torchcompile_settings(timm_moe.num_experts(model), retain_graph=True, cpu=on_cpu):
         yield model
 
 

@@ -53,6 +53,17 @@ def _recorded_spec(source: Optional[Mapping[str, Any]]) -> Tuple[Optional[ModelS
         return None, {}
 
 
+def _model_arg(model: nn.Module, key: str) -> Any:
+    """`model.num_classes` / `model.in_chans`; timm before 1.0.10 keeps no `in_chans` on a ResNet, so then the
+    input channels of its first convolution (timm's `pretrained_cfg['first_conv']`) stand for it."""
+    value = getattr(model, key, None)
+    if value is None and key == 'in_chans':
+        first = getattr(model, 'pretrained_cfg', {}).get('first_conv')
+        conv = model.get_submodule(first) if first else None
+        value = getattr(conv, 'in_channels', None)
+    return value
+
+
 def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
                            source: Optional[Mapping[str, Any]] = None) -> List[str]:
     """Every way the weights differ from `model`, as 'what: weights vs model' phrases (empty: they fit).
@@ -72,8 +83,8 @@ def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Mod
         a, b = theirs.resolved().to_dict(), ours.to_dict()
         problems += [f'{key} {a[key]} vs {b[key]}' for key in a if a[key] != b[key]]
         for key in ('num_classes', 'in_chans'):
-            if key in their_args and their_args[key] != getattr(model, key, None):
-                problems.append(f'{key} {their_args[key]} vs {getattr(model, key, None)}')
+            if key in their_args and their_args[key] != _model_arg(model, key):
+                problems.append(f'{key} {their_args[key]} vs {_model_arg(model, key)}')
     if not problems:  # same model as recorded, yet the keys or shapes may still differ (e.g. another family)
         own = model.state_dict()
         missing = [k for k in own if k not in state_dict]

@@ -127,7 +127,7 @@ class Trainer:
     def _compile_settings(self) -> contextlib.AbstractContextManager:
         if not self.cfg.torchcompile:
             return contextlib.nullcontext()
-        return torchcompile_settings(timm_moe.num_experts(self.model))
+        return torchcompile_settings(timm_moe.num_experts(self.model), cpu=self.device.type == 'cpu')
 
     # -- small helpers
     def _eval_set(self) -> tuple:
