@@ -103,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{'batch':>5} {'model':<18} {'ms':>9} {'img/s':>9} {'x eager dense':>14} {'compile s':>10}")
     # the settings `--torchcompile` uses: BlockMoE's Python-int counters dynamic, so that counting images
     # does not recompile every forward until the limit and then run eagerly (bench/core/compile.py)
-    with torchcompile_settings(args.experts):
+    with torchcompile_settings(args.experts, cpu=True):  # this benchmark runs on the CPU
         for batch in args.batch:
             res = bench(models, batch, args.input_size, args.repeats, args.warmup, mode=args.mode)
             for variant in VARIANTS:

@@ -178,7 +178,7 @@ def mismatched_checkpoint(tmp_path):
     (['--device', 'tpu'], '--device'),
     # model kwargs timm_moe refuses with a plain ValueError are the user's error, not a bug (exit 2, one line)
     (['--model-kwargs', 'width=8,gate=bogus'], "gate='bogus'"),
-    (['--model-kwargs', 'width=8,k=8'], 'k=8 > num_experts=4'),
+    (['--model-kwargs', 'width=8,k=8'], "k=8: fixed by the model name 'resnet18_blockmoe_e4_k1'"),
 ])
 def test_cli_bad_input_gives_one_line_and_no_result(tmp_path, capsys, mismatched_checkpoint, extra, message):
     out = tmp_path / 'res.json'

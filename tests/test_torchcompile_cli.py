@@ -104,15 +104,21 @@ def test_bad_backend_or_mode_is_one_line(tmp_path, capsys, verb, extra, message)
 
 
 def test_compile_settings_apply_only_inside():
-    dynamo, functorch = torch._dynamo.config, torch._functorch.config
-    before = (dynamo.recompile_limit, dynamo.allow_unspec_int_on_nn_module, functorch.donated_buffer)
+    import torch._inductor.config
+    dynamo, functorch, inductor = torch._dynamo.config, torch._functorch.config, torch._inductor.config
+    before = (dynamo.recompile_limit, dynamo.allow_unspec_int_on_nn_module, functorch.donated_buffer,
+              inductor.layout_optimization)
+    assert inductor.layout_optimization  # torch's default, which the CPU setting must change
     with torchcompile_settings(8, retain_graph=True):
         # 8 experts forced one by one, with and without grad, fit under the limit
         assert dynamo.recompile_limit >= 2 * (8 + 1) + 8 and dynamo.allow_unspec_int_on_nn_module
         assert functorch.donated_buffer is False
-    with torchcompile_settings(0):
+        assert inductor.layout_optimization  # CUDA keeps channels_last convolutions
+    with torchcompile_settings(0, cpu=True):
         assert functorch.donated_buffer == before[2]  # training keeps buffer donation
-    assert (dynamo.recompile_limit, dynamo.allow_unspec_int_on_nn_module, functorch.donated_buffer) == before
+        assert not inductor.layout_optimization  # wrong conv weight gradients on CPU (docs/ECOSYSTEM.md)
+    assert (dynamo.recompile_limit, dynamo.allow_unspec_int_on_nn_module, functorch.donated_buffer,
+            inductor.layout_optimization) == before
 
 
 # ------------------------------------------------------------------------------------------------ gradients
@@ -130,7 +136,8 @@ def test_pgd_step_input_grads_match_eager(tmp_path, backend):
     assert isinstance(trainer.local_net, OptimizedModule) and trainer.local_net._orig_mod is trainer.net
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
-    with torchcompile_settings(timm_moe.num_experts(trainer.model)), timm_moe.paused_routing_stats(trainer.model):
+    with torchcompile_settings(timm_moe.num_experts(trainer.model), cpu=True), \
+            timm_moe.paused_routing_stats(trainer.model):
         for mode in ('train', 'eval'):  # the training attack ('train' attack_mode) and the evaluation's
             trainer.net.train(mode == 'train')
             eager, compiled = _pgd_grad(trainer.net, x, y), _pgd_grad(trainer.local_net, x, y)

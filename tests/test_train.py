@@ -119,11 +119,12 @@ def test_kill_and_resume_is_exact(tmp_path):
         assert torch.equal(got[k], expected[k]), k
 
 
-@pytest.mark.slow
+# torchrun is a feature: its PGD case runs by default; Free-AT's replays are the slow variant
 @pytest.mark.parametrize('training', [
     dict(training='pgd', attack_steps=2, max_steps=3),
     # Free-AT: each rank carries its own positions' perturbation, as each micro-batch does; 2 minibatches, 2 replays
-    dict(training='free', free_replays=2, max_steps=4, free_reset_prob=0.25)], ids=['pgd', 'free'])
+    pytest.param(dict(training='free', free_replays=2, max_steps=4, free_reset_prob=0.25),
+                 marks=pytest.mark.slow)], ids=['pgd', 'free'])
 def test_ddp_two_processes_match_one_process(tmp_path, training):
     # DDP averages the two ranks' gradients; one process with two micro-batches of the same images sums the
     # halves' gradients / 2: the same update, BatchNorm batch statistics included (each half normalises alone)
