@@ -72,7 +72,7 @@ def torchcompile_settings(num_experts: int, retain_graph: bool = False, cpu: boo
       backwards donate their saved buffers by default, which forbids a second backward.
     - On CPU, inductor's layout optimisation (convolutions converted to channels_last) gives wrong weight
       gradients, and now and then a corrupted heap (glibc abort), on torch 2.14.1: a ResNet-18 at width 4,
-      dense or MoE, got a wrong gradient for layer2.0.downsample.0 (1x1, stride 2, 4 to 8 channels) in 4 of 8
+      dense or MoE, got a wrong gradient for layer2.0.downsample.0 (1x1, stride 2, 4 to 8 channels) in 3 of 6
       fresh processes with it on, and in 0 of 8 with it off (docs/ECOSYSTEM.md). Eager is right, so on CPU
       it is off. CUDA keeps it: it is where channels_last pays, and the bug was not seen there.
 
