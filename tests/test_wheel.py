@@ -62,8 +62,10 @@ def installed(tmp_path_factory):
     site = Path(_run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])']).stdout.strip())
     ours = {sysconfig.get_paths()[k] for k in ('purelib', 'platlib')}
     (site / '_timm_moe_test_deps.pth').write_text(''.join(f'{p}\n' for p in sorted(ours)), encoding='utf-8')
-    _run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q', '--no-deps', '--no-index', wheel],
-         env=_clean_env())
+    # --ignore-installed: the .pth above also shows pip the test environment's own timm-moe (tox installs it
+    # editable); without it pip calls the wheel "already satisfied" and installs nothing into the venv
+    _run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q', '--no-deps', '--no-index',
+          '--ignore-installed', wheel], env=_clean_env())
     work = base / 'work'  # the user's folder: no registry, no repository
     work.mkdir()
     return python, bindir, site, work
