@@ -1,6 +1,5 @@
 """drop_idle_expert_grads: an expert that got no image in a step is left exactly where it was."""
 import os
-import socket
 
 import pytest
 import timm
@@ -10,6 +9,7 @@ from timm.models.resnet import BasicBlock
 
 import timm_moe
 from timm_moe.layers import MoE
+from free_port import free_port
 
 BIG = 20.0  # a logit gap that makes the other experts' probabilities ~2e-9: never selected, still finite
 
@@ -133,16 +133,10 @@ def _ddp_worker(rank, port, results):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason='torch built without distributed')
 def test_counts_are_summed_over_ranks():
     # each rank alone would call 3 experts idle; summed over both, only experts 2 and 3 are
     import torch.multiprocessing as mp
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), results), nprocs=2, join=True)
     assert dict(results) == {0: [2, 3], 1: [2, 3]}

@@ -29,6 +29,7 @@ from bench.models import unwrap
 from bench.training import trainer as train_module
 from bench.training.config import load_config
 from bench.training.trainer import Trainer, run_training
+from free_port import free_port
 
 DATA = 'fashion-mnist-bundled'
 TINY = dict(model='resnet18_blockmoe_e2_k1', model_kwargs=dict(width=4), dataset=DATA, batch_size=16,
@@ -248,7 +249,7 @@ def _train_ddp(out: Path, *extra: str):
             '--training', 'pgd', '--attack-steps', '1', '--progress', 'false', *extra]
     env = dict(os.environ, OMP_NUM_THREADS='1')  # the thread count changes summation order
     return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                             f'--master_port={29540 + len(extra)}', '-m', 'bench.cli', *args],
+                             f'--master_port={free_port()}', '-m', 'bench.cli', *args],
                             cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

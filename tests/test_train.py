@@ -15,6 +15,7 @@ from bench.cli import main
 from bench.training.config import load_config
 from bench.training.sampler import ShardedBatches
 from bench.training.trainer import run_training
+from free_port import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(model='resnet18_blockmoe_e2_k1', model_kwargs=dict(width=4), dataset='fashion-mnist-bundled',
@@ -131,7 +132,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, training):
     common = dict(eval_limit=0, deterministic=True, **training)
     single = _train_subprocess(_cli_args(tmp_path / 'single', accum_steps=2, **common))
     ddp = _train_subprocess(_cli_args(tmp_path / 'ddp', **common), launcher=[
-        '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533'])
+        '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}'])
     for p in (single, ddp):
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     a, b = _weights(tmp_path / 'single'), _weights(tmp_path / 'ddp')

@@ -9,7 +9,6 @@ Run as a script (under torch.distributed.run) this file is also the DDP worker o
 """
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import timm_moe
 from bench.training.config import load_config
 from bench.training.trainer import Trainer
+from free_port import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ATTACK_EXPERT = 3
@@ -118,17 +118,11 @@ def test_without_dropping_idle_experts_move(tmp_path):
     assert not _same(before[2][0], after[2][0]) and not _same(before[3][0], after[3][0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_idle_experts_stay_still_under_ddp(tmp_path):
     # two gloo ranks, one shard each: expert 1 is used on rank 1 only, so rank 0 must keep its gradient
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                           f'--master_port={_free_port()}', __file__, '--out', str(tmp_path / 'ddp')],
+                           f'--master_port={free_port()}', __file__, '--out', str(tmp_path / 'ddp')],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2)]
