@@ -3,10 +3,13 @@ import os
 import pytest
 import torch
 
-# two cores: keep torch from oversubscribing when pytest-xdist or helpers run beside it; OMP_NUM_THREADS, when set,
-# wins (torch has read it already), so that the suite can be run at 1 and at 2 threads
+# CI runs the suite in pytest-xdist workers, one per core: each takes its share of the cores, so that the workers
+# do not oversubscribe them (tiny models gain little from intra-op threads, and OpenMP spin-waits cost). Without
+# xdist, at most 2. OMP_NUM_THREADS, when set, wins (torch has read it already), so that the suite can be run at
+# 1 and at 2 threads.
 if not os.environ.get('OMP_NUM_THREADS'):
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture(autouse=True)

@@ -86,6 +86,14 @@ def test_sizing_from_the_spec_and_from_the_seeds():
     assert r['sizing']['measured'][1] == stats.seeds_for_margin(r['sizing']['measured'][0], 1.5)
 
 
+def test_sizing_is_at_holms_strictest_level():
+    # two primary contrasts: the one with the smaller p is tested at alpha / 2, so each arm is sized for that
+    r = an.preregistered(_study({'dense': _spread(50, 1, 4), 'up': _spread(52, 1, 4), 'down': _spread(48, 1, 4)},
+                                seed_sd=1.5, margin=1.5))
+    assert r['sizing']['level'] == 0.025
+    assert r['sizing']['spec'] == (1.5, stats.seeds_for_margin(1.5, 1.5, 0.025)) and r['sizing']['spec'][1] == 21
+
+
 def test_a_contrast_without_enough_seeds_or_the_metric_is_not_analysed():
     study = _study({'dense': _spread(50, 1, 4), 'one': [52.0]})
     assert an.preregistered(study)['contrasts'][0]['verdict'].startswith('not analysed: one and dense need at least 2')

@@ -102,15 +102,22 @@ def config_seeds(config: Mapping[str, Any], spec_seeds: Optional[List[int]]) -> 
 
 def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
                 recipe_for: Callable[[Any, str], Optional[str]]) -> List[Dict[str, Any]]:
-    """The cells of a spec with `configs`, configs in the spec's order, seeds in their order.
+    """The cells of a spec with `configs`, seed by seed: every config's first seed (configs in the spec's order),
+    then every config's second seed, ...
+
+    So a study stopped at any point (a session's end, a lost machine) has its arms equally far along, and
+    `--shard` slices get every config. (Upcycled cells still run after their sources: the grid runs them in a
+    second wave.)
 
     Args:
         spec: The grid spec (`bench.pipeline.grid.GridSpec`).
         make_cell: `(cell id, model name, model kwargs, common fields) -> cell`, the grid's own cell builder.
         recipe_for: `(spec, arch) -> recipe`, the grid's choice of training recipe per architecture.
     """
-    out = []
+    per_config = []
     for name, config in spec.configs.items():
+        out = []
+        per_config.append(out)
         seeds = config_seeds(config, spec.seeds)
         source = config.get('upcycle_from')
         for seed in seeds:
@@ -127,7 +134,8 @@ def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
             common['train_config'] = recipe_for(spec, arch)
             out.append(make_cell(cell_id, config['model'], {**spec.model_kwargs, **config.get('model_kwargs', {})},
                                  common))
-    return out
+    rounds = max(map(len, per_config), default=0)
+    return [cells[i] for i in range(rounds) for cells in per_config if i < len(cells)]
 
 
 def cell_eval(spec: Any, config: Mapping[str, Any], first_seed: bool) -> Dict[str, Any]:

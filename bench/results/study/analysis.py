@@ -619,9 +619,12 @@ def preregistered(study: Study) -> Optional[Dict[str, Any]]:
         c.setdefault('verdict', 'not analysed: ' + '; '.join(c['problems']))
     measured_sd = [s for runs in [base_values] + [_arm(study, c, metric)[0] for c in prereg['primary']]
                    for s in ([float(np.std(list(runs.values()), ddof=1))] if len(runs) > 1 else [])]
-    sizing = {}
+    # sized at Holm's strictest level, alpha / m: the contrast with the smallest p is tested there, and which
+    # one that will be is not known before the runs
+    level = alpha / len(prereg['primary'])
+    sizing = dict(level=level)
     if prereg.get('seed_sd'):
-        sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, alpha, power))
+        sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, level, power))
     if measured_sd:
-        sizing['measured'] = (max(measured_sd), stats.seeds_for_margin(max(measured_sd), margin, alpha, power))
+        sizing['measured'] = (max(measured_sd), stats.seeds_for_margin(max(measured_sd), margin, level, power))
     return dict(prereg=prereg, contrasts=contrasts, sizing=sizing)

@@ -727,6 +727,7 @@ def preregistration(study: an.Study) -> Lines:
     ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])})
     if words:
         out += [f"Sizing: for a detectable difference of at most ±{p['margin']:g} points ({p['power']:.0%} power, "
-                f"two-sided alpha {p['alpha']:g}, two arms), {'; '.join(words)}; this study ran "
+                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(p['primary'])} contrast"
+                f"{'s' if len(p['primary']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
                 f"{'/'.join(map(str, ran))} seeds per arm.", '']
     return out + ['Everything below this section is exploratory.', '']
