@@ -40,6 +40,7 @@ def test_hand_computed_flops_of_tiny_blockmoe():
     layer = report.layers['']
     assert layer.expert_flops == [CONV3, CONV1]
     assert report.non_expert == GATE
+    assert report.gates == GATE  # the gate is the layer's only non-expert cost
     assert report.total == GATE + CONV3 + CONV1
     assert report.active_worst == GATE + CONV3
     counts = layer.counts
@@ -151,6 +152,7 @@ def test_cli_gate_exits_nonzero_naming_model(capsys, tmp_path):
     (['--model', 'resnet18_blockmoe_e3_k1'], "unknown model 'resnet18_blockmoe_e3_k1'"),
     (['--model', 'resnet18_blockmoe_e2_k1', '--max-flops-ratio', '0'], '--max-flops-ratio 0.0'),
     (['--model', 'resnet18_blockmoe_e2_k1', '--batch-sizes', '1,x'], "--batch-sizes '1,x'"),
+    (['--model', 'resnet18_convmoe_e2_k1', '--expert-width', 'matched'], 'a ConvMoE has no compute-matched experts'),
 ])
 def test_cli_bad_input_one_line(capsys, argv, needle):
     rc = cli.main(['audit', '--no-latency', *argv])
@@ -186,14 +188,47 @@ def test_latency_vs_dense_interleaved():
     assert set(r) == {'latency_ms', 'latency_dense_ms', 'latency_ratio'} and r['latency_ratio']['2'] > 0
 
 
-def test_all_selects_the_set_that_should_pass():
+def test_all_selects_the_set_that_should_pass(capsys):
     parse = cli.build_parser('audit').parse_args
+    blockmoe, convmoe = timm.list_models('*blockmoe*'), timm.list_models('*convmoe*')
+    assert convmoe and any(n.startswith('wide_resnet50_2_') for n in blockmoe)
     k1 = _targets(parse(['audit', '--all', '--k', '1', '--filter', 'resnet18_*']))
-    assert len(k1) == 10 and {w for _, w in k1} == {'full', 'matched'}
+    # 5 BlockMoE names with full and matched experts, 5 ConvMoE names at full width (their only one)
+    assert len(k1) == 15 and {w for _, w in k1} == {'full', 'matched'}
     assert all(n.startswith('resnet18_') and n.endswith('_k1') for n, _ in k1)
+    assert {(n, w) for n, w in k1 if 'convmoe' in n} == {(n, 'full') for n in convmoe if n.startswith('resnet18_')
+                                                         and n.endswith('_k1')}
+    # matched experts exist for BlockMoE only: ConvMoE names are skipped, and said to be
     matched = _targets(parse(['audit', '--all', '--expert-width', 'matched']))
-    assert len(matched) == len(timm.list_models('*blockmoe*')) and {w for _, w in matched} == {'matched'}
-    assert len(_targets(parse(['audit', '--all']))) == 2 * len(timm.list_models('*blockmoe*'))
+    assert len(matched) == len(blockmoe) and {w for _, w in matched} == {'matched'}
+    assert f'skips {len(convmoe)} ConvMoE name(s)' in capsys.readouterr().err
+    everything = _targets(parse(['audit', '--all']))
+    assert len(everything) == 2 * len(blockmoe) + len(convmoe)
+    assert {n for n, _ in everything} == set(blockmoe) | set(convmoe)  # every family, every arch
+    assert {n for n, _ in _targets(parse(['audit', '--all', '--filter', '*convmoe*']))} == set(convmoe)
+
+
+def test_convmoe_k1_costs_exactly_its_gates_and_the_gate_says_so(capsys, tmp_path):
+    """At k=1 an MoE's one expert is a copy of the dense module: active = dense + gates, exactly. A conv_gap gate at
+    width 8 costs ConvMoE (one gate per conv) more than 0.1%, so 1.001 over dense fails it, naming it; over
+    dense + gates every k=1 model passes 1.0."""
+    out = tmp_path / 'a.json'
+    argv = ['audit', '--all', '--k', '1', '--filter', 'resnet18_*_e2_k1', '--model-kwargs', 'width=8,gate=conv_gap',
+            '--no-latency', '--json', str(out)]
+    assert cli.main([*argv, '--max-flops-ratio', '1.001']) == 1
+    fails = [line for line in capsys.readouterr().err.splitlines() if 'FAIL' in line]
+    assert len(fails) == 1 and 'resnet18_convmoe_e2_k1' in fails[0] and 'active/dense' in fails[0]
+    data = json.loads(out.read_text())
+    assert [(r['model'], r['model_kwargs'].get('expert_width')) for r in data] == [
+        ('resnet18_blockmoe_e2_k1', 'full'), ('resnet18_blockmoe_e2_k1', 'matched'), ('resnet18_convmoe_e2_k1', None)]
+    for r in data:
+        assert r['flops_gates'] > 0 and r['flops_active'] == r['flops_dense'] + r['flops_gates']
+        assert r['flops_ratio_dense_plus_gates'] == 1.0
+    conv = data[2]
+    assert conv['flops_ratio'] > 1.001 and conv['flops_gates'] > data[0]['flops_gates']  # a gate per conv
+    out.unlink()
+    assert cli.main([*argv, '--max-flops-ratio', '1.0', '--flops-baseline', 'dense+gates']) == 0
+    assert 'PASS: all 3 model(s) have active/(dense+gates) FLOPs <= 1.0' in capsys.readouterr().err
 
 
 def test_sweep_reports_a_model_that_cannot_be_built_and_goes_on(capsys, tmp_path):

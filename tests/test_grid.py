@@ -172,3 +172,39 @@ def test_seed_runs_become_one_leaderboard_row(tmp_path, capsys):
     assert len(rows) == 1 and len(rows[0].entries) == 2 and rows[0].cells['clean'].std is not None
     board = (tmp_path / 'grid' / 'registry' / 'LEADERBOARD.md').read_text()
     assert ' ±' in board and '| 2 |' in board
+
+
+# --- the kind axis: BlockMoE and/or ConvMoE ---------------------------------------------------------------
+
+def test_kind_axis_crosses_blockmoe_and_convmoe_and_dry_run_shows_it(tmp_path, capsys):
+    spec = load_spec(_spec(tmp_path, kind=['block', 'conv'], placement=['last', 'all']))
+    grid = cells(spec)
+    moe = [(c['kind'], c['model'], c['spec'].placement) for c in grid if c['experts']]
+    assert moe == [('block', 'resnet18_blockmoe_e2_k1', 'last'), ('block', 'resnet18_blockmoe_e2_k1', 'all'),
+                   ('conv', 'resnet18_convmoe_e2_k1', 'last'), ('conv', 'resnet18_convmoe_e2_k1', 'all')]
+    # BlockMoE cells keep the ids they had before the axis existed; the default kind is block
+    assert 'resnet18_blockmoe_e2_k1-gap_fc-entropy-last-normal' in {c['cell'] for c in grid}
+    assert [c['kind'] for c in cells(load_spec(_spec(tmp_path))) if c['experts']] == ['block']
+    assert main(['grid', str(_spec(tmp_path, kind='conv')), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'resnet18_convmoe_e2_k1-gap_fc-entropy-last-normal' in out and ' conv ' in out
+    assert 'blockmoe' not in out and 'dense' in out
+
+
+@pytest.mark.parametrize('extra, message', [
+    (dict(kind=['block', 'expert']), "kind 'expert' is not allowed; choose from block, conv"),
+    (dict(kind=['conv'], arch=['wide_resnet50_2']),
+     "kind 'conv' is not registered for arch 'wide_resnet50_2'; its kinds: block"),
+    (dict(kind=['conv'], model_kwargs=dict(width=4, expert_width='matched')), 'expert_width'),
+])
+def test_a_bad_kind_is_one_line_at_load(tmp_path, capsys, extra, message):
+    assert main(['grid', str(_spec(tmp_path, **extra)), '--dry-run']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_named_configs_and_the_kind_axis_do_not_mix(tmp_path):
+    path = tmp_path / 'mixed.yaml'
+    path.write_text(yaml.safe_dump(dict(kind=['conv'], configs={'a': {'model': 'resnet18_convmoe_e2_k1'}})))
+    with pytest.raises(UserError, match="sets configs and the axis 'kind'"):
+        load_spec(path)

@@ -15,8 +15,14 @@ Per model, against its dense baseline with the identical stem and widths (`Model
 
 `--max-flops-ratio R` turns the audit into a CI gate: exit 1, naming each model whose active/dense FLOP
 ratio exceeds R. With default (full-width) experts only k=1 can pass R = 1.001; k=2 honestly costs
-+13.6% on the CIFAR ResNet-18. The set that should pass is `--all --k 1` plus
-`--all --expert-width matched`.
++13.6% on the CIFAR ResNet-18. The set that should pass is `--all --k 1` (BlockMoE and ConvMoE) plus
+`--all --expert-width matched` (BlockMoE: a ConvMoE has no compute-matched experts).
+
+At k=1 an MoE of full-width experts costs exactly its gates over dense (`flops_gates`, by fvcore on the trace):
+the one expert an image runs is a copy of the dense module. At the default width 64 and `gap_fc` gate that is
+at most +0.04% (ResNet-50 ConvMoE E=32: 5 gates), inside 1.001; a `conv_gap` gate or a small width costs more
+(ResNet-18 ConvMoE E=32 with conv_gap: +1.3%; at width 8, up to +20%). `flops_ratio_dense_plus_gates`
+= active / (dense + gates) is the bound that holds for every gate and width: 1 at k=1.
 """
 from __future__ import annotations
 
@@ -186,6 +192,10 @@ def audit_model(
         flops_ratio_worst=fv.active_worst / dense_fv.total,
         flops_total_ratio=fv.total / dense_fv.total,
         flops_non_expert=fv.non_expert,  # stem, dense blocks, gates, head: paid by every image
+        # what a k=1 MoE with full-width experts costs over dense: its gates, exactly (the bound of
+        # `timm-moe audit --flops-baseline dense+gates`)
+        flops_gates=fv.gates,
+        flops_ratio_dense_plus_gates=fv.active / (dense_fv.total + fv.gates),
         flop_counter_agreement=rel[worst_q],
         flop_counter=dict(
             counter='torch.utils.flop_counter.FlopCounterMode, halved to MACs',

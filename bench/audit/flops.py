@@ -62,12 +62,14 @@ class LayerFlops:
         slots: Experts each image runs (k; 1 when the layer is forced to one expert).
         forced: The forced expert, or None.
         expert_by_module: Per expert, its own `by_module` (names relative to the expert).
+        gate_flops: FLOPs per image of the layer's gate (0 when forced: a forced layer skips its gate).
     """
     expert_flops: List[int]
     counts: List[int]
     slots: int
     forced: Optional[int]
     expert_by_module: List[Dict[str, int]]
+    gate_flops: int = 0
 
     @property
     def images(self) -> int:
@@ -107,6 +109,11 @@ class FlopReport:
     def active(self) -> float:
         """Mean FLOPs per image with the routing of the batch."""
         return self.non_expert + sum(l.active() for l in self.layers.values())
+
+    @property
+    def gates(self) -> int:
+        """FLOPs per image of every MoE layer's gate (part of `non_expert`): what a k=1 MoE adds to dense."""
+        return sum(l.gate_flops for l in self.layers.values())
 
     @property
     def active_worst(self) -> int:
@@ -289,7 +296,8 @@ def moe_flops(model: nn.Module, images: torch.Tensor, counter: str = 'fvcore') -
                 # whatever the traced image ran in this expert is expert cost, not shared cost
                 non_expert -= traced.by_module.get(_join(name, 'experts', str(j)), 0)
             counts, slots, forced = routed[name]
-            layers[name] = LayerFlops(expert_flops, counts, slots, forced, expert_by_module)
+            layers[name] = LayerFlops(expert_flops, counts, slots, forced, expert_by_module,
+                                      traced.by_module.get(_join(name, 'gate'), 0))
     return FlopReport(counter, non_expert, layers, traced)
 
 

@@ -62,6 +62,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--overwrite', action='store_true',
                    help='replace an existing --json result, or discard a partial one instead of resuming it')
     p.add_argument('--no-per-expert', action='store_true', help='skip per-expert subpaths, routing and transfer')
+    p.add_argument('--per-layer-expert', action='store_true',
+                   help='also force each expert in each MoE layer alone, the other layers routing as usual: '
+                        'L x E subpaths (the per-expert attacks L x E more times), under per_layer_expert')
     p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     p.add_argument('--torchcompile', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None, metavar='BACKEND',
@@ -111,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f'{flag} {value} must be at least 1 (default: the data set\'s)')
     if args.n_check < 1:
         raise UserError(f'--n-check {args.n_check} must be at least 1 (the sanity checks attack that many examples)')
+    if args.per_layer_expert and args.no_per_expert:
+        raise UserError('--per-layer-expert and --no-per-expert contradict each other: the per-layer subpaths are '
+                        'part of the per-expert analysis')
     if args.resume and args.json is None:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
     if args.json is not None:
@@ -132,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None
     with compiled_in_place(wrapped, args.torchcompile, args.torchcompile_mode):
         result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
-                                per_expert=not args.no_per_expert, seed=args.seed, sidecar=sidecar,
+                                per_expert=not args.no_per_expert, per_layer_expert=args.per_layer_expert,
+                                seed=args.seed, sidecar=sidecar,
                                 resume=args.resume, progress=not args.no_progress, n_check=args.n_check)
     result['settings'].update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
                               checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
@@ -169,6 +176,14 @@ def print_result(result: Dict[str, Any]) -> None:
         for row in result['per_expert']:
             t.add_row(str(row['expert']), f'{row["clean_acc"]:.2f}', *(f'{row["robust_acc"][k]:.2f}' for k in names))
         console.print(t)
+        if result.get('per_layer_expert'):
+            t = Table(title='Per-layer subpaths: expert e forced in one MoE layer, the others routing (accuracy %)')
+            for col in ['layer', 'expert', 'clean', *names]:
+                t.add_column(col, justify='left' if col == 'layer' else 'right')
+            for row in result['per_layer_expert']:
+                t.add_row(row['layer'], str(row['expert']), f'{row["clean_acc"]:.2f}',
+                          *(f'{row["robust_acc"][k]:.2f}' for k in names))
+            console.print(t)
         r = result['routing_under_attack']
         changed = 'n/a' if r['changed_fraction'] is None else f'{100 * r["changed_fraction"]:.1f}%'
         console.print(f'routing under {r["attack"]}: {changed} of the {r["attacked_points"]} attacked images change '

@@ -28,7 +28,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    eps: float = 8 / 255, norm: str = 'Linf', batch_size: int = 128, per_expert: bool = True,
                    seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
-                   n_check: int = 100, per_expert_examples: Optional[int] = None) -> Dict[str, Any]:
+                   n_check: int = 100, per_expert_examples: Optional[int] = None,
+                   per_layer_expert: bool = False) -> Dict[str, Any]:
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
@@ -52,6 +53,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         n_check: Examples used by the sanity checks that run extra attacks.
         per_expert_examples: Run the per-expert analysis on only the first N images (None: all). Per-expert
             attacks cost E times an evaluation, so a study may size them apart from the main attacks.
+        per_layer_expert: With `per_expert`, also force each expert in each MoE layer alone, the other layers
+            routing (L x E subpaths, `bench.evaluation.moe.per_layer_expert`), on the same images.
 
     Returns:
         The evaluation result of docs/CONTRACTS.md, accuracies in percent; results are keyed by attack label
@@ -69,6 +72,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     if per_expert_examples is not None and not 1 <= per_expert_examples <= len(x):
         raise UserError(f'per_expert_examples={per_expert_examples} must be between 1 and the {len(x)} images '
                         'evaluated')
+    if per_layer_expert and not per_expert:
+        raise UserError('per_layer_expert=True needs per_expert=True: the per-layer subpaths are part of the '
+                        'per-expert analysis')
     if mean is not None or std is not None:
         model = normalized(model, mean, std)
     names = resolve_attacks(attacks)
@@ -139,7 +145,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                     'ensemble': int(ensemble.sum())},
             correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
                      'ensemble': ensemble.int().tolist()},
-            per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
+            per_expert=None, per_layer_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
             routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
             autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
             attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
@@ -149,13 +155,17 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             gated = _routing_examples(model, crafting[1], x[:m], y[:m], batch_size, device, log,
                                       stage(bar, f'routing: {crafting[0]} on the gated model', -(-m // batch_size)))
             analysis = moe_analysis.analyse(model, x[:m], y[:m], attacks=names, eps=eps, norm=norm, seed=seed,
-                                            batch_size=batch_size, x_adv_gated=gated, bar=bar)
+                                            batch_size=batch_size, x_adv_gated=gated, bar=bar,
+                                            per_layer=per_layer_expert)
             timing['moe_analysis'] = time.perf_counter() - t0
-            for row in analysis['per_expert']:  # per-sample results as 0/1 lists, like the gated model's
-                row['correct'] = {k: v.int().tolist() for k, v in row['correct'].items()}
-            result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
+            # per-sample results as 0/1 lists, like the gated model's
+            for row in analysis['per_expert'] + (analysis['per_layer_expert'] or []):
+                row['correct'] = {k: v.int().tolist() if torch.is_tensor(v) else v for k, v in row['correct'].items()}
+            result.update(per_expert=analysis['per_expert'], per_layer_expert=analysis['per_layer_expert'],
+                          routing_under_attack=analysis['routing_under_attack'],
                           transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
             settings['per_expert_attacks'] = analysis['per_expert_attacks']
+            settings['per_layer_expert'] = per_layer_expert
         elif per_expert:
             settings['per_expert_attacks'] = None  # dense model: nothing to force
     return result

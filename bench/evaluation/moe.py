@@ -2,6 +2,9 @@
 
 - Per-expert subpaths (the paper's "robust subpaths"): with `timm_moe.force_expert(model, i)` every MoE layer
   sends every image through expert i; each subpath is attacked on its own.
+- Per-layer subpaths (optional, `per_layer_expert`): for a model with several MoE layers, expert e is forced in one
+  layer only while the other layers route as usual: L x E subpaths, each attacked on its own. They tell which
+  layer's experts differ in robustness, which "expert e in every layer" mixes up.
 - Routing under attack: the fraction of the attacked images whose selected expert set changes (in any MoE
   layer) between the clean and the adversarial input, and the expert load on clean vs adversarial data.
 - Transfer: entry [i][j] is the accuracy of subpath j on the adversarial examples crafted against subpath i.
@@ -106,21 +109,56 @@ def per_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequ
     rows, advs, attacked = [], [], []
     for i in range(timm_moe.num_experts(model)):
         with timm_moe.force_expert(model, i):
-            clean = _correct(model, x, y, batch_size)
-            row = dict(expert=i, clean_acc=accuracy(clean), robust_acc={}, n_examples=len(x),
-                       correct={'clean': clean})
-            for name in attacks:
-                x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size,
-                                        lambda: step(ips=f'expert {i} {name}'))
-                # a point the subpath misclassifies clean stays broken, as for the gated model
-                ok = _correct(model, x_adv, y, batch_size) & clean
-                row['robust_acc'][name] = accuracy(ok)
-                row['correct'][name] = ok
+            row = dict(expert=i, **_subpath(model, x, y, attacks, eps, norm, seed, batch_size, step, f'expert {i}'))
             x_adv, hit = craft(crafter, model, x, y, batch_size, lambda: step(ips=f'expert {i} crafting'))
             advs.append(x_adv)
             attacked.append(int(hit.sum()))
         rows.append(row)
     return rows, advs, attacked
+
+
+def _subpath(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: float, norm: str,
+             seed: int, batch_size: int, step: Step, what: str) -> dict:
+    """Clean and robust accuracy of the model as it is forced now (one subpath); `step` after each batch."""
+    clean = _correct(model, x, y, batch_size)
+    row = dict(clean_acc=accuracy(clean), robust_acc={}, n_examples=len(x), correct={'clean': clean})
+    for name in attacks:
+        x_adv = _attack_batched(build_attack(name, eps, norm, seed), model, x, y, batch_size,
+                                lambda: step(ips=f'{what} {name}'))
+        # a point the subpath misclassifies clean stays broken, as for the gated model
+        ok = _correct(model, x_adv, y, batch_size) & clean
+        row['robust_acc'][name] = accuracy(ok)
+        row['correct'][name] = ok
+    return row
+
+
+def per_layer_expert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: float,
+                     norm: str = 'Linf', seed: int = 0, batch_size: int = 128, step: Step = _no_step) -> List[dict]:
+    """Clean and robust accuracy of each (MoE layer, expert) subpath: expert e forced in that layer only, every
+    other MoE layer routing as usual (`timm_moe.force_expert(model, e, layers=layer)`).
+
+    Args:
+        model: A model with MoE layers, in eval mode, taking [0, 1] images.
+        x: Images (CPU).
+        y: Labels.
+        attacks: Attack names to run on each subpath.
+        eps: Radius.
+        norm: 'Linf' or 'L2'.
+        seed: Attack seed.
+        batch_size: Attack batch size.
+        step: Called after each attacked batch: L x E x attacks x batches calls in all.
+
+    Returns:
+        L x E rows, layer by layer in the model's order: dict(layer, expert, clean_acc, robust_acc, n_examples,
+        correct), `layer` named as in the routing statistics.
+    """
+    rows = []
+    for layer, moe in timm_moe.moe_layers(model):
+        for e in range(moe.num_experts):
+            with timm_moe.force_expert(model, e, layers=layer):
+                rows.append(dict(layer=layer, expert=e, **_subpath(model, x, y, attacks, eps, norm, seed, batch_size,
+                                                                   step, f'{layer} expert {e}')))
+    return rows
 
 
 def transfer_matrix(model: nn.Module, advs: Sequence[torch.Tensor], y: torch.Tensor,
@@ -220,8 +258,9 @@ def routing_under_attack(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
 
 def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str], eps: float,
             norm: str = 'Linf', seed: int = 0, batch_size: int = 128,
-            x_adv_gated: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, bar: Any = None) -> dict:
-    """Per-expert subpaths, routing under attack and the transfer matrix, for a model with BlockMoE layers.
+            x_adv_gated: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, bar: Any = None,
+            per_layer: bool = False) -> dict:
+    """Per-expert subpaths, routing under attack and the transfer matrix, for a model with MoE layers.
 
     Args:
         model: The gated model in eval mode, taking [0, 1] images.
@@ -235,11 +274,13 @@ def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequ
         x_adv_gated: (examples, attacked) of `crafting_attack(attacks, ...)` against the gated model, if the
             evaluation already has them (it keeps them for --resume); crafted here otherwise.
         bar: Where each stage reports its progress (`bench.core.progress.progress_bar`); None: nowhere.
+        per_layer: Also the per-layer subpaths (`per_layer_expert`). With one MoE layer they are the per-expert
+            subpaths, whose rows are reused (labelled with the layer) instead of attacked again.
 
     Returns:
-        dict(per_expert, routing_under_attack, transfer, transfer_info, per_expert_attacks); routing_under_attack
-        and transfer_info name the crafting attack (`crafted_with`, its settings; `attack`, its label) and the
-        attacked points.
+        dict(per_expert, per_layer_expert, routing_under_attack, transfer, transfer_info, per_expert_attacks);
+        per_layer_expert is None unless asked for; routing_under_attack and transfer_info name the crafting
+        attack (`crafted_with`, its settings; `attack`, its label) and the attacked points.
     """
     names = per_expert_attack_names(attacks)
     label, crafter = crafting_attack(attacks, eps, norm, seed)
@@ -258,5 +299,15 @@ def analyse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequ
     transfer_info = dict(attack=label, crafted_with=crafter.settings(), attacked_points=attacked,
                          n_images=len(x))
     transfer = transfer_matrix(model, advs, y, batch_size, stage(bar, 'transfer matrix', n_experts ** 2))
-    return dict(per_expert=rows, routing_under_attack=routing, transfer=transfer, transfer_info=transfer_info,
-                per_expert_attacks=names)
+    layer_rows = None
+    if per_layer:
+        layers = timm_moe.moe_layers(model)
+        if len(layers) == 1:
+            layer_rows = [dict(layer=layers[0][0], **row) for row in rows]
+        else:
+            layer_rows = per_layer_expert(
+                model, x, y, names, eps, norm, seed, batch_size,
+                stage(bar, f'per-layer subpaths: {len(layers)} layers x {n_experts} experts x {"+".join(names)}',
+                      len(layers) * n_experts * len(names) * n_batches))
+    return dict(per_expert=rows, per_layer_expert=layer_rows, routing_under_attack=routing, transfer=transfer,
+                transfer_info=transfer_info, per_expert_attacks=names)

@@ -42,6 +42,7 @@ class Evaluation:
     n_check: int = 100
     per_expert: bool = True
     per_expert_examples: Optional[int] = None  # the per-expert analyses on the first N images only (None: all)
+    per_layer_expert: bool = False  # also expert e forced in one MoE layer at a time (L x E subpaths)
     seed: Optional[int] = None  # the attacks' seed; None: the training seed
     attack_note: Optional[str] = None  # free text stored in the entry (e.g. 'not AutoAttack')
 
@@ -137,7 +138,8 @@ def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any],
                             batch_size=evaluation.batch_size, per_expert=evaluation.per_expert,
                             seed=cfg.seed if evaluation.seed is None else evaluation.seed, mean=info['mean'],
                             std=info['std'], n_check=evaluation.n_check,
-                            per_expert_examples=evaluation.per_expert_examples)
+                            per_expert_examples=evaluation.per_expert_examples,
+                            per_layer_expert=evaluation.per_layer_expert)
     return result, x
 
 

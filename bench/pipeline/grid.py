@@ -1,4 +1,7 @@
-"""The paper's sweep (experts x k x gate x aux loss x placement x arch x training) from YAML (`timm-moe grid`).
+"""The paper's sweep (kind x experts x k x gate x aux loss x placement x arch x training) from YAML (`timm-moe grid`).
+
+`kind` chooses the MoE family of every MoE cell: 'block' (BlockMoE, residual blocks are experts; the default)
+and/or 'conv' (ConvMoE, convolutions are experts), each where its arch registers it (`timm_moe.models.FAMILIES`).
 
 Each cell runs the one pipeline, `bench.pipeline.cell.run_cell` (train, attack, audit, register one entry).
 A finished cell leaves `cells/<cell>/done.json`, so a rerun skips it; so does a cell whose entry is already
@@ -29,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from timm_moe import ModelSpec
-from timm_moe.models import ARCHS as MODEL_ARCHS
+from timm_moe.models import ARCHS as MODEL_ARCHS, FAMILIES
 
 from bench.attacks import resolve_attacks
 from bench.core import locks
@@ -46,14 +49,16 @@ from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
 from bench.training.config import METHODS, TrainConfig
 
 LOCK = 'running.lock'  # in a cell's folder while a process runs the cell (`bench.core.locks`)
-AXES = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
+AXES = ('arch', 'kind', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training')
 ARCHS = tuple(MODEL_ARCHS)  # the plugin's base architectures: one list
+KINDS = tuple(dict.fromkeys(kind for kinds in FAMILIES.values() for kind in kinds))  # ('block', 'conv')
 TRAININGS = METHODS  # every `--training` of the trainer
 
 
 @dataclass
 class GridSpec:
     arch: List[str] = field(default_factory=lambda: ['resnet18'])
+    kind: List[str] = field(default_factory=lambda: ['block'])  # MoE family: 'block' (BlockMoE), 'conv' (ConvMoE)
     experts: List[int] = field(default_factory=lambda: [4])  # 0 = the dense baseline
     k: List[int] = field(default_factory=lambda: [1])
     gate: List[str] = field(default_factory=lambda: ['gap_fc'])
@@ -98,6 +103,13 @@ def load_spec(path: str | Path) -> GridSpec:
     for value in spec.arch:
         if value not in ARCHS:
             raise UserError(f'arch {value!r} is not allowed; choose from {", ".join(ARCHS)}')
+    for value in spec.kind:
+        if value not in KINDS:
+            raise UserError(f'kind {value!r} is not allowed; choose from {", ".join(KINDS)}')
+    for arch, kind in itertools.product(spec.arch, spec.kind):
+        if kind not in FAMILIES[arch]:
+            raise UserError(f'kind {kind!r} is not registered for arch {arch!r}; its kinds: '
+                            f'{", ".join(FAMILIES[arch])} (drop {arch} or {kind} from the grid)')
     for value in spec.training:
         if value not in TRAININGS:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
@@ -177,11 +189,11 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
         common = dict(training=training, arch=arch, seed=seed, train_config=recipe_for(spec, arch))
         if spec.dense:
             out.append(_cell(f'{arch}_dense{tail}', f'{arch}_dense', dict(spec.model_kwargs), common))
-        for e, k, gate, loss, place in itertools.product(spec.experts, spec.k, spec.gate, spec.aux_loss,
-                                                         spec.placement):
+        for kind, e, k, gate, loss, place in itertools.product(spec.kind, spec.experts, spec.k, spec.gate,
+                                                               spec.aux_loss, spec.placement):
             if k > e or e == 0:
                 continue  # k <= E, and dense baselines come from `dense`
-            model = _moe_name(arch, e, k)
+            model = _moe_name(arch, e, k, kind)  # the name tells the kind: BlockMoE cell ids stay what they were
             cell = f'{model}-{gate}-{loss}-{place}{tail}'
             if cell not in seen:
                 seen.add(cell)
@@ -190,10 +202,10 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
     return out
 
 
-def _moe_name(arch: str, experts: int, k: int) -> str:
-    """The registered BlockMoE name of (arch, E, k), from the plugin's table of names (a bad value is the user's)."""
+def _moe_name(arch: str, experts: int, k: int, kind: str = 'block') -> str:
+    """The registered MoE name of (arch, E, k, kind), from the plugin's table of names (a bad value is the user's)."""
     try:
-        return ModelSpec(arch=arch, experts=experts, k=k, kind='block').name
+        return ModelSpec(arch=arch, experts=experts, k=k, kind=kind).name
     except ValueError as e:
         raise UserError(f'grid: {e}') from None
 
@@ -205,7 +217,7 @@ def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mappin
     except ValueError as e:
         raise UserError(f'grid cell {cell}: {e}') from None
     return dict(cell=cell, spec=model_spec, timm_kwargs=timm_kwargs, model=model_spec.name,
-                experts=model_spec.experts, k=model_spec.k, **common)
+                kind=model_spec.kind, experts=model_spec.experts, k=model_spec.k, **common)
 
 
 def check_models(grid: List[Dict[str, Any]]) -> None:
@@ -397,12 +409,13 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     check_models(todo_cells)
     part = '' if shard is None else f' (shard {shard[0]}/{shard[1]})'
     table = Table(title=f'grid{part}: {len(todo_cells)} cells -> {registry_dir(spec)}')
-    for col in ('cell', 'model', 'training', 'recipe', 'status'):
+    for col in ('cell', 'model', 'kind', 'training', 'recipe', 'status'):
         table.add_column(col)
     registered = registered_cells(spec)
     states = {c['cell']: status(c, spec, registered) for c in todo_cells}
     for c in todo_cells:
-        table.add_row(c['cell'], c['model'], c['training'], c['train_config'] or '(defaults)', states[c['cell']])
+        table.add_row(c['cell'], c['model'], c.get('kind') or 'dense', c['training'], c['train_config'] or '(defaults)',
+                      states[c['cell']])
     console.print(table)
     skipped = [c for c in todo_cells if states[c['cell']] == 'done']
     pending = [c for c in todo_cells if states[c['cell']] != 'done']

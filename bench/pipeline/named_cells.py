@@ -28,7 +28,7 @@ from bench.core.errors import UserError
 # the shipped file), no space, not only digits
 TAG_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
 CONFIG_KEYS = ('model', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
-AXIS_KEYS = ('arch', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
+AXIS_KEYS = ('arch', 'kind', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
 
 
 def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:

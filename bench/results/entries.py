@@ -101,7 +101,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         dataset: one of the registry's data sets.
         method: 'normal' | 'pgd' | 'trades' | 'fast' | 'free' | 'other'.
         eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model, settings (the attacks'
-            settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, flags,
+            settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, per_layer_expert, flags,
             routing_under_attack.
         provenance: `bench.core.provenance.provenance(...)`.
         training_config: the training config (stored, and hashed into config_sha256).
@@ -166,6 +166,8 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         'params': dict(params) if params else None,
         'per_expert': [_per_expert_row(p, index_start) for p in eval_result['per_expert']]
         if eval_result.get('per_expert') else None,
+        'per_layer_expert': [dict(layer=p['layer'], **_per_expert_row(p, index_start))
+                             for p in eval_result['per_layer_expert']] if eval_result.get('per_layer_expert') else None,
         'routing': dict(routing) if routing else None,
         'routing_under_attack': _plain(eval_result.get('routing_under_attack')),
         'transfer': dict(matrix=eval_result['transfer'], **_plain(eval_result.get('transfer_info') or {}))
