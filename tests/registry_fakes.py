@@ -9,6 +9,7 @@ import random
 from typing import Any, Dict, Mapping, Optional
 
 from bench.attacks import build_attack
+from bench.evaluation.result import EvalResult
 
 
 def _vector(acc: float, n: int, rng: random.Random) -> list:
@@ -22,7 +23,7 @@ def _vector(acc: float, n: int, rng: random.Random) -> list:
 
 def fake_eval_result(clean: float, robust: Mapping[str, float], n: int = 200, eps: float = 8 / 255,
                      seed: int = 0, settings: Optional[Dict[str, Dict[str, Any]]] = None,
-                     **extra: Any) -> Dict[str, Any]:
+                     **extra: Any) -> EvalResult:
     """An evaluation result with clean and robust accuracies rounded to counts of n points.
 
     Args:
@@ -40,7 +41,7 @@ def fake_eval_result(clean: float, robust: Mapping[str, float], n: int = 200, ep
     for name in robust:
         if name != 'ensemble' and name not in attacks:
             attacks[name] = build_attack(name, eps, 'Linf', seed).settings()
-    return dict(
+    return EvalResult(
         n_examples=n, eps=eps, threat_model='Linf',
         clean_acc=100.0 * sum(correct['clean']) / n,
         robust_acc={k: 100.0 * sum(v) / n for k, v in correct.items() if k != 'clean'},

@@ -4,6 +4,7 @@ The leaderboard is tested in test_leaderboard.py, the CLI's error handling in te
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 import hashlib
 import json
@@ -428,8 +429,7 @@ def test_old_field_names_load_through_the_one_migration(tmp_path):
 def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():
     from registry_fakes import fake_eval_result
 
-    result = fake_eval_result(60.0, {'pgd20': 20.0})
-    del result['correct']
+    result = dataclasses.replace(fake_eval_result(60.0, {'pgd20': 20.0}), correct={})
     with pytest.raises(ValueError, match='correct') as info:
         measured_entry(spec=ModelSpec.from_name('resnet18_dense'), model_kwargs={}, dataset='cifar10',
                        method='normal', eval_result=result, provenance={})

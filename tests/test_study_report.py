@@ -16,6 +16,7 @@ import pytest
 from bench.attacks import build_attack
 from bench.cli import main
 from bench.core.errors import UserError
+from bench.evaluation.result import EvalResult
 from bench.results.study import analysis as st
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
@@ -57,12 +58,15 @@ def _bits(seed: int, extra: int, base: float, n: int = N) -> np.ndarray:
     return out
 
 
-def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any], **extra: Any) -> EvalResult:
     n = len(correct['clean'])
     acc = {k: 100.0 * v.sum() / n for k, v in correct.items()}
-    return dict(n_examples=n, eps=0.1, threat_model='Linf', clean_acc=acc['clean'],
-                robust_acc={k: v for k, v in acc.items() if k != 'clean'}, correct={k: v.tolist() for k, v in correct.items()},
-                settings=dict(attacks=settings, eps=0.1, norm='Linf', seed=seed, batch_size=n, n_examples=n), **extra)
+    return EvalResult(n_examples=n, eps=0.1, threat_model='Linf', clean_acc=acc['clean'],
+                      robust_acc={k: v for k, v in acc.items() if k != 'clean'},
+                      counts={k: int(v.sum()) for k, v in correct.items()},
+                      correct={k: v.tolist() for k, v in correct.items()},
+                      settings=dict(attacks=settings, eps=0.1, norm='Linf', seed=seed, batch_size=n, n_examples=n),
+                      **extra)
 
 
 def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str = 'main',

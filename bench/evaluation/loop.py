@@ -21,6 +21,7 @@ from bench.core.progress import progress_bar, stage
 from bench.core.values import parse_eps
 from bench.evaluation import checks as sanity, moe as moe_analysis
 from bench.evaluation.resume import ROUTING_KEY, BatchLog, tensor_digest
+from bench.evaluation.result import EvalResult
 from bench.models import Normalized, normalized, unwrap
 
 
@@ -28,7 +29,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    eps: float = 8 / 255, norm: str = 'Linf', batch_size: int = 128, per_expert: bool = True,
                    seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
-                   n_check: int = 100, per_expert_examples: Optional[int] = None) -> Dict[str, Any]:
+                   n_check: int = 100, per_expert_examples: Optional[int] = None) -> EvalResult:
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
@@ -54,7 +55,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             attacks cost E times an evaluation, so a study may size them apart from the main attacks.
 
     Returns:
-        The evaluation result of docs/CONTRACTS.md, accuracies in percent; results are keyed by attack label
+        The `EvalResult`, accuracies in percent; results are keyed by attack label
         (the attack's name, except an AutoAttack that dropped a part: see `bench.attacks.AutoAttack.label`).
     """
     if norm not in NORMS:
@@ -132,14 +133,13 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
         flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \
             sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
-        result: Dict[str, Any] = dict(
+        result = EvalResult(
             n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
             robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
             counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
                     'ensemble': int(ensemble.sum())},
             correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
                      'ensemble': ensemble.int().tolist()},
-            per_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
             routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
             autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
             attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
@@ -153,8 +153,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             timing['moe_analysis'] = time.perf_counter() - t0
             for row in analysis['per_expert']:  # per-sample results as 0/1 lists, like the gated model's
                 row['correct'] = {k: v.int().tolist() for k, v in row['correct'].items()}
-            result.update(per_expert=analysis['per_expert'], routing_under_attack=analysis['routing_under_attack'],
-                          transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
+            result.per_expert, result.routing_under_attack = analysis['per_expert'], analysis['routing_under_attack']
+            result.transfer, result.transfer_info = analysis['transfer'], analysis['transfer_info']
             settings['per_expert_attacks'] = analysis['per_expert_attacks']
         elif per_expert:
             settings['per_expert_attacks'] = None  # dense model: nothing to force
