@@ -43,14 +43,14 @@ def test_result_follows_the_contract_with_moe_analyses(tiny_trained):
                             'routing_under_attack', 'transfer', 'sanity', 'flags', 'settings', 'timing'}
     assert written['robust_acc'] == r.robust_acc and written['correct'] == r.correct
     assert r.n_examples == 48 and r.threat_model == 'Linf' and r.eps == pytest.approx(8 / 255)
-    assert list(r.robust_acc) == ['pgd10', 'apgd-ce10', 'ensemble']
+    assert list(r.robust_acc) == ['pgd10', 'apgd-ce10', 'worst_case']
     for k, v in r.correct.items():
         assert len(v) == 48 and set(v) <= {0, 1}, k
         assert r.counts[k] == sum(v)
-    # the worst case per sample: robust under the ensemble only if robust under every attack
-    ens = r.correct['ensemble']
+    # the worst case per sample: robust in the worst case only if robust under every attack
+    ens = r.correct['worst_case']
     assert ens == [int(a and b) for a, b in zip(r.correct['pgd10'], r.correct['apgd-ce10'])]
-    assert r.robust_acc['ensemble'] <= min(r.robust_acc['pgd10'], r.robust_acc['apgd-ce10'])
+    assert r.robust_acc['worst_case'] <= min(r.robust_acc['pgd10'], r.robust_acc['apgd-ce10'])
     assert r.robust_acc['pgd10'] <= r.clean_acc
     # MoE: one row per expert, an E x E transfer matrix crafted by one final-iterate PGD on every point
     assert [row['expert'] for row in r.per_expert] == [0, 1, 2, 3]
@@ -65,13 +65,13 @@ def test_result_follows_the_contract_with_moe_analyses(tiny_trained):
     assert sum(ra['load_clean']) == pytest.approx(1.0) and sum(ra['load_adv']) == pytest.approx(1.0)
     # every check reports, none silently skipped; with no pyautoattack warning, flags are exactly the failed checks
     assert set(r.sanity) == {'deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean',
-                                'monotone_in_eps', 'large_eps_to_chance', 'ensemble_reverified',
+                                'monotone_in_eps', 'large_eps_to_chance', 'worst_case_reverified',
                                 'apgd_not_weaker_than_pgd', 'square_not_stronger'}
     for c in r.sanity.values():
         assert c['passed'] in (True, False, None) and c['detail']
     assert r.attack_warnings == {} and r.autoattack_attacks_run == {}
     assert r.flags == [k for k, c in r.sanity.items() if c['passed'] is False]
-    for check in ('ensemble_reverified', 'nonzero_gradients', 'eps_zero_is_clean', 'apgd_not_weaker_than_pgd'):
+    for check in ('worst_case_reverified', 'nonzero_gradients', 'eps_zero_is_clean', 'apgd_not_weaker_than_pgd'):
         assert r.sanity[check]['passed'] is True, (check, r.sanity[check])
     assert 'apgd-ce10 ' in r.sanity['eps_zero_is_clean']['detail']  # the evaluation's own attacks, at eps 0
     assert set(r.timing) >= {'pgd10', 'apgd-ce10', 'sanity', 'moe_analysis'}
@@ -118,7 +118,7 @@ def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_p
     (tmp_path / f'out.json{SIDECAR_SUFFIX}.adv' / 'pgd10-0.pt').unlink()
     third = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side, resume=True)
     assert third.correct['pgd10'] == first.correct['pgd10']
-    assert third.sanity['ensemble_reverified']['passed'] is True
+    assert third.sanity['worst_case_reverified']['passed'] is True
     with pytest.raises(UserError, match='different evaluation'):
         evaluate_model(model, x, y, attacks='pgd10', eps=4 / 255, batch_size=8, sidecar=side, resume=True)
 

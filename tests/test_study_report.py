@@ -79,7 +79,7 @@ def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str 
     moe = spec.experts > 0
     robust = _bits(seed, extra, 0.3)
     attacks = list(ATTACKS) + (['apgd-t'] if first else [])
-    correct = {'clean': _bits(seed, extra, 0.7) | robust, **{a: robust for a in attacks}, 'ensemble': robust}
+    correct = {'clean': _bits(seed, extra, 0.7) | robust, **{a: robust for a in attacks}, 'worst_case': robust}
     settings = {a: build_attack(a, 0.1, 'Linf', seed).settings() for a in attacks}
     more: Dict[str, Any] = {}
     if stage == 'autoattack':
@@ -305,7 +305,7 @@ def test_a_worst_case_over_different_attack_sets_is_not_pooled(entries):
     """Every first seed adds apgd-t, so its worst case is over another attack set: the overview leaves the
     worst case out and says why; the headline metric is the strongest attack every run shares."""
     study = collect(entries, plan())
-    assert study.mixed_worst_case() and 'ensemble' not in study.metrics() and study.primary() == 'apgd-ce'
+    assert study.mixed_worst_case() and 'worst_case' not in study.metrics() and study.primary() == 'apgd-ce'
     overview = report_text(study).split('## All configurations')[1].split('\n## ')[0]
     assert 'Worst case: not shown, because the runs attacked with different attack sets' in overview
     assert 'worst case' not in overview.split('\n| config |')[1].split('\n')[0]

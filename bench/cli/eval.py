@@ -158,7 +158,7 @@ def print_result(result: EvalResult) -> None:
     table.add_row('clean', f'{result.clean_acc:.2f}', f'{result.counts["clean"]}/{n}', '')
     for k, v in result.robust_acc.items():
         secs = result.timing.get(k)
-        table.add_row(f'[bold]{k}' if k == 'ensemble' else k, f'{v:.2f}', f'{result.counts[k]}/{n}',
+        table.add_row(f'[bold]{k}' if k == 'worst_case' else k, f'{v:.2f}', f'{result.counts[k]}/{n}',
                       f'{secs:.1f}' if secs is not None else '')
     console.print(table)
     if result.per_expert:

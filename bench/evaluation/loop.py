@@ -123,11 +123,11 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             if messages:
                 warned[label] = list(dict.fromkeys(messages))  # each distinct warning once, in order
         correct = {k: r.correct for k, r in runs.items()}
-        ensemble = robust_under_all(correct.values())
+        worst = robust_under_all(correct.values())  # per sample: robust only if every attack failed
 
         t0 = time.perf_counter()
         checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
-                                   runs=runs, ensemble_correct=ensemble, seed=seed, batch_size=batch_size,
+                                   runs=runs, worst_case_correct=worst, seed=seed, batch_size=batch_size,
                                    n_check=n_check, step=stage(bar, 'sanity checks', len(sanity.CHECKS)))
         timing['sanity'] = time.perf_counter() - t0
         dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
@@ -135,11 +135,11 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
         result = EvalResult(
             n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
-            robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
+            robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'worst_case': accuracy(worst)},
             counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
-                    'ensemble': int(ensemble.sum())},
+                    'worst_case': int(worst.sum())},
             correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
-                     'ensemble': ensemble.int().tolist()},
+                     'worst_case': worst.int().tolist()},
             routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
             autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
             attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)

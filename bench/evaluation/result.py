@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 class EvalResult:
     """Clean and robust accuracy of one evaluation, accuracies in percent.
 
-    Results are keyed by attack label (`evaluate_model`); 'ensemble' is the per-sample worst case over the
+    Results are keyed by attack label (`evaluate_model`); 'worst_case' is the per-sample worst case over the
     attacks that ran (a point counts as robust only if every attack failed on it).
 
     Args:
@@ -22,8 +22,8 @@ class EvalResult:
         eps: The radius.
         threat_model: 'Linf' or 'L2'.
         clean_acc: Clean accuracy.
-        robust_acc: Attack label (and 'ensemble') -> robust accuracy.
-        counts: 'clean', each attack label and 'ensemble' -> correct points.
+        robust_acc: Attack label (and 'worst_case') -> robust accuracy.
+        counts: 'clean', each attack label and 'worst_case' -> correct points.
         correct: The same keys -> per-sample 0/1 list, aligned with the evaluated images.
         settings: The exact settings of the evaluation and of each attack (`settings['attacks']`).
         per_expert: One row per expert subpath (expert, clean_acc, robust_acc, n_examples, correct), for a MoE

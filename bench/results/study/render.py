@@ -372,13 +372,13 @@ CLAIMS = (claim_equal_flops, claim_entropy, claim_k, claim_switch)
 
 # ------------------------------------------------------------------------------------------ other tables
 
-METRIC_NAMES = {'clean': 'clean', 'ensemble': 'worst case'}
+METRIC_NAMES = {'clean': 'clean', 'worst_case': 'worst case'}
 
 
 def overview(study: an.Study) -> Lines:
     every, first = study.metrics(), study.first_seed_metrics()
-    metrics = ['clean'] + list(reversed([m for m in every if m != 'ensemble'])) + \
-              (['ensemble'] if 'ensemble' in every else []) + first
+    metrics = ['clean'] + list(reversed([m for m in every if m != 'worst_case'])) + \
+              (['worst_case'] if 'worst_case' in every else []) + first
     header = ['config', 'model', 'training', 'seeds'] + [METRIC_NAMES.get(m, m) + (' (first seed)' if m in first else '')
                                                          for m in metrics] + ['FLOPs ratio', 'params (active / total)']
     rows = []
@@ -391,7 +391,7 @@ def overview(study: an.Study) -> Lines:
                     + [an.fmt_summary(an.summary(runs, m)) for m in metrics]
                     + ['–' if ratio is None else f'{ratio:.3f}',
                        f"{params.get('active', '–')} / {params.get('total', '–')}"])
-    worst = ('Worst case: per point, broken by any attack of the run.' if 'ensemble' in every else
+    worst = ('Worst case: per point, broken by any attack of the run.' if 'worst_case' in every else
              'Worst case: not shown, because the runs attacked with different attack sets (the first seeds add '
              f'{", ".join(first) or "attacks"}), and a worst case over another set of attacks is another statistic; '
              f'the headline metric is {study.primary()}, which every run measured with the same settings.'
