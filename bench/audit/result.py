@@ -55,6 +55,7 @@ class AuditResult:
         seconds: Wall time of the audit.
         flop_table: fvcore's per-module table, for the console only (with `table=True`); not in the JSON.
     """
+    # what was audited, against what
     model: str
     model_kwargs: Dict[str, Any]
     dense_model: str
@@ -62,6 +63,7 @@ class AuditResult:
     experts: int
     k: Optional[int]
     input_size: List[int]
+    # FLOPs per image
     flops_unit: str
     flops_active: float
     flops_active_worst: float
@@ -75,10 +77,12 @@ class AuditResult:
     flop_counter: Dict[str, Any]
     unsupported_ops: Dict[str, int]
     unsupported_ops_dense: Dict[str, int]
+    # parameters, and the routing batch that weighted the experts
     params_total: int
     params_active: int
     params_dense: int
     routing: Dict[str, Any]
+    # latency and memory per batch size
     latency_ms: Optional[PerBatch] = None
     latency_dense_ms: Optional[PerBatch] = None
     latency_ratio: Optional[PerBatch] = None
