@@ -15,9 +15,7 @@ the pretrained tag `resnet18_blockmoe_e4_k1.fmnist_normal`: nothing trains in th
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +31,8 @@ from bench.attacks import APGD, PGD, accuracy, predict
 from bench.data import dataset_info, load_tensors
 from bench.models import normalized
 from bench.core.rng import forked_rng
-from bench.core.timing import interleaved_times, median_ratio
+from bench.core.timing import median_ratio
+from benchmarks.timed import add_timing_options, timed, write_record
 
 TINY_MODEL = 'resnet18_blockmoe_e4_k1'
 TINY_KWARGS = dict(width=8, in_chans=1, num_classes=10)
@@ -83,15 +82,11 @@ def run_benchmark(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     pgd, apgd = PGD(eps, steps=20), APGD(eps, steps=20)
-    times = interleaved_times({'pgd20': lambda: pgd(model, x, y), 'apgd20': lambda: apgd(model, x, y)},
-                              repeats=repeats, warmup=warmup, device=device)
+    run = timed({'pgd20': lambda: pgd(model, x, y), 'apgd20': lambda: apgd(model, x, y)}, repeats, warmup, device)
     acc = {k: accuracy(predict(model, a(model, x, y)) == y)
            for k, a in (('pgd20', pgd), ('apgd20', apgd))}
-    return dict(batch_size=len(x), eps=eps, repeats=repeats, warmup=warmup, device=str(device),
-                median_s={k: statistics.median(v) for k, v in times.items()}, times_s=times,
-                ratio_pgd_over_apgd=median_ratio(times, 'pgd20', 'apgd20'),
-                clean_acc=accuracy(predict(model, x) == y), robust_acc=acc,
-                torch=torch.__version__, threads=torch.get_num_threads())
+    return dict(run, batch_size=len(x), eps=eps, ratio_pgd_over_apgd=median_ratio(run['times_s'], 'pgd20', 'apgd20'),
+                clean_acc=accuracy(predict(model, x) == y), robust_acc=acc)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -101,11 +96,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument('--train-steps', type=int, default=300)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--eps', type=float, default=8 / 255)
-    p.add_argument('--repeats', type=int, default=7)
-    p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--json', type=Path)
+    add_timing_options(p, repeats=7, warmup=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = dataset_info(TINY_DATASET)
@@ -129,9 +120,7 @@ def main(argv: Optional[list] = None) -> int:
           f'after {res["warmup"]} warm-up, {res["device"]}, {res["threads"]} thread(s)); robust accuracy '
           f'PGD-20 {res["robust_acc"]["pgd20"]:.1f}%, APGD-20 {res["robust_acc"]["apgd20"]:.1f}%, '
           f'clean {res["clean_acc"]:.1f}%')
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
-    return 0
+    return write_record(res, args.json)
 
 
 if __name__ == '__main__':

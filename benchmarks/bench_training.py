@@ -16,8 +16,6 @@ Cost per epoch is time per minibatch x minibatches per epoch, so against normal 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,9 +24,10 @@ from typing import Dict, List, Optional
 import torch
 
 import timm_moe  # noqa: F401 - registers the models
-from bench.core.timing import interleaved_times, median_ratio
+from bench.core.timing import median_ratio
 from bench.training.config import load_config
 from bench.training.trainer import Trainer
+from benchmarks.timed import add_timing_options, timed, write_record
 
 METHODS = ('normal', 'pgd', 'fast', 'free')
 
@@ -49,16 +48,16 @@ def run_benchmark(model: str = 'resnet18_blockmoe_e4_k1', width: int = 8, datase
             some = next(iter(trainers.values()))
             items = [some.train_set[i] for i in range(batch_size)]
             x, y = torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
-            times = interleaved_times({m: (lambda t=t: t.train_step(x, y)) for m, t in trainers.items()},
-                                      repeats=repeats, warmup=warmup, device=some.device)
+            run = timed({m: (lambda t=t: t.train_step(x, y)) for m, t in trainers.items()}, repeats, warmup,
+                        some.device)
         finally:
             for t in trainers.values():
                 t.close()
+    times = run['times_s']
     per_epoch = {m: median_ratio(times, m, 'normal') / (free_replays if m == 'free' else 1) for m in times}
-    return dict(model=model, width=width, dataset=dataset, batch_size=batch_size, free_replays=free_replays,
-                attack_steps=attack_steps, repeats=repeats, warmup=warmup, device=str(some.device),
-                median_s_per_minibatch={m: statistics.median(v) for m, v in times.items()}, times_s=times,
-                cost_per_epoch_over_normal=per_epoch, torch=torch.__version__, threads=torch.get_num_threads())
+    return dict(run, model=model, width=width, dataset=dataset, batch_size=batch_size, free_replays=free_replays,
+                attack_steps=attack_steps, median_s_per_minibatch=run['median_s'],
+                cost_per_epoch_over_normal=per_epoch)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -71,11 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--free-replays', type=int, default=4, help='Free-AT replays m (the reference: 4)')
     p.add_argument('--attack-steps', type=int, default=7, help='PGD-AT steps (the paper: 7)')
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
-    p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--json', type=Path)
+    add_timing_options(p, repeats=5, warmup=1)
     args = p.parse_args(argv)
     if 'normal' not in args.methods:
         p.error('--methods must include normal: every cost is a ratio against it')
@@ -92,9 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         note = ' per effective epoch' if m == 'free' else ''
         print(f'{names[m]:<18} {res["median_s_per_minibatch"][m] * 1e3:12.1f} '
               f'{res["cost_per_epoch_over_normal"][m]:21.2f}{note}')
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
-    return 0
+    return write_record(res, args.json)
 
 
 if __name__ == '__main__':

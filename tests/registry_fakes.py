@@ -9,6 +9,7 @@ import random
 from typing import Any, Dict, Mapping, Optional
 
 from bench.attacks import build_attack
+from bench.evaluation.result import EvalResult
 
 
 def _vector(acc: float, n: int, rng: random.Random) -> list:
@@ -22,12 +23,12 @@ def _vector(acc: float, n: int, rng: random.Random) -> list:
 
 def fake_eval_result(clean: float, robust: Mapping[str, float], n: int = 200, eps: float = 8 / 255,
                      seed: int = 0, settings: Optional[Dict[str, Dict[str, Any]]] = None,
-                     **extra: Any) -> Dict[str, Any]:
+                     **extra: Any) -> EvalResult:
     """An evaluation result with clean and robust accuracies rounded to counts of n points.
 
     Args:
         clean: clean accuracy in percent.
-        robust: {attack name: accuracy}; 'ensemble' is allowed and needs no settings.
+        robust: {attack name: accuracy}; 'worst_case' is allowed and needs no settings.
         n: test points.
         eps: the radius the attacks ran at.
         seed: draws which points are correct, and seeds the attacks.
@@ -38,9 +39,9 @@ def fake_eval_result(clean: float, robust: Mapping[str, float], n: int = 200, ep
     correct = {'clean': _vector(clean, n, rng), **{k: _vector(v, n, rng) for k, v in robust.items()}}
     attacks = dict(settings or {})
     for name in robust:
-        if name != 'ensemble' and name not in attacks:
+        if name != 'worst_case' and name not in attacks:
             attacks[name] = build_attack(name, eps, 'Linf', seed).settings()
-    return dict(
+    return EvalResult(
         n_examples=n, eps=eps, threat_model='Linf',
         clean_acc=100.0 * sum(correct['clean']) / n,
         robust_acc={k: 100.0 * sum(v) / n for k, v in correct.items() if k != 'clean'},
@@ -73,7 +74,7 @@ def make_entry(entry_id: str = 'resnet18_blockmoe_e4_k1-pgd-fmnist-abc123', clea
     kwargs = model_kwargs if model_kwargs is not None else (
         {'width': 16} if experts == 0 else {'width': 16, 'gate': 'gap_fc', 'aux_loss': 'entropy', 'placement': 'last'})
     if attacks is None:
-        attacks = {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'ensemble': robust}
+        attacks = {'pgd20': robust + 1, 'apgd-ce': robust + 0.5, 'worst_case': robust}
     e = measured_entry(
         spec=ModelSpec.from_timm_kwargs(name, kwargs)[0], model_kwargs=kwargs, dataset='fashion-mnist-bundled',
         method='pgd', training_config={'epochs': 1, 'lr': lr, 'seed': seed, 'out': f'runs/s{seed}'},

@@ -1,4 +1,4 @@
-"""Attacks: closed-form oracles on linear models, threat-model invariants for every attack, the ensemble's
+"""Attacks: closed-form oracles on linear models, threat-model invariants for every attack, the worst case's
 worst case, names and presets, and the reference-vs-PGD strength ordering on a small trained MoE."""
 from __future__ import annotations
 
@@ -270,7 +270,7 @@ def test_apgd_dlr_zero_gradient_warning_is_caught_from_a_real_run():
     assert [reference_warning_flag(m) for m in caught] == ['pyautoattack_zero_gradients']
 
 
-# ------------------------------------------------------------------------------------------- ensemble
+# ------------------------------------------------------------------------------------------- worst case
 
 def test_robust_under_all_is_the_per_sample_and():
     corrects = [torch.tensor([1, 0, 1, 1]).bool(), torch.tensor([1, 1, 0, 1]).bool(),

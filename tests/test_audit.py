@@ -95,23 +95,23 @@ def test_per_module_table_weights_experts_by_routing():
 def test_paper_numbers_resnet18_cifar():
     """0.557 GFLOPs dense; k=2 at layer4.1 adds one BasicBlock (0.0755 G): +13.6%; k=1 only the gate."""
     k2 = audit_model('resnet18_blockmoe_e4_k2', latency=False, batch=4)
-    assert round(k2['flops_dense'] / 1e9, 3) == 0.557
-    assert round(k2['flops_active'] - k2['flops_dense']) == pytest.approx(0.0755e9 + 512 * 16 + 512 * 4, rel=1e-3)
-    assert round(k2['flops_ratio'], 3) == 1.136
-    assert k2['flop_counter_agreement'] < 0.01
-    assert k2['flop_counter']['mac_ops_relative_difference']['model'] < 1e-9
+    assert round(k2.flops_dense / 1e9, 3) == 0.557
+    assert round(k2.flops_active - k2.flops_dense) == pytest.approx(0.0755e9 + 512 * 16 + 512 * 4, rel=1e-3)
+    assert round(k2.flops_ratio, 3) == 1.136
+    assert k2.flop_counter_agreement < 0.01
+    assert k2.flop_counter['mac_ops_relative_difference']['model'] < 1e-9
     # active params = dense - layer4.1 + gate + 2 experts = dense + one BasicBlock(512) + GAP-FC(512 -> 4)
     block = 2 * 512 * 512 * 9 + 2 * 2 * 512
-    assert k2['params_active'] - k2['params_dense'] == block + 512 * 4 + 4
-    assert k2['params_total'] - k2['params_dense'] == 3 * block + 512 * 4 + 4
+    assert k2.params_active - k2.params_dense == block + 512 * 4 + 4
+    assert k2.params_total - k2.params_dense == 3 * block + 512 * 4 + 4
 
 
 @pytest.mark.parametrize('k', [1, 2, 4])
 def test_matched_experts_cost_no_more_than_dense(k):
     r = audit_model(f'resnet18_blockmoe_e4_k{k}', width=16, latency=False, batch=8, expert_width='matched')
-    assert r['flops_ratio'] <= 1.001, r['flops_ratio']
-    assert r['flops_ratio_worst'] <= 1.001
-    assert r['flop_counter_agreement'] < 0.01
+    assert r.flops_ratio <= 1.001, r.flops_ratio
+    assert r.flops_ratio_worst <= 1.001
+    assert r.flop_counter_agreement < 0.01
 
 
 def test_audit_hand_computed_extra_block_width16():
@@ -119,12 +119,12 @@ def test_audit_hand_computed_extra_block_width16():
     block = 2 * 128 * 128 * 9 * 16 + 2 * 2 * 128 * 16
     gate = 128 * 16 + 128 * 2  # GAP over 128x4x4 + FC 128->2
     r = audit_model('resnet18_blockmoe_e2_k2', width=16, latency=False, batch=4)
-    assert r['flops_active'] - r['flops_dense'] == block + gate
-    assert r['flops_total'] == r['flops_active']  # E=2, k=2: every expert runs
-    assert r['model_kwargs'] == {'width': 16}
-    assert r['dense_model'] == 'resnet18_dense' and r['dense_kwargs'] == {'width': 16}
-    assert r['unsupported_ops']  # listed, never hidden
-    assert 'aten::index_select' in r['unsupported_ops']
+    assert r.flops_active - r.flops_dense == block + gate
+    assert r.flops_total == r.flops_active  # E=2, k=2: every expert runs
+    assert r.model_kwargs == {'width': 16}
+    assert r.dense_model == 'resnet18_dense' and r.dense_kwargs == {'width': 16}
+    assert r.unsupported_ops  # listed, never hidden
+    assert 'aten::index_select' in r.unsupported_ops
 
 
 def test_cli_gate_exits_nonzero_naming_model(capsys, tmp_path):

@@ -21,7 +21,7 @@ def _entry(entry_id, correct, start=0, settings=None, dataset='fashion-mnist-bun
     n = len(correct['clean'])
     acc = {k: 100.0 * v.sum() / n for k, v in correct.items()}
     attacks = settings if settings is not None else {
-        k: dict(PGD20 if k.startswith('pgd') else APGD) for k in correct if k not in ('clean', 'ensemble')}
+        k: dict(PGD20 if k.startswith('pgd') else APGD) for k in correct if k not in ('clean', 'worst_case')}
     entry = {
         'schema_version': 2, 'entry_id': entry_id, 'source': 'measured',
         'model': {'name': 'resnet18_dense', 'kwargs': {'width': 8}, 'arch': 'resnet18', 'experts': 0, 'k': None,
@@ -50,7 +50,7 @@ def _vectors(n, seed, p_clean=0.8, p_pgd=0.5):
     clean = rng.random(n) < p_clean
     pgd = clean & (rng.random(n) < p_pgd / p_clean)
     apgd = pgd & (rng.random(n) < 0.9)
-    return {'clean': clean, 'pgd20': pgd, 'apgd-ce': apgd, 'ensemble': apgd}
+    return {'clean': clean, 'pgd20': pgd, 'apgd-ce': apgd, 'worst_case': apgd}
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ def test_identical_points_default_metric(registry, capsys):
     code, out, err = _run(capsys, 'model-a', 'model-b', '--registry', root, '--json', '-')
     assert code == 0, err
     r = json.loads(out)
-    assert r['metric'] == 'ensemble'  # strongest shared: ensemble ranks above apgd-ce and pgd20
-    xa, xb = a['ensemble'], b['ensemble']
+    assert r['metric'] == 'worst_case'  # strongest shared: worst_case ranks above apgd-ce and pgd20
+    xa, xb = a['worst_case'], b['worst_case']
     assert r['n'] == 200 and not r['overlap']['partial'] and r['warnings'] == []
     assert r['diff'] == pytest.approx(100 * (xa.mean() - xb.mean()))
     assert r['discordant'] == {'a_only': int((xa & ~xb).sum()), 'b_only': int((~xa & xb).sum())}
@@ -146,9 +146,12 @@ def test_different_attack_settings_refused_unless_allowed(tmp_path, capsys):
     # the settings of another metric are not this metric's business: APGD agrees
     code, _, err = _run(capsys, 'steps20', 'steps10', '--registry', root, '--metric', 'apgd-ce')
     assert code == 0, err
-    # the ensemble is the worst case over every attack run, so a different attack in it is a different ensemble
-    code, _, err = _run(capsys, 'steps20', 'steps10', '--registry', root, '--metric', 'ensemble')
+    # the worst case is over every attack run, so a different attack in it makes a different worst case
+    code, _, err = _run(capsys, 'steps20', 'steps10', '--registry', root, '--metric', 'worst_case')
     assert code == 2 and 'pgd20.steps: 20 vs 10' in err
+    # its old name is refused in one line that gives the new one
+    code, _, err = _run(capsys, 'steps20', 'steps10', '--registry', root, '--metric', 'ensemble')
+    assert code == 2 and err.count('\n') == 1 and "'ensemble' is now called 'worst_case'" in err, err
 
 
 def test_different_eps_is_a_different_setting(tmp_path, capsys):
@@ -213,7 +216,7 @@ def test_bits_that_contradict_the_entry_are_refused():
 def test_strongest_shared_order():
     s = compare.strongest_shared
     assert s(['clean', 'pgd20', 'apgd-ce', 'autoattack'], ['clean', 'pgd20', 'apgd-ce']) == 'apgd-ce'
-    assert s(['autoattack', 'ensemble'], ['autoattack', 'ensemble']) == 'autoattack'
+    assert s(['autoattack', 'worst_case'], ['autoattack', 'worst_case']) == 'autoattack'
     assert s(['autoattack.apgd-ce+square', 'apgd-ce'], ['autoattack.apgd-ce+square', 'apgd-ce']) == \
         'autoattack.apgd-ce+square'
     assert s(['pgd10', 'pgd20', 'apgd-ce20'], ['pgd20', 'pgd10', 'apgd-ce20']) == 'apgd-ce20'
@@ -234,6 +237,6 @@ def test_default_metric_skips_a_worst_case_over_different_attack_sets(tmp_path, 
     code, out, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root)
     assert code == 0, err
     assert ('metric: apgd-ce (the strongest metric both entries measured with the same settings '
-            '(ensemble: settings differ))') in out
-    code, _, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root, '--metric', 'ensemble')
-    assert code == 2 and 'ensemble members' in err  # asked for by name, it is still refused
+            '(worst_case: settings differ))') in out
+    code, _, err = _run(capsys, 'first-seed', 'other-seed', '--registry', root, '--metric', 'worst_case')
+    assert code == 2 and 'worst-case members' in err  # asked for by name, it is still refused

@@ -38,64 +38,65 @@ def _dense() -> nn.Module:
 def test_result_follows_the_contract_with_moe_analyses(tiny_trained):
     x, y = eval_tensors(DATA, 48)
     r = evaluate_model(tiny_trained, x, y, attacks='quick', batch_size=24, n_check=24)
-    assert set(r) >= {'n_examples', 'eps', 'threat_model', 'clean_acc', 'robust_acc', 'correct', 'per_expert',
-                      'routing_under_attack', 'transfer', 'sanity', 'flags', 'settings', 'timing'}
-    assert r['n_examples'] == 48 and r['threat_model'] == 'Linf' and r['eps'] == pytest.approx(8 / 255)
-    assert list(r['robust_acc']) == ['pgd10', 'apgd-ce10', 'ensemble']
-    for k, v in r['correct'].items():
+    written = json.loads(json.dumps(r.to_json()))  # what `timm-moe eval --json` writes: plain JSON
+    assert set(written) >= {'n_examples', 'eps', 'threat_model', 'clean_acc', 'robust_acc', 'correct', 'per_expert',
+                            'routing_under_attack', 'transfer', 'sanity', 'flags', 'settings', 'timing'}
+    assert written['robust_acc'] == r.robust_acc and written['correct'] == r.correct
+    assert r.n_examples == 48 and r.threat_model == 'Linf' and r.eps == pytest.approx(8 / 255)
+    assert list(r.robust_acc) == ['pgd10', 'apgd-ce10', 'worst_case']
+    for k, v in r.correct.items():
         assert len(v) == 48 and set(v) <= {0, 1}, k
-        assert r['counts'][k] == sum(v)
-    # the worst case per sample: robust under the ensemble only if robust under every attack
-    ens = r['correct']['ensemble']
-    assert ens == [int(a and b) for a, b in zip(r['correct']['pgd10'], r['correct']['apgd-ce10'])]
-    assert r['robust_acc']['ensemble'] <= min(r['robust_acc']['pgd10'], r['robust_acc']['apgd-ce10'])
-    assert r['robust_acc']['pgd10'] <= r['clean_acc']
+        assert r.counts[k] == sum(v)
+    # the worst case per sample: robust in the worst case only if robust under every attack
+    ens = r.correct['worst_case']
+    assert ens == [int(a and b) for a, b in zip(r.correct['pgd10'], r.correct['apgd-ce10'])]
+    assert r.robust_acc['worst_case'] <= min(r.robust_acc['pgd10'], r.robust_acc['apgd-ce10'])
+    assert r.robust_acc['pgd10'] <= r.clean_acc
     # MoE: one row per expert, an E x E transfer matrix crafted by one final-iterate PGD on every point
-    assert [row['expert'] for row in r['per_expert']] == [0, 1, 2, 3]
-    assert len(r['transfer']) == 4 and all(len(row) == 4 for row in r['transfer'])
-    info = r['transfer_info']
+    assert [row['expert'] for row in r.per_expert] == [0, 1, 2, 3]
+    assert len(r.transfer) == 4 and all(len(row) == 4 for row in r.transfer)
+    info = r.transfer_info
     assert info['attacked_points'] == [48] * 4 and info['attack'] == 'pgd10-last'
-    ra = r['routing_under_attack']
+    ra = r.routing_under_attack
     assert ra['attacked_points'] == 48 and ra['crafted_with']['final_iterate'] is True
     assert ra['crafted_with']['steps'] == 10 and ra['attack'] == 'pgd10-last'
     assert 0.0 <= ra['changed_fraction'] <= 1.0 and (48 * ra['changed_fraction']) == pytest.approx(
         round(48 * ra['changed_fraction']))
     assert sum(ra['load_clean']) == pytest.approx(1.0) and sum(ra['load_adv']) == pytest.approx(1.0)
     # every check reports, none silently skipped; with no pyautoattack warning, flags are exactly the failed checks
-    assert set(r['sanity']) == {'deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean',
-                                'monotone_in_eps', 'large_eps_to_chance', 'ensemble_reverified',
+    assert set(r.sanity) == {'deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean',
+                                'monotone_in_eps', 'large_eps_to_chance', 'worst_case_reverified',
                                 'apgd_not_weaker_than_pgd', 'square_not_stronger'}
-    for c in r['sanity'].values():
+    for c in r.sanity.values():
         assert c['passed'] in (True, False, None) and c['detail']
-    assert r['attack_warnings'] == {} and r['autoattack_attacks_run'] == {}
-    assert r['flags'] == [k for k, c in r['sanity'].items() if c['passed'] is False]
-    for check in ('ensemble_reverified', 'nonzero_gradients', 'eps_zero_is_clean', 'apgd_not_weaker_than_pgd'):
-        assert r['sanity'][check]['passed'] is True, (check, r['sanity'][check])
-    assert 'apgd-ce10 ' in r['sanity']['eps_zero_is_clean']['detail']  # the evaluation's own attacks, at eps 0
-    assert set(r['timing']) >= {'pgd10', 'apgd-ce10', 'sanity', 'moe_analysis'}
+    assert r.attack_warnings == {} and r.autoattack_attacks_run == {}
+    assert r.flags == [k for k, c in r.sanity.items() if c['passed'] is False]
+    for check in ('worst_case_reverified', 'nonzero_gradients', 'eps_zero_is_clean', 'apgd_not_weaker_than_pgd'):
+        assert r.sanity[check]['passed'] is True, (check, r.sanity[check])
+    assert 'apgd-ce10 ' in r.sanity['eps_zero_is_clean']['detail']  # the evaluation's own attacks, at eps 0
+    assert set(r.timing) >= {'pgd10', 'apgd-ce10', 'sanity', 'moe_analysis'}
     # exact settings per attack label, stored once
-    s = r['settings']['attacks']
-    assert 'attack_settings' not in r['settings'] and list(s) == ['pgd10', 'apgd-ce10']
+    s = r.settings['attacks']
+    assert 'attack_settings' not in r.settings and list(s) == ['pgd10', 'apgd-ce10']
     assert s['pgd10']['steps'] == 10 and s['pgd10']['step_size'] == pytest.approx(2 / 255)
     assert s['pgd10']['random_start'] is False and s['pgd10']['restarts'] == 1 and s['pgd10']['seed'] == 0
     assert s['apgd-ce10']['random_start'] is True and 'adaptive' in s['apgd-ce10']['step_size']
-    assert r['settings']['model_config']['moe_config']['num_experts'] == 4
-    json.dumps(r)  # the result is plain JSON
+    assert r.settings['model_config']['moe_config']['num_experts'] == 4
 
 
 def test_gradient_masked_model_is_flagged(tiny_trained):
     x, y = eval_tensors(DATA, 32)
     r = evaluate_model(Quantised(tiny_trained).eval(), x, y, attacks='pgd10', per_expert=False, n_check=32,
                        batch_size=32)
-    assert {'nonzero_gradients', 'large_eps_to_chance'} <= set(r['flags'])
-    assert r['sanity']['apgd_not_weaker_than_pgd']['passed'] is None  # not applicable, and it says why
-    assert 'needs both' in r['sanity']['apgd_not_weaker_than_pgd']['detail']
+    assert {'nonzero_gradients', 'large_eps_to_chance'} <= set(r.flags)
+    assert r.sanity['apgd_not_weaker_than_pgd']['passed'] is None  # not applicable, and it says why
+    assert 'needs both' in r.sanity['apgd_not_weaker_than_pgd']['detail']
 
 
 def test_dense_model_gets_no_moe_results():
     x, y = eval_tensors(DATA, 8)
     r = evaluate_model(_dense(), x, y, attacks='pgd10', batch_size=8, n_check=8)
-    assert r['per_expert'] is None and r['routing_under_attack'] is None and r['transfer'] is None
+    assert r.per_expert is None and r.routing_under_attack is None and r.transfer is None
 
 
 def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_path):
@@ -110,14 +111,14 @@ def test_resume_reuses_recorded_batches_and_refuses_a_different_evaluation(tmp_p
     rec0['correct'] = [1] * 8
     side.write_text(header + '\n' + json.dumps(rec0) + '\n')
     again = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side, resume=True)
-    assert again['correct']['pgd10'][:8] == again['correct']['clean'][:8]  # taken from the record
-    assert again['correct']['pgd10'][8:] == first['correct']['pgd10'][8:]  # recomputed
+    assert again.correct['pgd10'][:8] == again.correct['clean'][:8]  # taken from the record
+    assert again.correct['pgd10'][8:] == first.correct['pgd10'][8:]  # recomputed
     assert [json.loads(r)['batch'] for r in side.read_text().splitlines()[1:]] == [0, 1]
     # a record whose stored examples are gone is not trusted: the batch runs again (and is re-verifiable)
     (tmp_path / f'out.json{SIDECAR_SUFFIX}.adv' / 'pgd10-0.pt').unlink()
     third = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=8, sidecar=side, resume=True)
-    assert third['correct']['pgd10'] == first['correct']['pgd10']
-    assert third['sanity']['ensemble_reverified']['passed'] is True
+    assert third.correct['pgd10'] == first.correct['pgd10']
+    assert third.sanity['worst_case_reverified']['passed'] is True
     with pytest.raises(UserError, match='different evaluation'):
         evaluate_model(model, x, y, attacks='pgd10', eps=4 / 255, batch_size=8, sidecar=side, resume=True)
 
@@ -141,7 +142,7 @@ def test_resume_takes_routing_under_attack_from_the_stored_examples(tmp_path, mo
                                                                                            attacked=attacked))
     r = evaluate_model(tiny_trained, x, y, resume=True, **kw)
     assert torch.equal(seen[-1], x)
-    assert r['routing_under_attack']['attacked_points'] == 8 and r['routing_under_attack']['changed_fraction'] == 0
+    assert r.routing_under_attack['attacked_points'] == 8 and r.routing_under_attack['changed_fraction'] == 0
     # an unreadable file is crafted again rather than trusted or fatal
     (adv_dir / 'routing-1.pt').write_bytes(b'torn')
     evaluate_model(tiny_trained, x, y, resume=True, **kw)
@@ -273,5 +274,5 @@ def test_cli_end_to_end_with_run_config_interrupt_and_resume(tmp_path, capsys, m
     assert result['settings']['model_kwargs']['width'] == 8  # from the run's config.yaml
     x, y = eval_tensors(DATA, 16)
     direct = evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=8, per_expert=False, n_check=8)
-    assert result['correct'] == direct['correct'] and result['clean_acc'] == direct['clean_acc']
+    assert result['correct'] == direct.correct and result['clean_acc'] == direct.clean_acc
     assert 'Sanity and gradient-masking checks' in capsys.readouterr().out

@@ -10,16 +10,14 @@ import torch
 
 import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
-from bench.training.config import load_config
 from bench.core.errors import UserError
 from bench.pipeline.export import export_run
 from bench.results.export import (CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_exported, read_export,
                                   training_of, what_ran)
 from bench.core.provenance import sha256_file
-from bench.training.trainer import run_training
+from trained_run import NAME, two_step_run
 
 REPO = Path(__file__).resolve().parent.parent
-NAME = 'resnet18_blockmoe_e4_k1'  # the quickstart's MoE, so that its shipped registry entry fits the run
 # the shipped quickstart entry of that model (scripts/refresh_quickstart_entries.py renames it when it regenerates it)
 ENTRY = next(p for p in sorted((REPO / 'registry' / 'fashion-mnist-bundled' / 'Linf').glob(f'{NAME}-pgd-*.json'))
              if '"attack_note": "quickstart:' in p.read_text())
@@ -34,11 +32,7 @@ def _has_local_dir() -> bool:
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
     """A real (two-step) training run, as `timm-moe train` writes it."""
-    out = tmp_path_factory.mktemp('run') / 'run'
-    cfg = load_config(None, model=NAME, model_kwargs=dict(width=4), dataset='fashion-mnist-bundled', batch_size=16,
-                      train_limit=32, eval_limit=0, workers=0, max_steps=2, progress=False, out=str(out))
-    run_training(cfg)
-    return out
+    return two_step_run(tmp_path_factory.mktemp('run') / 'run')
 
 
 @pytest.fixture(scope='module')

@@ -18,9 +18,9 @@ import yaml
 import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
 from bench.core.errors import UserError
+from trained_run import NAME, two_step_run
 
 STUDY = Path(__file__).parent / 'fixtures' / 'study_tiny.yaml'
-NAME = 'resnet18_blockmoe_e4_k1'
 RUN_FILES = ('config.yaml', 'model.pth', 'last.pth.tar', 'metrics.jsonl', 'result.json')
 
 
@@ -36,13 +36,7 @@ def _one_line(capsys, *needles: str) -> str:
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
     """A real two-step training run, as `timm-moe train` writes it (a pristine copy per test: `run`)."""
-    from bench.training.config import load_config
-    from bench.training.trainer import run_training
-    out = tmp_path_factory.mktemp('run') / 'run'
-    cfg = load_config(None, model=NAME, model_kwargs=dict(width=4), dataset='fashion-mnist-bundled', batch_size=16,
-                      train_limit=32, eval_limit=0, workers=0, max_steps=2, progress=False, out=str(out))
-    run_training(cfg)
-    return out
+    return two_step_run(tmp_path_factory.mktemp('run') / 'run')
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def test_tiny_sweep_writes_valid_entries_and_resumes(tmp_path, capsys):
     assert (pgd['attack'], pgd['steps'], pgd['restarts'], pgd['random_start']) == ('PGD', 10, 1, False)
     assert isinstance(moe['model']['noisy_gating'], bool) and moe['model']['effective_kwargs']['width'] == 4
     assert moe['per_sample']['n'] == 32 and set(moe['per_sample']['bits']) == {'clean', 'pgd10', 'apgd-ce10',
-                                                                                 'ensemble'}
+                                                                                 'worst_case'}
     heads = [line for line in (registry / 'LEADERBOARD.md').read_text().splitlines() if line.startswith('| # |')]
     assert heads and all('| PGD-10 |' in h and '| APGD-CE-10 |' in h and 'PGD-20' not in h for h in heads)
     stamps = {p: p.stat().st_mtime_ns for p in registry.rglob('*.json')}

@@ -88,9 +88,9 @@ def test_clashing_labels_get_a_hash():
 
 def test_schema1_keys_and_stored_settings_share_a_column(tmp_path):
     old = load_entries(SCHEMA1_REGISTRY)[0]
-    new = make_entry('new', attacks={'pgd20': 20.0, 'apgd-ce20': 19.0, 'ensemble': 18.0}, eps=old['eps'])
+    new = make_entry('new', attacks={'pgd20': 20.0, 'apgd-ce20': 19.0, 'worst_case': 18.0}, eps=old['eps'])
     columns, keymap = lb.columns_of([old, new])
-    assert keymap[old['entry_id']] == keymap['new']  # same configurations: same columns, ensemble included
+    assert keymap[old['entry_id']] == keymap['new']  # same configurations: same columns, worst case included
     pgd = next(c for c in columns if c.label == 'PGD-20')
     assert pgd.inferred == ('pgd20',)  # and the legend says where the old entry's settings come from
     assert "the key 'pgd20' meant" in lb.render_markdown([old, new])
@@ -197,18 +197,18 @@ def test_a_first_seed_with_more_attacks_stays_in_its_seed_group():
     mean over all three (the dense group keeps its worst seed), and neither worst case is pooled, because
     seed 0's is over another attack set."""
     runs = [make_entry(f'run-s{s}', seed=s, attacks=dict({'pgd20': 30.0 + s, 'apgd-ce': 28.0 + s},
-                                                         **({'apgd-t': 25.0, 'ensemble': 24.0} if s == 0
-                                                            else {'ensemble': 27.0 + s})))
+                                                         **({'apgd-t': 25.0, 'worst_case': 24.0} if s == 0
+                                                            else {'worst_case': 27.0 + s})))
             for s in (0, 1, 2)]
     columns, keymap = lb.columns_of(runs)
     rows = lb.make_rows(runs, keymap)
     assert len(rows) == 1 and rows[0].ids == ('run-s0', 'run-s1', 'run-s2')
     apgd = next(c.ident for c in columns if c.label == 'APGD-CE-100')
     assert rows[0].cells[apgd].value == pytest.approx(29.0) and rows[0].cells[apgd].std == pytest.approx(1.0)
-    worst = [c.ident for c in columns if c.config['attack'] == 'Ensemble']
+    worst = [c.ident for c in columns if c.config['attack'] == 'WorstCase']
     assert len(worst) == 2 and not any(w in rows[0].cells for w in worst)
     # the same attack with other settings is another measurement: that run is a row of its own
-    odd = make_entry('run-s3', seed=3, attacks={'pgd20': 33.0, 'apgd-ce': 31.0, 'ensemble': 30.0})
+    odd = make_entry('run-s3', seed=3, attacks={'pgd20': 33.0, 'apgd-ce': 31.0, 'worst_case': 30.0})
     odd['eval_settings']['attacks']['pgd20']['steps'] = 10
     assert [r.ids for r in lb.make_rows(runs + [odd], lb.columns_of(runs + [odd])[1])] == [
         ('run-s0', 'run-s1', 'run-s2'), ('run-s3',)]

@@ -54,9 +54,9 @@ def test_per_layer_subpaths_force_one_layer_and_the_entry_keeps_l_x_e_rows(capsy
     err = capsys.readouterr().err
     n = len(layers) * 2
     assert f'per-layer subpaths: {len(layers)} layers x 2 experts x pgd10: {n}/{n}' in err, err
-    rows = r['per_layer_expert']
+    rows = r.per_layer_expert
     assert [(row['layer'], row['expert']) for row in rows] == [(name, e) for name in layers for e in range(2)]
-    assert r['settings']['per_layer_expert'] is True
+    assert r.settings['per_layer_expert'] is True
 
     for row in (rows[0], rows[-1]):  # expert 0 in the first layer, expert 1 in the last
         replaced = _with_expert_in_place(model, row['layer'], row['expert'])
@@ -64,8 +64,8 @@ def test_per_layer_subpaths_force_one_layer_and_the_entry_keeps_l_x_e_rows(capsy
         with torch.no_grad(), timm_moe.force_expert(model, row['expert'], layers=row['layer']):
             assert torch.equal(model(x), replaced(x))
         alone = evaluate_model(replaced, x, y, attacks='pgd10', batch_size=8, n_check=4, per_expert=False)
-        assert row['correct'] == {k: alone['correct'][k] for k in ('clean', 'pgd10')}
-        assert (row['clean_acc'], row['robust_acc']) == (alone['clean_acc'], {'pgd10': alone['robust_acc']['pgd10']})
+        assert row['correct'] == {k: alone.correct[k] for k in ('clean', 'pgd10')}
+        assert (row['clean_acc'], row['robust_acc']) == (alone.clean_acc, {'pgd10': alone.robust_acc['pgd10']})
 
     spec, timm_kwargs = ModelSpec.from_timm_kwargs('resnet18_convmoe_e2_k1', KWARGS)
     entry = measured_entry(spec=spec, model_kwargs=KWARGS, dataset=DATA, method='normal', eval_result=r,
@@ -75,7 +75,7 @@ def test_per_layer_subpaths_force_one_layer_and_the_entry_keeps_l_x_e_rows(capsy
                                                                               for e in range(2)]
     assert entry['per_layer_expert'][0]['per_sample']['n'] == 8
     without = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=4)
-    assert without['per_layer_expert'] is None and without['settings']['per_layer_expert'] is False
+    assert without.per_layer_expert is None and without.settings['per_layer_expert'] is False
 
 
 def test_one_moe_layer_reuses_the_per_expert_rows():
@@ -85,7 +85,7 @@ def test_one_moe_layer_reuses_the_per_expert_rows():
     x, y = eval_tensors(DATA, 8)
     r = evaluate_model(model, x, y, attacks='pgd10', batch_size=8, n_check=4, per_layer_expert=True)
     (layer, _), = timm_moe.moe_layers(model)
-    assert r['per_layer_expert'] == [dict(layer=layer, **row) for row in r['per_expert']]
+    assert r.per_layer_expert == [dict(layer=layer, **row) for row in r.per_expert]
 
 
 def test_eval_cli_prints_and_writes_the_per_layer_subpaths(tmp_path, capsys):

@@ -28,7 +28,7 @@ def test_every_evaluation_stage_reports_and_no_number_changes(capsys, one_thread
                  'transfer matrix: 4/4'):
         assert done in err, err
     for key in ('clean_acc', 'robust_acc', 'correct', 'per_expert', 'routing_under_attack', 'transfer', 'sanity'):
-        assert shown[key] == quiet[key]
+        assert getattr(shown, key) == getattr(quiet, key)
 
 
 def test_a_board_shows_each_runs_stage_and_the_overall_eta():

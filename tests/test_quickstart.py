@@ -103,7 +103,7 @@ def test_quickstart_smoke_plan_writes_everything(smoke):
         assert lo <= summary['pgd_gain_points'][kind] <= hi
     for e in entries:  # schema 2: exact settings and per-sample bits of every printed number
         assert e['schema_version'] == 2 and e['per_sample']['n'] == n
-        assert set(e['per_sample']['bits']) == {'clean', 'pgd20', 'apgd-ce20', 'ensemble'}
+        assert set(e['per_sample']['bits']) == {'clean', 'pgd20', 'apgd-ce20', 'worst_case'}
         assert e['eval_settings']['attacks']['apgd-ce20']['steps'] == 20
     assert (out / 'registry' / 'LEADERBOARD.md').exists()
     assert {p.split('/')[-1] for p in summary['plots']} == {

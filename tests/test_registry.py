@@ -4,6 +4,7 @@ The leaderboard is tested in test_leaderboard.py, the CLI's error handling in te
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 import hashlib
 import json
@@ -359,7 +360,7 @@ def test_per_sample_bits_round_trip():
 
     e = make_entry(robust=20.0)
     (start, stop), vectors = per_sample_vectors(e)
-    assert (start, stop) == (0, 200) and set(vectors) == {'clean', 'pgd20', 'apgd-ce', 'ensemble'}
+    assert (start, stop) == (0, 200) and set(vectors) == {'clean', 'pgd20', 'apgd-ce', 'worst_case'}
     assert 100 * vectors['pgd20'].sum() / 200 == e['robust_acc']['pgd20'] == 21.0
 
 
@@ -393,6 +394,8 @@ def test_schema2_measured_entry_needs_the_new_fields(field):
 
 # the quickstart's entries as shipped before schema 2, kept to prove that old entries still load
 SCHEMA1_REGISTRY = Path(__file__).parent / 'fixtures' / 'registry_schema1'
+# a study's entries as stored before the worst case was called `worst_case` (`ensemble`)
+STUDY_TINY_REGISTRY = Path(__file__).parent / 'fixtures' / 'study_tiny' / 'registry'
 
 
 def test_schema1_entries_still_load(tmp_path):
@@ -413,12 +416,19 @@ def test_old_field_names_load_through_the_one_migration(tmp_path):
     raw = copy.deepcopy(old)
     raw['model']['kwargs'] = {'moe_blocks': 'last', 'width': 8}
     raw['training']['config'] = {'method': 'pgd', 'lr': 0.1}
+    raw['robust_acc'] = {'pgd20': 30.0, 'ensemble': 29.0}  # the per-sample worst case, under its old name
+    raw['sanity_flags'] = ['ensemble_reverified']
     path = tmp_path / raw['dataset'] / raw['threat_model'] / f"{raw['entry_id']}.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(raw))
     (loaded,) = load_entries(tmp_path)
     assert loaded['model']['kwargs'] == {'placement': 'last', 'width': 8}
     assert loaded['training']['config'] == {'training': 'pgd', 'lr': 0.1}
+    assert loaded['robust_acc'] == {'pgd20': 30.0, 'worst_case': 29.0}
+    assert loaded['sanity_flags'] == ['worst_case_reverified']
+    # the per-sample bits of an entry stored with the old name (the study fixture) are read under the new one
+    bits = [e['per_sample']['bits'] for e in load_entries(STUDY_TINY_REGISTRY)]
+    assert bits and all('worst_case' in b and 'ensemble' not in b for b in bits)
     # a new name written beside the old one wins; an entry without old names is left as it is
     both = migrate({'model': {'kwargs': {'moe_blocks': 'all', 'placement': 'last'}}})
     assert both['model']['kwargs'] == {'placement': 'last'}
@@ -428,8 +438,7 @@ def test_old_field_names_load_through_the_one_migration(tmp_path):
 def test_measured_entry_without_per_sample_results_is_a_bug_not_bad_input():
     from registry_fakes import fake_eval_result
 
-    result = fake_eval_result(60.0, {'pgd20': 20.0})
-    del result['correct']
+    result = dataclasses.replace(fake_eval_result(60.0, {'pgd20': 20.0}), correct={})
     with pytest.raises(ValueError, match='correct') as info:
         measured_entry(spec=ModelSpec.from_name('resnet18_dense'), model_kwargs={}, dataset='cifar10',
                        method='normal', eval_result=result, provenance={})

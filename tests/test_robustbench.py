@@ -81,6 +81,6 @@ def test_robustbench_autoattack_agrees_with_ours(tiny_trained):
                           n_check=2)  # the sanity checks rerun AutoAttack at eps 0 on these; 2 keep CI short
     # dataset only selects robustbench's preprocessing (ToTensor for CIFAR), which the patched loader bypasses
     clean, robust = benchmark_on_examples(tiny_trained, x, y, eps=eps, dataset='cifar10', batch_size=16)
-    assert 100 * clean == pytest.approx(ours['clean_acc'])
-    assert abs(100 * robust - ours['robust_acc']['autoattack']) <= 0.5, (robust, ours['robust_acc'])
-    assert ours['robust_acc']['autoattack'] < ours['clean_acc'], 'AutoAttack should break something here'
+    assert 100 * clean == pytest.approx(ours.clean_acc)
+    assert abs(100 * robust - ours.robust_acc['autoattack']) <= 0.5, (robust, ours.robust_acc)
+    assert ours.robust_acc['autoattack'] < ours.clean_acc, 'AutoAttack should break something here'

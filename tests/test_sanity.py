@@ -111,7 +111,7 @@ class LeavesTrainMode:
         return self.inner.settings(n_cls)
 
 
-# ------------------------------------------------------------------------------------------- ensemble re-verification
+# ------------------------------------------------------------------------------------------- worst-case re-verification
 
 def _linear():
     model = nn.Linear(1, 2)  # class 1 iff x > 0.5
@@ -121,43 +121,43 @@ def _linear():
     return model.eval()
 
 
-def test_ensemble_reverification_passes_on_honest_records_and_fires_on_lies():
+def test_worst_case_reverification_passes_on_honest_records_and_fires_on_lies():
     model = _linear()
     x = torch.tensor([[0.52], [0.6], [0.7], [0.4]])
     y = torch.tensor([1, 1, 1, 1])  # the last is misclassified from the start
     honest_adv = torch.tensor([[0.49], [0.6], [0.7], [0.4]])  # eps 0.05 breaks the first only
     correct = torch.tensor([False, True, True, False])
     runs = {'a': AttackRecord('a', {}, correct, honest_adv)}
-    ok = sanity.check_ensemble(model, x, y, runs, correct, 0.05, 'Linf', 4)
+    ok = sanity.check_worst_case(model, x, y, runs, correct, 0.05, 'Linf', 4)
     assert ok['passed'] is True, ok
     # claims the second point too, but its example (x itself) is still classified correctly
     lying = {'a': AttackRecord('a', {}, torch.tensor([False, False, True, False]), honest_adv)}
-    bad = sanity.check_ensemble(model, x, y, lying, lying['a'].correct, 0.05, 'Linf', 4)
+    bad = sanity.check_worst_case(model, x, y, lying, lying['a'].correct, 0.05, 'Linf', 4)
     assert bad['passed'] is False and '1 classified correctly' in bad['detail'], bad
     # an example that breaks the point, but from outside the eps-ball
     far = honest_adv.clone()
     far[1] = 0.3
     outside = {'a': AttackRecord('a', {}, torch.tensor([False, False, True, False]), far)}
-    bad = sanity.check_ensemble(model, x, y, outside, outside['a'].correct, 0.05, 'Linf', 4)
+    bad = sanity.check_worst_case(model, x, y, outside, outside['a'].correct, 0.05, 'Linf', 4)
     assert bad['passed'] is False and '1 outside the ball' in bad['detail'], bad
-    # honest members, but an ensemble vector that is not their AND
-    bad = sanity.check_ensemble(model, x, y, runs, torch.tensor([False, False, True, False]), 0.05, 'Linf', 4)
-    assert bad['passed'] is False and '1 images where the ensemble differs' in bad['detail'], bad
-    assert sanity.check_ensemble(model, x, y, {'a': AttackRecord('a', {}, correct)}, correct, 0.05, 'Linf',
+    # honest members, but a worst-case vector that is not their AND
+    bad = sanity.check_worst_case(model, x, y, runs, torch.tensor([False, False, True, False]), 0.05, 'Linf', 4)
+    assert bad['passed'] is False and '1 images where the worst case differs' in bad['detail'], bad
+    assert sanity.check_worst_case(model, x, y, {'a': AttackRecord('a', {}, correct)}, correct, 0.05, 'Linf',
                                  4)['passed'] is None
 
 
-def test_ensemble_reverification_fires_when_an_attack_leaves_the_model_in_train_mode(monkeypatch, tiny_trained):
+def test_worst_case_reverification_fires_when_an_attack_leaves_the_model_in_train_mode(monkeypatch, tiny_trained):
     x, y = eval_tensors(DATA, 32)
     honest = evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=8, per_expert=False, n_check=8)
-    assert honest['sanity']['ensemble_reverified']['passed'] is True
+    assert honest.sanity['worst_case_reverified']['passed'] is True
     monkeypatch.setitem(attacks_mod.ATTACKS, 'pgd10', LeavesTrainMode)
     try:
         r = evaluate_model(tiny_trained, x, y, attacks='pgd10', batch_size=8, per_expert=False, n_check=8)
     finally:
         tiny_trained.eval()  # a session fixture: the next test gets it back as it was
-    assert 'ensemble_reverified' in r['flags'], r['sanity']['ensemble_reverified']
-    assert 'classified correctly' in r['sanity']['ensemble_reverified']['detail']
+    assert 'worst_case_reverified' in r.flags, r.sanity['worst_case_reverified']
+    assert 'classified correctly' in r.sanity['worst_case_reverified']['detail']
 
 
 def test_randomised_model_fails_reverification_and_pyautoattack_warning_reaches_flags():
@@ -166,9 +166,9 @@ def test_randomised_model_fails_reverification_and_pyautoattack_warning_reaches_
     x, y = eval_tensors(DATA, 16)
     y = y % 2
     r = evaluate_model(model, x, y, attacks='pgd10,autoattack.apgd-ce', batch_size=16, per_expert=False, n_check=8)
-    assert {'ensemble_reverified', 'deterministic', 'pyautoattack_randomized_defense'} <= set(r['flags'])
-    assert any('randomized defense' in m for m in r['attack_warnings']['autoattack.apgd-ce'])
-    assert 'pgd10' not in r['attack_warnings']  # our PGD runs no such check: nothing is invented for it
+    assert {'worst_case_reverified', 'deterministic', 'pyautoattack_randomized_defense'} <= set(r.flags)
+    assert any('randomized defense' in m for m in r.attack_warnings['autoattack.apgd-ce'])
+    assert 'pgd10' not in r.attack_warnings  # our PGD runs no such check: nothing is invented for it
 
 
 # ------------------------------------------------------------------------------------------- eps = 0
@@ -191,7 +191,7 @@ def test_eps_zero_fires_end_to_end_through_the_attack_factory(monkeypatch, tiny_
     monkeypatch.setitem(attacks_mod.ATTACKS, 'pgd10', IgnoresEps)
     x, y = eval_tensors(DATA, 16)
     r = evaluate_model(tiny_trained, x, y, attacks='pgd10', eps=EPS, batch_size=16, per_expert=False, n_check=16)
-    assert 'eps_zero_is_clean' in r['flags'], r['sanity']['eps_zero_is_clean']
+    assert 'eps_zero_is_clean' in r.flags, r.sanity['eps_zero_is_clean']
 
 
 def test_standard_autoattack_at_eps_zero_reproduces_clean_predictions():
@@ -251,10 +251,10 @@ def test_apgd_vs_pgd_compares_only_matched_steps():
 def test_apgd_vs_pgd_fires_end_to_end_on_an_apgd_that_does_nothing(monkeypatch, tiny_trained):
     x, y = eval_tensors(DATA, 48)
     honest = evaluate_model(tiny_trained, x, y, attacks='quick', batch_size=48, per_expert=False, n_check=8)
-    assert honest['sanity']['apgd_not_weaker_than_pgd']['passed'] is True
+    assert honest.sanity['apgd_not_weaker_than_pgd']['passed'] is True
     monkeypatch.setitem(attacks_mod.ATTACKS, 'apgd-ce10', DoesNothing)
     r = evaluate_model(tiny_trained, x, y, attacks='quick', batch_size=48, per_expert=False, n_check=8)
-    assert 'apgd_not_weaker_than_pgd' in r['flags'], r['sanity']['apgd_not_weaker_than_pgd']
+    assert 'apgd_not_weaker_than_pgd' in r.flags, r.sanity['apgd_not_weaker_than_pgd']
 
 
 # ------------------------------------------------------------------------------------------- AutoAttack drops
@@ -265,10 +265,10 @@ def test_autoattack_that_drops_a_part_is_not_stored_as_autoattack():
     y = torch.arange(6) % 3
     r = evaluate_model(model, x, y, attacks='autoattack', eps=0.5 / 255, batch_size=6, n_check=2)
     label = 'autoattack.apgd-ce+fab-t+square'
-    assert 'autoattack' not in r['robust_acc'] and label in r['robust_acc']
-    assert r['autoattack_attacks_run'] == {label: ['apgd-ce', 'fab-t', 'square']}
-    assert 'autoattack_dropped_apgd-t' in r['flags']
-    s = r['settings']['attacks'][label]
+    assert 'autoattack' not in r.robust_acc and label in r.robust_acc
+    assert r.autoattack_attacks_run == {label: ['apgd-ce', 'fab-t', 'square']}
+    assert 'autoattack_dropped_apgd-t' in r.flags
+    s = r.settings['attacks'][label]
     assert s['name'] == 'autoattack' and list(s['parts_dropped']) == ['apgd-t']
     assert '4 logits' in s['parts_dropped']['apgd-t']
     assert s['parts_run'] == ['apgd-ce', 'fab-t', 'square'] and s['parts']['fab-t']['n_target_classes'] == 2

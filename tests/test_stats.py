@@ -78,7 +78,7 @@ def test_bad_bits_raise():
 
 
 def test_per_sample_block_and_vectors_roundtrip():
-    correct = {'clean': [1, 1, 0, 1, 1], 'pgd20': [1, 0, 0, 0, 1], 'ensemble': [0, 0, 0, 0, 1]}
+    correct = {'clean': [1, 1, 0, 1, 1], 'pgd20': [1, 0, 0, 0, 1], 'worst_case': [0, 0, 0, 0, 1]}
     block = stats.per_sample_block(correct, start=100)
     assert block['format'] == 'bitset-b64-v1' and block['index_range'] == [100, 105] and block['n'] == 5
     (start, stop), vectors = stats.per_sample_vectors({'entry_id': 'x', 'per_sample': block})
@@ -209,7 +209,7 @@ def _entry(seed=1, **changes):
         'training': {'method': 'pgd', 'epochs': 1, 'config_sha256': f'{seed:064x}', 'config_path': f'/r/{seed}/c.yaml',
                      'config': {'lr': 0.05, 'epochs': 1, 'seed': seed, 'out': f'/r/{seed}', 'workers': 2}},
         'dataset': 'fashion-mnist-bundled', 'threat_model': 'Linf', 'eps': 8 / 255, 'n_examples': 300,
-        'clean_acc': 70.0 + seed, 'robust_acc': {'pgd20': 40.0 + seed, 'ensemble': 39.0 + seed},
+        'clean_acc': 70.0 + seed, 'robust_acc': {'pgd20': 40.0 + seed, 'worst_case': 39.0 + seed},
         'eval_settings': {'seed': seed, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 20, 'seed': seed}}},
         'per_sample': {'index_range': [0, 300]},
         'flops': {'active': 1000 + seed}, 'provenance': {'seed': seed, 'date': f'2026-01-0{seed}'},
@@ -240,7 +240,7 @@ def test_seed_group_key_ignores_seed_and_noise_only():
 def test_a_seed_with_more_attacks_stays_in_its_group_but_other_settings_split():
     """A study's first seed adds an attack (and so has another worst case): still one configuration. The same
     attack run with other settings is another measurement: its entry is a group of its own."""
-    extra = _entry(1, robust_acc={'pgd20': 41.0, 'apgd-t': 30.0, 'ensemble': 29.0},
+    extra = _entry(1, robust_acc={'pgd20': 41.0, 'apgd-t': 30.0, 'worst_case': 29.0},
                    eval_settings={'seed': 1, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 20, 'seed': 1},
                                                          'apgd-t': {'attack': 'APGDTargeted', 'seed': 1}}})
     other = _entry(4, eval_settings={'seed': 4, 'attacks': {'pgd20': {'attack': 'PGD', 'steps': 10, 'seed': 4}}})
@@ -248,7 +248,7 @@ def test_a_seed_with_more_attacks_stays_in_its_group_but_other_settings_split():
     assert [[e['entry_id'] for e in g] for g in groups] == [
         ['m-pgd-fmnist-1', 'm-pgd-fmnist-2', 'm-pgd-fmnist-3'], ['m-pgd-fmnist-4']]
     sig = [stats.attack_signature(e) for e in groups[0]]
-    assert sig[0]['pgd20'] == sig[1]['pgd20'] and sig[0]['ensemble'] != sig[1]['ensemble']
+    assert sig[0]['pgd20'] == sig[1]['pgd20'] and sig[0]['worst_case'] != sig[1]['worst_case']
 
 
 # ------------------------------------------------------------------------------------------ power and sizing

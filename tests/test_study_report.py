@@ -16,6 +16,7 @@ import pytest
 from bench.attacks import build_attack
 from bench.cli import main
 from bench.core.errors import UserError
+from bench.evaluation.result import EvalResult
 from bench.results.study import analysis as st
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
@@ -57,12 +58,15 @@ def _bits(seed: int, extra: int, base: float, n: int = N) -> np.ndarray:
     return out
 
 
-def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any], **extra: Any) -> EvalResult:
     n = len(correct['clean'])
     acc = {k: 100.0 * v.sum() / n for k, v in correct.items()}
-    return dict(n_examples=n, eps=0.1, threat_model='Linf', clean_acc=acc['clean'],
-                robust_acc={k: v for k, v in acc.items() if k != 'clean'}, correct={k: v.tolist() for k, v in correct.items()},
-                settings=dict(attacks=settings, eps=0.1, norm='Linf', seed=seed, batch_size=n, n_examples=n), **extra)
+    return EvalResult(n_examples=n, eps=0.1, threat_model='Linf', clean_acc=acc['clean'],
+                      robust_acc={k: v for k, v in acc.items() if k != 'clean'},
+                      counts={k: int(v.sum()) for k, v in correct.items()},
+                      correct={k: v.tolist() for k, v in correct.items()},
+                      settings=dict(attacks=settings, eps=0.1, norm='Linf', seed=seed, batch_size=n, n_examples=n),
+                      **extra)
 
 
 def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str = 'main',
@@ -75,7 +79,7 @@ def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str 
     moe = spec.experts > 0
     robust = _bits(seed, extra, 0.3)
     attacks = list(ATTACKS) + (['apgd-t'] if first else [])
-    correct = {'clean': _bits(seed, extra, 0.7) | robust, **{a: robust for a in attacks}, 'ensemble': robust}
+    correct = {'clean': _bits(seed, extra, 0.7) | robust, **{a: robust for a in attacks}, 'worst_case': robust}
     settings = {a: build_attack(a, 0.1, 'Linf', seed).settings() for a in attacks}
     more: Dict[str, Any] = {}
     if stage == 'autoattack':
@@ -301,7 +305,7 @@ def test_a_worst_case_over_different_attack_sets_is_not_pooled(entries):
     """Every first seed adds apgd-t, so its worst case is over another attack set: the overview leaves the
     worst case out and says why; the headline metric is the strongest attack every run shares."""
     study = collect(entries, plan())
-    assert study.mixed_worst_case() and 'ensemble' not in study.metrics() and study.primary() == 'apgd-ce'
+    assert study.mixed_worst_case() and 'worst_case' not in study.metrics() and study.primary() == 'apgd-ce'
     overview = report_text(study).split('## All configurations')[1].split('\n## ')[0]
     assert 'Worst case: not shown, because the runs attacked with different attack sets' in overview
     assert 'worst case' not in overview.split('\n| config |')[1].split('\n')[0]

@@ -172,8 +172,8 @@ def test_train_compiled_epoch_saves_timm_weights(tmp_path, monkeypatch, backend)
     epoch = dict(TINY, train_limit=96, ema=True)  # one epoch of 6 steps
     cfg = load_config(None, **epoch, out=str(tmp_path / 'run'), torchcompile=backend)
     result = run_training(cfg)
-    run = Path(result['run_dir'])
-    assert result['steps'] == 6 and all(torch.isfinite(torch.tensor(r['train_loss'])) for r in result['history'])
+    run = Path(result.run_dir)
+    assert result.steps == 6 and all(torch.isfinite(torch.tensor(r['train_loss'])) for r in result.history)
     # the training attack ran through the compiled (normalised) model
     assert attacked_with and all(isinstance(m, OptimizedModule) for m in attacked_with)
     # compiled in the first steps (attack, training, first routing patterns), then steady: BlockMoE's Python
@@ -192,7 +192,7 @@ def test_train_compiled_epoch_saves_timm_weights(tmp_path, monkeypatch, backend)
     # from compiled gradients) are eager's to rounding. Later steps drift apart, as under any change of
     # summation order: top-1 routing and the attack's sign steps turn rounding into discrete differences.
     eager = run_training(load_config(None, **epoch, out=str(tmp_path / 'eager')))
-    compiled_losses, eager_losses = (_step_losses(Path(r['run_dir'])) for r in (result, eager))
+    compiled_losses, eager_losses = (_step_losses(Path(r.run_dir)) for r in (result, eager))
     assert compiled_losses[:2] == pytest.approx(eager_losses[:2], rel=1e-5)
 
 

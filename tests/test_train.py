@@ -46,30 +46,30 @@ def test_one_step_per_method(tmp_path, method):
     torch.manual_seed(cfg.seed)  # the trainer seeds the same way before it builds the model
     before = timm.create_model(cfg.model, num_classes=10, in_chans=1, **cfg.model_kwargs).state_dict()
     result = run_training(cfg)
-    assert result['steps'] == 1
-    record = result['history'][-1]
+    assert result.steps == 1
+    record = result.history[-1]
     assert torch.isfinite(torch.tensor(record['train_loss']))
     assert record['train_aux'] != 0.0  # the entropy aux loss of the BlockMoE is part of the objective
     assert 'layer4.1' in record['routing']
-    after = _weights(result['run_dir'])
+    after = _weights(result.run_dir)
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
     # the saved weights load in timm as local pretrained weights; the overlay says they have 10 classes,
     # or timm drops the classifier as it does for any head of another size
-    overlay = dict(file=str(Path(result['run_dir']) / 'model.pth'), num_classes=10, input_size=(1, 28, 28))
+    overlay = dict(file=str(Path(result.run_dir) / 'model.pth'), num_classes=10, input_size=(1, 28, 28))
     m = timm.create_model(cfg.model, num_classes=10, in_chans=1, pretrained=True, pretrained_cfg_overlay=overlay,
                           **cfg.model_kwargs)
     assert all(torch.equal(v, after[k]) for k, v in m.state_dict().items())
-    lines = (Path(result['run_dir']) / 'metrics.jsonl').read_text().splitlines()
+    lines = (Path(result.run_dir) / 'metrics.jsonl').read_text().splitlines()
     assert any('"kind": "step"' in line for line in lines) and any('"kind": "epoch"' in line for line in lines)
-    assert (Path(result['run_dir']) / 'config.yaml').exists()
+    assert (Path(result.run_dir) / 'config.yaml').exists()
 
 
 def test_ema_and_amp_bf16_run_with_safetensors(tmp_path):
     cfg = _cfg(tmp_path, training='normal', max_steps=2, ema=True, amp=True, channels_last=True)
     result = run_training(cfg)
-    run_dir = Path(result['run_dir'])
-    assert torch.isfinite(torch.tensor(result['history'][-1]['train_loss']))
-    assert result['safetensors'] == str(run_dir / 'model.safetensors')
+    run_dir = Path(result.run_dir)
+    assert torch.isfinite(torch.tensor(result.history[-1]['train_loss']))
+    assert result.safetensors == str(run_dir / 'model.safetensors')
     # channels_last weights are strided, which safetensors cannot store as they are: the file holds copies
     for stem in ('model', 'model_ema'):
         expected = torch.load(run_dir / f'{stem}.pth', map_location='cpu')

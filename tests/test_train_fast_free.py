@@ -149,10 +149,10 @@ def test_free_trainer_replays_each_minibatch_m_times_and_carries_delta(tmp_path)
 def test_free_epochs_count_data_passes_with_m_updates_per_minibatch(tmp_path):
     # 32 images, batch 16: 2 minibatches per epoch; with 2 replays, 4 updates, and the poly schedule spans them
     result = run_training(_cfg(tmp_path, training='free', free_replays=2, epochs=1, train_limit=32))
-    assert result['steps'] == 4
-    assert [(r['epoch'], r['complete']) for r in result['history']] == [(0, True)]
+    assert result.steps == 4
+    assert [(r['epoch'], r['complete']) for r in result.history] == [(0, True)]
     lrs = {}
-    for line in (Path(result['run_dir']) / 'metrics.jsonl').read_text().splitlines():
+    for line in (Path(result.run_dir) / 'metrics.jsonl').read_text().splitlines():
         if '"kind": "step"' in line:
             rec = json.loads(line)
             lrs[rec['step']] = rec['lr']
@@ -184,8 +184,8 @@ def test_fast_and_free_with_amp_ema_and_accumulation(tmp_path, training):
     cfg = _cfg(tmp_path, training=training, free_replays=2, max_steps=4, amp=True, ema=True, accum_steps=2,
                channels_last=True)
     result = run_training(cfg)
-    assert result['steps'] == 4 and math.isfinite(result['history'][-1]['train_loss'])
-    assert (Path(result['run_dir']) / 'model_ema.pth').exists()
+    assert result.steps == 4 and math.isfinite(result.history[-1]['train_loss'])
+    assert (Path(result.run_dir) / 'model_ema.pth').exists()
 
 
 @pytest.mark.parametrize('extra, message', [
@@ -247,7 +247,7 @@ def test_fast_and_free_give_real_robustness(tmp_path):
                           dataset='fashion-mnist-bundled', train_limit=75 * 64, epochs=1 if training == 'free' else 2,
                           batch_size=64, lr=0.05, eps=eps, free_replays=2, training=training, seed=0, eval_limit=0,
                           workers=0, progress=False, out=str(tmp_path / training))
-        assert run_training(cfg)['steps'] == steps
+        assert run_training(cfg).steps == steps
         model = timm.create_model(cfg.model, width=8, in_chans=1, num_classes=10)
         model.load_state_dict(torch.load(tmp_path / training / 'model.pth'))
         net = normalized(model, info['mean'], info['std']).eval()

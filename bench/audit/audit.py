@@ -26,6 +26,7 @@ at most +0.04% (ResNet-50 ConvMoE E=32: 5 gates), inside 1.001; a `conv_gap` gat
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,7 @@ from torch import nn
 
 import timm_moe
 from bench.audit.flops import FlopReport, flop_table, mac_flops, moe_flops, relative_difference
+from bench.audit.result import AuditResult
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
 from bench.models import create_model, param_counts
@@ -91,7 +93,7 @@ def audit_model(
         table: bool = False,
         table_depth: int = 3,
         **model_kwargs: Any,
-) -> Dict[str, Any]:
+) -> AuditResult:
     """Audit one timm-moe model against its dense baseline; `timm-moe audit --json` writes a list of these.
 
     Args:
@@ -113,14 +115,9 @@ def audit_model(
             the dense baseline gets the non-MoE ones.
 
     Returns:
-        A JSON-able dict: `model`, `model_kwargs`, `dense_model`, `dense_kwargs`, `experts`, `k`, `input_size`;
-        FLOPs per image in fvcore's unit (`flops_unit`): `flops_active`, `flops_active_worst`, `flops_total`,
-        `flops_dense`, their ratios to dense `flops_ratio`, `flops_ratio_worst`, `flops_total_ratio`, and
-        `flops_non_expert`; the cross-check `flop_counter_agreement` and `flop_counter`; `unsupported_ops`
-        (and `_dense`); `params_total`, `params_active`, `params_dense`; `routing` (the batch that weighted the
-        experts); `latency_ms`, `latency_dense_ms`, `latency_ratio`, `peak_memory_mb`, `peak_memory_dense_mb`,
-        `memory_ratio` keyed by batch size, with `memory_method`, `latency_device`, `latency_settings` (None
-        without `latency`); `notes`; `seconds`; and `flop_table` with `table`.
+        The `AuditResult` (`bench.audit.result`, field by field): FLOPs per image in fvcore's unit, their ratios
+        to dense and the cross-check with FlopCounterMode, parameters, the routing batch, and latency and
+        memory per batch size (None without `latency`); `flop_table` with `table`.
     """
     check_model_name(name)
     for n, v in (('batch', batch), ('repeats', repeats)):
@@ -175,7 +172,7 @@ def audit_model(
         notes.append(f'fvcore and FlopCounterMode differ by {rel[worst_q]:.2%} on {worst_q} FLOPs (> 1%): {why}')
 
     layers = timm_moe.moe_layers(model)
-    result: Dict[str, Any] = dict(
+    result = AuditResult(
         model=name,
         model_kwargs=dict(model_kwargs),
         dense_model=dense_name,
@@ -214,13 +211,9 @@ def audit_model(
             layers={n: dict(counts=l.counts, slots=l.slots, forced=l.forced, expert_flops=l.expert_flops)
                     for n, l in fv.layers.items()},
         ),
-        latency_ms=None, latency_dense_ms=None, latency_ratio=None,
-        peak_memory_mb=None, peak_memory_dense_mb=None, memory_ratio=None, memory_method=None,
-        latency_device=None,
         notes=notes,
+        flop_table=flop_table(model, fv, 'active', max_depth=table_depth) if table else None,
     )
-    if table:
-        result['flop_table'] = flop_table(model, fv, 'active', max_depth=table_depth)
 
     if latency:
         from bench.audit.latency import MEMORY_METHOD, latency_vs_dense
@@ -233,12 +226,12 @@ def audit_model(
                                    device=dev, memory=memory, seed=seed)
         finally:
             dense.to('cpu')  # the cached baseline stays where FLOPs are counted
-        result.update(lat)
-        result['latency_device'] = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (
+        result = dataclasses.replace(result, **lat)
+        result.latency_device = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (
             f'cpu, torch threads={torch.get_num_threads()}')
         if memory:
-            result['memory_method'] = MEMORY_METHOD[dev.type]
-        result['latency_settings'] = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup,
+            result.memory_method = MEMORY_METHOD[dev.type]
+        result.latency_settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup,
                                           timing='interleaved medians (bench.core.timing)')
-    result['seconds'] = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - t0
     return result

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.audit.audit import AGREEMENT_TOLERANCE, FLOPS_UNIT, audit_model, check_model_name
+from bench.audit.result import AuditResult
 from bench.core.atomic import write_json_atomic
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
@@ -105,11 +106,11 @@ def _fmt_ratio(value: Optional[float], limit: Optional[float] = None) -> str:
     return f'[red]{text}[/red]' if limit is not None and value > limit else text
 
 
-# what `--max-flops-ratio` divides the active FLOPs by: the result key of each choice
+# what `--max-flops-ratio` divides the active FLOPs by: the record's field of each choice
 BASELINES = {'dense': 'flops_ratio', 'dense+gates': 'flops_ratio_dense_plus_gates'}
 
 
-def render(results: Sequence[Dict[str, Any]], limit: Optional[float] = None, baseline: str = 'dense') -> Table:
+def render(results: Sequence[AuditResult], limit: Optional[float] = None, baseline: str = 'dense') -> Table:
     """The audit as a rich table (FLOPs in G of MACs per image; the gates' in M)."""
     table = Table(title='timm-moe audit: per image, over the dense baseline with the identical stem '
                         '(GFLOPs = 1e9 multiply-accumulates, fvcore convention)')
@@ -119,19 +120,19 @@ def render(results: Sequence[Dict[str, Any]], limit: Optional[float] = None, bas
     for c in cols:
         table.add_column(c, justify='left' if c in ('model', 'experts') else 'right')
     for r in results:
-        kw = r['model_kwargs']
-        lat = r.get('latency_ratio') or {}
-        mem = r.get('memory_ratio') or {}
+        kw = r.model_kwargs
+        lat = r.latency_ratio or {}
+        mem = r.memory_ratio or {}
         table.add_row(
-            r['model'], f"{kw.get('expert_width', 'full')}" if r['experts'] else 'dense',
-            f"{r['flops_active'] / 1e9:.4f}", f"{r['flops_dense'] / 1e9:.4f}", f"{r['flops_gates'] / 1e6:.3f}",
-            _fmt_ratio(r['flops_ratio'], limit if baseline == 'dense' else None),
-            _fmt_ratio(r['flops_ratio_dense_plus_gates'], limit if baseline == 'dense+gates' else None),
-            _fmt_ratio(r['flops_ratio_worst']), _fmt_ratio(r['flops_total_ratio']),
-            f"{r['params_total'] / 1e6:.2f} ({r['params_active'] / 1e6:.2f})",
+            r.model, f"{kw.get('expert_width', 'full')}" if r.experts else 'dense',
+            f"{r.flops_active / 1e9:.4f}", f"{r.flops_dense / 1e9:.4f}", f"{r.flops_gates / 1e6:.3f}",
+            _fmt_ratio(r.flops_ratio, limit if baseline == 'dense' else None),
+            _fmt_ratio(r.flops_ratio_dense_plus_gates, limit if baseline == 'dense+gates' else None),
+            _fmt_ratio(r.flops_ratio_worst), _fmt_ratio(r.flops_total_ratio),
+            f"{r.params_total / 1e6:.2f} ({r.params_active / 1e6:.2f})",
             _fmt_ratio(lat.get('1')), _fmt_ratio(lat.get('128')), _fmt_ratio(mem.get('128')),
-            f"{r['flop_counter_agreement']:.2%}" + (' [red]>1%[/red]' if r['flop_counter_agreement'] > AGREEMENT_TOLERANCE else ''),
-            str(len(r['unsupported_ops'])),
+            f"{r.flop_counter_agreement:.2%}" + (' [red]>1%[/red]' if r.flop_counter_agreement > AGREEMENT_TOLERANCE else ''),
+            str(len(r.unsupported_ops)),
         )
     return table
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True, width=200)
     out = Console(width=None if sys.stdout.isatty() else 220)
-    results: List[Dict[str, Any]] = []
+    results: List[AuditResult] = []
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
         # expert_width is a BlockMoE kwarg: a ConvMoE's experts are convolutions of the dense width
@@ -175,12 +176,12 @@ def run(args: argparse.Namespace) -> int:
             print(errors[-1], file=sys.stderr)
             continue
         results.append(r)
-        for note in r['notes']:
+        for note in r.notes:
             err.print(f'  note: {note}', highlight=False)
         if args.table:
             out.print(f'per-module FLOPs of {name}, active per image (experts weighted by the routing of '
-                      f'{r["routing"]["batch"]} images):', highlight=False)
-            out.print(r['flop_table'], highlight=False, markup=False)
+                      f'{r.routing["batch"]} images):', highlight=False)
+            out.print(r.flop_table, highlight=False, markup=False)
 
     out.print(render(results, args.max_flops_ratio, args.flops_baseline))
     out.print(f'FLOPs: {FLOPS_UNIT}. Active = gate + the experts each image runs, averaged over a routed batch; '
@@ -191,32 +192,31 @@ def run(args: argparse.Namespace) -> int:
               highlight=False)
     ops: Dict[str, int] = {}
     for r in results:
-        for op, n in r['unsupported_ops'].items():
+        for op, n in r.unsupported_ops.items():
             ops[op] = max(ops.get(op, 0), n)
     if ops:
         out.print('Unsupported ops (fvcore has no handle; none is a multiply-accumulate, the experts are counted '
                   'through their modules instead; most calls in any one model): '
                   + ', '.join(f'{op} x{n}' for op, n in sorted(ops.items())), highlight=False)
-    if results and results[0].get('memory_method'):
-        out.print(f'Memory: {results[0]["memory_method"]}. Latency device: {results[0]["latency_device"]}.',
+    if results and results[0].memory_method:
+        out.print(f'Memory: {results[0].memory_method}. Latency device: {results[0].latency_device}.',
                   highlight=False)
     if args.json:
         path = Path(args.json)
         if not path.parent.exists():
             raise UserError(f'--json {args.json}: folder {str(path.parent)!r} does not exist')
-        clean = [{k: v for k, v in r.items() if k != 'flop_table'} for r in results]
-        write_json_atomic(clean, path, indent=2)
-        err.print(f'wrote {len(clean)} audit(s) to {path}', highlight=False)
+        write_json_atomic([r.to_json() for r in results], path, indent=2)
+        err.print(f'wrote {len(results)} audit(s) to {path}', highlight=False)
 
     for line in errors:  # again at the end, where a CI log is read
         print(line, file=sys.stderr)
     if args.max_flops_ratio is not None:
         key = BASELINES[args.flops_baseline]
         over = 'active/dense' if args.flops_baseline == 'dense' else 'active/(dense+gates)'
-        failed = [r for r in results if r[key] > args.max_flops_ratio]
+        failed = [r for r in results if getattr(r, key) > args.max_flops_ratio]
         for r in failed:
-            print(f"timm-moe audit: FAIL {r['model']} (expert_width={r['model_kwargs'].get('expert_width', 'full')}): "
-                  f"{over} FLOPs {r[key]:.4f} > --max-flops-ratio {args.max_flops_ratio}", file=sys.stderr)
+            print(f"timm-moe audit: FAIL {r.model} (expert_width={r.model_kwargs.get('expert_width', 'full')}): "
+                  f"{over} FLOPs {getattr(r, key):.4f} > --max-flops-ratio {args.max_flops_ratio}", file=sys.stderr)
         if failed:
             return 1
         if not errors:

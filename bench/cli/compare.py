@@ -23,8 +23,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('a', metavar='A', help='entry id in --registry, or path to an entry JSON file')
     p.add_argument('b', metavar='B', help='the entry to compare A with (id or path)')
     p.add_argument('--metric', default=None,
-                   help="clean, pgd20, apgd-ce, autoattack, ensemble, ... (default: the strongest both store: "
-                        "autoattack > ensemble > apgd-ce > ... > pgd20 > pgd10 > clean)")
+                   help="clean, pgd20, apgd-ce, autoattack, worst_case, ... (default: the strongest both store: "
+                        "autoattack > worst_case > apgd-ce > ... > pgd20 > pgd10 > clean)")
     add_registry_option(p, 'registry root for entry ids')
     p.add_argument('--boot', type=int, default=10000, help='bootstrap resamples (default 10000)')
     p.add_argument('--seed', type=int, default=0, help="the bootstrap's seed (default 0)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict
 
 import timm
 import torch
@@ -26,6 +25,7 @@ from bench.core.errors import UserError
 from bench.core.values import parse_eps, parse_mapping
 from bench.evaluation import checks as sanity
 from bench.evaluation.loop import evaluate_model
+from bench.evaluation.result import EvalResult
 from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
 from bench.models import build_model, check_run_model, default_dataset, normalized, run_config_kwargs
 
@@ -141,59 +141,59 @@ def run(args: argparse.Namespace) -> int:
                                 per_expert=not args.no_per_expert, per_layer_expert=args.per_layer_expert,
                                 seed=args.seed, sidecar=sidecar,
                                 resume=args.resume, progress=not args.no_progress, n_check=args.n_check)
-    result['settings'].update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
+    result.settings.update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
                               checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
                               device=str(device), torch=torch.__version__, timm=timm.__version__,
                               torchcompile=args.torchcompile, torchcompile_mode=args.torchcompile_mode)
     print_result(result)
     if args.json:
-        write_json_atomic(result, args.json)
+        write_json_atomic(result.to_json(), args.json)
         BatchLog.discard(sidecar)  # complete: nothing left to resume
         print(f'wrote {args.json}')
     return 0
 
 
-def print_result(result: Dict[str, Any]) -> None:
+def print_result(result: EvalResult) -> None:
     """Accuracy table, MoE tables and the sanity-check table, with rich."""
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    n = result['n_examples']
-    table = Table(title=f'{result["threat_model"]} eps={result["eps"]:.5g} on {n} examples')
+    n = result.n_examples
+    table = Table(title=f'{result.threat_model} eps={result.eps:.5g} on {n} examples')
     for col in ('attack', 'accuracy %', 'correct', 'seconds'):
         table.add_column(col, justify='left' if col == 'attack' else 'right')
-    table.add_row('clean', f'{result["clean_acc"]:.2f}', f'{result["counts"]["clean"]}/{n}', '')
-    for k, v in result['robust_acc'].items():
-        secs = result['timing'].get(k)
-        table.add_row(f'[bold]{k}' if k == 'ensemble' else k, f'{v:.2f}', f'{result["counts"][k]}/{n}',
+    table.add_row('clean', f'{result.clean_acc:.2f}', f'{result.counts["clean"]}/{n}', '')
+    for k, v in result.robust_acc.items():
+        secs = result.timing.get(k)
+        table.add_row(f'[bold]{k}' if k == 'worst_case' else k, f'{v:.2f}', f'{result.counts[k]}/{n}',
                       f'{secs:.1f}' if secs is not None else '')
     console.print(table)
-    if result['per_expert']:
+    if result.per_expert:
         t = Table(title='Per-expert subpaths (accuracy %)')
-        names = list(result['per_expert'][0]['robust_acc'])
+        names = list(result.per_expert[0]['robust_acc'])
         for col in ['expert', 'clean', *names]:
             t.add_column(col, justify='right')
-        for row in result['per_expert']:
+        for row in result.per_expert:
             t.add_row(str(row['expert']), f'{row["clean_acc"]:.2f}', *(f'{row["robust_acc"][k]:.2f}' for k in names))
         console.print(t)
-        if result.get('per_layer_expert'):
+        if result.per_layer_expert:
             t = Table(title='Per-layer subpaths: expert e forced in one MoE layer, the others routing (accuracy %)')
             for col in ['layer', 'expert', 'clean', *names]:
                 t.add_column(col, justify='left' if col == 'layer' else 'right')
-            for row in result['per_layer_expert']:
+            for row in result.per_layer_expert:
                 t.add_row(row['layer'], str(row['expert']), f'{row["clean_acc"]:.2f}',
                           *(f'{row["robust_acc"][k]:.2f}' for k in names))
             console.print(t)
-        r = result['routing_under_attack']
+        r = result.routing_under_attack
         changed = 'n/a' if r['changed_fraction'] is None else f'{100 * r["changed_fraction"]:.1f}%'
         console.print(f'routing under {r["attack"]}: {changed} of the {r["attacked_points"]} attacked images change '
                       f'experts; load clean {[round(v, 3) for v in r["load_clean"]]} -> adversarial '
                       f'{[round(v, 3) for v in r["load_adv"]]}')
-    sanity.print_checks(result['sanity'], console)
-    for label, parts in result.get('autoattack_attacks_run', {}).items():
+    sanity.print_checks(result.sanity, console)
+    for label, parts in result.autoattack_attacks_run.items():
         console.print(f'{label} ran {"+".join(parts)}')
-    for label, messages in result.get('attack_warnings', {}).items():
+    for label, messages in result.attack_warnings.items():
         for m in messages:
             console.print(f'[yellow]{label}: pyautoattack warned: {m}')
-    if result['flags']:
-        console.print(f'[bold red]flags: {", ".join(result["flags"])}')
+    if result.flags:
+        console.print(f'[bold red]flags: {", ".join(result.flags)}')

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
             overrides += [f'--{f.name}', value]
     cfg = load_config(args.config, overrides)
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    last = result['history'][-1] if result['history'] else {}
+    last = result.history[-1] if result.history else {}
     if int(os.environ.get('RANK', 0)) == 0:
-        print(f'done: {result["steps"]} steps, {result["img_per_s"] or 0:.1f} img/s, '
-              f'clean acc {last.get("clean_acc")}, weights {result["checkpoint"]}')
+        print(f'done: {result.steps} steps, {result.img_per_s or 0:.1f} img/s, '
+              f'clean acc {last.get("clean_acc")}, weights {result.checkpoint}')
     return 0

@@ -221,9 +221,9 @@ def reverify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: AttackR
     return verified, int((~misclassified).sum()), int((~inside).sum())
 
 
-def check_ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: Mapping[str, AttackRecord],
-                   ensemble_correct: torch.Tensor, eps: float, norm: str, batch_size: int) -> Check:
-    """Each attack's broken points hold up when re-verified, and the ensemble is the AND of the verified attacks.
+def check_worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: Mapping[str, AttackRecord],
+                   worst_case_correct: torch.Tensor, eps: float, norm: str, batch_size: int) -> Check:
+    """Each attack's broken points hold up when re-verified, and the worst case is the AND of the verified attacks.
 
     Catches an attack (or a book-keeping path, e.g. --resume) that reports points as broken that are not: an
     example that the final model classifies correctly (a randomised model, a model left in train mode by an
@@ -241,14 +241,14 @@ def check_ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: Map
         if not_mis or outside:
             lies[label] = f'{not_mis} classified correctly, {outside} outside the ball'
     expected = robust_under_all(verified)
-    mismatch = int((expected != ensemble_correct.to(expected.device)).sum())
+    mismatch = int((expected != worst_case_correct.to(expected.device)).sum())
     claimed = sum(int((~r.correct).sum()) for r in runs.values())
-    detail = (f'{claimed} (attack, point) breaks re-verified on {len(x)} images; ensemble '
-              f'{accuracy(ensemble_correct):.2f}% vs AND of verified attacks {accuracy(expected):.2f}%')
+    detail = (f'{claimed} (attack, point) breaks re-verified on {len(x)} images; worst case '
+              f'{accuracy(worst_case_correct):.2f}% vs AND of verified attacks {accuracy(expected):.2f}%')
     if lies:
         detail += '; broken points that do not hold up: ' + '; '.join(f'{k}: {v}' for k, v in lies.items())
     if mismatch:
-        detail += f'; {mismatch} images where the ensemble differs from the verified AND'
+        detail += f'; {mismatch} images where the worst case differs from the verified AND'
     return _check(not lies and not mismatch, detail)
 
 
@@ -326,11 +326,11 @@ def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 # every check, in the order `run_checks` runs them and a result lists them
 CHECKS = ('deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean', 'monotone_in_eps', 'large_eps_to_chance',
-          'ensemble_reverified', 'apgd_not_weaker_than_pgd', 'square_not_stronger')
+          'worst_case_reverified', 'apgd_not_weaker_than_pgd', 'square_not_stronger')
 
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, num_classes: int,
-               runs: Mapping[str, AttackRecord], ensemble_correct: torch.Tensor, seed: int = 0,
+               runs: Mapping[str, AttackRecord], worst_case_correct: torch.Tensor, seed: int = 0,
                batch_size: int = 128, n_check: int = 100, build: Builder = build_attack,
                step: Callable[..., None] = lambda **_: None) -> Dict[str, Check]:
     """Every check, in a fixed order. Per-sample results must be aligned with `x`.
@@ -343,7 +343,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         norm: 'Linf' or 'L2'.
         num_classes: Number of classes (for chance level).
         runs: Attack label -> what the attack left (`AttackRecord`).
-        ensemble_correct: Per-sample correctness under the ensemble.
+        worst_case_correct: Per-sample correctness under the worst case over the attacks.
         seed: Seed of the cheap attacks.
         batch_size: Batch size of the extra attacks.
         n_check: Examples used by the checks that run extra attacks.
@@ -362,7 +362,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                                                     batch_size, build),
         'monotone_in_eps': lambda: check_monotone(model, xs, ys, eps, norm, seed, batch_size),
         'large_eps_to_chance': lambda: check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size),
-        'ensemble_reverified': lambda: check_ensemble(model, x, y, runs, ensemble_correct, eps, norm, batch_size),
+        'worst_case_reverified': lambda: check_worst_case(model, x, y, runs, worst_case_correct, eps, norm, batch_size),
         'apgd_not_weaker_than_pgd': lambda: check_apgd_vs_pgd(runs),
         'square_not_stronger': lambda: check_square(model, xs, ys, eps, norm, seed, batch_size,
                                                     {k: v[:n_check] for k, v in correct.items()}),

@@ -21,6 +21,7 @@ from bench.core.progress import progress_bar, stage
 from bench.core.values import parse_eps
 from bench.evaluation import checks as sanity, moe as moe_analysis
 from bench.evaluation.resume import ROUTING_KEY, BatchLog, tensor_digest
+from bench.evaluation.result import EvalResult
 from bench.models import Normalized, normalized, unwrap
 
 
@@ -29,7 +30,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
                    n_check: int = 100, per_expert_examples: Optional[int] = None,
-                   per_layer_expert: bool = False) -> Dict[str, Any]:
+                   per_layer_expert: bool = False) -> EvalResult:
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
@@ -57,7 +58,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             routing (L x E subpaths, `bench.evaluation.moe.per_layer_expert`), on the same images.
 
     Returns:
-        The evaluation result of docs/CONTRACTS.md, accuracies in percent; results are keyed by attack label
+        The `EvalResult`, accuracies in percent; results are keyed by attack label
         (the attack's name, except an AutoAttack that dropped a part: see `bench.attacks.AutoAttack.label`).
     """
     if norm not in NORMS:
@@ -128,24 +129,23 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             if messages:
                 warned[label] = list(dict.fromkeys(messages))  # each distinct warning once, in order
         correct = {k: r.correct for k, r in runs.items()}
-        ensemble = robust_under_all(correct.values())
+        worst = robust_under_all(correct.values())  # per sample: robust only if every attack failed
 
         t0 = time.perf_counter()
         checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
-                                   runs=runs, ensemble_correct=ensemble, seed=seed, batch_size=batch_size,
+                                   runs=runs, worst_case_correct=worst, seed=seed, batch_size=batch_size,
                                    n_check=n_check, step=stage(bar, 'sanity checks', len(sanity.CHECKS)))
         timing['sanity'] = time.perf_counter() - t0
         dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
         flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \
             sorted({f'autoattack_dropped_{part}' for parts in dropped.values() for part in parts})
-        result: Dict[str, Any] = dict(
+        result = EvalResult(
             n_examples=n, eps=eps, threat_model=norm, clean_acc=accuracy(clean),
-            robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'ensemble': accuracy(ensemble)},
+            robust_acc={**{k: accuracy(v) for k, v in correct.items()}, 'worst_case': accuracy(worst)},
             counts={'clean': int(clean.sum()), **{k: int(v.sum()) for k, v in correct.items()},
-                    'ensemble': int(ensemble.sum())},
+                    'worst_case': int(worst.sum())},
             correct={'clean': clean.int().tolist(), **{k: v.int().tolist() for k, v in correct.items()},
-                     'ensemble': ensemble.int().tolist()},
-            per_expert=None, per_layer_expert=None, routing_under_attack=None, transfer=None, transfer_info=None,
+                     'worst_case': worst.int().tolist()},
             routing=moe_analysis.clean_routing(model, x, batch_size) if timm_moe.num_experts(model) else None,
             autoattack_attacks_run={k: s['parts_run'] for k, s in attack_settings.items() if 'parts_run' in s},
             attack_warnings=warned, sanity=checks, flags=flags, settings=settings, timing=timing)
@@ -161,9 +161,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
             # per-sample results as 0/1 lists, like the gated model's
             for row in analysis['per_expert'] + (analysis['per_layer_expert'] or []):
                 row['correct'] = {k: v.int().tolist() if torch.is_tensor(v) else v for k, v in row['correct'].items()}
-            result.update(per_expert=analysis['per_expert'], per_layer_expert=analysis['per_layer_expert'],
-                          routing_under_attack=analysis['routing_under_attack'],
-                          transfer=analysis['transfer'], transfer_info=analysis['transfer_info'])
+            result.per_expert, result.per_layer_expert = analysis['per_expert'], analysis['per_layer_expert']
+            result.routing_under_attack = analysis['routing_under_attack']
+            result.transfer, result.transfer_info = analysis['transfer'], analysis['transfer_info']
             settings['per_expert_attacks'] = analysis['per_expert_attacks']
             settings['per_layer_expert'] = per_layer_expert
         elif per_expert:

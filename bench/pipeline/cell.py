@@ -18,14 +18,17 @@ import torch
 from timm_moe import ModelSpec  # importing timm_moe registers the models (also in a fresh worker process)
 
 from bench.audit import audit_model
+from bench.audit.result import AuditResult
 from bench.core.errors import UserError
 from bench.core.provenance import provenance
 from bench.data import dataset_info, eval_tensors
 from bench.evaluation.loop import evaluate_model
+from bench.evaluation.result import EvalResult
 from bench.models import build_model
 from bench.results.entries import audit_fields, measured_entry
 from bench.results.registry import entry_path, write_entry
 from bench.training.config import TrainConfig, load_config
+from bench.training.record import TrainRecord
 from bench.training.trainer import run_training
 
 AUDIT_IMAGES = 64  # the routing batch of the FLOP audit: the first test images attacked
@@ -63,14 +66,15 @@ class Output:
     overwrite_entry: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class CellResult:
-    """What a cell produced: its registry entry (and file), the evaluation, the audit and the training record."""
+    """What a cell produced: its registry entry (the JSON object as stored) and its file, the evaluation, the
+    audit, the training record, and the wall seconds per stage (train, evaluate, audit)."""
     entry: Dict[str, Any]
     entry_path: Path
-    evaluation: Dict[str, Any]
-    audit: Dict[str, Any]
-    training: Dict[str, Any]
+    evaluation: EvalResult
+    audit: AuditResult
+    training: TrainRecord
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
@@ -91,11 +95,11 @@ def _check_training(spec: ModelSpec, cfg: TrainConfig) -> None:
         raise ValueError(f'the training config builds {got}, not the spec {spec}: make it with training_config()')
 
 
-def train_or_reuse(cfg: TrainConfig, reuse: bool) -> Dict[str, Any]:
-    """The training record (`run_training`'s result.json) of `cfg`: reused when finished and `reuse`."""
+def train_or_reuse(cfg: TrainConfig, reuse: bool) -> TrainRecord:
+    """The training record (`run_training`'s, or its result.json) of `cfg`: reused when finished and `reuse`."""
     result_file = Path(cfg.out) / 'result.json'
     if reuse and result_file.exists():
-        return json.loads(result_file.read_text())
+        return TrainRecord.from_json(json.loads(result_file.read_text()))
     return run_training(cfg, overwrite=True)  # a half-finished run restarts cleanly
 
 
@@ -119,20 +123,20 @@ def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out
     with clock('audit'):
         audit = audit_run(spec, training, train, x[:AUDIT_IMAGES])
     entry = measured_entry(
-        spec=spec, model_kwargs=train['model_kwargs'], dataset=training.dataset, method=training.training,
-        eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train['checkpoint']),
+        spec=spec, model_kwargs=train.model_kwargs, dataset=training.dataset, method=training.training,
+        eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train.checkpoint),
         training_config=training.to_dict(), config_path=str(Path(training.out) / 'config.yaml'),
         epochs=training.epochs, attack_note=evaluation.attack_note, grid=grid, timing=clock.seconds,
         **audit_fields(audit))
     return CellResult(entry, register(entry, out), result, audit, train, clock.seconds)
 
 
-def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any],
-                 evaluation: Evaluation) -> Tuple[Dict[str, Any], torch.Tensor]:
+def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: TrainRecord,
+                 evaluation: Evaluation) -> Tuple[EvalResult, torch.Tensor]:
     """(evaluation result, the attacked images) of a finished training run, its weights read from disk."""
     info = dataset_info(cfg.dataset)
-    _, timm_kwargs = ModelSpec.from_timm_kwargs(spec.name, train['model_kwargs'])  # the run's, beyond the spec
-    model = build_model(spec, info['num_classes'], info['in_chans'], timm_kwargs, train['checkpoint'])
+    _, timm_kwargs = ModelSpec.from_timm_kwargs(spec.name, train.model_kwargs)  # the run's, beyond the spec
+    model = build_model(spec, info['num_classes'], info['in_chans'], timm_kwargs, train.checkpoint)
     x, y = eval_tensors(cfg.dataset, evaluation.n_examples, cfg.data_dir, cfg.download)
     result = evaluate_model(model, x, y, attacks=evaluation.attacks, eps=evaluation.eps, norm=evaluation.norm,
                             batch_size=evaluation.batch_size, per_expert=evaluation.per_expert,
@@ -143,7 +147,7 @@ def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any],
     return result, x
 
 
-def audit_run(spec: ModelSpec, cfg: TrainConfig, train: Mapping[str, Any], images: torch.Tensor) -> Dict[str, Any]:
+def audit_run(spec: ModelSpec, cfg: TrainConfig, train: TrainRecord, images: torch.Tensor) -> AuditResult:
     """FLOPs and parameters of the run's architecture against its dense baseline, routed on `images`."""
     info = dataset_info(cfg.dataset)
     return audit_model(spec.name, input_size=tuple(images.shape[1:]), latency=False, images=images,
@@ -163,9 +167,9 @@ class _Clock:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _timm_kwargs(train: Mapping[str, Any]) -> Dict[str, Any]:
+def _timm_kwargs(train: TrainRecord) -> Dict[str, Any]:
     """The run's model kwargs without classes and channels, which the data set fixes."""
-    return {k: v for k, v in train['model_kwargs'].items() if k not in ('num_classes', 'in_chans')}
+    return {k: v for k, v in train.model_kwargs.items() if k not in ('num_classes', 'in_chans')}
 
 
 def register(entry: Mapping[str, Any], out: Output) -> Path:

@@ -324,8 +324,8 @@ def _run_locked(cell: Dict[str, Any], spec: GridSpec, cell_dir: Path) -> Dict[st
     result = run_cell(cell['spec'], cell_config(cell, spec), cell_evaluation(cell, spec),
                       Output(registry=registry_dir(spec)), grid=grid)
     ev = result.evaluation
-    done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev['clean_acc'],
-                robust_acc=ev['robust_acc'], flags=ev['flags'], flops_ratio=result.audit['flops_ratio'])
+    done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev.clean_acc,
+                robust_acc=ev.robust_acc, flags=ev.flags, flops_ratio=result.audit.flops_ratio)
     write_json_atomic(done, cell_dir / 'done.json', indent=2)  # a resumed sweep never reads half of one
     (cell_dir / 'failed.txt').unlink(missing_ok=True)
     return done

@@ -26,6 +26,7 @@ from timm_moe import ModelSpec
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.parallel import run_parallel, threads_per_process
+from bench.evaluation.result import EvalResult
 from bench.models import prepare_run_dir
 from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config
 from bench.pipeline.quickstart_plans import PLANS, Plan  # noqa: F401 - PLANS: the plans by name, here too
@@ -67,31 +68,30 @@ def evaluation(plan: Plan) -> Evaluation:
                       attack_note='quickstart: PGD-20 and APGD-CE-20 on the first test images, not AutoAttack')
 
 
-def _intervals(result: Dict[str, Any]) -> Dict[str, List[float]]:
+def _intervals(result: EvalResult) -> Dict[str, List[float]]:
     """95% Wilson interval of each printed accuracy (n_eval points is far fewer than 10,000)."""
-    n = result['n_examples']
-    return {key: list(wilson_interval(result['counts'][key], n)) for key in ('clean', PGD, APGD)}
+    return {key: list(wilson_interval(result.counts[key], result.n_examples)) for key in ('clean', PGD, APGD)}
 
 
-def _gain(adv: Dict[str, Any], normal: Dict[str, Any]) -> Dict[str, float]:
+def _gain(adv: EvalResult, normal: EvalResult) -> Dict[str, float]:
     """PGD-20 gain of adversarial over normal training, in points, with its paired 95% bootstrap interval.
 
     Both models are attacked on the same test points, so the paired interval (per point: which model got it
     right) is the right one, and far narrower than two separate intervals.
     """
-    diff, lo, hi = paired_bootstrap(adv['correct'][PGD], normal['correct'][PGD])
+    diff, lo, hi = paired_bootstrap(adv.correct[PGD], normal.correct[PGD])
     return dict(points=diff, lo=lo, hi=hi)
 
 
 def _row(cell: Dict[str, Any], res: CellResult) -> Dict[str, Any]:
     result = res.evaluation
     return dict(model=cell['spec'].name, training=TRAININGS[cell['training'].training],
-                clean_acc=result['clean_acc'], pgd_acc=result['robust_acc'][PGD],
-                apgd_acc=result['robust_acc'][APGD], intervals=_intervals(result),
-                flops_ratio=res.audit['flops_ratio'], train_img_per_s=res.training['img_per_s'],
-                flags=result['flags'],
+                clean_acc=result.clean_acc, pgd_acc=result.robust_acc[PGD],
+                apgd_acc=result.robust_acc[APGD], intervals=_intervals(result),
+                flops_ratio=res.audit.flops_ratio, train_img_per_s=res.training.img_per_s,
+                flags=result.flags,
                 per_expert=[dict(expert=p['expert'], clean_acc=p['clean_acc'], robust_acc=p['robust_acc'])
-                            for p in result['per_expert'] or []],
+                            for p in result.per_expert or []],
                 entry_id=res.entry['entry_id'])
 
 
@@ -134,8 +134,8 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
         pgd_gain_points={k: g['points'] for k, g in gains.items()},
         pgd_gain_interval={k: [g['lo'], g['hi']] for k, g in gains.items()},
         method_works=all(g['points'] >= 20 for g in gains.values()),
-        adv_train_img_per_s_moe_over_dense=(find('moe', 'pgd').training['img_per_s']
-                                            / find('dense', 'pgd').training['img_per_s']),
+        adv_train_img_per_s_moe_over_dense=(find('moe', 'pgd').training.img_per_s
+                                            / find('dense', 'pgd').training.img_per_s),
         # per stage, summed over the four cells (which run `procs` at a time); total is the wall time
         seconds=dict(train=sum(r.seconds['train'] for r in done),
                      evaluate_and_audit=sum(r.seconds['evaluate'] + r.seconds['audit'] for r in done),

@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.core.errors import UserError
 from bench.results import stats
-from bench.results.registry import DEFAULT_REGISTRY, load_entry
+from bench.results.registry import DEFAULT_REGISTRY, RENAMED_METRICS, load_entry
 
 __all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_entry', 'format_result']
 
@@ -25,7 +25,7 @@ __all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_en
 # APGD before 20 before 10, APGD before PGD at equal steps); 'clean' last. Keys not listed rank after
 # the listed attacks and before 'clean', alphabetically.
 METRIC_STRENGTH: Tuple[str, ...] = (
-    'autoattack', 'autoattack.*', 'ensemble', 'apgd-t', 'apgd-ce', 'apgd-dlr', 'fab-t', 'square',
+    'autoattack', 'autoattack.*', 'worst_case', 'apgd-t', 'apgd-ce', 'apgd-dlr', 'fab-t', 'square',
     'apgd-ce20', 'pgd20', 'apgd-ce10', 'pgd10',
 )
 _ID = re.compile(r'[a-z0-9][a-z0-9_.-]*')
@@ -120,11 +120,11 @@ def _diff(a: Any, b: Any, drop: frozenset = frozenset()) -> List[str]:
 
 
 def _metric_settings(entry: Mapping[str, Any], metric: str) -> Optional[Dict[str, Any]]:
-    """The stored settings behind one metric (all attacks for 'ensemble'); None if not stored."""
+    """The stored settings behind one metric (all attacks for 'worst_case'); None if not stored."""
     per_attack = stats.attack_settings(entry)
     if per_attack is None:
         return None
-    if metric == 'ensemble':
+    if metric == 'worst_case':
         return per_attack
     return per_attack.get(metric)
 
@@ -146,10 +146,10 @@ def settings_check(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> D
                      f"{fmt_eps(float(b['eps']), b.get('threat_model', 'Linf'))}")
     if stats._canon(a.get('threat_model')) != stats._canon(b.get('threat_model')):
         diffs.append(f"threat_model: {a.get('threat_model')!r} vs {b.get('threat_model')!r}")
-    if metric == 'ensemble':  # the worst case over different attack lists is a different attack
-        runs = [sorted(set(e.get('robust_acc') or {}) - {'ensemble'}) for e in (a, b)]
+    if metric == 'worst_case':  # the worst case over different attack lists is a different attack
+        runs = [sorted(set(e.get('robust_acc') or {}) - {'worst_case'}) for e in (a, b)]
         if runs[0] != runs[1]:
-            diffs.append(f'ensemble members: {", ".join(runs[0])} vs {", ".join(runs[1])}')
+            diffs.append(f'worst-case members: {", ".join(runs[0])} vs {", ".join(runs[1])}')
     sa, sb = _metric_settings(a, metric), _metric_settings(b, metric)
     missing = [e.get('entry_id') for e, s in ((a, sa), (b, sb)) if s is None]
     if missing:
@@ -189,6 +189,8 @@ def _pick_metric(metric: Optional[str], va: Mapping[str, Any], vb: Mapping[str, 
         skipped = shared[:shared.index(same[0])]
         return same[0], ('the strongest metric both entries measured with the same settings'
                          + (f' ({", ".join(skipped)}: settings differ)' if skipped else ''))
+    if metric in RENAMED_METRICS:  # entries are read with today's names (`registry.migrate`)
+        raise UserError(f'--metric {metric!r} is now called {RENAMED_METRICS[metric]!r}')
     lacking = [f'{i!r} has {", ".join(sorted(v, key=_rank))}' for i, v in ((ida, va), (idb, vb)) if metric not in v]
     if lacking:
         shared = sorted(set(va) & set(vb), key=_rank)

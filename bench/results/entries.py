@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Protocol
 
 import timm
 import torch
@@ -18,6 +18,37 @@ from bench.results.registry import SCHEMA_VERSION, make_entry_id
 from bench.results.stats import per_sample_block
 
 __all__ = ['measured_entry', 'audit_fields', 'effective_model_kwargs', 'eval_settings_of']
+
+
+
+class Evaluated(Protocol):
+    """What an entry reads of an evaluation: `bench.evaluation.result.EvalResult` (which this layer may not
+    import), by attribute."""
+    n_examples: int
+    eps: float
+    threat_model: str
+    clean_acc: float
+    robust_acc: Dict[str, float]
+    correct: Dict[str, List[int]]
+    settings: Dict[str, Any]
+    per_expert: Optional[List[Dict[str, Any]]]
+    per_layer_expert: Optional[List[Dict[str, Any]]]
+    routing_under_attack: Optional[Dict[str, Any]]
+    transfer: Optional[List[List[float]]]
+    transfer_info: Optional[Dict[str, Any]]
+    routing: Optional[Dict[str, Any]]
+    flags: List[str]
+
+
+class Audited(Protocol):
+    """What an entry reads of an audit: `bench.audit.audit.AuditResult`, by attribute."""
+    flops_active: float
+    flops_total: float
+    flops_dense: float
+    flops_ratio: float
+    params_total: int
+    params_active: int
+
 
 # the data-set part of generated entry ids (kept short: ids are file names)
 _SHORT_DATASET = {'fashion-mnist-bundled': 'fmnist-bundled', 'fashion-mnist': 'fmnist'}
@@ -50,10 +81,10 @@ def effective_model_kwargs(model_name: str, model_kwargs: Mapping[str, Any]) -> 
     return json.loads(json.dumps(out, default=str))  # JSON values only (a layer class becomes its name)
 
 
-def eval_settings_of(eval_result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def eval_settings_of(eval_result: Evaluated) -> Optional[Dict[str, Any]]:
     """The registry's `eval_settings` from an evaluation result: its settings, with the per-attack settings
     under `attacks`, keyed by accuracy key (as `evaluate_model` reports them)."""
-    settings = eval_result.get('settings')
+    settings = eval_result.settings
     if not settings:
         return None
     out = json.loads(json.dumps(dict(settings), default=str))  # tuples become lists, as in the file
@@ -62,11 +93,11 @@ def eval_settings_of(eval_result: Mapping[str, Any]) -> Optional[Dict[str, Any]]
     return out
 
 
-def audit_fields(audit: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+def audit_fields(audit: Audited) -> Dict[str, Dict[str, Any]]:
     """The entry's `flops` and `params` from an audit (`bench.audit.audit_model`)."""
-    return dict(flops=dict(active=audit['flops_active'], total=audit['flops_total'], dense=audit['flops_dense'],
-                           ratio=audit['flops_ratio']),
-                params=dict(total=audit['params_total'], active=audit['params_active']))
+    return dict(flops=dict(active=audit.flops_active, total=audit.flops_total, dense=audit.flops_dense,
+                           ratio=audit.flops_ratio),
+                params=dict(total=audit.params_total, active=audit.params_active))
 
 
 def _check_spec(spec: ModelSpec, model_kwargs: Mapping[str, Any]) -> None:
@@ -77,7 +108,7 @@ def _check_spec(spec: ModelSpec, model_kwargs: Mapping[str, Any]) -> None:
 
 
 def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset: str, method: str,
-                   eval_result: Mapping[str, Any], provenance: Mapping[str, Any],
+                   eval_result: Evaluated, provenance: Mapping[str, Any],
                    training_config: Optional[Mapping] = None, config_path: Optional[str] = None,
                    epochs: Optional[float] = None, flops: Optional[Mapping[str, Any]] = None,
                    params: Optional[Mapping[str, Any]] = None, routing: Optional[Mapping[str, Any]] = None,
@@ -88,7 +119,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
     """Assemble a `source: measured` entry from an evaluation result (`evaluate_model`).
 
     The entry keeps the evaluation's exact settings (`eval_settings`), its per-sample results as bits
-    (`per_sample`, from `eval_result['correct']`) and the model's effective kwargs.
+    (`per_sample`, from `eval_result.correct`) and the model's effective kwargs.
 
     The entry id defaults to `<model>-<method>-<dataset>-<hash>`, the hash over everything that
     defines the run (model, kwargs, training config, eval settings, seed, checkpoint), so that
@@ -100,9 +131,7 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
             they must build `spec` (ValueError otherwise: a caller bug, not bad input).
         dataset: one of the registry's data sets.
         method: 'normal' | 'pgd' | 'trades' | 'fast' | 'free' | 'other'.
-        eval_result: dict with clean_acc, robust_acc, n_examples, eps, threat_model, settings (the attacks'
-            settings) and correct (per-sample 0/1 lists per metric), and optionally per_expert, per_layer_expert, flags,
-            routing_under_attack.
+        eval_result: the evaluation (`bench.evaluation.result.EvalResult`: `Evaluated` names what is read).
         provenance: `bench.core.provenance.provenance(...)`.
         training_config: the training config (stored, and hashed into config_sha256).
         config_path: where that config lives, if in a file.
@@ -119,26 +148,26 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         timing: wall seconds per pipeline stage (train, evaluate, audit), for sizing studies.
     """
     _check_spec(spec, model_kwargs)
-    if not eval_result.get('correct'):
-        raise ValueError("measured_entry needs eval_result['correct'] (the per-sample results); "
+    if not eval_result.correct:
+        raise ValueError('measured_entry needs eval_result.correct (the per-sample results); '
                          'keep it until the entry is made')
-    per_sample = per_sample_block(eval_result['correct'], index_start)
+    per_sample = per_sample_block(eval_result.correct, index_start)
     settings = eval_settings_of(eval_result)
     if settings is None:
-        raise ValueError("measured_entry needs eval_result['settings'] (the attacks' exact settings)")
+        raise ValueError("measured_entry needs eval_result.settings (the attacks' exact settings)")
     cfg = dict(training_config) if training_config is not None else None
     cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest() if cfg else None
-    if routing is None and eval_result.get('routing'):
-        routing = eval_result['routing']
-    if routing is None and eval_result.get('routing_under_attack'):
-        rua = eval_result['routing_under_attack']
+    if routing is None and eval_result.routing:
+        routing = eval_result.routing
+    if routing is None and eval_result.routing_under_attack:
+        rua = eval_result.routing_under_attack
         routing = {'load': list(rua['load_clean']), 'collapse': None} if rua.get('load_clean') else None
     effective = effective_model_kwargs(spec.name, model_kwargs)
     moe = dict(effective or model_kwargs) if spec.is_moe else {}
     noisy = moe.get('noisy_gating')
     if entry_id is None:
-        payload = dict(kwargs=dict(model_kwargs), config=cfg, settings=eval_result.get('settings'),
-                       n=eval_result.get('n_examples'), eps=eval_result.get('eps'), seed=provenance.get('seed'),
+        payload = dict(kwargs=dict(model_kwargs), config=cfg, settings=eval_result.settings,
+                       n=eval_result.n_examples, eps=eval_result.eps, seed=provenance.get('seed'),
                        ckpt=provenance.get('checkpoint_sha256'))
         entry_id = make_entry_id(spec.name, method, _SHORT_DATASET.get(dataset, dataset), payload=payload)
     return {
@@ -154,27 +183,27 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         'training': {'method': method, 'config': cfg, 'config_sha256': cfg_sha, 'config_path': config_path,
                      'epochs': epochs},
         'dataset': dataset,
-        'threat_model': eval_result.get('threat_model', 'Linf'),
-        'eps': eval_result['eps'],
-        'n_examples': eval_result.get('n_examples'),
-        'clean_acc': eval_result['clean_acc'],
-        'robust_acc': dict(eval_result.get('robust_acc') or {}),
+        'threat_model': eval_result.threat_model,
+        'eps': eval_result.eps,
+        'n_examples': eval_result.n_examples,
+        'clean_acc': eval_result.clean_acc,
+        'robust_acc': dict(eval_result.robust_acc),
         'attack_note': attack_note,
         'eval_settings': settings,
         'per_sample': per_sample,
         'flops': dict(flops) if flops else None,
         'params': dict(params) if params else None,
-        'per_expert': [_per_expert_row(p, index_start) for p in eval_result['per_expert']]
-        if eval_result.get('per_expert') else None,
+        'per_expert': [_per_expert_row(p, index_start) for p in eval_result.per_expert]
+        if eval_result.per_expert else None,
         'per_layer_expert': [dict(layer=p['layer'], **_per_expert_row(p, index_start))
-                             for p in eval_result['per_layer_expert']] if eval_result.get('per_layer_expert') else None,
+                             for p in eval_result.per_layer_expert] if eval_result.per_layer_expert else None,
         'routing': dict(routing) if routing else None,
-        'routing_under_attack': _plain(eval_result.get('routing_under_attack')),
-        'transfer': dict(matrix=eval_result['transfer'], **_plain(eval_result.get('transfer_info') or {}))
-        if eval_result.get('transfer') else None,
+        'routing_under_attack': _plain(eval_result.routing_under_attack),
+        'transfer': dict(matrix=eval_result.transfer, **_plain(eval_result.transfer_info or {}))
+        if eval_result.transfer else None,
         'grid': dict(grid) if grid else None,
         'timing': {k: round(float(v), 3) for k, v in timing.items()} if timing else None,
-        'sanity_flags': list(eval_result.get('flags') or []),
+        'sanity_flags': list(eval_result.flags),
         'notes': list(notes) if notes else None,
         'provenance': dict(provenance),
     }

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.core.yaml_files import read_utf8
-from bench.results.stats import per_sample_vectors
+from bench.results.stats import bits_sha256, per_sample_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PACKAGE = Path(__file__).resolve().parents[1]  # bench/
@@ -150,14 +150,26 @@ def validation_errors(entry: Mapping[str, Any]) -> List[str]:
 # field names stored entries may still carry -> their names now; `migrate` is the one place they are read
 RENAMED_MODEL_KWARGS = {'moe_blocks': 'placement'}
 RENAMED_TRAIN_KEYS = {'method': 'training'}
+# accuracy keys (`robust_acc`, `per_sample.bits`) and check names (`sanity_flags`)
+RENAMED_METRICS = {'ensemble': 'worst_case'}
+RENAMED_CHECKS = {'ensemble_reverified': 'worst_case_reverified'}
+
+
+def _sha_holds(per_sample: Mapping[str, Any]) -> bool:
+    try:
+        return per_sample['sha256'] == bits_sha256(per_sample)
+    except (KeyError, TypeError, ValueError):  # malformed: `per_sample_vectors` names what is wrong
+        return False
 
 
 def migrate(entry: Dict[str, Any]) -> Dict[str, Any]:
     """An entry as read from a file, with the field names of older code brought to today's (in place).
 
     Stored entries are data written by earlier versions: `model.kwargs` / `model.effective_kwargs` may say
-    `moe_blocks` (now `placement`), and `training.config` may say `method` (now `training`). No other code
-    reads an old name; every reader of the registry goes through `load_entry`, which calls this.
+    `moe_blocks` (now `placement`), `training.config` may say `method` (now `training`), the per-sample worst
+    case over the attacks may be stored as `ensemble` (now `worst_case`, in `robust_acc` and
+    `per_sample.bits`), and `sanity_flags` may name its check `ensemble_reverified`. No other code reads an
+    old name; every reader of the registry goes through `load_entry`, which calls this.
     """
     def renamed(d: Dict[str, Any], names: Mapping[str, str]) -> Dict[str, Any]:
         # an old key yields to its new name when both are there: the new one was written later
@@ -172,6 +184,19 @@ def migrate(entry: Dict[str, Any]) -> Dict[str, Any]:
     config = training.get('config') if isinstance(training, dict) else None
     if isinstance(config, dict) and set(config) & set(RENAMED_TRAIN_KEYS):
         training['config'] = renamed(config, RENAMED_TRAIN_KEYS)
+    if isinstance(entry.get('robust_acc'), dict) and set(entry['robust_acc']) & set(RENAMED_METRICS):
+        entry['robust_acc'] = renamed(entry['robust_acc'], RENAMED_METRICS)
+    per_sample = entry.get('per_sample')
+    bits = per_sample.get('bits') if isinstance(per_sample, dict) else None
+    if isinstance(bits, dict) and set(bits) & set(RENAMED_METRICS):
+        # the checksum covers the keys: it is carried over only if it held for the old ones, so that a
+        # changed bit is still caught (`stats.per_sample_vectors`)
+        intact = 'sha256' not in per_sample or _sha_holds(per_sample)
+        per_sample['bits'] = renamed(bits, RENAMED_METRICS)
+        if 'sha256' in per_sample and intact:
+            per_sample['sha256'] = bits_sha256(per_sample)
+    if isinstance(entry.get('sanity_flags'), list):
+        entry['sanity_flags'] = [RENAMED_CHECKS.get(f, f) if isinstance(f, str) else f for f in entry['sanity_flags']]
     return entry
 
 
@@ -200,11 +225,11 @@ def validate_entry(entry: Mapping[str, Any]) -> None:
 
 
 def _check_settings_cover_accuracies(entry: Mapping[str, Any]) -> None:
-    """Every robust accuracy names the attack settings it was measured with ('ensemble' is their worst case)."""
+    """Every robust accuracy names the attack settings it was measured with ('worst_case' is their worst case)."""
     ev = entry.get('eval_settings')
     if not ev:
         return
-    missing = [k for k in entry['robust_acc'] if k != 'ensemble' and k not in ev['attacks']]
+    missing = [k for k in entry['robust_acc'] if k != 'worst_case' and k not in ev['attacks']]
     if missing:
         raise UserError(f"invalid registry entry {entry['entry_id']!r}: eval_settings.attacks has no settings for "
                         f"robust_acc.{missing[0]}; store the settings of every attack run")
@@ -355,11 +380,11 @@ def load_entries(registry_dir: PathLike = DEFAULT_REGISTRY, dataset: Optional[It
 def robust_metric(entry: Mapping[str, Any]) -> tuple:
     """The headline robust accuracy of an entry and the attack it comes from.
 
-    AutoAttack first; then our ensemble (worst case over the attacks run); then PGD-20; then the
+    AutoAttack first; then our worst case (per point, over the attacks run); then PGD-20; then the
     lowest number stored (the strongest attack on record). (None, None) when there is none.
     """
     ra = entry.get('robust_acc') or {}
-    for key in ('autoattack', 'ensemble', 'pgd20'):
+    for key in ('autoattack', 'worst_case', 'pgd20'):
         if ra.get(key) is not None:
             return ra[key], key
     if ra:

@@ -30,7 +30,7 @@ KIND_COLORS = {'dense': '#444444', 'moe': '#1f77b4', 'unknown': '#ff7f0e'}
 TRAINING_COLORS = {('dense', 'normal'): '#a6a6a6', ('dense', 'pgd'): '#333333', ('dense', 'trades'): '#8c6d31',
                    ('moe', 'normal'): '#9ecae1', ('moe', 'pgd'): '#1f77b4', ('moe', 'trades'): '#6a3d9a'}
 KIND_NAMES = {'dense': 'dense', 'moe': 'MoE', 'unknown': 'unknown arch'}
-ATTACK_LABELS = {'autoattack': 'AutoAttack', 'ensemble': 'worst case of our attacks', 'pgd20': 'PGD-20'}
+ATTACK_LABELS = {'autoattack': 'AutoAttack', 'worst_case': 'worst case of our attacks', 'pgd20': 'PGD-20'}
 
 
 def _figure(nrows: int = 1, ncols: int = 1, size: Tuple[float, float] = (6.4, 4.8)):
@@ -224,7 +224,7 @@ def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-COMMON_KEYS = ('autoattack', 'ensemble', 'pgd20', 'apgd-ce', 'apgd20')
+COMMON_KEYS = ('autoattack', 'worst_case', 'pgd20', 'apgd-ce', 'apgd20')
 
 
 def common_attack(entry: Mapping[str, Any]) -> Optional[str]:

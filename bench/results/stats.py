@@ -318,21 +318,21 @@ def seed_group_key(entry: Mapping[str, Any]) -> Tuple[str, ...]:
 def attack_signature(entry: Mapping[str, Any]) -> Dict[str, str]:
     """{accuracy key: its attack's settings (minus `ATTACK_NOISE_KEYS`) as canonical text} of an entry.
 
-    The per-point worst case ('ensemble') is the worst over the entry's attack set, so its signature is that
+    The per-point worst case ('worst_case') is the worst over the entry's attack set, so its signature is that
     set: two worst cases are the same statistic only over identical attack sets. An attack whose settings
     are not stored (schema 1) is known by its name alone.
     """
     settings = attack_settings(entry) or {}
-    keys = sorted(k for k in (entry.get('robust_acc') or {}) if k != 'ensemble')
+    keys = sorted(k for k in (entry.get('robust_acc') or {}) if k != 'worst_case')
     out = {k: _canon(_strip(settings[k], ATTACK_NOISE_KEYS)) if k in settings else _canon(None) for k in keys}
-    if 'ensemble' in (entry.get('robust_acc') or {}):
-        out['ensemble'] = _canon({k: out[k] for k in keys})
+    if 'worst_case' in (entry.get('robust_acc') or {}):
+        out['worst_case'] = _canon({k: out[k] for k in keys})
     return out
 
 
 def _compatible(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
     """Every attack both entries ran was run with the same settings (their worst cases aside: see below)."""
-    return all(a[k] == b[k] for k in set(a) & set(b) if k != 'ensemble')
+    return all(a[k] == b[k] for k in set(a) & set(b) if k != 'worst_case')
 
 
 def group_by_seed(entries: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str, Any]]]:

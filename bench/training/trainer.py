@@ -46,6 +46,7 @@ from bench.models import create_model, normalized
 from bench.training import free as free_at
 from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
 from bench.training.config import TrainConfig, save_config
+from bench.training.record import TrainRecord
 from bench.training.sampler import ShardedBatches
 from bench.training.upcycle import upcycle_model
 
@@ -318,7 +319,7 @@ class Trainer:
                       for xb, yb in zip(x.split(256), y.split(256)))
         return 100.0 * correct / len(y)
 
-    def fit(self) -> Dict[str, Any]:
+    def fit(self) -> TrainRecord:
         cfg = self.cfg
         total = cfg.epochs * self.updates_per_epoch if cfg.max_steps is None else min(
             cfg.max_steps, cfg.epochs * self.updates_per_epoch)
@@ -369,14 +370,15 @@ class Trainer:
                 if epoch_done:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
                 self.save()
-        result = dict(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / ckpt.WEIGHTS), model=cfg.model,
-                      model_kwargs=self.model_kwargs, history=self.history, steps=self.global_step,
-                      img_per_s=images_seen / train_seconds if train_seconds else None,
-                      safetensors=str(self.run_dir / ckpt.SAFE_WEIGHTS), config_sha256=cfg.sha256(),
-                      world_size=self.world_size, upcycled_from=self.upcycled_from)
+        result = TrainRecord(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / ckpt.WEIGHTS),
+                             safetensors=str(self.run_dir / ckpt.SAFE_WEIGHTS), model=cfg.model,
+                             model_kwargs=self.model_kwargs, history=self.history, steps=self.global_step,
+                             img_per_s=images_seen / train_seconds if train_seconds else None,
+                             config_sha256=cfg.sha256(), world_size=self.world_size,
+                             upcycled_from=self.upcycled_from)
         if self.primary:
             # grid resumes from this file: a kill must leave it whole or absent
-            write_json_atomic(result, self.run_dir / 'result.json', indent=2, default=str)
+            write_json_atomic(result.to_json(), self.run_dir / 'result.json', indent=2, default=str)
         return result
 
     def close(self) -> None:
@@ -390,8 +392,8 @@ def _routing_summary(model: nn.Module) -> Dict[str, Any]:
             for name, s in timm_moe.routing_stats(model).items()}
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Train one model as `cfg` says; returns the run directory, checkpoint path, history and throughput.
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainRecord:
+    """Train one model as `cfg` says; returns its `TrainRecord` (run directory, weights, history, throughput).
 
     Args:
         cfg: The run's configuration.

@@ -15,7 +15,7 @@ canonical view: every entry, grouped by seed, each section ranked by its default
 that its content depends only on the entries, never on the flags of whoever ran the command last. It has
 no timestamp and a total order, so regenerating it from the same entries gives the same bytes.
 """
-from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, ENSEMBLE, EXACT_N, FILENAME,
+from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, WORST_CASE, EXACT_N, FILENAME,
                                                KEY_SETTINGS, Column, attack_config, columns_of, config_label,
                                                describe, entry_attack_settings, entry_columns, legacy_settings)
 from bench.results.leaderboard.groups import (Cell, Row, Section, fmt_eps, make_rows, rank_rows, resolve_sort,
@@ -23,7 +23,7 @@ from bench.results.leaderboard.groups import (Cell, Row, Section, fmt_eps, make_
 from bench.results.leaderboard.render import (_config, check_sort, fmt_cell, header, noisy_gating, print_table,
                                               render_markdown, row_cells, write_leaderboard)
 
-__all__ = ['AUTO', 'CLEAN', 'DAGGER', 'DASH', 'DEFAULT_SORT', 'ENSEMBLE', 'EXACT_N', 'FILENAME', 'KEY_SETTINGS',
+__all__ = ['AUTO', 'CLEAN', 'DAGGER', 'DASH', 'DEFAULT_SORT', 'WORST_CASE', 'EXACT_N', 'FILENAME', 'KEY_SETTINGS',
            'Cell', 'Column', 'Row', 'Section', 'attack_config', 'check_sort', 'columns_of', 'config_label',
            'describe', 'entry_attack_settings', 'entry_columns', 'fmt_cell', 'fmt_eps', 'header', 'legacy_settings',
            'make_rows', 'noisy_gating', 'print_table', 'rank_rows', 'render_markdown', 'resolve_sort', 'row_cells',

@@ -20,7 +20,7 @@ AUTO = 'auto'
 CLEAN = 'clean'
 DEFAULT_SORT = AUTO
 EXACT_N = 10000  # accuracies from fewer test points than this carry their 95% interval
-ENSEMBLE = 'ensemble'  # the robust_acc key of the per-sample worst case over an entry's attacks
+WORST_CASE = 'worst_case'  # the robust_acc key of the per-sample worst case over an entry's attacks
 
 # ------------------------------------------------------------------------------------ attack configurations
 
@@ -131,10 +131,10 @@ def legacy_settings(key: str, source: str) -> Dict[str, Any]:
 
 
 def entry_attack_settings(entry: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """{robust_acc key: settings} of an entry, stored or (schema 1) read from the key; the ensemble excluded."""
+    """{robust_acc key: settings} of an entry, stored or (schema 1) read from the key; the worst case excluded."""
     stored = (entry.get('eval_settings') or {}).get('attacks') or {}
     return {k: dict(stored[k]) if k in stored else legacy_settings(k, entry['source'])
-            for k in (entry.get('robust_acc') or {}) if k != ENSEMBLE}
+            for k in (entry.get('robust_acc') or {}) if k != WORST_CASE}
 
 
 def _canon(config: Mapping[str, Any]) -> str:
@@ -144,7 +144,7 @@ def _canon(config: Mapping[str, Any]) -> str:
 def config_label(config: Mapping[str, Any], member_labels: Sequence[str] = ()) -> str:
     """A short name of a configuration: 'PGD-20', 'APGD-CE-20', 'AutoAttack', 'APGD-20 [torchattacks]'."""
     family = config['attack']
-    if family == 'Ensemble':
+    if family == 'WorstCase':
         return 'worst of ' + ' + '.join(member_labels)
     steps = config.get('steps')
     if family == 'PGD':
@@ -182,7 +182,7 @@ def config_label(config: Mapping[str, Any], member_labels: Sequence[str] = ()) -
 
 def describe(config: Mapping[str, Any]) -> str:
     """Every setting of a configuration, for the legend under a table ('not stated': the source does not say)."""
-    if config['attack'] == 'Ensemble':
+    if config['attack'] == 'WorstCase':
         return 'per test point, robust only if it survived every attack of the entry'
 
     def text(k: str, v: Any) -> str:
@@ -209,7 +209,7 @@ class Column:
     @property
     def order(self) -> tuple:
         family = self.config['attack']
-        rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER) + (family == 'Ensemble')
+        rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER) + (family == 'WorstCase')
         return (rank, -(self.config.get('steps') or 0), self.label, self.ident)
 
 
@@ -219,10 +219,10 @@ def entry_columns(entry: Mapping[str, Any]) -> Dict[str, Tuple[str, Dict[str, An
     for key, settings in entry_attack_settings(entry).items():
         config = attack_config(settings, entry['eps'])
         out[key] = (_canon(config), config, config_label(config))
-    if ENSEMBLE in (entry.get('robust_acc') or {}):
+    if WORST_CASE in (entry.get('robust_acc') or {}):
         members = sorted(out.values(), key=lambda m: Column(m[0], m[2], m[1]).order)
-        config = {'attack': 'Ensemble', 'members': [m[0] for m in members]}
-        out[ENSEMBLE] = (_canon(config), config, config_label(config, [m[2] for m in members]))
+        config = {'attack': 'WorstCase', 'members': [m[0] for m in members]}
+        out[WORST_CASE] = (_canon(config), config, config_label(config, [m[2] for m in members]))
     return out
 
 
@@ -240,7 +240,7 @@ def columns_of(entries: Iterable[Mapping[str, Any]]) -> Tuple[List[Column], Dict
         keymap[e['entry_id']] = {k: ident for k, (ident, _, _) in cols.items()}
         for key, (ident, config, label) in cols.items():
             configs.setdefault(ident, (config, label))
-            if key != ENSEMBLE and key not in stored:
+            if key != WORST_CASE and key not in stored:
                 inferred.setdefault(ident, set()).add(key)
     by_label: Dict[str, List[str]] = {}
     for ident, (_, label) in configs.items():

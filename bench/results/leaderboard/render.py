@@ -244,7 +244,7 @@ def _two_lines(cell: Optional[Cell], reported: bool) -> str:
 
 def _compact_label(column: Column) -> str:
     """The worst-case column's label lists every attack; the console says how many ('worst of 3')."""
-    if column.config['attack'] == 'Ensemble':
+    if column.config['attack'] == 'WorstCase':
         return f"worst of {len(column.config['members'])}"
     return column.label
 

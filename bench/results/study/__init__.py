@@ -11,7 +11,7 @@ and here the plots and `write_study`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.errors import UserError
 from bench.results.report import KIND_COLORS, _empty, _figure, _save, label_column
@@ -30,23 +30,32 @@ def _color(study: an.Study, config: str) -> str:
     return KIND_COLORS['moe' if an.is_moe(study, config) else 'dense']
 
 
+def _scatter(study: an.Study, points: Sequence[Tuple[str, Any, Any, Any, Any, str]], xlabel: str, ylabel: str,
+             title: str, path: Path, vline: Optional[float] = None) -> Path:
+    """One labelled point per config: (config, x, x error, y, y error, marker), in the config's colour."""
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    labels = []
+    for c, x, xe, y, ye, fmt in points:
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=fmt, color=_color(study, c), capsize=3, markersize=5)
+        labels.append((x, y, c, _color(study, c)))
+    if vline is not None:
+        ax.axvline(vline, color='#999999', linestyle=':', linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    label_column(ax, labels)
+    return _save(fig, path)
+
+
 def plot_robust_vs_clean(study: an.Study, path: Path) -> Path:
     m = study.primary()
     if m is None:
         return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
-    fig, (ax,) = _figure(size=(8.0, 5.0))
-    labels = []
-    for c in study.configs:
-        (x, xe), (y, ye) = _xy(study, c, 'clean'), _xy(study, c, m)
-        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt='o' if an.adversarial(study, c) else 's', color=_color(study, c),
-                    capsize=3, markersize=5)
-        labels.append((x, y, c, _color(study, c)))
-    ax.set_xlabel('clean accuracy (%)')
-    ax.set_ylabel(f'{m} accuracy (%)')
-    ax.set_title(f'{study.name}: {m} vs clean\n(error bars: sd over seeds; squares: normal training)', fontsize=10)
-    ax.grid(alpha=0.3)
-    label_column(ax, labels)
-    return _save(fig, path)
+    points = [(c, *_xy(study, c, 'clean'), *_xy(study, c, m), 'o' if an.adversarial(study, c) else 's')
+              for c in study.configs]
+    return _scatter(study, points, 'clean accuracy (%)', f'{m} accuracy (%)',
+                    f'{study.name}: {m} vs clean\n(error bars: sd over seeds; squares: normal training)', path)
 
 
 def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
@@ -54,19 +63,9 @@ def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
     configs = [c for c in study.configs if an.flops_ratio(study, c) is not None and an.adversarial(study, c)]
     if m is None or not configs:
         return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
-    fig, (ax,) = _figure(size=(8.0, 5.0))
-    labels = []
-    for c in configs:
-        y, ye = _xy(study, c, m)
-        ax.errorbar(an.flops_ratio(study, c), y, yerr=ye, fmt='o', color=_color(study, c), capsize=3, markersize=5)
-        labels.append((an.flops_ratio(study, c), y, c, _color(study, c)))
-    ax.axvline(1.0, color='#999999', linestyle=':', linewidth=1)
-    ax.set_xlabel('active inference FLOPs / dense')
-    ax.set_ylabel(f'{m} accuracy (%)')
-    ax.set_title(f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', fontsize=10)
-    ax.grid(alpha=0.3)
-    label_column(ax, labels)
-    return _save(fig, path)
+    points = [(c, an.flops_ratio(study, c), None, *_xy(study, c, m), 'o') for c in configs]
+    return _scatter(study, points, 'active inference FLOPs / dense', f'{m} accuracy (%)',
+                    f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', path, vline=1.0)
 
 
 def _by_aux(study: an.Study, configs: List[str]) -> Dict[str, List[str]]:

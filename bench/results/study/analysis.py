@@ -89,18 +89,18 @@ class Study:
     def mixed_worst_case(self) -> bool:
         """Every run stores a worst case, but over different attack sets (`metrics` leaves it out)."""
         runs = self.entries()
-        return (bool(runs) and all('ensemble' in (e.get('robust_acc') or {}) for e in runs)
-                and 'ensemble' not in self.metrics())
+        return (bool(runs) and all('worst_case' in (e.get('robust_acc') or {}) for e in runs)
+                and 'worst_case' not in self.metrics())
 
     def first_seed_metrics(self) -> List[str]:
         """Robust metrics only some runs (the first seeds) measured, strongest first (not the worst case)."""
-        every = set(self.metrics()) | {'ensemble'}
+        every = set(self.metrics()) | {'worst_case'}
         return by_strength({m for e in self.entries() for m in (e.get('robust_acc') or {})} - every)
 
     def primary(self) -> Optional[str]:
         """The claims' primary metric: the strongest single attack every run measured (the worst case over
         attacks is a different statistic and is shown beside it)."""
-        single = [m for m in self.metrics() if m != 'ensemble']
+        single = [m for m in self.metrics() if m != 'worst_case']
         return single[0] if single else None
 
     def pgd(self) -> Optional[str]:

@@ -9,7 +9,7 @@ them still renders: a comparison whose configurations are absent is skipped with
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from bench.results.markdown import md_table
 from bench.results.study import analysis as an
 
 Lines = List[str]
+# a study -> (pairs (A, B), what was not compared, a label per pair)
+PairFinder = Callable[[an.Study], Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]]
 
 
 COMPARISON_HEADER = ('A vs B', 'metric', 'A', 'B', 'Δ per seed (A − B)', 'mean Δ [95% t, seeds]',
@@ -143,16 +145,24 @@ def entropy_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Di
     return pairs, [], {(a, b): f'{a} ({aux(a)}) vs {b} ({aux(b)})' for a, b in pairs}
 
 
-def claim_entropy(study: an.Study) -> Lines:
-    out = ['## Claim 2: the entropy loss gives more robust MoEs than the switch and KL losses', '',
-           *paper_lines(study, 2),
-           'Pairs: adversarially trained MoE configs that differ only in the auxiliary loss (and what follows from it: '
-           'its default weight, noisy gating under `auto`), the entropy one as A.', '']
-    pairs, _, labels = entropy_pairs(study)
+def _paired_claim(study: an.Study, n: int, title: str, how: str, find: PairFinder, none: str,
+                  after: str = '') -> Lines:
+    """A claim answered by paired comparisons: its heading, the paper's words, how pairs are formed, the table
+    of the pairs `find` returns (or `none` when there are none) and the answer, `after` appended."""
+    out = [f'## Claim {n}: {title}', '', *paper_lines(study, n), how, '']
+    pairs, _, labels = find(study)
     if not pairs:
-        return out + ['Skipped: no two configs differ only in the aux loss with one of them entropy.', '']
+        return out + [f'Skipped: {none}', '']
     table, results = comparisons(study, pairs, _metrics(study), labels)
-    return out + table + ['**Answer.** ' + _answer(results, study.primary(), ''), '']
+    return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') + after, '']
+
+
+def claim_entropy(study: an.Study) -> Lines:
+    return _paired_claim(
+        study, 2, 'the entropy loss gives more robust MoEs than the switch and KL losses',
+        'Pairs: adversarially trained MoE configs that differ only in the auxiliary loss (and what follows from it: '
+        'its default weight, noisy gating under `auto`), the entropy one as A.',
+        entropy_pairs, 'no two configs differ only in the aux loss with one of them entropy.')
 
 
 def k_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
@@ -170,17 +180,13 @@ def k_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tup
 
 
 def claim_k(study: an.Study) -> Lines:
-    out = ['## Claim 3: k=1 is more robust than k=2 (as the paper\'s table has it)', '',
-           *paper_lines(study, 3),
-           'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
-           'the expert width (a matched width keeps the FLOPs equal); the smaller k as A.', '']
-    pairs, _, labels = k_pairs(study)
-    if not pairs:
-        return out + ['Skipped: no two configs differ only in k (or in k and expert width).', '']
-    table, results = comparisons(study, pairs, _metrics(study), labels)
-    return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') +
-                          ' Where the FLOPs differ, a difference is bought or saved with compute; only the '
-                          'equal-FLOPs pairs answer the claim at equal cost.', '']
+    return _paired_claim(
+        study, 3, 'k=1 is more robust than k=2 (as the paper\'s table has it)',
+        'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
+        'the expert width (a matched width keeps the FLOPs equal); the smaller k as A.',
+        k_pairs, 'no two configs differ only in k (or in k and expert width).',
+        ' Where the FLOPs differ, a difference is bought or saved with compute; only the equal-FLOPs pairs answer '
+        'the claim at equal cost.')
 
 
 CLAIM_PAIRS = ((1, equal_flops_pairs), (2, entropy_pairs), (3, k_pairs))
@@ -372,13 +378,13 @@ CLAIMS = (claim_equal_flops, claim_entropy, claim_k, claim_switch)
 
 # ------------------------------------------------------------------------------------------ other tables
 
-METRIC_NAMES = {'clean': 'clean', 'ensemble': 'worst case'}
+METRIC_NAMES = {'clean': 'clean', 'worst_case': 'worst case'}
 
 
 def overview(study: an.Study) -> Lines:
     every, first = study.metrics(), study.first_seed_metrics()
-    metrics = ['clean'] + list(reversed([m for m in every if m != 'ensemble'])) + \
-              (['ensemble'] if 'ensemble' in every else []) + first
+    metrics = ['clean'] + list(reversed([m for m in every if m != 'worst_case'])) + \
+              (['worst_case'] if 'worst_case' in every else []) + first
     header = ['config', 'model', 'training', 'seeds'] + [METRIC_NAMES.get(m, m) + (' (first seed)' if m in first else '')
                                                          for m in metrics] + ['FLOPs ratio', 'params (active / total)']
     rows = []
@@ -391,7 +397,7 @@ def overview(study: an.Study) -> Lines:
                     + [an.fmt_summary(an.summary(runs, m)) for m in metrics]
                     + ['–' if ratio is None else f'{ratio:.3f}',
                        f"{params.get('active', '–')} / {params.get('total', '–')}"])
-    worst = ('Worst case: per point, broken by any attack of the run.' if 'ensemble' in every else
+    worst = ('Worst case: per point, broken by any attack of the run.' if 'worst_case' in every else
              'Worst case: not shown, because the runs attacked with different attack sets (the first seeds add '
              f'{", ".join(first) or "attacks"}), and a worst case over another set of attacks is another statistic; '
              f'the headline metric is {study.primary()}, which every run measured with the same settings.'
