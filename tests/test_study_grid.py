@@ -26,8 +26,9 @@ def _tiny(tmp_path: Path, **changes) -> Path:
 def test_named_configs_become_cells_per_seed(tmp_path):
     spec = load_spec(_tiny(tmp_path))
     grid = {c['cell']: c for c in cells(spec)}
-    assert list(grid) == ['dense-seed0', 'dense-seed1', 'e2k1-seed0', 'e2k1-seed1', 'switch-seed0', 'switch-seed1',
-                          'upcycled-seed0', 'upcycled-seed1', 'dense_normal-seed0']
+    # seed by seed, configs in the spec's order: a study stopped at any point has its arms equally far along
+    assert list(grid) == ['dense-seed0', 'e2k1-seed0', 'switch-seed0', 'upcycled-seed0', 'dense_normal-seed0',
+                          'dense-seed1', 'e2k1-seed1', 'switch-seed1', 'upcycled-seed1']
     assert spec.name == 'study_tiny' and grid['switch-seed1']['spec'].aux_loss == 'switch'
     assert grid['dense_normal-seed0']['training'] == 'normal' and grid['e2k1-seed0']['tag'] == 'tiny_pgd'
     # the upcycled run of seed s starts from the dense run of seed s
