@@ -43,10 +43,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.pipeline.grid import load_spec, run_grid  # torch: imported by the verb, not by --help
     shard = parse_shard(args.shard)
     if args.procs < 1:
         raise UserError(f'--procs {args.procs} must be at least 1')
+    from bench.pipeline.grid import load_spec, run_grid  # torch: imported once the options are checked
     spec = load_spec(args.spec)
     if args.out:
         spec.out = args.out
