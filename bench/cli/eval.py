@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     names = resolve_attacks(args.attacks)
     if args.dataset is not None:
         check_dataset_name(args.dataset)
+    else:  # the weights know what they were trained on: never send the user to CIFAR-100 (reads them: torch)
+        from bench.models import default_dataset
+        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
+        print(f'--dataset not given: {args.dataset} ({why})')
     if args.pretrained and args.checkpoint:
         raise UserError('--pretrained and --checkpoint both name the weights; give one')
     if args.batch_size < 1:
@@ -120,12 +124,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluation.loop import evaluate_model
     from bench.evaluation.resume import BatchLog
-    from bench.models import build_model, check_run_model, default_dataset, normalized, run_config_kwargs
+    from bench.models import build_model, check_run_model, normalized, run_config_kwargs
     device = choose_device(args.device)
     check_run_model(args.checkpoint, args.model)
-    if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
-        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
-        print(f'--dataset not given: {args.dataset} ({why})')
     info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
