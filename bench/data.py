@@ -23,6 +23,7 @@ from timm_moe import CIFAR100_MEAN, CIFAR100_STD  # the models' default preproce
 
 from bench.core.errors import UserError
 from bench.core.rng import forked_rng, key_seed
+from bench.dataset_table import DATASET_SIZES, DATASETS, check_dataset_name  # noqa: F401 - DATASETS re-exported
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')
@@ -30,24 +31,13 @@ DEBIAN_FMNIST = Path('/usr/share/datasets/fashion-mnist')
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 
-_INFO: Dict[str, dict] = {
-    'cifar100': dict(num_classes=100, in_chans=3, input_size=(3, 32, 32), mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                     train_images=50000, test_images=10000),
-    'cifar10': dict(num_classes=10, in_chans=3, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                    train_images=50000, test_images=10000),
-    'fashion-mnist': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD,
-                          train_images=60000, test_images=10000),
-    'fashion-mnist-bundled': dict(num_classes=10, in_chans=1, input_size=(1, 28, 28), mean=FMNIST_MEAN,
-                                  std=FMNIST_STD, train_images=10000, test_images=2000),
-}
-DATASETS = tuple(_INFO)
+# the models' normalisation of each data set (images stay in [0, 1]; the model normalises inside)
+_NORMALIZATION = {'cifar100': (CIFAR100_MEAN, CIFAR100_STD), 'cifar10': (CIFAR10_MEAN, CIFAR10_STD),
+                  'fashion-mnist': (FMNIST_MEAN, FMNIST_STD), 'fashion-mnist-bundled': (FMNIST_MEAN, FMNIST_STD)}
+_INFO: Dict[str, dict] = {name: dict(DATASET_SIZES[name], mean=_NORMALIZATION[name][0], std=_NORMALIZATION[name][1])
+                          for name in DATASETS}
 _IDX_NAMES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
               'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
-
-
-def _check_name(name: str) -> None:
-    if name not in _INFO:
-        raise UserError(f'unknown data set {name!r}; choose one of {", ".join(DATASETS)}')
 
 
 def _check_split(split: str) -> None:
@@ -61,7 +51,7 @@ def dataset_info(name: str) -> dict:
     Args:
         name: One of `DATASETS`.
     """
-    _check_name(name)
+    check_dataset_name(name)
     return dict(_INFO[name], name=name)
 
 
@@ -179,7 +169,7 @@ def load_tensors(name: str, split: str = 'test', data_dir: Optional[str | Path] 
         data_dir: Where the data set lives (torchvision's layout, or idx files for Fashion-MNIST).
         download: Let torchvision download it if missing (needs internet).
     """
-    _check_name(name)
+    check_dataset_name(name)
     _check_split(split)
     data_dir = Path(data_dir) if data_dir is not None else None
     if name == 'fashion-mnist-bundled':

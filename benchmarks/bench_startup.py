@@ -5,8 +5,8 @@
 Each command runs as `python -m bench.cli ...` from the repo root (what the `timm-moe` script runs), in turns
 with the baseline, after one warm-up round; the median wall time of the repeats is reported, with the time
 over the baseline (the interpreter's own start) and the ratio. `--help`, argument errors and `leaderboard`
-should answer in about a second: they must not import torch, timm or the attack libraries (eval's parser
-still does: its options name the attack presets, data sets and compile backends, which live beside torch code).
+should answer in about a second: they must not import torch, timm or the attack libraries (the names the
+parsers list live in torch-free modules: bench/attacks/names.py, bench/dataset_table.py).
 """
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ COMMANDS: Dict[str, List[str]] = {
     'eval --help': ['eval', '--help'],
     'grid argument error': ['grid', '--no-such-flag'],
     'eval argument error': ['eval', '--no-such-flag'],
+    'eval --eps 2 (bad value)': ['eval', '--model', 'resnet18_dense', '--eps', '2'],
+    'train --help': ['train', '--help'],
+    'audit --help': ['audit', '--help'],
+    'ship --help': ['ship', '--help'],
     'leaderboard --no-write': ['leaderboard', '--no-write'],
     'models': ['models'],
 }
@@ -59,9 +63,9 @@ def main(argv: List[str] | None = None) -> int:
     med = run_benchmark(names, repeats=args.repeats)
     base = med[BASELINE]
     print(f'{sys.executable}; median of {args.repeats} after a warm-up, whole processes')
-    print(f'{"command":<26} {"seconds":>8} {"over baseline":>14} {"ratio":>7}')
+    print(f'{"command":<28} {"seconds":>8} {"over baseline":>14} {"ratio":>7}')
     for name, t in med.items():
-        print(f'{name:<26} {t:8.3f} {t - base:14.3f} {t / base:7.1f}')
+        print(f'{name:<28} {t:8.3f} {t - base:14.3f} {t / base:7.1f}')
     return 0
 
 

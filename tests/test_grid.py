@@ -79,6 +79,18 @@ def test_a_failing_cell_is_reported_and_the_rest_run(tmp_path, capsys):
     assert Path(done['entry']).exists()
 
 
+def test_no_progress_hides_the_board(tmp_path, capsys):
+    # one cell that fails at its first forward (a 3x3 conv gate on a 1x1 map): the board shows it, cheaply
+    spec = _spec(tmp_path, gate=['conv_gap'], dense=False, model_kwargs=dict(width=4, stem='imagenet'))
+    assert main(['grid', str(spec)]) == 1
+    shown = capsys.readouterr().err
+    assert 'grid: 1 runs, 1 at a time' in shown and 'grid: resnet18_blockmoe_e2_k1' in shown, shown
+    assert main(['grid', str(spec), '--no-progress']) == 1  # the failed cell runs again
+    captured = capsys.readouterr()
+    assert 'grid: 0 done' in captured.out and 'failed' in captured.out  # the summary stays on stdout
+    assert 'grid:' not in captured.err, captured.err
+
+
 @pytest.mark.parametrize('content, message', [
     ('arch: [resnet34]\n', "arch 'resnet34' is not allowed"),
     ('experts: [2]\nbogus: 1\n', "unknown grid key 'bogus'"),

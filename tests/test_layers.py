@@ -16,15 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # package (first component under bench/) -> the packages it may import besides itself
 ALLOWED = {
     'core': set(),
-    'data': {'core'},
+    'dataset_table': {'core'},
+    'data': {'core', 'dataset_table'},
     'models': {'core'},
     'attacks': {'core'},
-    'training': {'core', 'data', 'models', 'attacks'},
-    'evaluation': {'core', 'data', 'models', 'attacks'},
+    'training': {'core', 'dataset_table', 'data', 'models', 'attacks'},
+    'evaluation': {'core', 'dataset_table', 'data', 'models', 'attacks'},
     'audit': {'core', 'models'},
     'results': {'core', 'models'},
-    'pipeline': {'core', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results'},
-    'cli': {'core', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results', 'pipeline'},
+    'pipeline': {'core', 'dataset_table', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit',
+                 'results'},
+    'cli': {'core', 'dataset_table', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results',
+            'pipeline'},
 }
 
 

@@ -11,9 +11,29 @@ from benchmarks import bench_startup
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ('torch', 'timm', 'torchvision', 'matplotlib', 'autoattack', 'fvcore')
-# the verbs whose parser (--help, argument errors) is built without the heavy libraries; eval, train, audit and
-# ship still name torch-backed constants (attack presets, data sets, config fields, dtypes) in their options
-LIGHT_VERBS = (None, 'leaderboard', 'compare', 'report', 'import-paper', 'models', 'grid', 'quickstart', 'export')
+# every verb's parser (--help, argument errors) is built without the heavy libraries: the names its options list
+# (attacks, presets, data sets, config fields) live in torch-free modules (bench/attacks/names.py,
+# bench/dataset_table.py, bench/training/config.py)
+LIGHT_VERBS = (None, 'quickstart', 'train', 'eval', 'audit', 'leaderboard', 'grid', 'report', 'models', 'export',
+               'compare', 'import-paper', 'ship')
+# per verb, an argument error that argparse or the verb's checks of its options find before any model or data
+# work: each must answer (exit 2) without importing the heavy libraries
+ARGUMENT_ERRORS = {
+    'quickstart': ['quickstart', '--procs', 'two'],
+    'train': ['train', '--eps', '2'],
+    'eval': ['eval', '--model', 'resnet18_dense', '--eps', '2'],
+    'eval attacks': ['eval', '--model', 'resnet18_dense', '--attacks', 'pgd7'],
+    'eval dataset': ['eval', '--model', 'resnet18_dense', '--dataset', 'mnist'],
+    'audit': ['audit', '--all', '--max-flops-ratio', '0'],
+    'leaderboard': ['leaderboard', '--no-such-flag'],
+    'grid': ['grid', 'grid_tiny', '--shard', '4/4'],
+    'report': ['report', '--no-such-flag'],
+    'models': ['models', '--no-such-flag'],
+    'export': ['export'],
+    'compare': ['compare', '--no-such-flag'],
+    'import-paper': ['import-paper', '--no-such-flag'],
+    'ship': ['ship', 'grid_tiny', '--dtipe', 'float16'],
+}
 
 
 def _imported(code: str) -> list:
@@ -31,6 +51,42 @@ def test_importing_the_cli_imports_no_heavy_library():
 @pytest.mark.parametrize('verb', LIGHT_VERBS)
 def test_a_verbs_parser_is_built_without_torch(verb):
     assert _imported(f'from bench.cli import build_parser\nbuild_parser({verb!r})') == []
+
+
+@pytest.mark.parametrize('verb', [v for v in LIGHT_VERBS if v])
+def test_a_verbs_help_imports_no_heavy_library(verb):
+    code = (f'from bench.cli import main\ntry:\n    main([{verb!r}, "--help"])\nexcept SystemExit as e:\n'
+            '    assert e.code == 0, e.code\nelse:\n    raise AssertionError("--help did not exit")')
+    assert _imported(code) == []
+
+
+@pytest.mark.parametrize('name', ARGUMENT_ERRORS)
+def test_an_argument_error_imports_no_heavy_library(name):
+    code = (f'from bench.cli import main\ntry:\n    rc = main({ARGUMENT_ERRORS[name]!r})\nexcept SystemExit as e:\n'
+            '    rc = e.code\nassert rc == 2, rc')
+    assert _imported(code) == []
+
+
+def test_every_verb_has_an_argument_error_checked():
+    from bench.cli import VERBS
+    assert {args[0] for args in ARGUMENT_ERRORS.values()} == set(VERBS)
+
+
+def test_the_argument_error_check_sees_a_verb_that_went_past_its_checks():
+    # a valid eval that reaches the model: the same check must see torch (and fail the verb with exit 2 here,
+    # on an unknown model, after the import)
+    code = ('from bench.cli import main\nrc = main(["eval", "--model", "no_such_model", "--n-examples", "1"])\n'
+            'assert rc == 2, rc')
+    assert 'torch' in _imported(code)
+
+
+def test_ship_help_names_every_dtype_ship_takes():
+    # the parser cannot import DTYPE_CHOICES (torch); its metavar lists them and must stay equal
+    from bench.cli import build_parser
+    from bench.pipeline.ship import DTYPE_CHOICES
+    ship = next(a for a in build_parser('ship')._actions if a.dest == 'verb').choices['ship']
+    dtype = next(a for a in ship._actions if a.dest == 'dtype')
+    assert dtype.metavar == '{' + ','.join(DTYPE_CHOICES) + '}'
 
 
 def test_the_check_sees_a_heavy_import():

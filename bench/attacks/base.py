@@ -13,10 +13,9 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
+from bench.attacks.names import NORMS
 from bench.core.errors import UserError
 from bench.core.values import parse_eps
-
-NORMS = ('Linf', 'L2')
 
 
 class Attack(Protocol):

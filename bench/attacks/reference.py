@@ -21,13 +21,9 @@ import torch
 from torch import nn
 
 from bench.attacks.base import _check_common, _settings, num_classes_of
+from bench.attacks.names import CUSTOM_PREFIX, check_custom_parts
 from bench.core.errors import UserError
 from bench.core.rng import forked_rng
-
-# AutoAttack's own sub-attack names, as `version='custom'` takes them
-AUTOATTACK_PARTS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab', 'fab-t', 'square')
-# 'autoattack.apgd-ce+square' = AutoAttack version='custom'; a '.' keeps the name a valid registry key
-CUSTOM_PREFIX = 'autoattack.'
 
 # ---------------------------------------------------------------------------------------------- reference warnings
 
@@ -304,13 +300,7 @@ class AutoAttack(_Reference):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.version not in ('standard', 'custom'):
-            raise UserError(f'AutoAttack version {self.version!r}: choose standard or custom')
-        self.parts = tuple(self.parts)
-        bad = [p for p in self.parts if p not in AUTOATTACK_PARTS]
-        if bad or (self.version == 'custom' and not self.parts):
-            raise UserError(f'AutoAttack custom parts {"+".join(self.parts) or "(none)"!r}: choose one or more of '
-                            f'{", ".join(AUTOATTACK_PARTS)} joined by +')
+        self.parts = check_custom_parts(self.parts, self.version)
 
     def requested(self) -> Tuple[str, ...]:
         return self.parts if self.version == 'custom' else self.STANDARD

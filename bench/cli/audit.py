@@ -9,20 +9,19 @@ import argparse
 import fnmatch
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-import timm
 from rich.console import Console
 from rich.table import Table
 
-from bench.audit.audit import AGREEMENT_TOLERANCE, FLOPS_UNIT, audit_model, check_model_name
-from bench.audit.result import AuditResult
 from bench.core.atomic import write_json_atomic
-from bench.core.devices import choose_device
 from bench.core.errors import UserError
 from bench.core.values import parse_mapping
-import timm_moe
-from timm_moe import ModelSpec
+
+if TYPE_CHECKING:  # bench.audit imports torch and fvcore
+    from bench.audit.result import AuditResult
+
+# timm, timm_moe, torch and fvcore load in the functions that build models, after the options are checked
 
 
 def _int_list(text: str, what: str) -> List[int]:
@@ -37,11 +36,17 @@ def _int_list(text: str, what: str) -> List[int]:
 
 def moe_names() -> List[str]:
     """Every registered MoE name (every family: BlockMoE and ConvMoE of each arch), in timm's order."""
+    import timm
+
+    import timm_moe
+    from timm_moe import ModelSpec
     return [n for n in timm.list_models(timm_moe.model_names()) if ModelSpec.from_name(n).is_moe]
 
 
 def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
     """(model name, expert_width) pairs to audit, in order."""
+    from bench.audit.audit import check_model_name
+    from timm_moe import ModelSpec
     widths = {'full': ['full'], 'matched': ['matched'], 'both': ['full', 'matched']}
     if args.all:
         names = [n for n in moe_names() if fnmatch.fnmatch(n, args.filter or '*')]
@@ -72,6 +77,7 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
 
 def _widths(name: str, widths: List[str]) -> List[str]:
     # only a BlockMoE has compute-matched experts; another model is audited once, at full width
+    from timm_moe import ModelSpec
     return widths if ModelSpec.from_name(name).kind == 'block' else ['full']
 
 
@@ -112,6 +118,7 @@ BASELINES = {'dense': 'flops_ratio', 'dense+gates': 'flops_ratio_dense_plus_gate
 
 def render(results: Sequence[AuditResult], limit: Optional[float] = None, baseline: str = 'dense') -> Table:
     """The audit as a rich table (FLOPs in G of MACs per image; the gates' in M)."""
+    from bench.audit.audit import AGREEMENT_TOLERANCE
     table = Table(title='timm-moe audit: per image, over the dense baseline with the identical stem '
                         '(GFLOPs = 1e9 multiply-accumulates, fvcore convention)')
     cols = ['model', 'experts', 'active G', 'dense G', 'gates M', 'active/dense', 'active/(d+g)',
@@ -147,10 +154,14 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (('--repeats', args.repeats), ('--batch', args.batch)):
         if value is not None and value < 1:
             raise UserError(f'{flag} {value}: expected an integer >= 1')
-    device = choose_device(args.device) if args.device else None
     input_size = _int_list(args.input_size, '--input-size') if args.input_size else None
     if input_size is not None and len(input_size) != 3:
         raise UserError(f'--input-size {args.input_size!r}: expected C,H,W, e.g. 3,224,224')
+
+    from bench.audit.audit import FLOPS_UNIT, audit_model
+    from bench.core.devices import choose_device
+    from timm_moe import ModelSpec
+    device = choose_device(args.device) if args.device else None
     targets = _targets(args)
 
     err = Console(stderr=True, width=200)

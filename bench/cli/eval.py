@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-
-from bench.attacks import NORMS, PRESETS, attack_choices, resolve_attacks
+from bench.attacks.names import NORMS, PRESETS, attack_choices, resolve_attacks
 from bench.core.atomic import write_json_atomic
-from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile, compiled_in_place
-from bench.core.devices import choose_device
+from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
 from bench.core.values import parse_eps, parse_mapping
-from bench.evaluation import checks as sanity
-from bench.evaluation.loop import evaluate_model
-from bench.evaluation.result import EvalResult
-from bench.evaluation.resume import SIDECAR_SUFFIX, BatchLog
-from bench.models import build_model, check_run_model, default_dataset, normalized, run_config_kwargs
+from bench.dataset_table import DATASETS, check_dataset_name
+from bench.evaluation.resume import SIDECAR_SUFFIX
+
+# torch, timm and the evaluation load in `run`, after the inputs are checked: --help and a bad value answer at once
+if TYPE_CHECKING:
+    from bench.evaluation.result import EvalResult
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from bench.data import DATASETS
     p = subparsers.add_parser('eval', help='clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks',
                               description=__doc__.split('\n\n')[0])
     p.add_argument('--model', required=True, help='timm model name, e.g. resnet18_blockmoe_e8_k1')
@@ -97,14 +94,17 @@ def _check_json_target(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.data import dataset_info, eval_tensors
-    # validate every cheap input before any expensive work
+    # validate every cheap input before any expensive work (and before torch is imported)
     eps = parse_eps(args.eps, args.norm)
     names = resolve_attacks(args.attacks)
-    if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
+    if args.dataset is not None:
+        check_dataset_name(args.dataset)
+    else:  # the weights know what they were trained on: never send the user to CIFAR-100 (reads them: torch)
+        from bench.models import default_dataset
         args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
         print(f'--dataset not given: {args.dataset} ({why})')
-    info = dataset_info(args.dataset)
+    if args.pretrained and args.checkpoint:
+        raise UserError('--pretrained and --checkpoint both name the weights; give one')
     if args.batch_size < 1:
         raise UserError(f'--batch-size {args.batch_size} must be at least 1')
     if args.n_examples < 1:
@@ -121,17 +121,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError('--resume needs --json: partial results live next to the JSON output')
     if args.json is not None:
         _check_json_target(args.json, args.resume, args.overwrite)
-    check_torchcompile(args.torchcompile, args.torchcompile_mode)
+    given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    check_torchcompile(args.torchcompile, args.torchcompile_mode)  # imports torch only to check a backend
+
+    import timm
+    import torch
+
+    from bench.core.compile import compiled_in_place
+    from bench.core.devices import choose_device
+    from bench.data import dataset_info, eval_tensors
+    from bench.evaluation.loop import evaluate_model
+    from bench.evaluation.resume import BatchLog
+    from bench.models import build_model, check_run_model, normalized, run_config_kwargs
     device = choose_device(args.device)
     check_run_model(args.checkpoint, args.model)
-    given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
     in_chans = args.in_chans or kwargs.pop('in_chans', None) or info['in_chans']
     if in_chans != info['in_chans']:
         raise UserError(f'--in-chans {in_chans} does not fit {args.dataset}, whose images have {info["in_chans"]}')
-    if args.pretrained and args.checkpoint:
-        raise UserError('--pretrained and --checkpoint both name the weights; give one')
     model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint, pretrained=args.pretrained)
     x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
     wrapped = normalized(model, info['mean'], info['std']).to(device)
@@ -157,6 +166,8 @@ def print_result(result: EvalResult) -> None:
     """Accuracy table, MoE tables and the sanity-check table, with rich."""
     from rich.console import Console
     from rich.table import Table
+
+    from bench.evaluation import checks as sanity
     console = Console()
     n = result.n_examples
     table = Table(title=f'{result.threat_model} eps={result.eps:.5g} on {n} examples')

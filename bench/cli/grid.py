@@ -37,19 +37,22 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--only', help='run only the cells whose id contains this text')
     p.add_argument('--shard', metavar='I/N', help='run only the I-th (from 0) of N slices of the cells; N '
                    'processes with I = 0..N-1 run every cell once and fill one registry')
+    p.add_argument('--no-progress', action='store_true',
+                   help="hide the board of running cells, their stages and ETA (shown on stderr)")
     p.set_defaults(func=run, interrupted=lambda args: 'finished cells are kept; rerun the same command to resume')
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.pipeline.grid import load_spec, run_grid  # torch: imported by the verb, not by --help
     shard = parse_shard(args.shard)
     if args.procs < 1:
         raise UserError(f'--procs {args.procs} must be at least 1')
+    from bench.pipeline.grid import load_spec, run_grid  # torch: imported once the options are checked
     spec = load_spec(args.spec)
     if args.out:
         spec.out = args.out
     if args.registry:
         spec.registry = args.registry
     console = Console(width=200) if not sys.stdout.isatty() else Console()
-    outcome = run_grid(spec, args.procs, args.dry_run, console, args.only, shard)
+    outcome = run_grid(spec, args.procs, args.dry_run, console, args.only, shard,
+                       progress=not args.no_progress)
     return 1 if outcome['failed'] else 0

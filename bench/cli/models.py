@@ -6,8 +6,9 @@ paper's width costs no memory and no initialisation, and the whole list answers 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 from bench.core.errors import UserError
 
@@ -22,13 +23,34 @@ def plugin_models(pattern: str = '*') -> List[str]:
             if timm.models.model_entrypoint(n).__module__.split('.')[0] == PLUGIN]
 
 
+# torch.nn.init's in-place initialisers: on the meta device each still runs through torch's reference
+# implementations (about 3 ms a call, most of the time of a meta build), for values a meta tensor does not hold
+_INITIALISERS = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
+                 'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
+
+
+@contextlib.contextmanager
+def _without_initialisers() -> Iterator[None]:
+    """torch.nn.init's initialisers as no-ops (for a build on the meta device, where there are no values)."""
+    from torch.nn import init
+    saved = {n: getattr(init, n) for n in _INITIALISERS if hasattr(init, n)}
+    try:
+        for n in saved:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
 def summarize(name: str, width: int) -> Dict[str, Any]:
-    """Experts, top-k, MoE layers and parameter counts of `name` at `width`, built on the meta device."""
+    """Experts, top-k, MoE layers and parameter counts of `name` at `width`, built on the meta device (shapes
+    only: no storage and no initialisation)."""
     import torch
 
     import timm_moe
     from bench.models import create_model, param_counts
-    with torch.device('meta'):
+    with torch.device('meta'), _without_initialisers():
         model = create_model(name, dict(width=width), '--width')
     layers = timm_moe.moe_layers(model)
     return dict(model=name, experts=timm_moe.num_experts(model), k=layers[0][1].k if layers else 0,

@@ -36,12 +36,12 @@ def study_plan(spec: Any) -> Dict[str, Any]:
     if not spec.configs:
         raise UserError(f'grid spec {spec.name!r} has no named configs (configs: ...): a study report compares '
                         'named configurations; use plain `timm-moe report` for other grids')
-    from bench.data import dataset_info
+    from bench.dataset_table import DATASET_SIZES, check_dataset_name
 
     dataset = spec.train.get('dataset')
     return {'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
-            'train_images': dataset_info(dataset)['train_images'] if dataset else None,
+            'train_images': DATASET_SIZES[check_dataset_name(dataset)]['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),
                                'seeds': [s for s in config_seeds(c, spec.seeds) if s is not None],
                                'upcycle_from': c.get('upcycle_from')} for name, c in spec.configs.items()}}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.pipeline.ship import DTYPE_CHOICES, MB, ship
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -18,12 +17,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('spec', help='the study\'s grid YAML (configs with a tag), or a shipped grid_*.yaml name')
     p.add_argument('--out', type=Path, default=None,
                    help="the pretrained-tags folder to replace (default: the package's timm_moe/pretrained/)")
-    p.add_argument('--dtype', choices=DTYPE_CHOICES, default='auto',
+    # the values are checked by `ship` (DTYPE_CHOICES), which imports torch: a parser must not
+    p.add_argument('--dtype', default='auto', metavar='{float32,float16,auto}',
                    help='weights precision; auto: float32 unless the files would reach 18 MB, then float16')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.pipeline.ship import MB, ship
     out, manifest = ship(args.spec, args.out, args.dtype)
     for key, record in sorted(manifest.items()):
         print(f'{key}: {record["file"]} ({record["dtype"]}, registry entry {record["entry_id"]})')

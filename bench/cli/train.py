@@ -8,7 +8,6 @@ import os
 
 from bench.core.compile import TORCHCOMPILE_DEFAULT
 from bench.training.config import TrainConfig, field_help, load_config
-from bench.training.trainer import run_training
 
 _FIELDS = dataclasses.fields(TrainConfig)
 
@@ -53,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, f'cfg_{f.name}')
         if value is not None:
             overrides += [f'--{f.name}', value]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # checks every value before torch is imported
+    from bench.training.trainer import run_training
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     last = result.history[-1] if result.history else {}
     if int(os.environ.get('RANK', 0)) == 0:

@@ -4,13 +4,12 @@ evaluation both use them)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-import torch
-from torch import nn
-
-import timm_moe
 from bench.core.errors import UserError
+
+if TYPE_CHECKING:  # torch and timm_moe load where a model is compiled: a parser reads the default without them
+    from torch import nn
 
 # timm's `--torchcompile` alone means inductor (argparse const); YAML `torchcompile: true` says the same
 TORCHCOMPILE_DEFAULT = 'inductor'
@@ -104,6 +103,9 @@ def compiled_in_place(model: nn.Module, backend: Optional[str], mode: Optional[s
     if backend is None:
         yield model
         return
+    import torch._dynamo
+
+    import timm_moe
     torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
     model.compile(backend=backend, mode=mode)
     # retain_graph: the gradient-masking checks backward twice through one forward
@@ -119,6 +121,7 @@ def compile_for_training(ddp: nn.Module, net: nn.Module, backend: Optional[str],
     the checkpoints on the raw module (so no `_orig_mod.` key reaches a state_dict). No backend: both as given."""
     if not backend:
         return ddp, net
+    import torch._dynamo
     torch._dynamo.reset()  # as timm's validate.py: nothing compiled earlier in this process counts
     step_net = torch.compile(ddp, backend=backend, mode=mode)
     # without DDP the attack's backward must not all-reduce: a distributed run compiles the bare net too

@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from bench.core.atomic import atomic_save
 from bench.core.errors import UserError
-from bench.models import read_torch_file
+
+if TYPE_CHECKING:  # torch loads where tensors are read: `timm-moe eval` checks --json's sidecar before it
+    import torch
 
 SIDECAR_SUFFIX = '.partial.jsonl'
 # key of the routing analysis' crafted examples in the sidecar's example store (no attack has this name)
@@ -106,6 +106,9 @@ class BatchLog:
         f = self.adv_dir / f'{key}-{batch}.pt' if self.adv_dir is not None else None
         if f is None or not f.is_file():
             return None
+        import torch
+
+        from bench.models import read_torch_file
         try:
             obj = read_torch_file(f, 'stored adversarial examples')
         except UserError:

@@ -393,7 +393,8 @@ def status(cell: Mapping[str, Any], spec: GridSpec, registered: Optional[Registe
 
 
 def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Optional[Console] = None,
-             only: Optional[str] = None, shard: Optional[Tuple[int, int]] = None) -> Dict[str, List[Dict[str, Any]]]:
+             only: Optional[str] = None, shard: Optional[Tuple[int, int]] = None,
+             progress: bool = True) -> Dict[str, List[Dict[str, Any]]]:
     """Run every cell not yet done; returns {'done': [...], 'failed': [...], 'skipped': [...], 'pending': [...]}.
 
     Args:
@@ -403,6 +404,7 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         console: Where to print.
         only: Run only the cells whose id contains this text.
         shard: (index, count): run only the index-th of count slices of the cells (see `shard_cells`).
+        progress: Show the board of running cells, their stages and ETA (on stderr).
     """
     console = console or Console()
     todo_cells = [c for c in shard_cells(cells(spec), shard) if only is None or only in c['cell']]
@@ -424,9 +426,9 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     # an upcycled cell needs its source's finished run: sources train in the first wave
     outcomes = []
     for wave in ([c for c in pending if not c.get('upcycle_from')], [c for c in pending if c.get('upcycle_from')]):
-        outcomes += run_wave(wave, spec, procs, console)
+        outcomes += run_wave(wave, spec, procs, console, progress)
     if spec.autoattack:
-        outcomes += run_followups(spec, cells(spec), shard, procs, console)
+        outcomes += run_followups(spec, cells(spec), shard, procs, console, progress)
     busy = [o for o in outcomes if 'busy' in o]
     done = [o for o in outcomes if 'error' not in o and 'busy' not in o]
     failed = [o for o in outcomes if 'error' in o]
@@ -443,15 +445,16 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     return dict(done=done, failed=failed, skipped=skipped, pending=[], busy=busy)
 
 
-def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console) -> List[Dict[str, Any]]:
+def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Console,
+             progress: bool = True) -> List[Dict[str, Any]]:
     """Run the cells of `wave`, `procs` at a time, with a progress board on stderr; their outcomes in order."""
     if not wave:
         return []
-    return run_parallel(_guarded, [(c['cell'], (c, spec)) for c in wave], procs, 'grid')
+    return run_parallel(_guarded, [(c['cell'], (c, spec)) for c in wave], procs, 'grid', progress=progress)
 
 
 def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tuple[int, int]], procs: int,
-                  console: Console) -> List[Dict[str, Any]]:
+                  console: Console, progress: bool = True) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
     (every shard's) is done; returns their outcomes."""
     registered = registered_cells(spec)
@@ -461,4 +464,4 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
         return []
     todo = [c for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec, registered) for c in grid})
             if status(c, spec, registered) != 'done']
-    return run_wave(shard_cells(todo, shard), spec, procs, console)
+    return run_wave(shard_cells(todo, shard), spec, procs, console, progress)

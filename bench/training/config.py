@@ -21,6 +21,7 @@ from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
 from bench.core.yaml_files import RECIPE, read_yaml_mapping
 from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
+from bench.dataset_table import check_dataset_name
 
 METHODS = ('normal', 'pgd', 'trades', 'fast', 'free')
 ATTACK_PRECISIONS = ('fp32', 'amp')
@@ -89,6 +90,7 @@ class TrainConfig:
 
     def validate(self) -> 'TrainConfig':
         """Raise UserError on values no run could use."""
+        check_dataset_name(self.dataset)
         choices = {'training': METHODS, 'attack_mode': ('train', 'eval'), 'attack_precision': ATTACK_PRECISIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
