@@ -26,8 +26,11 @@ class Run:
     def __init__(self, argv: Sequence[str], cwd: Path = ROOT, env_path: Sequence[Path] = ()) -> None:
         env = dict(os.environ, OMP_NUM_THREADS='1',
                    PYTHONPATH=os.pathsep.join([str(ROOT), *map(str, env_path), os.environ.get('PYTHONPATH', '')]))
+        # SIGINT as a terminal leaves it: pytest-xdist's workers ignore SIGINT, a child inherits that, and a Python
+        # started with SIGINT ignored never raises KeyboardInterrupt
         self.proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err: List[str] = []
         self.out: List[str] = []
         self._readers = [threading.Thread(target=lambda f=f, to=to: to.extend(iter(f.readline, '')), daemon=True)

@@ -48,10 +48,10 @@ def test_upcycled_run_starts_from_the_dense_weights(tmp_path, dense_run):
         w = start[f'layer4.1.experts.{e}.conv1.weight']
         assert not torch.equal(w, dense_w) and (w - dense_w).std() < 0.02 * dense_w.std()
     digest = sha256_file(dense_run / 'model.pth')
-    assert result['upcycled_from'] == dict(path=str(dense_run / 'model.pth'), sha256=digest, noise=0.01, seed=12345)
-    saved = yaml.safe_load((Path(result['run_dir']) / 'config.yaml').read_text())
+    assert result.upcycled_from == dict(path=str(dense_run / 'model.pth'), sha256=digest, noise=0.01, seed=12345)
+    saved = yaml.safe_load((Path(result.run_dir) / 'config.yaml').read_text())
     assert saved['upcycle_sha256'] == digest and saved['upcycle_from'] == str(dense_run)
-    after = torch.load(Path(result['run_dir']) / 'model.pth')
+    after = torch.load(Path(result.run_dir) / 'model.pth')
     assert any(not torch.equal(after[k], start[k]) for k in start if after[k].is_floating_point())  # it trained
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# `bench.pipeline.ship.DTYPE_CHOICES`, which imports torch, written out so that the parser checks --dtype at once;
+# tests/test_startup.py keeps the two equal
+DTYPE_CHOICES = ('float32', 'float16', 'auto')
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +20,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('spec', help='the study\'s grid YAML (configs with a tag), or a shipped grid_*.yaml name')
     p.add_argument('--out', type=Path, default=None,
                    help="the pretrained-tags folder to replace (default: the package's timm_moe/pretrained/)")
-    # the values are checked by `ship` (DTYPE_CHOICES), which imports torch: a parser must not
-    p.add_argument('--dtype', default='auto', metavar='{float32,float16,auto}',
+    p.add_argument('--dtype', default='auto', choices=DTYPE_CHOICES,
                    help='weights precision; auto: float32 unless the files would reach 18 MB, then float16')
     p.set_defaults(func=run)
 
