@@ -244,14 +244,14 @@ def test_sweep_reports_a_model_that_cannot_be_built_and_goes_on(capsys, tmp_path
 
 
 def test_audit_takes_model_kwargs_as_train_and_eval_do(capsys):
-    """One spelling everywhere: --model-kwargs; the old single-kwarg flags still work for a release and warn."""
+    """One spelling everywhere: --model-kwargs; the old single-kwarg flags are gone (nothing was released)."""
     parse = cli.build_parser('audit').parse_args
     args = parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', 'width=16,gate=conv_gap',
                   '--num-classes', '10'])
     assert model_kwargs_of(args) == dict(width=16, gate='conv_gap', num_classes=10)
-    old = parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--width', '8', '--moe-blocks', 'all'])
-    assert model_kwargs_of(old) == dict(width=8, placement='all')
-    assert '--width is deprecated' in capsys.readouterr().err
+    for old in ('--width', '--moe-blocks', '--placement', '--gate', '--stem'):
+        with pytest.raises(SystemExit):
+            parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', old, '8'])
     for bad, needle in (('expert_width=matched', '--expert-width'), ('width=0', 'width=0')):
         with pytest.raises(UserError, match=needle):
             model_kwargs_of(parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', bad]))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import timm_moe
 from bench.core.compile import torchcompile_settings
 
-# (k, mode) -> graph breaks of a resnet18 BlockMoE with one MoE layer (the default moe_blocks='last'), as
+# (k, mode) -> graph breaks of a resnet18 BlockMoE with one MoE layer (the default placement='last'), as
 # torch._dynamo.explain counts them (a break inside a nested call counts in each enclosing frame): the
 # bincount of the routing (data-dependent output shape), `_in_backward()` (a torch._C query returning a
 # bool) and `counts.tolist()` (data-dependent split sizes); the train step's extra one is its own frame.

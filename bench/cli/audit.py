@@ -81,22 +81,13 @@ def _widths(name: str, widths: List[str]) -> List[str]:
     return widths if ModelSpec.from_name(name).kind == 'block' else ['full']
 
 
-# the options that named single model kwargs before --model-kwargs (the spelling train and eval use)
-_OLD_KWARG_FLAGS = ('width', 'stem', 'gate', 'placement')
-
 
 def model_kwargs_of(args: argparse.Namespace) -> Dict[str, Any]:
-    """--model-kwargs, --num-classes and --in-chans (and the deprecated --width, --stem, --gate, --placement)."""
+    """--model-kwargs, --num-classes and --in-chans: the model kwargs of every audited model and its baseline."""
     kwargs = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
     if 'expert_width' in kwargs:
         raise UserError('--model-kwargs expert_width=...: give it as --expert-width full, matched or both '
                         '(audit compares the two)')
-    for key in _OLD_KWARG_FLAGS:
-        value = getattr(args, key)
-        if value is not None:
-            print(f'timm-moe audit: --{key.replace("_", "-")} is deprecated and will be removed in the next '
-                  f'release; use --model-kwargs {key}={value}', file=sys.stderr)
-            kwargs.setdefault(key, value)
     for key in ('num_classes', 'in_chans'):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
@@ -273,10 +264,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--model-kwargs', default=None, metavar='K=V,...',
                    help='model kwargs for every audited model and its dense baseline, as train and eval take them '
                         '(e.g. width=16,gate=conv_gap,stem=imagenet; default: the models\' defaults)')
-    for key, kind in (('width', int), ('stem', str), ('gate', str), ('placement', str)):
-        flags = ['--placement', '--moe-blocks'] if key == 'placement' else [f'--{key}']
-        p.add_argument(*flags, dest=key, type=kind, default=None,
-                       help=f'deprecated: use --model-kwargs {key}=...')
     p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default 100)')
     p.add_argument('--in-chans', type=int, default=None, help='input channels (default 3)')
     p.add_argument('--input-size', default=None, metavar='C,H,W',
