@@ -105,9 +105,13 @@ def test_models_counts_parameters_on_the_meta_device_and_lists_the_tags():
     assert 'resnet18_blockmoe_e4_k2' in names and 'resnet18_dense' in names
     assert all(timm.models.model_entrypoint(n).__module__.startswith('timm_moe') for n in names)
     assert models.plugin_models('resnet18d') == []  # timm's own model, not the plugin's
-    s = models.summarize('resnet18_blockmoe_e4_k2', width=8)
-    built = param_counts(timm.create_model('resnet18_blockmoe_e4_k2', width=8))
-    assert (s['params_total'], s['params_active']) == (built['total'], built['active'])
+    # k changes no parameter, so siblings that differ in k share one build: their counts must still be each one's own
+    siblings = ['resnet18_blockmoe_e4_k1', 'resnet18_blockmoe_e4_k2', 'resnet18_convmoe_e4_k1',
+                'resnet18_convmoe_e4_k3', 'resnet18_dense']
+    for s in models.summarize(siblings, width=8):
+        built = param_counts(timm.create_model(s['model'], width=8))
+        assert (s['params_total'], s['params_active']) == (built['total'], built['active']), s['model']
+    s = models.summarize(['resnet18_blockmoe_e4_k2'], width=8)[0]
     assert (s['experts'], s['k']) == (4, 2) and s['params_active'] < s['params_total']
     tags = {r['tag']: r for r in models.pretrained_tags(['resnet18_blockmoe_e4_k2'])}
     assert tags['resnet18_blockmoe_e4_k2.fmnist_pgd']['dataset'] == 'fashion-mnist-bundled'

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from typing import Any, Dict, Iterator, List
 
@@ -43,18 +44,35 @@ def _without_initialisers() -> Iterator[None]:
             setattr(init, n, f)
 
 
-def summarize(name: str, width: int) -> Dict[str, Any]:
-    """Experts, top-k, MoE layers and parameter counts of `name` at `width`, built on the meta device (shapes
-    only: no storage and no initialisation)."""
+def summarize(names: List[str], width: int) -> List[Dict[str, Any]]:
+    """Experts, top-k, MoE layers and parameter counts of each of `names` at `width`.
+
+    Each model is built on the meta device (shapes only: no storage and no initialisation), and names that differ
+    only in k are built once: k changes no parameter, only how many experts an image runs, so a sibling's active
+    count is the built model's total minus all but its k largest experts per layer (as `param_counts` counts it).
+    """
     import torch
 
     import timm_moe
     from bench.models import create_model, param_counts
-    with torch.device('meta'), _without_initialisers():
-        model = create_model(name, dict(width=width), '--width')
-    layers = timm_moe.moe_layers(model)
-    return dict(model=name, experts=timm_moe.num_experts(model), k=layers[0][1].k if layers else 0,
-                moe_layers=[n for n, _ in layers], **{f'params_{k}': v for k, v in param_counts(model).items()})
+    built: Dict[str, Any] = {}  # name without its k -> (layers, expert sizes per layer (largest first), total)
+    out = []
+    for name in names:
+        spec = timm_moe.ModelSpec.from_name(name)
+        key = re.sub(rf'_k{spec.k}$', '', name) if spec.k else name
+        if key not in built:
+            with torch.device('meta'), _without_initialisers():
+                model = create_model(name, dict(width=width), '--width')
+            layers = timm_moe.moe_layers(model)
+            sizes = [sorted((sum(p.numel() for p in e.parameters()) for e in layer.experts), reverse=True)
+                     for _, layer in layers]
+            built[key] = ([n for n, _ in layers], sizes, param_counts(model)['total'])
+        layers, sizes, total = built[key]
+        k = spec.k or 0
+        active = total - sum(sum(s[k:]) for s in sizes)
+        out.append(dict(model=name, experts=spec.experts, k=k, moe_layers=layers, params_total=total,
+                        params_active=active))
+    return out
 
 
 def pretrained_tags(names: List[str]) -> List[Dict[str, Any]]:
@@ -84,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f'timm-moe models (width {args.width}; parameters counted on the meta device)')
     for col in ('model', 'E', 'k', 'MoE layers', 'params', 'active/image'):
         table.add_column(col, justify='left' if col in ('model', 'MoE layers') else 'right')
-    for name in names:
-        s = summarize(name, args.width)
-        table.add_row(name, str(s['experts']), str(s['k']), ','.join(s['moe_layers']) or '-',
+    for s in summarize(names, args.width):
+        table.add_row(s['model'], str(s['experts']), str(s['k']), ','.join(s['moe_layers']) or '-',
                       f"{s['params_total'] / 1e6:.2f}M", f"{s['params_active'] / 1e6:.2f}M")
     console.print(table)
     tags = pretrained_tags(names)
