@@ -41,8 +41,9 @@ def test_a_mistyped_grid_spec_suggests_the_closest():
 
 
 def test_eval_of_a_pretrained_tag_defaults_to_its_data_set(capsys):
-    # --n-examples 0 stops right after the defaults are resolved: no model is built, nothing is downloaded
-    assert main(['eval', '--model', 'resnet18_blockmoe_e4_k2.fmnist_pgd', '--pretrained', '--n-examples', '0']) == 2
+    # an unknown compile backend stops right after the defaults are resolved: no model is built, nothing downloaded
+    assert main(['eval', '--model', 'resnet18_blockmoe_e4_k2.fmnist_pgd', '--pretrained',
+                 '--torchcompile', 'no_such_backend']) == 2
     out = capsys.readouterr().out
     assert '--dataset not given: fashion-mnist-bundled' in out and 'manifest' in out
 
@@ -54,7 +55,11 @@ def test_eval_of_a_checkpoint_defaults_to_its_runs_data_set(tmp_path, capsys):
     (run / 'model.pth').write_bytes(b'')
     assert default_dataset(run / 'model.pth') == ('fashion-mnist-bundled', f'{run / "config.yaml"} names it')
     assert default_dataset(tmp_path / 'elsewhere.pth')[0] == 'cifar100'
+    # the default is read after the cheap checks (it imports torch): a bad --n-examples fails first, without it
     assert main(['eval', '--model', 'resnet18_dense', '--checkpoint', str(run / 'model.pth'), '--n-examples', '0']) == 2
+    assert '--dataset not given' not in capsys.readouterr().out
+    assert main(['eval', '--model', 'resnet18_dense', '--checkpoint', str(run / 'model.pth'),
+                 '--torchcompile', 'no_such_backend']) == 2
     assert '--dataset not given: fashion-mnist-bundled' in capsys.readouterr().out
 
 

@@ -99,10 +99,6 @@ def run(args: argparse.Namespace) -> int:
     names = resolve_attacks(args.attacks)
     if args.dataset is not None:
         check_dataset_name(args.dataset)
-    else:  # the weights know what they were trained on: never send the user to CIFAR-100 (reads them: torch)
-        from bench.models import default_dataset
-        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
-        print(f'--dataset not given: {args.dataset} ({why})')
     if args.pretrained and args.checkpoint:
         raise UserError('--pretrained and --checkpoint both name the weights; give one')
     if args.batch_size < 1:
@@ -122,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         _check_json_target(args.json, args.resume, args.overwrite)
     given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
+        # reading them imports torch, so only once every cheap input is checked
+        from bench.models import default_dataset
+        args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
+        print(f'--dataset not given: {args.dataset} ({why})')
     check_torchcompile(args.torchcompile, args.torchcompile_mode)  # imports torch only to check a backend
 
     import timm
