@@ -8,7 +8,7 @@ import yaml
 from bench.cli import main
 from bench.training.config import load_config
 from bench.core.errors import UserError
-from bench.pipeline.grid import cell_config, cells, load_spec
+from bench.pipeline.grid import cell_config, cells, load_spec, recipe_label
 from bench.results import leaderboard
 from bench.results.registry import load_entries
 
@@ -41,6 +41,22 @@ def test_dry_run_lists_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'resnet18_dense-normal' in out and 'resnet18_blockmoe_e2_k1-gap_fc-entropy-last-normal' in out
     assert not (tmp_path / 'grid' / 'cells').exists()
+
+
+def test_the_recipe_column_says_what_each_cell_trains_with(tmp_path):
+    # a named-config study trains from its spec's train: block, not from the built-in defaults
+    study = load_spec('study_powered_fashion_mnist')
+    assert {recipe_label(c, study) for c in cells(study)} == {'train: block'}
+    paper = load_spec('grid_paper_cifar100')
+    # one recipe per arch (its `training` is set per cell), with the spec's `data_dir` over it
+    assert {recipe_label(c, paper) for c in cells(paper)} == {'cifar100_resnet18_pgd + train: block',
+                                                              'cifar100_resnet50_pgd + train: block'}
+    bare = load_spec(_spec(tmp_path))
+    bare.train, bare.train_config = {}, None
+    assert {recipe_label(c, bare) for c in cells(bare)} == {'built-in defaults'}
+    bare.train_config = 'fashion_mnist_quick'
+    bare.train = {'epochs': 1}
+    assert {recipe_label(c, bare) for c in cells(bare)} == {'fashion_mnist_quick + train: block'}
 
 
 def test_tiny_sweep_writes_valid_entries_and_resumes(tmp_path, capsys):

@@ -392,6 +392,15 @@ def status(cell: Mapping[str, Any], spec: GridSpec, registered: Optional[Registe
     return 'failed' if (cell_dir / 'failed.txt').exists() else 'todo'
 
 
+def recipe_label(cell: Mapping[str, Any], spec: GridSpec) -> str:
+    """What a cell trains with, as `cell_config` lays it out: the recipe, then the spec's (or its config's)
+    `train:` block over it; 'built-in defaults' only when there is neither."""
+    parts = [cell['train_config']] if cell['train_config'] else []
+    if cell.get('train', spec.train):
+        parts.append('train: block')
+    return ' + '.join(parts) or 'built-in defaults'
+
+
 def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Optional[Console] = None,
              only: Optional[str] = None, shard: Optional[Tuple[int, int]] = None,
              progress: bool = True) -> Dict[str, List[Dict[str, Any]]]:
@@ -416,7 +425,7 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     registered = registered_cells(spec)
     states = {c['cell']: status(c, spec, registered) for c in todo_cells}
     for c in todo_cells:
-        table.add_row(c['cell'], c['model'], c.get('kind') or 'dense', c['training'], c['train_config'] or '(defaults)',
+        table.add_row(c['cell'], c['model'], c.get('kind') or 'dense', c['training'], recipe_label(c, spec),
                       states[c['cell']])
     console.print(table)
     skipped = [c for c in todo_cells if states[c['cell']] == 'done']
