@@ -6,6 +6,7 @@ import errno
 import pytest
 
 import bench.cli.leaderboard
+import bench.cli.train
 from bench.cli import USER_ERRORS, main
 from bench.core.errors import UserError
 
@@ -62,3 +63,19 @@ def test_report_bad_registry_is_one_line(tmp_path, capsys):
     assert main(['report', '--registry', '/nonexistent/registry', '--out', str(tmp_path / 'r')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and '/nonexistent/registry' in err and 'Traceback' not in err
+
+
+def test_train_bool_options_take_the_no_spelling_of_the_other_verbs(monkeypatch):
+    # eval, grid and quickstart spell it --no-progress; train's bool options take that spelling too
+    seen = []
+
+    def load_config(path, overrides):
+        seen.append(overrides)
+        raise UserError('stop here')
+
+    monkeypatch.setattr(bench.cli.train, 'load_config', load_config)
+    for argv, want in ((['--no-progress'], 'false'), (['--progress'], 'true'), (['--progress', 'false'], 'false'),
+                       (['--no-deterministic'], 'false')):
+        assert main(['train', *argv]) == 2
+        name = argv[0].removeprefix('--no-').removeprefix('--')
+        assert seen.pop() == [f'--{name}', want]

@@ -41,11 +41,12 @@ def test_every_option_says_what_it_does_and_its_default(verb):
 
 
 def test_train_options_state_the_configs_defaults():
-    helps = {a.dest: a.help for a in _verb_parsers()['train']._actions}
+    # a bool's --no-<name> shares its dest and stays out of the help
+    helps = {a.dest: a.help for a in _verb_parsers()['train']._actions if a.help != argparse.SUPPRESS}
     for f in dataclasses.fields(TrainConfig):
         assert '(default: ' in helps[f'cfg_{f.name}'], f.name
     assert helps['cfg_eps'].startswith(field_help()['eps']) and '(default: 8/255)' in helps['cfg_eps']
-    assert '(default: false); a bare flag means true' in helps['cfg_amp']
+    assert '(default: false); a bare flag means true, --no-amp false' in helps['cfg_amp']
 
 
 def test_the_checks_fire():

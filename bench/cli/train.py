@@ -27,7 +27,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         text = f'{helps[f.name]} (default: {_shown(default)})'.replace('%', '%%')
         if f.type in ('bool', bool):
             p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const='true', default=None, metavar='BOOL',
-                           help=f'{text}; a bare flag means true')
+                           help=f'{text}; a bare flag means true, --no-{flag[2:]} false')
+            # --no-progress is how eval, grid and quickstart spell it: the same spelling works here
+            p.add_argument('--no-' + flag[2:], dest=f'cfg_{f.name}', action='store_const', const='false',
+                           help=argparse.SUPPRESS)
         elif f.name == 'torchcompile':  # timm's flag: an optional backend, inductor when bare
             p.add_argument(flag, dest=f'cfg_{f.name}', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None,
                            metavar='BACKEND', help=f'{text}; bare: {TORCHCOMPILE_DEFAULT}')
