@@ -7,8 +7,9 @@ What it does, and why:
 
 - imports `timm_moe` before pytest collects timm's file, whose parametrisations call
   `timm.list_models()` at import time;
-- keeps only the items parametrised with one of our model names (the 28 BlockMoE variants and the
-  2 dense baselines; `-k blockmoe` would drop the baselines) or one of our shipped pretrained tags
+- keeps only the items parametrised with one of our model names (93: BlockMoE and ConvMoE on
+  resnet18/resnet50, BlockMoE on wide_resnet50_2, and the 3 dense baselines; `-k moe` would drop the
+  baselines) or one of our shipped pretrained tags
   (`resnet18_dense.fmnist_pgd`, ...: timm's tests of default cfgs with tags and of loading pretrained
   weights run on them), and deselects the rest;
 - fails the run (exit 4) unless every core test of the file collected every one of our names, so
@@ -30,8 +31,8 @@ What it does, and why:
   deprecated by torch and not supported here (docs/ECOSYSTEM.md says why); strict, so that the mark
   fails once one of them passes;
 - marks `test_prune_intermediate_layers_contract` slow: timm's own CI skips it ("slow, prunes every
-  model at every feature index"), and on our 30 models it takes ~9 of a run's ~26 minutes on two
-  busy cores; tox deselects it with `-m "not slow"`, a plain run includes it (all 30 pass).
+  model at every feature index"), and on our first 30 models it took ~9 of a run's ~26 minutes on two
+  busy cores; tox deselects it with `-m "not slow"`, a plain run includes it.
 """
 from __future__ import annotations
 
@@ -134,8 +135,7 @@ def representative_subset(names: Iterable[str], salt: str = '') -> List[str]:
 
     Greedy set cover: take the name that covers most features not yet covered; ties go by a hash of (salt, name),
     so that each test (the salt) draws its own subset, the same in every run. Greedy is within a factor ln(#features)
-    of the smallest cover, which is small enough here: today 5 BlockMoE names cover both ResNets, k 1/2/4 and
-    E 2..32, plus the 2 dense baselines, out of 30.
+    of the smallest cover, which is small enough here: today 13 of the 93 names per test.
     """
     names = sorted(set(names))
     features = {n: name_features(n) for n in names}
