@@ -71,6 +71,20 @@ def test_runs_that_differ_in_epochs_upcycling_width_or_study_config_say_so():
     assert rows['e']['Setup'] == 'study_x: dense · 1 ep · seed 0'
 
 
+def test_a_seed_group_across_grids_names_every_grid():
+    # a pilot's seeds and the study it sized share one configuration, so they form one seed group: its Setup
+    # must not credit the study's seeds to the pilot
+    runs = [make_entry(f'r{seed}', attacks={'pgd20': 30.0 + seed % 3}, seed=seed,
+                       grid={'spec': spec, 'config': 'convmoe_all', 'seed': seed, 'cell': f'convmoe_all-seed{seed}',
+                             'stage': 'main'})
+            for spec, seed in (('pilot', 0), ('pilot', 1), ('study_p', 100))]
+    rows = [r for _, t in _tables(render_markdown(runs)) for r in t]
+    assert len(rows) == 1, rows
+    assert rows[0]['Setup'] == 'pilot: convmoe_all + study_p: convmoe_all · 1 ep · seeds 0, 1, 100'
+    alone = [r for _, t in _tables(render_markdown(runs[:2])) for r in t]
+    assert alone[0]['Setup'] == 'pilot: convmoe_all · 1 ep · seeds 0, 1'
+
+
 def test_the_identity_check_fires_on_rows_that_look_alike():
     a, b = make_entry('a', attacks={'pgd20': 30.0}), make_entry('b', attacks={'pgd20': 31.0})
     b['training']['config']['lr'] = 0.2  # another configuration, but nothing the table shows

@@ -58,6 +58,14 @@ def _short_source(path: str) -> str:
     return '/'.join(Path(str(path)).parts[-2:])
 
 
+def _grid_label(grid: Mapping[str, Any]) -> str:
+    """'spec: config' (and its stage, if not the main one) of a grid run; '' outside a grid."""
+    if not grid.get('spec'):
+        return ''
+    stage = f" ({grid['stage']} stage)" if grid.get('stage') not in (None, 'main') else ''
+    return f"{grid['spec']}: {grid.get('config', '?')}{stage}"
+
+
 def setup(row: Row) -> str:
     """What tells a measured row apart from rows of the same model, config and training: the grid config it
     ran in (and its stage, if not the main one), the epochs (and a max_steps cut), upcycling, and the seeds.
@@ -65,11 +73,10 @@ def setup(row: Row) -> str:
     e = row.first
     if e['source'] != 'measured':
         return DASH
-    parts = []
-    grid = e.get('grid') or {}
-    if grid.get('spec'):
-        parts.append(f"{grid['spec']}: {grid.get('config', '?')}"
-                     + (f" ({grid['stage']} stage)" if grid.get('stage') not in (None, 'main') else ''))
+    # a seed group may join runs of one configuration from several grids (a pilot and the study it sized):
+    # name each, not only the first member's
+    grids = dict.fromkeys(_grid_label(x.get('grid') or {}) for x in row.entries)
+    parts = [' + '.join(g for g in grids if g)] if any(grids) else []
     training = e.get('training') or {}
     config = training.get('config') if isinstance(training.get('config'), Mapping) else {}
     if training.get('epochs') is not None:
