@@ -46,6 +46,7 @@ def _make_run(run: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = timm.create_model(NAME, num_classes=10, in_chans=1, **KWARGS)
     atomic_save_safetensors(model.state_dict(), run / 'model.safetensors')
+    torch.save(model.state_dict(), run / 'model.pth')
     cfg = dict(model=NAME, dataset=DATASET, model_kwargs=KWARGS, training='pgd', epochs=1, seed=seed, lr=0.1)
     (run / 'config.yaml').write_text(yaml.safe_dump(cfg))
 
@@ -65,6 +66,7 @@ def study(tmp_path, monkeypatch):
         for stage in ('main', 'autoattack'):
             entry = make_entry(entry_id=f'{c["cell"]}-{stage}', seed=c['seed'],
                                grid=dict(spec='study.yaml', config='a', seed=c['seed'], cell=c['cell'], stage=stage))
+            entry['provenance']['checkpoint_sha256'] = sha256_file(out / 'cells' / c['cell'] / 'run' / 'model.pth')
             write_entry(entry, out / 'registry')
     return SimpleNamespace(out=out, cells=cells, spec='study.yaml', first_run=out / 'cells' / 'a-seed0' / 'run')
 
@@ -116,6 +118,21 @@ def test_ship_refuses_a_tagged_config_without_its_first_seed_and_keeps_the_old_f
         ship(study.spec, out)
     assert '\n' not in str(e.value)
     assert sorted(p.name for p in out.iterdir()) == ['manifest.json'] and not list(tmp_path.glob('.pretrained*'))
+
+
+@pytest.mark.parametrize('how', ['retrained', 'gone'])
+def test_ship_refuses_weights_other_than_the_ones_its_entry_measured(study, tmp_path, how):
+    # the cell trained again on another machine (other weights), or its model.pth lost
+    torch.manual_seed(123)
+    if how == 'retrained':
+        torch.save(timm.create_model(NAME, num_classes=10, in_chans=1, **KWARGS).state_dict(),
+                   study.first_run / 'model.pth')
+    else:
+        (study.first_run / 'model.pth').unlink()
+    with pytest.raises(UserError, match=r'tagged config a \(tag fmnist_pgd\): .* but entry a-seed0-main was '
+                                        r'measured on sha256 [0-9a-f]{12}') as e:
+        ship(study.spec, tmp_path / 'pretrained')
+    assert ('no model.pth' in str(e.value)) == (how == 'gone') and not (tmp_path / 'pretrained').exists()
 
 
 def test_ship_refuses_a_folder_it_did_not_write(study, tmp_path):

@@ -29,7 +29,7 @@ from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import dataset_info
-from bench.models import SAFE_WEIGHTS, build_model
+from bench.models import SAFE_WEIGHTS, WEIGHTS, build_model
 from bench.pipeline import grid
 from bench.pipeline.export import run_model_spec
 from bench.results.export import check_compatible, read_export, write_weights
@@ -66,6 +66,21 @@ def _main_entry(cell: Mapping[str, Any], entries: List[Dict[str, Any]], where: P
     return matches[0]
 
 
+def _check_measured_weights(run: Path, entry: Mapping[str, Any], cell: Mapping[str, Any]) -> None:
+    """A tag carries its entry's numbers, so it must carry the weights they were measured on. The entry's
+    provenance holds the sha256 of the run's model.pth; a study outlives its machines, and a cell trained again
+    elsewhere need not give the same weights. Entries made before provenance held a hash cannot be checked."""
+    want = (entry.get('provenance') or {}).get('checkpoint_sha256')
+    if want is None:
+        return
+    got = sha256_file(run / WEIGHTS) if (run / WEIGHTS).is_file() else None
+    if got != want:
+        found = f'sha256 {got[:12]}' if got else f'no {WEIGHTS}'
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its first seed\'s run {run} has '
+                        f'{found}, but entry {entry["entry_id"]} was measured on sha256 {want[:12]}; ship the run '
+                        'the entry measured, or evaluate this one into a new entry')
+
+
 def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], where: Path) -> Dict[str, Any]:
     """What one tag ships: the model with the run's weights loaded, and its manifest record (no file yet)."""
     run = Path(grid.run_dir(cell, spec))
@@ -75,6 +90,7 @@ def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], w
         raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its first seed\'s run {run} has no '
                         f'{missing[0]}; finish the study before shipping it')
     entry = _main_entry(cell, entries, where)
+    _check_measured_weights(run, entry, cell)
     name, dataset, kwargs = run_model_spec(run, weights)
     if name != cell['spec'].name:
         raise UserError(f'tagged config {cell["config"]}: its run {run} trained {name}, not {cell["spec"].name}')
