@@ -281,8 +281,8 @@ def test_the_summary_quotes_the_papers_table_and_states_the_detectable_differenc
     summary = text.split(SUMMARY_START)[1].split(SUMMARY_END)[0]
     # the paper's effects are computed from its table (registry/sources), never typed: at the study's e4k1
     # settings (entropy, GAP-FC) one last-block BlockMoE is +3.09 PGD-20 over dense, and k=1 is ahead of k=2
-    assert '| 1. a BlockMoE at the last block (E=4, k=1) is more robust than dense' in summary
-    assert '+3.09 / +2.77 (entropy, GAP-FC, vs dense)' in summary
+    assert '| 1. a sparse MoE in conv5_x (E=4, k=1) is more robust than dense' in summary
+    assert 'BlockMoE at the last block +3.09 / +2.77; ConvMoE in all four conv5_x convolutions +8.16' in summary
     assert '| 3. k=1 is more robust than k=2' in summary and '+1.35 / +1.93 (k=1 − k=2' in summary
     assert 'k=1 is ahead of k=2 in 3 of 6 BlockMoE loss × gate families on PGD-20 and 6 of 6 on APGD-20' in text
     assert '| e4k1 vs dense | ' in summary and '| holds |' in summary
@@ -299,6 +299,17 @@ def test_paper_effects_say_what_the_table_says_when_it_changes(tmp_path):
     assert st.paper_effects(flipped)[3]['effect'].startswith('-3.65 / +1.93')  # computed, not typed
     text = report_text(collect(make_entries(), {**plan(), 'paper_csv': str(tmp_path / 'none.csv')}))
     assert "the paper's table is not at none.csv: its effects are left out" in text
+
+
+def test_claim_1_quotes_the_paper_effect_of_each_kind_of_moe_it_pairs_with_dense():
+    """The study pairs dense with a BlockMoE and with a ConvMoE: claim 1 names both effects, each computed from
+    its own rows of the table (52.14 -> dense; 25.03 - 16.87 = +8.16 for the all-convolutions ConvMoE)."""
+    rows = st.paper_rows(Path(__file__).resolve().parents[1] / 'registry' / 'sources' / 'robust_experts_official_results.csv')
+    claim = st.paper_effects(rows)[1]
+    assert claim['claim'].startswith('a sparse MoE in conv5_x')
+    assert 'BlockMoE at the last block +3.09 / +2.77' in claim['effect']
+    assert 'ConvMoE in all four conv5_x convolutions +8.16 / +6.04' in claim['effect']
+    assert 'the all-convolutions ConvMoE in 4 of 4 loss × gate rows on PGD-20 and 4 of 4 on APGD-20' in claim['detail']
 
 
 def test_a_worst_case_over_different_attack_sets_is_not_pooled(entries):

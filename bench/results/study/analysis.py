@@ -381,6 +381,7 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = BO
 PAPER_SOURCE = ("the paper code's CIFAR-100 ResNet-18 table (registry/sources/robust_experts_official_results.csv: "
                 'PGD-AT, eps 8/255; PGD-20 / APGD-20, percent points)')
 PAPER_SINGLE = ('resnet18-placement-conv5_x', 'BlockMoE replacing 2nd BasicBlock')  # one BlockMoE at the last block
+PAPER_CONV = ('resnet18-placement-conv5_x', 'ConvMoEs replacing all 4 conv layers')  # ConvMoE in every conv5_x conv
 PAPER_MAIN = ('resnet18', 'BlockMoE')  # both conv5_x blocks, k = 1..4
 PAPER_FAMILY = ('L_ent', 'GAP-FC')  # the loss and gate of the study's e4k1
 
@@ -426,11 +427,16 @@ def paper_effects(rows: Sequence[Mapping[str, Any]]) -> Dict[int, Dict[str, str]
     base = _row(rows, table=PAPER_SINGLE[0], moe='Baseline')
     out: Dict[int, Dict[str, str]] = {}
 
-    d1 = [_delta(r, base) for r in single]
-    d1 = [d for d in d1 if d is not None]
-    out[1] = dict(claim='a BlockMoE at the last block (E=4, k=1) is more robust than dense after adversarial training',
-                  effect=f'{_fmt_delta(_delta(_row(single, loss=loss, gate=gate), base))} (entropy, GAP-FC, vs dense)',
-                  detail=f'the single last-block BlockMoE is ahead of dense in {_ahead(d1, "loss × gate rows")}')
+    conv = [r for r in rows if (r['table'], r['moe']) == PAPER_CONV]
+    d1 = [d for d in (_delta(r, base) for r in single) if d is not None]
+    d1c = [d for d in (_delta(r, base) for r in conv) if d is not None]
+    # the study pairs dense with either kind of MoE, so the claim and its effect name both
+    out[1] = dict(claim='a sparse MoE in conv5_x (E=4, k=1) is more robust than dense after adversarial training',
+                  effect=(f'BlockMoE at the last block {_fmt_delta(_delta(_row(single, loss=loss, gate=gate), base))}; '
+                          f'ConvMoE in all four conv5_x convolutions '
+                          f'{_fmt_delta(_delta(_row(conv, loss=loss, gate=gate), base))} (entropy, GAP-FC, vs dense)'),
+                  detail=(f'the single last-block BlockMoE is ahead of dense in {_ahead(d1, "loss × gate rows")}, '
+                          f'the all-convolutions ConvMoE in {_ahead(d1c, "loss × gate rows")}'))
 
     d2s = [_delta(_row(single, loss=loss, gate=g), _row(single, loss='L_switch', gate=g)) for g in ('GAP-FC', 'Conv-GAP')]
     d2s += [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_switch', gate=g, k=k))
