@@ -118,6 +118,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------- building
 
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
+
+
 def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[str, Any]] = None,
                  what: str = '--model-kwargs', pretrained: bool = False) -> nn.Module:
     """THE model builder: `timm.create_model` of a spec or a timm name, with kwargs the user gave.
@@ -134,8 +139,7 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
     """
     name = model.name if isinstance(model, ModelSpec) else model
     kwargs = {**(model.kwargs if isinstance(model, ModelSpec) else {}), **(model_kwargs or {})}
-    if not timm.is_model(name):
-        raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
+    check_model_name(name)
     if pretrained and not _has_weights(name):
         raise UserError(f'{name!r} has no pretrained weights; tags with weights: '
                         f'{", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')

@@ -91,3 +91,9 @@ def test_a_mistyped_flag_names_the_verb_and_the_closest_option(argv, needle, cap
         main(argv)  # the real entry: it builds the named verb's full parser
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_eval_of_an_unknown_model_says_so_before_announcing_a_default_data_set(capsys):
+    assert main(['eval', '--model', 'resnet18_blockmoe_e3_k1']) == 2
+    captured = capsys.readouterr()
+    assert "unknown model 'resnet18_blockmoe_e3_k1'" in captured.err and '--dataset not given' not in captured.out

@@ -118,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         _check_json_target(args.json, args.resume, args.overwrite)
     given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    # these import timm and torch, so only once every cheap input is checked; a wrong model is said before any
+    # default is announced
+    from bench.models import check_model_name, check_run_model, default_dataset
+    check_model_name(args.model)
+    check_run_model(args.checkpoint, args.model)
     if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
-        # reading them imports torch, so only once every cheap input is checked
-        from bench.models import default_dataset
         args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
         print(f'--dataset not given: {args.dataset} ({why})')
     check_torchcompile(args.torchcompile, args.torchcompile_mode)  # imports torch only to check a backend
@@ -133,9 +136,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluation.loop import evaluate_model
     from bench.evaluation.resume import BatchLog
-    from bench.models import build_model, check_run_model, normalized, run_config_kwargs
+    from bench.models import build_model, normalized, run_config_kwargs
     device = choose_device(args.device)
-    check_run_model(args.checkpoint, args.model)
     info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}
     num_classes = args.num_classes or kwargs.pop('num_classes', None) or info['num_classes']
