@@ -56,11 +56,10 @@ def study(tmp_path, monkeypatch):
     """A finished study: config a tagged (seeds 0 and 1), config b untagged; the runs and a's entries exist."""
     out = tmp_path / 'study'
     cells = [_cell('a', 0, TAG), _cell('a', 1, TAG), _cell('b', 0, None)]
-    spec = SimpleNamespace(out=str(out))
+    spec = SimpleNamespace(out=str(out), name='study', registry=None)  # the real registry_dir: out/registry
     monkeypatch.setattr(grid, 'load_spec', lambda path: spec)
     monkeypatch.setattr(grid, 'cells', lambda s: list(cells), raising=False)
     monkeypatch.setattr(grid, 'run_dir', lambda c, s: out / 'cells' / c['cell'] / 'run', raising=False)
-    monkeypatch.setattr(grid, 'registry_dir', lambda s: out / 'registry')
     for c in cells[:2]:
         _make_run(out / 'cells' / c['cell'] / 'run', c['seed'])
         for stage in ('main', 'autoattack'):
@@ -90,6 +89,7 @@ def test_ship_writes_the_first_seed_of_each_tagged_config(study, tmp_path):
     assert (record['input_size'], record['mean'], record['std']) == (
         list(info['input_size']), list(info['mean']), list(info['std']))
     assert record['entry_id'] == 'a-seed0-main' and record['dtype'] == 'float32' and record['dataset'] == DATASET
+    assert record['spec'] == 'study'
     assert record['source_run'] == 'study/cells/a-seed0/run' and record['training']['seed'] == 0
     assert record['sha256'] == sha256_file(out / record['file'])
     shipped, run = load_file(out / record['file']), load_file(study.first_run / 'model.safetensors')
@@ -133,6 +133,78 @@ def test_ship_refuses_weights_other_than_the_ones_its_entry_measured(study, tmp_
                                         r'measured on sha256 [0-9a-f]{12}') as e:
         ship(study.spec, tmp_path / 'pretrained')
     assert ('no model.pth' in str(e.value)) == (how == 'gone') and not (tmp_path / 'pretrained').exists()
+
+
+def test_ship_seed_ships_another_seed_and_refuses_one_the_study_lacks(study, tmp_path):
+    _, manifest = ship(study.spec, tmp_path / 'pretrained', dtype='float32', seed=1)
+    record = manifest[f'{NAME}.{TAG}']
+    assert record['entry_id'] == 'a-seed1-main' and record['training']['seed'] == 1
+    with pytest.raises(UserError, match=r'^--seed 7: tagged config a has no such seed; its seeds: 0, 1$'):
+        ship(study.spec, tmp_path / 'pretrained', seed=7)
+    assert read_manifest(tmp_path / 'pretrained')[f'{NAME}.{TAG}']['entry_id'] == 'a-seed1-main'
+
+
+def test_ship_reads_the_registry_it_is_given(study, tmp_path):
+    (study.out / 'registry').rename(tmp_path / 'elsewhere')
+    with pytest.raises(UserError, match='no main registry entry'):
+        ship(study.spec, tmp_path / 'pretrained')
+    _, manifest = ship(study.spec, tmp_path / 'pretrained', registry=tmp_path / 'elsewhere')
+    assert manifest[f'{NAME}.{TAG}']['entry_id'] == 'a-seed0-main'
+
+
+def _other_specs_tag(folder: Path, spec='other', key='resnet18_dense.other_tag'):
+    """A folder as another study's ship left it: one tag with its file."""
+    folder.mkdir()
+    (folder / f'{key}.safetensors').write_bytes(b'weights of another study')
+    record = dict(file=f'{key}.safetensors', sha256='0' * 64, dtype='float32', model_kwargs={'num_classes': 10},
+                  input_size=[1, 28, 28], mean=[0.5], std=[0.5], spec=spec)
+    (folder / 'manifest.json').write_text(json.dumps({key: record}))
+    return key, record
+
+
+def test_ship_replaces_its_own_tags_and_keeps_other_specs(study, tmp_path):
+    out = tmp_path / 'pretrained'
+    key, record = _other_specs_tag(out)
+    ship(study.spec, out, dtype='float32', seed=1)
+    ship(study.spec, out, dtype='float32')  # again: this spec's tag is replaced, the other one kept as it was
+    manifest = json.loads((out / 'manifest.json').read_text())
+    assert sorted(manifest) == sorted([key, f'{NAME}.{TAG}']) and manifest[key] == record
+    assert manifest[f'{NAME}.{TAG}']['entry_id'] == 'a-seed0-main'
+    assert (out / record['file']).read_bytes() == b'weights of another study'
+
+
+def test_ship_auto_dtype_counts_the_tags_it_keeps(study, tmp_path, monkeypatch):
+    out = tmp_path / 'pretrained'
+    _other_specs_tag(out)
+    alone = ship(study.spec, tmp_path / 'alone', dtype='float32')[0]
+    monkeypatch.setattr(ship_module, 'AUTO_FLOAT32_LIMIT', sum(p.stat().st_size for p in alone.glob('*.safetensors')) + 1)
+    assert ship(study.spec, tmp_path / 'alone')[1][f'{NAME}.{TAG}']['dtype'] == 'float32'
+    assert ship(study.spec, out)[1][f'{NAME}.{TAG}']['dtype'] == 'float16'  # the kept file tips it over
+
+
+@pytest.mark.parametrize('case, message', [
+    ('nameless', r"tag resnet18_dense.other_tag names no spec, so ship cannot tell whether to replace or keep it"),
+    ('taken', rf"tag {NAME}.{TAG} is already shipped by spec other in .*; give the config another tag"),
+    ('file gone', r"tag resnet18_dense.other_tag of spec other has no file resnet18_dense.other_tag.safetensors"),
+])
+def test_ship_refuses_a_folder_whose_other_tags_it_cannot_keep(study, tmp_path, case, message):
+    out = tmp_path / 'pretrained'
+    key, record = _other_specs_tag(out, key=f'{NAME}.{TAG}' if case == 'taken' else 'resnet18_dense.other_tag')
+    if case == 'nameless':
+        (out / 'manifest.json').write_text(json.dumps({key: {k: v for k, v in record.items() if k != 'spec'}}))
+    if case == 'file gone':
+        (out / record['file']).unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match=message):
+        ship(study.spec, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not list(tmp_path.glob('.pretrained*'))
+
+
+def test_every_shipped_tag_names_the_study_that_shipped_it():
+    """So that shipping one study's tags keeps the others' (the package ships the tags of several studies)."""
+    from bench.pipeline.grid import load_spec
+    for key, record in read_manifest(package_folder()).items():
+        assert record['source_run'].split('/')[0] == Path(load_spec(record['spec']).out).name, key
 
 
 def test_ship_refuses_a_folder_it_did_not_write(study, tmp_path):

@@ -16,7 +16,7 @@ from bench.core.errors import UserError
 from bench.results import stats
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study
-from bench.results.study.render import preregistration
+from bench.results.study.render import VERDICTS_END, preregistration
 
 N = 100  # test points per run
 
@@ -132,3 +132,13 @@ def test_a_study_without_preregistration_says_everything_is_exploratory():
     study = _study({'dense': _spread(50, 1, 3), 'up': _spread(55, 1, 3)})
     study.plan['preregistration'] = None
     assert 'every comparison in this report is exploratory' in '\n'.join(preregistration(study))
+
+
+def test_verdicts_before_every_planned_seed_has_run_are_labelled_interim():
+    study = _study({'dense': _spread(50, 1, 6), 'up': _spread(55, 1, 6)})
+    assert 'Interim' not in '\n'.join(preregistration(study))
+    study.plan['configs']['up']['seeds'] = list(range(10))
+    text = '\n'.join(preregistration(study))
+    assert 'Interim: not every pre-registered seed has run (up 6 of 10 seeds)' in text
+    # inside the block the README quotes, so the README cannot show an interim verdict as final
+    assert text.index('Interim') < text.index(VERDICTS_END)

@@ -21,7 +21,7 @@ from bench.results.study import analysis as st
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
 from bench.results.study import report_text
-from bench.results.study.render import SUMMARY_END, SUMMARY_START
+from bench.results.study.render import SUMMARY_END, SUMMARY_START, VERDICTS_END, VERDICTS_START
 from bench.results.study.analysis import collect
 from registry_fakes import PROVENANCE
 from timm_moe import ModelSpec
@@ -326,24 +326,31 @@ README = Path(__file__).resolve().parents[1] / 'README.md'
 DOCS_STUDY = Path(__file__).resolve().parents[1] / 'docs' / 'STUDY.md'
 
 
-def _block(text: str) -> str:
-    assert text.count(SUMMARY_START) == 1 and text.count(SUMMARY_END) == 1
-    return text[text.index(SUMMARY_START):text.index(SUMMARY_END)]
+DOCS_POWERED = DOCS_STUDY.parent / 'study_powered' / 'STUDY.md'
+QUOTED = [(DOCS_STUDY, SUMMARY_START, SUMMARY_END), (DOCS_POWERED, VERDICTS_START, VERDICTS_END)]
 
 
-def test_the_readme_quotes_the_generated_summary_verbatim():
-    """The README's study numbers are docs/STUDY.md's summary, copied between the markers: never restated."""
-    assert _block(README.read_text(encoding='utf-8')) == _block(DOCS_STUDY.read_text(encoding='utf-8'))
+def _block(text: str, start: str = SUMMARY_START, end: str = SUMMARY_END) -> str:
+    assert text.count(start) == 1 and text.count(end) == 1
+    return text[text.index(start):text.index(end)]
 
 
-def test_the_readme_check_fires_on_a_hand_edit(tmp_path):
-    edited = DOCS_STUDY.read_text(encoding='utf-8').replace('inconclusive at this power', 'within noise', 1)
-    assert _block(edited) != _block(DOCS_STUDY.read_text(encoding='utf-8'))
+@pytest.mark.parametrize('doc, start, end', QUOTED, ids=['summary', 'verdicts'])
+def test_the_readme_quotes_the_generated_reports_verbatim(doc, start, end):
+    """The README's study numbers are the reports' summary (docs/STUDY.md) and pre-registered verdicts
+    (docs/study_powered/STUDY.md), copied between the markers: never restated."""
+    assert _block(README.read_text(encoding='utf-8'), start, end) == _block(doc.read_text(encoding='utf-8'), start, end)
+
+
+@pytest.mark.parametrize('doc, start, end', QUOTED, ids=['summary', 'verdicts'])
+def test_the_readme_check_fires_on_a_hand_edit(doc, start, end):
+    text = doc.read_text(encoding='utf-8')
+    edited = text.replace('inconclusive at this power', 'within noise', 1).replace('| worse |', '| holds |', 1)
+    assert _block(edited, start, end) != _block(text, start, end)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('spec, doc', [('study_fashion_mnist', DOCS_STUDY),
-                                       ('study_powered_fashion_mnist', DOCS_STUDY.parent / 'study_powered' / 'STUDY.md')])
+@pytest.mark.parametrize('spec, doc', [('study_fashion_mnist', DOCS_STUDY), ('study_powered_fashion_mnist', DOCS_POWERED)])
 def test_docs_study_regenerates_from_the_registry(spec, doc):
     """Each study's report in docs/ is the report of the shipped registry, byte for byte (about a minute on one
     core): the pre-registered study's is regenerated whenever its entries are committed."""
@@ -354,3 +361,19 @@ def test_docs_study_regenerates_from_the_registry(spec, doc):
     registry = README.parent / 'registry'
     text = report_text(collect(load_entries(registry), study_plan(load_spec(spec))))
     assert text == doc.read_text(encoding='utf-8')
+
+
+def test_the_report_times_each_piece_of_a_study():
+    """A piece is the runs of one commit on one device; its wall time runs from its first run's start (entry time
+    less the run's seconds) to its last entry, so two runs in parallel count once."""
+    from bench.results.study.analysis import Study
+    from bench.results.study.render import pieces
+
+    def run(commit, date, seconds):
+        return {'provenance': {'git_commit': commit, 'device': 'cpu', 'date': date},
+                'timing': {'train': seconds - 60.0, 'evaluate': 60.0}}
+    runs = {'dense': {0: run('aaaaaaa1', '2026-01-01T01:00:00Z', 3600), 1: run('aaaaaaa1', '2026-01-01T01:00:00Z', 3600),
+                      2: run('bbbbbbb2', '2026-01-02T10:30:00Z', 1800)}}
+    text = '\n'.join(pieces(Study(name='s', plan={'configs': {'dense': {}}}, runs=runs, autoattack=[])))
+    assert '| aaaaaaa | cpu | 2 | 2026-01-01 00:00 | 2026-01-01 01:00 | 1.00 |' in text
+    assert '| bbbbbbb | cpu | 1 | 2026-01-02 10:00 | 2026-01-02 10:30 | 0.50 |' in text

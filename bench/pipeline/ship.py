@@ -1,13 +1,16 @@
 """Ship a finished study's tagged configs as timm pretrained tags: `timm-moe ship SPEC`.
 
-Every config of the study spec that carries a `tag` ships its FIRST seed's run: the run's weights become
+Every config of the study spec that carries a `tag` ships its first seed's run (or `--seed N`'s: a study
+outlives its machines, the first seed's weights may be gone with the machine that trained them, and a cell
+trained again need not give the same weights): the run's weights become
 `<model>.<tag>.safetensors` and its record in `manifest.json` holds the architecture kwargs the weights need,
 the data set's input size, mean and std, the run's main registry entry and a training summary. The folder
 format is `timm_moe.models.pretrained`'s (docs/ECOSYSTEM.md, "Pretrained tags"); the weights file is written
 by the hub export's `write_weights`, so it carries the same metadata as an export.
 
 The whole folder is written beside `--out` and swapped in only when complete: a refused or killed ship leaves
-the previous folder as it was. It replaces the folder, so it holds exactly the tags of this one spec.
+the previous folder as it was. It replaces the tags this spec shipped before and keeps those of other specs
+(each record names its `spec`), so one package ships the tags of several studies.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder
+from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder, read_manifest
 
 from bench.core.atomic import temp_dir_beside
 from bench.core.errors import UserError
@@ -45,12 +48,20 @@ DTYPE_CHOICES = (*DTYPES, 'auto')
 _SUMMARY_KEYS = ('training', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
 
 
-def first_seed_cells(all_cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The cells to ship: of each config that carries a tag, its first cell in the spec's order (its first seed)."""
+def tagged_cells(all_cells: List[Dict[str, Any]], seed: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The cells to ship: of each config that carries a tag, the cell of `seed`, or by default its first cell in
+    the spec's order (its first seed)."""
     chosen: Dict[Any, Dict[str, Any]] = {}
+    seeds: Dict[Any, List[int]] = {}
     for cell in all_cells:
         if cell.get('tag') and cell.get('stage', 'main') == 'main':  # a follow-up evaluation trains nothing
-            chosen.setdefault(cell['config'], cell)
+            seeds.setdefault(cell['config'], []).append(cell['seed'])
+            if seed is None or cell['seed'] == seed:
+                chosen.setdefault(cell['config'], cell)
+    for config, have in seeds.items():
+        if config not in chosen:
+            raise UserError(f'--seed {seed}: tagged config {config} has no such seed; its seeds: '
+                            f'{", ".join(map(str, have))}')
     return list(chosen.values())
 
 
@@ -58,8 +69,8 @@ def _main_entry(cell: Mapping[str, Any], entries: List[Dict[str, Any]], where: P
     matches = [e for e in entries if (e.get('grid') or {}).get('cell') == cell['cell']
                and e['grid'].get('stage') == 'main']
     if not matches:
-        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): no main registry entry of its first '
-                        f'seed\'s cell {cell["cell"]} under {where}; finish the study before shipping it')
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): no main registry entry of its seed '
+                        f'{cell["seed"]}\'s cell {cell["cell"]} under {where}; finish the study before shipping it')
     if len(matches) > 1:
         raise UserError(f'tagged config {cell["config"]}: {len(matches)} main registry entries of cell '
                         f'{cell["cell"]} ({", ".join(e["entry_id"] for e in matches)}); keep one')
@@ -76,7 +87,7 @@ def _check_measured_weights(run: Path, entry: Mapping[str, Any], cell: Mapping[s
     got = sha256_file(run / WEIGHTS) if (run / WEIGHTS).is_file() else None
     if got != want:
         found = f'sha256 {got[:12]}' if got else f'no {WEIGHTS}'
-        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its first seed\'s run {run} has '
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its seed {cell["seed"]}\'s run {run} has '
                         f'{found}, but entry {entry["entry_id"]} was measured on sha256 {want[:12]}; ship the run '
                         'the entry measured, or evaluate this one into a new entry')
 
@@ -87,7 +98,7 @@ def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], w
     weights = run / SAFE_WEIGHTS
     missing = [p.name for p in (weights, run / 'config.yaml') if not p.is_file()]
     if missing:
-        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its first seed\'s run {run} has no '
+        raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its seed {cell["seed"]}\'s run {run} has no '
                         f'{missing[0]}; finish the study before shipping it')
     entry = _main_entry(cell, entries, where)
     _check_measured_weights(run, entry, cell)
@@ -102,7 +113,7 @@ def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], w
     info = dataset_info(dataset)
     record = dict(
         model_kwargs=kwargs, input_size=list(info['input_size']), mean=list(info['mean']), std=list(info['std']),
-        dataset=dataset, entry_id=entry['entry_id'],
+        dataset=dataset, entry_id=entry['entry_id'], spec=spec.name,
         source_run=os.path.relpath(run, Path(spec.out).parent),  # informational; never an absolute path
         training=dict({k: run_cfg[k] for k in _SUMMARY_KEYS if k in run_cfg}, config=cell['config'],
                       clean_acc=entry.get('clean_acc'), robust_acc=entry.get('robust_acc'),
@@ -136,6 +147,27 @@ def _check_out(out: Path) -> None:
                         'pretrained-tags folder (manifest.json and *.safetensors only)')
 
 
+def _kept_tags(out: Path, spec_name: str) -> Dict[str, Dict[str, Any]]:
+    """The tags in `out` that other specs shipped, which this ship keeps (records as in manifest.json)."""
+    if not (out / MANIFEST).is_file():
+        return {}
+    try:
+        records = {k: {f: v for f, v in r.items() if f != 'path'} for k, r in read_manifest(out).items()}
+    except (ValueError, json.JSONDecodeError) as err:
+        raise UserError(f'--out {out}: its {MANIFEST} is not a pretrained-tags manifest ({err}); give another '
+                        'folder, or move this one aside') from None
+    nameless = sorted(k for k, r in records.items() if not r.get('spec'))
+    if nameless:
+        raise UserError(f'--out {out}: tag {nameless[0]} names no spec, so ship cannot tell whether to replace or '
+                        f'keep it; add its study\'s "spec" to its record in {MANIFEST}')
+    kept = {k: r for k, r in records.items() if r['spec'] != spec_name}
+    missing = sorted(k for k, r in kept.items() if not (out / r['file']).is_file())
+    if missing:
+        raise UserError(f'--out {out}: tag {missing[0]} of spec {kept[missing[0]]["spec"]} has no file '
+                        f'{kept[missing[0]]["file"]}; restore it, or remove its record from {MANIFEST}')
+    return kept
+
+
 def _replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` to `out`; the old folder is put aside first and restored if the move fails."""
     old = out.with_name(f'.{out.name}.old')
@@ -151,23 +183,28 @@ def _replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def ship(spec_path: PathLike, out: Optional[PathLike] = None,
-         dtype: str = 'auto') -> Tuple[Path, Dict[str, Dict[str, Any]]]:
-    """Fill the pretrained-tags folder from a finished study; returns (the folder, the manifest written).
+def ship(spec_path: PathLike, out: Optional[PathLike] = None, dtype: str = 'auto', seed: Optional[int] = None,
+         registry: Optional[PathLike] = None) -> Tuple[Path, Dict[str, Dict[str, Any]]]:
+    """Ship a finished study's tags into the pretrained-tags folder; returns (the folder, this spec's records).
 
     Args:
         spec_path: The study's grid spec (a path or a shipped `grid_*.yaml` name).
         out: The folder (default: the package's `timm_moe/pretrained/`).
-        dtype: 'float32', 'float16', or 'auto' (float32 unless that makes the weights 18 MB or more).
+        dtype: 'float32', 'float16', or 'auto' (float32 unless that makes the folder's weights 18 MB or more;
+            the tags other specs shipped keep their dtype).
+        seed: The seed whose runs ship (default: each tagged config's first).
+        registry: Where the study's entries are (default: the spec's registry), as `timm-moe grid --registry`.
     """
     if dtype not in DTYPE_CHOICES:
         raise UserError(f'--dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
     out = Path(out) if out is not None else package_folder()
     _check_out(out)
     spec = grid.load_spec(spec_path)
+    if registry is not None:
+        spec.registry = str(registry)
     # the folder is replaced whole: it must not be, hold or sit in the study's runs or registry
     check_out_apart(out, {"the study's runs": spec.out, "the study's registry": grid.registry_dir(spec)})
-    tagged = first_seed_cells(grid.cells(spec))
+    tagged = tagged_cells(grid.cells(spec), seed)
     if not tagged:
         raise UserError(f'{spec_path}: no config carries a tag; tag the configs to ship in the spec')
     where = grid.registry_dir(spec)
@@ -177,16 +214,24 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None,
     if len(set(keys)) != len(keys):
         raise UserError(f'{spec_path}: two tagged configs ship as {next(k for k in keys if keys.count(k) > 1)}; '
                         'give each config of one model its own tag')
+    kept = _kept_tags(out, spec.name)
+    taken = sorted(set(keys) & set(kept))
+    if taken:
+        raise UserError(f'{spec_path}: tag {taken[0]} is already shipped by spec {kept[taken[0]]["spec"]} in {out}; '
+                        'give the config another tag')
     tmp = temp_dir_beside(out)
     try:
+        for record in kept.values():
+            shutil.copy2(out / record['file'], tmp / record['file'])
         manifest = _write_weights(tmp, sources, 'float32' if dtype == 'auto' else dtype)
         if dtype == 'auto' and _files_size(tmp) >= AUTO_FLOAT32_LIMIT:
             manifest = _write_weights(tmp, sources, 'float16')  # same names: each file is overwritten
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + '\n')
+        (tmp / MANIFEST).write_text(json.dumps({**kept, **manifest}, indent=1, sort_keys=True) + '\n')
         total = _files_size(tmp)
         if total >= PACKAGE_LIMIT:
-            raise UserError(f'the {len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, over the '
-                            f'{PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use float16')
+            raise UserError(f'the {len(kept) + len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, '
+                            f'over the {PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use '
+                            'float16')
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
