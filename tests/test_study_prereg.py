@@ -28,7 +28,10 @@ def _run(acc: float, seed: int) -> Dict:
     bits[np.random.default_rng(seed).permutation(N)[:k]] = True
     return {'entry_id': f'e{seed}-{acc}', 'clean_acc': 90.0, 'robust_acc': {'apgd-ce': 100.0 * k / N},
             'eval_settings': {'attacks': {'apgd-ce': {'attack': 'APGD', 'steps': 100, 'seed': seed}}},
-            'per_sample': stats.per_sample_block({'clean': np.ones(N, bool), 'apgd-ce': bits})}
+            'per_sample': stats.per_sample_block({'clean': np.ones(N, bool), 'apgd-ce': bits}),
+            'dataset': 'fashion-mnist-bundled', 'model': {'arch': 'resnet18', 'kwargs': {'width': 8}},
+            'training': {'config': {'training': 'pgd', 'epochs': 2, 'attack_steps': 7, 'eps': 0.1,
+                                    'train_limit': 1000}}}
 
 
 def _study(arms: Dict[str, List[float]], **prereg) -> Study:
@@ -142,3 +145,13 @@ def test_verdicts_before_every_planned_seed_has_run_are_labelled_interim():
     assert 'Interim: not every pre-registered seed has run (up 6 of 10 seeds)' in text
     # inside the block the README quotes, so the README cannot show an interim verdict as final
     assert text.index('Interim') < text.index(VERDICTS_END)
+
+
+def test_the_verdicts_state_the_recipe_they_are_about():
+    """A verdict tests the claim in this study's setting, which is not the paper's: the block the README quotes
+    says which, from the runs' own training configs."""
+    text = '\n'.join(preregistration(_study({'dense': _spread(50, 1, 6), 'up': _spread(55, 1, 6)})))
+    scope = next(line for line in text.splitlines() if line.startswith('Scope:'))
+    assert ('fashion-mnist-bundled, 1000 training images, resnet18 at width 8, 2 epochs of pgd training with 7 '
+            'attack steps at eps 0.1') in scope and "CIFAR-100" in scope
+    assert text.index('Scope:') < text.index(VERDICTS_END)

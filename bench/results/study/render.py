@@ -726,6 +726,20 @@ def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
     return an._fmt_delta(an._delta(row, base))
 
 
+def scope(study: an.Study) -> Lines:
+    """What the verdicts are about: this study's recipe, which is not the paper's, so a verdict tests the claim
+    in this setting and the paper's effect beside it is a reference, not the thing tested."""
+    e = study.entries()[0]
+    cfg = (e.get('training') or {}).get('config') or {}
+    kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
+    images = cfg.get('train_limit') or study.plan.get('train_images') or 'all'
+    return [f"Scope: the verdicts are about this study's recipe: {cfg.get('dataset', e['dataset'])}, {images} "
+            f"training images, {e['model'].get('arch')} at width {kw.get('width', 'default')}, {cfg.get('epochs')} "
+            f"epochs of {cfg.get('training')} training with {cfg.get('attack_steps')} attack steps at eps "
+            f"{cfg.get('eps')}. The paper's effects beside them come from {an.PAPER_SOURCE}, another setting: they "
+            'are a reference, not what the verdicts test.', '']
+
+
 def preregistration(study: an.Study) -> Lines:
     """The pre-registration and each primary verdict with its interval, detectable difference and margin; or,
     for a study without one, the statement that everything in it is exploratory."""
@@ -767,6 +781,7 @@ def preregistration(study: an.Study) -> Lines:
                 f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(p['primary'])} contrast"
                 f"{'s' if len(p['primary']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
                 f"{'/'.join(map(str, ran))} seeds per arm.", '']
+    out += scope(study)
     arms = [p['baseline']] + list(p['primary'])
     planned = {c: len(study.plan['configs'][c].get('seeds') or study.plan.get('seeds') or []) for c in arms}
     short = [f"{c} {len(study.runs.get(c, {}))} of {planned[c]}" for c in arms
