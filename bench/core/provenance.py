@@ -76,13 +76,16 @@ def git_commit(repo: Union[str, os.PathLike] = REPO_ROOT) -> Optional[str]:
 
 
 def device_string() -> str:
-    """The GPU's name when CUDA is available, else the CPU model and the core count."""
+    """The GPU's name when CUDA is available, else the CPU model, the core count and torch's CPU kernel path
+    (AVX2, AVX512, ...: one seed trains other weights on another path; bench/core/portable_cpu.py)."""
+    kernels = None
     try:
         import torch
 
         if torch.cuda.is_available():
             i = torch.cuda.current_device()
             return f'cuda:{i} {torch.cuda.get_device_name(i)}'
+        kernels = torch.backends.cpu.get_cpu_capability()
     except Exception:  # provenance must never break a run that already finished
         pass
     cpu = None
@@ -94,7 +97,7 @@ def device_string() -> str:
     except OSError:
         pass
     cpu = cpu or platform.processor() or platform.machine() or 'unknown CPU'
-    return f'cpu {cpu} ({os.cpu_count() or "?"} cores)'
+    return f'cpu {cpu} ({os.cpu_count() or "?"} cores' + (f', {kernels} kernels)' if kernels else ')')
 
 
 def _module_version(name: str) -> Optional[str]:
