@@ -377,3 +377,13 @@ def test_the_report_times_each_piece_of_a_study():
     text = '\n'.join(pieces(Study(name='s', plan={'configs': {'dense': {}}}, runs=runs, autoattack=[])))
     assert '| aaaaaaa | cpu | 2 | 2026-01-01 00:00 | 2026-01-01 01:00 | 1.00 |' in text
     assert '| bbbbbbb | cpu | 1 | 2026-01-02 10:00 | 2026-01-02 10:30 | 0.50 |' in text
+
+
+def test_a_preregistered_studys_summary_says_it_decides_nothing(entries):
+    """The primary contrasts show up in the summary too, paired by seed at alpha 0.05: the summary says that the
+    pre-registered section, not it, decides them; a study without a pre-registration has no such line."""
+    from bench.results.study.render import summary
+    study = collect(entries, plan())
+    assert 'Exploratory, for every claim alike' not in '\n'.join(summary(study))
+    study.plan = dict(study.plan, preregistration={'baseline': 'dense', 'primary': {}})
+    assert 'Exploratory, for every claim alike' in '\n'.join(summary(study))

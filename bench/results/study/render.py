@@ -364,6 +364,10 @@ def summary(study: an.Study) -> Lines:
            f'({"/".join(map(str, n_seeds))} seeds per adversarially trained config) with its 95% t-interval; '
            f'detectable Δ: the smallest true difference this design detects with {an.POWER:.0%} power '
            f'(two-sided alpha {an.ALPHA:g}). The paper: {an.PAPER_SOURCE}' + (f'; {why}' if why else '') + '.', '',
+           # a pre-registered study's primary contrasts appear twice, analysed two ways: say which one decides
+           *(['Exploratory, for every claim alike: the pre-registered contrasts are decided in their own section '
+               "(Welch's t over seeds, Holm's correction), so their intervals and detectable differences there "
+               'differ from these.', ''] if study.plan.get('preregistration') else []),
            *md_table(('claim (as the paper\'s table has it)', 'the paper\'s effect (PGD-20 / APGD-20)', 'here: A vs B',
                       f'mean Δ {metric} [95% t, seeds]', 'detectable Δ', 'verdict'), rows)]
     if verdicts:
