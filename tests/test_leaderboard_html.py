@@ -1,7 +1,8 @@
 """`timm-moe leaderboard --html`: the page's content, its links, and its behaviour in a real headless Chromium.
 
 The browser test needs Debian's `chromium` (`.ci/run` installs it, so CI always runs it; elsewhere it skips
-and says why). It saves a screenshot to $CI_ARTIFACTS (default .ci/artifacts/) for a person to look at.
+and says why). It saves two screenshots to $CI_ARTIFACTS (default .ci/artifacts/) for a person to look at: the
+top of the page and the study's section, at 1280 px.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from bench.cli import main
 from bench.results import leaderboard as lb
+from bench.results.leaderboard.columns import short_labels
 from bench.results.leaderboard.html import moe_kind, render_html, write_html
 from bench.results.registry import DEFAULT_REGISTRY, load_entries
 from headless_chromium import Chromium, find_chromium
@@ -55,7 +57,7 @@ def test_page_is_self_contained_and_links_every_entry(tmp_path, shipped):
     assert not [r for r in refs if r[0] in ('script', 'link') and r[2] != 'data:,']
     assert not re.search(r'(src|href)="(https?:)?//', text)
     entry_links = [v for tag, k, v in refs if tag == 'a' and v.endswith('.json')]
-    assert len(entry_links) >= len(shipped)  # seed groups link each run twice (group row, run row)
+    assert len(entry_links) >= len(shipped)  # each run links its entry (a seed group's from its run rows)
     by_id = {e['entry_id']: e for e in shipped}
     for href in set(entry_links):  # relative, and each is a copy of its entry
         target = (page.parent / href).resolve()
@@ -64,11 +66,23 @@ def test_page_is_self_contained_and_links_every_entry(tmp_path, shipped):
     # cards: every shipped pretrained tag with an entry has one, and its row links to it
     cards = re.findall(r'id="(card-[^"]+)"', text)
     assert cards and all(f'href="#{c}"' in text for c in cards)
-    # one table per data set, threat model and eps, with the markdown's columns
+    # one table per data set, threat model and eps, with the markdown's columns: a long label has a short
+    # header, and its full label on hover and in the settings list
     secs = lb.sections(shipped)
     assert text.count('<table class="lb">') == len(secs)
+    unescaped = text.replace('&#x27;', "'")
     for sec in secs:
-        assert all(f'<button type="button">{c.label}</button>' in text.replace('&#x27;', "'") for c in sec.columns)
+        short = short_labels(sec.columns)
+        for c in sec.columns:
+            assert f'title="{c.label}: ' in unescaped and f'<button type="button">{short[c.ident]}</button>' in unescaped
+            assert len(short[c.ident]) <= 24 and (short[c.ident] == c.label or f'<b>{short[c.ident]}</b> = {c.label}:'
+                                                  in unescaped)
+        assert len(set(short.values())) == len(sec.columns)  # no two headers read alike
+    # the sections measured here come first; the paper's reported table after them
+    order = [int(i) for i in re.findall(r'<section id="section-(\d+)">', text)]
+    measured = [any(e['source'] == 'measured' for e in sec.entries) for sec in secs]
+    assert sorted(order) == list(range(len(secs))) and measured[order[0]]
+    assert [measured[i] for i in order] == sorted(measured, reverse=True)
 
 
 def test_page_inside_the_registry_links_in_place(tmp_path):
@@ -116,6 +130,23 @@ ROWS = """(sel => Array.from(document.querySelectorAll(sel + ' table.lb > tbody'
   .map(g => g.rows[0].cells[{col}].textContent.trim()))('{sec}')"""
 COL = """Array.from(document.querySelectorAll('{sec} table.lb thead th')).findIndex(
   th => th.textContent.trim() === '{label}')"""
+SCREEN = 1280  # a laptop's width: the study's numbers must start on it
+# the study's table as laid out: where its clean, first attack and ranking columns end, its tallest row (closed),
+# a line's height, and the seed groups' toggles
+MEASURE = """(() => {{
+  const sec = document.querySelector('{sec}');
+  const ths = Array.from(sec.querySelectorAll('table.lb thead th'));
+  const metric = sec.querySelector('p b').textContent;
+  const right = th => th.getBoundingClientRect().right;
+  const rows = Array.from(sec.querySelectorAll('table.lb tbody tr')).filter(r => !r.hidden);
+  const td = sec.querySelector('table.lb tbody td');
+  return {{clean_right: right(ths.find(th => th.textContent.trim().startsWith('Clean'))),
+          first_attack: ths.filter(th => th.classList.contains('acc'))[1].getBoundingClientRect().left,
+          metric_right: right(ths.find(th => th.title.startsWith(metric + ':'))),
+          max_row: Math.max(...rows.map(r => r.getBoundingClientRect().height)),
+          line: parseFloat(getComputedStyle(td).lineHeight),
+          seeds: Array.from(sec.querySelectorAll('button.toggle')).map(b => b.textContent)}};
+}})()"""
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason='no chromium on PATH (Debian: apt-get install chromium; '
@@ -129,10 +160,19 @@ def test_page_in_headless_chromium(tmp_path, shipped):
              - len(lb.make_rows(secs[i].entries, secs[i].keymap)))
     sec = f'#section-{fm}'
     start = time.perf_counter()
-    with Chromium(CHROMIUM, tmp_path / 'profile', width=1500, height=1000) as browser:
+    with Chromium(CHROMIUM, tmp_path / 'profile', width=SCREEN, height=900) as browser:
         browser.open(page.as_uri())
         assert browser.errors == []
         assert browser.js("document.querySelectorAll('table.lb').length") == len(secs)
+        top = browser.screenshot(ARTIFACTS / 'leaderboard-top.png')
+
+        # the study's table on a 1280 px screen: the numbers it ranks by are on the first screen, and a seed
+        # group of 40 runs is a row of a few lines, not a list of 40 seeds and 40 entry ids
+        m = browser.js(MEASURE.format(sec=sec))
+        assert m['first_attack'] < m['metric_right'] <= SCREEN, m
+        assert m['clean_right'] < m['metric_right'], m
+        assert m['max_row'] <= 5 * m['line'], m  # before: 1,441 px (the Entry cell listed 40 ids)
+        assert m['seeds'] and all(re.fullmatch(r'\d+ seeds ▸', t) for t in m['seeds']), m
 
         # sorting by the clean-accuracy column reorders the rows: high to low, then low to high
         col = browser.js(COL.format(sec=sec, label='Clean'))
@@ -180,7 +220,7 @@ def test_page_in_headless_chromium(tmp_path, shipped):
         href = browser.js(f"document.querySelector('{sec} td.entry a').getAttribute('href')")
         assert json.loads((page.parent / href).read_text(encoding='utf-8'))['dataset'] == 'fashion-mnist-bundled'
         browser.js(f"document.querySelector('{sec}').scrollIntoView()")  # the study's table, under the filters
-        shot = browser.screenshot(ARTIFACTS / 'leaderboard.png')
+        shot = browser.screenshot(ARTIFACTS / 'leaderboard-study.png')
         assert browser.errors == []
-    assert shot.stat().st_size > 10_000
-    print(f'browser test: {time.perf_counter() - start:.1f} s; screenshot {shot}')
+    assert shot.stat().st_size > 10_000 and top.stat().st_size > 10_000
+    print(f'browser test: {time.perf_counter() - start:.1f} s; study {m}; screenshots {top}, {shot}')

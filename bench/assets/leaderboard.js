@@ -69,7 +69,7 @@
       if (!button) return;
       const open = button.getAttribute('aria-expanded') !== 'true';
       button.setAttribute('aria-expanded', String(open));
-      button.textContent = open ? '\u25be' : '\u25b8';
+      button.textContent = `${button.dataset.count} seeds ${open ? '\u25be' : '\u25b8'}`;
       for (const run of button.closest('tbody').querySelectorAll('tr.run')) run.hidden = !open;
     });
   }

@@ -251,3 +251,20 @@ def columns_of(entries: Iterable[Mapping[str, Any]]) -> Tuple[List[Column], Dict
             label = f'{label} #{hashlib.sha256(ident.encode()).hexdigest()[:4]}'
         columns.append(Column(ident, label, config, tuple(sorted(inferred.get(ident, ())))))
     return sorted(columns, key=lambda c: c.order), keymap
+
+
+def short_labels(columns: Sequence[Column]) -> Dict[str, str]:
+    """{column ident: header} for a narrow table: a worst case over several attacks is 'worst of 4', with a
+    letter where two of a table's worst cases would read alike ('worst of 3 a', 'worst of 3 b'); the other
+    labels are short already. The full label goes where there is room (a tooltip, the settings list)."""
+    short = {c.ident: (f"worst of {len(c.config['members'])}" if c.config['attack'] == 'WorstCase' else c.label)
+             for c in columns}
+    seen: Dict[str, List[str]] = {}
+    for c in columns:
+        if c.config['attack'] == 'WorstCase':
+            seen.setdefault(short[c.ident], []).append(c.ident)
+    for text, idents in seen.items():
+        if len(idents) > 1:
+            for letter, ident in zip('abcdefghijklmnopqrstuvwxyz', idents):
+                short[ident] = f'{text} {letter}'
+    return short

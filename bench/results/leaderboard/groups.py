@@ -112,6 +112,12 @@ def sections(entries: Iterable[Mapping[str, Any]]) -> List[Section]:
     return out
 
 
+def measured_first(secs: Sequence[Section]) -> List[Tuple[int, Section]]:
+    """(index in `sections`, section), the sections with results measured here before those only reported
+    elsewhere (the paper's hundreds of rows would bury them), each part in `sections`' order."""
+    return sorted(enumerate(secs), key=lambda i_s: not any(e['source'] == 'measured' for e in i_s[1].entries))
+
+
 def _norm(text: str) -> str:
     return re.sub(r'\s+', '', text).lower()
 

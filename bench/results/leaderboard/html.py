@@ -20,14 +20,28 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
-from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe
-from bench.results.leaderboard.groups import Row, make_rows, rank_rows, resolve_sort, sections
-from bench.results.leaderboard.render import RIGHT, _label_of, header, row_cells
+from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe, short_labels
+from bench.results.leaderboard.groups import Row, make_rows, measured_first, rank_rows, resolve_sort, sections
+from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, _label_of, header, row_cells,
+                                              seed_list, setup)
 from bench.results.registry import check_writable, entry_path
 
 ASSETS = Path(__file__).resolve().parents[2] / 'assets'
 ENTRY_COPIES = 'entries'  # beside a page written outside the registry
 FILTERS = (('arch', 'architecture'), ('kind', 'MoE kind'), ('training', 'training'), ('source', 'source'))
+# the page's column order: what the row is, then its numbers, then the rest (E and k are in the model name), so
+# that the accuracies start within the first screen; the markdown table keeps its own order
+PAGE_LEFT = ('#', 'Model', 'Config', 'Training', 'Setup', 'Clean')
+PAGE_RIGHT = ('FLOPs×', 'Seeds', 'n', 'Source', 'E', 'k', 'Flags', 'Entry')
+
+
+def page_order(n_columns: int) -> List[int]:
+    """Where each of the page's cells is in `header`/`row_cells` order, for a section of n attack columns."""
+    first, last = len(FIXED_LEFT), len(FIXED_LEFT) + n_columns
+
+    def at(name: str) -> int:
+        return FIXED_LEFT.index(name) if name in FIXED_LEFT else last + FIXED_RIGHT.index(name)
+    return [at(n) for n in PAGE_LEFT] + list(range(first, last)) + [at(n) for n in PAGE_RIGHT]
 
 
 def moe_kind(entry: Mapping[str, Any]) -> str:
@@ -78,14 +92,19 @@ def _attrs(entry: Mapping[str, Any]) -> Dict[str, str]:
             'training': str(entry['training']['method']), 'source': str(entry['source'])}
 
 
-def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: str, toggle: str = '') -> str:
-    """The <td>s of one row; an accuracy's interval is set apart from its value, so that it may go below it."""
+def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: str,
+                setup_html: Optional[str] = None) -> str:
+    """The <td>s of one row (`cells` and `head` in page order); an accuracy's interval is set apart from its
+    value, so that it may go below it. `setup_html` replaces the Setup text (a seed group's count and toggle)."""
     out = []
     for name, text in zip(head, cells):
         if name == 'Entry':
             out.append(f'<td class="entry">{links}</td>')
             continue
-        cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config', 'Flags': 'flags'}.get(
+        if name == 'Setup' and setup_html is not None:
+            out.append(f'<td class="setup">{setup_html}</td>')
+            continue
+        cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config', 'Flags': 'flags', 'Setup': 'setup'}.get(
             name, 'num' if name in right else '')
         value, _, spread = text.partition(' ')
         if name in right and spread:
@@ -93,8 +112,7 @@ def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: st
             cls = 'num acc'
         else:
             body = html.escape(text)
-        out.append(f'<td class="{cls}">{toggle if name == "#" else ""}{body}</td>' if cls
-                   else f'<td>{body}</td>')
+        out.append(f'<td class="{cls}">{body}</td>' if cls else f'<td>{body}</td>')
     return ''.join(out)
 
 
@@ -109,18 +127,29 @@ def _links(entries: Sequence[Mapping[str, Any]], href, cards: Mapping[str, Mappi
 
 
 def _row_group(index: int, rank: Optional[int], row: Row, columns, head, right, keymap, href, cards) -> str:
-    """One <tbody>: the row, and for a seed group its runs (hidden until expanded); sorting moves it whole."""
+    """One <tbody>: the row, and for a seed group its runs (hidden until expanded); sorting moves it whole.
+
+    A seed group is one row of a few lines however many seeds it has: its Setup says how many ('40 seeds ▸',
+    the seeds on hover) and the button lists the runs, each with its seed and its entry link."""
     attrs = ''.join(f' data-{k}="{html.escape(v)}"' for k, v in _attrs(row.first).items())
+    order = page_order(len(columns))
     runs = row.entries if len(row.entries) > 1 else []
-    toggle = (f'<button class="toggle" aria-expanded="false" title="show the {len(runs)} runs">▸</button> '
-              if runs else '')
+    links, setup_html = _links(row.entries, href, cards), None
+    if runs:
+        text = setup(row, seeds=False)
+        setup_html = ('' if text == DASH else html.escape(text) + ' ') + (
+            f'<button class="toggle" aria-expanded="false" data-count="{len(runs)}" '
+            f'title="{html.escape(seed_list(row) or f"{len(runs)} runs")}: click to list the runs">'
+            f'{len(runs)} seeds ▸</button>')
+        links = f'{len(runs)} entries: ▸ lists them'
     cls = 'row' + ('' if row.first['source'] == 'measured' else ' reported')
-    body = [f'<tr class="{cls}">' + _cells_html(row_cells(rank, row, columns), head, right,
-                                                  _links(row.entries, href, cards), toggle) + '</tr>']
+    cells = row_cells(rank, row, columns)
+    body = [f'<tr class="{cls}">' + _cells_html([cells[i] for i in order], head, right, links, setup_html) + '</tr>']
     for e in runs:  # each run on its own: its own cells and Wilson intervals
         cells = row_cells(None, make_rows([e], keymap, group=False)[0], columns)
         cells[0] = '↳'  # a run of the group above, not ranked on its own
-        body.append('<tr class="run" hidden>' + _cells_html(cells, head, right, _links([e], href, cards)) + '</tr>')
+        body.append('<tr class="run" hidden>' + _cells_html([cells[i] for i in order], head, right,
+                                                            _links([e], href, cards)) + '</tr>')
     return f'<tbody data-order="{index}"{attrs}>' + ''.join(body) + '</tbody>'
 
 
@@ -162,21 +191,27 @@ def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapp
     ]
     if not entries:
         parts.append('<p>No entries yet.</p>')
-    for s_index, sec in enumerate(sections(entries)):
+    for s_index, sec in measured_first(sections(entries)):
         rows = make_rows(sec.entries, sec.keymap, group=True)
         metric = resolve_sort(DEFAULT_SORT, sec, rows)
         ranked, rest = rank_rows(rows, metric)
-        head = header(sec.columns)
+        full = header(sec.columns)
+        head = [full[i] for i in page_order(len(sec.columns))]
         right = RIGHT | {c.label for c in sec.columns}
         n_meas = sum(e['source'] == 'measured' for e in sec.entries)
         accuracy = {'Clean'} | {c.label for c in sec.columns}
+        short = short_labels(sec.columns)
+        # a long label gets a short header; hovering shows the full one and its settings, as the list below does
+        shown = {c.label: (short[c.ident], f'{c.label}: {describe(c.config)}') for c in sec.columns}
         ths = ''.join(f'<th scope="col" class="{"num acc" if h in accuracy else "num" if h in right else ""}" '
-                      f'title="{html.escape(h)}"><button type="button">{html.escape(h)}</button></th>' for h in head)
+                      f'title="{html.escape(shown.get(h, (h, h))[1])}"><button type="button">'
+                      f'{html.escape(shown.get(h, (h, h))[0])}</button></th>' for h in head)
         groups = [(rank, r) for rank, r in ranked] + [(None, r) for r in rest]
         body = ''.join(_row_group(i, rank, r, sec.columns, head, right, sec.keymap, href, cards)
                        for i, (rank, r) in enumerate(groups))
-        legend = ''.join(f'<li><b>{html.escape(c.label)}</b>: {html.escape(describe(c.config))}</li>'
-                         for c in sec.columns)
+        legend = ''.join(f'<li><b>{html.escape(short[c.ident])}</b>'
+                         f'{" = " + html.escape(c.label) if short[c.ident] != c.label else ""}: '
+                         f'{html.escape(describe(c.config))}</li>' for c in sec.columns)
         parts.append(
             f'<section id="section-{s_index}"><h2>{html.escape(sec.title)}</h2>'
             f'<p>{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '

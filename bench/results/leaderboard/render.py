@@ -66,9 +66,10 @@ def _grid_label(grid: Mapping[str, Any]) -> str:
     return f"{grid['spec']}: {grid.get('config', '?')}{stage}"
 
 
-def setup(row: Row) -> str:
+def setup(row: Row, seeds: bool = True) -> str:
     """What tells a measured row apart from rows of the same model, config and training: the grid config it
-    ran in (and its stage, if not the main one), the epochs (and a max_steps cut), upcycling, and the seeds.
+    ran in (and its stage, if not the main one), the epochs (and a max_steps cut), upcycling, and the seeds
+    (seeds=False: left out, for a page that shows the count and lists the runs on demand).
     Reported rows: their source says it all."""
     e = row.first
     if e['source'] != 'measured':
@@ -88,10 +89,17 @@ def setup(row: Row) -> str:
     if sources:
         parts.append(f'upcycled from {_short_source(sources[0])}' if len(sources) == 1
                      else f'upcycled from {len(sources)} runs')
+    if seeds:
+        parts.append(seed_list(row))
+    return ' · '.join(p for p in parts if p) or DASH
+
+
+def seed_list(row: Row) -> str:
+    """'seeds 0, 1, 2' of a row's runs; '' where a run does not record its seed."""
     seeds = [(x.get('provenance') or {}).get('seed') for x in row.entries]
-    if all(s is not None for s in seeds):
-        parts.append(f"seed{'s' * (len(seeds) > 1)} {', '.join(str(s) for s in sorted(seeds))}")
-    return ' · '.join(parts) or DASH
+    if not all(s is not None for s in seeds):
+        return ''
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(str(s) for s in sorted(seeds))}"
 
 
 def _flops(row: Row) -> str:
