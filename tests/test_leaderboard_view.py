@@ -9,6 +9,7 @@ from typing import List, Tuple
 
 from rich.console import Console
 
+from bench.cli import main
 from bench.pipeline.quickstart import _print_summary
 from bench.results.leaderboard import print_table, render_markdown
 from bench.results.leaderboard.render import IDENTITY
@@ -119,11 +120,12 @@ def test_the_terminal_view_leaves_out_what_does_not_fit_and_says_so():
             {'pgd20': 11.0, 'apgd-ce': 10.5, 'apgd-t3': 10.2, 'worst_case': 10.2}]
     entries = [make_entry(f'resnet18_blockmoe_e4_k1-pgd-fmnist-{i:06x}', lr=0.1 * (i + 1), attacks=a)
                for i, a in enumerate(sets)]
-    console = Console(width=110, record=True, file=io.StringIO())
+    console = Console(width=80, record=True, file=io.StringIO())  # at 110 columns, every column fits
     print_table(entries, console=console, limit=3)
     text = '\n'.join(_lines(console))
-    assert max(map(len, text.splitlines())) <= 110
-    assert 'not shown here (too narrow)' in text and 'APGD-CE-100' in text  # the ranking metric always stays
+    assert max(map(len, text.splitlines())) <= 80
+    flat = ' '.join(text.split())  # the caption wraps
+    assert 'not shown here (too narrow)' in flat and 'APGD-CE-100' in text  # the ranking metric always stays
     assert 'fmnist-000001' not in text  # ids only in --wide
     wide = Console(width=1000, record=True, file=io.StringIO())
     print_table(entries, console=wide, limit=3, wide=True)
@@ -151,3 +153,41 @@ def test_the_quickstart_summary_fits_110_columns():
     text = '\n'.join(lines)
     assert 'resnet18_blockmoe_e4_k1 ' in text and '[69.5, 79.3]' in text and 'adversarial' in text
 
+
+
+def test_the_terminal_view_shows_measured_sections_first_and_the_paper_cut(monkeypatch, capsys):
+    # the shipped registry, as a user's 110-column terminal shows it: the paper's 219 reported CIFAR-100 rows
+    # came first and in full, burying the results measured here
+    monkeypatch.setenv('COLUMNS', '110')
+    assert main(['leaderboard', '--no-write']) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 110
+    titles = re.findall(r'^ *(\S+ · \S+ · eps \S+): (?:ranked|not measured)', out, flags=re.M)
+    assert titles[0].startswith('fashion-mnist-bundled') and titles[-1].startswith('cifar100')
+    reported = [e for e in load_entries(DEFAULT_REGISTRY) if e['dataset'] == 'cifar100']
+    assert all(e['source'] != 'measured' for e in reported)
+    ranked = re.search(r'cifar100 · Linf · eps 8/255: ranked by .* \((\d+) of (\d+) rows\)', out)
+    assert ranked and int(ranked[1]) == 10 < int(ranked[2])
+    assert f'... {int(ranked[2]) - 10} more rows of cifar100 · Linf · eps 8/255 not shown: --limit 0' in out
+    assert len(out.splitlines()) < 400  # before: 1,054
+
+
+def test_a_column_empty_on_every_shown_row_makes_way(monkeypatch):
+    # AutoAttack on one unranked row only: on the ranked rows it is '—' everywhere, and the columns with
+    # numbers take its place (it took the place of APGD-CE-20 and PGD-20 before)
+    sets = [{'pgd20': 31.0 + i, 'apgd-ce': 30.5 + i, 'apgd-ce20': 30.8 + i} for i in range(3)]
+    entries = [make_entry(f'resnet18_blockmoe_e4_k1-pgd-fmnist-{i:06x}', lr=0.1 * (i + 1), attacks=a)
+               for i, a in enumerate(sets)]
+    entries.append(make_entry('resnet18_blockmoe_e4_k1-pgd-fmnist-0000aa', lr=0.9,
+                              attacks={'autoattack': 20.0}))
+    console = Console(width=110, record=True, file=io.StringIO())
+    print_table(entries, console=console)
+    text = console.export_text()
+    ranked, unranked = text.split('not measured with')
+    head = ' '.join(line for line in ranked.splitlines() if line.startswith('┃'))
+    for label in ('APGD-CE-100', 'APGD-CE-20', 'PGD-20'):
+        assert label in head.split('Clean')[1], head
+    assert 'AutoAttack' not in head and 'no value on these rows: AutoAttack' in ranked
+    # the unranked row has no APGD-CE-100: the ranking metric's column is empty there and left out too
+    head = ' '.join(line for line in unranked.splitlines() if line.startswith('┃'))
+    assert 'AutoAttack' in head and 'APGD-CE-100' not in head

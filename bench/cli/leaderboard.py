@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.cli.options import add_registry_args
 from bench.core.errors import UserError
 from bench.results.leaderboard import DEFAULT_SORT, check_sort, print_table, write_leaderboard
+from bench.results.leaderboard.render import REPORTED_TOP
 from bench.results.registry import check_filters, is_read_only, load_entries
 
 
@@ -22,7 +23,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="the ranking metric: auto (per section, the attack configuration measured on most rows, "
                         "the strongest among ties), clean, a column label such as PGD-20, APGD-CE-20 or "
                         "AutoAttack, or an accuracy key such as pgd20; the file always uses auto")
-    p.add_argument('--limit', type=int, default=0, help='ranked rows per table on the console (0 = all)')
+    p.add_argument('--limit', type=int, default=None,
+                   help='ranked rows per table on the console (0 = all; default: all of the tables measured here, '
+                        f'the top {REPORTED_TOP} of those only reported elsewhere, such as the paper\'s)')
     p.add_argument('--no-group', action='store_true',
                    help='one row per run, instead of one per configuration over its seeds')
     p.add_argument('--html', metavar='OUT', type=Path, default=None,
@@ -40,7 +43,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_filters(args.dataset, args.threat_model)
-    if args.limit < 0:
+    if args.limit is not None and args.limit < 0:
         raise UserError(f'--limit {args.limit} is negative: use 0 for all rows or a positive count')
     registry = Path(args.registry)
     everything = load_entries(registry)

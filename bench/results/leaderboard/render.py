@@ -1,6 +1,7 @@
 """The leaderboard as text: its cells, `LEADERBOARD.md` (a pure function of the entries) and the console tables."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -9,7 +10,8 @@ from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
                                                describe)
-from bench.results.leaderboard.groups import Cell, Row, Section, make_rows, rank_rows, resolve_sort, sections
+from bench.results.leaderboard.groups import (Cell, Row, Section, make_rows, measured_first, rank_rows, resolve_sort,
+                                              sections)
 from bench.results.markdown import md_table
 from bench.results.registry import DEFAULT_REGISTRY, check_writable, load_entries
 
@@ -251,10 +253,12 @@ def check_sort(entries: Sequence[Mapping[str, Any]], sort: str) -> None:
 
 
 def _two_lines(cell: Optional[Cell], reported: bool) -> str:
-    """A cell as the console shows it: the value, then its spread and interval on a second line."""
+    """A cell as the console shows it: the value, then its spread and its interval each on a line of its own
+    (a column as narrow as '[67.8, 75.3]', so that more accuracy columns fit)."""
     text = fmt_cell(cell, reported)
     value, _, rest = text.partition(' ')
-    return f'{value}\n{rest}' if rest else value
+    spread, _, interval = rest.partition(' [') if rest.startswith('±') else ('', '', rest[1:])
+    return '\n'.join([value] + [part for part in (spread, interval and '[' + interval) if part])
 
 
 def _compact_label(column: Column) -> str:
@@ -307,67 +311,91 @@ def _compact_table(title: str, body: Sequence[Tuple[Optional[int], Row]], column
     return table, narrowest
 
 
-def _fitting_columns(width: int, build: Any, columns: Sequence[Column], keep: Optional[str]) -> List[Column]:
-    """The attack columns that fit `width` without folding a word: the last ones (never the ranking metric's)
-    are left out until the table's narrowest rendering fits."""
+def _fitting_columns(width: int, build: Any, columns: Sequence[Column], keep: Optional[str],
+                     filled: Optional[Mapping[str, int]] = None) -> List[Column]:
+    """The attack columns that fit `width` without folding a word: columns (never the ranking metric's) are
+    left out until the table's narrowest rendering fits, those with the fewest values on the rows shown
+    (`filled`: column ident -> count) first, and among those the last."""
     shown = list(columns)
     while shown and build(shown)[1] > width:
         droppable = [c for c in shown if c.ident != keep]
         if not droppable:
             break
-        shown.remove(droppable[-1])
+        shown.remove(min(reversed(droppable), key=lambda c: (filled or {}).get(c.ident, 0)))
     return shown
 
 
-def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, limit: int = 0,
+REPORTED_TOP = 10  # rows shown of a table of numbers reported elsewhere, unless --limit asks otherwise
+
+
+def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, limit: Optional[int] = None,
                 group: bool = True, wide: bool = False, console: Any = None) -> None:
-    """The rich console tables: per section, the ranked rows, then the rows without the metric.
+    """The rich console tables: per section, the ranked rows, then the rows without the metric. The sections
+    measured here come first; the sections of numbers only reported elsewhere (the paper's hundreds of rows)
+    follow, each table cut to its top rows with a count of the rest.
 
     Args:
+        limit: rows per table; 0: all; None (default): all of a measured section, REPORTED_TOP of the others.
         wide: every column of LEADERBOARD.md, one line per row (for a wide terminal or a pipe). By default, a
-            compact view (`compact_cells`) that leaves out the attack columns that do not fit the terminal
-            (never the ranking metric's) and says which.
-        console: a rich Console (default: the terminal, or 240 columns when stdout is not one).
+            compact view (`compact_cells`) that leaves out the attack columns with no value on the table's
+            rows, then those that do not fit the terminal (never the ranking metric's), and says which.
+        console: a rich Console (default: the terminal's width; when stdout is not a terminal, $COLUMNS if set,
+            else 240 columns).
     """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 240)
+    console = console or Console(width=None if sys.stdout.isatty() or os.environ.get('COLUMNS') else 240)
     if not entries:
         console.print('no entries match')
         return
     legend = f'{DAGGER} reported elsewhere (dim rows); {DASH} missing; [lo, hi] 95% interval; ±std over seeds'
-    for sec in sections(entries):
+    for _, sec in measured_first(sections(entries)):
         rows = make_rows(sec.entries, sec.keymap, group=group)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
         label = _label_of(sec, metric, sort)
-        shown = ranked[:limit] if limit > 0 else ranked
-        for title, body in ((f'{sec.title}: ranked by {label} ({len(shown)} of {len(ranked)} rows)',
-                             [(rank, r) for rank, r in shown]),
-                            (f'{sec.title}: not measured with {label} ({len(rest)} rows)', [(None, r) for r in rest])):
+        cut = limit if limit is not None else (
+            0 if any(e['source'] == 'measured' for e in sec.entries) else REPORTED_TOP)
+        shown = ranked[:cut] if cut > 0 else ranked
+        unranked = rest[:cut] if cut > 0 and limit is None else rest  # --limit N cuts the ranked rows only
+        for title, body, total in (
+                (f'{sec.title}: ranked by {label} ({len(shown)} of {len(ranked)} rows)',
+                 [(rank, r) for rank, r in shown], len(ranked)),
+                (f'{sec.title}: not measured with {label} ({len(unranked)} of {len(rest)} rows)'
+                 if len(unranked) < len(rest) else f'{sec.title}: not measured with {label} ({len(rest)} rows)',
+                 [(None, r) for r in unranked], len(rest))):
             if not body:
                 continue
             if not wide:
                 points = sorted({str(r.first.get('n_examples')) for _, r in body if r.first.get('n_examples')})
                 caption = f'{legend}; test points: {", ".join(points) or DASH}; Flags = failed sanity checks'
+                # a column with no value on any row shown makes way for those that have numbers
+                filled = {c.ident: sum(c.ident in r.cells for _, r in body) for c in sec.columns}
+                present = [c for c in sec.columns if filled[c.ident]]
 
                 def build(cols: Sequence[Column], caption: str = caption) -> Tuple[Any, int]:
                     return _compact_table(title, body, cols, caption)
-                cols = _fitting_columns(console.width, build, sec.columns, metric)
-                left_out = [c.label for c in sec.columns if c not in cols]
+                cols = _fitting_columns(console.width, build, present, metric, filled)
+                empty = [c.label for c in sec.columns if c not in present]
+                left_out = [c.label for c in present if c not in cols]
+                if empty:
+                    caption += f'; no value on these rows: {"; ".join(empty)}'
                 if left_out:
                     caption += f'; not shown here (too narrow): {"; ".join(left_out)}'
                 caption += '; --wide: every column, entry ids included'
                 console.print(_compact_table(title, body, cols, caption)[0])
-                continue
-            table = Table(title=escape(title),
-                          caption=escape(f'{legend}; Flags = number of failed sanity checks'))
-            right = RIGHT | {c.label for c in sec.columns}
-            for c in header(sec.columns):
-                table.add_column(escape(c), justify='right' if c in right else 'left', overflow='fold')
-            for rank, r in body:
-                style = None if r.first['source'] == 'measured' else 'dim'
-                table.add_row(*map(escape, row_cells(rank, r, sec.columns, short_flags=True)), style=style)
-            console.print(table)
+            else:
+                table = Table(title=escape(title),
+                              caption=escape(f'{legend}; Flags = number of failed sanity checks'))
+                right = RIGHT | {c.label for c in sec.columns}
+                for c in header(sec.columns):
+                    table.add_column(escape(c), justify='right' if c in right else 'left', overflow='fold')
+                for rank, r in body:
+                    style = None if r.first['source'] == 'measured' else 'dim'
+                    table.add_row(*map(escape, row_cells(rank, r, sec.columns, short_flags=True)), style=style)
+                console.print(table)
+            if len(body) < total:
+                console.print(f'... {total - len(body)} more rows of {sec.title} not shown: --limit 0 shows every '
+                              f'row (LEADERBOARD.md has them all)', highlight=False)
