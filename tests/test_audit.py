@@ -255,3 +255,31 @@ def test_audit_takes_model_kwargs_as_train_and_eval_do(capsys):
     for bad, needle in (('expert_width=matched', '--expert-width'), ('width=0', 'width=0')):
         with pytest.raises(UserError, match=needle):
             model_kwargs_of(parse(['audit', '--model', 'resnet18_blockmoe_e2_k1', '--model-kwargs', bad]))
+
+
+def test_cli_table_fits_110_columns_without_cutting_a_number(capsys, tmp_path, monkeypatch):
+    # in a 110-column terminal the 15-column table was squeezed until every cell was cut ('1.00…')
+    monkeypatch.setenv('COLUMNS', '110')
+    out = tmp_path / 'audit.json'
+    models = ['--model', 'resnet18_blockmoe_e4_k1', '--model', 'resnet18_convmoe_e4_k1']
+    assert cli.main(['audit', *models, '--model-kwargs', 'width=8', '--no-latency', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    table = [line for line in text.splitlines() if line.startswith(('┃', '│', '┏', '└'))]
+    assert table and max(len(line) for line in table) <= 110 and '…' not in text
+    flat = ' '.join(text.split())
+    for r in json.loads(out.read_text()):
+        row = next(line for line in table if line.startswith(f'│ {r["model"]} '))
+        # the ratio --max-flops-ratio gates on, the active FLOPs and the parameters, whole
+        for number in (f"{r['flops_ratio']:.4f}", f"{r['flops_active'] / 1e9:.4f}",
+                       f"{r['params_total'] / 1e6:.2f} ({r['params_active'] / 1e6:.2f})"):
+            assert f' {number} │' in row, (number, row)
+    # what is left out is named: the latency columns (empty with --no-latency), those that do not fit
+    assert 'no value on any row: latency b1, latency b128, memory b128' in flat
+    assert 'not shown here (too narrow):' in flat and '--wide or --json: every column' in flat
+
+    # --wide: every column, however narrow the terminal
+    assert cli.main(['audit', *models, '--model-kwargs', 'width=8', '--no-latency', '--wide']) == 0
+    wide = capsys.readouterr().out
+    head = ' '.join(line for line in wide.splitlines() if line.startswith('┃'))
+    assert all(word in head for word in ('unsupported', 'total/dense', 'worst/dense', 'latency', 'memory'))
+    assert '…' not in wide and 'not shown here' not in wide

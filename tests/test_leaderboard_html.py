@@ -74,7 +74,8 @@ def test_page_is_self_contained_and_links_every_entry(tmp_path, shipped):
     for sec in secs:
         short = short_labels(sec.columns)
         for c in sec.columns:
-            assert f'title="{c.label}: ' in unescaped and f'<button type="button">{short[c.ident]}</button>' in unescaped
+            assert f'title="{c.label}: ' in unescaped
+            assert f'<button type="button">{short[c.ident]}</button>' in unescaped
             assert len(short[c.ident]) <= 24 and (short[c.ident] == c.label or f'<b>{short[c.ident]}</b> = {c.label}:'
                                                   in unescaped)
         assert len(set(short.values())) == len(sec.columns)  # no two headers read alike

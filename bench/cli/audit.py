@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
@@ -105,34 +107,79 @@ def _fmt_ratio(value: Optional[float], limit: Optional[float] = None) -> str:
 
 # what `--max-flops-ratio` divides the active FLOPs by: the record's field of each choice
 BASELINES = {'dense': 'flops_ratio', 'dense+gates': 'flops_ratio_dense_plus_gates'}
+BASELINES_COLUMN = {'dense': 'active/dense', 'dense+gates': 'active/(d+g)'}
 
 
-def render(results: Sequence[AuditResult], limit: Optional[float] = None, baseline: str = 'dense') -> Table:
-    """The audit as a rich table (FLOPs in G of MACs per image; the gates' in M)."""
-    from bench.audit.audit import AGREEMENT_TOLERANCE
+COLUMNS = ('model', 'experts', 'active G', 'dense G', 'gates M', 'active/dense', 'active/(d+g)', 'worst/dense',
+           'total/dense', 'params M (active)', 'latency b1', 'latency b128', 'memory b128', 'fvcore~torch',
+           'unsupported')
+# which columns make way first when the table is wider than the terminal (they stay in --wide and --json); the
+# model, its experts and the ratio --max-flops-ratio gates on never do
+GIVE_WAY = ('unsupported', 'total/dense', 'worst/dense', 'gates M', 'dense G', 'fvcore~torch', 'memory b128',
+            'latency b128', 'params M (active)', 'active G', 'latency b1', 'active/(d+g)', 'active/dense')
+
+
+def _least(header: str, cells: Sequence[str]) -> int:
+    """The narrowest a column can be without cutting a cell or a word of its header (cells hold rich markup)."""
+    return max([max(map(len, header.split()))] + [Text.from_markup(c).cell_len for c in cells])
+
+
+def render(results: Sequence[AuditResult], limit: Optional[float] = None, baseline: str = 'dense',
+           width: Optional[int] = None) -> Table:
+    """The audit as a rich table (FLOPs in G of MACs per image; the gates' in M).
+
+    Args:
+        width: the terminal's: a column with no value on any row is left out, then columns (`GIVE_WAY`) until
+            the table fits without cutting a number; the caption names them. None: every column (--wide).
+    """
+    rows = [_cells(r, limit, baseline) for r in results]
+    keep = list(range(len(COLUMNS)))
+    notes = []
+    if width is not None:
+        empty = [i for i in keep if rows and all(row[i] == '-' for row in rows)]
+        keep = [i for i in keep if i not in empty]
+        fixed = {'model', 'experts', BASELINES_COLUMN[baseline]}
+        dropped = []
+        for name in (n for n in GIVE_WAY if n not in fixed):
+            need = sum(_least(COLUMNS[i], [row[i] for row in rows]) for i in keep) + 3 * len(keep) + 1
+            if need <= width:
+                break
+            keep.remove(COLUMNS.index(name))
+            dropped.append(name)
+        if empty:
+            notes.append(f'no value on any row: {", ".join(COLUMNS[i] for i in empty)}')
+        if dropped:
+            notes.append(f'not shown here (too narrow): {", ".join(n for n in COLUMNS if n in dropped)}')
+        if notes:
+            notes.append('--wide or --json: every column')
     table = Table(title='timm-moe audit: per image, over the dense baseline with the identical stem '
-                        '(GFLOPs = 1e9 multiply-accumulates, fvcore convention)')
-    cols = ['model', 'experts', 'active G', 'dense G', 'gates M', 'active/dense', 'active/(d+g)',
-            'worst/dense', 'total/dense',
-            'params M (active)', 'latency b1', 'latency b128', 'memory b128', 'fvcore~torch', 'unsupported']
-    for c in cols:
-        table.add_column(c, justify='left' if c in ('model', 'experts') else 'right')
-    for r in results:
-        kw = r.model_kwargs
-        lat = r.latency_ratio or {}
-        mem = r.memory_ratio or {}
-        table.add_row(
-            r.model, f"{kw.get('expert_width', 'full')}" if r.experts else 'dense',
-            f"{r.flops_active / 1e9:.4f}", f"{r.flops_dense / 1e9:.4f}", f"{r.flops_gates / 1e6:.3f}",
-            _fmt_ratio(r.flops_ratio, limit if baseline == 'dense' else None),
-            _fmt_ratio(r.flops_ratio_dense_plus_gates, limit if baseline == 'dense+gates' else None),
-            _fmt_ratio(r.flops_ratio_worst), _fmt_ratio(r.flops_total_ratio),
-            f"{r.params_total / 1e6:.2f} ({r.params_active / 1e6:.2f})",
-            _fmt_ratio(lat.get('1')), _fmt_ratio(lat.get('128')), _fmt_ratio(mem.get('128')),
-            f"{r.flop_counter_agreement:.2%}" + (' [red]>1%[/red]' if r.flop_counter_agreement > AGREEMENT_TOLERANCE else ''),
-            str(len(r.unsupported_ops)),
-        )
+                        '(GFLOPs = 1e9 multiply-accumulates, fvcore convention)', caption='; '.join(notes) or None)
+    for i in keep:
+        # a number is never cut, nor a word of a header: only the headers wrap, at their spaces
+        table.add_column(COLUMNS[i], justify='left' if COLUMNS[i] in ('model', 'experts') else 'right',
+                         width=_least(COLUMNS[i], [row[i] for row in rows]))
+    for row in rows:
+        table.add_row(*[row[i] for i in keep])
     return table
+
+
+def _cells(r: AuditResult, limit: Optional[float], baseline: str) -> List[str]:
+    """One audited model's row, in COLUMNS order ('-': not measured)."""
+    from bench.audit.audit import AGREEMENT_TOLERANCE
+    kw = r.model_kwargs
+    lat = r.latency_ratio or {}
+    mem = r.memory_ratio or {}
+    return [
+        r.model, f"{kw.get('expert_width', 'full')}" if r.experts else 'dense',
+        f"{r.flops_active / 1e9:.4f}", f"{r.flops_dense / 1e9:.4f}", f"{r.flops_gates / 1e6:.3f}",
+        _fmt_ratio(r.flops_ratio, limit if baseline == 'dense' else None),
+        _fmt_ratio(r.flops_ratio_dense_plus_gates, limit if baseline == 'dense+gates' else None),
+        _fmt_ratio(r.flops_ratio_worst), _fmt_ratio(r.flops_total_ratio),
+        f"{r.params_total / 1e6:.2f} ({r.params_active / 1e6:.2f})",
+        _fmt_ratio(lat.get('1')), _fmt_ratio(lat.get('128')), _fmt_ratio(mem.get('128')),
+        f"{r.flop_counter_agreement:.2%}" + (' [red]>1%[/red]' if r.flop_counter_agreement > AGREEMENT_TOLERANCE else ''),
+        str(len(r.unsupported_ops)),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     targets = _targets(args)
 
     err = Console(stderr=True, width=200)
-    out = Console(width=None if sys.stdout.isatty() else 220)
+    # a pipe with $COLUMNS set (a CI log, `script`) gets that width, as a terminal would
+    out = Console(width=None if sys.stdout.isatty() or os.environ.get('COLUMNS') else 220)
     results: List[AuditResult] = []
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
@@ -185,7 +233,11 @@ def run(args: argparse.Namespace) -> int:
                       f'{r.routing["batch"]} images):', highlight=False)
             out.print(r.flop_table, highlight=False, markup=False)
 
-    out.print(render(results, args.max_flops_ratio, args.flops_baseline))
+    table = render(results, args.max_flops_ratio, args.flops_baseline, width=None if args.wide else out.width)
+    if args.wide:  # every column, one line per model however narrow the terminal: wider than it, never cut
+        Console(width=max(out.width, Console(width=1 << 16).measure(table).maximum)).print(table)
+    else:
+        out.print(table)
     out.print(f'FLOPs: {FLOPS_UNIT}. Active = gate + the experts each image runs, averaged over a routed batch; '
               f'gates = every MoE layer\'s gate; active/(d+g) = active / (dense + gates), 1 at k=1 with '
               f'full-width experts; '
@@ -254,6 +306,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         'plus the MoE layers\' gates as fvcore counts them (the exact cost of k=1 at any width '
                         'and gate; default: dense)')
     p.add_argument('--no-latency', action='store_true', help='FLOPs and parameters only (fast)')
+    p.add_argument('--wide', action='store_true',
+                   help='every column of the table, wider than the terminal if need be; by default the columns '
+                        'that fit it (the caption names the others; --json has them all)')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     p.add_argument('--batch-sizes', default='1,128', help='batch sizes to time, comma-separated')
     p.add_argument('--repeats', type=int, default=7, help='timed forwards per model and batch size (medians)')
