@@ -154,9 +154,11 @@ def fmt_interval(value: float, interval: List[float], sep: str = ' ') -> str:
 
 def _print_summary(console: Console, summary: Dict[str, Any]) -> None:
     table = Table(title=f'quickstart on {summary["dataset"]}: first {summary["n_eval"]} test images, eps 8/255',
-                  caption=escape('accuracy % above its [95% Wilson interval over the test points]'))
+                  caption=escape('accuracy % above its [95% Wilson interval over the test points]; wall img/s: '
+                                 'training images per wall-clock second while the runs shared the cores, a load '
+                                 'figure, not a speed comparison (timm-moe audit times the models)'))
     # each accuracy above its interval: the table fits a terminal about 100 columns wide without breaking a word
-    for col in ('model', 'training', 'clean %', 'PGD-20 %', 'APGD-CE-20 %', 'FLOPs×', 'img/s', 'flags'):
+    for col in ('model', 'training', 'clean %', 'PGD-20 %', 'APGD-CE-20 %', 'FLOPs×', 'wall img/s', 'flags'):
         table.add_column(col, justify='left' if col in ('model', 'training', 'flags') else 'right',
                          no_wrap=col != 'flags')
     for r in summary['rows']:
@@ -171,7 +173,7 @@ def _print_summary(console: Console, summary: Dict[str, Any]) -> None:
     console.print(escape('adversarial training gain in PGD-20 accuracy, points [95% paired bootstrap interval]: '
                          f'dense {gains["dense"]:+.1f} [{ci["dense"][0]:+.1f}, {ci["dense"][1]:+.1f}], '
                          f'BlockMoE {gains["moe"]:+.1f} [{ci["moe"][0]:+.1f}, {ci["moe"][1]:+.1f}]: ') + verdict)
-    console.print(f'adversarial training speed, BlockMoE / dense: '
-                  f'{summary["adv_train_img_per_s_moe_over_dense"]:.2f}x; '
+    console.print(f'adversarial training wall throughput under shared load, BlockMoE / dense: '
+                  f'{summary["adv_train_img_per_s_moe_over_dense"]:.2f}x (depends on which runs overlapped); '
                   f'wall time {summary["seconds"]["total"]:.0f} s')
     console.print(f'leaderboard: {summary["leaderboard"]}; plots: {", ".join(Path(p).name for p in summary["plots"])}')
