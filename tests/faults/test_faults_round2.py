@@ -20,7 +20,7 @@ from bench.cli import main
 from bench.core.errors import UserError
 from trained_run import NAME, two_step_run
 
-STUDY = Path(__file__).parent / 'fixtures' / 'study_tiny.yaml'
+STUDY = Path(__file__).parents[1] / 'fixtures' / 'study_tiny.yaml'
 RUN_FILES = ('config.yaml', 'model.pth', 'last.pth.tar', 'metrics.jsonl', 'result.json')
 
 
