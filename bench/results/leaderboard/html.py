@@ -63,7 +63,7 @@ def _card_html(card: Mapping[str, Any], href: str) -> str:
                    for k in ('training', 'config', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
                    if k in t)
     return (f'<article class="card" id="card-{html.escape(tag)}"><h3>{html.escape(tag)}</h3>'
-            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({tag!r}, pretrained=True)'
+            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({html.escape(repr(tag))}, pretrained=True)'
             f'  # {html.escape(arch)}({html.escape(kwargs)})</code></pre>'
             f'<table class="kv">{rows}<tr><th>input</th><td>{html.escape(str(card.get("input_size")))} '
             f'({html.escape(str(card.get("dataset")))})</td></tr>'
