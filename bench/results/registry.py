@@ -373,9 +373,9 @@ def _entry_files(registry_dir: Path) -> List[Path]:
     found = []
     for folder, dirs, files in os.walk(registry_dir):
         here = Path(folder)
-        for name in dirs + files:
-            _refuse_link(here / name, registry_dir)
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in dirs + [f for f in files if f.endswith('.json')]:  # what a reader would go into or read
+            _refuse_link(here / name, registry_dir)
         found += [here / f for f in files if f.endswith('.json') and not f.startswith('.')
                   and not (here == registry_dir and f == 'schema.json')]
     return sorted(found)
@@ -400,12 +400,10 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
         registry_dir: the registry root it was found under (None: skip the location check).
     """
     path = Path(path)
-    if registry_dir is not None:
-        root = Path(registry_dir)
-        for part in [path, *path.parents]:  # the folders between the root and the file, and the file
-            if part == root or part in root.parents:
-                break
-            _refuse_link(part, root)
+    if registry_dir is not None and Path(registry_dir) in path.parents:
+        inside = path.relative_to(registry_dir)
+        for part in (inside, *inside.parents[:-1]):  # the file, and the folders between it and the root
+            _refuse_link(Path(registry_dir) / part, Path(registry_dir))
     try:
         entry = json.loads(read_utf8(path, 'registry file', max_bytes=MAX_ENTRY_BYTES))
     except json.JSONDecodeError as e:
@@ -413,7 +411,7 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
     except UserError:
         raise
     except ValueError as e:  # Python's limit on the digits of an integer (a decimal text of thousands of digits)
-        raise UserError(f'registry file {path} holds a number too long to read ({printable(e)})') from None
+        raise UserError(f'registry file {path} holds a number too long to read ({str(e).split(";")[0]})') from None
     except RecursionError:
         raise UserError(f'registry file {path} is nested too deep to be an entry') from None
     if isinstance(entry, dict):
