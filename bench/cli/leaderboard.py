@@ -30,8 +30,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help='one row per run, instead of one per configuration over its seeds')
     p.add_argument('--html', metavar='OUT', type=Path, default=None,
                    help='also write the leaderboard as one self-contained web page to OUT (every entry, sortable '
-                        'columns, filters, seed groups that expand; links to each entry JSON: in place when OUT is '
-                        'inside the registry, else copied to entries/ beside OUT)')
+                        'columns, filters, seed groups that expand; links to each entry JSON, copied to entries/ '
+                        'beside OUT); OUT may not lie inside a registry')
+    p.add_argument('--overwrite', action='store_true',
+                   help='let --html replace an existing file (or entries/ folder) that is not a page this command '
+                        'wrote')
     p.add_argument('--no-write', action='store_true',
                    help='print only; leave LEADERBOARD.md as it is (always so for the read-only shipped registry of '
                         'an installed package)')
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html is not None:
         from bench.results.leaderboard.html import write_html
 
-        print(f'wrote {write_html(args.html, registry, everything)} ({len(everything)} entries)')
+        print(f'wrote {write_html(args.html, registry, everything, args.overwrite)} ({len(everything)} entries)')
     if not args.no_write and is_read_only(registry):
         print(f'{registry} is the read-only registry shipped in the package: its LEADERBOARD.md is left as it is')
     elif not args.no_write:

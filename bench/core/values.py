@@ -5,6 +5,7 @@ Each parser raises `UserError` naming the value and what is allowed, so every ve
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -99,3 +100,39 @@ def check_out_apart(out: Union[str, Path], sources: Mapping[str, Optional[Union[
         if target == src or src in target.parents or target in src.parents:
             raise UserError(f'{flag} {out} overlaps {what} {source}: it would be written over what it is made '
                             f'from; give a folder outside {source}')
+
+
+# THE pattern of a name that becomes a file or folder name (an entry id, a grid config, a pretrained tag's
+# base): one path component, lower-case (so that two names cannot collide on a case-insensitive file system),
+# starting with a letter or digit (so never '.', '..' or a hidden file), at most 160 characters.
+NAME_PATTERN = re.compile(r'[a-z0-9][a-z0-9_.-]{0,159}')
+
+
+def check_name(value: Any, what: str) -> str:
+    """`value` if it is a name (`NAME_PATTERN`), else a UserError naming `what`, the value and what is allowed.
+
+    Names are read from files the user may have got from someone else (grid specs, registry entries); a name
+    like '../../x' would otherwise put a run, and a restart's cleanup of it, outside the folder it belongs in.
+    """
+    if not (isinstance(value, str) and NAME_PATTERN.fullmatch(value)):
+        raise UserError(f'{what} {_short(value)} is not a name: use lower-case letters, digits, _ . and -, '
+                        'starting with a letter or digit, at most 160 characters')
+    return value
+
+
+# characters that act on a terminal or split a line instead of showing: C0 and C1 controls (ESC, BEL, NUL,
+# newline, ...), DEL, the Unicode line and paragraph separators and the bidirectional overrides
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+
+
+def find_control(text: str) -> Optional[int]:
+    """The index of the first control character in `text` (see `printable`), or None."""
+    found = _CONTROL.search(text)
+    return found.start() if found else None
+
+
+def printable(text: Any) -> str:
+    """`str(text)` with every control character written out as its escape (`\\x1b`, `\\n`, `\\u202e`), so that text
+    from a file shows as text on a terminal, in Markdown or in a page, and never moves the cursor, retitles or
+    clears the terminal, or starts a new line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))

@@ -3,6 +3,8 @@ specs); run directories' config.yaml is read the same way."""
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,14 +18,34 @@ GRID_SPEC_KEYS = frozenset({'configs', 'arch', 'train', 'train_config'})
 RECIPE, GRID_SPEC = 'recipe', 'grid spec'
 
 
-def read_utf8(path: str | Path, what: str = 'file') -> str:
-    """The text of a file the user gave; one that is not UTF-8 is a UserError naming it and the first bad byte."""
-    data = Path(path).read_bytes()
+def read_utf8(path: str | Path, what: str = 'file', max_bytes: Optional[int] = None) -> str:
+    """The text of a file the user gave; one that is not UTF-8 is a UserError naming it and the first bad byte.
+
+    Args:
+        max_bytes: read only a regular file of at most this many bytes (UserError otherwise): for files found in a
+            folder rather than named by the user (registry entries), where a FIFO would block the read forever and
+            a link to a device or a huge file would fill the memory.
+    """
+    data = Path(path).read_bytes() if max_bytes is None else _read_regular(Path(path), what, max_bytes)
     try:
         return data.decode('utf-8')
     except UnicodeDecodeError as e:
         raise UserError(f'{what} {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); '
                         'save it as UTF-8') from None
+
+
+def _read_regular(path: Path, what: str, max_bytes: int) -> bytes:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then judges the file that was opened
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, 'rb') as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f'{what} {path} is not a regular file (a FIFO, device or socket): only regular files are read')
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UserError(f'{what} {path} is larger than {max_bytes:,} bytes (it has {st.st_size:,}): too large to be '
+                        f'a {what}')
+    return data
 
 
 def shipped(kind: str) -> List[str]:

@@ -23,6 +23,7 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from bench.core.errors import UserError
+from bench.core.values import check_name
 
 # timm's tags ('in1k', 'fb_in22k_ft_in1k'): no dot (it splits model.tag there), no path separator (the tag names
 # the shipped file), no space, not only digits
@@ -40,6 +41,8 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
         raise UserError(f'{path} sets configs and the axis {mixed[0]!r}: a spec either lists named configs or '
                         f'crosses axes ({", ".join(AXIS_KEYS)}), not both')
     for name, config in configs.items():
+        # a config names its cells' folders (`<out>/cells/<config>-seed<seed>`), which a restart may clear
+        check_name(name, f'config name in {path}:')
         where = f'config {name!r} in {path}'
         if not isinstance(config, Mapping):
             raise UserError(f'{where} is {config!r}: give a mapping with at least model: <timm model name>')
@@ -52,7 +55,9 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
             if not isinstance(config.get(key, {}), Mapping):
                 raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
         tag = config.get('tag')
-        if tag is not None and not (isinstance(tag, str) and TAG_PATTERN.fullmatch(tag)):
+        if tag is not None:
+            check_name(tag, f'{where}: tag')
+        if tag is not None and not TAG_PATTERN.fullmatch(tag):
             raise UserError(f'{where}: tag {tag!r} cannot name a timm pretrained tag (model.tag); write lower-case '
                             'letters, digits and _, starting with a letter, as timm\'s tags (e.g. fmnist_pgd)')
         if 'seeds' in config:

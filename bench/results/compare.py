@@ -8,13 +8,13 @@ says plainly when the point sets or the attack settings differ. See docs/STATIST
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from bench.core.errors import UserError
+from bench.core.values import NAME_PATTERN
 from bench.results import stats
 from bench.results.registry import DEFAULT_REGISTRY, RENAMED_METRICS, load_entry
 
@@ -28,7 +28,6 @@ METRIC_STRENGTH: Tuple[str, ...] = (
     'autoattack', 'autoattack.*', 'worst_case', 'apgd-t', 'apgd-ce', 'apgd-dlr', 'fab-t', 'square',
     'apgd-ce20', 'pgd20', 'apgd-ce10', 'pgd10',
 )
-_ID = re.compile(r'[a-z0-9][a-z0-9_.-]*')
 
 
 def _rank(metric: str) -> Tuple[int, str]:
@@ -54,7 +53,7 @@ def resolve_entry(ref: str, registry_dir: Any = DEFAULT_REGISTRY) -> Tuple[Dict[
     path = Path(ref)
     if path.is_file():
         return load_entry(path), str(path)
-    if ref.endswith('.json') or not _ID.fullmatch(ref):
+    if ref.endswith('.json') or not NAME_PATTERN.fullmatch(ref):
         raise UserError(f'{ref!r} is neither an entry file nor an entry id (ids look like '
                         f"'resnet18_dense-pgd-cifar100-1a2b3c')")
     root = Path(registry_dir)

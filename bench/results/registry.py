@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
+from bench.core.values import find_control, printable
 from bench.core.yaml_files import read_utf8
 from bench.results.stats import bits_sha256, per_sample_vectors
 
@@ -46,6 +47,8 @@ LOCAL_REGISTRY = Path('registry')  # where an installed package's writers put en
 SCHEMA_PATH = SHIPPED_REGISTRY / 'schema.json'  # the one schema, whatever registry dir is used
 SCHEMA_VERSION = 2  # what this code writes; every version in the schema's enum still loads
 _ID_OK = re.compile(r'[^a-z0-9_.-]+')
+# an entry is a few kB (a CIFAR entry with per-sample bits of 10,000 points, some tens): more is not an entry
+MAX_ENTRY_BYTES = 16 * 2 ** 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -94,6 +97,23 @@ def check_writable(registry_dir: PathLike) -> None:
     if is_read_only(registry_dir):
         raise UserError(f'registry {registry_dir} is the copy shipped inside the installed timm-moe package, '
                         f'which is read-only: pass --registry DIR (or set {REGISTRY_ENV}) for your own registry')
+
+
+def registry_holding(path: PathLike, *registries: PathLike) -> Optional[Path]:
+    """The registry that `path` lies in (or is), or None: one of `registries`, the shipped one, or any folder
+    above `path` that holds a LEADERBOARD.md or a `<dataset>/<threat_model>` folder of entries. A file written
+    there would be read as an entry, or make the registry fail to load ('misplaced')."""
+    target = Path(path).resolve()
+    for root in (*registries, SHIPPED_REGISTRY):
+        root = Path(root).resolve()
+        if target == root or root in target.parents:
+            return root
+    props = load_schema()['properties']
+    for folder in (target, *target.parents):
+        if (folder / 'LEADERBOARD.md').is_file() or any(
+                (folder / d / t).is_dir() for d in props['dataset']['enum'] for t in props['threat_model']['enum']):
+            return folder
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -220,8 +240,32 @@ def validate_entry(entry: Mapping[str, Any]) -> None:
     except ValueError as e:
         raise UserError(f"invalid registry entry {entry.get('entry_id')!r}: a number is NaN or infinite ({e}); "
                         'store null for a value that was not measured') from None
+    _check_text(entry)
     _check_settings_cover_accuracies(entry)
     _check_per_sample(entry)
+
+
+def _check_text(entry: Mapping[str, Any]) -> None:
+    """No text of an entry, key or value, holds a control character (`bench.core.values.printable`).
+
+    Entries are shared and their text is printed to terminals and written into LEADERBOARD.md and the page: an
+    ESC sequence in a model name would retitle or clear the reader's terminal, a newline split the table.
+    """
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            at = find_control(value)
+            if at is not None:
+                raise UserError(f"invalid registry entry {printable(entry.get('entry_id'))!r}: {where or '<entry>'} "
+                                f'holds the control character {printable(value[at])} at position {at}: text in an '
+                                'entry may not hold control characters (escape sequences, NUL, newlines)')
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(k, f'{where} (a key)' if where else '<entry> (a key)')
+                walk(v, f'{where}.{k}' if where else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f'{where}[{i}]')
+    walk(entry, '')
 
 
 def _check_settings_cover_accuracies(entry: Mapping[str, Any]) -> None:
@@ -324,9 +368,28 @@ def write_entry(entry: Mapping[str, Any], registry_dir: PathLike = DEFAULT_REGIS
 
 
 def _entry_files(registry_dir: Path) -> List[Path]:
-    """All entry files: every *.json below the root except the root's own schema.json."""
-    return sorted(p for p in registry_dir.rglob('*.json')
-                  if not (p.parent == registry_dir and p.name == 'schema.json') and not p.name.startswith('.'))
+    """All entry files: every *.json below the root except the root's own schema.json. A link below the root is
+    refused (`_refuse_link`), not silently skipped: a registry that looked empty would lose its LEADERBOARD.md."""
+    found = []
+    for folder, dirs, files in os.walk(registry_dir):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in dirs + [f for f in files if f.endswith('.json')]:  # what a reader would go into or read
+            _refuse_link(here / name, registry_dir)
+        found += [here / f for f in files if f.endswith('.json') and not f.startswith('.')
+                  and not (here == registry_dir and f == 'schema.json')]
+    return sorted(found)
+
+
+def _refuse_link(path: Path, registry_dir: Path) -> None:
+    """THE rule for links in a registry: every verb refuses one (UserError), whatever it points to.
+
+    A linked folder or file would be seen by some readers and not others (a glob follows a link, a walk does
+    not), and may point at a FIFO, a device or another registry; the registry's own root may be a link.
+    """
+    if path.is_symlink():
+        raise UserError(f'{path} in registry {registry_dir} is a symbolic link (to {os.readlink(path)}): a registry '
+                        'holds its own folders and files; replace the link with a copy, or pass that folder as --registry')
 
 
 def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[str, Any]:
@@ -337,10 +400,18 @@ def load_entry(path: PathLike, registry_dir: Optional[PathLike] = None) -> Dict[
         registry_dir: the registry root it was found under (None: skip the location check).
     """
     path = Path(path)
+    if registry_dir is not None and Path(registry_dir) in path.parents:
+        inside = path.relative_to(registry_dir)
+        for part in (inside, *inside.parents[:-1]):  # the file, and the folders between it and the root
+            _refuse_link(Path(registry_dir) / part, Path(registry_dir))
     try:
-        entry = json.loads(read_utf8(path, 'registry file'))
+        entry = json.loads(read_utf8(path, 'registry file', max_bytes=MAX_ENTRY_BYTES))
     except json.JSONDecodeError as e:
         raise UserError(f'registry file {path} is not valid JSON: {e}') from None
+    except UserError:
+        raise
+    except ValueError as e:  # Python's limit on the digits of an integer (a decimal text of thousands of digits)
+        raise UserError(f'registry file {path} holds a number too long to read ({str(e).split(";")[0]})') from None
     except RecursionError:
         raise UserError(f'registry file {path} is nested too deep to be an entry') from None
     if isinstance(entry, dict):

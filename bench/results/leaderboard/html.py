@@ -4,8 +4,8 @@ The page shows what `LEADERBOARD.md` shows (the same sections, columns, cells an
 `bench.results.leaderboard`), and adds what a page can: every column sorts, seed groups expand into their runs,
 rows filter by architecture, MoE kind, training and source, and each row links to its entry JSON and, for a
 shipped pretrained tag, to its model card. It needs no network: the CSS and JS (`bench/assets/leaderboard.*`)
-are inlined. The entry links are relative: to the registry itself when the page is written inside it, else to
-copies under `entries/` beside the page. Like the markdown file, the page is a pure function of the entries.
+are inlined. The entry links are relative, to copies under `entries/` beside the page (never inside a registry,
+see `write_html`). Like the markdown file, the page is a pure function of the entries.
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from bench.core.atomic import atomic_open
+from bench.core.atomic import temp_dir_beside
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe, short_labels
 from bench.results.leaderboard.groups import Row, make_rows, measured_first, rank_rows, resolve_sort, sections
 from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, _label_of, header, row_cells,
                                               seed_list, setup)
-from bench.results.registry import check_writable, entry_path
+from bench.results.registry import check_writable, entry_path, registry_holding
 
 ASSETS = Path(__file__).resolve().parents[2] / 'assets'
-ENTRY_COPIES = 'entries'  # beside a page written outside the registry
+ENTRY_COPIES = 'entries'  # beside the page
+MARKER = '<meta name="generator" content="timm-moe leaderboard --html">'  # tells a page this command wrote
 FILTERS = (('arch', 'architecture'), ('kind', 'MoE kind'), ('training', 'training'), ('source', 'source'))
 # the page's column order: what the row is, then its numbers, then the rest (E and k are in the model name), so
 # that the accuracies start within the first screen; the markdown table keeps its own order
@@ -77,7 +78,7 @@ def _card_html(card: Mapping[str, Any], href: str) -> str:
                    for k in ('training', 'config', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
                    if k in t)
     return (f'<article class="card" id="card-{html.escape(tag)}"><h3>{html.escape(tag)}</h3>'
-            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({tag!r}, pretrained=True)'
+            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({html.escape(repr(tag))}, pretrained=True)'
             f'  # {html.escape(arch)}({html.escape(kwargs)})</code></pre>'
             f'<table class="kv">{rows}<tr><th>input</th><td>{html.escape(str(card.get("input_size")))} '
             f'({html.escape(str(card.get("dataset")))})</td></tr>'
@@ -174,7 +175,7 @@ def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapp
     filters = ''.join(f'<label>{html.escape(name)} <select data-filter="{k}">{_options(values[k])}</select></label>'
                       for k, name in FILTERS)
     parts = [
-        '<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+        '<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">', MARKER,
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',  # no favicon request: the page loads nothing
         f'<title>{html.escape(title)}</title><style>{css}</style></head><body>',
@@ -227,27 +228,70 @@ def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapp
     return '\n'.join(parts)
 
 
-def write_html(out: Path, registry_dir: Path, entries: Sequence[Mapping[str, Any]]) -> Path:
-    """Write the page to `out`; link the entries in place when `out` lies in the registry, else copy them
-    beside the page (under `entries/`). Returns the page's path."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --html target that is not a page of ours to replace: a special file or a link (never), an existing
+    file without the page's `MARKER` or an `entries/` folder beside it that no page of ours made (unless
+    `overwrite`)."""
+    copies = out.parent / ENTRY_COPIES
+    for path in (out, copies):
+        if path.is_symlink() or (path.exists() and not (path.is_file() if path == out else path.is_dir())):
+            kind = 'a symbolic link' if path.is_symlink() else 'not a regular file' if path == out else 'not a folder'
+            raise UserError(f'--html {out}: {path} is {kind}; give a new file name for the page')
+    ours = out.is_file() and MARKER.encode() in _head(out)
+    if overwrite or ours:
+        return
+    if out.exists():
+        raise UserError(f'--html {out} exists and is not a page that timm-moe leaderboard wrote: pass --overwrite to '
+                        'replace it, or give another file name')
+    if copies.exists() and not any(p.is_file() and not p.is_symlink() and MARKER.encode() in _head(p)
+                                   for p in out.parent.glob('*.html')):  # another page of ours shares them
+        raise UserError(f'--html {out}: {copies} exists and holds no entries of a page of ours: pass --overwrite to '
+                        'replace it, or write the page to another folder')
+
+
+def _head(path: Path, size: int = 4096) -> bytes:
+    with open(path, 'rb') as f:  # a regular file (checked): the marker is in the page's head
+        return f.read(size)
+
+
+def write_html(out: Path, registry_dir: Path, entries: Sequence[Mapping[str, Any]], overwrite: bool = False) -> Path:
+    """Write the page to `out` and copies of the entries it links to `entries/` beside it; returns its path.
+
+    Both are made in a temporary folder beside `out` and then renamed into place, so a failed write (a full disk)
+    leaves the previous page as it was and no partial copies. Refused (UserError): a directory, a special file or
+    a link at `out`; any place inside a registry (a page there would be read as an entry, or its copies make the
+    registry fail to load); an existing file that is not a page of ours, unless `overwrite`.
+    """
     out, registry_dir = Path(out), Path(registry_dir)
     if out.is_dir():
         raise UserError(f'--html {out} is a directory: pass the page to write, e.g. {out / "leaderboard.html"}')
     check_writable(out.parent)
+    inside = registry_holding(out, registry_dir)
+    if inside is not None:
+        raise UserError(f'--html {out} is inside the registry {inside}: write the page outside any registry '
+                        f'(its entries are copied beside it)')
+    _check_out(out, overwrite)
     page_dir = out.parent.resolve()
-    inside = page_dir == registry_dir.resolve() or registry_dir.resolve() in page_dir.parents
-    root = registry_dir if inside else page_dir / ENTRY_COPIES
+    root = page_dir / ENTRY_COPIES
 
     def href(entry: Mapping[str, Any]) -> str:
-        return Path(os.path.relpath(entry_path(entry, root).resolve(), page_dir)).as_posix()
+        return Path(os.path.relpath(entry_path(entry, root), page_dir)).as_posix()
 
     text = render_html(entries, href, pretrained_cards())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not inside:
+    tmp = temp_dir_beside(out)
+    try:
         for e in entries:
-            src, dst = entry_path(e, registry_dir), entry_path(e, root)
+            dst = entry_path(e, tmp / ENTRY_COPIES)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-    with atomic_open(out) as f:
-        f.write(text)
+            shutil.copyfile(entry_path(e, registry_dir), dst)
+        (tmp / ENTRY_COPIES).mkdir(exist_ok=True)
+        (tmp / out.name).write_text(text, encoding='utf-8')
+        # the copies first, then the page that links to them; the old copies go once the new page is in place
+        old = tmp / '.old'
+        if root.exists():
+            os.replace(root, old)
+        os.replace(tmp / ENTRY_COPIES, root)
+        os.replace(tmp / out.name, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

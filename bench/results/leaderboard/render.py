@@ -10,9 +10,10 @@ from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAULT_SORT, EXACT_N, FILENAME, Column,
                                                describe)
+from bench.core.values import printable
 from bench.results.leaderboard.groups import (Cell, Row, Section, make_rows, measured_first, rank_rows, resolve_sort,
                                               sections)
-from bench.results.markdown import md_table
+from bench.results.markdown import md_code, md_table, md_text
 from bench.results.registry import DEFAULT_REGISTRY, check_writable, load_entries
 
 def fmt_cell(cell: Optional[Cell], reported: bool = False) -> str:
@@ -197,24 +198,25 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         n_meas = sum(e['source'] == 'measured' for e in sec.entries)
         how = (' (auto: the attack configuration measured on the most rows, the strongest among those)'
                if sort == AUTO and metric != CLEAN else '')
-        lines += [f'## {sec.title}', '',
+        lines += [f'## {md_text(sec.title)}', '',
                   f'{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '
-                  f'{len(rows)} rows. Ranked by **{label}**{how}.', '']
+                  f'{len(rows)} rows. Ranked by **{md_text(label)}**{how}.', '']
         head = header(sec.columns)
         right = RIGHT | {c.label for c in sec.columns}
         if ranked:
             lines += md_table(head, (row_cells(rank, r, sec.columns) for rank, r in ranked), right)
         if rest:
-            lines += [f'### Not measured with {label}', '']
+            lines += [f'### Not measured with {md_text(label)}', '']
             lines += md_table(head, (row_cells(None, r, sec.columns) for r in rest), right)
         if sec.columns:
             lines += ['Columns (the settings that define each; seeds and batch sizes are in the entries):', '']
-            lines += [f'- **{c.label}**: {describe(c.config)}' + _inferred_note(c) for c in sec.columns] + ['']
+            lines += [f'- **{md_text(c.label)}**: {md_text(describe(c.config))}' + md_text(_inferred_note(c))
+                      for c in sec.columns] + ['']
     flags = sorted({f for e in entries for f in (e.get('sanity_flags') or [])})
     if flags:
         lines += ['Flags: sanity checks that failed for an entry (for reported numbers, anomalies of the source '
                   'table); see the entry\'s `notes`.', '']
-        lines += [f'- `{f}`' for f in flags] + ['']
+        lines += [f'- {md_code(f)}' for f in flags] + ['']
     return '\n'.join(lines)
 
 
@@ -231,7 +233,13 @@ def write_leaderboard(registry_dir: Path = DEFAULT_REGISTRY, entries: Optional[S
         entries = load_entries(registry_dir)
     text = render_markdown(entries, DEFAULT_SORT)
     path = registry_dir / FILENAME
-    if not path.is_file() or path.read_text(encoding='utf-8') != text:  # leave an unchanged file untouched
+    old = path.read_text(encoding='utf-8') if path.is_file() else None
+    if not entries and old is not None and '\n## ' in old:
+        # a read that found nothing where the page lists results (a moved, emptied or unmounted folder) must not
+        # erase the only overview of them
+        raise UserError(f'registry {registry_dir} has no entries, but its {FILENAME} lists some: it is left as it is '
+                        f'(delete {path} first to regenerate it empty)')
+    if old != text:  # leave an unchanged file untouched
         with atomic_open(path) as f:  # concurrent regenerations (sweep jobs) never interleave
             f.write(text)
     return path
@@ -250,6 +258,13 @@ def check_sort(entries: Sequence[Mapping[str, Any]], sort: str) -> None:
         labels = sorted({c.label for sec in sections(entries) for c in sec.columns})
         raise UserError(f'--sort {sort!r} names no attack configuration of the shown entries: choose auto, clean '
                         f'or one of: {"; ".join(labels) or "(none)"}')
+
+
+def console_text(text: Any) -> str:
+    """Text for a rich console: control characters written out (an ESC sequence in an entry would otherwise act on
+    the reader's terminal), then rich's markup escaped."""
+    from rich.markup import escape
+    return escape(printable(text))
 
 
 def _two_lines(cell: Optional[Cell], reported: bool) -> str:
@@ -288,12 +303,11 @@ def _compact_table(title: str, body: Sequence[Tuple[Optional[int], Row]], column
                    caption: str) -> Tuple[Any, int]:
     """(the rich table, the narrowest width it renders in without folding a word). Every column but Model has
     the width of its longest cell line (the header wraps inside it); Model takes the rest, wrapping at spaces."""
-    from rich.markup import escape
     from rich.table import Table
     flags_column = any(x.get('sanity_flags') for _, r in body for x in r.entries)
     head = ['#', 'Model', 'Training', 'Clean', *map(_compact_label, columns), 'FLOPs×'] + ['Flags'] * flags_column
     cells = [compact_cells(rank, r, columns, flags_column) for rank, r in body]
-    table = Table(title=escape(title), caption=escape(caption), show_lines=True, pad_edge=False)
+    table = Table(title=console_text(title), caption=console_text(caption), show_lines=True, pad_edge=False)
     narrowest = 1 + 3 * len(head) - 2  # the borders and the padding (none at the outer edges)
     for i, name in enumerate(head):
         lines = [line for row in cells for line in row[i].split('\n')]
@@ -304,10 +318,12 @@ def _compact_table(title: str, body: Sequence[Tuple[Optional[int], Row]], column
         else:
             width = max(map(len, lines + words))
             narrowest += width
-            table.add_column(escape(name), justify='left' if name == 'Training' else 'right', width=width,
+            table.add_column(console_text(name), justify='left' if name == 'Training' else 'right', width=width,
                              overflow='fold')
     for (_, r), row in zip(body, cells):
-        table.add_row(*map(escape, row), style=None if r.first['source'] == 'measured' else 'dim')
+        # a cell's lines are the view's own (name, config, setup): each is made safe, the breaks kept
+        table.add_row(*('\n'.join(map(console_text, cell.split('\n'))) for cell in row),
+                      style=None if r.first['source'] == 'measured' else 'dim')
     return table, narrowest
 
 
@@ -343,7 +359,6 @@ def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, 
             else 240 columns).
     """
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if sys.stdout.isatty() or os.environ.get('COLUMNS') else 240)
@@ -387,14 +402,14 @@ def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, 
                 caption += '; --wide: every column, entry ids included'
                 console.print(_compact_table(title, body, cols, caption)[0])
             else:
-                table = Table(title=escape(title),
-                              caption=escape(f'{legend}; Flags = number of failed sanity checks'))
+                table = Table(title=console_text(title),
+                              caption=console_text(f'{legend}; Flags = number of failed sanity checks'))
                 right = RIGHT | {c.label for c in sec.columns}
                 for c in header(sec.columns):
-                    table.add_column(escape(c), justify='right' if c in right else 'left', overflow='fold')
+                    table.add_column(console_text(c), justify='right' if c in right else 'left', overflow='fold')
                 for rank, r in body:
                     style = None if r.first['source'] == 'measured' else 'dim'
-                    table.add_row(*map(escape, row_cells(rank, r, sec.columns, short_flags=True)), style=style)
+                    table.add_row(*map(console_text, row_cells(rank, r, sec.columns, short_flags=True)), style=style)
                 console.print(table)
             if len(body) < total:
                 console.print(f'... {total - len(body)} more rows of {sec.title} not shown: --limit 0 shows every '
