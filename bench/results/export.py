@@ -297,9 +297,14 @@ def read_export(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
     file = path / WEIGHTS_FILE if path.is_dir() else path
     if not file.is_file():
         raise UserError(f'{path} holds no {WEIGHTS_FILE}; give a folder written by `timm-moe export`')
-    with safe_open(str(file), framework='pt') as f:
-        meta = f.metadata() or {}
-        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(file), framework='pt') as f:
+            meta = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError (truncated, a header too large), or an OS error
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise UserError(f'{file} is not a readable safetensors file ({type(e).__name__}: {first[:120]}); it may be '
+                        'truncated or corrupt') from None
     try:
         source = json.loads(meta.get(METADATA_KEY) or '{}')
     except json.JSONDecodeError:
