@@ -127,3 +127,35 @@ def test_ship_refuses_an_out_that_is_a_link(study, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'symbolic link' in err, err
     assert (tmp_path / 'link').is_symlink() and {p.name: p.read_bytes() for p in real.iterdir()} == before
+
+
+# ------------------------------------------------------------------ the tags folder that ship writes, read back
+
+def _bad_manifest(folder, how: str):
+    folder.mkdir()
+    record = dict(file='w.safetensors', sha256='0' * 64, dtype='float32', model_kwargs={'num_classes': 10},
+                  input_size=[1, 28, 28], mean=[0.5], std=[0.5])
+    text = {'not-json': '{"resnet18_dense.x": {', 'lacks-a-field': json.dumps({'resnet18_dense.x': {'file': 'w'}}),
+            'not-utf8': None, 'mean-a-string': json.dumps({'resnet18_dense.x': dict(record, mean='0.5')})}[how]
+    (folder / 'manifest.json').write_bytes(b'\xff\xfe{' if text is None else text.encode())
+    return folder
+
+
+@pytest.mark.parametrize('how', ['not-json', 'lacks-a-field', 'not-utf8', 'mean-a-string'])
+def test_a_bad_manifest_is_one_manifest_error(tmp_path, how):
+    from timm_moe.models.pretrained import ManifestError, read_manifest
+    with pytest.raises(ManifestError, match='manifest.json') as e:
+        read_manifest(_bad_manifest(tmp_path / 'tags', how))
+    assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('verb, how', [(['models'], 'not-json'),
+                                       (['eval', '--model', 'resnet18_dense', '--n-examples', '4'], 'lacks-a-field')])
+def test_a_bad_manifest_is_one_line_in_models_and_eval(tmp_path, verb, how):
+    # the manifest is read when timm_moe is imported: a process of its own, pointed at the folder
+    import sys
+    env = dict(os.environ, TIMM_MOE_PRETRAINED_DIR=str(_bad_manifest(tmp_path / 'tags', how)), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'bench.cli', *verb], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count('\n') == 1 and 'manifest.json' in proc.stderr, proc.stderr[-2000:]
