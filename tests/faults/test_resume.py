@@ -44,3 +44,12 @@ def test_what_a_resume_may_change_is_recorded_in_config_yaml(run, capsys):
     config = yaml.safe_load((run / 'config.yaml').read_text())
     assert config['max_steps'] == 3  # it trained to step 3: the file must not say 2
     assert '"step": 3' in (run / 'metrics.jsonl').read_text()
+
+
+def test_the_docs_name_what_a_resume_may_change():
+    from pathlib import Path
+    from bench.training.config import RESUME_MAY_CHANGE
+    text = (Path(__file__).resolve().parents[2] / 'docs' / 'TRAINING.md').read_text(encoding='utf-8')
+    paragraph = text[text.index('`--resume` continues the same run'):]
+    paragraph = paragraph[:paragraph.index('\n\n')]
+    assert [key for key in RESUME_MAY_CHANGE if f'`{key}`' not in paragraph] == []
