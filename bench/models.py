@@ -2,6 +2,7 @@
 reused, and the normalising wrapper that keeps every attack in [0, 1] pixel space."""
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -24,17 +25,23 @@ SAFE_WEIGHTS = 'model.safetensors'
 SAFE_EMA_WEIGHTS = 'model_ema.safetensors'
 
 
-def read_torch_file(path: Path, what: str, weights_only: bool = True) -> Any:
-    """torch.load on the CPU, turning an unreadable file into one clear line.
+def read_torch_file(path: Path, what: str) -> Any:
+    """torch.load on the CPU with `weights_only=True`, turning an unreadable file into one clear line.
+
+    Every torch file is read this way, our own `last.pth.tar` included: a run folder can come from someone else,
+    and unpickling anything beyond tensors and plain containers can run their code. What the trainer saves
+    (tensors, dicts, lists, numbers, strings, None) needs no allow-list (tests/faults/test_no_pickles.py).
 
     Args:
         path: The file.
         what: How to name it in the error, e.g. '--checkpoint'.
-        weights_only: Refuse arbitrary pickled objects (True for files from elsewhere).
     """
     try:
-        return torch.load(path, map_location='cpu', weights_only=weights_only)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files fail in many ways
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
+            raise UserError(f'{what} {path} holds pickled objects other than tensors and plain containers; refusing '
+                            'to unpickle them (that could run code from the file)') from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise UserError(f'{what} {path} is not a readable torch file ({type(e).__name__}: {first[:120]}); '
                         'it may be truncated or corrupt') from None
@@ -44,8 +51,7 @@ def load_train_state(run_dir: Path) -> Dict[str, Any]:
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
         raise UserError(f'--resume: {path} does not exist; start without --resume, or point --out at the run')
-    # our own file, holding RNG states and plain containers, so full unpickling is wanted
-    return read_torch_file(path, '--resume:', weights_only=False)
+    return read_torch_file(path, '--resume:')
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -111,7 +111,7 @@ def test_ship_refuses_a_tagged_config_without_its_first_seed_and_keeps_the_old_f
     out.mkdir()
     (out / 'manifest.json').write_text('{}\n')
     if missing == 'run':
-        (study.first_run / 'model.safetensors').unlink()
+        (study.first_run / 'config.yaml').unlink()
     else:
         (study.out / 'registry' / DATASET).rename(tmp_path / 'elsewhere')
     with pytest.raises(UserError, match=r'tagged config a \(tag fmnist_pgd\): .*a-seed0') as e:

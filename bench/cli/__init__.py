@@ -17,6 +17,9 @@ from bench.core.errors import UserError, is_user_os_error
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
 # traceback and exits 1, so that it is never mistaken for bad input.
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+# The plugin's errors about a file of the user's (it imports no bench, so it cannot raise UserError), by name: their
+# module imports torch, which the CLI does not import to answer --help. A manifest is read when timm_moe is imported.
+PLUGIN_USER_ERRORS = ('timm_moe.models.pretrained.ManifestError',)
 
 # verb -> (module that implements it, its line in `timm-moe --help`). A module is imported only when its verb
 # runs (or shows its own --help): `timm-moe --help` and a mistyped verb import none, so neither waits for torch.
@@ -119,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'timm-moe {args.verb}: interrupted' + (f'; {hint(args)}' if hint else ''), file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
-        if is_user_os_error(e):  # the user's file system refuses (read-only, full): bad input, not a bug
+        if is_user_os_error(e) or f'{type(e).__module__}.{type(e).__qualname__}' in PLUGIN_USER_ERRORS:
+            # the user's file system refuses (read-only, full), or a plugin's file is unusable: bad input, not a bug
             print(f'timm-moe {args.verb}: error: {_one_line(e)}', file=sys.stderr)
             return 2
         traceback.print_exc()

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -64,8 +65,8 @@ def _tmp_prefix(path: Path) -> str:
 
 
 def _remove_orphans(path: Path) -> None:
-    """Remove the temporary files of `path` that writers killed mid-write left behind: this host's, whose process is
-    gone. Another host's cannot be judged from here and are left."""
+    """Remove the temporary files (or folders, `temp_dir_beside`) of `path` that writers killed mid-write left
+    behind: this host's, whose process is gone. Another host's cannot be judged from here and are left."""
     prefix = _tmp_prefix(path)
     try:
         names = os.listdir(path.parent)
@@ -75,22 +76,75 @@ def _remove_orphans(path: Path) -> None:
         pid = name[len(prefix):].split('.', 1)[0] if name.startswith(prefix) and name.endswith('.tmp') else ''
         if pid.isdigit() and not process_alive(int(pid)):
             try:
-                os.unlink(path.parent / name)
+                _remove(path.parent / name)
             except OSError:
                 pass  # another writer removed it first, or the folder is read-only: the write will say so
 
 
 def temp_dir_beside(target: Union[str, Path]) -> Path:
-    """A new empty folder beside `target`, on its file system, to fill and then rename to `target` (whole or not at
-    all); makes `target`'s parent. An error names `target`, not the temporary folder."""
+    """A new empty folder beside `target`, on its file system, to fill and then put in place with `replace_dir`
+    (whole or not at all); makes `target`'s parent. Named like `atomic_open`'s files, after the host and pid, so
+    that `recover_dir` can remove it once its writer is gone. An error names `target`, not the temporary folder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + f'{os.getpid()}.', suffix='.tmp', dir=target.parent))
     except OSError as e:
         raise _about(e, target) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; it becomes an ordinary output folder
     return tmp
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder with its content."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _old_dir(target: Path) -> Path:
+    return target.with_name(f'.{target.name}.old')
+
+
+def recover_dir(target: Union[str, Path]) -> None:
+    """Finish or roll back a `replace_dir` of `target` that was killed, and remove the temporary folders of its
+    writers that are gone. Call it before reading `target`: a kill between `replace_dir`'s two renames leaves no
+    `target`, only its old content aside, and a new write that did not look would lose that content for good."""
+    target = Path(target)
+    _finish_swap(target)
+    _remove_orphans(target)
+
+
+def _finish_swap(target: Path) -> None:
+    old = _old_dir(target)
+    if os.path.lexists(old):
+        if os.path.lexists(target):  # the new folder is in place: only the removal of the old one was left
+            _remove(old)
+        else:  # killed between the renames: the old folder goes back (the new one may not be whole)
+            os.rename(old, target)
+
+
+def replace_dir(tmp: Union[str, Path], target: Union[str, Path]) -> None:
+    """Put the finished folder `tmp` (from `temp_dir_beside`) at `target`, replacing what is there.
+
+    `target` is renamed aside to `.<name>.old`, `tmp` to `target`, then the old folder is removed: a failure rolls
+    back, and a kill at any point leaves a state that `recover_dir` finishes or rolls back.
+    """
+    tmp, target = Path(tmp), Path(target)
+    _finish_swap(target)
+    old = _old_dir(target)
+    moved = os.path.lexists(target)
+    if moved:
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if moved:
+            os.rename(old, target)
+        raise
+    if moved:
+        _remove(old)
 
 
 def _about(e: OSError, path: Path) -> OSError:

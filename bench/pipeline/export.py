@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import timm
 
+from bench.core.atomic import recover_dir
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
@@ -66,6 +67,11 @@ def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, An
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_symlink():  # replacing it would put a folder where the link was and leave what it points to
+        raise UserError(f'--out {out} is a symbolic link; give the folder it points to ({out.resolve()}) or '
+                        'another folder')
+    # an export killed mid-swap left no folder, its old one aside: put it back, and remove dead writers' temporaries
+    recover_dir(out)
     if out.exists() and not out.is_dir():
         raise UserError(f'--out {out} is a file, not a directory')
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -8,8 +8,9 @@ the data set's input size, mean and std, the run's main registry entry and a tra
 format is `timm_moe.models.pretrained`'s (docs/ECOSYSTEM.md, "Pretrained tags"); the weights file is written
 by the hub export's `write_weights`, so it carries the same metadata as an export.
 
-The whole folder is written beside `--out` and swapped in only when complete: a refused or killed ship leaves
-the previous folder as it was. It replaces the tags this spec shipped before and keeps those of other specs
+The whole folder is written beside `--out` and swapped in only when complete (`bench.core.atomic.replace_dir`): a
+refused ship leaves the previous folder as it was, and the next ship finishes or rolls back the swap of a killed one
+before it reads the folder. It replaces the tags this spec shipped before and keeps those of other specs
 (each record names its `spec`), so one package ships the tags of several studies.
 """
 from __future__ import annotations
@@ -26,16 +27,16 @@ from torch import nn
 
 from timm_moe.models.pretrained import DTYPES, MANIFEST, package_folder, read_manifest
 
-from bench.core.atomic import temp_dir_beside
+from bench.core.atomic import recover_dir, replace_dir, temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import dataset_info
-from bench.models import SAFE_WEIGHTS, WEIGHTS, build_model
+from bench.models import WEIGHTS, build_model, read_torch_file, state_dict_of
 from bench.pipeline import grid
 from bench.pipeline.export import run_model_spec
-from bench.results.export import check_compatible, read_export, write_weights
+from bench.results.export import check_compatible, write_weights
 from bench.results.registry import load_entries
 
 PathLike = Union[str, Path]
@@ -95,18 +96,20 @@ def _check_measured_weights(run: Path, entry: Mapping[str, Any], cell: Mapping[s
 def _source(cell: Mapping[str, Any], spec: Any, entries: List[Dict[str, Any]], where: Path) -> Dict[str, Any]:
     """What one tag ships: the model with the run's weights loaded, and its manifest record (no file yet)."""
     run = Path(grid.run_dir(cell, spec))
-    weights = run / SAFE_WEIGHTS
+    # model.pth: the file whose sha256 the entry records. The tag is made from it, not from the run's
+    # model.safetensors, which nothing checks: a tag carries the entry's numbers, so it carries the weights measured
+    weights = run / WEIGHTS
+    entry = _main_entry(cell, entries, where)
+    _check_measured_weights(run, entry, cell)
     missing = [p.name for p in (weights, run / 'config.yaml') if not p.is_file()]
     if missing:
         raise UserError(f'tagged config {cell["config"]} (tag {cell["tag"]}): its seed {cell["seed"]}\'s run {run} has no '
                         f'{missing[0]}; finish the study before shipping it')
-    entry = _main_entry(cell, entries, where)
-    _check_measured_weights(run, entry, cell)
     name, dataset, kwargs = run_model_spec(run, weights)
     if name != cell['spec'].name:
         raise UserError(f'tagged config {cell["config"]}: its run {run} trained {name}, not {cell["spec"].name}')
     model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
-    state_dict, _ = read_export(weights)
+    state_dict = state_dict_of(read_torch_file(weights, f'tagged config {cell["config"]}: its weights'), weights)
     check_compatible(state_dict, model, f'{name} (from {run / "config.yaml"})', what=f'the weights {weights}')
     model.load_state_dict(state_dict)
     run_cfg = json.loads(json.dumps(read_yaml_mapping(run / 'config.yaml', 'run config'), default=str))
@@ -168,21 +171,6 @@ def _kept_tags(out: Path, spec_name: str) -> Dict[str, Dict[str, Any]]:
     return kept
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`; the old folder is put aside first and restored if the move fails."""
-    old = out.with_name(f'.{out.name}.old')
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def ship(spec_path: PathLike, out: Optional[PathLike] = None, dtype: str = 'auto', seed: Optional[int] = None,
          registry: Optional[PathLike] = None) -> Tuple[Path, Dict[str, Dict[str, Any]]]:
     """Ship a finished study's tags into the pretrained-tags folder; returns (the folder, this spec's records).
@@ -198,6 +186,10 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None, dtype: str = 'auto
     if dtype not in DTYPE_CHOICES:
         raise UserError(f'--dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
     out = Path(out) if out is not None else package_folder()
+    if out.is_symlink():  # replacing it would put a folder where the link was, and leave what it points to
+        raise UserError(f'--out {out} is a symbolic link; give the folder it points to ({out.resolve()})')
+    # a ship killed mid-swap left no folder, its old one aside: put it back before anything reads `out`
+    recover_dir(out)
     _check_out(out)
     spec = grid.load_spec(spec_path)
     if registry is not None:
@@ -232,7 +224,7 @@ def ship(spec_path: PathLike, out: Optional[PathLike] = None, dtype: str = 'auto
             raise UserError(f'the {len(kept) + len(manifest)} tags take {total / MB:.1f} MB with --dtype {dtype}, '
                             f'over the {PACKAGE_LIMIT // MB} MB the package may ship; tag fewer configs or use '
                             'float16')
-        _replace_folder(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,10 +27,10 @@ from torch import nn
 import timm_moe
 from timm_moe import ModelSpec
 
-from bench.core.atomic import atomic_save_safetensors, temp_dir_beside
+from bench.core.atomic import atomic_save_safetensors, replace_dir, temp_dir_beside
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
-from bench.results.registry import load_entries, load_entry
+from bench.results.registry import entry_path, load_entries, load_entry
 
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -245,15 +245,14 @@ def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike)
     """(entry, how it was chosen): `spec` is an entry id or JSON path; without it, the registry entry
     whose provenance.checkpoint_sha256 is these weights' (None when none is)."""
     if spec:
-        if Path(spec).suffix == '.json' or Path(spec).is_file():
-            if not Path(spec).is_file():
-                raise UserError(f'--entry {spec} does not exist')
-            return load_entry(spec), f'--entry {spec}'
-        matches = [e for e in load_entries(registry_dir) if e.get('entry_id') == spec]
-        if not matches:
-            raise UserError(f'--entry {spec!r}: no entry with that id under {registry_dir}; give an entry id '
-                            'from `timm-moe leaderboard` or a JSON file')
-        return matches[0], f'--entry {spec}'
+        entry = _given_entry(spec, registry_dir)
+        # the card puts the entry's numbers beside these weights: they must be the weights it measured
+        want = (entry.get('provenance') or {}).get('checkpoint_sha256')
+        if want is not None and want != weights_sha256:
+            raise UserError(f'--entry {spec}: entry {entry.get("entry_id")} was measured on weights with sha256 '
+                            f'{str(want)[:12]}..., not these (sha256 {weights_sha256[:12]}...); give the entry of '
+                            'this run, or leave --entry out')
+        return entry, f'--entry {spec}'
     if not Path(registry_dir).is_dir():
         return None, f'no registry at {registry_dir}'
     matches = [e for e in load_entries(registry_dir)
@@ -266,11 +265,29 @@ def find_entry(spec: Optional[str], weights_sha256: str, registry_dir: PathLike)
     return None, f'none under {registry_dir} records checkpoint sha256 {weights_sha256[:12]}...'
 
 
+def _given_entry(spec: str, registry_dir: PathLike) -> Dict[str, Any]:
+    """The entry `--entry` names: a JSON file, or an id found in exactly one place of the registry."""
+    if Path(spec).suffix == '.json' or Path(spec).is_file():
+        if not Path(spec).is_file():
+            raise UserError(f'--entry {spec} does not exist')
+        return load_entry(spec)
+    matches = [e for e in load_entries(registry_dir) if e.get('entry_id') == spec]
+    if not matches:
+        raise UserError(f'--entry {spec!r}: no entry with that id under {registry_dir}; give an entry id '
+                        'from `timm-moe leaderboard` or a JSON file')
+    if len(matches) > 1:  # as `compare` does: an id in two data sets names no one entry
+        places = ', '.join(str(entry_path(e, registry_dir)) for e in matches)
+        raise UserError(f'--entry {spec!r} is in {len(matches)} places under {registry_dir} ({places}): '
+                        'pass the path of the one you mean')
+    return matches[0]
+
+
 def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
                      info: Mapping[str, Any], run_cfg: Mapping[str, Any], entry: Optional[Mapping[str, Any]],
                      entry_note: str, result: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the folder (weights, config.json, model card) beside `out`, then move it into place: a killed
-    export leaves no half folder behind. Replaces `out` if it exists (the caller decides whether it may)."""
+    export leaves no half folder behind, and the next one finishes or rolls back its swap (`recover_dir`).
+    Replaces `out` if it exists (the caller decides whether it may)."""
     tmp = temp_dir_beside(out)
     try:
         write_weights(model, tmp / WEIGHTS_FILE, name, model_args)
@@ -278,9 +295,7 @@ def write_hub_folder(out: Path, model: nn.Module, name: str, model_args: Mapping
         card = model_card(name, model_args, dataset, run_cfg, entry, sha256_file(tmp / WEIGHTS_FILE), entry_note,
                           result)
         (tmp / CARD_FILE).write_text(card)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)  # the old folder aside, the new one in, the old one removed: never neither
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -297,9 +312,14 @@ def read_export(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
     file = path / WEIGHTS_FILE if path.is_dir() else path
     if not file.is_file():
         raise UserError(f'{path} holds no {WEIGHTS_FILE}; give a folder written by `timm-moe export`')
-    with safe_open(str(file), framework='pt') as f:
-        meta = f.metadata() or {}
-        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(file), framework='pt') as f:
+            meta = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError (truncated, a header too large), or an OS error
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise UserError(f'{file} is not a readable safetensors file ({type(e).__name__}: {first[:120]}); it may be '
+                        'truncated or corrupt') from None
     try:
         source = json.loads(meta.get(METADATA_KEY) or '{}')
     except json.JSONDecodeError:

@@ -170,6 +170,8 @@ def field_help() -> Dict[str, str]:
 
 
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
+# what a resume may change: where and how the run executes or is shown, and how far it goes, not what it trains
+RESUME_MAY_CHANGE = _NOT_HASHED + ('max_steps', 'checkpoint_every', 'eval_limit', 'device', 'data_dir', 'download')
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -264,6 +266,23 @@ def _pairs(tokens: List[str]) -> List[tuple]:
             i += 1
         pairs.append((key, value))
     return pairs
+
+
+def check_resume_config(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse, naming the keys, a resume whose config trains something else than the run's checkpoint (`saved`,
+    its config). The optimizer, schedule and model come back from the checkpoint: a changed lr, epochs, training
+    or model_kwargs would be half applied, and config.yaml would describe another run. A key the checkpoint
+    lacks (a run of an older version) cannot be compared and is taken as given."""
+    if cfg.upcycle_sha256 is None:  # filled in by the run itself from the source it read
+        cfg.upcycle_sha256 = saved.get('upcycle_sha256')
+    now = cfg.to_dict()
+    changed = [k for k in now if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    if changed:
+        def shown(values: Mapping[str, Any]) -> str:
+            return ', '.join(f'{k}={str(values[k])[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
+        raise UserError(f'--resume: {run_dir} trains with {shown(saved)}, not {shown(now)}; a resume continues the '
+                        f'same run (only {", ".join(RESUME_MAY_CHANGE)} may change): give its values, or train a new '
+                        'run into another --out')
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

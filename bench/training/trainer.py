@@ -45,7 +45,7 @@ from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
 from bench.models import create_model, normalized
 from bench.training import free as free_at
 from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
-from bench.training.config import TrainConfig, save_config
+from bench.training.config import TrainConfig, check_resume_config, save_config
 from bench.training.record import TrainRecord
 from bench.training.sampler import ShardedBatches
 from bench.training.upcycle import upcycle_model
@@ -77,6 +77,12 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        self.run_dir = Path(cfg.out)
+        state = None
+        if resume:  # before the model is built: a changed config is refused by name, not by a shape mismatch
+            ckpt.prepare_run_dir(self.run_dir, resume, overwrite)  # checks only: a resume makes and deletes nothing
+            state = ckpt.load_train_state(self.run_dir)
+            check_resume_config(cfg, state.get('config') or {}, self.run_dir)
         # the model first: a bad upcycling source or kwargs must fail before the run directory is made
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.upcycled_from: Optional[Dict[str, Any]] = None
@@ -84,8 +90,7 @@ class Trainer:
             self.model, self.upcycled_from = upcycle_model(cfg, self.model_kwargs)
         else:
             self.model = create_model(cfg.model, self.model_kwargs, 'model_kwargs')
-        self.run_dir = Path(cfg.out)
-        if self.primary:
+        if self.primary and not resume:
             ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
         self._barrier()
         self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
@@ -118,8 +123,10 @@ class Trainer:
                                                              cfg.torchcompile_mode, self.distributed)
         self.eval_set = self._eval_set() if cfg.eval_limit and self.primary else None
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
-        if resume:
-            self._load(ckpt.load_train_state(self.run_dir))
+        if state is not None:
+            self._load(state)
+            if self.primary and cfg.to_dict() != state.get('config'):
+                save_config(cfg, self.run_dir / 'config.yaml')  # what changed (max_steps, ...): config.yaml says it
         elif self.primary:
             if self.upcycled_from is not None:  # config.yaml pins the dense source by content
                 cfg.upcycle_sha256 = self.upcycled_from['sha256']

@@ -32,7 +32,7 @@ from timm.models import split_model_name_tag
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 
 __all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'registered_tags',
-           'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError']
+           'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError', 'ManifestError']
 
 ENV_DIR = 'TIMM_MOE_PRETRAINED_DIR'
 MANIFEST = 'manifest.json'
@@ -58,11 +58,18 @@ def default_folder() -> Path:
     return Path(env) if env else package_folder()
 
 
+class ManifestError(ValueError):
+    """A pretrained-tags manifest that cannot be used: not JSON (or not UTF-8), not an object, or a malformed record.
+    A file of the user or of the installation, not a bug: the message is one line naming the manifest, and
+    `timm-moe` prints it as such (`bench.cli`)."""
+
+
 def read_manifest(folder: Optional[PathLike] = None) -> Dict[str, Dict[str, Any]]:
     """The records of `folder`/manifest.json (default: `default_folder()`), each with `path`, its absolute file.
 
     A package without the folder has no tags; a folder given explicitly (argument or $TIMM_MOE_PRETRAINED_DIR)
-    must hold a manifest. A malformed record raises ValueError naming the manifest and the tag.
+    must hold a manifest. A manifest that is not a JSON object, or a malformed record, raises `ManifestError`
+    naming the manifest (and the tag).
     """
     explicit = folder is not None or bool(os.environ.get(ENV_DIR))
     folder = Path(folder) if folder is not None else default_folder()
@@ -72,15 +79,19 @@ def read_manifest(folder: Optional[PathLike] = None) -> Dict[str, Dict[str, Any]
             raise FileNotFoundError(f'{manifest} does not exist: a pretrained-tags folder holds a {MANIFEST} '
                                     '(`timm-moe ship` writes one)')
         return {}
-    data = json.loads(manifest.read_text())
+    try:
+        data = json.loads(manifest.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # the first line only: one line, not the file
+        raise ManifestError(f'{manifest} is not JSON ({str(e).splitlines()[0][:120]}); restore it, or ship the '
+                            'tags again') from None
     if not isinstance(data, dict):
-        raise ValueError(f'{manifest}: expected a JSON object {{"model.tag": record}}, got {type(data).__name__}')
+        raise ManifestError(f'{manifest}: expected a JSON object {{"model.tag": record}}, got {type(data).__name__}')
     return {key: _checked(manifest, key, record) for key, record in data.items()}
 
 
 def _checked(manifest: Path, key: str, record: Any) -> Dict[str, Any]:
-    def bad(what: str) -> ValueError:
-        return ValueError(f'{manifest}: {key}: {what}')
+    def bad(what: str) -> ManifestError:
+        return ManifestError(f'{manifest}: {key}: {what}')
 
     name, tag = split_model_name_tag(key)
     if not name or not tag:
@@ -90,6 +101,13 @@ def _checked(manifest: Path, key: str, record: Any) -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise bad(f'the record lacks {missing}; a record holds {list(REQUIRED)} and more')
+    for field in ('file', 'sha256'):
+        if not isinstance(record[field], str) or not record[field]:
+            raise bad(f'{field}={str(record[field])[:40]!r}: expected a non-empty string')
+    for field in ('mean', 'std'):
+        if not (isinstance(record[field], list) and record[field]
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record[field])):
+            raise bad(f'{field}={str(record[field])[:40]!r}: expected a list of numbers')
     if record['dtype'] not in DTYPES:
         raise bad(f'dtype={record["dtype"]!r}: expected one of {list(DTYPES)}')
     kwargs = record['model_kwargs']
@@ -120,7 +138,7 @@ def with_tags(default_cfgs: Dict[str, DefaultCfg], records: Mapping[str, Mapping
     """
     unknown = sorted(k for k in records if split_model_name_tag(k)[0] not in default_cfgs)
     if unknown:
-        raise ValueError(f'pretrained tag {unknown[0]!r} names no timm-moe model; models are e.g. '
+        raise ManifestError(f'pretrained tag {unknown[0]!r} names no timm-moe model; models are e.g. '
                          f'{sorted(default_cfgs)[0]!r}')
     for key in _TAGS:
         name, tag = split_model_name_tag(key)
