@@ -84,3 +84,23 @@ def test_a_registered_model_refuses_bad_in_chans(in_chans):
              width=4, in_chans=in_chans)
     _refused(rf"in_chans={in_chans!r}: expected an integer >= 1",
              timm_moe.ModelSpec.from_name('resnet18_dense').create, in_chans=in_chans)
+
+
+def test_the_layer_refuses_a_straight_through_that_is_no_bool():
+    experts = [torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)]
+    _refused(r"straight_through='yes': expected True or False", MoE, experts, 4, straight_through='yes')
+
+
+def test_matched_experts_refuse_a_norm_they_cannot_narrow():
+    # a GroupNorm was rebuilt as GroupNorm(inner): a TypeError deep inside
+    model = timm.create_model('resnet18', device='meta')
+    block = model.layer4[1]
+    block.bn1, block.bn2 = (torch.nn.GroupNorm(4, bn.num_features, device='meta') for bn in (block.bn1, block.bn2))
+    _refused(r"expert_width='matched' narrows BatchNorm layers, not GroupNorm: use expert_width='full'",
+             timm_moe.convert, model, 'layer4.1', 2, 2, expert_width='matched')
+
+
+def test_matched_experts_refuse_a_width_that_breaks_the_conv_groups():
+    model = timm.create_model('resnext50_32x4d', device='meta')
+    _refused(r"expert_width='matched': \d+ -> \d+ channels do not divide into the conv's groups=32; use "
+             r"expert_width='full'", timm_moe.convert, model, 'layer4.2', 2, 2, expert_width='matched')
