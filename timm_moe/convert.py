@@ -51,8 +51,10 @@ def _named_modules_outside_moe(model: nn.Module) -> List[tuple]:
 
 
 def _split(targets: Targets) -> List[str]:
-    parts = targets.split('+') if isinstance(targets, str) else \
-        list(targets) if isinstance(targets, (list, tuple)) else None  # None, a number, ...: no targets
+    if isinstance(targets, str):
+        parts = targets.split('+')
+    else:  # None, a number, a dict, ...: not a list of targets
+        parts = list(targets) if isinstance(targets, (list, tuple)) else []
     if not parts or any(not isinstance(p, str) or not p.strip() for p in parts):
         raise ValueError(f'targets={targets!r}: expected module paths or patterns, e.g. "layer4.1", '
                          '"layer3+layer4", "layer4.*.conv*"')
@@ -120,7 +122,8 @@ def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = No
         inner = [p for p in paths if p.startswith(outer + '.')]
         if inner:
             raise ValueError(f'targets={targets!r} select {inner[0]!r} inside {outer!r}: an expert cannot contain '
-                             'another MoE layer (in a pattern `*` stays within one path component, `**` crosses dots)')
+                             'another MoE layer (in a pattern `*` stays within one path component, `**` crosses '
+                             'dots)')
     return paths
 
 
