@@ -15,7 +15,7 @@ REGISTERED = timm_moe.model_names()
 VARIANTS = [
     dict(gate='conv_gap'), dict(aux_loss='switch'), dict(placement='all'), dict(placement='layer3+layer4.0'),
     dict(expert_width='matched'),
-    dict(noisy_gating=True), dict(noisy_gating=False), dict(aux_weight=0.1), dict(width=8), dict(stem='imagenet'),
+    dict(noisy_gating=True), dict(aux_weight=0.1), dict(width=8), dict(stem='imagenet'),
 ]
 
 
@@ -28,7 +28,7 @@ def _expected_moe_config(spec):
     if not spec.is_moe:
         return dict(num_experts=0, stem=spec.stem, width=spec.width)
     out = dict(num_experts=spec.experts, k=spec.k, gate=spec.gate, placement=spec.placement,
-               aux_loss=spec.aux_loss, aux_weight=spec.aux_weight, noisy_gating=spec.effective_noisy_gating,
+               aux_loss=spec.aux_loss, aux_weight=spec.aux_weight, noisy_gating=spec.noisy_gating,
                stem=spec.stem, width=spec.width)
     if spec.kind == 'block':
         out['expert_width'] = spec.expert_width
@@ -94,7 +94,7 @@ def test_dense_twin_keeps_arch_stem_and_width_and_drops_the_moe_fields():
     assert dense.kwargs == {'width': 8, 'stem': 'imagenet'}
     assert all(dense.to_dict()[f] is None for f in ('k', 'gate', 'aux_loss', 'placement', 'aux_weight'))
     assert dense.dense() == dense
-    assert dense.effective_noisy_gating is None
+    assert dense.noisy_gating is None
 
 
 @pytest.mark.parametrize('field, value', [
@@ -212,17 +212,23 @@ def test_equal_values_are_one_spec_and_explicit_noise_is_not_auto():
     one = ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_weight=1)
     assert one == ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_weight=1.0)
     assert one.kwargs == {'aux_weight': 1.0} and isinstance(one.to_dict()['aux_weight'], float)
-    # noisy_gating=True is a real choice, not the default 'auto', whatever 'auto' resolves to
-    assert ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_loss='switch', noisy_gating=True).kwargs == \
-        {'aux_loss': 'switch', 'noisy_gating': True}
+    # noisy_gating is stored as the bool the model uses: the one 'auto' gives builds the same model, so it is one
+    # spec and no kwarg; the other bool is a kwarg
+    switch = ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_loss='switch', noisy_gating=True)
+    assert switch == ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_loss='switch', noisy_gating='auto')
+    assert switch.kwargs == {'aux_loss': 'switch'} and switch.noisy_gating is True
+    quiet = ModelSpec.from_name('resnet18_blockmoe_e4_k2', aux_loss='switch', noisy_gating=False)
+    assert quiet.kwargs == {'aux_loss': 'switch', 'noisy_gating': False} and quiet.label.endswith('no-noise')
+    assert ModelSpec.from_name('resnet18_blockmoe_e4_k2', noisy_gating=False) == \
+        ModelSpec.from_name('resnet18_blockmoe_e4_k2')
 
 
 @pytest.mark.parametrize('aux_loss, noisy, effective', [
     ('entropy', 'auto', False), ('none', 'auto', False), ('switch', 'auto', True), ('kl', 'auto', True),
     ('z_loss', 'auto', True), ('entropy', True, True), ('switch', False, False)])
-def test_effective_noisy_gating_is_what_the_model_uses(aux_loss, noisy, effective):
+def test_noisy_gating_is_resolved_on_construction_as_the_model_resolves_it(aux_loss, noisy, effective):
     spec = ModelSpec.from_name('resnet18_blockmoe_e2_k1', aux_loss=aux_loss, noisy_gating=noisy)
-    assert spec.effective_noisy_gating is effective
+    assert spec.noisy_gating is effective and spec.to_dict()['noisy_gating'] is effective
     assert spec.create(device='meta').moe_config['noisy_gating'] is effective
 
 

@@ -5,15 +5,18 @@
     model = timm_moe.convert(model, 'layer4', num_experts=4, k=1, kind='conv')     # a ConvMoE at every conv of layer4
 
 This is the paper code's construction (a filter selects modules of a built network, a replace function turns each
-into a mixture of deep copies), written once for every kind of expert. A target is a module path or an fnmatch
-pattern over paths ('layer4.1', 'layer4.*.conv*'), or several joined by '+' or given as a list. With `kind`
+into a mixture of deep copies), written once for every kind of expert. A target is a module path or a glob
+pattern over paths ('layer4.1', 'layer4.*.conv*'), or several joined by '+' or given as a list. In a pattern `*`
+and `?` stay within one path component (`layer4.*` is the blocks of layer4, not the convs inside them), `**`
+crosses dots (`layer4.**` is everything under layer4), and `[seq]` is one character of seq. With `kind`
 ('block' or 'conv') a target also selects every module of that kind under the path it names ('layer4' with
 kind='conv' is every conv of layer4); without it a target must name the modules themselves.
 """
 from __future__ import annotations
 
 import copy
-import fnmatch
+import functools
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -21,7 +24,7 @@ from torch import nn
 
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .layers import GATES, MoE, resolve_noisy_gating, validate_moe_args
+from .layers import EXPERT_WIDTHS, GATES, MOE_DEFAULTS, MoE, MoEConfig, validate_moe_args
 
 __all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets']
 
@@ -30,7 +33,6 @@ Targets = Union[str, Sequence[str]]
 # the residual blocks a 'block' target selects; a ConvMoE's experts are convolutions
 BLOCK_TYPES = (BasicBlock, Bottleneck)
 KIND_TYPES: Dict[str, tuple] = {'block': BLOCK_TYPES, 'conv': (nn.Conv2d,)}
-EXPERT_WIDTHS = ('full', 'matched')
 PROBE_SIZE = 256  # side of the shape-only input that finds each target's stride from the model input
 
 
@@ -49,11 +51,49 @@ def _named_modules_outside_moe(model: nn.Module) -> List[tuple]:
 
 
 def _split(targets: Targets) -> List[str]:
-    parts = targets.split('+') if isinstance(targets, str) else list(targets)
+    if isinstance(targets, str):
+        parts = targets.split('+')
+    else:  # None, a number, a dict, ...: not a list of targets
+        parts = list(targets) if isinstance(targets, (list, tuple)) else []
     if not parts or any(not isinstance(p, str) or not p.strip() for p in parts):
         raise ValueError(f'targets={targets!r}: expected module paths or patterns, e.g. "layer4.1", '
                          '"layer3+layer4", "layer4.*.conv*"')
     return [p.strip() for p in parts]
+
+
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern:
+    """A glob over module paths as a regex: `*` and `?` never match a dot, `**` matches anything, `[seq]` one char.
+
+    fnmatch's `*` crosses dots, so 'layer4.*' of a ResNet-50 selected the convs inside each block as well.
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith('**', i):
+            out.append('.*')
+            i += 2
+        elif pattern[i] == '*':
+            out.append('[^.]*')
+            i += 1
+        elif pattern[i] == '?':
+            out.append('[^.]')
+            i += 1
+        elif pattern[i] == '[':
+            # as fnmatch: '!' negates, a ']' first in the set is a member, an unclosed '[' is literal
+            j = i + 1 + (pattern[i + 1:i + 2] == '!')
+            j = pattern.find(']', j + 1)
+            if j < 0:
+                out.append(re.escape('['))
+                i += 1
+                continue
+            body = pattern[i + 1:j].replace('\\', '\\\\')
+            body = '^' + body[1:] if body.startswith('!') else '\\' + body if body.startswith('^') else body
+            out.append('(?!\\.)[' + body + ']')
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile(''.join(out) + r'\Z')
 
 
 def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = None) -> List[str]:
@@ -69,7 +109,7 @@ def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = No
         modules = [(name, m) for name, m in modules if isinstance(m, KIND_TYPES[kind])]
     selected = set()
     for pattern in _split(targets):
-        hits = [name for name, _ in modules if fnmatch.fnmatchcase(name, pattern)
+        hits = [name for name, _ in modules if _glob(pattern).match(name)
                 or (kind is not None and name.startswith(pattern + '.'))]
         if not hits:
             what = {'block': 'residual block', 'conv': 'conv', None: 'module'}[kind]
@@ -82,7 +122,8 @@ def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = No
         inner = [p for p in paths if p.startswith(outer + '.')]
         if inner:
             raise ValueError(f'targets={targets!r} select {inner[0]!r} inside {outer!r}: an expert cannot contain '
-                             'another MoE layer')
+                             'another MoE layer (in a pattern `*` stays within one path component, `**` crosses '
+                             'dots)')
     return paths
 
 
@@ -93,12 +134,13 @@ def convert(
         k: int = 1,
         *,
         kind: Optional[str] = None,
-        gate: str = 'gap_fc',
-        aux_loss: str = 'entropy',
-        aux_weight: float = 0.5,
-        noisy_gating: Union[bool, str] = 'auto',
-        noise_std: float = 0.1,
-        expert_width: str = 'full',
+        gate: str = MOE_DEFAULTS['gate'],
+        aux_loss: str = MOE_DEFAULTS['aux_loss'],
+        aux_weight: float = MOE_DEFAULTS['aux_weight'],
+        noisy_gating: Union[bool, str] = MOE_DEFAULTS['noisy_gating'],
+        noise_std: float = MOE_DEFAULTS['noise_std'],
+        straight_through: bool = MOE_DEFAULTS['straight_through'],
+        expert_width: str = MOE_DEFAULTS['expert_width'],
         copy_weights: bool = False,
 ) -> nn.Module:
     """Replace each target module of `model`, in place, by an MoE layer over `num_experts` copies of it.
@@ -110,7 +152,8 @@ def convert(
 
     Args:
         model: A built model, e.g. `timm.create_model('resnet18')`.
-        targets: Module paths or fnmatch patterns ('layer4.1', 'layer3+layer4', 'layer4.*.conv*').
+        targets: Module paths or glob patterns ('layer4.1', 'layer3+layer4', 'layer4.*.conv*'; `*` stops at a
+            dot, `**` crosses dots).
         num_experts: Experts per MoE layer.
         k: Experts per image, 1 <= k <= num_experts.
         kind: 'block' or 'conv' to select the modules of that kind under each target path; None: the targets
@@ -120,6 +163,7 @@ def convert(
         aux_weight: Weight of the aux loss in `timm_moe.aux_loss(model)`.
         noisy_gating: True, False or 'auto' (the reference's policy; see `MoE`).
         noise_std: Standard deviation of the training-only gate noise.
+        straight_through: For k=1, forward weight exactly 1 with a straight-through gradient (see `MoE`).
         expert_width: 'full' (each expert a full copy) or 'matched' (a residual block's inner width shrunk so that
             k active experts cost no more conv MACs than the block); 'matched' applies to residual blocks only.
         copy_weights: Copy the module's weights into every expert instead of re-initialising them.
@@ -127,10 +171,12 @@ def convert(
     Returns:
         `model`, converted in place.
     """
-    validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
-    if expert_width not in EXPERT_WIDTHS:
-        raise ValueError(f'expert_width={expert_width!r}: expected one of {list(EXPERT_WIDTHS)}')
+    validate_moe_args(num_experts, k)
+    config = MoEConfig(gate=gate, aux_loss=aux_loss, aux_weight=aux_weight, noisy_gating=noisy_gating,
+                       noise_std=noise_std, straight_through=straight_through, expert_width=expert_width)
     paths = resolve_targets(model, targets, kind)
+    for path in paths:  # all checked before the first is replaced: a refused call leaves the model as it was
+        _in_channels(model.get_submodule(path), path)
     if expert_width == 'matched':
         if copy_weights:
             raise ValueError("expert_width='matched' with copy_weights=True: a narrowed expert cannot hold the "
@@ -141,18 +187,16 @@ def convert(
                              "use expert_width='full'")
     # only an unpadded Conv-GAP gate has a minimum input, which its error names in model pixels
     reductions = _input_reductions(model, paths) if GATES[gate].min_input_size > 1 else {}
-    noisy = resolve_noisy_gating(noisy_gating, aux_loss)
     for path in paths:
         module = model.get_submodule(path)
-        reference = next(module.parameters())
-        in_chs = _in_channels(module)
+        in_chs = _in_channels(module, path)
+        reference = next(module.parameters())  # a Conv2d's weight at least
         make = _expert_factory(module, in_chs, k, expert_width, copy_weights)
         # built where the module lives; the gate comes last, so no init of the experts touches it
         with torch.device(reference.device):
             experts = [make() for _ in range(num_experts)]
             reduction = reductions.get(path)
-            layer = MoE(experts, in_chs, k=k, gate=gate, aux_loss=aux_loss, aux_weight=aux_weight,
-                        noisy_gating=noisy, noise_std=noise_std, name=path,
+            layer = MoE(experts, in_chs, k=k, **config.layer_kwargs(), name=path,
                         # an unpadded 3x3 gate needs 3x3 pixels: 2r + 1 model pixels after a stride of r
                         min_image_size=2 * reduction + 1 if reduction else None)
         layer.gate.to(dtype=reference.dtype)
@@ -161,11 +205,12 @@ def convert(
     return model
 
 
-def _in_channels(module: nn.Module) -> int:
+def _in_channels(module: nn.Module, path: str) -> int:
     """Channels of the module's input: those of its first convolution (a block's conv1, or the conv itself)."""
     conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise ValueError(f'{type(module).__name__} has no Conv2d: an MoE gate needs to know the input channels')
+    if conv is None:  # an Identity, an activation, a Linear: nothing an image-routing gate can be fitted to
+        raise ValueError(f'target {path!r} is a {type(module).__name__} with no Conv2d: expected a module with a '
+                         'Conv2d (a residual block or a convolution), whose input channels the gate takes')
     return conv.in_channels
 
 
@@ -222,25 +267,59 @@ def _input_reductions(model: nn.Module, paths: Sequence[str]) -> Dict[str, int]:
 
 # ------------------------------------------------------------------------------------ compute-matched experts
 
-def _conv_like(conv: nn.Conv2d, in_chs: Optional[int] = None, out_chs: Optional[int] = None) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_chs or conv.in_channels, out_chs or conv.out_channels, conv.kernel_size, conv.stride,
-        conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+# A narrowed layer is a deep copy of the original with its channel counts and parameter shapes changed, so that it
+# keeps everything else: its class (timm's Conv2dSame, BatchNormAct2d, ...), padding_mode, eps, momentum, affine,
+# track_running_stats, a BatchNormAct's activation and drop, dtype and device. Rebuilding it from a few
+# constructor arguments dropped them (a bf16 block got float32 experts).
+
+def _narrow_conv(conv: nn.Conv2d, in_chs: Optional[int] = None, out_chs: Optional[int] = None) -> nn.Conv2d:
+    """A copy of `conv` with `in_chs` input and `out_chs` output channels, freshly initialised as its class does."""
+    conv = copy.deepcopy(conv)
+    conv.in_channels, conv.out_channels = in_chs or conv.in_channels, out_chs or conv.out_channels
+    if conv.in_channels % conv.groups or conv.out_channels % conv.groups:
+        raise ValueError(f"expert_width='matched': {conv.in_channels} -> {conv.out_channels} channels do not "
+                         f"divide into the conv's groups={conv.groups}; use expert_width='full'")
+    old = conv.weight
+    conv.weight = nn.Parameter(old.new_empty((conv.out_channels, conv.in_channels // conv.groups, *old.shape[2:])),
+                               requires_grad=old.requires_grad)
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.new_empty(conv.out_channels), requires_grad=conv.bias.requires_grad)
+    conv.reset_parameters()
+    return conv
+
+
+def _narrow_norm(norm: nn.Module, channels: int) -> nn.Module:
+    """A copy of a BatchNorm-like `norm` over `channels` channels: weight 1, bias 0, fresh running statistics."""
+    if not isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # timm's BatchNormAct2d is a BatchNorm2d
+        raise ValueError(f"expert_width='matched' narrows BatchNorm layers, not {type(norm).__name__}: "
+                         "use expert_width='full'")
+    norm = copy.deepcopy(norm)
+    norm.num_features = channels
+    for name in ('weight', 'bias'):
+        old = getattr(norm, name)
+        if old is not None:
+            setattr(norm, name, nn.Parameter(old.new_empty(channels), requires_grad=old.requires_grad))
+    for name in ('running_mean', 'running_var'):
+        old = getattr(norm, name)
+        if old is not None:
+            setattr(norm, name, old.new_empty(channels))
+    norm.reset_parameters()
+    return norm
 
 
 def _narrow_block(block: nn.Module, inner: int) -> nn.Module:
     """A copy of a BasicBlock/Bottleneck whose inner width is `inner`; input, output and skip unchanged."""
     block = copy.deepcopy(block)
     if isinstance(block, Bottleneck):
-        block.conv1 = _conv_like(block.conv1, out_chs=inner)
-        block.bn1 = type(block.bn1)(inner)
-        block.conv2 = _conv_like(block.conv2, in_chs=inner, out_chs=inner)
-        block.bn2 = type(block.bn2)(inner)
-        block.conv3 = _conv_like(block.conv3, in_chs=inner)
+        block.conv1 = _narrow_conv(block.conv1, out_chs=inner)
+        block.bn1 = _narrow_norm(block.bn1, inner)
+        block.conv2 = _narrow_conv(block.conv2, in_chs=inner, out_chs=inner)
+        block.bn2 = _narrow_norm(block.bn2, inner)
+        block.conv3 = _narrow_conv(block.conv3, in_chs=inner)
     else:
-        block.conv1 = _conv_like(block.conv1, out_chs=inner)
-        block.bn1 = type(block.bn1)(inner)
-        block.conv2 = _conv_like(block.conv2, in_chs=inner)
+        block.conv1 = _narrow_conv(block.conv1, out_chs=inner)
+        block.bn1 = _narrow_norm(block.bn1, inner)
+        block.conv2 = _narrow_conv(block.conv2, in_chs=inner)
     return block
 
 

@@ -25,16 +25,18 @@ def num_experts(model: nn.Module) -> int:
 def aux_loss(model: nn.Module) -> torch.Tensor:
     """Weighted sum of every MoE layer's auxiliary loss from the last forward (a scalar with grad).
 
-    Zero for a dense model, or before the first forward. Only a forward in train mode keeps the loss's
-    graph: in eval mode it is a detached value (for logging), and asking for it with grad enabled warns.
+    Zero for a dense model, before the first forward, and for layers whose last forward was forced
+    (`force_expert`: no gate ran). Only a forward in train mode with grad keeps the loss's graph: otherwise it is
+    a detached value (for logging), and asking for it with grad enabled warns, whatever mode the model is in now
+    (what counts is the forward the loss came from).
     """
     layers = [m for _, m in moe_layers(model)]
     losses = [m.last_aux for m in layers if m.last_aux is not None]
-    if torch.is_grad_enabled() and any(not m.training for m in layers) and losses:
+    if torch.is_grad_enabled() and any(m.aux_lacks_grad() for m in layers):
         # a loss built from this would silently not train the gates
-        warnings.warn('timm_moe.aux_loss: the last forward ran in eval mode, so the aux loss has no gradient; '
-                      'call model.train() before the forward whose aux loss you train on', RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn('timm_moe.aux_loss: the last forward ran in eval mode or without grad, so its aux loss has '
+                      'no gradient and cannot train the gates; run the forward whose aux loss you train on with '
+                      'model.train() and grad enabled', RuntimeWarning, stacklevel=2)
     if not losses:
         p = next(model.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
@@ -85,6 +87,9 @@ def paused_routing_stats(model: nn.Module) -> Iterator[nn.Module]:
 @contextlib.contextmanager
 def force_expert(model: nn.Module, expert: int, layers: Optional[Union[str, Sequence[str]]] = None) -> Iterator[nn.Module]:
     """Bypass the gates and send every image through expert `expert` (its "subpath").
+
+    A forced layer routes nothing: each forward clears its `last_routing` and aux loss (`last_routing` leaves it
+    out, `aux_loss` counts it as zero).
 
     Args:
         model: A model with MoE layers.

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import timm
 import torch
 from torch import nn
 
-from .layers import resolve_noisy_gating, validate_moe_args
+from .layers import MoEConfig
 from .models import (ARCHS, ENTRYPOINTS, FAMILIES, GRID, KIND_KWARGS, MODEL_DEFAULTS, PLACEMENTS, STEMS, Entry,
                      base_model, default_placement, placement_targets)
 
@@ -82,8 +81,9 @@ class ModelSpec:
         placement: Where the MoE layers go: 'last' or 'all' (of layer4), or module paths or patterns joined
             by '+' ('layer4.0', 'layer3+layer4', 'layer4.1.conv2'); model kwarg `placement`.
         expert_width: 'full' or 'matched' (BlockMoE only).
-        noisy_gating: 'auto', True or False; `effective_noisy_gating` is what the model will use.
-        aux_weight: Weight of the aux loss, a finite number >= 0.
+        noisy_gating: 'auto', True or False, stored as the bool the model uses ('auto' resolved on construction,
+            as the model resolves it, so two specs that build the same model are equal).
+        aux_weight: Weight of the aux loss, a finite number >= 0 (stored as float).
         width: Base channels, even (64 is the paper's ResNet).
         stem: 'cifar' or 'imagenet'.
     """
@@ -148,16 +148,12 @@ class ModelSpec:
             if getattr(self, field) is None:
                 default = default_placement(self.kind) if field == 'placement' else MODEL_DEFAULTS[field]
                 object.__setattr__(self, field, default)
-        # gate, aux_loss and noisy_gating: the layer's own check, so the spec cannot drift from it
-        validate_moe_args(self.experts, self.k, gate=self.gate, aux_loss=self.aux_loss,
-                          noisy_gating=self.noisy_gating)
+        # the layer's own record checks the MoE fields, so the spec cannot drift from the model; it resolves
+        # noisy_gating 'auto' and stores aux_weight as float (1 and 1.0 are one spec, in JSON too)
+        config = MoEConfig(**{field: getattr(self, field) for field in MoEConfig.model_kwargs(self.kind)})
+        for field in ('noisy_gating', 'aux_weight'):
+            object.__setattr__(self, field, getattr(config, field))
         _check_placement(self.arch, self.kind, self.placement)
-        if self.expert_width is not None:
-            _check_choice('expert_width', self.expert_width, ('full', 'matched'))
-        w = self.aux_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f'aux_weight={w!r}: expected a finite number >= 0')
-        object.__setattr__(self, 'aux_weight', float(w))  # 1 and 1.0 are one spec, in JSON too
 
     # ----------------------------------------------------------------------------------------- naming
 
@@ -195,8 +191,8 @@ class ModelSpec:
     @classmethod
     def of_model(cls, model: nn.Module) -> Optional['ModelSpec']:
         """The spec of a model built from a registered name (`timm.create_model` or `create`), read from the
-        model itself (its `pretrained_cfg` architecture and the settings it was built with), so `resolved()`:
-        the model knows its effective noisy_gating, not whether it came from 'auto'. None for another model."""
+        model itself (its `pretrained_cfg` architecture and the settings it was built with): equal to the spec
+        it was built from. None for another model."""
         name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
         config = getattr(model, 'moe_config', None)
         if name not in ENTRYPOINTS or not isinstance(config, Mapping):
@@ -225,6 +221,9 @@ class ModelSpec:
             value = getattr(self, field.name)
             if field.name == 'placement':
                 default = default_placement(self.kind) if self.kind else None
+            elif field.name == 'noisy_gating':
+                # the stored bool is a default when it is what 'auto' gives for this aux loss
+                default = MoEConfig(aux_loss=self.aux_loss).noisy_gating if self.is_moe else None
             elif field.name in MODEL_DEFAULTS:
                 default = MODEL_DEFAULTS[field.name]
             else:
@@ -234,16 +233,13 @@ class ModelSpec:
         return out
 
     def resolved(self) -> 'ModelSpec':
-        """This spec with `noisy_gating` resolved to the bool the model uses (two specs that build the same
-        model compare equal once resolved)."""
-        return self if not self.is_moe else dataclasses.replace(self, noisy_gating=self.effective_noisy_gating)
+        """This spec: its `noisy_gating` is resolved on construction (kept for callers of the tri-state days)."""
+        return self
 
     @property
     def effective_noisy_gating(self) -> Optional[bool]:
-        """Whether training adds noise to the gate scores ('auto' resolved as the model does); None if dense."""
-        if not self.is_moe:
-            return None
-        return resolve_noisy_gating(self.noisy_gating, self.aux_loss)
+        """Whether training adds noise to the gate scores: the field itself; None if dense."""
+        return self.noisy_gating
 
     @property
     def label(self) -> str:

@@ -8,6 +8,7 @@ from torch import nn
 
 from .convert import convert
 from .introspection import moe_layers
+from .layers import MoEConfig
 from .spec import ModelSpec
 
 
@@ -43,8 +44,8 @@ def upcycle(
         raise ValueError("upcycle: expert_width must be 'full' so experts have the dense block's shapes")
     model = spec.dense().create(**timm_kwargs)
     _load_dense(model, state)
-    convert(model, spec.targets(), spec.experts, spec.k, kind=spec.kind, gate=spec.gate, aux_loss=spec.aux_loss,
-            aux_weight=spec.aux_weight, noisy_gating=spec.noisy_gating, copy_weights=True)
+    convert(model, spec.targets(), spec.experts, spec.k, kind=spec.kind, copy_weights=True,
+            **{key: getattr(spec, key) for key in MoEConfig.model_kwargs(spec.kind)})
     # the model is now `name`'s architecture: it takes that name's settings and pretrained_cfg (shapes only)
     built = spec.create(**timm_kwargs, device='meta')
     model.moe_config = dict(built.moe_config)

@@ -16,11 +16,9 @@ try:
 except ImportError:  # timm 1.0.9 (robustbench's pin) keeps it in the FX feature module
     from timm.models._features_fx import register_notrace_module
 
-from .gates import GATES, create_gate
+from .config import MOE_DEFAULTS, MoEConfig
+from .gates import create_gate
 from .routing import AUX_LOSSES, Routing, route
-
-# the reference's top-k gate adds training noise whenever the balancing loss is not the entropy loss
-NOISY_AUX_LOSSES = ('switch', 'kl', 'z_loss')
 
 
 def _in_backward() -> bool:
@@ -69,26 +67,29 @@ class MoE(nn.Module):
             experts: Sequence[nn.Module],
             in_chs: int,
             k: int = 1,
-            gate: str = 'gap_fc',
-            aux_loss: str = 'entropy',
-            aux_weight: float = 0.5,
-            noisy_gating: Union[bool, str] = 'auto',
-            noise_std: float = 0.1,
-            straight_through: bool = True,
+            gate: str = MOE_DEFAULTS['gate'],
+            aux_loss: str = MOE_DEFAULTS['aux_loss'],
+            aux_weight: float = MOE_DEFAULTS['aux_weight'],
+            noisy_gating: Union[bool, str] = MOE_DEFAULTS['noisy_gating'],
+            noise_std: float = MOE_DEFAULTS['noise_std'],
+            straight_through: bool = MOE_DEFAULTS['straight_through'],
             name: str = 'MoE',
             min_image_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         num_experts = len(experts)
-        validate_moe_args(num_experts, k, gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
+        _check_counts(num_experts, k)
+        # the one check (and resolution of noisy_gating='auto') of the arguments `convert` and the models share
+        config = MoEConfig(gate=gate, aux_loss=aux_loss, aux_weight=aux_weight, noisy_gating=noisy_gating,
+                           noise_std=noise_std, straight_through=straight_through)
         self.num_experts = num_experts
         self.k = k
-        self.gate_type = gate
-        self.aux_loss_type = aux_loss
-        self.aux_weight = float(aux_weight)
-        self.noisy_gating = resolve_noisy_gating(noisy_gating, aux_loss)
-        self.noise_std = noise_std
-        self.straight_through = straight_through
+        self.gate_type = config.gate
+        self.aux_loss_type = config.aux_loss
+        self.aux_weight = config.aux_weight
+        self.noisy_gating = config.noisy_gating
+        self.noise_std = config.noise_std
+        self.straight_through = config.straight_through
         self.gate = create_gate(gate, in_chs, num_experts)
         self.experts = nn.ModuleList(experts)
         self.kind = expert_kind(self.experts[0])
@@ -159,9 +160,13 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f'{self.name}: expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}')
-        if self.forced_expert is not None:
-            return self.experts[self.forced_expert](x)
-        if x.is_meta:
+        if self.forced_expert is not None or x.is_meta:
+            if not _in_backward():
+                # no gate ran: a routing or aux loss kept from an earlier forward would be read as this one's
+                # (`timm_moe.aux_loss` would return a loss whose graph may be gone)
+                self.last_aux = self.last_routing = None
+            if self.forced_expert is not None:
+                return self.experts[self.forced_expert](x)
             # meta tensors carry shapes only, and routing depends on values (bincount has no meta kernel):
             # every expert maps the input to the same shape, so expert 0 stands in for the routed output
             return self.experts[0](x)
@@ -188,14 +193,19 @@ class MoE(nn.Module):
             self._count_usage(counts)
         return self._dispatch(x, r, counts.tolist())
 
+    def aux_lacks_grad(self) -> bool:
+        """True when the last forward's aux loss should train the gate but carries no gradient: that forward ran
+        in eval mode or without grad. False with no stored loss, the 'none' loss, a zero weight or a frozen gate."""
+        if self.last_aux is None or self.last_aux.requires_grad:
+            return False
+        if self.aux_loss_type == 'none' or self.aux_weight == 0:
+            return False
+        return any(p.requires_grad for p in self.gate.parameters())
+
     def _warn_if_aux_had_no_grad(self) -> None:
         # reentrant checkpointing runs the original forward without grad, so the aux loss the user
         # summed into the loss could not train the gate; say so once rather than train silently without it
-        if self._warned_aux or self.last_aux is None or self.last_aux.requires_grad:
-            return
-        if self.aux_loss_type == 'none' or self.aux_weight == 0:
-            return
-        if not any(p.requires_grad for p in self.gate.parameters()):
+        if self._warned_aux or not self.aux_lacks_grad():
             return
         self._warned_aux = True
         warnings.warn(
@@ -275,32 +285,18 @@ class MoE(nn.Module):
                 f'aux_loss={self.aux_loss_type}, aux_weight={self.aux_weight}, noisy_gating={self.noisy_gating}')
 
 
-def resolve_noisy_gating(noisy_gating: Union[bool, str], aux_loss: str) -> bool:
-    """The effective noisy-gating flag: an explicit bool wins, 'auto' follows the reference's policy."""
-    _check_noisy_gating(noisy_gating)
-    if noisy_gating == 'auto':
-        return aux_loss in NOISY_AUX_LOSSES
-    return bool(noisy_gating)
-
-
-def _check_noisy_gating(noisy_gating: Union[bool, str]) -> None:
-    # a bool, or exactly the string 'auto': 0/1 or 'true' are more likely mistakes than intent
-    if not (isinstance(noisy_gating, bool) or (isinstance(noisy_gating, str) and noisy_gating == 'auto')):
-        raise ValueError(f"noisy_gating={noisy_gating!r}: expected one of 'auto', True, False")
-
-
 def validate_moe_args(
-        num_experts: int, k: int, gate: str = 'gap_fc', aux_loss: str = 'entropy',
-        noisy_gating: Union[bool, str] = 'auto') -> None:
+        num_experts: int, k: int, gate: str = MOE_DEFAULTS['gate'], aux_loss: str = MOE_DEFAULTS['aux_loss'],
+        noisy_gating: Union[bool, str] = MOE_DEFAULTS['noisy_gating']) -> None:
     """Raise ValueError naming the first bad argument and what is allowed."""
-    if not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f'num_experts={num_experts!r}: expected an integer >= 1')
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f'k={k!r}: expected an integer >= 1')
+    _check_counts(num_experts, k)
+    MoEConfig(gate=gate, aux_loss=aux_loss, noisy_gating=noisy_gating)
+
+
+def _check_counts(num_experts: int, k: int) -> None:
+    # bool is an int subclass: num_experts=True would build a 1-expert MoE
+    for name, value in (('num_experts', num_experts), ('k', k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'{name}={value!r}: expected an integer >= 1')
     if k > num_experts:
         raise ValueError(f'k={k} > num_experts={num_experts}: expected 1 <= k <= num_experts')
-    if gate not in GATES:
-        raise ValueError(f'gate={gate!r}: expected one of {sorted(GATES)}')
-    if aux_loss not in AUX_LOSSES:
-        raise ValueError(f'aux_loss={aux_loss!r}: expected one of {sorted(AUX_LOSSES)}')
-    _check_noisy_gating(noisy_gating)

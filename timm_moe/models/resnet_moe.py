@@ -25,8 +25,8 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs, register_m
                          split_model_name_tag)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..convert import EXPERT_WIDTHS, convert, resolve_targets
-from ..layers import resolve_noisy_gating, validate_moe_args
+from ..convert import convert, resolve_targets
+from ..layers import MOE_DEFAULTS, MoEConfig, validate_moe_args
 from .pretrained import PathLike, check_weights_file, read_manifest, registered_tags, tag_model_kwargs, with_tags
 
 __all__ = ['ARCHS', 'CIFAR100_MEAN', 'CIFAR100_STD', 'ENTRYPOINTS', 'Entry', 'FAMILIES', 'GRID', 'KIND_KWARGS',
@@ -51,23 +51,18 @@ STEMS = ('cifar', 'imagenet')
 PLACEMENTS = ('last', 'all')
 _DEFAULT_PLACEMENT = {'block': 'last', 'conv': 'all'}  # the paper's best of each kind (docs/FIDELITY.md)
 
-# The defaults of the kwargs that shape a timm-moe architecture (the paper's best configuration), written once:
-# the entry points below and `ModelSpec` both read them. `placement` defaults per kind: `default_placement`.
+# the MoE kwargs each kind takes (a dense model takes none of them): the placement, then the fields of
+# `timm_moe.layers.MoEConfig` that the kind's models take
+KIND_KWARGS = {kind: ('placement', *MoEConfig.model_kwargs(kind)) for kind in KINDS}
+# The defaults of the kwargs that shape a timm-moe architecture (the paper's best configuration): the base model's
+# here, the MoE kwargs' those of `MoEConfig`; the entry points below and `ModelSpec` both read them. `placement`
+# defaults per kind: `default_placement`.
 MODEL_DEFAULTS: Dict[str, Any] = {
     'stem': 'cifar',
     'width': 64,
-    'gate': 'gap_fc',
-    'aux_loss': 'entropy',
-    'aux_weight': 0.5,
-    'noisy_gating': 'auto',
-    'expert_width': 'full',
+    **{key: MOE_DEFAULTS[key] for key in dict.fromkeys(k for keys in KIND_KWARGS.values() for k in keys[1:])},
 }
 _BASE_KWARGS = ('stem', 'width')
-# the MoE kwargs each kind takes (a dense model takes none of them)
-KIND_KWARGS = {
-    'block': ('placement', 'gate', 'aux_loss', 'aux_weight', 'noisy_gating', 'expert_width'),
-    'conv': ('placement', 'gate', 'aux_loss', 'aux_weight', 'noisy_gating'),
-}
 
 
 class Entry(NamedTuple):
@@ -86,6 +81,12 @@ def default_placement(kind: str) -> str:
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f'{name}={value!r}: expected one of {list(allowed)}')
+
+
+def _check_in_chans(in_chans: Any) -> None:
+    # 0 would build a Conv2d of no input channel, which fails only at the first forward
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f'in_chans={in_chans!r}: expected an integer >= 1 (3 for RGB, 1 for greyscale)')
 
 
 def _check_width(width: Any) -> None:
@@ -159,6 +160,7 @@ def _build(arch: str, kind: Optional[str] = None, num_experts: int = 0, k: Optio
                 if key != 'placement'}
     _check_choice('stem', settings['stem'], STEMS)
     _check_width(settings['width'])
+    _check_in_chans(in_chans)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f'dtype={dtype!r}: expected a floating-point torch.dtype, e.g. torch.bfloat16')
     if kind is not None:
@@ -166,20 +168,17 @@ def _build(arch: str, kind: Optional[str] = None, num_experts: int = 0, k: Optio
         if not isinstance(settings['placement'], str):
             raise ValueError(f"placement={settings['placement']!r}: expected a string, one of {list(PLACEMENTS)} "
                              "or module paths joined by '+', e.g. 'layer4.0' or 'layer3+layer4'")
-        validate_moe_args(num_experts, k, gate=settings['gate'], aux_loss=settings['aux_loss'],
-                          noisy_gating=settings['noisy_gating'])
-        settings['noisy_gating'] = resolve_noisy_gating(settings['noisy_gating'], settings['aux_loss'])
-        if 'expert_width' in settings:
-            _check_choice('expert_width', settings['expert_width'], EXPERT_WIDTHS)
+        validate_moe_args(num_experts, k)
+        config = MoEConfig(**{key: settings[key] for key in MoEConfig.model_kwargs(kind)})
+        settings['noisy_gating'] = config.noisy_gating  # 'auto' resolved, once
     # timm's factory kwargs device/dtype: build under a device context and cast, because timm 1.0.9's
     # ResNet takes no device/dtype
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = base_model(arch, settings['stem'], settings['width'], num_classes, in_chans, zero_init_last, **kwargs)
         if kind is not None:
             targets = placement_targets(model, settings['placement'], kind)
-            convert(model, targets, num_experts, k, kind=kind, gate=settings['gate'],
-                    aux_loss=settings['aux_loss'], aux_weight=settings['aux_weight'],
-                    noisy_gating=settings['noisy_gating'], expert_width=settings.get('expert_width', 'full'))
+            convert(model, targets, num_experts, k, kind=kind,
+                    **{key: settings[key] for key in MoEConfig.model_kwargs(kind)})
     if dtype is not None:
         model.to(dtype)
     model.moe_config = dict(num_experts=num_experts, k=k, **settings) if kind else dict(num_experts=0, **settings)
@@ -284,8 +283,12 @@ def register_tags(folder: Optional[PathLike] = None) -> List[str]:
     records = read_manifest(folder)
     changed = sorted({split_model_name_tag(key)[0] for key in (*registered_tags(), *records)})
     with_tags(default_cfgs, records, pool_size_of)
+    exported = list(__all__)
     with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
         warnings.simplefilter('ignore')
         for name in changed:
             register_model(getattr(sys.modules[__name__], name))
+    # timm's register_model appends the name to the module's __all__, and older timm versions do so even when it
+    # is there already: every call grew it by the re-registered names
+    __all__[:] = exported
     return sorted(records)
