@@ -55,7 +55,7 @@ class TrainConfig:
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
-    warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
+    warmup_epochs: int = 0  # linear warm-up from warmup_lr to lr, stepped as sched_step (timm: not a prefix of `epochs`)
     warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
     min_lr: float = 0.0  # the schedule's floor
     sched_step: str = 'epoch'  # step the LR schedule once per 'epoch' (the paper's code) or per optimizer 'update'

@@ -204,6 +204,7 @@ class Trainer:
                 robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction='batchmean')
                 task = F.cross_entropy(logits, y) + cfg.trades_beta * robust
             aux = timm_moe.aux_loss(self.model)
+        # aux and loss are logged as computed: a switch loss lacks the reference's constant -1 (FIDELITY.md row 3)
         return dict(loss=task + aux.to(task.dtype), task=task.detach(), aux=aux.detach(),
                     correct=(logits.argmax(1) == y).sum().detach(), free_leaf=leaf)
 
