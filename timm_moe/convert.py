@@ -171,7 +171,7 @@ def _in_channels(module: nn.Module) -> int:
 
 
 def reinit_(module: nn.Module) -> nn.Module:
-    """Re-initialise a copied expert, every parameter and buffer it holds. In place; returns the module.
+    """Re-initialise a copied expert: every layer with parameters, and BatchNorm statistics. In place; returns it.
 
     As the paper's code (`_initialize_weights` in `resnet_block_moe.py`): every convolution (Conv1d/2d/3d, so
     also an SE block's 1x1 convs and ECA's Conv1d) Kaiming normal, its default mode fan_in (gain sqrt 2); every
