@@ -213,8 +213,9 @@ def test_autocast_and_channels_last(k):
 
 @pytest.mark.parametrize('gate', ['gap_fc', 'conv_gap'])
 def test_gates_keep_pytorch_default_init_after_timm_init(gate):
-    # at the paper's width, timm's Kaiming fan_out on the Conv-GAP conv (28x the default scale) made the
-    # mean top-1 probability 0.78-0.999 at E=4; PyTorch's default init gives 0.27-0.44 (1/E = 0.25)
+    # at the paper's width, timm's Kaiming fan_out on the gate (28x the default scale for Conv-GAP) makes the
+    # mean top-1 probability 0.87-1.0 at E=4; PyTorch's default init gives 0.28-0.54 (1/E = 0.25; seeds 0-4,
+    # with the reference's stem init, whose larger scale than Kaiming fan_out's moved the top from 0.44)
     for seed in range(3):
         torch.manual_seed(seed)
         model = timm.create_model('resnet18_blockmoe_e4_k1', gate=gate).eval()
@@ -226,7 +227,7 @@ def test_gates_keep_pytorch_default_init_after_timm_init(gate):
         with torch.no_grad():
             model(torch.rand(16, 3, 32, 32))
         top1 = timm_moe.last_routing(model)['layer4.1']['probs'].max(1).values.mean().item()
-        assert 0.25 <= top1 < 0.5, f'seed {seed}: mean top-1 gate probability {top1:.3f} at init'
+        assert 0.25 <= top1 < 0.6, f'seed {seed}: mean top-1 gate probability {top1:.3f} at init'
 
 
 @pytest.mark.parametrize('aux_loss,noisy', [('switch', True), ('kl', True), ('z_loss', True),

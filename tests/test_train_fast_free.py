@@ -147,8 +147,10 @@ def test_free_trainer_replays_each_minibatch_m_times_and_carries_delta(tmp_path)
 
 
 def test_free_epochs_count_data_passes_with_m_updates_per_minibatch(tmp_path):
-    # 32 images, batch 16: 2 minibatches per epoch; with 2 replays, 4 updates, and the poly schedule spans them
-    result = run_training(_cfg(tmp_path, training='free', free_replays=2, epochs=1, train_limit=32))
+    # 32 images, batch 16: 2 minibatches per epoch; with 2 replays, 4 updates, and a per-update poly schedule spans
+    # them (the per-epoch default: tests/test_fidelity_init.py)
+    result = run_training(_cfg(tmp_path, training='free', free_replays=2, epochs=1, train_limit=32,
+                               sched_step='update'))
     assert result.steps == 4
     assert [(r['epoch'], r['complete']) for r in result.history] == [(0, True)]
     lrs = {}

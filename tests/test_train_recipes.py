@@ -1,5 +1,5 @@
 """The shipped recipes: the ResNet-50 schedule (5 linear warm-up epochs, then cosine to 5e-5) as the
-trainer actually applies it, update by update."""
+trainer actually applies it, epoch by epoch (the reference's interval)."""
 import math
 
 import pytest
@@ -31,19 +31,20 @@ def test_resnet50_recipe_lr_schedule(tmp_path, recipe):
         per_epoch = trainer.steps_per_epoch
         assert per_epoch == 4
 
-        def lr_of_update(t: int) -> float:  # the LR the (t+1)-th optimizer step uses
-            trainer.scheduler.step_update(t)
+        def lr_of_epoch(epoch: int) -> float:  # the LR of every update of that epoch (the reference's interval)
+            trainer.scheduler.step(epoch)
             return trainer.optimizer.param_groups[0]['lr']
 
-        assert lr_of_update(0) == pytest.approx(WARMUP_LR, rel=1e-9)
-        for epoch in (1, 2.5, 4, 5, 6, 50, 100, 150, 199):
-            assert lr_of_update(int(epoch * per_epoch)) == pytest.approx(_expected_lr(epoch), rel=1e-9), epoch
-        # warm-up is linear per update, not a staircase per epoch
-        assert lr_of_update(1) == pytest.approx(_expected_lr(0.25), rel=1e-9)
-        last = lr_of_update(EPOCHS * per_epoch - 1)  # the last update of the last epoch: at min_lr, nearly
-        assert last == pytest.approx(_expected_lr(EPOCHS - 1 / per_epoch), rel=1e-9) and MIN_LR < last < 1.01 * MIN_LR
-        peak = WARMUP * per_epoch  # the first cosine update: the warm-up ramps towards lr, cosine starts below it
-        assert lr_of_update(peak - 1) < lr_of_update(peak) > lr_of_update(peak + 1)
+        assert lr_of_epoch(0) == pytest.approx(WARMUP_LR, rel=1e-9)
+        for epoch in (1, 2, 4, 5, 6, 50, 100, 150, 195, 199):
+            assert lr_of_epoch(epoch) == pytest.approx(_expected_lr(epoch), rel=1e-9), epoch
+        # a staircase, as the reference's ChainedScheduler stepped per epoch: updates do not move it
+        trainer.scheduler.step(1)
+        for t in range(per_epoch + 1, 2 * per_epoch):
+            trainer.scheduler.step_update(t)
+            assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(_expected_lr(1), rel=1e-9)
+        peak = WARMUP  # the first cosine epoch: the warm-up climbs towards lr, cosine starts below it
+        assert lr_of_epoch(peak - 1) < lr_of_epoch(peak) > lr_of_epoch(peak + 1)
     finally:
         trainer.close()
 

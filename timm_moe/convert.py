@@ -145,8 +145,9 @@ def convert(
 ) -> nn.Module:
     """Replace each target module of `model`, in place, by an MoE layer over `num_experts` copies of it.
 
-    Each expert is a deep copy of the module it replaces: re-initialised (convs Kaiming normal, fan_out, as
-    timm's ResNet init; BatchNorm weight 1, bias 0, fresh running statistics), or, with `copy_weights`, an exact
+    Each expert is a deep copy of the module it replaces: re-initialised (`reinit_`: convs Kaiming normal, fan_in,
+    as the paper's code; every other layer its PyTorch default, BatchNorm weight 1, bias 0, fresh running
+    statistics), or, with `copy_weights`, an exact
     copy, so that at k=1 the converted model computes the original function (upcycling; `timm_moe.upcycle`).
     Gates are built after the experts and keep PyTorch's default init. The layer's gate sees the module's input.
 
@@ -215,13 +216,27 @@ def _in_channels(module: nn.Module, path: str) -> int:
 
 
 def reinit_(module: nn.Module) -> nn.Module:
-    """Re-initialise a copied expert: convs Kaiming normal (fan_out, as timm's ResNet), BatchNorm (1, 0) and fresh
-    running statistics. In place; returns the module."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
+    """Re-initialise a copied expert: every layer with parameters, and BatchNorm statistics. In place; returns it.
+
+    As the paper's code (`_initialize_weights` in `resnet_block_moe.py`): every convolution (Conv1d/2d/3d, so
+    also an SE block's 1x1 convs and ECA's Conv1d) Kaiming normal, its default mode fan_in (gain sqrt 2); every
+    other layer with parameters (BatchNorm: weight 1, bias 0, fresh running statistics; GroupNorm, LayerNorm,
+    Linear; conv biases) its PyTorch default `reset_parameters`. A layer with parameters of its own and no
+    `reset_parameters` raises a ValueError: a copy left as it was would be an expert that was never
+    re-initialised.
+    """
+    for name, m in module.named_modules():
+        own = list(m.parameters(recurse=False))
+        if hasattr(m, 'reset_parameters'):
+            m.reset_parameters()  # also a parameter-free layer's buffers (BatchNorm(affine=False)'s statistics)
+        elif own:
+            where = f' ({name!r})' if name else ''
+            raise ValueError(f'cannot re-initialise the {type(m).__name__}{where} of a copied {type(module).__name__}: '
+                             'it has parameters and no reset_parameters(); pass copy_weights=True to keep the '
+                             'copied weights')
+        if isinstance(m, nn.modules.conv._ConvNd):
+            # torch.nn.init's default mode, as the reference (which calls it without a mode)
+            nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='relu')
     return module
 
 

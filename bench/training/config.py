@@ -25,6 +25,7 @@ from bench.dataset_table import check_dataset_name
 
 METHODS = ('normal', 'pgd', 'trades', 'fast', 'free')
 ATTACK_PRECISIONS = ('fp32', 'amp')
+SCHED_STEPS = ('epoch', 'update')
 
 
 @dataclass
@@ -54,9 +55,10 @@ class TrainConfig:
     filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
     sched: str = 'poly'  # timm scheduler name
     poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
-    warmup_epochs: int = 0  # linear warm-up, per update, from warmup_lr to lr (timm: not a prefix of `epochs`)
+    warmup_epochs: int = 0  # linear warm-up from warmup_lr to lr, stepped as sched_step (timm: not a prefix of `epochs`)
     warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
     min_lr: float = 0.0  # the schedule's floor
+    sched_step: str = 'epoch'  # step the LR schedule once per 'epoch' (the paper's code) or per optimizer 'update'
     clip_grad: Optional[float] = None  # clip the gradient norm to this (none: no clipping)
     # -- adversarial training
     training: str = 'normal'  # normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: minibatch replay)
@@ -91,7 +93,8 @@ class TrainConfig:
     def validate(self) -> 'TrainConfig':
         """Raise UserError on values no run could use."""
         check_dataset_name(self.dataset)
-        choices = {'training': METHODS, 'attack_mode': ('train', 'eval'), 'attack_precision': ATTACK_PRECISIONS}
+        choices = {'training': METHODS, 'attack_mode': ('train', 'eval'), 'attack_precision': ATTACK_PRECISIONS,
+                   'sched_step': SCHED_STEPS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f'{key}={getattr(self, key)!r} is not allowed; choose one of {", ".join(allowed)}')
@@ -148,6 +151,10 @@ class TrainConfig:
         unused = _FREE_KEYS + _FAST_KEYS if self.training not in ('fast', 'free') else \
             (_FREE_KEYS if self.training == 'fast' else _FAST_KEYS)
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED + unused}
+        # every run before the key existed stepped its schedule per update: that value is left out, so their
+        # stored hashes stay what their configs give; the per-epoch default is a different run, hashed apart
+        if d['sched_step'] == 'update':
+            del d['sched_step']
         # The field is serialised as 'method' here, its name when the first entries were written: every stored
         # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
         # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.

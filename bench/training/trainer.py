@@ -1,6 +1,7 @@
 """The trainer behind `timm-moe train`: normal, PGD (Madry), TRADES, Fast-AT and Free-AT training from timm's parts.
 
-timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per update),
+timm gives the optimizer (`create_optimizer_v2`), the schedule (`create_scheduler_v2`, stepped per epoch as the
+paper's code, or per update with `sched_step: update`),
 the weight EMA (`ModelEmaV3`) and the distributed set-up (`timm.utils.distributed`); this module adds the
 adversarial inner loop, the MoE aux loss, idle experts that stay still, upcycling from a dense run and the
 bookkeeping that makes a run resumable bit for bit. AMP loss scaling is torch's `GradScaler` itself:
@@ -103,12 +104,14 @@ class Trainer:
         self.steps_per_epoch = len(self.train_set) // cfg.batch_size  # minibatches per epoch (one data pass)
         if self.steps_per_epoch < 1:
             raise UserError(f'batch_size={cfg.batch_size} is larger than the {len(self.train_set)} training images')
-        # Free-AT's epoch (a data pass) makes free_replays updates per minibatch; the schedule runs over them all
+        # Free-AT's epoch (a data pass) makes free_replays updates per minibatch; a per-update schedule runs over
+        # them all, a per-epoch one (the reference's Lightning interval 'epoch') over the data passes
         self.free = free_at.from_config(cfg)  # None unless training=free
         self.updates_per_epoch = self.steps_per_epoch * (cfg.free_replays if self.free is not None else 1)
+        # timm's scheduler acts on step() or on step_update() as step_on_epochs says; the loop calls both
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.poly_power, min_lr=cfg.min_lr,
-            warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, step_on_epochs=False,
+            warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, step_on_epochs=cfg.sched_step == 'epoch',
             updates_per_epoch=self.updates_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.amp_dtype = (torch.float16 if self.device.type == 'cuda' else torch.bfloat16) if cfg.amp else None
@@ -208,6 +211,7 @@ class Trainer:
                 robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction='batchmean')
                 task = F.cross_entropy(logits, y) + cfg.trades_beta * robust
             aux = timm_moe.aux_loss(self.model)
+        # aux and loss are logged as computed: a switch loss lacks the reference's constant -1 (FIDELITY.md row 3)
         return dict(loss=task + aux.to(task.dtype), task=task.detach(), aux=aux.detach(),
                     correct=(logits.argmax(1) == y).sum().detach(), free_leaf=leaf)
 
@@ -282,6 +286,11 @@ class Trainer:
             raise UserError(f'--resume: {self.run_dir} trains {state.get("model_name")!r}, not {self.cfg.model!r}')
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
+        # the scheduler's state carries how it steps and would silently override the config's
+        saved = 'epoch' if state['scheduler'].get('t_in_epochs') else 'update'
+        if saved != self.cfg.sched_step:
+            raise UserError(f'--resume: {self.run_dir} stepped its LR schedule per {saved}, not per '
+                            f'{self.cfg.sched_step}; pass --sched-step {saved} to continue it')
         self.scheduler.load_state_dict(state['scheduler'])
         if self.ema is not None and state.get('ema') is not None:
             self.ema.load_state_dict(state['ema'])
@@ -376,6 +385,7 @@ class Trainer:
                 self._log(record)
                 if epoch_done:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    self.scheduler.step(self.epoch)  # the LR of the next epoch (a no-op for sched_step=update)
                 self.save()
         result = TrainRecord(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / ckpt.WEIGHTS),
                              safetensors=str(self.run_dir / ckpt.SAFE_WEIGHTS), model=cfg.model,

@@ -103,9 +103,10 @@ def _stem(model: ResNet, stem: str, in_chans: int, width: int) -> None:
         return  # timm's own 7x7/2 conv and max-pool
     cifar = stem == 'cifar'
     # a width other than 64 was built with timm's deep stem (see base_model): one conv replaces its three
+    # It keeps PyTorch's default init (std 1/sqrt(3 fan_in)), not timm's fan_out: the paper's code replaces conv1
+    # after torchvision's init (src/models/nn/resnet.py), so its dense and MoE models both start from that.
     model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3 if cifar else 7, stride=1 if cifar else 2,
                             padding=1 if cifar else 3, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode='fan_out', nonlinearity='relu')  # timm's ResNet init
     if cifar:
         model.maxpool = nn.Identity()
         model.feature_info[0]['reduction'] = 1
