@@ -140,9 +140,8 @@ def test_sched_step_update_keeps_the_per_update_schedule_and_a_resume_must_match
     result = run_training(load_config(None, **TINY, epochs=2, sched_step='update', out=str(tmp_path / 'run')))
     lrs = _step_lrs(result.run_dir)
     assert lrs[0] == [pytest.approx(0.1 * (1 - t / 8) ** 0.9, rel=1e-9) for t in range(1, 5)]
-    # the checkpoint's scheduler would step as it was saved, whatever the config says: refused, naming the fix
-    with pytest.raises(UserError, match=r'stepped its LR schedule per update, not per epoch; pass '
-                                        r'--sched-step update to continue it'):
+    # the checkpoint's scheduler would step as it was saved, whatever the config says: refused, naming the field
+    with pytest.raises(UserError, match=r'sched_step=update, not .*sched_step=epoch'):
         run_training(load_config(None, **TINY, epochs=3, out=str(tmp_path / 'run')), resume=True)
 
 

@@ -244,9 +244,11 @@ def test_fast_and_free_give_real_robustness(tmp_path):
     acc = {}
     for training in ('normal', 'fast', 'free'):
         # the same model, data, batch, schedule and number of optimizer updates (150) for all three: Free-AT's
-        # epochs are divided by its replays, as the reference does it
+        # epochs are divided by its replays, as the reference does it. The schedule steps per update: per epoch,
+        # Free-AT's single epoch would keep its LR constant while the others decay once, another comparison
         cfg = load_config(None, model='resnet18_blockmoe_e4_k1', model_kwargs=dict(width=8),
                           dataset='fashion-mnist-bundled', train_limit=75 * 64, epochs=1 if training == 'free' else 2,
+                          sched_step='update',
                           batch_size=64, lr=0.05, eps=eps, free_replays=2, training=training, seed=0, eval_limit=0,
                           workers=0, progress=False, out=str(tmp_path / training))
         assert run_training(cfg).steps == steps
