@@ -16,7 +16,7 @@ from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
-from bench.data import DATASETS, dataset_info
+from bench.data import DATASETS, dataset_info, model_kwargs_for
 from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
 from bench.results.export import check_compatible, find_entry, write_hub_folder
 from bench.results.registry import DEFAULT_REGISTRY
@@ -53,9 +53,8 @@ def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, An
         raise UserError(f'{run_dir / "config.yaml"}: model {name!r} is not a registered timm model')
     if dataset not in DATASETS:
         raise UserError(f'{run_dir / "config.yaml"}: dataset {dataset!r} is not one of {", ".join(DATASETS)}')
-    info = dataset_info(dataset)
     # the trainer's rule: the data set fixes classes and channels unless model_kwargs say otherwise
-    kwargs = dict(num_classes=info['num_classes'], in_chans=info['in_chans'], **run_config_kwargs(weights))
+    kwargs = model_kwargs_for(dataset, run_config_kwargs(weights), f'{run_dir / "config.yaml"}: model_kwargs')
     for key, value in kwargs.items():
         try:
             json.dumps(value)
