@@ -180,16 +180,15 @@ def check_weights_fit(variant: str, state_dict: Mapping[str, Any], model: Any) -
     """Refuse, in one line, pretrained weights of another architecture, E or k before timm loads them.
 
     torch's own refusal lists every missing and unexpected key over many lines. The classifier and the first conv
-    may differ in shape: timm adapts those to num_classes and in_chans after this check.
+    are left to timm, which adapts them to num_classes and in_chans (or drops them) after this check.
     """
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     adapted = {f'{cfg.get("classifier", "fc")}.weight', f'{cfg.get("classifier", "fc")}.bias',
                f'{cfg.get("first_conv", "conv1")}.weight'}
-    own = model.state_dict()
+    own = {k: v for k, v in model.state_dict().items() if k not in adapted}
     missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own if k in state_dict and k not in adapted
-              and tuple(getattr(state_dict[k], 'shape', ())) != tuple(own[k].shape)]
+    unexpected = [k for k in state_dict if k not in own and k not in adapted]  # num_classes=0 drops the classifier
+    shapes = [k for k in own if k in state_dict and tuple(getattr(state_dict[k], 'shape', ())) != tuple(own[k].shape)]
     if not (missing or unexpected or shapes):
         return
     parts = [f'{len(keys)} {what} (e.g. {keys[0]})' for what, keys in (
