@@ -73,3 +73,21 @@ def test_each_sanity_check_shows_progress_within_its_stage(one_thread):
     assert [n for n, ips in steps if ips == 'eps_zero_is_clean: pgd10 at eps 0'] == [1, 1]  # 3 batches, the last ends it
     assert sum(n for n, ips in steps if ips.startswith('monotone_in_eps')) == 4 * 3
     assert max(n for n, _ in steps) <= 1  # no check jumps: each unit is one batch of one attack
+
+
+def test_a_plain_log_hears_from_a_step_that_gives_no_update(monkeypatch):
+    """In a log, a stage spoke only when it advanced: one AutoAttack batch left it silent for minutes (9:22 in the
+    sanity checks). While a step runs, the task's line now comes every PLAIN_EVERY_S all the same."""
+    import time
+    from bench.core import progress
+    monkeypatch.setattr(progress, 'PLAIN_EVERY_S', 0.2)
+    out = io.StringIO()
+    with progress_bar(True, out) as bar:
+        step = stage(bar, 'sanity checks', 2)
+        step(0, ips='eps_zero_is_clean: autoattack at eps 0')
+        time.sleep(1.5)  # one long step, no update
+        step(2)
+    lines = out.getvalue().splitlines()
+    waiting = [line for line in lines if 'sanity checks: 0/2 eps_zero_is_clean: autoattack at eps 0' in line]
+    assert len(waiting) >= 3 and 'elapsed' in waiting[-1], lines
+    assert lines[-1].startswith('sanity checks: 2/2'), lines
