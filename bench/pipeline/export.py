@@ -117,7 +117,9 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     run_dir, weights = resolve_run(checkpoint, ema)
     # before any work, and before touching anything: --overwrite must never delete the run or the registry
     registries = registries_for(run_dir, registry_dir)
-    check_out_apart(out, {'the run': run_dir, **{f'the registry {i}': r for i, r in enumerate(registries)}})
+    *beside, last = registries
+    check_out_apart(out, {'the run': run_dir, 'the registry': last,
+                          **{'the registry beside the run' + (f' ({i + 1})' if i else ''): r for i, r in enumerate(beside)}})
     _check_out(out, overwrite)
     name, dataset, kwargs = run_model_spec(run_dir, weights)
     chosen, entry_note = _find_entry(entry, sha256_file(weights), registries)
