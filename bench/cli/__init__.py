@@ -125,8 +125,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _closed_pipe() -> int:
     """The exit status for a reader that went away; the rest of the output is dropped quietly."""
     # stdout points at /dev/null from here on, so that the interpreter's own flush at exit does not fail again
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor (a test's capture): nothing to flush at exit
+        return EXIT_CLOSED_PIPE
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
     return EXIT_CLOSED_PIPE
 
