@@ -13,7 +13,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +53,33 @@ def dataset_info(name: str) -> dict:
     """
     check_dataset_name(name)
     return dict(_INFO[name], name=name)
+
+
+def model_kwargs_for(name: str, model_kwargs: Mapping[str, Any], what: str = 'model_kwargs') -> Dict[str, Any]:
+    """`model_kwargs` for a model trained on data set `name`: its classes and channels unless the kwargs name them.
+
+    Named ones must fit the data: the same channels, and at least as many classes as its labels (more only leave
+    logits unused). Anything else is a UserError naming the value, before a model is built.
+
+    Args:
+        name: One of `DATASETS`.
+        model_kwargs: The kwargs the user gave (a config's model_kwargs, --model-kwargs).
+        what: How to name the kwargs in errors.
+    """
+    info = dataset_info(name)
+    kwargs = dict(num_classes=info['num_classes'], in_chans=info['in_chans'], **{
+        k: v for k, v in model_kwargs.items() if k not in ('num_classes', 'in_chans')})
+    for key, least in (('in_chans', info['in_chans']), ('num_classes', info['num_classes'])):
+        value = model_kwargs.get(key, least)
+        fits = isinstance(value, int) and not isinstance(value, bool) and (
+            value >= least if key == 'num_classes' else value == least)
+        if not fits:
+            has, allowed = ((f'has {least} classes', f'{least} or more') if key == 'num_classes' else
+                            (f'has {least}-channel images', str(least)))
+            raise UserError(f'{what} {key}={value!r} does not fit {name}, which {has}: give {allowed}, or leave '
+                            'it out (the data set sets it)')
+        kwargs[key] = value
+    return kwargs
 
 
 class ImageTensors(Dataset):

@@ -302,3 +302,15 @@ def test_square_check_fires_when_the_black_box_beats_masked_gradients():
     assert sanity.check_square(model, x, y, EPS, 'Linf', 0, 16, {})['passed'] is True
     r = sanity.check_square(Quantised(model).eval(), x, y, EPS, 'Linf', 0, 16, {})
     assert r['passed'] is False and '16 broken by Square only' in r['detail'], r
+
+
+def test_no_checks_records_every_check_as_not_run(tiny_trained):
+    """`eval --no-checks`: the checks' cost (minutes with AutoAttack) can be skipped, and the result says so."""
+    from bench.cli import build_parser
+    args = build_parser('eval').parse_args(['eval', '--model', 'resnet18_dense', '--no-checks'])
+    assert args.no_checks
+    x, y = eval_tensors(DATA, 8)
+    r = evaluate_model(tiny_trained, x, y, attacks='pgd10', eps=EPS, batch_size=8, per_expert=False,
+                       sanity_checks=False)
+    assert list(r.sanity) == list(sanity.CHECKS) and not r.flags
+    assert all(c == {'passed': None, 'detail': 'not run (--no-checks)'} for c in r.sanity.values()), r.sanity

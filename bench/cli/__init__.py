@@ -6,7 +6,9 @@ Each verb module exposes `add_cli(subparsers)`, which adds its sub-parser and se
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
+import os
 import sys
 import traceback
 from typing import List, Optional
@@ -104,7 +106,64 @@ def build_parser(verb: Optional[str] = None, full: bool = False) -> argparse.Arg
     return parser
 
 
+# The exit status of a command whose reader went away (`timm-moe leaderboard | head -1`): what a shell shows for
+# git or ls, which SIGPIPE ends (128 + 13). Nothing is printed: a closed pipe is the reader's choice, not an error.
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _usable_std_streams()
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit as e:  # rich meets a closed pipe with SystemExit(1), raised while handling BrokenPipeError
+        if isinstance(e.__context__, BrokenPipeError):
+            return _closed_pipe()
+        raise
+
+
+def _closed_pipe() -> int:
+    """The exit status for a reader that went away; the rest of the output is dropped quietly."""
+    # stdout points at /dev/null from here on, so that the interpreter's own flush at exit does not fail again
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor (a test's capture): nothing to flush at exit
+        return EXIT_CLOSED_PIPE
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
+
+
+def _usable_std_streams() -> None:
+    """Standard streams that every verb can write to, whatever the user's shell or locale handed over.
+
+    - A closed stdin, stdout or stderr (`>&-`) gets /dev/null on its descriptor: Python gives None for it (every
+      print and isatty() would fail), and the next file opened would take descriptor 1 or 2, so a stray write
+      to stdout could land in a checkpoint. What would have been printed is dropped, as the user asked.
+    - An encoding that cannot write every character (PYTHONIOENCODING=ascii, a Latin-1 locale) replaces the ones
+      it lacks (`·` becomes `?`) instead of failing; rich then draws its tables in ASCII.
+    """
+    for fd, name, mode in ((0, 'stdin', 'r'), (1, 'stdout', 'w'), (2, 'stderr', 'w')):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, 'encoding', None) or 'utf-8'
+        if codecs.lookup(encoding).name != 'utf-8' and hasattr(stream, 'reconfigure'):
+            stream.reconfigure(errors='replace')
+
+
+def _main(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith('-')), None)
     parser = build_parser(verb if verb in VERBS else None)
@@ -121,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = getattr(args, 'interrupted', None)
         print(f'timm-moe {args.verb}: interrupted' + (f'; {hint(args)}' if hint else ''), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away: `main` exits quietly
+        raise
     except Exception as e:  # noqa: BLE001 - a bug: show where it happened, and say it is not the user's input
         if is_user_os_error(e) or f'{type(e).__module__}.{type(e).__qualname__}' in PLUGIN_USER_ERRORS:
             # the user's file system refuses (read-only, full), or a plugin's file is unusable: bad input, not a bug

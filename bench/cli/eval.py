@@ -62,7 +62,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--per-layer-expert', action='store_true',
                    help='also force each expert in each MoE layer alone, the other layers routing as usual: '
                         'L x E subpaths (the per-expert attacks L x E more times), under per_layer_expert')
-    p.add_argument('--n-check', type=int, default=100, help='examples for the sanity checks\' extra attacks')
+    p.add_argument('--n-check', type=int, default=100,
+                   help="examples for the sanity checks' extra attacks; their cost grows with it and with the "
+                        'attacks, since every attack is re-run at eps 0 (with AutoAttack longer than the attack '
+                        'itself on those examples: at eps 0 no point breaks early): bound it with a small --n-check, '
+                        'or --no-checks')
+    p.add_argument('--no-checks', action='store_true',
+                   help='skip the sanity and gradient-masking checks (each is recorded as "not run"); for a quick '
+                        'number, never for one to report')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     p.add_argument('--torchcompile', nargs='?', const=TORCHCOMPILE_DEFAULT, default=None, metavar='BACKEND',
                    help=f'run attacks and checks through torch.compile (bare: {TORCHCOMPILE_DEFAULT}), as timm does')
@@ -152,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
                                 per_expert=not args.no_per_expert, per_layer_expert=args.per_layer_expert,
                                 seed=args.seed, sidecar=sidecar,
-                                resume=args.resume, progress=not args.no_progress, n_check=args.n_check)
+                                resume=args.resume, progress=not args.no_progress, n_check=args.n_check,
+                                sanity_checks=not args.no_checks)
     result.settings.update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
                               checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
                               device=str(device), torch=torch.__version__, timm=timm.__version__,

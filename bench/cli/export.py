@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.results.registry import default_registry, default_text
+from bench.results.registry import default_text
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +19,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--out', required=True, type=Path, help='folder to write (empty or missing)')
     p.add_argument('--entry', default=None, help='registry entry id or JSON file for the model card '
                    "(default: the entry whose checkpoint_sha256 matches the run's weights, if any)")
-    p.add_argument('--registry', type=Path, default=default_registry(),
-                   help=f'registry root to search (default: {default_text()})')
+    p.add_argument('--registry', type=Path, default=None,
+                   help='registry root to search (default: the registry beside the run, as quickstart and grid '
+                        f'write it: OUT/registry for the run OUT/runs/RUN; then {default_text()})')
     p.add_argument('--ema', action='store_true', help="export the run's EMA weights (model_ema.pth)")
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
     p.set_defaults(func=run)

@@ -4,8 +4,8 @@ Long loops (training steps, attack batches, the evaluation's stages) report thro
 yields an object with the part of rich's `Progress` interface they use (`add_task`, `update`, `advance`):
 
 - on a terminal, a rich bar per task (count, rate field `ips=`, elapsed time, ETA);
-- elsewhere (a log file, a pipe), one plain line when a task starts, at most one a minute while it runs, and
-  one when it ends;
+- elsewhere (a log file, a pipe), one plain line when a task starts, one a minute while it runs (also while
+  one long step, such as AutoAttack on a batch, gives no update), and one when it ends;
 - inside a run of `RunBoard` (a grid cell or a quickstart model, in a worker process or in this one), events
   that the board shows as that run's row: which stage, how far, its ETA.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
@@ -110,13 +111,18 @@ def fmt_seconds(seconds: Optional[float]) -> str:
 
 
 class _Plain(_Tasks):
-    """Plain lines for logs: a task's start, at most one line a minute while it runs, and its end."""
+    """Plain lines for logs: a task's start, a line a minute while it runs (`heartbeat`), and its end."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
+        self._lock = threading.Lock()  # the heartbeat's thread writes too: one whole line at a time
 
     def _line(self, task_id: int) -> None:
+        with self._lock:
+            self._write(task_id)
+
+    def _write(self, task_id: int) -> None:
         t = self.tasks[task_id]
         elapsed = time.perf_counter() - t['start']
         info = t['fields'].get('ips') or ''
@@ -135,6 +141,30 @@ class _Plain(_Tasks):
             self._line(task_id)
         elif time.perf_counter() - t['sent'] >= PLAIN_EVERY_S:
             self._line(task_id)
+
+    def heartbeat(self) -> None:
+        """The line of the task at work (the newest one not done) if it has said nothing for PLAIN_EVERY_S: a
+        step that takes minutes (AutoAttack on one batch) would otherwise leave the log silent that long."""
+        running = [i for i in list(self.tasks) if not self.done(i)]
+        if running and time.perf_counter() - self.tasks[running[-1]]['sent'] >= PLAIN_EVERY_S:
+            self.moved(running[-1])
+
+
+@contextlib.contextmanager
+def _beating(plain: _Plain) -> Iterator[_Plain]:
+    """`plain`, with a thread that calls its heartbeat while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(PLAIN_EVERY_S / 4, 5.0)):
+            plain.heartbeat()
+    thread = threading.Thread(target=beat, name='progress-heartbeat', daemon=True)
+    thread.start()
+    try:
+        yield plain
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _ToSink(_Tasks):
@@ -191,7 +221,8 @@ def progress_bar(enabled: bool = True, stream: Optional[TextIO] = None) -> Itera
         return
     stream = stream or sys.stderr
     if not is_terminal(stream):
-        yield _Plain(stream)
+        with _beating(_Plain(stream)) as plain:
+            yield plain
         return
     from rich.console import Console
     with _rich_progress(Console(file=stream), transient=False) as bar:

@@ -28,9 +28,10 @@ def parse_number(text: Union[str, float], what: str = '--eps') -> float:
     return value
 
 
-def _short(text: Any) -> str:
+def _short(text: Any, limit: int = 40) -> str:
+    """repr(text), cut to about `limit` characters, so that an error line stays one short line."""
     text = repr(text)
-    return text if len(text) <= 40 else f'{text[:20]}...{text[-10:]} ({len(text) - 2} characters)'
+    return text if len(text) <= limit else f'{text[:limit // 2]}...{text[-10:]} ({len(text) - 2} characters)'
 
 
 def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') -> float:
@@ -48,35 +49,75 @@ def parse_eps(text: Union[str, float], norm: str = 'Linf', what: str = '--eps') 
     return eps
 
 
-def parse_yaml_value(what: str, text: str) -> Any:
-    """One value written as YAML ('16', '[1, 2]', 'conv_gap'); text that is not YAML is a UserError naming `what`."""
+# A value given on the command line is a few words: longer text is a mistake (or an attack), and echoing it back
+# would make the one-line error as long. Bounded before YAML sees it, so the parse is bounded too.
+MAX_VALUE_CHARS = 2000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML for command-line values: no anchors or aliases (a handful of characters can stand for gigabytes, the
+    'billion laughs'), and no key given twice (YAML keeps the last silently: `{width: 4, width: 6}`)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), 'anchor', None):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, 'anchors and aliases (&name, *name) are not taken here',
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f'key {_short(twice)} is given twice',
+                                                    node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_length(what: str, text: str) -> None:
+    if len(text) > MAX_VALUE_CHARS:
+        raise UserError(f'{what}={_short(text, 100)} is longer than {MAX_VALUE_CHARS} characters; give a short value')
+
+
+def _load(what: str, text: str) -> Any:
+    """`text` parsed by `_StrictLoader`; YAML errors and too deep nesting are UserErrors naming `what`."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         reason = str(getattr(e, 'problem', None) or e).splitlines()[0]
-        raise UserError(f'{what}={text!r} is not a YAML value ({reason})') from None
+        raise UserError(f'{what}={_short(text, 100)} is not a YAML value ({reason[:120]})') from None
     except RecursionError:
         raise UserError(f'{what}={_short(text)} is nested too deep') from None
+
+
+def parse_yaml_value(what: str, text: str) -> Any:
+    """One value written as YAML ('16', '[1, 2]', 'conv_gap'); text that is not YAML is a UserError naming `what`."""
+    _check_length(what, text)
+    return _load(what, text)
 
 
 def parse_mapping(key: str, text: str) -> Dict[str, Any]:
     """'width=16,gate=conv_gap' or a YAML mapping such as '{width: 16}' -> dict (values parsed as YAML scalars).
 
+    A key given twice is refused, not silently replaced by its last value.
+
     Args:
         key: How to name the value in errors, e.g. '--model-kwargs'.
         text: The text given.
     """
+    _check_length(key, text)
     if '=' in text and not text.lstrip().startswith('{'):
         pairs = [p.split('=', 1) for p in text.split(',') if p.strip()]
         if any(len(p) != 2 for p in pairs):
-            raise UserError(f'{key}={text!r}: write k=v pairs separated by commas')
+            raise UserError(f'{key}={_short(text, 100)}: write k=v pairs separated by commas')
+        names = [k.strip() for k, _ in pairs]
+        twice = next((k for i, k in enumerate(names) if k in names[:i]), None)
+        if twice is not None:
+            raise UserError(f'{key}={_short(text, 100)} gives {twice} twice; give each key once')
         return {k.strip(): parse_yaml_value(f'{key} {k.strip()}', v) for k, v in pairs}
-    try:
-        value = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError):
-        value = None
+    value = _load(key, text)
     if not isinstance(value, dict):
-        raise UserError(f'{key}={text!r} is not a mapping; write k=v,k=v or {{k: v}}')
+        raise UserError(f'{key}={_short(text, 100)} is not a mapping; write k=v,k=v or {{k: v}}')
     return value
 
 

@@ -21,6 +21,14 @@ from bench.attacks import (PGD, Attack, Square, accuracy, build_attack, is_white
 
 Check = Dict[str, object]
 Builder = Callable[[str, float, str, int], Attack]
+# called once per unit of a check's work (one batch of one attack), with what it just did: the stage's progress
+Tick = Callable[[str], None]
+
+
+def _no_tick(_: str) -> None:
+    pass
+
+
 # relative size of the logit change between two identical forwards that still counts as deterministic
 DETERMINISM_RTOL = 1e-5
 # an example counts as inside the eps-ball (and the [0, 1] box) up to this float32 rounding slack
@@ -61,14 +69,24 @@ def _check(passed: Optional[bool], detail: str) -> Check:
 
 
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+             batch_size: int, tick: Tick = _no_tick, what: str = '') -> torch.Tensor:
+    """fn over x and y in batches; `tick(what)` after each batch, so that a long check shows where it is."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(fn(x[i:i + batch_size], y[i:i + batch_size]))
+        tick(what)
+    return torch.cat(out)
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
 
 
 def _pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
-                 batch_size: int) -> torch.Tensor:
+                 batch_size: int, tick: Tick = _no_tick) -> torch.Tensor:
     pgd = PGD(eps, norm, steps=CHEAP_PGD_STEPS, seed=seed)
-    return _batched(lambda xb, yb: predict(model, pgd(model, xb, yb)) == yb, x, y, batch_size)
+    return _batched(lambda xb, yb: predict(model, pgd(model, xb, yb)) == yb, x, y, batch_size, tick,
+                    f'PGD-{CHEAP_PGD_STEPS} at eps {eps:.4g}')
 
 
 def in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -143,7 +161,7 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check
 # ---------------------------------------------------------------------------------------------- attack checks
 
 def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, str], norm: str,
-                   seed: int, batch_size: int, build: Builder = build_attack) -> Check:
+                   seed: int, batch_size: int, build: Builder = build_attack, tick: Tick = _no_tick) -> Check:
     """Every attack of the evaluation, rebuilt at eps = 0, leaves every prediction as it is on clean input.
 
     At eps 0 the only point in the ball is x, so any change of a prediction (or any movement of x) means the
@@ -160,7 +178,7 @@ def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     for label, name in attacks.items():
         attack = build(name, 0.0, norm, seed)
         with reference_warnings():  # pyautoattack's warnings about eps 0 runs are not the evaluation's
-            adv = _batched(lambda xb, yb: attack(model, xb, yb), x, y, batch_size)
+            adv = _batched(lambda xb, yb: attack(model, xb, yb), x, y, batch_size, tick, f'{label} at eps 0')
         ok = predict(model, adv, batch_size) == y
         differ = int((ok != clean).sum())
         moved = perturbation_norm(adv - x, norm).max().item() if len(x) else 0.0
@@ -172,12 +190,12 @@ def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
 
 
 def check_monotone(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
-                   batch_size: int) -> Check:
+                   batch_size: int, tick: Tick = _no_tick) -> Check:
     """Robust accuracy of a cheap PGD does not increase with eps (0, eps/2, eps, 2 eps)."""
     if eps <= 0:
         return _check(None, 'eps = 0: there is no range of eps to compare')
     epss = [0.0, eps / 2, eps, min(2 * eps, 1.0) if norm == 'Linf' else 2 * eps]
-    accs = [accuracy(_pgd_correct(model, x, y, e, norm, seed, batch_size)) for e in epss]
+    accs = [accuracy(_pgd_correct(model, x, y, e, norm, seed, batch_size, tick)) for e in epss]
     tol = max(MONOTONE_TOL, 100.0 / len(x))
     rises = [(epss[i], epss[i + 1]) for i in range(len(accs) - 1) if accs[i + 1] > accs[i] + tol]
     curve = ', '.join(f'{e:.4g}: {a:.2f}%' for e, a in zip(epss, accs))
@@ -191,10 +209,10 @@ def large_eps(norm: str, input_shape: Sequence[int]) -> float:
 
 
 def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, num_classes: int, seed: int,
-                    batch_size: int) -> Check:
+                    batch_size: int, tick: Tick = _no_tick) -> Check:
     """A very large eps drives accuracy to about chance or below; if not, the attack cannot follow the model."""
     big = large_eps(norm, x.shape[1:])
-    acc = accuracy(_pgd_correct(model, x, y, big, norm, seed, batch_size))
+    acc = accuracy(_pgd_correct(model, x, y, big, norm, seed, batch_size, tick))
     chance = 100.0 / num_classes
     return _check(acc <= chance + CHANCE_TOL, f'PGD-{CHEAP_PGD_STEPS} at eps={big:.4g}: {acc:.2f}% '
                                               f'(chance {chance:.2f}%, allowed up to {chance + CHANCE_TOL:.2f}%)')
@@ -222,7 +240,8 @@ def reverify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: AttackR
 
 
 def check_worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: Mapping[str, AttackRecord],
-                   worst_case_correct: torch.Tensor, eps: float, norm: str, batch_size: int) -> Check:
+                   worst_case_correct: torch.Tensor, eps: float, norm: str, batch_size: int,
+                   tick: Tick = _no_tick) -> Check:
     """Each attack's broken points hold up when re-verified, and the worst case is the AND of the verified attacks.
 
     Catches an attack (or a book-keeping path, e.g. --resume) that reports points as broken that are not: an
@@ -237,6 +256,7 @@ def check_worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: M
     verified, lies = [], {}
     for label, record in runs.items():
         ok, not_mis, outside = reverify(model, x, y, record, eps, norm, batch_size)
+        tick(f'{label} re-verified')
         verified.append(ok)
         if not_mis or outside:
             lies[label] = f'{not_mis} classified correctly, {outside} outside the ball'
@@ -295,7 +315,7 @@ def check_apgd_vs_pgd(runs: Mapping[str, AttackRecord]) -> Check:
 
 
 def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, seed: int,
-                 batch_size: int, attack_correct: Mapping[str, torch.Tensor]) -> Check:
+                 batch_size: int, attack_correct: Mapping[str, torch.Tensor], tick: Tick = _no_tick) -> Check:
     """Black-box Square is not much stronger than the white-box attacks: if it is, gradients are misleading.
 
     Uses the evaluation's own Square if it ran, else a cheap one; compares with the white-box attacks that
@@ -308,15 +328,15 @@ def check_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         square, how = attack_correct['square'][:n], 'Square (5000 queries)'
     else:
         sq = Square(eps, norm, n_queries=CHEAP_SQUARE_QUERIES, seed=seed)
-        with reference_warnings():
-            square = _batched(lambda xb, yb: predict(model, sq(model, xb, yb)) == yb, x, y, batch_size)
         how = f'cheap Square ({CHEAP_SQUARE_QUERIES} queries)'
+        with reference_warnings():
+            square = _batched(lambda xb, yb: predict(model, sq(model, xb, yb)) == yb, x, y, batch_size, tick, how)
     white = [k for k in attack_correct if is_white_box(k)]
     if white:
         wb = robust_under_all([attack_correct[k][:n] for k in white])
         wb_how = '+'.join(white)
     else:
-        wb, wb_how = _pgd_correct(model, x, y, eps, norm, seed, batch_size), f'cheap PGD-{CHEAP_PGD_STEPS}'
+        wb, wb_how = _pgd_correct(model, x, y, eps, norm, seed, batch_size, tick), f'cheap PGD-{CHEAP_PGD_STEPS}'
     tol = max(SQUARE_TOL, 100.0 / n)
     sq_acc, wb_acc = accuracy(square), accuracy(wb)
     only_square = int((~square & wb).sum())
@@ -332,8 +352,11 @@ CHECKS = ('deterministic', 'logits', 'nonzero_gradients', 'eps_zero_is_clean', '
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, num_classes: int,
                runs: Mapping[str, AttackRecord], worst_case_correct: torch.Tensor, seed: int = 0,
                batch_size: int = 128, n_check: int = 100, build: Builder = build_attack,
-               step: Callable[..., None] = lambda **_: None) -> Dict[str, Check]:
+               step: Callable[..., None] = lambda n=1, **_: None) -> Dict[str, Check]:
     """Every check, in a fixed order. Per-sample results must be aligned with `x`.
+
+    Progress is counted in units of work (one batch of one attack, one attack re-verified, one quick model
+    check), not in checks: a check that re-runs AutoAttack at eps 0 would otherwise stay silent for minutes.
 
     Args:
         model: The evaluated model, in eval mode, taking [0, 1] images.
@@ -348,30 +371,59 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         batch_size: Batch size of the extra attacks.
         n_check: Examples used by the checks that run extra attacks.
         build: The evaluation's attack factory (eps_zero_is_clean rebuilds its attacks at eps 0).
-        step: Called after each check (`bench.core.progress.stage`), with the check's name as `ips`.
+        step: Advances the stage by n units (`bench.core.progress.stage`); `ips` says which check is at work.
+            The stage's total is `check_units(...)`.
     """
     device = x.device
     correct = {k: r.correct.to(device) for k, r in runs.items()}
     xs, ys = x[:n_check], y[:n_check]
     xb, yb = x[:min(len(x), batch_size)], y[:min(len(x), batch_size)]
     run = {
-        'deterministic': lambda: check_deterministic(model, xb),
-        'logits': lambda: check_logits(model, xb),
-        'nonzero_gradients': lambda: check_gradients(model, xb, yb),
-        'eps_zero_is_clean': lambda: check_eps_zero(model, xs, ys, {k: r.name for k, r in runs.items()}, norm, seed,
-                                                    batch_size, build),
-        'monotone_in_eps': lambda: check_monotone(model, xs, ys, eps, norm, seed, batch_size),
-        'large_eps_to_chance': lambda: check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size),
-        'worst_case_reverified': lambda: check_worst_case(model, x, y, runs, worst_case_correct, eps, norm, batch_size),
-        'apgd_not_weaker_than_pgd': lambda: check_apgd_vs_pgd(runs),
-        'square_not_stronger': lambda: check_square(model, xs, ys, eps, norm, seed, batch_size,
-                                                    {k: v[:n_check] for k, v in correct.items()}),
+        'deterministic': lambda tick: check_deterministic(model, xb),
+        'logits': lambda tick: check_logits(model, xb),
+        'nonzero_gradients': lambda tick: check_gradients(model, xb, yb),
+        'eps_zero_is_clean': lambda tick: check_eps_zero(model, xs, ys, {k: r.name for k, r in runs.items()}, norm,
+                                                         seed, batch_size, build, tick),
+        'monotone_in_eps': lambda tick: check_monotone(model, xs, ys, eps, norm, seed, batch_size, tick),
+        'large_eps_to_chance': lambda tick: check_large_eps(model, xs, ys, norm, num_classes, seed, batch_size, tick),
+        'worst_case_reverified': lambda tick: check_worst_case(model, x, y, runs, worst_case_correct, eps, norm,
+                                                               batch_size, tick),
+        'apgd_not_weaker_than_pgd': lambda tick: check_apgd_vs_pgd(runs),
+        'square_not_stronger': lambda tick: check_square(model, xs, ys, eps, norm, seed, batch_size,
+                                                         {k: v[:n_check] for k, v in correct.items()}, tick),
     }
+    units = check_units(len(x), eps, batch_size, n_check, runs)
     checks = {}
     for name in CHECKS:
-        checks[name] = run[name]()
-        step(ips=name)
+        used = [0]
+
+        def tick(what: str, name: str = name, used: List[int] = used) -> None:
+            if used[0] < units[name] - 1:  # the last unit is the check's end, whatever it counted
+                used[0] += 1
+                step(1, ips=f'{name}: {what}')
+        step(0, ips=f'{name}...')
+        checks[name] = run[name](tick)
+        step(units[name] - used[0], ips=name)
     return checks
+
+
+def check_units(n: int, eps: float, batch_size: int, n_check: int, runs: Mapping[str, AttackRecord]) -> Dict[str, int]:
+    """The units of work (`run_checks`'s progress) of each check: batches of its extra attacks, attacks it
+    re-verifies, or 1 for a check of a few forwards. An estimate where a check may stop early; it ends exact."""
+    batches = _n_batches(min(n, n_check), batch_size)
+    white_box = any(is_white_box(k) for k in runs)
+    return {'deterministic': 1, 'logits': 1, 'nonzero_gradients': 1,
+            'eps_zero_is_clean': max(1, len(runs) * batches),
+            'monotone_in_eps': 4 * batches if eps > 0 else 1,
+            'large_eps_to_chance': batches,
+            'worst_case_reverified': max(1, len(runs)),
+            'apgd_not_weaker_than_pgd': 1,
+            'square_not_stronger': ('square' not in runs) * batches + (not white_box) * batches or 1}
+
+
+def not_run(reason: str) -> Dict[str, Check]:
+    """Every check, recorded as not applicable because it did not run (`reason`): none is left out silently."""
+    return {name: _check(None, f'not run ({reason})') for name in CHECKS}
 
 
 def failed(checks: Mapping[str, Check]) -> List[str]:

@@ -30,7 +30,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    seed: int = 0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    sidecar: Optional[Path] = None, resume: bool = False, progress: bool = False,
                    n_check: int = 100, per_expert_examples: Optional[int] = None,
-                   per_layer_expert: bool = False) -> EvalResult:
+                   per_layer_expert: bool = False, sanity_checks: bool = True) -> EvalResult:
     """Clean accuracy, robust accuracy per attack and for the per-sample worst case, MoE analyses and checks.
 
     Args:
@@ -52,6 +52,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         progress: Show each stage's progress on stderr (attacks, sanity checks, per-expert subpaths, routing,
             transfer; `bench.core.progress.progress_bar`).
         n_check: Examples used by the sanity checks that run extra attacks.
+        sanity_checks: Run the sanity checks (False: each is recorded as not run, `--no-checks`).
         per_expert_examples: Run the per-expert analysis on only the first N images (None: all). Per-expert
             attacks cost E times an evaluation, so a study may size them apart from the main attacks.
         per_layer_expert: With `per_expert`, also force each expert in each MoE layer alone, the other layers
@@ -132,9 +133,10 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         worst = robust_under_all(correct.values())  # per sample: robust only if every attack failed
 
         t0 = time.perf_counter()
-        checks = sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
+        checks = sanity.not_run('--no-checks') if not sanity_checks else sanity.run_checks(model, x.to(device), y.to(device), eps=eps, norm=norm, num_classes=n_cls,
                                    runs=runs, worst_case_correct=worst, seed=seed, batch_size=batch_size,
-                                   n_check=n_check, step=stage(bar, 'sanity checks', len(sanity.CHECKS)))
+                                   n_check=n_check, step=stage(bar, 'sanity checks', sum(sanity.check_units(
+                                       n, eps, batch_size, n_check, runs).values())))
         timing['sanity'] = time.perf_counter() - t0
         dropped = {k: s['parts_dropped'] for k, s in attack_settings.items() if s.get('parts_dropped')}
         flags = sanity.failed(checks) + sorted({reference_warning_flag(m) for ms in warned.values() for m in ms}) + \

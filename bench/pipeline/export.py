@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import timm
 
@@ -17,10 +17,10 @@ from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
-from bench.data import DATASETS, dataset_info
+from bench.data import DATASETS, dataset_info, model_kwargs_for
 from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
 from bench.results.export import check_compatible, find_entry, write_hub_folder
-from bench.results.registry import DEFAULT_REGISTRY
+from bench.results.registry import default_registry
 
 PathLike = Union[str, Path]
 
@@ -54,9 +54,8 @@ def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, An
         raise UserError(f'{run_dir / "config.yaml"}: model {name!r} is not a registered timm model')
     if dataset not in DATASETS:
         raise UserError(f'{run_dir / "config.yaml"}: dataset {dataset!r} is not one of {", ".join(DATASETS)}')
-    info = dataset_info(dataset)
     # the trainer's rule: the data set fixes classes and channels unless model_kwargs say otherwise
-    kwargs = dict(num_classes=info['num_classes'], in_chans=info['in_chans'], **run_config_kwargs(weights))
+    kwargs = model_kwargs_for(dataset, run_config_kwargs(weights), f'{run_dir / "config.yaml"}: model_kwargs')
     for key, value in kwargs.items():
         try:
             json.dumps(value)
@@ -64,6 +63,35 @@ def run_model_spec(run_dir: Path, weights: Path) -> Tuple[str, str, Dict[str, An
             raise UserError(f'{run_dir / "config.yaml"}: model_kwargs {key}={value!r} cannot be written to '
                             'config.json; only JSON values can be exported') from None
     return name, dataset, kwargs
+
+
+def registries_for(run_dir: Path, registry_dir: Optional[PathLike]) -> List[Path]:
+    """Where to look for the run's entry: `registry_dir` if given; else the registry that quickstart and grid
+    write beside their runs (OUT/registry for the run OUT/runs/RUN), nearest first, then the default one."""
+    if registry_dir is not None:
+        return [Path(registry_dir)]
+    beside = [up / 'registry' for up in (run_dir.parent, run_dir.parent.parent) if (up / 'registry').is_dir()]
+    found: List[Path] = []
+    for registry in (*beside, default_registry()):
+        if registry.resolve() not in [r.resolve() for r in found]:
+            found.append(registry)
+    return found
+
+
+def _find_entry(entry: Optional[str], sha256: str, registries: List[Path]) -> Tuple[Optional[Dict[str, Any]], str]:
+    """`find_entry` in each registry in turn: the first that has the entry wins; else what each said."""
+    notes = []
+    for i, registry in enumerate(registries):
+        try:
+            chosen, note = find_entry(entry, sha256, registry)
+        except UserError:
+            if entry is None or i == len(registries) - 1:  # an id found nowhere: the last registry says so
+                raise
+            continue
+        if chosen is not None:
+            return chosen, note
+        notes.append(note)
+    return None, '; '.join(notes)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -86,17 +114,21 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
         checkpoint: The run directory (config.yaml + model.pth), or a weights file inside it.
         out: The folder to write; must be empty or missing unless `overwrite`.
         entry: Registry entry id or JSON path for the model card (default: found by checkpoint sha256).
-        registry_dir: Where to look for entries (default: the repository's registry/).
+        registry_dir: Where to look for entries (default: the registry beside the run, as quickstart and grid
+            write it, then the repository's registry/: `registries_for`).
         ema: Export the run's EMA weights (model_ema.pth).
         overwrite: Replace a non-empty `out`.
     """
     out = Path(out)
     run_dir, weights = resolve_run(checkpoint, ema)
     # before any work, and before touching anything: --overwrite must never delete the run or the registry
-    check_out_apart(out, {'the run': run_dir, 'the registry': registry_dir or DEFAULT_REGISTRY})
+    registries = registries_for(run_dir, registry_dir)
+    *beside, last = registries
+    check_out_apart(out, {'the run': run_dir, 'the registry': last,
+                          **{'the registry beside the run' + (f' ({i + 1})' if i else ''): r for i, r in enumerate(beside)}})
     _check_out(out, overwrite)
     name, dataset, kwargs = run_model_spec(run_dir, weights)
-    chosen, entry_note = find_entry(entry, sha256_file(weights), registry_dir or DEFAULT_REGISTRY)
+    chosen, entry_note = _find_entry(entry, sha256_file(weights), registries)
     if chosen is not None and chosen.get('model', {}).get('name') not in (None, name):
         raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
 

@@ -42,7 +42,7 @@ from bench.core.devices import choose_device
 from bench.core.errors import UserError
 from bench.core.progress import progress_bar
 from bench.core.rng import forked_rng, key_seed
-from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors
+from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, model_kwargs_for
 from bench.models import create_model, normalized
 from bench.training import free as free_at
 from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
@@ -66,8 +66,7 @@ class Trainer:
             raise UserError(f'unknown model {cfg.model!r}; `timm-moe models` lists ours, '
                             'timm.list_models() all of timm\'s')
         self.info = dataset_info(cfg.dataset)
-        self.model_kwargs = dict(num_classes=self.info['num_classes'], in_chans=self.info['in_chans'],
-                                 **cfg.model_kwargs)
+        self.model_kwargs = model_kwargs_for(cfg.dataset, cfg.model_kwargs)
         dist = init_distributed_device_so(device=str(choose_device(cfg.device, 'device')))
         self.device = torch.device(dist['device'])
         self.rank, self.world_size, self.distributed = dist['global_rank'], dist['world_size'], dist['distributed']

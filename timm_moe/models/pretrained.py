@@ -174,6 +174,50 @@ def tag_model_kwargs(variant: str, tag: Optional[str]) -> Dict[str, Any]:
     return dict(record['model_kwargs']) if record else {}
 
 
+def check_has_weights(variant: str, cfg: PretrainedCfg, overlay: Mapping[str, Any], tags: Sequence[str]) -> None:
+    """Refuse pretrained=True on a name without weights in one line that names the tags that have them.
+
+    timm's own message ('No pretrained weights exist for ...') gives no hint that `.fmnist_*` tags exist.
+
+    Args:
+        variant: The registered name.
+        cfg: Its resolved pretrained cfg (the tag's, or the default).
+        overlay: The user's `pretrained_cfg_overlay` (a `file` there is weights).
+        tags: 'name.tag' names with weights of the same architecture, nearest first.
+    """
+    if cfg.has_weights or any(overlay.get(key) for key in ('url', 'file', 'hf_hub_id', 'state_dict')):
+        return
+    given = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    hint = (f'the tags with weights of this architecture: {", ".join(tags[:8])}' + (', ...' if len(tags) > 8 else '')
+            if tags else 'no tag of this architecture has weights')
+    raise ValueError(f'{given} has no pretrained weights; {hint}; or give your own with '
+                     "pretrained_cfg_overlay=dict(file='model.safetensors')")
+
+
+def check_weights_fit(variant: str, state_dict: Mapping[str, Any], model: Any) -> None:
+    """Refuse, in one line, pretrained weights of another architecture, E or k before timm loads them.
+
+    torch's own refusal lists every missing and unexpected key over many lines. The classifier and the first conv
+    are left to timm, which adapts them to num_classes and in_chans (or drops them) after this check.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    adapted = {f'{cfg.get("classifier", "fc")}.weight', f'{cfg.get("classifier", "fc")}.bias',
+               f'{cfg.get("first_conv", "conv1")}.weight'}
+    own = {k: v for k, v in model.state_dict().items() if k not in adapted}
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own and k not in adapted]  # num_classes=0 drops the classifier
+    shapes = [k for k in own if k in state_dict and tuple(getattr(state_dict[k], 'shape', ())) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f'{len(keys)} {what} (e.g. {keys[0]})' for what, keys in (
+        ('keys missing from the weights', missing), ('unexpected keys', unexpected),
+        ('of another shape', shapes)) if keys]
+    source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url')
+    raise ValueError(f'the weights in {source} do not fit {variant}: ' + ', '.join(parts) + '; they are of another '
+                     'architecture, E or k: create the model they were saved from (config.json\'s architecture '
+                     'and model_args)')
+
+
 class CorruptWeightsError(ValueError):
     """A tag's weights file is not the one its manifest lists (its sha256 differs): truncated or altered."""
 

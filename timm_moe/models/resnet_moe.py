@@ -27,7 +27,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..convert import convert, resolve_targets
 from ..layers import MOE_DEFAULTS, MoEConfig, validate_moe_args
-from .pretrained import PathLike, check_weights_file, read_manifest, registered_tags, tag_model_kwargs, with_tags
+from .pretrained import (PathLike, check_has_weights, check_weights_file, check_weights_fit, read_manifest,
+                         registered_tags, tag_model_kwargs, with_tags)
 
 __all__ = ['ARCHS', 'CIFAR100_MEAN', 'CIFAR100_STD', 'ENTRYPOINTS', 'Entry', 'FAMILIES', 'GRID', 'KIND_KWARGS',
            'KINDS', 'MODEL_DEFAULTS', 'PLACEMENTS', 'STEMS', 'base_model', 'default_placement', 'model_names',
@@ -208,16 +209,32 @@ def _create_resnet_moe(variant: str, pretrained: bool = False, **kwargs: Any) ->
     pool_size = pool_size_of(overlay.get('input_size', cfg.input_size), kwargs)
     if pool_size is not None:  # an unknown stem is reported by the model itself
         overlay.setdefault('pool_size', pool_size)
-    if pretrained:
-        check_weights_file(variant, cfg, overlay)
     entry = ENTRYPOINTS[variant]
+    if pretrained:
+        check_has_weights(variant, cfg, overlay, _tags_of(variant, entry))
+        check_weights_file(variant, cfg, overlay)
     fixed = [key for key in ('arch', 'kind', 'num_experts', 'k') if key in kwargs]
     if fixed:
         others = [n for n, e in ENTRYPOINTS.items() if e.arch == entry.arch and e.kind == entry.kind][:3]
         raise ValueError(f'{fixed[0]}={kwargs[fixed[0]]!r}: fixed by the model name {variant!r}; pick the name '
                          f'instead, e.g. one of {others} (timm_moe.model_names() lists them)')
     return build_model_with_cfg(_build, variant, pretrained, pretrained_cfg_overlay=overlay, arch=entry.arch,
-                                kind=entry.kind, num_experts=entry.experts, k=entry.k, **kwargs)
+                                kind=entry.kind, num_experts=entry.experts, k=entry.k,
+                                pretrained_filter_fn=lambda state_dict, model: _fitting(variant, state_dict, model),
+                                **kwargs)
+
+
+def _fitting(variant: str, state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    # timm's filter hook runs just before it loads: the one place that sees the weights of every source
+    # (a tag, pretrained_cfg_overlay's file, local-dir:) beside the model they are loaded into
+    check_weights_fit(variant, state_dict, model)
+    return state_dict
+
+
+def _tags_of(variant: str, entry: 'Entry') -> List[str]:
+    """'name.tag' names with weights: `variant`'s own first, then the others of its architecture."""
+    tags = [t for t in registered_tags() if t.split('.')[0] in ENTRYPOINTS and ENTRYPOINTS[t.split('.')[0]].arch == entry.arch]
+    return sorted(tags, key=lambda t: (t.split('.')[0] != variant, t))
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
