@@ -88,6 +88,9 @@ class GridSpec:
     # the study's primary contrasts, metric, margin and analysis, named before it runs
     # (`bench.results.study.analysis.check_preregistration`)
     preregistration: Optional[Dict[str, Any]] = None
+    # a later study (a shipped spec's name) that answers this one's questions: the follow-ups not run yet are
+    # closed, not run, and the report says so and how the later study's first seeds get them
+    superseded_by: Optional[str] = None
     # sub-grids whose union is the grid, each {axis: values, model_kwargs: {...}} (see the module docstring)
     blocks: Optional[List[Dict[str, Any]]] = None
     name: str = 'grid'  # the spec file's stem, stored in each entry's `grid` field (set by load_spec)
@@ -135,9 +138,27 @@ def load_spec(path: str | Path) -> GridSpec:
         if not spec.configs:
             raise UserError(f'preregistration in {path} needs named configs (configs: ...) to contrast')
         spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path))
+    _check_superseded_by(spec, path)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
+
+
+def _check_superseded_by(spec: GridSpec, path: str | Path) -> None:
+    """`superseded_by` names another study (named configs), which itself is not superseded: a study that a
+    superseded one points to must be the one that answers it."""
+    later = spec.superseded_by
+    if later is None:
+        return
+    if not spec.configs:
+        raise UserError(f'superseded_by in {path} needs named configs (configs: ...): only a study is superseded')
+    if not isinstance(later, str) or not later or later == spec.name:
+        raise UserError(f'superseded_by in {path} is {later!r}: name another study spec, e.g. '
+                        'study_powered_fashion_mnist')
+    other = load_spec(later)
+    if not other.configs or other.superseded_by is not None:
+        raise UserError(f'superseded_by in {path} names {later!r}, which is not a study that stands (named configs, '
+                        'not superseded itself)')
 
 
 def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
@@ -564,6 +585,10 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
                   console: Console, progress: bool = True) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
     (every shard's) is done; returns their outcomes."""
+    if spec.superseded_by:
+        console.print(f'autoattack follow-ups: closed, {spec.name} is superseded by {spec.superseded_by} (its report '
+                      'says how that study\'s first seeds get them)')
+        return []
     registered = registered_cells(spec)
     waiting = [c['cell'] for c in grid if status(c, spec, registered) != 'done']
     if waiting:

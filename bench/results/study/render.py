@@ -510,9 +510,9 @@ def autoattack(study: an.Study) -> Lines:
                      f'{100 * x_pri.mean():.2f}', f'{100 * x_aa.mean():.2f}', f'{gap:+.2f} [{glo:+.2f}, {ghi:+.2f}]',
                      f'{stats.mcnemar_exact(x_pri, x_aa):.3g}'])
     if not rows:
-        return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes
+        return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes + superseded_autoattack(study)
     out += md_table(('config', 'AutoAttack', 'points', primary, 'AutoAttack', 'gap [95% bootstrap]', 'McNemar p'),
-                    rows) + notes + ([''] if notes else [])
+                    rows) + notes + ([''] if notes else []) + superseded_autoattack(study)
     if len(gaps) >= 2 and gaps[0][1] == gaps[1][1]:
         (ca, _, pa, aa_a), (cb, _, pb, aa_b) = gaps[:2]
         d = an.bootstrap_mean(100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b)))
@@ -521,6 +521,29 @@ def autoattack(study: an.Study) -> Lines:
                 f'[{d["lo"]:+.2f}, {d["hi"]:+.2f}]: {verdict} (the weaker attack overstates one model\'s robustness '
                 'more than the other\'s only if the interval excludes 0).', '']
     return out
+
+
+def superseded_autoattack(study: an.Study) -> Lines:
+    """For a study superseded by a later one (`superseded_by` in its spec): the AutoAttack follow-ups it planned
+    and never ran, closed rather than run, and the commands that give the later study's first seeds (shipped as
+    pretrained tags) their AutoAttack on the same points. Nothing for a study that stands."""
+    later = study.plan.get('superseded_by')
+    if not later:
+        return []
+    ran = {x for e in study.autoattack for x in (e['grid'].get('config'), e['grid'].get('selected_as')) if x}
+    closed = [c for c in later['autoattack_configs'] if c not in ran]
+    how = 'the pre-registered study' if later['preregistered'] else 'the study'
+    out = [f'Superseded: {how} `{later["name"]}` answers this study\'s question with {later["seeds_per_arm"]} '
+           'seeds per arm, so '
+           + (f'the AutoAttack follow-up{"s" if len(closed) > 1 else ""} of {", ".join(closed)} planned here '
+              'is closed, not run (`timm-moe grid` no longer runs it).' if closed else
+              'no AutoAttack follow-up is left to run here.')
+           + f' The first seed of each of its configs ships as a pretrained tag; AutoAttack on the same '
+           f'{later["n_examples"]} points, one command each:', '', '```']
+    out += [f'timm-moe eval --model {s["model"]}.{s["tag"]} --pretrained --attacks standard --no-per-expert '
+            f'--n-examples {later["n_examples"]} --eps {later["eps"]:g} --seed {s["seed"]} '
+            f'--json runs/{later["name"]}/autoattack/{s["config"]}.json' for s in later['first_seeds']]
+    return out + ['```', '']
 
 
 def routing_under_attack(study: an.Study) -> Lines:
