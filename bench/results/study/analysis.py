@@ -513,6 +513,9 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
           margin: 1.5                    # points: the equivalence margin, and the detectable difference sought
           analysis: welch                # or pooled (pooled-variance t over the arms)
           seed_sd: 2.3                   # the measured sd over seeds the sizing used
+
+    A primary entry may add `base: [moe config, baseline config]` (the same arms at a base budget): its
+    interaction, (config − baseline) − (base MoE − base baseline), is then a primary contrast too.
     """
     if not isinstance(block, Mapping):
         raise UserError(f'preregistration in {where} is {block!r}: give a mapping with baseline, primary, ...')
@@ -534,9 +537,14 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
             raise UserError(f'preregistration.primary in {where} names {name!r}: name configs of the spec other than '
                             f'the baseline ({", ".join(c for c in configs if c != out["baseline"])})')
         options = options or {}
-        if not isinstance(options, Mapping) or set(options) - {'paper'}:
+        if not isinstance(options, Mapping) or set(options) - {'paper', 'base'}:
             raise UserError(f'preregistration.primary.{name} in {where} is {options!r}: give {{}} or '
-                            '{paper: {table, moe, loss, gate, k}}')
+                            '{paper: {table, moe, loss, gate, k}, base: [moe config, baseline config]}')
+        base = options.get('base')
+        if base is not None and (not isinstance(base, list) or len(base) != 2 or len(set(map(str, base))) != 2
+                                 or any(b not in configs or b in (name, out['baseline']) for b in base)):
+            raise UserError(f'preregistration.primary.{name}.base in {where} is {base!r}: give [moe config, baseline '
+                            f'config], two other configs of the spec, the same arms at the base budget')
         paper = options.get('paper') or {}
         if not isinstance(paper, Mapping) or set(paper) - set(PAPER_KEYS):
             raise UserError(f'preregistration.primary.{name}.paper in {where} is {paper!r}: keys '
@@ -581,6 +589,26 @@ def _arm(study: Study, config: str, metric: str) -> Tuple[Dict[int, float], Dict
     return values, bits, problems
 
 
+def _interaction(study: Study, config: str, baseline: str, base_config: str, base_baseline: str,
+                 signatures: set) -> Dict[str, Any]:
+    """The pre-registered interaction of `config` (`base: [base_config, base_baseline]` in its primary entry):
+    (config − baseline) − (base_config − base_baseline), four independent arms, seeds as the unit."""
+    metric = study.plan['preregistration']['metric']
+    arms = [config, baseline, base_config, base_baseline]
+    found = [_arm(study, arm, metric) for arm in arms]
+    problems = [p for _, _, ps in found for p in ps]
+    if len(signatures) > 1:
+        problems.append(f'the runs measured {metric} with different settings')
+    if any(len(values) < 2 for values, _, _ in found):
+        problems.append(f'{", ".join(arms)} need at least 2 seeds each')
+    c = dict(config=config, baseline=baseline, base=[base_config, base_baseline], n_a=len(found[0][0]),
+             n_b=len(found[1][0]), problems=problems, paper=None,
+             label=f'({config} − {baseline}) − ({base_config} − {base_baseline})')
+    if not problems:
+        c.update(stats.interaction_welch(*[list(values.values()) for values, _, _ in found]))
+    return c
+
+
 def preregistered(study: Study) -> Optional[Dict[str, Any]]:
     """The pre-registered analysis of a study whose plan has `preregistration` (None otherwise).
 
@@ -614,6 +642,9 @@ def preregistered(study: Study) -> Optional[Dict[str, Any]]:
                 c['boot'] = stats.hierarchical_bootstrap(np.stack(list(bits.values())), np.stack(list(base_bits.values())),
                                                          n_boot=N_BOOT, seed=BOOT_SEED)
         contrasts.append(c)
+    for config, options in prereg['primary'].items():
+        if options.get('base'):
+            contrasts.append(_interaction(study, config, prereg['baseline'], *options['base'], signatures))
     tested = [c for c in contrasts if 'p' in c]
     for c, p_holm, level in zip(tested, stats.holm([c['p'] for c in tested]),
                                 stats.holm_levels([c['p'] for c in tested], alpha)):
@@ -627,7 +658,7 @@ def preregistered(study: Study) -> Optional[Dict[str, Any]]:
                    for s in ([float(np.std(list(runs.values()), ddof=1))] if len(runs) > 1 else [])]
     # sized at Holm's strictest level, alpha / m: the contrast with the smallest p is tested there, and which
     # one that will be is not known before the runs
-    level = alpha / len(prereg['primary'])
+    level = alpha / len(contrasts)
     sizing = dict(level=level)
     if prereg.get('seed_sd'):
         sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, level, power))

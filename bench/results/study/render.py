@@ -775,7 +775,7 @@ def preregistration(study: an.Study) -> Lines:
         return ['## Pre-registration', '', 'None: this study did not name its primary contrasts, margin and analysis '
                 'before it ran, so every comparison in this report is exploratory.', '']
     p = r['prereg']
-    contrasts = ', '.join(f"{c} − {p['baseline']}" for c in p['primary'])
+    contrasts = ', '.join(c.get('label') or f"{c['config']} − {c['baseline']}" for c in r['contrasts'])
     out = ['## Pre-registered analysis', '',
            f"Pre-registered in the spec before the runs: primary contrasts {contrasts}; "
            f"metric {p['metric']} on the test points every run was attacked on; equivalence margin ±{p['margin']:g} "
@@ -785,11 +785,12 @@ def preregistration(study: an.Study) -> Lines:
     rows = []
     for c in r['contrasts']:
         if 'lo' not in c:
-            rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–', '–', '–', '–',
+            rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–',
+                         '–', '–', '–',
                          f"±{p['margin']:g}", _paper_contrast(study, c.get('paper')), c['verdict']])
             continue
         boot = c.get('boot')
-        rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
+        rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
                      f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
                      '–' if boot is None else f'[{boot[1]:+.2f}, {boot[2]:+.2f}]',
                      f"{c['p']:.3g}", f"{c['p_holm']:.3g}", f"{c['detectable']:.2f}", f"±{p['margin']:g}",
@@ -802,14 +803,15 @@ def preregistration(study: an.Study) -> Lines:
     if 'measured' in sizing:
         sd, n = sizing['measured']
         words.append(f'{n} at the largest sd measured here ({sd:.2f})')
-    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])})
+    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])
+                  + [b for o in p['primary'].values() for b in o.get('base') or []]})
     if words:
         out += [f"Sizing: for a detectable difference of at most ±{p['margin']:g} points ({p['power']:.0%} power, "
-                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(p['primary'])} contrast"
-                f"{'s' if len(p['primary']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
+                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(r['contrasts'])} contrast"
+                f"{'s' if len(r['contrasts']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
                 f"{'/'.join(map(str, ran))} seeds per arm.", '']
     out += scope(study)
-    arms = [p['baseline']] + list(p['primary'])
+    arms = [p['baseline']] + list(p['primary']) + [b for o in p['primary'].values() for b in o.get('base') or []]
     planned = {c: len(study.plan['configs'][c].get('seeds') or study.plan.get('seeds') or []) for c in arms}
     short = [f"{c} {len(study.runs.get(c, {}))} of {planned[c]}" for c in arms
              if len(study.runs.get(c, {})) < planned[c]]
