@@ -146,3 +146,68 @@ def test_every_budget_is_attacked_on_the_same_test_points():
         pytest.skip('the full Fashion-MNIST (dataset-fashion-mnist) is not installed')
     bundled, full = load_tensors('fashion-mnist-bundled', 'test'), load_tensors('fashion-mnist', 'test', DEBIAN_FMNIST)
     assert all(bool((x[:1000] == y[:1000]).all()) for x, y in zip(bundled, full))
+
+
+# --- the budget-response plot ---------------------------------------------------------------------------------
+
+CONVMOE = {'name': 'resnet18_convmoe_e4_k1', 'arch': 'resnet18', 'experts': 4, 'k': 1,
+           'effective_kwargs': {'width': 8, 'placement': 'all', 'gate': 'gap_fc', 'aux_loss': 'entropy'}}
+DENSE = {'name': 'resnet18_dense', 'arch': 'resnet18', 'experts': 0, 'k': None, 'effective_kwargs': {'width': 8}}
+PAPER_CONVMOE = {'table': 'resnet18-placement-conv5_x', 'moe': 'ConvMoEs replacing all 4 conv layers',
+                 'loss': 'L_ent', 'gate': 'GAP-FC', 'k': '1'}
+
+
+def _budget_run(acc: float, seed: int, model, dataset: str, epochs: int, train_limit=None):
+    e = _run(acc, seed)
+    e.update(model=dict(model), dataset=dataset, n_examples=100, eps=0.1, threat_model='Linf',
+             training={'method': 'pgd', 'epochs': epochs,
+                       'config': {'training': 'pgd', 'epochs': epochs, 'dataset': dataset, 'train_limit': train_limit,
+                                  'attack_steps': 7, 'eps': 0.1}})
+    return e
+
+
+def _budget_study(gaps=(-10.0, -2.0)) -> Study:
+    """dense and ConvMoE at two budgets (the bundled 10k images x 2 epochs, the full 60k x 2), 6 seeds each;
+    ConvMoE's gap to dense is `gaps` (base, largest)."""
+    arms = {'dense_b0': (DENSE, 'fashion-mnist-bundled', 50.0), 'convmoe_b0': (CONVMOE, 'fashion-mnist-bundled', 50 + gaps[0]),
+            'dense_b2': (DENSE, 'fashion-mnist', 60.0), 'convmoe_b2': (CONVMOE, 'fashion-mnist', 60 + gaps[1])}
+    block = an.check_preregistration({'baseline': 'dense_b2', 'primary': {
+        'convmoe_b2': {'paper': PAPER_CONVMOE, 'base': ['convmoe_b0', 'dense_b0']}}}, arms, 'test')
+    plan = {'name': 'synth_budget', 'seeds': list(range(6)), 'preregistration': block,
+            'configs': {a: {'seeds': list(range(6))} for a in arms}}
+    runs = {a: {s: _budget_run(v, 100 * i + s, model, dataset, 2) for s, v in enumerate(_spread(mean, 1, 6))}
+            for i, (a, (model, dataset, mean)) in enumerate(arms.items())}
+    for a, by_seed in runs.items():
+        for s, e in by_seed.items():
+            e['grid'] = {'spec': 'synth_budget', 'config': a, 'seed': s, 'cell': f'{a}-seed{s}', 'stage': 'main'}
+    return Study(name='synth_budget', plan=plan, runs=runs, autoattack=[])
+
+
+def test_the_budget_response_is_the_gap_per_budget_with_the_papers_effect():
+    r = an.budget_response(_budget_study())
+    assert r['metric'] == 'apgd-ce' and r['budgets'] == [(10000, 2, 8), (60000, 2, 8)]
+    (arm, points), = r['arms'].items()
+    assert arm == 'resnet18_convmoe_e4_k1, placement all'
+    assert [b for b, _ in points] == r['budgets']
+    assert [w['diff'] for _, w in points] == pytest.approx([-10.0, -2.0])
+    assert all(w['lo'] < w['diff'] < w['hi'] for _, w in points)
+    assert r['paper'] == {arm: pytest.approx(8.16, abs=0.005)}  # the paper's ConvMoE row, PGD-20, minus dense
+
+
+def test_the_report_draws_the_budget_plot_only_for_a_study_of_budgets(tmp_path):
+    from bench.results.study import PLOTS, plot_budget_response, plots, report_text
+
+    study = _budget_study()
+    assert [name for name, _, _ in plots(study)][-1] == 'budget_response.png'
+    assert '![the gap to dense vs the training budget](study/budget_response.png)' in report_text(study)
+    path = plot_budget_response(study, tmp_path / 'b.png')
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 10000
+    again = plot_budget_response(_budget_study(), tmp_path / 'c.png')
+    assert again.read_bytes() == path.read_bytes()  # the same entries draw the same bytes
+    # a study that pre-registers no interaction across budgets: the report's plots stay what they were
+    assert plots(Study(name='s', plan={**study.plan, 'preregistration': None}, runs=study.runs, autoattack=[])) == PLOTS
+    # one budget: nothing to draw
+    one = Study(name='one', plan=study.plan, runs={a: study.runs[a] for a in ('dense_b0', 'convmoe_b0')},
+                autoattack=[])
+    assert an.budget_response(one) is None
+    assert plot_budget_response(one, tmp_path / 'd.png').read_bytes() != path.read_bytes()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -607,6 +607,79 @@ def _interaction(study: Study, config: str, baseline: str, base_config: str, bas
     if not problems:
         c.update(stats.interaction_welch(*[list(values.values()) for values, _, _ in found]))
     return c
+
+
+def budget(study: Study, config: str) -> Tuple[int, int, Any]:
+    """(training images, epochs, width) of a config, from its first run: what a budget study varies."""
+    from bench.dataset_table import DATASET_SIZES
+
+    e = next(iter(study.runs[config].values()))
+    cfg = (e.get('training') or {}).get('config') or {}
+    images = cfg.get('train_limit') or (DATASET_SIZES.get(e.get('dataset')) or {}).get('train_images') or 0
+    return int(images), int(traits(study, config)['epochs'] or 0), traits(study, config).get('width')
+
+
+def moe_arm(study: Study, config: str) -> str:
+    """A MoE config's arm across budgets: its model and placement ('resnet18_convmoe_e4_k1, placement all')."""
+    model = next(iter(study.runs[config].values()))['model']
+    kwargs = model.get('effective_kwargs') or model.get('kwargs') or {}
+    return f"{model.get('name')}, placement {kwargs.get('placement', model.get('placement'))}"
+
+
+def budget_response(study: Study) -> Optional[Dict[str, Any]]:
+    """The gap MoE − dense (the pre-registered metric, else the primary one) at each training budget, per MoE
+    arm, with its Welch 95% interval over seeds; None unless the study's adversarially trained configs span two
+    or more budgets, each with one dense config.
+
+    Returns:
+        dict(metric, budgets [(images, epochs, width)] by image passes, arms {arm: [(budget, welch) ...]},
+        paper {arm: the paper's PGD-20 effect} for the arms of pre-registered primaries that name their row).
+    """
+    prereg = study.plan.get('preregistration') or {}
+    metric = prereg.get('metric') or study.primary()
+    adv = [c for c in study.configs if study.runs.get(c) and adversarial(study, c)]
+    by_budget: Dict[Tuple[int, int, Any], List[str]] = {}
+    for c in adv:
+        by_budget.setdefault(budget(study, c), []).append(c)
+    budgets = sorted(by_budget, key=lambda b: (b[0] * b[1], str(b[2])))
+    if metric is None or len(budgets) < 2:
+        return None
+    arms: Dict[str, List[Tuple[Tuple[int, int, Any], Dict[str, Any]]]] = {}
+    for b in budgets:
+        dense = [c for c in by_budget[b] if not is_moe(study, c)]
+        if len(dense) != 1:
+            continue  # no dense config, or several, at this budget: no gap to draw
+        base = [v for v in (accuracy(e, metric) for e in study.runs[dense[0]].values()) if v is not None]
+        for c in by_budget[b]:
+            values = [v for v in (accuracy(e, metric) for e in study.runs[c].values()) if v is not None]
+            if is_moe(study, c) and len(values) >= 2 and len(base) >= 2:
+                arms.setdefault(moe_arm(study, c), []).append((b, stats.welch(values, base)))
+    if not arms:
+        return None
+    paper = {}
+    for config, options in (prereg.get('primary') or {}).items():
+        delta = paper_delta(study, options.get('paper'))
+        if config in study.runs and study.runs[config] and isinstance(delta, tuple):
+            paper[moe_arm(study, config)] = delta[0]
+    return dict(metric=metric, budgets=budgets, arms=arms, paper=paper)
+
+
+def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, float]]:
+    """The paper's effect for a row it names: (PGD-20, APGD-20) of the row minus its table's dense baseline;
+    None without a row, or the reason (a string) it cannot be read."""
+    if not paper:
+        return None
+    from bench.results.import_paper import DEFAULT_CSV
+
+    try:
+        rows = paper_rows(study.plan.get('paper_csv') or DEFAULT_CSV)
+    except UserError as err:
+        return f'– ({err})'
+    row = _row(rows, **{k: str(v) for k, v in paper.items()})
+    base = _row(rows, table=str(paper.get('table')), moe='Baseline')
+    if row is None or base is None:
+        return f"– (no such row in the paper's table: {dict(paper)})"
+    return _delta(row, base)
 
 
 def preregistered(study: Study) -> Optional[Dict[str, Any]]:

@@ -737,20 +737,8 @@ def pieces(study: an.Study) -> Lines:
 
 def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
     """The paper's effect for a pre-registered contrast: its named row minus the same table's dense baseline."""
-    if not paper:
-        return '–'
-    from bench.results.import_paper import DEFAULT_CSV
-
-    path = study.plan.get('paper_csv') or DEFAULT_CSV
-    try:
-        rows = an.paper_rows(path)
-    except UserError as err:
-        return f'– ({err})'
-    row = an._row(rows, **{k: str(v) for k, v in paper.items()})
-    base = an._row(rows, table=str(paper.get('table')), moe='Baseline')
-    if row is None or base is None:
-        return f"– (no such row in the paper's table: {dict(paper)})"
-    return an._fmt_delta(an._delta(row, base))
+    delta = an.paper_delta(study, paper)
+    return delta if isinstance(delta, str) else an._fmt_delta(delta)
 
 
 def scope(study: an.Study) -> Lines:
