@@ -211,3 +211,11 @@ def test_the_report_draws_the_budget_plot_only_for_a_study_of_budgets(tmp_path):
                 autoattack=[])
     assert an.budget_response(one) is None
     assert plot_budget_response(one, tmp_path / 'd.png').read_bytes() != path.read_bytes()
+
+
+def test_the_scope_of_a_budget_studys_verdicts_names_every_budget():
+    from bench.results.study.render import scope
+
+    text = scope(_budget_study())[0]
+    assert ('resnet18 at the budgets 10000 training images x 2 epochs at width 8; 60000 training images x 2 epochs '
+            'at width 8 of pgd training') in text

@@ -748,11 +748,18 @@ def scope(study: an.Study) -> Lines:
     cfg = (e.get('training') or {}).get('config') or {}
     kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
     images = cfg.get('train_limit') or study.plan.get('train_images') or 'all'
-    return [f"Scope: the verdicts are about this study's recipe: {cfg.get('dataset', e['dataset'])}, {images} "
-            f"training images, {e['model'].get('arch')} at width {kw.get('width', 'default')}, {cfg.get('epochs')} "
-            f"epochs of {cfg.get('training')} training with {cfg.get('attack_steps')} attack steps at eps "
-            f"{cfg.get('eps')}. The paper's effects beside them come from {an.PAPER_SOURCE}, another setting: they "
-            'are a reference, not what the verdicts test.', '']
+    what = (f"{cfg.get('dataset', e['dataset'])}, {images} training images, {e['model'].get('arch')} at width "
+            f"{kw.get('width', 'default')}, {cfg.get('epochs')} epochs")
+    p = study.plan.get('preregistration') or {}
+    arms = [c for c in [p.get('baseline')] + [a for name, o in (p.get('primary') or {}).items()
+                                              for a in [name] + list((o or {}).get('base') or [])] if study.runs.get(c)]
+    budgets = sorted({an.budget(study, c) for c in arms}, key=lambda b: (b[0] * b[1], str(b[2])))
+    if len(budgets) > 1:  # a study of budgets: each verdict is about the budgets its arms trained at
+        what = (f"{e['model'].get('arch')} at the budgets " + '; '.join(
+            f'{n} training images x {ep} epochs at width {w}' for n, ep, w in budgets))
+    return [f"Scope: the verdicts are about this study's recipe: {what} of {cfg.get('training')} training with "
+            f"{cfg.get('attack_steps')} attack steps at eps {cfg.get('eps')}. The paper's effects beside them come "
+            f"from {an.PAPER_SOURCE}, another setting: they are a reference, not what the verdicts test.", '']
 
 
 def preregistration(study: an.Study) -> Lines:
