@@ -219,3 +219,14 @@ def test_the_scope_of_a_budget_studys_verdicts_names_every_budget():
     text = scope(_budget_study())[0]
     assert ('resnet18 at the budgets 10000 training images x 2 epochs at width 8; 60000 training images x 2 epochs '
             'at width 8 of pgd training') in text
+
+
+def test_the_report_states_the_gap_at_each_budget_in_a_table():
+    from bench.results.study.render import budget_table
+
+    text = '\n'.join(budget_table(_budget_study()))
+    assert '| resnet18_convmoe_e4_k1, placement all | 10000 training images x 2 epochs, width 8 | 6 / 6 | -10.00 [' in text
+    assert '| 60000 training images x 2 epochs, width 8 | 6 / 6 | -2.00 [' in text
+    study = _budget_study()
+    assert budget_table(Study(name='s', plan={**study.plan, 'preregistration': None}, runs=study.runs,
+                              autoattack=[])) == []

@@ -197,8 +197,7 @@ BUDGET_PLOT = ('budget_response.png', plot_budget_response, 'the gap to dense vs
 def plots(study: an.Study) -> Tuple[Tuple[str, Any, str], ...]:
     """The plots of a study's report: the budget response only for a study of budgets, one that pre-registers
     an interaction across them (`base:` in a primary entry); other studies' reports stay what they were."""
-    primary = (study.plan.get('preregistration') or {}).get('primary') or {}
-    return PLOTS + ((BUDGET_PLOT,) if any((o or {}).get('base') for o in primary.values()) else ())
+    return PLOTS + ((BUDGET_PLOT,) if an.of_budgets(study) else ())
 
 
 PLOTS = (

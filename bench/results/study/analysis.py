@@ -626,6 +626,13 @@ def moe_arm(study: Study, config: str) -> str:
     return f"{model.get('name')}, placement {kwargs.get('placement', model.get('placement'))}"
 
 
+def of_budgets(study: Study) -> bool:
+    """Whether the study pre-registers an interaction across budgets (`base:` in a primary entry): only such a
+    study's report has the budget-response table and plot, so other studies' reports stay what they were."""
+    primary = (study.plan.get('preregistration') or {}).get('primary') or {}
+    return any((o or {}).get('base') for o in primary.values())
+
+
 def budget_response(study: Study) -> Optional[Dict[str, Any]]:
     """The gap MoE − dense (the pre-registered metric, else the primary one) at each training budget, per MoE
     arm, with its Welch 95% interval over seeds; None unless the study's adversarially trained configs span two

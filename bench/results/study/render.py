@@ -581,7 +581,24 @@ def sanity(study: an.Study) -> Lines:
     return ['## Sanity flags', '', *(items or ['None: every run passed the evaluation checks.']), '']
 
 
-TABLES = (overview, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
+def budget_table(study: an.Study) -> Lines:
+    """A study of budgets: the gap MoE − dense at every budget, per MoE arm (what the budget-response plot
+    draws, stated exactly); the pre-registered section above decides, this table describes."""
+    if not an.of_budgets(study):
+        return []
+    out = ['## The gap to dense at each budget', '']
+    r = an.budget_response(study)
+    if r is None:
+        return out + ['Skipped: the runs do not span two budgets, each with a dense config and 2 seeds an arm.', '']
+    rows = [[arm, f'{n} training images x {ep} epochs, width {w}', f"{w_['n_a']} / {w_['n_b']}",
+             f"{w_['diff']:+.2f} [{w_['lo']:+.2f}, {w_['hi']:+.2f}]"]
+            for arm, points in r['arms'].items() for (n, ep, w), w_ in points]
+    return out + [f"Gap = MoE − dense in {r['metric']} (mean over seeds, Welch 95% interval; exploratory beside the "
+                  'pre-registered contrasts).', ''] + md_table(('MoE arm', 'budget', 'seeds (MoE / dense)',
+                                                               'gap [95%]'), rows) + ['']
+
+
+TABLES = (overview, budget_table, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
 
 
 # ------------------------------------------------------------------------------------------ protocol and sizing
