@@ -78,3 +78,11 @@ def test_only_a_study_is_superseded(tmp_path):
     path.write_text(yaml.safe_dump({'arch': ['resnet18'], 'superseded_by': 'study_powered_fashion_mnist'}))
     with pytest.raises(UserError, match='needs named configs'):
         load_spec(path)
+
+
+def test_two_studies_that_supersede_each_other_are_refused_not_followed(tmp_path):
+    a, b = tmp_path / 'study_a.yaml', tmp_path / 'study_b.yaml'
+    for path, other in ((a, b), (b, a)):
+        path.write_text(yaml.safe_dump({'configs': {'dense': {'model': 'resnet18_dense'}}, 'superseded_by': str(other)}))
+    with pytest.raises(UserError, match='which is not a study that stands'):
+        load_spec(a)

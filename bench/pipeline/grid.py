@@ -155,10 +155,12 @@ def _check_superseded_by(spec: GridSpec, path: str | Path) -> None:
     if not isinstance(later, str) or not later or later == spec.name:
         raise UserError(f'superseded_by in {path} is {later!r}: name another study spec, e.g. '
                         'study_powered_fashion_mnist')
-    other = load_spec(later)
-    if not other.configs or other.superseded_by is not None:
+    # read before it loads: a later study that is itself superseded (a cycle, say) is refused, not followed
+    data = read_yaml_mapping(later, 'grid spec', GRID_SPEC)
+    if not data.get('configs') or data.get('superseded_by') is not None:
         raise UserError(f'superseded_by in {path} names {later!r}, which is not a study that stands (named configs, '
                         'not superseded itself)')
+    load_spec(later)  # a later study that does not load is the user's to fix now, not when the report runs
 
 
 def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
