@@ -26,8 +26,10 @@ def _spec(tmp_path: Path, **kw) -> Path:
     return path
 
 
-def test_cells_follow_the_axes_and_skip_k_above_e():
-    spec = load_spec('grid_paper_cifar100')
+def test_cells_follow_the_axes_and_skip_k_above_e(tmp_path):
+    spec = load_spec(_spec(tmp_path, arch=['resnet18', 'resnet50'], experts=[4], k=[1, 2],
+                           gate=['gap_fc', 'conv_gap'], aux_loss=['entropy', 'switch', 'kl'],
+                           placement=['last', 'all'], training=['normal', 'pgd']))
     grid = cells(spec)
     # 2 arch x 2 training x (1 dense + 1 E x 2 k x 2 gates x 3 losses x 2 placements)
     assert len(grid) == 2 * 2 * (1 + 2 * 2 * 3 * 2)
@@ -48,9 +50,10 @@ def test_the_recipe_column_says_what_each_cell_trains_with(tmp_path):
     study = load_spec('study_powered_fashion_mnist')
     assert {recipe_label(c, study) for c in cells(study)} == {'train: block'}
     paper = load_spec('grid_paper_cifar100')
-    # one recipe per arch (its `training` is set per cell), with the spec's `data_dir` over it
-    assert {recipe_label(c, paper) for c in cells(paper)} == {'cifar100_resnet18_pgd + train: block',
-                                                              'cifar100_resnet50_pgd + train: block'}
+    # one recipe per arch and training, with the spec's `data_dir` over it
+    assert {recipe_label(c, paper) for c in cells(paper)} == {
+        f'cifar100_{arch}_{training} + train: block' for arch in ('resnet18', 'resnet50')
+        for training in ('normal', 'pgd')}
     bare = load_spec(_spec(tmp_path))
     bare.train, bare.train_config = {}, None
     assert {recipe_label(c, bare) for c in cells(bare)} == {'built-in defaults'}

@@ -39,12 +39,31 @@ def study_plan(spec: Any) -> Dict[str, Any]:
     from bench.dataset_table import DATASET_SIZES, check_dataset_name
 
     dataset = spec.train.get('dataset')
-    return {'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
+    extra = {} if spec.superseded_by is None else {'superseded_by': _superseding(spec)}
+    return {**extra, 'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
             'train_images': DATASET_SIZES[check_dataset_name(dataset)]['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),
                                'seeds': [s for s in config_seeds(c, spec.seeds) if s is not None],
                                'upcycle_from': c.get('upcycle_from')} for name, c in spec.configs.items()}}
+
+
+def _superseding(spec: Any) -> Dict[str, Any]:
+    """The study that supersedes `spec`, as the report names it: its name, the follow-ups `spec` planned, and the
+    first seed of each of its configs that ships as a pretrained tag, with the attack settings of `spec`'s
+    AutoAttack follow-ups (points) and of the later study (radius), so that the report can give the commands."""
+    from bench.pipeline.grid import load_spec
+    from bench.pipeline.named_cells import config_seeds
+
+    later = load_spec(spec.superseded_by)
+    block = spec.autoattack or {}
+    return {'name': later.name, 'autoattack_configs': list(block.get('configs') or []),
+            'n_examples': block.get('n_examples', spec.eval.get('n_examples', 1000)),
+            'eps': later.eval.get('eps', 8 / 255), 'preregistered': later.preregistration is not None,
+            'seeds_per_arm': min(len(config_seeds(c, later.seeds)) for c in later.configs.values()),
+            'first_seeds': [{'config': name, 'model': c['model'], 'tag': c['tag'],
+                             'seed': config_seeds(c, later.seeds)[0]}
+                            for name, c in later.configs.items() if c.get('tag')]}
 
 
 def run(args: argparse.Namespace) -> int:

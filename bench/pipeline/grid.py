@@ -15,7 +15,13 @@ registry writes are atomic and never overwrite, so no entry is lost or clobbered
 
 `train_config` names the training recipe: one YAML for every cell, or one per architecture
 (`{resnet18: cifar100_resnet18_pgd, resnet50: cifar100_resnet50_pgd}`), because the paper trains ResNet-50
-with its own recipe. `seeds: [0, 1, 2]` repeats every cell per training seed; the leaderboard then shows
+with its own recipe, or one per architecture and training (`{resnet50: {normal: cifar100_resnet50_normal,
+pgd: cifar100_resnet50_pgd}}`), because its ResNet-50 normal runs weigh the aux loss unlike its PGD runs.
+
+`blocks:` lists sub-grids when the cells are not one product (the paper's table: k 3 and 4 for some
+placements only, the KL loss for some rows only): each block crosses its own axis values (the spec's where it
+names none) and lays its `model_kwargs` over the spec's; the cells are the union, the dense baselines once per
+arch x training. `seeds: [0, 1, 2]` repeats every cell per training seed; the leaderboard then shows
 each configuration's runs as one row (mean, spread and interval over the seeds).
 """
 from __future__ import annotations
@@ -82,6 +88,11 @@ class GridSpec:
     # the study's primary contrasts, metric, margin and analysis, named before it runs
     # (`bench.results.study.analysis.check_preregistration`)
     preregistration: Optional[Dict[str, Any]] = None
+    # a later study (a shipped spec's name) that answers this one's questions: the follow-ups not run yet are
+    # closed, not run, and the report says so and how the later study's first seeds get them
+    superseded_by: Optional[str] = None
+    # sub-grids whose union is the grid, each {axis: values, model_kwargs: {...}} (see the module docstring)
+    blocks: Optional[List[Dict[str, Any]]] = None
     name: str = 'grid'  # the spec file's stem, stored in each entry's `grid` field (set by load_spec)
 
 
@@ -99,6 +110,8 @@ def load_spec(path: str | Path) -> GridSpec:
     for axis in AXES:
         if axis in data and not isinstance(data[axis], list):
             data[axis] = [data[axis]]
+    if data.get('blocks') is not None:
+        data['blocks'] = _check_blocks(data['blocks'], data, path)
     spec = GridSpec(**data, name=Path(str(path)).stem)
     for value in spec.arch:
         if value not in ARCHS:
@@ -113,7 +126,7 @@ def load_spec(path: str | Path) -> GridSpec:
     for value in spec.training:
         if value not in TRAININGS:
             raise UserError(f'training {value!r} is not allowed; choose from {", ".join(TRAININGS)}')
-    _check_train_config(spec.train_config, spec.arch, path)
+    _check_train_config(spec.train_config, spec.arch, path, None if spec.configs else spec.training)
     check_seeds(spec.seeds, f'seeds in {path}')
     grid = cells(spec)
     # an unknown attack or eval key would otherwise fail every cell after its training
@@ -125,9 +138,29 @@ def load_spec(path: str | Path) -> GridSpec:
         if not spec.configs:
             raise UserError(f'preregistration in {path} needs named configs (configs: ...) to contrast')
         spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path))
+    _check_superseded_by(spec, path)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')
     return spec
+
+
+def _check_superseded_by(spec: GridSpec, path: str | Path) -> None:
+    """`superseded_by` names another study (named configs), which itself is not superseded: a study that a
+    superseded one points to must be the one that answers it."""
+    later = spec.superseded_by
+    if later is None:
+        return
+    if not spec.configs:
+        raise UserError(f'superseded_by in {path} needs named configs (configs: ...): only a study is superseded')
+    if not isinstance(later, str) or not later or later == spec.name:
+        raise UserError(f'superseded_by in {path} is {later!r}: name another study spec, e.g. '
+                        'study_powered_fashion_mnist')
+    # read before it loads: a later study that is itself superseded (a cycle, say) is refused, not followed
+    data = read_yaml_mapping(later, 'grid spec', GRID_SPEC)
+    if not data.get('configs') or data.get('superseded_by') is not None:
+        raise UserError(f'superseded_by in {path} names {later!r}, which is not a study that stands (named configs, '
+                        'not superseded itself)')
+    load_spec(later)  # a later study that does not load is the user's to fix now, not when the report runs
 
 
 def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -> None:
@@ -144,8 +177,50 @@ def _check_cells(spec: GridSpec, grid: List[Dict[str, Any]], path: str | Path) -
             check_upcycling(c, by_id[c['upcycle_from']], path)
 
 
-def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
-    """A recipe name, or a mapping that names one recipe for every arch of the grid (and no other arch)."""
+BLOCK_KEYS = AXES + ('model_kwargs',)
+
+
+def _check_blocks(blocks: Any, data: Mapping[str, Any], path: str | Path) -> List[Dict[str, Any]]:
+    """The `blocks:` of a spec, each axis value a list; refuses what no grid could cross (UserError, one line).
+
+    A block's `arch` and `training` must be among the spec's, so that the spec's recipes (`train_config`) and
+    dense baselines cover every cell; other values are checked as the cells are built (`ModelSpec`)."""
+    if data.get('configs') is not None:
+        raise UserError(f'{path} sets configs and blocks: a spec either lists named configs or crosses axes')
+    if not isinstance(blocks, list) or not blocks:
+        raise UserError(f'blocks in {path} is {blocks!r}: give a list of mappings {{axis: [values], ...}}')
+    out = []
+    for i, block in enumerate(blocks):
+        where = f'block {i} of {path}'
+        if not isinstance(block, Mapping) or not block:
+            raise UserError(f'{where} is {block!r}: give a mapping {{axis: [values], model_kwargs: {{...}}}}')
+        unknown = sorted(set(block) - set(BLOCK_KEYS))
+        if unknown:
+            raise UserError(f'{where} has unknown key {unknown[0]!r}; allowed: {", ".join(BLOCK_KEYS)}')
+        block = {k: v if k == 'model_kwargs' or isinstance(v, list) else [v] for k, v in block.items()}
+        if not isinstance(block.get('model_kwargs', {}), Mapping):
+            raise UserError(f'{where}: model_kwargs is {block["model_kwargs"]!r}, not a mapping')
+        for axis in ('arch', 'training'):
+            allowed = data.get(axis, GridSpec.__dataclass_fields__[axis].default_factory())
+            bad = [v for v in block.get(axis, []) if v not in allowed]
+            if bad:
+                raise UserError(f'{where}: {axis} {bad[0]!r} is not among the spec\'s {axis}: '
+                                f'{", ".join(map(str, allowed))}')
+        for arch, kind in itertools.product(block.get('arch', data.get('arch', ['resnet18'])),
+                                            block.get('kind', data.get('kind', ['block']))):
+            if kind not in KINDS:
+                raise UserError(f'{where}: kind {kind!r} is not allowed; choose from {", ".join(KINDS)}')
+            if arch in FAMILIES and kind not in FAMILIES[arch]:
+                raise UserError(f'{where}: kind {kind!r} is not registered for arch {arch!r}; its kinds: '
+                                f'{", ".join(FAMILIES[arch])}')
+        out.append(block)
+    return out
+
+
+def _check_train_config(value: Any, archs: List[str], path: str | Path,
+                        trainings: Optional[List[str]] = None) -> None:
+    """A recipe name, or a mapping that names one recipe for every arch of the grid (and no other arch): a name,
+    or {training: name} for every training of the grid (`trainings`; None: checked as the cells are built)."""
     if value is None or isinstance(value, str):
         return
     if not isinstance(value, Mapping):
@@ -156,17 +231,33 @@ def _check_train_config(value: Any, archs: List[str], path: str | Path) -> None:
     missing = [a for a in archs if a not in value]
     if missing:
         raise UserError(f'train_config in {path} has no recipe for arch {missing[0]!r}: add {missing[0]}: <recipe>')
-    bad = {a: r for a, r in value.items() if not isinstance(r, str) or not r}
-    if bad:
-        arch, recipe = next(iter(bad.items()))
-        raise UserError(f'train_config in {path}: the recipe for {arch} is {recipe!r}, not a recipe name')
+    for arch, recipe in value.items():
+        per_training = recipe if isinstance(recipe, Mapping) else None
+        if per_training is not None:
+            bad_key = sorted(set(per_training) - set(TRAININGS))
+            if bad_key:
+                raise UserError(f'train_config in {path}: {arch} names training {bad_key[0]!r}; trainings are '
+                                f'{", ".join(TRAININGS)}')
+            lacking = [t for t in trainings or [] if t not in per_training]
+            if lacking:
+                raise UserError(f'train_config in {path} has no {arch} recipe for training {lacking[0]!r}: add '
+                                f'{lacking[0]}: <recipe> under {arch}')
+        for name in (per_training or {arch: recipe}).values():
+            if not isinstance(name, str) or not name:
+                raise UserError(f'train_config in {path}: the recipe for {arch} is {name!r}, not a recipe name')
 
 
-def recipe_for(spec: GridSpec, arch: str) -> Optional[str]:
-    """The training recipe of the cells of `arch` (None: the TrainConfig defaults)."""
-    if isinstance(spec.train_config, Mapping):
-        return spec.train_config[arch]
-    return spec.train_config
+def recipe_for(spec: GridSpec, arch: str, training: Optional[str] = None) -> Optional[str]:
+    """The training recipe of the cells of `arch` trained with `training` (None: the TrainConfig defaults)."""
+    if not isinstance(spec.train_config, Mapping):
+        return spec.train_config
+    recipe = spec.train_config[arch]
+    if not isinstance(recipe, Mapping):
+        return recipe
+    if training not in recipe:
+        raise UserError(f'train_config of grid {spec.name!r} has no {arch} recipe for training {training!r}: add '
+                        f'{training}: <recipe> under {arch}')
+    return recipe[training]
 
 
 def cells(spec: GridSpec) -> List[Dict[str, Any]]:
@@ -182,22 +273,31 @@ def cells(spec: GridSpec) -> List[Dict[str, Any]]:
     """
     if spec.configs:
         return named_cells(spec, _cell, recipe_for)
-    out, seen = [], set()
+    out, seen = [], {}
     seeds: List[Optional[int]] = list(spec.seeds) if spec.seeds else [None]
+    blocks = spec.blocks if spec.blocks is not None else [{}]
     for arch, training, seed in itertools.product(spec.arch, spec.training, seeds):
         tail = f'-{training}' if seed is None else f'-{training}-seed{seed}'
-        common = dict(training=training, arch=arch, seed=seed, train_config=recipe_for(spec, arch))
+        common = dict(training=training, arch=arch, seed=seed, train_config=recipe_for(spec, arch, training))
         if spec.dense:
             out.append(_cell(f'{arch}_dense{tail}', f'{arch}_dense', dict(spec.model_kwargs), common))
-        for kind, e, k, gate, loss, place in itertools.product(spec.kind, spec.experts, spec.k, spec.gate,
-                                                               spec.aux_loss, spec.placement):
-            if k > e or e == 0:
-                continue  # k <= E, and dense baselines come from `dense`
-            model = _moe_name(arch, e, k, kind)  # the name tells the kind: BlockMoE cell ids stay what they were
-            cell = f'{model}-{gate}-{loss}-{place}{tail}'
-            if cell not in seen:
-                seen.add(cell)
-                kwargs = dict(spec.model_kwargs, gate=gate, aux_loss=loss, placement=place)
+        for i, block in enumerate(blocks):
+            if arch not in block.get('arch', [arch]) or training not in block.get('training', [training]):
+                continue
+            axes = [block.get(axis, getattr(spec, axis)) for axis in ('kind', 'experts', 'k', 'gate', 'aux_loss',
+                                                                      'placement')]
+            model_kwargs = {**spec.model_kwargs, **block.get('model_kwargs', {})}
+            for kind, e, k, gate, loss, place in itertools.product(*axes):
+                if k > e or e == 0:
+                    continue  # k <= E, and dense baselines come from `dense`
+                model = _moe_name(arch, e, k, kind)  # the name tells the kind: BlockMoE cell ids stay what they were
+                cell = f'{model}-{gate}-{loss}-{place}{tail}'
+                if cell in seen:
+                    if seen[cell] != i:  # two blocks that list one cell: the union would hide which kwargs win
+                        raise UserError(f'grid cell {cell} is in block {seen[cell]} and block {i}: list it once')
+                    continue
+                seen[cell] = i
+                kwargs = dict(model_kwargs, gate=gate, aux_loss=loss, placement=place)
                 out.append(_cell(cell, model, kwargs, common))
     return out
 
@@ -401,6 +501,25 @@ def recipe_label(cell: Mapping[str, Any], spec: GridSpec) -> str:
     return ' + '.join(parts) or 'built-in defaults'
 
 
+SUMMARY_ABOVE = 30  # cells: a longer list scrolls off the screen, so a table per arch x kind x training follows it
+
+
+def _summary(grid: List[Dict[str, Any]], states: Mapping[str, str], spec: GridSpec) -> Table:
+    """The cells counted per (arch, kind, training), with their recipe and how many are done: what a screen
+    shows of a grid too long to read cell by cell (the paper's table has 219)."""
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for c in grid:
+        groups.setdefault((c['arch'], c.get('kind') or 'dense', c['training']), []).append(c)
+    table = Table(title=f'{len(grid)} cells by arch, kind and training')
+    for col in ('arch', 'kind', 'training', 'recipe', 'cells', 'done'):
+        table.add_column(col, justify='right' if col in ('cells', 'done') else 'left')
+    for (arch, kind, training), members in groups.items():
+        recipes = ', '.join(dict.fromkeys(recipe_label(c, spec) for c in members))
+        done = sum(states[c['cell']] == 'done' for c in members)
+        table.add_row(arch, kind, training, recipes, str(len(members)), str(done))
+    return table
+
+
 def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Optional[Console] = None,
              only: Optional[str] = None, shard: Optional[Tuple[int, int]] = None,
              progress: bool = True) -> Dict[str, List[Dict[str, Any]]]:
@@ -428,6 +547,8 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         table.add_row(c['cell'], c['model'], c.get('kind') or 'dense', c['training'], recipe_label(c, spec),
                       states[c['cell']])
     console.print(table)
+    if len(todo_cells) > SUMMARY_ABOVE:
+        console.print(_summary(todo_cells, states, spec))
     skipped = [c for c in todo_cells if states[c['cell']] == 'done']
     pending = [c for c in todo_cells if states[c['cell']] != 'done']
     if dry_run:
@@ -466,6 +587,10 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
                   console: Console, progress: bool = True) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
     (every shard's) is done; returns their outcomes."""
+    if spec.superseded_by:
+        console.print(f'autoattack follow-ups: closed, {spec.name} is superseded by {spec.superseded_by} (its report '
+                      'says how that study\'s first seeds get them)')
+        return []
     registered = registered_cells(spec)
     waiting = [c['cell'] for c in grid if status(c, spec, registered) != 'done']
     if waiting:

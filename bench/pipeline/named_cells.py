@@ -106,7 +106,7 @@ def config_seeds(config: Mapping[str, Any], spec_seeds: Optional[List[int]]) -> 
 
 
 def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
-                recipe_for: Callable[[Any, str], Optional[str]]) -> List[Dict[str, Any]]:
+                recipe_for: Callable[[Any, str, str], Optional[str]]) -> List[Dict[str, Any]]:
     """The cells of a spec with `configs`, seed by seed: every config's first seed (configs in the spec's order),
     then every config's second seed, ...
 
@@ -117,7 +117,8 @@ def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
     Args:
         spec: The grid spec (`bench.pipeline.grid.GridSpec`).
         make_cell: `(cell id, model name, model kwargs, common fields) -> cell`, the grid's own cell builder.
-        recipe_for: `(spec, arch) -> recipe`, the grid's choice of training recipe per architecture.
+        recipe_for: `(spec, arch, training) -> recipe`, the grid's choice of training recipe per architecture
+            (and training).
     """
     per_config = []
     for name, config in spec.configs.items():
@@ -136,7 +137,7 @@ def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
                           train={**spec.train, **config.get('train', {})},
                           upcycle_from=None if source is None else (source if seed is None else f'{source}-seed{seed}'),
                           eval=cell_eval(spec, config, seed == seeds[0]))
-            common['train_config'] = recipe_for(spec, arch)
+            common['train_config'] = recipe_for(spec, arch, common['training'])
             out.append(make_cell(cell_id, config['model'], {**spec.model_kwargs, **config.get('model_kwargs', {})},
                                  common))
     rounds = max(map(len, per_config), default=0)

@@ -492,6 +492,35 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, pool
                 n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
 
 
+def interaction_welch(a: Sequence[float], b: Sequence[float], c: Sequence[float], d: Sequence[float],
+                      confidence: float = 0.95) -> Dict[str, Any]:
+    """(mean(a) - mean(b)) - (mean(c) - mean(d)) for four independent samples (seeds as the unit: each run is its
+    own seed), with Welch's t over the four variances (Welch-Satterthwaite df) and its two-sided p: whether the
+    difference a - b changes from one condition (c - d) to the other, e.g. a MoE's gap to dense as training grows.
+
+    Returns:
+        dict(diff, se, df, lo, hi, t, p, n_a, n_b, n_c, n_d).
+    """
+    arms = [np.asarray(x, dtype=float) for x in (a, b, c, d)]
+    if any(x.size < 2 for x in arms):
+        raise ValueError(f'interaction_welch needs at least 2 values per arm, got {[x.size for x in arms]}')
+    if not all(np.isfinite(x).all() for x in arms):
+        raise ValueError('interaction_welch got a non-finite value')
+    q = [float(x.var(ddof=1)) / x.size for x in arms]
+    se = math.sqrt(sum(q))
+    df = sum(q) ** 2 / sum(v ** 2 / (x.size - 1) for v, x in zip(q, arms)) if se > 0 else float(
+        sum(x.size for x in arms) - 4)
+    diff = float((arms[0].mean() - arms[1].mean()) - (arms[2].mean() - arms[3].mean()))
+    half = t_quantile(confidence, df) * se
+    if se > 0:
+        tt = diff / se
+        p = 2 * (1 - t_cdf(abs(tt), df))
+    else:  # no spread at all: the difference is exact
+        tt, p = (math.copysign(math.inf, diff), 0.0) if diff else (0.0, 1.0)
+    return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)),
+                **{f'n_{k}': int(x.size) for k, x in zip('abcd', arms)})
+
+
 def holm(pvalues: Sequence[float]) -> List[float]:
     """Holm's step-down adjusted p-values, in the input order: the i-th smallest p times (m - i + 1), made
     non-decreasing along the order and capped at 1. Rejecting where the adjusted p < alpha controls the

@@ -155,6 +155,51 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _budget_label(b) -> str:
+    images, epochs, width = b
+    return f'{images // 1000}k x {epochs} ep' + (f', w{width}' if width is not None else '')
+
+
+def plot_budget_response(study: an.Study, path: Path) -> Path:
+    """The gap MoE − dense at each training budget, per MoE arm, with its Welch 95% interval over seeds; the
+    paper's effect of each arm as a labelled horizontal line (a reference, not a data point)."""
+    r = an.budget_response(study)
+    if r is None:
+        return _empty(path, 'gap to dense vs training budget', 'two or more budgets, each with a dense config')
+    fig, (ax,) = _figure(size=(8.0, 5.0))
+    x = {b: i for i, b in enumerate(r['budgets'])}
+    colors = ('#d62728', '#1f77b4', '#2ca02c', '#9467bd')
+    for i, (arm, points) in enumerate(r['arms'].items()):
+        color = colors[i % len(colors)]
+        xs = [x[b] + 0.08 * (i - (len(r['arms']) - 1) / 2) for b, _ in points]  # side by side, not on top
+        ys = [w['diff'] for _, w in points]
+        err = [[w['diff'] - w['lo'] for _, w in points], [w['hi'] - w['diff'] for _, w in points]]
+        ax.errorbar(xs, ys, yerr=err, fmt='o-', color=color, capsize=4, label=arm)
+        if arm in r['paper']:
+            ax.axhline(r['paper'][arm], color=color, linestyle='--', linewidth=1)
+            ax.annotate(f"the paper (PGD-20, CIFAR-100, width 64, 200 epochs): {r['paper'][arm]:+.2f}",
+                        (0.01, r['paper'][arm]), xycoords=('axes fraction', 'data'), xytext=(0, 3),
+                        textcoords='offset points', fontsize=8, color=color)
+    ax.axhline(0, color='#999999', linewidth=1)
+    ax.set_xticks(range(len(r['budgets'])), [_budget_label(b) for b in r['budgets']])
+    ax.set_xlabel('training budget (training images x epochs, width), by image passes')
+    ax.set_ylabel(f"{r['metric']} gap, MoE − dense (points)")
+    ax.set_title(f"{study.name}: the gap to dense as training grows\n(mean over seeds, Welch 95% interval)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    return _save(fig, path)
+
+
+BUDGET_PLOT = ('budget_response.png', plot_budget_response, 'the gap to dense vs the training budget')
+
+
+def plots(study: an.Study) -> Tuple[Tuple[str, Any, str], ...]:
+    """The plots of a study's report: the budget response only for a study of budgets, one that pre-registers
+    an interaction across them (`base:` in a primary entry); other studies' reports stay what they were."""
+    return PLOTS + ((BUDGET_PLOT,) if an.of_budgets(study) else ())
+
+
 PLOTS = (
     ('robust_vs_clean.png', plot_robust_vs_clean, 'robust vs clean accuracy'),
     ('flops_vs_robust.png', plot_flops_vs_robust, 'active FLOPs vs robust accuracy'),
@@ -186,7 +231,7 @@ def report_text(study: Study) -> str:
     for table in TABLES:
         lines += table(study)
     lines += ['## Plots', '']
-    lines += [f'![{title}]({PLOT_DIR}/{name})' for name, _, title in PLOTS] + ['']
+    lines += [f'![{title}]({PLOT_DIR}/{name})' for name, _, title in plots(study)] + ['']
     lines += protocol(study)
     while lines and lines[-1] == '':
         lines.pop()
@@ -207,7 +252,7 @@ def write_study(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], o
         raise UserError(f'--out {out_dir} is a file: pass a directory for {REPORT_NAME} and its plots')
     (out_dir / PLOT_DIR).mkdir(parents=True, exist_ok=True)
     text = report_text(study)  # before any file is written: a refusal leaves the old report whole
-    paths = [fn(study, out_dir / PLOT_DIR / name) for name, fn, _ in PLOTS]
+    paths = [fn(study, out_dir / PLOT_DIR / name) for name, fn, _ in plots(study)]
     report = out_dir / REPORT_NAME
     report.write_text(text, encoding='utf-8')
     return [report] + paths

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -513,6 +513,9 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
           margin: 1.5                    # points: the equivalence margin, and the detectable difference sought
           analysis: welch                # or pooled (pooled-variance t over the arms)
           seed_sd: 2.3                   # the measured sd over seeds the sizing used
+
+    A primary entry may add `base: [moe config, baseline config]` (the same arms at a base budget): its
+    interaction, (config − baseline) − (base MoE − base baseline), is then a primary contrast too.
     """
     if not isinstance(block, Mapping):
         raise UserError(f'preregistration in {where} is {block!r}: give a mapping with baseline, primary, ...')
@@ -534,9 +537,14 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
             raise UserError(f'preregistration.primary in {where} names {name!r}: name configs of the spec other than '
                             f'the baseline ({", ".join(c for c in configs if c != out["baseline"])})')
         options = options or {}
-        if not isinstance(options, Mapping) or set(options) - {'paper'}:
+        if not isinstance(options, Mapping) or set(options) - {'paper', 'base'}:
             raise UserError(f'preregistration.primary.{name} in {where} is {options!r}: give {{}} or '
-                            '{paper: {table, moe, loss, gate, k}}')
+                            '{paper: {table, moe, loss, gate, k}, base: [moe config, baseline config]}')
+        base = options.get('base')
+        if base is not None and (not isinstance(base, list) or len(base) != 2 or len(set(map(str, base))) != 2
+                                 or any(b not in configs or b in (name, out['baseline']) for b in base)):
+            raise UserError(f'preregistration.primary.{name}.base in {where} is {base!r}: give [moe config, baseline '
+                            f'config], two other configs of the spec, the same arms at the base budget')
         paper = options.get('paper') or {}
         if not isinstance(paper, Mapping) or set(paper) - set(PAPER_KEYS):
             raise UserError(f'preregistration.primary.{name}.paper in {where} is {paper!r}: keys '
@@ -581,6 +589,106 @@ def _arm(study: Study, config: str, metric: str) -> Tuple[Dict[int, float], Dict
     return values, bits, problems
 
 
+def _interaction(study: Study, config: str, baseline: str, base_config: str, base_baseline: str,
+                 signatures: set) -> Dict[str, Any]:
+    """The pre-registered interaction of `config` (`base: [base_config, base_baseline]` in its primary entry):
+    (config − baseline) − (base_config − base_baseline), four independent arms, seeds as the unit."""
+    metric = study.plan['preregistration']['metric']
+    arms = [config, baseline, base_config, base_baseline]
+    found = [_arm(study, arm, metric) for arm in arms]
+    problems = [p for _, _, ps in found for p in ps]
+    if len(signatures) > 1:
+        problems.append(f'the runs measured {metric} with different settings')
+    if any(len(values) < 2 for values, _, _ in found):
+        problems.append(f'{", ".join(arms)} need at least 2 seeds each')
+    c = dict(config=config, baseline=baseline, base=[base_config, base_baseline], n_a=len(found[0][0]),
+             n_b=len(found[1][0]), problems=problems, paper=None,
+             label=f'({config} − {baseline}) − ({base_config} − {base_baseline})')
+    if not problems:
+        c.update(stats.interaction_welch(*[list(values.values()) for values, _, _ in found]))
+    return c
+
+
+def budget(study: Study, config: str) -> Tuple[int, int, Any]:
+    """(training images, epochs, width) of a config, from its first run: what a budget study varies."""
+    from bench.dataset_table import DATASET_SIZES
+
+    e = next(iter(study.runs[config].values()))
+    cfg = (e.get('training') or {}).get('config') or {}
+    images = cfg.get('train_limit') or (DATASET_SIZES.get(e.get('dataset')) or {}).get('train_images') or 0
+    return int(images), int(traits(study, config)['epochs'] or 0), traits(study, config).get('width')
+
+
+def moe_arm(study: Study, config: str) -> str:
+    """A MoE config's arm across budgets: its model and placement ('resnet18_convmoe_e4_k1, placement all')."""
+    model = next(iter(study.runs[config].values()))['model']
+    kwargs = model.get('effective_kwargs') or model.get('kwargs') or {}
+    return f"{model.get('name')}, placement {kwargs.get('placement', model.get('placement'))}"
+
+
+def of_budgets(study: Study) -> bool:
+    """Whether the study pre-registers an interaction across budgets (`base:` in a primary entry): only such a
+    study's report has the budget-response table and plot, so other studies' reports stay what they were."""
+    primary = (study.plan.get('preregistration') or {}).get('primary') or {}
+    return any((o or {}).get('base') for o in primary.values())
+
+
+def budget_response(study: Study) -> Optional[Dict[str, Any]]:
+    """The gap MoE − dense (the pre-registered metric, else the primary one) at each training budget, per MoE
+    arm, with its Welch 95% interval over seeds; None unless the study's adversarially trained configs span two
+    or more budgets, each with one dense config.
+
+    Returns:
+        dict(metric, budgets [(images, epochs, width)] by image passes, arms {arm: [(budget, welch) ...]},
+        paper {arm: the paper's PGD-20 effect} for the arms of pre-registered primaries that name their row).
+    """
+    prereg = study.plan.get('preregistration') or {}
+    metric = prereg.get('metric') or study.primary()
+    adv = [c for c in study.configs if study.runs.get(c) and adversarial(study, c)]
+    by_budget: Dict[Tuple[int, int, Any], List[str]] = {}
+    for c in adv:
+        by_budget.setdefault(budget(study, c), []).append(c)
+    budgets = sorted(by_budget, key=lambda b: (b[0] * b[1], str(b[2])))
+    if metric is None or len(budgets) < 2:
+        return None
+    arms: Dict[str, List[Tuple[Tuple[int, int, Any], Dict[str, Any]]]] = {}
+    for b in budgets:
+        dense = [c for c in by_budget[b] if not is_moe(study, c)]
+        if len(dense) != 1:
+            continue  # no dense config, or several, at this budget: no gap to draw
+        base = [v for v in (accuracy(e, metric) for e in study.runs[dense[0]].values()) if v is not None]
+        for c in by_budget[b]:
+            values = [v for v in (accuracy(e, metric) for e in study.runs[c].values()) if v is not None]
+            if is_moe(study, c) and len(values) >= 2 and len(base) >= 2:
+                arms.setdefault(moe_arm(study, c), []).append((b, stats.welch(values, base)))
+    if not arms:
+        return None
+    paper = {}
+    for config, options in (prereg.get('primary') or {}).items():
+        delta = paper_delta(study, options.get('paper'))
+        if config in study.runs and study.runs[config] and isinstance(delta, tuple):
+            paper[moe_arm(study, config)] = delta[0]
+    return dict(metric=metric, budgets=budgets, arms=arms, paper=paper)
+
+
+def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, float]]:
+    """The paper's effect for a row it names: (PGD-20, APGD-20) of the row minus its table's dense baseline;
+    None without a row, or the reason (a string) it cannot be read."""
+    if not paper:
+        return None
+    from bench.results.import_paper import DEFAULT_CSV
+
+    try:
+        rows = paper_rows(study.plan.get('paper_csv') or DEFAULT_CSV)
+    except UserError as err:
+        return f'– ({err})'
+    row = _row(rows, **{k: str(v) for k, v in paper.items()})
+    base = _row(rows, table=str(paper.get('table')), moe='Baseline')
+    if row is None or base is None:
+        return f"– (no such row in the paper's table: {dict(paper)})"
+    return _delta(row, base)
+
+
 def preregistered(study: Study) -> Optional[Dict[str, Any]]:
     """The pre-registered analysis of a study whose plan has `preregistration` (None otherwise).
 
@@ -614,6 +722,9 @@ def preregistered(study: Study) -> Optional[Dict[str, Any]]:
                 c['boot'] = stats.hierarchical_bootstrap(np.stack(list(bits.values())), np.stack(list(base_bits.values())),
                                                          n_boot=N_BOOT, seed=BOOT_SEED)
         contrasts.append(c)
+    for config, options in prereg['primary'].items():
+        if options.get('base'):
+            contrasts.append(_interaction(study, config, prereg['baseline'], *options['base'], signatures))
     tested = [c for c in contrasts if 'p' in c]
     for c, p_holm, level in zip(tested, stats.holm([c['p'] for c in tested]),
                                 stats.holm_levels([c['p'] for c in tested], alpha)):
@@ -627,7 +738,7 @@ def preregistered(study: Study) -> Optional[Dict[str, Any]]:
                    for s in ([float(np.std(list(runs.values()), ddof=1))] if len(runs) > 1 else [])]
     # sized at Holm's strictest level, alpha / m: the contrast with the smallest p is tested there, and which
     # one that will be is not known before the runs
-    level = alpha / len(prereg['primary'])
+    level = alpha / len(contrasts)
     sizing = dict(level=level)
     if prereg.get('seed_sd'):
         sizing['spec'] = (prereg['seed_sd'], stats.seeds_for_margin(prereg['seed_sd'], margin, level, power))

@@ -510,9 +510,9 @@ def autoattack(study: an.Study) -> Lines:
                      f'{100 * x_pri.mean():.2f}', f'{100 * x_aa.mean():.2f}', f'{gap:+.2f} [{glo:+.2f}, {ghi:+.2f}]',
                      f'{stats.mcnemar_exact(x_pri, x_aa):.3g}'])
     if not rows:
-        return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes
+        return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes + superseded_autoattack(study)
     out += md_table(('config', 'AutoAttack', 'points', primary, 'AutoAttack', 'gap [95% bootstrap]', 'McNemar p'),
-                    rows) + notes + ([''] if notes else [])
+                    rows) + notes + ([''] if notes else []) + superseded_autoattack(study)
     if len(gaps) >= 2 and gaps[0][1] == gaps[1][1]:
         (ca, _, pa, aa_a), (cb, _, pb, aa_b) = gaps[:2]
         d = an.bootstrap_mean(100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b)))
@@ -521,6 +521,29 @@ def autoattack(study: an.Study) -> Lines:
                 f'[{d["lo"]:+.2f}, {d["hi"]:+.2f}]: {verdict} (the weaker attack overstates one model\'s robustness '
                 'more than the other\'s only if the interval excludes 0).', '']
     return out
+
+
+def superseded_autoattack(study: an.Study) -> Lines:
+    """For a study superseded by a later one (`superseded_by` in its spec): the AutoAttack follow-ups it planned
+    and never ran, closed rather than run, and the commands that give the later study's first seeds (shipped as
+    pretrained tags) their AutoAttack on the same points. Nothing for a study that stands."""
+    later = study.plan.get('superseded_by')
+    if not later:
+        return []
+    ran = {x for e in study.autoattack for x in (e['grid'].get('config'), e['grid'].get('selected_as')) if x}
+    closed = [c for c in later['autoattack_configs'] if c not in ran]
+    how = 'the pre-registered study' if later['preregistered'] else 'the study'
+    out = [f'Superseded: {how} `{later["name"]}` answers this study\'s question with {later["seeds_per_arm"]} '
+           'seeds per arm, so '
+           + (f'the AutoAttack follow-up{"s" if len(closed) > 1 else ""} of {", ".join(closed)} planned here '
+              'is closed, not run (`timm-moe grid` no longer runs it).' if closed else
+              'no AutoAttack follow-up is left to run here.')
+           + f' The first seed of each of its configs ships as a pretrained tag; AutoAttack on the same '
+           f'{later["n_examples"]} points, one command each:', '', '```']
+    out += [f'timm-moe eval --model {s["model"]}.{s["tag"]} --pretrained --attacks standard --no-per-expert '
+            f'--n-examples {later["n_examples"]} --eps {later["eps"]:g} --seed {s["seed"]} '
+            f'--json runs/{later["name"]}/autoattack/{s["config"]}.json' for s in later['first_seeds']]
+    return out + ['```', '']
 
 
 def routing_under_attack(study: an.Study) -> Lines:
@@ -558,7 +581,24 @@ def sanity(study: an.Study) -> Lines:
     return ['## Sanity flags', '', *(items or ['None: every run passed the evaluation checks.']), '']
 
 
-TABLES = (overview, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
+def budget_table(study: an.Study) -> Lines:
+    """A study of budgets: the gap MoE − dense at every budget, per MoE arm (what the budget-response plot
+    draws, stated exactly); the pre-registered section above decides, this table describes."""
+    if not an.of_budgets(study):
+        return []
+    out = ['## The gap to dense at each budget', '']
+    r = an.budget_response(study)
+    if r is None:
+        return out + ['Skipped: the runs do not span two budgets, each with a dense config and 2 seeds an arm.', '']
+    rows = [[arm, f'{n} training images x {ep} epochs, width {w}', f"{w_['n_a']} / {w_['n_b']}",
+             f"{w_['diff']:+.2f} [{w_['lo']:+.2f}, {w_['hi']:+.2f}]"]
+            for arm, points in r['arms'].items() for (n, ep, w), w_ in points]
+    return out + [f"Gap = MoE − dense in {r['metric']} (mean over seeds, Welch 95% interval; exploratory beside the "
+                  'pre-registered contrasts).', ''] + md_table(('MoE arm', 'budget', 'seeds (MoE / dense)',
+                                                               'gap [95%]'), rows) + ['']
+
+
+TABLES = (overview, budget_table, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
 
 
 # ------------------------------------------------------------------------------------------ protocol and sizing
@@ -714,20 +754,8 @@ def pieces(study: an.Study) -> Lines:
 
 def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
     """The paper's effect for a pre-registered contrast: its named row minus the same table's dense baseline."""
-    if not paper:
-        return '–'
-    from bench.results.import_paper import DEFAULT_CSV
-
-    path = study.plan.get('paper_csv') or DEFAULT_CSV
-    try:
-        rows = an.paper_rows(path)
-    except UserError as err:
-        return f'– ({err})'
-    row = an._row(rows, **{k: str(v) for k, v in paper.items()})
-    base = an._row(rows, table=str(paper.get('table')), moe='Baseline')
-    if row is None or base is None:
-        return f"– (no such row in the paper's table: {dict(paper)})"
-    return an._fmt_delta(an._delta(row, base))
+    delta = an.paper_delta(study, paper)
+    return delta if isinstance(delta, str) else an._fmt_delta(delta)
 
 
 def scope(study: an.Study) -> Lines:
@@ -737,11 +765,18 @@ def scope(study: an.Study) -> Lines:
     cfg = (e.get('training') or {}).get('config') or {}
     kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
     images = cfg.get('train_limit') or study.plan.get('train_images') or 'all'
-    return [f"Scope: the verdicts are about this study's recipe: {cfg.get('dataset', e['dataset'])}, {images} "
-            f"training images, {e['model'].get('arch')} at width {kw.get('width', 'default')}, {cfg.get('epochs')} "
-            f"epochs of {cfg.get('training')} training with {cfg.get('attack_steps')} attack steps at eps "
-            f"{cfg.get('eps')}. The paper's effects beside them come from {an.PAPER_SOURCE}, another setting: they "
-            'are a reference, not what the verdicts test.', '']
+    what = (f"{cfg.get('dataset', e['dataset'])}, {images} training images, {e['model'].get('arch')} at width "
+            f"{kw.get('width', 'default')}, {cfg.get('epochs')} epochs")
+    p = study.plan.get('preregistration') or {}
+    arms = [c for c in [p.get('baseline')] + [a for name, o in (p.get('primary') or {}).items()
+                                              for a in [name] + list((o or {}).get('base') or [])] if study.runs.get(c)]
+    budgets = sorted({an.budget(study, c) for c in arms}, key=lambda b: (b[0] * b[1], str(b[2])))
+    if len(budgets) > 1:  # a study of budgets: each verdict is about the budgets its arms trained at
+        what = (f"{e['model'].get('arch')} at the budgets " + '; '.join(
+            f'{n} training images x {ep} epochs at width {w}' for n, ep, w in budgets))
+    return [f"Scope: the verdicts are about this study's recipe: {what} of {cfg.get('training')} training with "
+            f"{cfg.get('attack_steps')} attack steps at eps {cfg.get('eps')}. The paper's effects beside them come "
+            f"from {an.PAPER_SOURCE}, another setting: they are a reference, not what the verdicts test.", '']
 
 
 def preregistration(study: an.Study) -> Lines:
@@ -752,7 +787,7 @@ def preregistration(study: an.Study) -> Lines:
         return ['## Pre-registration', '', 'None: this study did not name its primary contrasts, margin and analysis '
                 'before it ran, so every comparison in this report is exploratory.', '']
     p = r['prereg']
-    contrasts = ', '.join(f"{c} − {p['baseline']}" for c in p['primary'])
+    contrasts = ', '.join(c.get('label') or f"{c['config']} − {c['baseline']}" for c in r['contrasts'])
     out = ['## Pre-registered analysis', '',
            f"Pre-registered in the spec before the runs: primary contrasts {contrasts}; "
            f"metric {p['metric']} on the test points every run was attacked on; equivalence margin ±{p['margin']:g} "
@@ -762,11 +797,12 @@ def preregistration(study: an.Study) -> Lines:
     rows = []
     for c in r['contrasts']:
         if 'lo' not in c:
-            rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–', '–', '–', '–',
+            rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–',
+                         '–', '–', '–',
                          f"±{p['margin']:g}", _paper_contrast(study, c.get('paper')), c['verdict']])
             continue
         boot = c.get('boot')
-        rows.append([f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
+        rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
                      f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
                      '–' if boot is None else f'[{boot[1]:+.2f}, {boot[2]:+.2f}]',
                      f"{c['p']:.3g}", f"{c['p_holm']:.3g}", f"{c['detectable']:.2f}", f"±{p['margin']:g}",
@@ -779,14 +815,15 @@ def preregistration(study: an.Study) -> Lines:
     if 'measured' in sizing:
         sd, n = sizing['measured']
         words.append(f'{n} at the largest sd measured here ({sd:.2f})')
-    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])})
+    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])
+                  + [b for o in p['primary'].values() for b in o.get('base') or []]})
     if words:
         out += [f"Sizing: for a detectable difference of at most ±{p['margin']:g} points ({p['power']:.0%} power, "
-                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(p['primary'])} contrast"
-                f"{'s' if len(p['primary']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
+                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(r['contrasts'])} contrast"
+                f"{'s' if len(r['contrasts']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
                 f"{'/'.join(map(str, ran))} seeds per arm.", '']
     out += scope(study)
-    arms = [p['baseline']] + list(p['primary'])
+    arms = [p['baseline']] + list(p['primary']) + [b for o in p['primary'].values() for b in o.get('base') or []]
     planned = {c: len(study.plan['configs'][c].get('seeds') or study.plan.get('seeds') or []) for c in arms}
     short = [f"{c} {len(study.runs.get(c, {}))} of {planned[c]}" for c in arms
              if len(study.runs.get(c, {})) < planned[c]]
