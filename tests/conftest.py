@@ -11,6 +11,11 @@ if not os.environ.get('OMP_NUM_THREADS'):
     workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
     torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
+# pytest-xdist's workers inherit COLUMNS=80 from their terminal set-up, and the CLI honours COLUMNS on a pipe (as
+# a CI log asks): without this, what a test sees of a table would depend on whether it ran under xdist. A test
+# that checks a width sets COLUMNS itself (monkeypatch.setenv).
+os.environ.pop('COLUMNS', None)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

@@ -23,7 +23,7 @@ ALLOWED = {
     'training': {'core', 'dataset_table', 'data', 'models', 'attacks'},
     'evaluation': {'core', 'dataset_table', 'data', 'models', 'attacks'},
     'audit': {'core', 'models'},
-    'results': {'core', 'models'},
+    'results': {'core', 'dataset_table', 'models'},
     'pipeline': {'core', 'dataset_table', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit',
                  'results'},
     'cli': {'core', 'dataset_table', 'data', 'models', 'attacks', 'training', 'evaluation', 'audit', 'results',

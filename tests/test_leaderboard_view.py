@@ -144,7 +144,7 @@ def test_the_quickstart_summary_fits_110_columns():
                    pgd_gain_points={'dense': 30.0, 'moe': 31.0},
                    pgd_gain_interval={'dense': [25.0, 35.0], 'moe': [26.0, 36.0]}, method_works=True,
                    adv_train_img_per_s_moe_over_dense=0.9, seconds={'total': 100.0}, leaderboard='x/LEADERBOARD.md',
-                   plots=['x/clean_vs_robust.png'])
+                   plots=['x/clean_vs_robust.png'], device='cpu AMD EPYC (2 cores, AVX2 kernels)')
     console = Console(width=110, record=True, file=io.StringIO())
     _print_summary(console, summary)
     lines = _lines(console)

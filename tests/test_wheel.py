@@ -132,6 +132,8 @@ def test_installed_wheel_runs_the_registry_verbs_outside_the_repo(installed):
         assert got['rc'] == 0 and "repo's" not in text and 'repository' not in text, (verb, text)
         if verb == 'import-paper':
             assert 'write to (default: ./registry (the registry shipped in the package is read-only)' in text
+        elif verb == 'export':  # the registry beside the run first, then the default
+            assert 'then the registry shipped with timm-moe, read-only' in text, (verb, text)
         else:
             assert 'default: the registry shipped with timm-moe, read-only' in text, (verb, text)
             assert str(shipped) in text.replace(' ', ''), (verb, text)

@@ -140,7 +140,8 @@ def render(results: Sequence[AuditResult], limit: Optional[float] = None, baseli
         keep = [i for i in keep if i not in empty]
         fixed = {'model', 'experts', BASELINES_COLUMN[baseline]}
         dropped = []
-        for name in (n for n in GIVE_WAY if n not in fixed):
+        # a column already left out as empty has nothing to give
+        for name in (n for n in GIVE_WAY if n not in fixed and COLUMNS.index(n) in keep):
             need = sum(_least(COLUMNS[i], [row[i] for row in rows]) for i in keep) + 3 * len(keep) + 1
             if need <= width:
                 break
