@@ -12,6 +12,7 @@ import traceback
 from typing import List, Optional
 
 from bench.core.errors import UserError, is_user_os_error
+from bench.core.threads import set_openmp_defaults
 
 # Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
@@ -102,6 +103,8 @@ def build_parser(verb: Optional[str] = None, full: bool = False) -> argparse.Arg
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # before any verb imports torch: how its OpenMP threads wait (a spinning wait collapses beside a busy process)
+    set_openmp_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith('-')), None)
     parser = build_parser(verb if verb in VERBS else None)

@@ -1,0 +1,50 @@
+"""benchmarks/bench_throughput.py and bench_threads.py run and report (tiny shapes, one repeat); the OpenMP
+defaults that the CLI sets (bench/core/threads.py)."""
+import math
+
+import pytest
+
+from bench.core.threads import OPENMP_ENV, set_openmp_defaults
+from benchmarks import bench_threads, bench_throughput
+
+
+def test_bench_throughput_reports_speed_flops_and_fraction_of_peak(one_thread):
+    paths = ('fp32', 'bf16', 'channels_last')
+    res = bench_throughput.run_benchmark(widths=(4,), names=('dense', 'convmoe-all'), paths=paths, batch_size=4,
+                                         attack_steps=1, repeats=1, warmup=0)
+    assert set(res['peak_gmacs_per_s']) == {'fp32', 'bf16'} and res['threads'] == 1
+    assert [(r['model'], r['path']) for r in res['rows']] == [(m, p) for m in ('dense', 'convmoe-all') for p in paths]
+    for r in res['rows']:
+        assert r['img_per_s'] > 0 and math.isfinite(r['gmacs_per_s']) and 0 < r['fraction_of_peak']
+    dense = {r['path']: r for r in res['rows'] if r['model'] == 'dense'}
+    assert dense['fp32']['speed_over_fp32'] == 1.0
+    # one attack step: 2 forward-equivalents, the training step 3 (the module's count); the width-4 dense
+    # ResNet-18 on 28x28 costs 1.87M MACs forward (a quarter of width 8's 7.3M)
+    assert 5 * 1.8e6 < dense['fp32']['macs_per_image'] < 5 * 1.9e6
+
+
+def test_bench_threads_measures_a_setting_in_a_fresh_process():
+    default = [s for name, s in bench_threads.settings(2).items() if name.endswith('= timm-moe default')]
+    assert [s['env'] for s in default] == [OPENMP_ENV]
+    assert bench_threads._img_per_s(width=4, threads=1, env=dict(OPENMP_ENV), batch_size=4, repeats=1) > 0
+
+
+def test_openmp_defaults_fill_in_but_never_override():
+    env = {'OMP_WAIT_POLICY': 'ACTIVE'}
+    assert set_openmp_defaults(env) == {k: v for k, v in OPENMP_ENV.items() if k != 'OMP_WAIT_POLICY'}
+    assert env['OMP_WAIT_POLICY'] == 'ACTIVE'
+    env = {}
+    assert set_openmp_defaults(env) == OPENMP_ENV == env
+
+
+@pytest.mark.parametrize('preset', [None, 'ACTIVE'])
+def test_the_cli_sets_the_openmp_wait_policy_before_any_verb_runs(monkeypatch, preset):
+    from bench.cli import main
+    if preset is None:
+        monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
+    else:
+        monkeypatch.setenv('OMP_WAIT_POLICY', preset)
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    import os
+    assert os.environ['OMP_WAIT_POLICY'] == (preset or OPENMP_ENV['OMP_WAIT_POLICY'])
