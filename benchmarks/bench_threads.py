@@ -6,8 +6,8 @@ times, first on the machine as it is ('quiet') and then with one busy process (a
 `taskset` ('busy'); the result is each setting's median images/s over the 1-thread run's in the same scenario.
 
 The settings: 1 thread; 2 threads (`--threads`) with libgomp's default wait (threads spin ~300,000 turns for work
-before they sleep), passive (OMP_WAIT_POLICY=PASSIVE: they sleep at once) and with a short spin (GOMP_SPINCOUNT=10000); the table marks the one `timm-moe` sets
-(`bench.core.threads`).
+before they sleep), passive (OMP_WAIT_POLICY=PASSIVE: they sleep at once) and with a short spin
+(GOMP_SPINCOUNT=10000); the table marks the one `timm-moe` sets (`bench.core.threads`).
 
     python -m benchmarks.bench_threads                          # widths 8 and 64, 3 rounds
     python -m benchmarks.bench_threads --widths 8 --rounds 2 --scenarios busy
