@@ -1,4 +1,4 @@
-"""benchmarks/bench_throughput.py and bench_threads.py run and report (tiny shapes, one repeat); the OpenMP
+"""benchmarks/bench_throughput.py, bench_threads.py and profile_evaluation.py run and report (tiny shapes, one repeat); the OpenMP
 defaults that the CLI sets (bench/core/threads.py)."""
 import math
 
@@ -48,3 +48,11 @@ def test_the_cli_sets_the_openmp_wait_policy_before_any_verb_runs(monkeypatch, p
         main(['--help'])
     import os
     assert os.environ['OMP_WAIT_POLICY'] == (preset or OPENMP_ENV['OMP_WAIT_POLICY'])
+
+
+def test_profile_evaluation_reports_the_cpu_seconds_of_each_part(one_thread, capsys):
+    from benchmarks import profile_evaluation
+    assert profile_evaluation.main(['--n-eval', '4', '--n-expert', '2', '--top', '40']) == 0
+    out = capsys.readouterr().out
+    assert 'evaluation of 4 images, per-expert analysis on 2:' in out
+    assert 'analyse' in out and 'run_checks' in out  # the parts the doc's table names
