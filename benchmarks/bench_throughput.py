@@ -101,7 +101,7 @@ def run_benchmark(widths=(8, 64), names=('dense', 'blockmoe-last', 'convmoe-all'
                 trainers: Dict[str, Trainer] = {}
                 try:
                     for path in paths:
-                        settings = dict(batch_size=batch_size, **PATHS[path])
+                        settings = {'batch_size': batch_size, **PATHS[path]}  # a path may set its own batch
                         cfg = training_config(spec, dataset=DATASET, training='pgd', attack_steps=attack_steps,
                                               train_limit=settings['batch_size'], epochs=1000, eval_limit=0,
                                               workers=0, progress=False, out=str(Path(tmp) / f'{name}-{width}-{path}'),

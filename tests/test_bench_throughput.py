@@ -9,7 +9,7 @@ from benchmarks import bench_threads, bench_throughput
 
 
 def test_bench_throughput_reports_speed_flops_and_fraction_of_peak(one_thread):
-    paths = ('fp32', 'bf16', 'channels_last')
+    paths = ('fp32', 'bf16', 'channels_last', 'batch128')
     res = bench_throughput.run_benchmark(widths=(4,), names=('dense', 'convmoe-all'), paths=paths, batch_size=4,
                                          attack_steps=1, repeats=1, warmup=0)
     assert set(res['peak_gmacs_per_s']) == {'fp32', 'bf16'} and res['threads'] == 1
@@ -17,7 +17,7 @@ def test_bench_throughput_reports_speed_flops_and_fraction_of_peak(one_thread):
     for r in res['rows']:
         assert r['img_per_s'] > 0 and math.isfinite(r['gmacs_per_s']) and 0 < r['fraction_of_peak']
     dense = {r['path']: r for r in res['rows'] if r['model'] == 'dense'}
-    assert dense['fp32']['speed_over_fp32'] == 1.0
+    assert dense['fp32']['speed_over_fp32'] == 1.0 and dense['batch128']['batch_size'] == 128
     # one attack step: 2 forward-equivalents, the training step 3 (the module's count); the width-4 dense
     # ResNet-18 on 28x28 costs 1.87M MACs forward (a quarter of width 8's 7.3M)
     assert 5 * 1.8e6 < dense['fp32']['macs_per_image'] < 5 * 1.9e6
