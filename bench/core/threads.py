@@ -5,7 +5,7 @@ libgomp's idle threads spin for work (about 300,000 turns, GOMP_SPINCOUNT) befor
 step of a small model is thousands of short parallel regions, so its threads spin most of the time they do not
 compute. On a quiet machine the spin costs nothing, since every thread has its own core; beside another busy
 process it takes that process's core time and the scheduler makes the two take turns, and each region waits on
-the thread that was descheduled: 2 threads then ran at about half the speed of 1 (docs/PERFORMANCE.md, measured
+the thread that was descheduled: 2 threads then ran at 0.15-0.6x the speed of 1 (docs/PERFORMANCE.md, measured
 by `benchmarks/bench_threads.py`). A passive wait sleeps at once, and gives the core back.
 
 OpenMP reads these variables when torch loads, so they take effect in a process that sets them before importing
