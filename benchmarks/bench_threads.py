@@ -24,11 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from bench.core.threads import OPENMP_ENV
+from bench.core.threads import OPENMP_ENV, WAIT_VARS
 
 REPO = Path(__file__).resolve().parents[1]
-# OpenMP variables that decide the wait: removed for the 'spin' settings, so the libgomp default applies
-WAIT_VARS = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
 
 
 def settings(threads: int) -> Dict[str, Dict[str, Any]]:
@@ -44,6 +42,7 @@ def settings(threads: int) -> Dict[str, Dict[str, Any]]:
 def _img_per_s(width: int, threads: int, env: Dict[str, str], batch_size: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory(prefix='timm-moe-bench-threads-') as tmp:
         record = Path(tmp) / 'r.json'
+        # the setting's wait only: the libgomp default unless it sets one
         base = {k: v for k, v in os.environ.items() if k not in WAIT_VARS and k != 'OMP_NUM_THREADS'}
         subprocess.run([sys.executable, '-m', 'benchmarks.bench_throughput', '--threads', str(threads), '--widths',
                         str(width), '--variants', 'dense', '--paths', 'fp32', '--batch-size', str(batch_size),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.core.threads import OPENMP_ENV, set_openmp_defaults
+from bench.core.threads import OPENMP_ENV, WAIT_VARS, set_openmp_defaults
 from benchmarks import bench_threads, bench_throughput
 
 
@@ -29,25 +29,29 @@ def test_bench_threads_measures_a_setting_in_a_fresh_process():
     assert bench_threads._img_per_s(width=4, threads=1, env=dict(OPENMP_ENV), batch_size=4, repeats=1) > 0
 
 
-def test_openmp_defaults_fill_in_but_never_override():
-    env = {'OMP_WAIT_POLICY': 'ACTIVE'}
-    assert set_openmp_defaults(env) == {k: v for k, v in OPENMP_ENV.items() if k != 'OMP_WAIT_POLICY'}
-    assert env['OMP_WAIT_POLICY'] == 'ACTIVE'
-    env = {}
-    assert set_openmp_defaults(env) == OPENMP_ENV == env
+@pytest.mark.parametrize('user', WAIT_VARS)
+def test_openmp_defaults_never_override_a_wait_the_user_set(user):
+    env = {user: '7'}
+    assert set_openmp_defaults(env) == {} and env == {user: '7'}
+
+
+def test_openmp_defaults_fill_in_the_wait():
+    env = {'OMP_NUM_THREADS': '2'}
+    assert set_openmp_defaults(env) == OPENMP_ENV and env == {'OMP_NUM_THREADS': '2', **OPENMP_ENV}
 
 
 @pytest.mark.parametrize('preset', [None, 'ACTIVE'])
-def test_the_cli_sets_the_openmp_wait_policy_before_any_verb_runs(monkeypatch, preset):
+def test_the_cli_sets_the_openmp_wait_before_any_verb_runs(monkeypatch, preset):
     from bench.cli import main
-    if preset is None:
-        monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
-    else:
+    for var in WAIT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if preset is not None:
         monkeypatch.setenv('OMP_WAIT_POLICY', preset)
     with pytest.raises(SystemExit):
         main(['--help'])
     import os
-    assert os.environ['OMP_WAIT_POLICY'] == (preset or OPENMP_ENV['OMP_WAIT_POLICY'])
+    got = {var: os.environ[var] for var in WAIT_VARS if var in os.environ}
+    assert got == (OPENMP_ENV if preset is None else {'OMP_WAIT_POLICY': preset})
 
 
 def test_profile_evaluation_reports_the_cpu_seconds_of_each_part(one_thread, capsys):

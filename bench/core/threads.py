@@ -9,23 +9,26 @@ the thread that was descheduled: 2 threads then ran at 0.15-0.6x the speed of 1 
 by `benchmarks/bench_threads.py`). A passive wait sleeps at once, and gives the core back.
 
 OpenMP reads these variables when torch loads, so they take effect in a process that sets them before importing
-torch (the CLI's entry does) and in the processes it starts (they inherit the environment). A value the user set
-wins.
+torch (the CLI's entry does) and in the processes it starts (they inherit the environment). A wait the user set
+wins: with any of `WAIT_VARS` set, nothing is added (libgomp lets GOMP_SPINCOUNT override OMP_WAIT_POLICY, so
+adding one beside the other would undo the user's choice).
 """
 from __future__ import annotations
 
 import os
 from typing import Dict, MutableMapping, Optional
 
+# every variable that decides how OpenMP threads wait (libgomp's, and Intel's OpenMP's KMP_BLOCKTIME)
+WAIT_VARS = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
 OPENMP_ENV = {
     'OMP_WAIT_POLICY': 'PASSIVE',  # libgomp (and Intel's OpenMP): idle threads sleep instead of spinning
 }
 
 
 def set_openmp_defaults(env: Optional[MutableMapping[str, str]] = None) -> Dict[str, str]:
-    """Set each of `OPENMP_ENV` in `env` (default: this process's environment) that is not set already; returns
-    the values that were set."""
+    """Set `OPENMP_ENV` in `env` (default: this process's environment) unless it sets a wait already (any of
+    `WAIT_VARS`); returns the values that were set."""
     env = os.environ if env is None else env
-    added = {k: v for k, v in OPENMP_ENV.items() if k not in env}
+    added = {} if any(k in env for k in WAIT_VARS) else dict(OPENMP_ENV)
     env.update(added)
     return added
