@@ -14,6 +14,7 @@ import traceback
 from typing import List, Optional
 
 from bench.core.errors import UserError, is_user_os_error
+from bench.core.threads import set_openmp_defaults
 
 # Errors that are the user's to fix: a bad value (UserError) or a path that cannot be used. They print as one
 # line with exit status 2. Any other exception, a plain ValueError included, is a bug in timm-moe: it keeps its
@@ -112,6 +113,8 @@ EXIT_CLOSED_PIPE = 141
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # before any verb imports torch: how its OpenMP threads wait (a spinning wait collapses beside a busy process)
+    set_openmp_defaults()
     _usable_std_streams()
     try:
         code = _main(argv)

@@ -63,9 +63,10 @@ def cells(plan: Plan, out: Path) -> List[Dict[str, Any]]:
 
 
 def evaluation(plan: Plan) -> Evaluation:
-    """PGD-20 and APGD-CE-20 (the 'paper' preset) on the first test images, every expert too; seed 0."""
+    """PGD-20 and APGD-CE-20 (the 'paper' preset) on the first test images, every expert too (on the first
+    `plan.n_expert` of them); seed 0."""
     return Evaluation(attacks='paper', n_examples=plan.n_eval, batch_size=plan.eval_batch, eps=8 / 255,
-                      n_check=plan.n_check, per_expert=True, seed=0,
+                      n_check=plan.n_check, per_expert=True, per_expert_examples=plan.n_expert, seed=0,
                       attack_note='quickstart: PGD-20 and APGD-CE-20 on the first test images, not AutoAttack')
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class Plan:
     lr: float = 0.05
     n_eval: int = 300  # first test images attacked
     n_check: int = 100  # images used by the gradient-masking checks
+    # images of the per-expert analysis (each expert's subpath attacked, routing under attack, transfer): E times
+    # an evaluation, it was the largest part of the MoE runs' time; None: all n_eval
+    n_expert: Optional[int] = 100
     eval_batch: int = 250
 
 
@@ -25,5 +29,5 @@ PLANS = {
     'default': Plan(),
     # a minute-long pass through every stage, for tests and smoke checks; its numbers mean little
     'smoke': Plan(width=4, train_limit=512, normal_epochs=1, adv_epochs=1, batch_size=64, adv_batch_size=64,
-                  n_eval=64, n_check=32, eval_batch=64),
+                  n_eval=64, n_check=32, eval_batch=64, n_expert=None),
 }

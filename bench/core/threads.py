@@ -1,0 +1,34 @@
+"""How torch's OpenMP threads wait for work: the default `timm-moe` sets before torch loads.
+
+torch here runs its CPU ops on GNU libgomp (`torch.__config__.parallel_info()`). Between two parallel regions
+libgomp's idle threads spin for work (about 300,000 turns, GOMP_SPINCOUNT) before they sleep. A PGD-7 training
+step of a small model is thousands of short parallel regions, so its threads spin most of the time they do not
+compute. On a quiet machine the spin costs nothing, since every thread has its own core; beside another busy
+process it takes that process's core time and the scheduler makes the two take turns, and each region waits on
+the thread that was descheduled: 2 threads then ran at 0.15-0.6x the speed of 1 (docs/PERFORMANCE.md, measured
+by `benchmarks/bench_threads.py`). A passive wait sleeps at once, and gives the core back.
+
+OpenMP reads these variables when torch loads, so they take effect in a process that sets them before importing
+torch (the CLI's entry does) and in the processes it starts (they inherit the environment). A wait the user set
+wins: with any of `WAIT_VARS` set, nothing is added (libgomp lets GOMP_SPINCOUNT override OMP_WAIT_POLICY, so
+adding one beside the other would undo the user's choice).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, MutableMapping, Optional
+
+# every variable that decides how OpenMP threads wait (libgomp's, and Intel's OpenMP's KMP_BLOCKTIME)
+WAIT_VARS = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
+OPENMP_ENV = {
+    'OMP_WAIT_POLICY': 'PASSIVE',  # libgomp (and Intel's OpenMP): idle threads sleep instead of spinning
+}
+
+
+def set_openmp_defaults(env: Optional[MutableMapping[str, str]] = None) -> Dict[str, str]:
+    """Set `OPENMP_ENV` in `env` (default: this process's environment) unless it sets a wait already (any of
+    `WAIT_VARS`); returns the values that were set."""
+    env = os.environ if env is None else env
+    added = {} if any(k in env for k in WAIT_VARS) else dict(OPENMP_ENV)
+    env.update(added)
+    return added
