@@ -142,3 +142,15 @@ def test_a_file_size_limit_leaves_no_partial_copies(source, tmp_path):
                           preexec_fn=_limit_file_size)
     assert done.returncode == 2 and done.stderr.count('\n') == 1 and 'too large' in done.stderr, done.stderr
     assert _left_in(site) == []
+
+
+def test_a_killed_writes_temporary_folder_is_removed_by_the_next(source, tmp_path):
+    out = tmp_path / 'site' / 'index.html'
+    assert _html(source, out) == 0
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    orphan = page_html.temp_dir_beside(out)  # named after this process: rename it after the one that has exited
+    killed = orphan.with_name(orphan.name.replace(f'-{os.getpid()}.', f'-{int(dead.stdout)}.'))
+    orphan.rename(killed)
+    (killed / 'entries').mkdir()
+    assert _html(source, out) == 0
+    assert _left_in(out.parent) == ['entries', 'index.html']

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from bench.core.atomic import temp_dir_beside
+from bench.core.atomic import recover_dir, temp_dir_beside
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe, short_labels
 from bench.results.leaderboard.groups import Row, make_rows, measured_first, rank_rows, resolve_sort, sections
@@ -278,6 +278,7 @@ def write_html(out: Path, registry_dir: Path, entries: Sequence[Mapping[str, Any
         return Path(os.path.relpath(entry_path(entry, root), page_dir)).as_posix()
 
     text = render_html(entries, href, pretrained_cards())
+    recover_dir(out)  # the temporary folders of a page write that was killed (its process gone) go first
     tmp = temp_dir_beside(out)
     try:
         for e in entries:
