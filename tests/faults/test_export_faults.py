@@ -17,6 +17,7 @@ from bench.results.export import CARD_FILE, WEIGHTS_FILE
 from test_export import ENTRY, REPO
 from test_ship import Killed, _dead_pid, _kill_at
 from trained_run import two_step_run
+from contract import one_line as _one_line
 
 FILES = ['README.md', 'config.json', 'model.safetensors']
 
@@ -24,13 +25,6 @@ FILES = ['README.md', 'config.json', 'model.safetensors']
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
     return two_step_run(tmp_path_factory.mktemp('run') / 'run')
-
-
-def _one_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    assert all(needle in err for needle in needles), err
-    return err
 
 
 def test_an_overwrite_killed_at_any_point_loses_nothing(run_dir, tmp_path, monkeypatch):

@@ -19,18 +19,10 @@ import timm_moe  # noqa: F401  registers the models
 from bench.cli import main
 from bench.core.errors import UserError
 from trained_run import NAME, two_step_run
+from contract import one_line as _one_line
 
 STUDY = Path(__file__).parents[1] / 'fixtures' / 'study_tiny.yaml'
 RUN_FILES = ('config.yaml', 'model.pth', 'last.pth.tar', 'metrics.jsonl', 'result.json')
-
-
-def _one_line(capsys, *needles: str) -> str:
-    """The CLI's stderr, which must be one line holding every needle and no traceback."""
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope='module')

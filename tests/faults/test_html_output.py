@@ -19,14 +19,7 @@ from bench.cli import main
 from bench.results.leaderboard import html as page_html
 from bench.results.registry import entry_path, load_entries, write_entry
 from registry_fakes import make_entry
-
-
-def _one_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+from contract import one_line as _one_line
 
 
 @pytest.fixture(scope='module')

@@ -15,6 +15,7 @@ import pytest
 from bench.cli import main
 from bench.core.errors import UserError
 from bench.core.values import parse_mapping
+from contract import one_line as _one_line
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_VALUE_CHARS = 2000  # bench.core.values.MAX_VALUE_CHARS
@@ -22,14 +23,6 @@ MAX_VALUE_CHARS = 2000  # bench.core.values.MAX_VALUE_CHARS
 # 'billion laughs': six levels of nine aliases stand for 9**6 = 531,441 strings in 150 characters
 ALIAS_BOMB = '{a: &a [x,x,x,x,x,x,x,x,x], ' + ', '.join(
     f'{n}: &{n} [{",".join([f"*{p}"] * 9)}]' for p, n in zip('abcde', 'bcdef')) + '}'
-
-
-def _one_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:

@@ -17,16 +17,9 @@ import yaml
 from bench.cli import main
 from bench.results.registry import entry_path, write_entry
 from registry_fakes import make_entry
+from contract import one_line as _one_line
 
 STUDY = Path(__file__).resolve().parents[1] / 'fixtures' / 'study_tiny.yaml'
-
-
-def _one_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture

@@ -17,17 +17,10 @@ from bench.results import leaderboard as lb
 from bench.results.leaderboard.html import render_html
 from bench.results.registry import dumps_entry, entry_path, write_entry
 from registry_fakes import make_entry
+from contract import one_line as _one_line
 
 ESC_TITLE_CLEAR = '\x1b]0;pwned\x07\x1b[2J'
 HOSTILE_HTML = '<script>alert(1)</script><img src=x onerror=alert(2)>'
-
-
-def _one_line(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _plant(registry: Path, entry) -> Path:
