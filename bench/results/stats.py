@@ -482,14 +482,19 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, pool
         se = math.sqrt(qa + qb)
         df = (qa + qb) ** 2 / (qa ** 2 / (na - 1) + qb ** 2 / (nb - 1)) if se > 0 else float(na + nb - 2)
     diff = float(va.mean() - vb.mean())
+    return dict(_t_interval(diff, se, df, confidence),
+                n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
+
+
+def _t_interval(diff: float, se: float, df: float, confidence: float) -> Dict[str, float]:
+    """A difference with its t-interval at `confidence` and two-sided p (diff, se, df, lo, hi, t, p)."""
     half = t_quantile(confidence, df) * se
     if se > 0:
         tt = diff / se
         p = 2 * (1 - t_cdf(abs(tt), df))
     else:  # no spread at all: the difference is exact
         tt, p = (math.copysign(math.inf, diff), 0.0) if diff else (0.0, 1.0)
-    return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)),
-                n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
+    return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)))
 
 
 def interaction_welch(a: Sequence[float], b: Sequence[float], c: Sequence[float], d: Sequence[float],
@@ -511,13 +516,7 @@ def interaction_welch(a: Sequence[float], b: Sequence[float], c: Sequence[float]
     df = sum(q) ** 2 / sum(v ** 2 / (x.size - 1) for v, x in zip(q, arms)) if se > 0 else float(
         sum(x.size for x in arms) - 4)
     diff = float((arms[0].mean() - arms[1].mean()) - (arms[2].mean() - arms[3].mean()))
-    half = t_quantile(confidence, df) * se
-    if se > 0:
-        tt = diff / se
-        p = 2 * (1 - t_cdf(abs(tt), df))
-    else:  # no spread at all: the difference is exact
-        tt, p = (math.copysign(math.inf, diff), 0.0) if diff else (0.0, 1.0)
-    return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)),
+    return dict(_t_interval(diff, se, df, confidence),
                 **{f'n_{k}': int(x.size) for k, x in zip('abcd', arms)})
 
 
