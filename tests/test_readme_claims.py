@@ -106,10 +106,10 @@ def test_the_quickstart_summary_names_its_kernel_path_where_a_user_compares():
     """A fresh quickstart on an AVX-512 machine gave other numbers than the shipped entries; why (the CPU kernel
     path) was said only in docs/TRAINING.md, not where the numbers are shown."""
     text = _summary_text('default', True)
-    assert 'AVX512 kernels' in text and 'AVX2 machine' in text and 'ATEN_CPU_CAPABILITY=avx2' in text, text
+    assert 'AVX512 kernels' in text and 'AVX2 kernel path' in text and 'ATEN_CPU_CAPABILITY=avx2' in text, text
     readme = ' '.join((REPO / 'README.md').read_text().split())
     quickstart = readme[readme.index('### Quickstart'):readme.index('### Data')]
-    assert 'AVX2 machine' in quickstart and 'ATEN_CPU_CAPABILITY=avx2' in quickstart
+    assert 'AVX2 kernel path' in quickstart and 'ATEN_CPU_CAPABILITY=avx2' in quickstart
 
 
 def test_the_smoke_plan_says_that_missing_plus_20_points_is_expected_and_the_readme_says_it_exits_0(monkeypatch):
