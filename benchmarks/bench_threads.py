@@ -30,13 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def settings(threads: int) -> Dict[str, Dict[str, Any]]:
-    """The settings by name; the one with `timm-moe`'s wait policy says so."""
+    """The settings by name; the two that `timm-moe` picks by the machine's load (bench/core/threads.py) say so."""
     out = {'1 thread': dict(threads=1, env={}),
            f'{threads} threads, spin (libgomp default)': dict(threads=threads, env={}),
            f'{threads} threads, spin 10k turns': dict(threads=threads, env=dict(GOMP_SPINCOUNT='10000')),
            f'{threads} threads, passive': dict(threads=threads, env=dict(OMP_WAIT_POLICY='PASSIVE'))}
-    return {name + (' = timm-moe default' if s['threads'] > 1 and s['env'] == OPENMP_ENV else ''): s
-            for name, s in out.items()}
+
+    def tag(s: Dict[str, Any]) -> str:
+        if s['threads'] == 1:
+            return ''
+        return ' = timm-moe default, busy' if s['env'] == OPENMP_ENV else ' = timm-moe default, quiet' if not s['env'] \
+            else ''
+    return {name + tag(s): s for name, s in out.items()}
 
 
 def _img_per_s(width: int, threads: int, env: Dict[str, str], batch_size: int, repeats: int) -> float:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.core.threads import OPENMP_ENV, WAIT_VARS, set_openmp_defaults
+from bench.core.threads import BUSY_LOAD, OPENMP_ENV, WAIT_VARS, set_openmp_defaults
 from benchmarks import bench_threads, bench_throughput
 
 
@@ -24,34 +24,38 @@ def test_bench_throughput_reports_speed_flops_and_fraction_of_peak(one_thread):
 
 
 def test_bench_threads_measures_a_setting_in_a_fresh_process():
-    default = [s for name, s in bench_threads.settings(2).items() if name.endswith('= timm-moe default')]
-    assert [s['env'] for s in default] == [OPENMP_ENV]
+    default = {name.rsplit(', ', 1)[1]: s for name, s in bench_threads.settings(2).items() if 'timm-moe default' in name}
+    assert {k: s['env'] for k, s in default.items()} == {'busy': OPENMP_ENV, 'quiet': {}}
     assert bench_threads._img_per_s(width=4, threads=1, env=dict(OPENMP_ENV), batch_size=4, repeats=1) > 0
 
 
 @pytest.mark.parametrize('user', WAIT_VARS)
 def test_openmp_defaults_never_override_a_wait_the_user_set(user):
     env = {user: '7'}
-    assert set_openmp_defaults(env) == {} and env == {user: '7'}
+    assert set_openmp_defaults(env, load=BUSY_LOAD + 1) == {} and env == {user: '7'}
 
 
-def test_openmp_defaults_fill_in_the_wait():
+def test_openmp_defaults_wait_passively_on_a_busy_machine_and_spin_on_a_quiet_one():
     env = {'OMP_NUM_THREADS': '2'}
-    assert set_openmp_defaults(env) == OPENMP_ENV and env == {'OMP_NUM_THREADS': '2', **OPENMP_ENV}
+    assert set_openmp_defaults(env, load=BUSY_LOAD) == OPENMP_ENV and env == {'OMP_NUM_THREADS': '2', **OPENMP_ENV}
+    env = {'OMP_NUM_THREADS': '2'}
+    assert set_openmp_defaults(env, load=BUSY_LOAD - 0.01) == {} and env == {'OMP_NUM_THREADS': '2'}
 
 
-@pytest.mark.parametrize('preset', [None, 'ACTIVE'])
-def test_the_cli_sets_the_openmp_wait_before_any_verb_runs(monkeypatch, preset):
+@pytest.mark.parametrize('preset, load', [(None, 2.0), (None, 0.0), ('ACTIVE', 2.0)])
+def test_the_cli_sets_the_openmp_wait_before_any_verb_runs(monkeypatch, preset, load):
+    import os
+
     from bench.cli import main
     for var in WAIT_VARS:
         monkeypatch.delenv(var, raising=False)
     if preset is not None:
         monkeypatch.setenv('OMP_WAIT_POLICY', preset)
+    monkeypatch.setattr(os, 'getloadavg', lambda: (load, load, load))
     with pytest.raises(SystemExit):
         main(['--help'])
-    import os
     got = {var: os.environ[var] for var in WAIT_VARS if var in os.environ}
-    assert got == (OPENMP_ENV if preset is None else {'OMP_WAIT_POLICY': preset})
+    assert got == ({'OMP_WAIT_POLICY': preset} if preset else OPENMP_ENV if load >= BUSY_LOAD else {})
 
 
 def test_profile_evaluation_reports_the_cpu_seconds_of_each_part(one_thread, capsys):

@@ -8,6 +8,13 @@ process it takes that process's core time and the scheduler makes the two take t
 the thread that was descheduled: 2 threads then ran at 0.15-0.6x the speed of 1 (docs/PERFORMANCE.md, measured
 by `benchmarks/bench_threads.py`). A passive wait sleeps at once, and gives the core back.
 
+So the wait follows the machine's load when the command starts. Measured on a quiet 2-core machine
+(docs/PERFORMANCE.md), the spin is what makes 2 threads pay: 1.4x one thread at width 8 and 1.9-2.4x at
+width 64, where a passive wait gave 0.5x and 0.9-1.7x. Beside a busy process the spin collapses (0.34x) and
+the passive wait holds 0.7-0.9x. The CLI therefore keeps libgomp's spin when the 1-minute load average is
+below `BUSY_LOAD` and sets the passive wait at or above it. The load average lags (it is a 1-minute mean): a
+command started just after another finished may wait passively on a machine that has just become quiet.
+
 OpenMP reads these variables when torch loads, so they take effect in a process that sets them before importing
 torch (the CLI's entry does) and in the processes it starts (they inherit the environment). A wait the user set
 wins: with any of `WAIT_VARS` set, nothing is added (libgomp lets GOMP_SPINCOUNT override OMP_WAIT_POLICY, so
@@ -25,10 +32,17 @@ OPENMP_ENV = {
 }
 
 
-def set_openmp_defaults(env: Optional[MutableMapping[str, str]] = None) -> Dict[str, str]:
-    """Set `OPENMP_ENV` in `env` (default: this process's environment) unless it sets a wait already (any of
-    `WAIT_VARS`); returns the values that were set."""
+# another process keeps about half a core busy: from here on a spinning thread would fight it for a core
+BUSY_LOAD = 0.5
+
+
+def set_openmp_defaults(env: Optional[MutableMapping[str, str]] = None, load: Optional[float] = None) -> Dict[str, str]:
+    """Set `OPENMP_ENV` in `env` (default: this process's environment) when the machine is busy (`load`, default
+    the 1-minute load average, at least `BUSY_LOAD`), unless `env` sets a wait already (any of `WAIT_VARS`);
+    returns the values that were set."""
     env = os.environ if env is None else env
-    added = {} if any(k in env for k in WAIT_VARS) else dict(OPENMP_ENV)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+    added = {} if any(k in env for k in WAIT_VARS) or load < BUSY_LOAD else dict(OPENMP_ENV)
     env.update(added)
     return added
