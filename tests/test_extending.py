@@ -64,7 +64,9 @@ def registrations() -> Iterator[None]:
 
 def run_recipe(title: str) -> Dict[str, object]:
     namespace: dict = {'__name__': '__doc_extending__'}
-    exec(compile(recipe(title), f'{DOC.name}: {title}', 'exec', dont_inherit=True), namespace)  # noqa: S102 - the doc's code
+    # dont_inherit: the doc's code runs without this module's `from __future__ import annotations`
+    code = compile(recipe(title), f'{DOC.name}: {title}', 'exec', dont_inherit=True)
+    exec(code, namespace)  # noqa: S102 - the doc's own code: what is tested
     return namespace
 
 
@@ -88,7 +90,8 @@ def test_the_architecture_recipe_registers_a_family_that_timm_and_modelspec_buil
             [('layer4.0', 'block', 4)]  # the last (only) block of layer4
         assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
         spec = ns['spec']
-        assert spec.name == 'resnet10_convmoe_e4_k2' and spec.targets() == ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.0.downsample.0']
+        assert spec.name == 'resnet10_convmoe_e4_k2'
+        assert spec.targets() == ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.0.downsample.0']  # every conv of layer4
         built = spec.create(num_classes=10, device='meta')
         assert ModelSpec.of_model(built) == spec and timm_moe.num_experts(built) == 4
     assert 'resnet10' not in ARCHS and 'resnet10' not in RESNETS and not model_names('resnet10')

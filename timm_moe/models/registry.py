@@ -21,7 +21,7 @@ from timm.models import _registry as timm_registry
 from ..layers import KINDS
 
 __all__ = ['ARCHS', 'ENTRYPOINTS', 'Entry', 'FAMILIES', 'GRID', 'NAMES', 'family_entries', 'model_names',
-           'register_family', 'unregister_family']
+           'register_family', 'reregister', 'unregister_family']
 
 GRID = {'experts': (2, 4, 8, 16, 32), 'k': (1, 2, 3, 4)}
 

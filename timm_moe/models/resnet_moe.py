@@ -46,7 +46,6 @@ PLACEMENTS = ('last', 'all')
 _DEFAULT_PLACEMENT = {'block': 'last', 'conv': 'all'}  # the paper's best of each kind (docs/FIDELITY.md)
 
 
-
 class _KindKwargs(Mapping):
     """kind -> the MoE kwargs its models take (a dense model takes none of them): the placement, then the fields
     of `timm_moe.layers.MoEConfig` that the kind's models take. Read from `KINDS` on each lookup, so that a kind
@@ -249,8 +248,8 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-def register_resnet(arch: str, block: Type[nn.Module], layers: Sequence[int], kinds: Sequence[str] = ('block', 'conv'),
-                    **resnet_kwargs: Any) -> List[str]:
+def register_resnet(arch: str, block: Type[nn.Module], layers: Sequence[int],
+                    kinds: Sequence[str] = ('block', 'conv'), **resnet_kwargs: Any) -> List[str]:
     """Register the family of a ResNet: `{arch}_dense` and `{arch}_{kind}moe_e{E}_k{K}` for each kind.
 
     Args:
