@@ -17,7 +17,7 @@ from bench.core.errors import UserError
 from bench.results.report import KIND_COLORS, _empty, _figure, _save, label_column
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study, collect
-from bench.results.study.render import CLAIMS, TABLES, preregistration, protocol, subpath_comparison, summary
+from bench.results.study.render import TABLES, claim_sections, preregistration, protocol, subpath_comparison, summary
 
 # ------------------------------------------------------------------------------------------ plots
 
@@ -168,6 +168,8 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
         return _empty(path, 'gap to dense vs training budget', 'two or more budgets, each with a dense config')
     fig, (ax,) = _figure(size=(8.0, 5.0))
     x = {b: i for i, b in enumerate(r['budgets'])}
+    known = an.claims_of(study)
+    paper = ', '.join([next(iter(known.metrics.values()))] + ([known.setting] if known.setting else []))
     colors = ('#d62728', '#1f77b4', '#2ca02c', '#9467bd')
     for i, (arm, points) in enumerate(r['arms'].items()):
         color = colors[i % len(colors)]
@@ -177,7 +179,7 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
         ax.errorbar(xs, ys, yerr=err, fmt='o-', color=color, capsize=4, label=arm)
         if arm in r['paper']:
             ax.axhline(r['paper'][arm], color=color, linestyle='--', linewidth=1)
-            ax.annotate(f"the paper (PGD-20, CIFAR-100, width 64, 200 epochs): {r['paper'][arm]:+.2f}",
+            ax.annotate(f"the paper ({paper}): {r['paper'][arm]:+.2f}",
                         (0.01, r['paper'][arm]), xycoords=('axes fraction', 'data'), xytext=(0, 3),
                         textcoords='offset points', fontsize=8, color=color)
     ax.axhline(0, color='#999999', linewidth=1)
@@ -221,13 +223,12 @@ def report_text(study: Study) -> str:
              f'{len(study.autoattack)} AutoAttack follow-ups in the registry; do not edit by hand, rerun it.', '']
     if study.notes:
         lines += ['Missing or left out:', ''] + [f'- {n}' for n in study.notes] + ['']
-    lines += ['Contents: pre-registration, summary, claims 1-4, all configurations, upcycling, adversarial-training gain, AutoAttack, '
+    lines += [f'Contents: pre-registration, summary, claims 1-{len(an.claims_of(study).claims)}, all configurations, upcycling, adversarial-training gain, AutoAttack, '
               'routing under attack and transfer, sanity flags, plots, protocol and sizing (the verdict rule is in '
               'the protocol).', '']
     lines += preregistration(study)
     lines += ['## Summary', ''] + summary(study)
-    for claim in CLAIMS:
-        lines += claim(study)
+    lines += claim_sections(study)
     for table in TABLES:
         lines += table(study)
     lines += ['## Plots', '']

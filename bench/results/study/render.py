@@ -19,10 +19,9 @@ from bench.results import stats
 from bench.results.compare import compare_entries
 from bench.results.markdown import md_table
 from bench.results.study import analysis as an
+from bench.results.study.claims import fmt_delta
 
 Lines = List[str]
-# a study -> (pairs (A, B), what was not compared, a label per pair)
-PairFinder = Callable[[an.Study], Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]]
 
 
 COMPARISON_HEADER = ('A vs B', 'metric', 'A', 'B', 'Δ per seed (A − B)', 'mean Δ [95% t, seeds]',
@@ -83,20 +82,23 @@ def _metrics(study: an.Study) -> List[str]:
 
 
 def paper_lines(study: an.Study, claim: int) -> Lines:
-    """What the paper's own table says on a claim, beside ours (computed from the table, `analysis.paper_effects`)."""
-    effects, why = an.load_paper_effects(study.plan)
+    """What the paper's own table says on a claim (its index), beside ours (`analysis.paper_effects`)."""
+    effects, why = an.paper_effects(study)
     if effects is None:
         return [f"The paper's table: {why}.", '']
     e = effects[claim]
-    return [f"**The paper's table** ({an.PAPER_SOURCE}): {e['claim']}. Effect: {e['effect']}"
+    return [f"**The paper's table** ({an.claims_of(study).source}): {e['claim']}. Effect: {e['effect']}"
             + (f"; {e['detail']}" if e['detail'] else '') + '.', '']
 
 
-# ------------------------------------------------------------------------------------------ claims 1-3
+# ------------------------------------------------------------------------------------------ claims by pairs
 
-def equal_flops_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(1) (pairs, what is left out and why, labels): every adversarially trained MoE config at the dense
-    model's FLOPs vs the dense config."""
+Pairs = Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]
+
+
+def equal_flops_pairs(study: an.Study, test: Optional[Mapping[str, Any]] = None) -> Pairs:
+    """(pairs, what is left out and why, labels): every adversarially trained MoE config at the dense model's
+    FLOPs vs the dense config (`pairs: equal_flops` in a claims file)."""
     pairs, skipped = [], []
     for c in study.configs:
         if not an.is_moe(study, c):
@@ -115,19 +117,6 @@ def equal_flops_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str]
     return pairs, skipped, {}
 
 
-def claim_equal_flops(study: an.Study) -> Lines:
-    out = ['## Claim 1: MoE with adversarial training is more robust than dense at equal FLOPs', '',
-           *paper_lines(study, 1),
-           f'Pairs: every adversarially trained MoE config from scratch whose active-FLOPs ratio to dense is within '
-           f'±{an.FLOPS_TOL:g} of 1, against the dense config with the same training method, epochs and width. '
-           f'Primary metric {study.primary()}; also {study.pgd() or "no PGD attack"}.', '']
-    pairs, skipped, _ = equal_flops_pairs(study)
-    table, results = comparisons(study, pairs, _metrics(study)) if pairs else ([], {})
-    out += table + [f'- not compared: {s}' for s in skipped] + ([''] if skipped else [])
-    out += ['**Answer.** ' + _answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'), '']
-    return out
-
-
 def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]:
     out = []
     for a, b in pairs:
@@ -138,59 +127,66 @@ def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]
     return out
 
 
-def entropy_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(2) The entropy config vs every config that differs from it only in the aux loss."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
-                      lambda a, b: aux(a) == 'entropy' and aux(b) != 'entropy')
-    return pairs, [], {(a, b): f'{a} ({aux(a)}) vs {b} ({aux(b)})' for a, b in pairs}
+def _better(study: an.Study, field: str, better: str) -> Callable[[str, str], bool]:
+    """Whether config a is the claimed-better side against b: `better` is the field's value it has (and b has
+    not), or 'smaller' for the smaller value."""
+    value = lambda c: an.traits(study, c).get(field)  # noqa: E731
+    if better == 'smaller':
+        return lambda a, b: (value(a) or 0) < (value(b) or 0)
+    return lambda a, b: value(a) == better and value(b) != better
 
 
-def _paired_claim(study: an.Study, n: int, title: str, how: str, find: PairFinder, none: str,
-                  after: str = '') -> Lines:
-    """A claim answered by paired comparisons: its heading, the paper's words, how pairs are formed, the table
-    of the pairs `find` returns (or `none` when there are none) and the answer, `after` appended."""
-    out = [f'## Claim {n}: {title}', '', *paper_lines(study, n), how, '']
-    pairs, _, labels = find(study)
-    if not pairs:
-        return out + [f'Skipped: {none}', '']
-    table, results = comparisons(study, pairs, _metrics(study), labels)
-    return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') + after, '']
+def _flops_words(study: an.Study, a: str, b: str) -> str:
+    """'equal FLOPs: FLOPs 1.00 vs 1.00' or 'FLOPs differ: ...': whether a pair answers a claim at equal cost."""
+    fa, fb = an.flops_ratio(study, a), an.flops_ratio(study, b)
+    same = fa is not None and fb is not None and abs(fa - fb) <= an.FLOPS_TOL
+    cost = '' if fa is None or fb is None else f'FLOPs {fa:.2f} vs {fb:.2f}'
+    return f'{"equal FLOPs" if same else "FLOPs differ"}: {cost}'
 
 
-def claim_entropy(study: an.Study) -> Lines:
-    return _paired_claim(
-        study, 2, 'the entropy loss gives more robust MoEs than the switch and KL losses',
-        'Pairs: adversarially trained MoE configs that differ only in the auxiliary loss (and what follows from it: '
-        'its default weight, noisy gating under `auto`), the entropy one as A.',
-        entropy_pairs, 'no two configs differ only in the aux loss with one of them entropy.')
-
-
-def k_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(3) k=1 vs k=2 (the paper's table has k=1 ahead): configs that differ only in k (FLOPs differ), or in k
-    and expert width (FLOPs matched); the smaller k as A."""
-    k = lambda c: an.traits(study, c).get('k') or 0  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, ('k', 'expert_width'), 'k'), lambda a, b: k(a) < k(b))
-    labels = {}
-    for a, b in pairs:
-        fa, fb = an.flops_ratio(study, a), an.flops_ratio(study, b)
-        same = fa is not None and fb is not None and abs(fa - fb) <= an.FLOPS_TOL
-        cost = '' if fa is None or fb is None else f'FLOPs {fa:.2f} vs {fb:.2f}'
-        labels[(a, b)] = f'{a} (k={k(a)}) vs {b} (k={k(b)}), {"equal FLOPs" if same else "FLOPs differ"}: {cost}'
+def differing_pairs(study: an.Study, test: Mapping[str, Any]) -> Pairs:
+    """Adversarially trained MoE configs that differ in the test's `field` and otherwise at most in its `also`
+    fields, the `better` one as A, labelled by the test's `label` (`pairs: differ_in` in a claims file)."""
+    field = test['field']
+    value = lambda c: an.traits(study, c).get(field)  # noqa: E731
+    pairs = _oriented(an.pairs_differing_in(study, (field, *test['also']), field),
+                      _better(study, field, test['better']))
+    labels = {(a, b): test['label'].format(a=a, b=b, va=value(a), vb=value(b), flops=_flops_words(study, a, b))
+              for a, b in pairs}
     return pairs, [], labels
 
 
-def claim_k(study: an.Study) -> Lines:
-    return _paired_claim(
-        study, 3, 'k=1 is more robust than k=2 (as the paper\'s table has it)',
-        'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
-        'the expert width (a matched width keeps the FLOPs equal); the smaller k as A.',
-        k_pairs, 'no two configs differ only in k (or in k and expert width).',
-        ' Where the FLOPs differ, a difference is bought or saved with compute; only the equal-FLOPs pairs answer '
-        'the claim at equal cost.')
+PAIR_FINDERS = {'equal_flops': equal_flops_pairs, 'differ_in': differing_pairs}
 
 
-CLAIM_PAIRS = ((1, equal_flops_pairs), (2, entropy_pairs), (3, k_pairs))
+def claim_pairs(study: an.Study, test: Mapping[str, Any]) -> Pairs:
+    return PAIR_FINDERS[test['kind']](study, test)
+
+
+def claim_equal_flops(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    out = [f'## Claim {n}: {claim["title"]}', '',
+           *paper_lines(study, n - 1),
+           f'Pairs: every adversarially trained MoE config from scratch whose active-FLOPs ratio to dense is within '
+           f'±{an.FLOPS_TOL:g} of 1, against the dense config with the same training method, epochs and width. '
+           f'Primary metric {study.primary()}; also {study.pgd() or "no PGD attack"}.', '']
+    pairs, skipped, _ = equal_flops_pairs(study)
+    table, results = comparisons(study, pairs, _metrics(study)) if pairs else ([], {})
+    out += table + [f'- not compared: {s}' for s in skipped] + ([''] if skipped else [])
+    out += ['**Answer.** ' + _answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'), '']
+    return out
+
+
+def claim_differing(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    """A claim answered by pairs that differ in one field: its heading, the paper's words, how pairs are formed,
+    the table of the pairs (or the test's `none` when there are none) and the answer, the test's `after` appended."""
+    test = claim['test']
+    out = [f'## Claim {n}: {claim["title"]}', '', *paper_lines(study, n - 1), test['how'], '']
+    pairs, _, labels = differing_pairs(study, test)
+    if not pairs:
+        return out + [f'Skipped: {test["none"]}', '']
+    table, results = comparisons(study, pairs, _metrics(study), labels)
+    after = f' {test["after"]}' if test['after'] else ''
+    return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') + after, '']
 
 
 # ------------------------------------------------------------------------------------------ claim 4
@@ -205,7 +201,7 @@ def collapse_of(study: an.Study, config: str) -> Dict[int, float]:
             if (e.get('routing') or {}).get('collapse') is not None}
 
 
-def routing_rows(study: an.Study) -> List[List[str]]:
+def routing_rows(study: an.Study, field: str) -> List[List[str]]:
     rows = []
     for c in study.configs:
         if not (an.is_moe(study, c) and an.adversarial(study, c)):
@@ -213,7 +209,7 @@ def routing_rows(study: an.Study) -> List[List[str]]:
         loads = [e['routing']['load'] for _, e in sorted(study.runs[c].items()) if (e.get('routing') or {}).get('load')]
         coll = collapse_of(study, c)
         load = ', '.join(_mean_sd([l[i] for l in loads]) for i in range(len(loads[0]))) if loads else '–'
-        rows.append([c, an.traits(study, c).get('aux_loss'), len(loads),
+        rows.append([c, an.traits(study, c).get(field), len(loads),
                      _mean_sd(list(coll.values())) if coll else '–', load])
     return rows
 
@@ -227,32 +223,36 @@ def subpath_comparison(entry: Mapping[str, Any], pe: Mapping[str, Any], metric: 
     return compare_entries(sub, entry, metric=metric, n_boot=an.N_BOOT, seed=an.BOOT_SEED)
 
 
-def collapse_results(study: an.Study) -> List[Tuple[str, str, Dict[str, Any]]]:
-    """(A, B, seed-paired collapse difference) of each switch config vs its twin that differs only in the aux loss."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
-                      lambda a, b: aux(a) == 'switch' and aux(b) != 'switch')
+def collapse_results(study: an.Study, test: Mapping[str, Any]) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(A, B, seed-paired collapse difference) of each config whose test field (`collapse`) has the test's value
+    vs its twins that differ only in that field (and its `also` fields)."""
+    field, value = test['collapse'], test['value']
+    pairs = _oriented(an.pairs_differing_in(study, (field, *test['also']), field), _better(study, field, value))
     return [(a, b, an.seed_paired(collapse_of(study, a), collapse_of(study, b))) for a, b in pairs]
 
 
-def claim_switch(study: an.Study) -> Lines:
-    """(4) The switch loss collapses the routing; some expert subpaths are more robust than the gated model."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    out = ['## Claim 4: the switch loss collapses the routing, and some expert subpaths are more robust than the '
-           'gated model', '', *paper_lines(study, 4), 'Collapse = 1 − H(load)/log E over the test images (0: uniform, '
-           '1: one expert takes every image); load = share of images per expert; mean ± sd over seeds.', '']
-    out += md_table(('config', 'aux loss', 'seeds', 'collapse', 'load per expert'), routing_rows(study))
-    results = collapse_results(study)
+def claim_collapse(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    """The routing collapse of the test's config against its twins, and the expert subpaths against the gated
+    model (`collapse: FIELD` in a claims file)."""
+    test = claim['test']
+    field, words = test['collapse'], test['collapse'].replace('_', ' ')
+    value = lambda c: an.traits(study, c).get(field)  # noqa: E731
+    out = [f'## Claim {n}: {claim["title"]}', '', *paper_lines(study, n - 1),
+           'Collapse = 1 − H(load)/log E over the test images (0: uniform, 1: one expert takes every image); load = '
+           'share of images per expert; mean ± sd over seeds.', '']
+    out += md_table(('config', words, 'seeds', 'collapse', 'load per expert'), routing_rows(study, field))
+    results = collapse_results(study, test)
     if results:
-        rows, words = [], []
+        rows, verdicts = [], []
         for a, b, r in results:
-            rows.append([f'{a} ({aux(a)}) vs {b} ({aux(b)})', ', '.join(map(str, r['seeds'])),
+            rows.append([f'{a} ({value(a)}) vs {b} ({value(b)})', ', '.join(map(str, r['seeds'])),
                          an.fmt_interval(r['seed_diff'], digits=3), r['verdict']])
-            words.append(f"{a} vs {b}: {r['verdict']}")
+            verdicts.append(f"{a} vs {b}: {r['verdict']}")
         out += md_table(('collapse, A vs B', 'seeds', 'mean Δ collapse [95% t, seeds]', 'verdict'), rows)
-        out += [f'**Answer (collapse).** {"; ".join(words)} (no per-point test: collapse is one number per run).', '']
+        out += [f'**Answer (collapse).** {"; ".join(verdicts)} (no per-point test: collapse is one number per run).', '']
     else:
-        out += ['Collapse comparison skipped: no switch config with a twin that differs only in the aux loss.', '']
+        out += [f'Collapse comparison skipped: no {test["value"]} config with a twin that differs only in the '
+                f'{words}.', '']
     out += _subpaths(study)
     return out
 
@@ -330,12 +330,21 @@ def summary(study: an.Study) -> Lines:
     """Every claim in one table, the paper's table beside ours, on the primary metric; the README quotes these
     lines verbatim (between `SUMMARY_START` and `SUMMARY_END`)."""
     metric = study.primary()
-    effects, why = an.load_paper_effects(study.plan)
-    rows, mdds, verdicts = [], [], []
-    for claim, pairs_of in CLAIM_PAIRS:
-        pairs, _, labels = pairs_of(study)
-        paper = '–' if effects is None else effects[claim]['effect']
-        statement = f"{claim}. {effects[claim]['claim'] if effects else ''}".rstrip()
+    claims = an.claims_of(study)
+    effects, why = an.paper_effects(study)
+    rows, mdds, verdicts, subpaths_claim = [], [], [], None
+    for n, claim in enumerate(claims.claims, 1):
+        test, statement = claim['test'], f"{n}. {claim['claim']}"
+        paper = '–' if effects is None else effects[n - 1]['effect']
+        if test['kind'] == 'collapse':
+            subpaths_claim = n
+            for i, (a, b, r) in enumerate(collapse_results(study, test)):
+                rows.append([statement if i == 0 else '', paper if effects and i == 0 else '',
+                             f'collapse, {a} − {b}', an.fmt_interval(r['seed_diff'], digits=3),
+                             '–' if an.detectable(r['seed_diff']) is None else f"{an.detectable(r['seed_diff']):.3f}",
+                             r['verdict'].split(' (')[0]])
+            continue
+        pairs, _, labels = claim_pairs(study, test)
         if not pairs or metric is None:
             rows.append([statement, paper, 'no pair in this study', '–', '–', '–'])
         for i, (a, b) in enumerate(pairs):
@@ -347,14 +356,7 @@ def summary(study: an.Study) -> Lines:
             rows.append([statement if i == 0 else '', paper if i == 0 else '', labels.get((a, b), f'{a} vs {b}'),
                          an.fmt_interval(r['seed_diff']), '–' if mdd is None else f'{mdd:.2f}',
                          r['verdict'].split(' (')[0]])
-    coll = collapse_results(study)
     _, _, counts = subpaths(study)
-    statement = f"4. {effects[4]['claim'] if effects else ''}".rstrip()
-    for i, (a, b, r) in enumerate(coll):
-        rows.append([statement if i == 0 else '', effects[4]['effect'] if effects and i == 0 else '',
-                     f'collapse, {a} − {b}', an.fmt_interval(r['seed_diff'], digits=3),
-                     '–' if an.detectable(r['seed_diff']) is None else f"{an.detectable(r['seed_diff']):.3f}",
-                     r['verdict'].split(' (')[0]])
     n_seeds = sorted({len(study.runs[c]) for c in study.configs if an.adversarial(study, c)})
     held = sum(v == 'holds' for v in verdicts)
     rev = sum(v == 'reversed' for v in verdicts)
@@ -363,25 +365,32 @@ def summary(study: an.Study) -> Lines:
            f'Ours: {metric} on the same test points, mean Δ (A − B) over the seeds paired by seed '
            f'({"/".join(map(str, n_seeds))} seeds per adversarially trained config) with its 95% t-interval; '
            f'detectable Δ: the smallest true difference this design detects with {an.POWER:.0%} power '
-           f'(two-sided alpha {an.ALPHA:g}). The paper: {an.PAPER_SOURCE}' + (f'; {why}' if why else '') + '.', '',
+           f'(two-sided alpha {an.ALPHA:g}). The paper: {claims.source}' + (f'; {why}' if why else '') + '.', '',
            # a pre-registered study's primary contrasts appear twice, analysed two ways: say which one decides
            *(['Exploratory, for every claim alike: the pre-registered contrasts are decided in their own section '
                "(Welch's t over seeds, Holm's correction), so their intervals and detectable differences there "
                'differ from these.', ''] if study.plan.get('preregistration') else []),
-           *md_table(('claim (as the paper\'s table has it)', 'the paper\'s effect (PGD-20 / APGD-20)', 'here: A vs B',
+           *md_table(('claim (as the paper\'s table has it)', f"the paper's effect ({claims.metric_names()})", 'here: A vs B',
                       f'mean Δ {metric} [95% t, seeds]', 'detectable Δ', 'verdict'), rows)]
     if verdicts:
         out += [f'Of {len(verdicts)} comparisons on {metric}: {held} hold, {rev} reversed, {inc} inconclusive at this '
                 f'power' + (f' (detectable differences {min(mdds):.2f} to {max(mdds):.2f} points)' if mdds else '') +
                 '. An inconclusive comparison neither reproduces nor refutes the claim: a true difference smaller than '
                 'its detectable difference is not ruled out.', '']
-    if counts:
-        out += [f'Expert subpaths (claim 4; first seed, per point, conditional on the trained weights): '
+    if counts and subpaths_claim:
+        out += [f'Expert subpaths (claim {subpaths_claim}; first seed, per point, conditional on the trained weights): '
                 f'{subpath_answer(counts)}.', '']
     return out + [SUMMARY_END, '']
 
 
-CLAIMS = (claim_equal_flops, claim_entropy, claim_k, claim_switch)
+# how each kind of test (`claims.TESTS`) draws its claim's section
+CLAIM_SECTIONS = {'equal_flops': claim_equal_flops, 'differ_in': claim_differing, 'collapse': claim_collapse}
+
+
+def claim_sections(study: an.Study) -> Lines:
+    """Every claim of the study's claims file, a section each."""
+    return [line for n, claim in enumerate(an.claims_of(study).claims, 1)
+            for line in CLAIM_SECTIONS[claim['test']['kind']](study, n, claim)]
 
 
 # ------------------------------------------------------------------------------------------ other tables
@@ -755,7 +764,7 @@ def pieces(study: an.Study) -> Lines:
 def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
     """The paper's effect for a pre-registered contrast: its named row minus the same table's dense baseline."""
     delta = an.paper_delta(study, paper)
-    return delta if isinstance(delta, str) else an._fmt_delta(delta)
+    return delta if isinstance(delta, str) else fmt_delta(delta)
 
 
 def scope(study: an.Study) -> Lines:
@@ -776,7 +785,7 @@ def scope(study: an.Study) -> Lines:
             f'{n} training images x {ep} epochs at width {w}' for n, ep, w in budgets))
     return [f"Scope: the verdicts are about this study's recipe: {what} of {cfg.get('training')} training with "
             f"{cfg.get('attack_steps')} attack steps at eps {cfg.get('eps')}. The paper's effects beside them come "
-            f"from {an.PAPER_SOURCE}, another setting: they are a reference, not what the verdicts test.", '']
+            f"from {an.claims_of(study).source}, another setting: they are a reference, not what the verdicts test.", '']
 
 
 def preregistration(study: an.Study) -> Lines:
@@ -809,7 +818,7 @@ def preregistration(study: an.Study) -> Lines:
                      _paper_contrast(study, c.get('paper')), c['verdict']])
     out += md_table(('contrast', 'seeds (A / B)', f"Δ {p['metric']} [t-interval at Holm's level]",
                      'hierarchical bootstrap 95% (seeds, points)', 'p', 'p (Holm)', 'detectable Δ', 'margin',
-                     "the paper's effect (PGD-20 / APGD-20)", 'verdict'), rows)
+                     f"the paper's effect ({an.claims_of(study).metric_names()})", 'verdict'), rows)
     sizing = r['sizing']
     words = [f'{n} seeds per arm at the spec\'s seed sd {sd:g}' for sd, n in [sizing['spec']]] if 'spec' in sizing else []
     if 'measured' in sizing:
