@@ -33,6 +33,8 @@ class TrainConfig:
     # -- model
     model: str = 'resnet18_blockmoe_e8_k1'  # any timm name; `import timm_moe` registers ours
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (gate, width, ...)
+    convert: Optional[Dict[str, Any]] = None  # make a plain timm model an MoE: timm_moe.convert's arguments (targets, num_experts, k, gate, ...)
+    img_size: Optional[int] = None  # resize images to this side inside the model, after any attack (for a model that needs larger ones); none: as they are
     upcycle_from: Optional[str] = None  # start from a dense run directory or model.pth via timm_moe.upcycle
     upcycle_noise: float = 0.01  # relative noise on the copied expert weights, so experts can diverge
     upcycle_sha256: Optional[str] = None  # the source's sha256: filled in by the run, or given to pin the file
@@ -107,6 +109,12 @@ class TrainConfig:
             raise UserError(f'lr={self.lr} must be positive')
         if self.warmup_epochs < 0:
             raise UserError(f'warmup_epochs={self.warmup_epochs} must not be negative')
+        if self.img_size is not None and self.img_size < 1:
+            raise UserError(f'img_size={self.img_size} must be at least 1 (or none: the data set\'s size)')
+        if self.convert is not None and self.upcycle_from is not None:
+            raise UserError('convert with upcycle_from: upcycling builds its MoE from a timm-moe name; to start a '
+                            'converted model from dense weights, give convert copy_weights=true and pretrained '
+                            'weights instead')
         if self.upcycle_noise < 0:
             raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
         if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
@@ -155,6 +163,10 @@ class TrainConfig:
         # stored hashes stay what their configs give; the per-epoch default is a different run, hashed apart
         if d['sched_step'] == 'update':
             del d['sched_step']
+        # keys added later: at their default (none) they are left out, so older configs keep their hashes
+        for key in ('convert', 'img_size'):
+            if d[key] is None:
+                del d[key]
         # The field is serialised as 'method' here, its name when the first entries were written: every stored
         # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
         # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
