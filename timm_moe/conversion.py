@@ -105,9 +105,19 @@ def create_model(model_name: str, convert: Optional[Union[Mapping[str, Any], Con
     """`timm.create_model(model_name, **kwargs)`, then converted as `convert` says (None: the plain model).
 
     The rebuild of any model the harness records: a run's or an export's `model`, `model_kwargs` and `convert`.
+    With `features_only=True` the targets are paths in timm's feature wrapper, which for most models differ.
     A converted model's own weights are loaded after it is built (`load_state_dict`): timm's `pretrained=True`
     loads the weights of the unconverted model, which `convert` then copies with `copy_weights=True`.
     """
     conversion = None if convert is None else Conversion.from_dict(convert)  # checked before anything is built
     model = timm.create_model(model_name, **kwargs)
-    return model if conversion is None else conversion.apply(model)
+    if conversion is None:
+        return model
+    try:
+        return conversion.apply(model)
+    except ValueError as e:
+        if not kwargs.get('features_only'):
+            raise
+        # timm wraps most models for features_only (FeatureListNet, FeatureGetterNet), which moves their modules
+        raise ValueError(f'{e} (features_only=True: timm\'s feature wrapper of {model_name} keeps its modules under '
+                         'other paths, where the targets must be given)') from None
