@@ -15,7 +15,7 @@ from fvcore.nn import FlopCountAnalysis
 import timm_moe
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.input_size import check_input_size, min_side
+from bench.models import check_input_size, min_side
 from bench.models import create_model
 from bench.results.export import CONFIG_FILE, load_exported, read_export
 from timm_moe import Conversion
@@ -171,6 +171,9 @@ def test_audit_refuses_in_one_line(args, message, capsys):
 
 # ------------------------------------------------------------------------- train, eval, export, load back
 
+TRAIN_ARGS = {}  # run folder -> the train command that made it
+
+
 @pytest.fixture(scope='module', params=CASES, ids=IDS)
 def run(request, tmp_path_factory):
     """(model name, its conversion or None, the run folder) of a 2-step PGD training through the CLI."""
@@ -185,6 +188,7 @@ def run(request, tmp_path_factory):
     if IMG_SIZE[name]:
         args += ['--img-size', str(IMG_SIZE[name])]
     assert main(args) == 0
+    TRAIN_ARGS[out] = args
     return name, convert, out
 
 
@@ -194,7 +198,7 @@ def test_trains_adversarially(run):
     assert result['steps'] == 2 and result['model'] == name
     import yaml
     config = yaml.safe_load((out / 'config.yaml').read_text())
-    assert config['training'] == 'pgd' and config['convert'] == convert and config['img_size'] == IMG_SIZE[name]
+    assert config['training'] == 'pgd' and config.get('convert') == convert and config['img_size'] == IMG_SIZE[name]
     state = torch.load(out / 'model.pth', map_location='cpu', weights_only=True)
     assert any('.experts.3.' in key for key in state) == bool(convert)
 
@@ -208,6 +212,18 @@ def test_evaluates_from_the_run_config(run, tmp_path, capsys):
     settings = json.loads(result.read_text())['settings']
     assert settings.get('convert') == convert and settings.get('img_size') == IMG_SIZE[name]
     assert settings['model'] == name
+
+
+def test_resume_refuses_to_drop_the_conversion(run, capsys):
+    name, convert, out = run
+    if convert is None:
+        pytest.skip('a plain run: nothing to drop')
+    # the run's config.yaml says convert; resuming it as the plain model would load its weights into another net
+    args = TRAIN_ARGS[out]
+    plain = args[:args.index('--convert')] + args[args.index('--convert') + 2:]  # the same command, unconverted
+    assert main([*plain, '--resume']) == 2
+    err = capsys.readouterr().err
+    assert f'--resume: {out} trains with convert={convert}'[:60] in err and 'not convert=None' in err
 
 
 def test_eval_refuses_another_conversion_than_the_run(run, capsys):

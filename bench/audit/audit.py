@@ -40,8 +40,7 @@ from bench.audit.flops import FlopReport, flop_table, mac_flops, moe_flops, rela
 from bench.audit.result import AuditResult
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
-from bench.input_size import check_input_size
-from bench.models import create_model, param_counts
+from bench.models import check_input_size, create_model, param_counts
 from timm_moe import ModelSpec
 from timm_moe.spec import MOE_KWARGS
 

@@ -161,8 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluation.loop import evaluate_model
     from bench.evaluation.resume import BatchLog
-    from bench.input_size import check_input_size
-    from bench.models import build_model, normalized, run_config_kwargs
+    from bench.models import build_model, check_input_size, normalized, run_config_kwargs
     device = choose_device(args.device)
     info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}

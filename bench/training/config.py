@@ -146,7 +146,13 @@ class TrainConfig:
                                 f'free_replays={self.free_replays}: the replays of a minibatch are one unit')
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # keys added later are written only when set: the config of a run that does not use them, and every hash
+        # and entry id made from it (config_sha256, the registry's), reads as before they existed
+        for key in _LATER_KEYS:
+            if out[key] is None:
+                del out[key]
+        return out
 
     def sha256(self) -> str:
         """Hash of the settings that change the result (not where it is written or how it is shown).
@@ -163,10 +169,6 @@ class TrainConfig:
         # stored hashes stay what their configs give; the per-epoch default is a different run, hashed apart
         if d['sched_step'] == 'update':
             del d['sched_step']
-        # keys added later: at their default (none) they are left out, so older configs keep their hashes
-        for key in ('convert', 'img_size'):
-            if d[key] is None:
-                del d[key]
         # The field is serialised as 'method' here, its name when the first entries were written: every stored
         # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
         # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
@@ -191,6 +193,7 @@ def field_help() -> Dict[str, str]:
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
 # what a resume may change: where and how the run executes or is shown, and how far it goes, not what it trains
 RESUME_MAY_CHANGE = _NOT_HASHED + ('max_steps', 'checkpoint_every', 'eval_limit', 'device', 'data_dir', 'download')
+_LATER_KEYS = ('convert', 'img_size')  # left out of `to_dict` at their default, none
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -294,11 +297,12 @@ def check_resume_config(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: Pat
     lacks (a run of an older version) cannot be compared and is taken as given."""
     if cfg.upcycle_sha256 is None:  # filled in by the run itself from the source it read
         cfg.upcycle_sha256 = saved.get('upcycle_sha256')
-    now = cfg.to_dict()
-    changed = [k for k in now if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    now = dataclasses.asdict(cfg)  # every key: one that to_dict leaves out at its default is compared as that
+    changed = [k for k in now if (k in saved or k in _LATER_KEYS) and k not in RESUME_MAY_CHANGE
+               and now[k] != saved.get(k)]
     if changed:
         def shown(values: Mapping[str, Any]) -> str:
-            return ', '.join(f'{k}={str(values[k])[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
+            return ', '.join(f'{k}={str(values.get(k))[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
         raise UserError(f'--resume: {run_dir} trains with {shown(saved)}, not {shown(now)}; a resume continues the '
                         f'same run (only {", ".join(RESUME_MAY_CHANGE)} may change): give its values, or train a new '
                         'run into another --out')

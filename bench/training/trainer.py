@@ -43,8 +43,7 @@ from bench.core.errors import UserError
 from bench.core.progress import progress_bar
 from bench.core.rng import forked_rng, key_seed
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, model_kwargs_for
-from bench.input_size import check_input_size
-from bench.models import create_model, normalized
+from bench.models import check_input_size, create_model, normalized
 from bench.training import free as free_at
 from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
 from bench.training.config import TrainConfig, check_resume_config, save_config
