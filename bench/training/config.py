@@ -33,6 +33,8 @@ class TrainConfig:
     # -- model
     model: str = 'resnet18_blockmoe_e8_k1'  # any timm name; `import timm_moe` registers ours
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (gate, width, ...)
+    convert: Optional[Dict[str, Any]] = None  # make a plain timm model an MoE: timm_moe.convert's arguments (targets, num_experts, k, gate, ...)
+    img_size: Optional[int] = None  # resize images to this side inside the model, after any attack (for a model that needs larger ones); none: as they are
     upcycle_from: Optional[str] = None  # start from a dense run directory or model.pth via timm_moe.upcycle
     upcycle_noise: float = 0.01  # relative noise on the copied expert weights, so experts can diverge
     upcycle_sha256: Optional[str] = None  # the source's sha256: filled in by the run, or given to pin the file
@@ -107,6 +109,12 @@ class TrainConfig:
             raise UserError(f'lr={self.lr} must be positive')
         if self.warmup_epochs < 0:
             raise UserError(f'warmup_epochs={self.warmup_epochs} must not be negative')
+        if self.img_size is not None and self.img_size < 1:
+            raise UserError(f'img_size={self.img_size} must be at least 1 (or none: the data set\'s size)')
+        if self.convert is not None and self.upcycle_from is not None:
+            raise UserError('convert with upcycle_from: upcycling builds its MoE from a timm-moe name; to start a '
+                            'converted model from dense weights, give convert copy_weights=true and pretrained '
+                            'weights instead')
         if self.upcycle_noise < 0:
             raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
         if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
@@ -138,7 +146,13 @@ class TrainConfig:
                                 f'free_replays={self.free_replays}: the replays of a minibatch are one unit')
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # keys added later are written only when set: the config of a run that does not use them, and every hash
+        # and entry id made from it (config_sha256, the registry's), reads as before they existed
+        for key in _LATER_KEYS:
+            if out[key] is None:
+                del out[key]
+        return out
 
     def sha256(self) -> str:
         """Hash of the settings that change the result (not where it is written or how it is shown).
@@ -179,6 +193,7 @@ def field_help() -> Dict[str, str]:
 _NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
 # what a resume may change: where and how the run executes or is shown, and how far it goes, not what it trains
 RESUME_MAY_CHANGE = _NOT_HASHED + ('max_steps', 'checkpoint_every', 'eval_limit', 'device', 'data_dir', 'download')
+_LATER_KEYS = ('convert', 'img_size')  # left out of `to_dict` at their default, none
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -282,11 +297,12 @@ def check_resume_config(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: Pat
     lacks (a run of an older version) cannot be compared and is taken as given."""
     if cfg.upcycle_sha256 is None:  # filled in by the run itself from the source it read
         cfg.upcycle_sha256 = saved.get('upcycle_sha256')
-    now = cfg.to_dict()
-    changed = [k for k in now if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    now = dataclasses.asdict(cfg)  # every key: one that to_dict leaves out at its default is compared as that
+    changed = [k for k in now if (k in saved or k in _LATER_KEYS) and k not in RESUME_MAY_CHANGE
+               and now[k] != saved.get(k)]
     if changed:
         def shown(values: Mapping[str, Any]) -> str:
-            return ', '.join(f'{k}={str(values[k])[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
+            return ', '.join(f'{k}={str(values.get(k))[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
         raise UserError(f'--resume: {run_dir} trains with {shown(saved)}, not {shown(now)}; a resume continues the '
                         f'same run (only {", ".join(RESUME_MAY_CHANGE)} may change): give its values, or train a new '
                         'run into another --out')
