@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.core.portable_cpu import portable_cpu_env
-from bench.results.stats import wilson_interval
+from bench.core.stats import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).parent / 'fixtures' / 'training_learns_numbers.json'

@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import timm
 from torch import nn
 
-from .convert import KIND_TYPES, convert, split_targets
+from .convert import convert, split_targets
+from .layers.kinds import KINDS
 from .layers import MoEConfig, validate_moe_args
 
 __all__ = ['Conversion', 'create_model']
@@ -56,8 +57,8 @@ class Conversion:
     def __post_init__(self) -> None:
         object.__setattr__(self, 'targets', '+'.join(split_targets(self.targets)))
         validate_moe_args(self.num_experts, self.k)
-        if self.kind is not None and self.kind not in KIND_TYPES:
-            raise ValueError(f'kind={self.kind!r}: expected one of {sorted(KIND_TYPES)} or none')
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f'kind={self.kind!r}: expected one of {sorted(KINDS)} or none')
         if not isinstance(self.copy_weights, bool):
             raise ValueError(f'copy_weights={self.copy_weights!r}: expected true or false')
 

@@ -33,7 +33,7 @@ from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, traini
 from bench.pipeline.quickstart_plans import PLANS, Plan  # noqa: F401 - PLANS: the plans by name, here too
 from bench.results.leaderboard import write_leaderboard
 from bench.results.report import write_report
-from bench.results.stats import paired_bootstrap, wilson_interval
+from bench.core.stats import paired_bootstrap, wilson_interval
 
 DATASET = 'fashion-mnist-bundled'
 PGD, APGD = 'pgd20', 'apgd-ce20'  # the accuracy keys of the 'paper' attack preset: PGD-20 and APGD-CE-20

@@ -12,7 +12,7 @@ from its entries' `model` block, the effective values the runs had, so that the 
 in aux_loss") follow what was trained, not how the spec spelled it. No config name or attack label is built
 into the computation: the claims find their pairs by these traits and their metrics among the entries'.
 
-Statistics (every number from `bench.results.stats` and `bench.results.compare`; arranged here for a study):
+Statistics (every number from `bench.core.stats` and `bench.results.compare`; arranged here for a study):
 
 - `summary`: mean, sd and 95% t-interval over seeds of one metric (one run: its Wilson interval instead).
 - `compare_configs`: A vs B paired by seed: `compare_entries` per seed pair (which refuses different attack
@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.results import stats
+from bench.core import stats
 from bench.results.compare import compare_entries, strongest_shared
 from bench.results.study.claims import Claims, load_claims, load_effects, row_effect
 

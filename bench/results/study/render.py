@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.results import stats
+from bench.core import stats
 from bench.results.compare import compare_entries
 from bench.results.study import analysis as an
 from bench.results.study.claims import fmt_delta
