@@ -37,10 +37,12 @@ def test_each_path_is_trained_attacked_and_paired_with_fp32(one_thread, tmp_path
     assert json.loads(record.read_text())['runs'] == res['runs']
 
 
-def test_batch128_keeps_the_recipes_lr(one_thread, tmp_path):
-    rec = fpa.train_and_evaluate('batch128', 0, fpa.sizes_of(train_limit=128, n_eval=8, attack_steps=1),
-                                 str(tmp_path), threads=1)
+def test_batch128_keeps_the_recipes_lr_and_batch128_lr2x_scales_it(one_thread, tmp_path):
+    sizes = fpa.sizes_of(train_limit=128, n_eval=8, attack_steps=1)
+    rec = fpa.train_and_evaluate('batch128', 0, sizes, str(tmp_path), threads=1)
     assert (rec['batch_size'], rec['lr'], rec['steps']) == (128, 0.05, 1)
+    assert fpa.path_settings('batch128_lr2x', sizes) == dict(batch_size=128, lr=0.1)  # 0.05 x 128/64
+    assert fpa.path_settings('bf16', sizes) == dict(batch_size=64, lr=0.05, amp=True)
 
 
 @pytest.mark.parametrize('path, fp32, within', [
