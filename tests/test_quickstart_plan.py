@@ -3,11 +3,11 @@ from bench.pipeline.quickstart import cells, evaluation, longest_first
 from bench.pipeline.quickstart_plans import PLANS
 
 
-def test_the_default_plan_runs_the_per_expert_analysis_on_a_third_of_the_attacked_images():
+def test_the_default_plan_runs_the_per_expert_analysis_on_a_sixth_of_the_attacked_images():
     # the per-expert analysis costs E evaluations: on all 300 images it was two thirds of an MoE run's
     # evaluation (docs/PERFORMANCE.md); the smoke plan keeps all its images, and so its pinned numbers
     ev = evaluation(PLANS['default'])
-    assert (ev.n_examples, ev.per_expert, ev.per_expert_examples) == (300, True, 100)
+    assert (ev.n_examples, ev.per_expert, ev.per_expert_examples, ev.n_check) == (300, True, 50, 50)
     assert evaluation(PLANS['smoke']).per_expert_examples is None
 
 
