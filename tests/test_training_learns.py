@@ -1,4 +1,4 @@
-"""Adversarial training learns: PGD-7 training of a small dense ResNet-18 on the bundled Fashion-MNIST reaches a
+"""Adversarial training learns: PGD-3 training of a small dense ResNet-18 on the bundled Fashion-MNIST reaches a
 clean accuracy far above chance and a PGD-20 accuracy far above its normally trained twin's.
 
 The smoke quickstart's pins prove bit-reproducibility only (its numbers are at chance); this run is sized to learn
