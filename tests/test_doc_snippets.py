@@ -216,16 +216,12 @@ def cli_parser():
 
 @pytest.mark.parametrize('argv', _bash_params())
 def test_bash_snippet_parses(argv, cli_parser, capsys):
-    verbs = _subparsers(cli_parser)
+    verbs = cli_parser.verbs
     assert argv and argv[0] in verbs, f'`timm-moe {" ".join(argv)}`: no verb {argv[:1]}; verbs: {", ".join(verbs)}'
     try:
         cli_parser.parse_args(argv)
     except SystemExit as e:
         pytest.fail(f'`timm-moe {" ".join(argv)}` does not parse: {capsys.readouterr().err.strip()} (exit {e.code})')
-
-
-def _subparsers(parser) -> dict:
-    return next(a for a in parser._actions if a.dest == 'verb').choices
 
 
 def inline_commands(text: str) -> List[Tuple[str, List[str]]]:
@@ -240,13 +236,13 @@ def inline_commands(text: str) -> List[Tuple[str, List[str]]]:
 
 @pytest.mark.parametrize('doc', [pytest.param(d, id=str(d.relative_to(REPO))) for d in DOCS])
 def test_inline_commands_name_real_verbs_and_flags(doc, cli_parser):
-    verbs = _subparsers(cli_parser)
+    verbs = cli_parser.verbs
     wrong = []
     for verb, flags in inline_commands(doc.read_text(encoding='utf-8')):
         if verb not in verbs:
             wrong.append(f'timm-moe {verb}: no such verb')
             continue
-        known = {s for a in verbs[verb]._actions for s in a.option_strings}
+        known = {s for a in verbs[verb].arguments for s in a.option_strings}
         wrong += [f'timm-moe {verb} {f}: no such option' for f in flags if f not in known]
     assert not wrong, f'{doc.relative_to(REPO)}: ' + '; '.join(sorted(set(wrong)))
 

@@ -69,7 +69,7 @@ def test_page_is_self_contained_and_links_every_entry(tmp_path, shipped):
     # header, and its full label on hover and in the settings list
     secs = lb.sections(shipped)
     assert text.count('<table class="lb">') == len(secs)
-    unescaped = text.replace('&#x27;', "'")
+    unescaped = text.replace('&#39;', "'")
     for sec in secs:
         short = short_labels(sec.columns)
         for c in sec.columns:

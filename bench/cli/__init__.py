@@ -1,11 +1,10 @@
 """`timm-moe` command line: a thin dispatcher over the verb modules (one per verb, `bench/cli/<verb>.py`).
 
-Each verb module exposes `add_cli(subparsers)`, which adds its sub-parser and sets
-`func=run` on it, where `run(args) -> int` returns the exit code.
+Each verb module exposes `add_cli(verbs)`, which adds its parser with `verbs.add_parser` (`bench.cli.parser`)
+and sets `func=run` on it, where `run(args) -> int` returns the exit code.
 """
 from __future__ import annotations
 
-import argparse
 import codecs
 import importlib
 import os
@@ -13,6 +12,7 @@ import sys
 import traceback
 from typing import List, Optional
 
+from bench.cli.parser import Parser, Verbs
 from bench.core.errors import UserError, is_user_os_error
 from bench.core.threads import set_openmp_defaults
 
@@ -45,65 +45,15 @@ VERBS = {
 }
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Adds '(default: X)' to an option whose help does not say its default (None and False have none to say)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ''
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
-                and 'default' not in text and '%(default)' not in text:
-            text += ' (default: %(default)s)'
-        return text
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors that name the verb and suggest the closest option or choice, and help that
-    states every default."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's signature
-        kwargs.setdefault('formatter_class', _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        self.exit(2, f'{self.prog}: error: {message}{_suggestion(self, message)}\n')
-
-    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
-        # argparse reports unknown options from the top parser ('timm-moe: error: ...'); report them from the
-        # verb's parser instead, which knows the verb and its options
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            verbs = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
-            verb_parser = verbs.get(getattr(parsed, 'verb', None), self)
-            verb_parser.error(f'unrecognized arguments: {" ".join(extras)}')
-        return parsed
-
-
-def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
-    """'; did you mean --checkpoint?' for a mistyped option or choice (difflib's closest), else ''."""
-    import difflib
-    import re
-    if message.startswith('unrecognized arguments:'):
-        known = [s for a in parser._actions for s in a.option_strings]
-        typed = [t.split('=', 1)[0] for t in message.split(':', 1)[1].split() if t.startswith('--')]
-    else:
-        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if not m:
-            return ''
-        known = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(',')]
-        typed = [m.group(1)]
-    hints = [close[0] for t in typed for close in [difflib.get_close_matches(t, known, n=1, cutoff=0.6)] if close]
-    return f'; did you mean {" / ".join(hints)}?' if hints else ''
-
-
-def build_parser(verb: Optional[str] = None, full: bool = False) -> argparse.ArgumentParser:
+def build_parser(verb: Optional[str] = None, full: bool = False) -> Parser:
     """The CLI's parser, with the full options of `verb` (or of every verb if `full`: slow, it imports them all)."""
-    parser = _Parser(prog='timm-moe', description='BlockMoE ResNets for timm: train, attack, audit, rank.')
-    sub = parser.add_subparsers(dest='verb', metavar='VERB', parser_class=_Parser)
+    parser = Parser(prog='timm-moe', description='BlockMoE ResNets for timm: train, attack, audit, rank.')
+    verbs = Verbs(parser, dest='verb')
     for name, (module, summary) in VERBS.items():
         if full or name == verb:
-            importlib.import_module(module).add_cli(sub)
+            importlib.import_module(module).add_cli(verbs)
         else:  # listed in --help without importing its module
-            sub.add_parser(name, help=summary)
+            verbs.add_parser(name, help=summary)
     return parser
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bench.cli.parser import Verbs
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError
 from bench.core.values import parse_mapping
@@ -298,8 +299,8 @@ def run(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser(
         'audit', help='FLOPs (fvcore), parameters, latency and memory of models over their dense baselines',
         description=('Audit MoE models (BlockMoE, ConvMoE) against their dense baselines. FLOPs follow '
                      'fvcore\'s convention (1 FLOP = 1 multiply-accumulate). Gate a CI job with --max-flops-ratio; the set that should '

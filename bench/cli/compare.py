@@ -8,14 +8,15 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.cli.parser import Verbs
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.results.compare import compare_entries, format_result, resolve_entry
 from bench.cli.options import add_registry_option
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser(
         'compare', help='paired comparison of two registry entries on their shared test points',
         description=('Difference in accuracy of A and B on the test points both cover, with its paired bootstrap '
                      'interval and the exact McNemar p-value. Both entries need per-sample results. '

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.attacks.names import NORMS, PRESETS, attack_choices, resolve_attacks
+from bench.cli.parser import Verbs
 from bench.core.atomic import write_json_atomic
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
 from bench.core.errors import UserError
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from bench.evaluation.result import EvalResult
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('eval', help='clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks',
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('eval', help='clean and robust accuracy (PGD, APGD, AutoAttack) with sanity checks',
                               description=__doc__.split('\n\n')[0])
     p.add_argument('--model', required=True, help='timm model name, e.g. resnet18_blockmoe_e8_k1')
     p.add_argument('--checkpoint', type=Path, help="state_dict file (timm's, or a dict with 'state_dict'/'model')")

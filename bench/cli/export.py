@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli.parser import Verbs
 from bench.results.registry import default_text
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('export', help='a hub-style folder (config.json, model.safetensors, model card) '
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('export', help='a hub-style folder (config.json, model.safetensors, model card) '
                               'from a training run',
                               description='Export a training run as a hub-style folder that timm loads.')
     p.add_argument('--checkpoint', required=True, type=Path,

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 
 from rich.console import Console
 
+from bench.cli.parser import Verbs
 from bench.core.errors import UserError
 
 
@@ -26,8 +27,8 @@ def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return int(m[1]), int(m[2])
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('grid', help='run a sweep from a YAML spec: train, attack, audit, register each cell')
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('grid', help='run a sweep from a YAML spec: train, attack, audit, register each cell')
     p.add_argument('spec', help='grid YAML, or a shipped one: grid_tiny, grid_paper_cifar100')
     p.add_argument('--dry-run', action='store_true', help='list the cells and their status, run nothing')
     p.add_argument('--procs', type=int, default=1, help='cells run in parallel')

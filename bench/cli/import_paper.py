@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli.parser import Verbs
 from bench.results.import_paper import DEFAULT_CSV, import_all
 from bench.results.registry import default_text, default_write_registry
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('import-paper', help="rebuild the registry's paper and RobustBench entries from "
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('import-paper', help="rebuild the registry's paper and RobustBench entries from "
                                                    'the shipped sources',
                               description='Import reported numbers into the registry: the paper code\'s CIFAR-100 '
                                           'table and RobustBench points.')

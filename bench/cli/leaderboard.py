@@ -9,14 +9,15 @@ import argparse
 from pathlib import Path
 
 from bench.cli.options import add_registry_args
+from bench.cli.parser import Verbs
 from bench.core.errors import UserError
 from bench.results.leaderboard import DEFAULT_SORT, check_sort, print_table, write_leaderboard
 from bench.results.leaderboard.render import REPORTED_TOP
 from bench.results.registry import check_filters, is_read_only, load_entries
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('leaderboard', help="rank the registry and regenerate its LEADERBOARD.md",
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('leaderboard', help="rank the registry and regenerate its LEADERBOARD.md",
                               description=__doc__.split('\n\n')[0])
     add_registry_args(p, 'show only these')  # LEADERBOARD.md always has every entry
     p.add_argument('--sort', default=DEFAULT_SORT,

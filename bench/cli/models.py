@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Any, Dict, Iterator, List
 
+from bench.cli.parser import Verbs
 from bench.core.errors import UserError
 
 PLUGIN = 'timm_moe'  # the package whose registered models are listed, whatever their names
@@ -121,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('models', help='list every registered model (experts, parameters) and the pretrained '
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('models', help='list every registered model (experts, parameters) and the pretrained '
                                              'tags')
     p.add_argument('--filter', default='*', help='timm wildcard over model names, e.g. "resnet18_*"')
     p.add_argument('--width', type=int, default=64, help='base width the parameters are counted at (64 = the paper)')

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench.cli.parser import Verbs
 from bench.core.errors import UserError
 from bench.pipeline.quickstart_plans import PLANS
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('quickstart', help='train, attack, audit and rank small dense and BlockMoE models '
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('quickstart', help='train, attack, audit and rank small dense and BlockMoE models '
                                                  'on the bundled data (CPU, offline, a few minutes)')
     p.add_argument('--out', type=Path, default=Path('runs/quickstart'), help='output directory')
     p.add_argument('--plan', default='default', help=f'run size: {", ".join(PLANS)}')

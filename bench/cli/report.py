@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any, Dict
 
 from bench.cli.options import add_registry_args
+from bench.cli.parser import Verbs
 from bench.core.errors import UserError
 from bench.core.values import check_out_apart
 from bench.results.registry import check_filters, default_registry, default_text, load_entries
 from bench.results.report import write_report
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('report', help='draw PNG plots from the registry (or a study report: --study)',
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('report', help='draw PNG plots from the registry (or a study report: --study)',
                               description='PNG plots drawn from the registry (never from numbers typed anywhere '
                                           'else); with --study, the study report STUDY.md and its plots.')
     add_registry_args(p)

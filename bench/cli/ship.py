@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli.parser import Verbs
+
 # `bench.pipeline.ship.DTYPE_CHOICES`, which imports torch, written out so that the parser checks --dtype at once;
 # tests/test_startup.py keeps the two equal
 DTYPE_CHOICES = ('float32', 'float16', 'auto')
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('ship', help="a finished study's tagged configs as timm pretrained tags",
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('ship', help="a finished study's tagged configs as timm pretrained tags",
                               description="Write the first seed (or --seed) of each tagged config of a finished study "
                               "(weights + manifest.json) into the pretrained-tags folder, so that "
                               "timm.create_model('<model>.<tag>', pretrained=True) loads it offline. The "

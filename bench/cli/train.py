@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 import os
 
+from bench.cli.parser import Verbs
 from bench.core.compile import TORCHCOMPILE_DEFAULT
 from bench.training.config import TrainConfig, field_help, load_config
 
 _FIELDS = dataclasses.fields(TrainConfig)
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('train', help='train a model (normal, or PGD, TRADES, Fast or Free adversarial training)',
+def add_cli(verbs: Verbs) -> None:
+    p = verbs.add_parser('train', help='train a model (normal, or PGD, TRADES, Fast or Free adversarial training)',
                               description='Train with timm components. Every config key is an option; '
                                           '--config loads a YAML recipe first (e.g. cifar100_resnet18_pgd).')
     p.add_argument('--config', help='YAML file or shipped recipe name (bench/configs); its keys are the defaults '

@@ -21,7 +21,16 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 if TYPE_CHECKING:  # torch is imported where a tensor is saved: registry readers (leaderboard) start without it
     import torch
 
-from bench.core.locks import process_alive
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

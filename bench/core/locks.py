@@ -1,108 +1,88 @@
 """A lock file per job, so that two processes never run the same job into one folder (two `timm-moe grid`
 processes given the same spec or shard, say).
 
-`acquire(path)` creates `path` with O_EXCL, which of several racing processes exactly one wins, and writes
-'<host> <pid>' into it. A lock whose process is gone (the same host, a pid that no longer runs: a killed job) is
-stale and is reclaimed; a lock of another host is taken as live, since its process cannot be checked from here.
+The lock is `filelock.FileLock` (flock): the kernel drops it when its process ends, however it ends, so a killed
+job's lock is free again without any stale-lock check. Its holder writes '<host> <pid>' into the file, which is only
+what a busy lock is reported as.
 """
 from __future__ import annotations
 
 import os
 import socket
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Union
+
+from filelock import FileLock, Timeout
 
 PathLike = Union[str, os.PathLike]
-_RECLAIM_TIMEOUT_S = 60.0  # a reclaimer killed mid-way leaves its guard file; after this, it is ignored
+# `holder` takes the lock for an instant to see whether it is free: an `acquire` that meets such a probe waits it
+# out, where a real holder keeps the lock for a whole job
+_PROBE_GRACE_S = 1.0
+_HELD: Dict[Path, FileLock] = {}  # the locks this process took with `acquire`, by path
 
 
 def _me() -> str:
     return f'{socket.gethostname()} {os.getpid()}'
 
 
-def _read(path: Path) -> Optional[str]:
+def _sign(fd: int) -> None:
+    """Write this process into the lock file it just locked (a dead holder's text may be there)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (_me() + '\n').encode(), 0)
+
+
+def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding='utf-8', errors='replace').strip()
+        text = path.read_text(encoding='utf-8', errors='replace').strip()
     except FileNotFoundError:
+        text = ''
+    return text or 'another process'  # a holder between its lock and its `_sign`
+
+
+def _take(path: Path, timeout: float, sign: bool) -> Optional[FileLock]:
+    lock = FileLock(path, timeout=timeout, on_acquired=_sign if sign else None)
+    try:
+        lock.acquire()
+    except Timeout:
         return None
+    return lock
 
 
-def _alive(holder: str, path: Path) -> bool:
-    """Whether the process named in a lock may still run."""
-    parts = holder.split()
-    if len(parts) != 2 or not parts[1].isdigit():
-        # being written this instant, or not ours: live unless it is old
-        try:
-            return time.time() - path.stat().st_mtime < _RECLAIM_TIMEOUT_S
-        except FileNotFoundError:
-            return False
-    host, pid = parts[0], int(parts[1])
-    return host != socket.gethostname() or process_alive(pid)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _reclaim(path: Path, stale: str) -> None:
-    """Remove a stale lock, unless another process reclaimed (and re-took) it first."""
-    guard = path.with_name(path.name + '.reclaim')
-    try:
-        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        try:
-            if time.time() - guard.stat().st_mtime > _RECLAIM_TIMEOUT_S:
-                guard.unlink()
-        except FileNotFoundError:
-            pass
-        return
-    try:
-        if _read(path) == stale:
-            path.unlink()
-    finally:
-        guard.unlink()
+def _drop(lock: FileLock) -> None:
+    # unlinked while still held, so no lock file is left in the job's folder; filelock re-checks that the file it
+    # locked still has a name, so a waiter that opened this one retries on a new file instead of sharing a dead one
+    Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
 
 
 def acquire(path: PathLike) -> Optional[str]:
     """Take the lock at `path` (its folder must exist); None when taken, else its live holder ('<host> <pid>')."""
     path = Path(path)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read(path)
-            if holder is not None and _alive(holder, path):
-                return holder
-            if holder is not None:
-                _reclaim(path, holder)
-            continue
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(_me() + '\n')
-        return None
-    return _read(path) or 'another process'
+    lock = _take(path, _PROBE_GRACE_S, sign=True)
+    if lock is None:
+        return _read(path)
+    _HELD[path] = lock
+    return None
 
 
 def release(path: PathLike) -> None:
     """Drop the lock at `path` if this process holds it."""
-    path = Path(path)
-    if _read(path) == _me():
-        path.unlink(missing_ok=True)
+    lock = _HELD.pop(Path(path), None)
+    if lock is not None:
+        _drop(lock)
 
 
 def holder(path: PathLike) -> Optional[str]:
     """The live process holding the lock at `path` ('<host> <pid>'), or None."""
     path = Path(path)
-    text = _read(path)
-    return text if text is not None and _alive(text, path) else None
+    if not path.exists():
+        return None  # the probe below would create the file
+    probe = _take(path, 0, sign=False)
+    if probe is None:
+        return _read(path)
+    _drop(probe)
+    return None
 
 
 @contextmanager

@@ -1,13 +1,16 @@
-"""Progress of long work, on stderr: rich bars on a terminal, plain lines in a log, rows fed by worker processes.
+"""Progress of long work, on stderr: rich's progress bars on a terminal, plain lines in a log, and one board for
+runs in worker processes.
 
 Long loops (training steps, attack batches, the evaluation's stages) report through `progress_bar()`, which
-yields an object with the part of rich's `Progress` interface they use (`add_task`, `update`, `advance`):
+yields a `rich.progress.Progress`: rich keeps the tasks (count, rate field `ips=`, elapsed time, ETA) and draws
+them on a terminal. What rich lacks is added here:
 
-- on a terminal, a rich bar per task (count, rate field `ips=`, elapsed time, ETA);
-- elsewhere (a log file, a pipe), one plain line when a task starts, one a minute while it runs (also while
-  one long step, such as AutoAttack on a batch, gives no update), and one when it ends;
-- inside a run of `RunBoard` (a grid cell or a quickstart model, in a worker process or in this one), events
-  that the board shows as that run's row: which stage, how far, its ETA.
+- a log (a file, a pipe), where rich draws nothing until the end: one plain line when a task starts, one a
+  minute while it runs (also while one long step, such as AutoAttack on a batch, gives no update), and one when
+  it ends, without a control sequence;
+- runs in other processes: inside a run of `RunBoard` (a grid cell or a quickstart model, in a worker process or
+  in this one), a task's start and moves become events (`Event`, through a queue from a worker) that the board
+  shows as that run's row: which stage, how far, its ETA.
 
 Progress is only ever shown: nothing here changes a result.
 """
@@ -17,7 +20,13 @@ import contextlib
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, Task, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 Event = tuple  # ('start', run) | ('task', run, task_id, description, total, completed) |
 # ('update', run, task_id, completed, info) | ('end', run)
@@ -31,181 +40,131 @@ _RUN: Optional[str] = None
 
 
 def is_terminal(stream: TextIO) -> bool:
+    # the stream itself, not rich's guess (FORCE_COLOR would make it draw bars, control sequences, into a log)
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
 
 
-class _Silent:
-    """Progress's task interface, doing nothing: for non-primary ranks and quiet runs."""
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        pass
+def _count(task: Task) -> str:
+    return f'{task.completed:.0f}/{task.total:.0f}' if task.total is not None else f'{task.completed:.0f}'
 
 
-class _Tasks:
-    """The task bookkeeping of rich's interface; subclasses say what to do when a task starts or moves."""
+def _done(task: Task) -> bool:
+    return task.total is not None and task.completed >= task.total
 
-    def __init__(self) -> None:
-        self.tasks: Dict[int, Dict[str, Any]] = {}
 
-    def add_task(self, description: str, total: Optional[float] = None, completed: float = 0, **fields: Any) -> int:
-        task_id = len(self.tasks)
-        self.tasks[task_id] = dict(description=description, total=total, completed=completed, fields=fields,
-                                   start=time.perf_counter(), sent=0.0)
-        self.started(task_id)
+def _clock(seconds: Optional[float]) -> str:
+    """H:MM:SS, as rich's time columns show it; '?' for no estimate."""
+    return '?' if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+class _Watched(Progress):
+    """rich's Progress, which also tells `moved(task, started)` of each task's start and move."""
+
+    def add_task(self, description: str, start: bool = True, total: Optional[float] = 100.0, completed: int = 0,
+                 visible: bool = True, **fields: Any) -> TaskID:
+        task_id = super().add_task(description, start, total, completed, visible, **fields)
+        self.moved(self.task(task_id), started=True)
         return task_id
 
-    def update(self, task_id: int, *, advance: Optional[float] = None, completed: Optional[float] = None,
-               total: Optional[float] = None, description: Optional[str] = None, **fields: Any) -> None:
-        t = self.tasks[task_id]
-        if total is not None:
-            t['total'] = total
-        if description is not None:
-            t['description'] = description
-        if completed is not None:
-            t['completed'] = completed
-        if advance is not None:
-            t['completed'] += advance
-        t['fields'].update(fields)
-        self.moved(task_id)
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        self.moved(self.task(task_id), started=False)
 
-    def advance(self, task_id: int, advance: float = 1) -> None:
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def done(self, task_id: int) -> bool:
-        t = self.tasks[task_id]
-        return t['total'] is not None and t['completed'] >= t['total']
+    def task(self, task_id: TaskID) -> Task:
+        return next(t for t in self.tasks if t.id == task_id)
 
-    def started(self, task_id: int) -> None:
-        raise NotImplementedError
-
-    def moved(self, task_id: int) -> None:
+    def moved(self, task: Task, started: bool) -> None:
         raise NotImplementedError
 
 
-def _count(t: Dict[str, Any]) -> str:
-    return f'{t["completed"]:.0f}/{t["total"]:.0f}' if t['total'] is not None else f'{t["completed"]:.0f}'
-
-
-def eta_seconds(elapsed: float, completed: float, total: Optional[float]) -> Optional[float]:
-    """Seconds left at the pace so far (None before the first step, or without a total)."""
-    if not total or completed <= 0:
-        return None
-    return max(0.0, elapsed * (total - completed) / completed)
-
-
-def fmt_seconds(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return '?'
-    seconds = int(round(seconds))
-    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}' if seconds >= 3600 else \
-        f'{seconds // 60}:{seconds % 60:02d}'
-
-
-class _Plain(_Tasks):
-    """Plain lines for logs: a task's start, a line a minute while it runs (`heartbeat`), and its end."""
+class _Log(_Watched):
+    """A log's progress: a task's start, a line a minute while it runs (from a thread, while the block runs), and
+    its end."""
 
     def __init__(self, stream: TextIO) -> None:
-        super().__init__()
+        super().__init__(disable=True)  # rich keeps the tasks; the lines are this class's
         self.stream = stream
-        self._lock = threading.Lock()  # the heartbeat's thread writes too: one whole line at a time
+        self.said: Dict[TaskID, float] = {}
+        self.ended: set = set()
+        self.writing = threading.Lock()  # the heartbeat's thread writes too: one whole line at a time
+        self.stopping = threading.Event()
+        self.beat = threading.Thread(target=self._beat, name='progress-heartbeat', daemon=True)
 
-    def _line(self, task_id: int) -> None:
-        with self._lock:
-            self._write(task_id)
+    def _say(self, task: Task) -> None:
+        with self.writing:
+            when = f'in {_clock(task.finished_time or task.elapsed)}' if _done(task) else \
+                f'{_clock(task.elapsed)} elapsed, ETA {_clock(task.time_remaining)}'
+            info = task.fields.get('ips') or ''
+            print(f'{task.description}: {_count(task)} {info} ({when})'.replace('  ', ' '), file=self.stream,
+                  flush=True)
+            self.said[task.id] = time.perf_counter()
 
-    def _write(self, task_id: int) -> None:
-        t = self.tasks[task_id]
-        elapsed = time.perf_counter() - t['start']
-        info = t['fields'].get('ips') or ''
-        when = (f'in {fmt_seconds(elapsed)}' if self.done(task_id) else
-                f'{fmt_seconds(elapsed)} elapsed, ETA {fmt_seconds(eta_seconds(elapsed, t["completed"], t["total"]))}')
-        print(f'{t["description"]}: {_count(t)} {info} ({when})'.replace('  ', ' '), file=self.stream, flush=True)
-        t['sent'] = time.perf_counter()
+    def moved(self, task: Task, started: bool) -> None:
+        if _done(task) and not started:
+            if task.id not in self.ended:
+                self.ended.add(task.id)
+                self._say(task)
+        elif started or time.perf_counter() - self.said[task.id] >= PLAIN_EVERY_S:
+            self._say(task)
 
-    def started(self, task_id: int) -> None:
-        self._line(task_id)
-
-    def moved(self, task_id: int) -> None:
-        t = self.tasks[task_id]
-        if self.done(task_id) and not t.get('ended'):
-            t['ended'] = True
-            self._line(task_id)
-        elif time.perf_counter() - t['sent'] >= PLAIN_EVERY_S:
-            self._line(task_id)
-
-    def heartbeat(self) -> None:
+    def _beat(self) -> None:
         """The line of the task at work (the newest one not done) if it has said nothing for PLAIN_EVERY_S: a
         step that takes minutes (AutoAttack on one batch) would otherwise leave the log silent that long."""
-        running = [i for i in list(self.tasks) if not self.done(i)]
-        if running and time.perf_counter() - self.tasks[running[-1]]['sent'] >= PLAIN_EVERY_S:
-            self.moved(running[-1])
+        while not self.stopping.wait(min(PLAIN_EVERY_S / 4, 5.0)):
+            running = [t for t in self.tasks if not _done(t)]
+            # a task just added may not have said its first line yet: it is about to
+            if running and time.perf_counter() - self.said.get(running[-1].id, time.perf_counter()) >= PLAIN_EVERY_S:
+                self._say(running[-1])
+
+    def start(self) -> None:
+        self.beat.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.beat.join()
 
 
-@contextlib.contextmanager
-def _beating(plain: _Plain) -> Iterator[_Plain]:
-    """`plain`, with a thread that calls its heartbeat while the block runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(min(PLAIN_EVERY_S / 4, 5.0)):
-            plain.heartbeat()
-    thread = threading.Thread(target=beat, name='progress-heartbeat', daemon=True)
-    thread.start()
-    try:
-        yield plain
-    finally:
-        stop.set()
-        thread.join()
-
-
-class _ToSink(_Tasks):
+class _ToSink(_Watched):
     """A run's tasks as events for its board (`RunBoard`), at most a few a second."""
 
     def __init__(self, sink: Sink, run: str) -> None:
-        super().__init__()
+        super().__init__(disable=True)
         self.sink, self.run = sink, run
+        self.sent: Dict[TaskID, float] = {}
 
-    def started(self, task_id: int) -> None:
-        t = self.tasks[task_id]
-        self.sink(('task', self.run, task_id, t['description'], t['total'], t['completed']))
-        t['sent'] = time.perf_counter()
-
-    def moved(self, task_id: int) -> None:
-        t = self.tasks[task_id]
+    def moved(self, task: Task, started: bool) -> None:
         now = time.perf_counter()
-        if self.done(task_id) or now - t['sent'] >= SEND_EVERY_S:
-            self.sink(('update', self.run, task_id, t['completed'], str(t['fields'].get('ips') or '')))
-            t['sent'] = now
+        if started:
+            self.sink(('task', self.run, int(task.id), task.description, task.total, task.completed))
+        elif _done(task) or now - self.sent[task.id] >= SEND_EVERY_S:
+            self.sink(('update', self.run, int(task.id), task.completed, str(task.fields.get('ips') or '')))
+        else:
+            return
+        self.sent[task.id] = now
 
 
-def _rich_progress(console: Any, *extra: Any, **kwargs: Any) -> Any:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    from rich.text import Text
+class _Eta(TimeRemainingColumn):
+    """rich's estimate from the task's recent pace, or the task's own `eta` field where it has one."""
 
-    class Eta(TimeRemainingColumn):
-        """rich's estimate from the task's recent pace, or the task's own `eta` field where it has one."""
+    def render(self, task: Task) -> Any:
+        eta = task.fields.get('eta')
+        return Text(eta, style='progress.remaining') if eta else super().render(task)
 
-        def render(self, task: Any) -> Any:
-            eta = task.fields.get('eta')
-            return Text(eta, style='progress.remaining') if eta else super().render(task)
 
+def _rich_progress(stream: TextIO, *extra: Any, **kwargs: Any) -> Progress:
     columns = (TextColumn('[bold]{task.description}'), *extra, BarColumn(), MofNCompleteColumn(),
-               TextColumn('{task.fields[ips]}'), TimeElapsedColumn(), TextColumn('ETA'), Eta())
-    return Progress(*columns, console=console, **kwargs)
+               TextColumn('{task.fields[ips]}'), TimeElapsedColumn(), TextColumn('ETA'), _Eta())
+    return Progress(*columns, console=Console(file=stream), **kwargs)
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True, stream: Optional[TextIO] = None) -> Iterator[Any]:
+def progress_bar(enabled: bool = True, stream: Optional[TextIO] = None) -> Iterator[Progress]:
     """Report the tasks of a long loop (rich's `add_task` / `update` / `advance`), as the module says.
 
     Args:
@@ -213,19 +172,16 @@ def progress_bar(enabled: bool = True, stream: Optional[TextIO] = None) -> Itera
             whatever this says (the board owns the terminal; a worker has none of its own).
         stream: Where to write (default: sys.stderr).
     """
-    if _SINK is not None:
-        yield _ToSink(_SINK, _RUN or '')
-        return
-    if not enabled:
-        yield _Silent()
-        return
     stream = stream or sys.stderr
-    if not is_terminal(stream):
-        with _beating(_Plain(stream)) as plain:
-            yield plain
-        return
-    from rich.console import Console
-    with _rich_progress(Console(file=stream), transient=False) as bar:
+    if _SINK is not None:
+        bar: Progress = _ToSink(_SINK, _RUN or '')
+    elif not enabled:
+        bar = Progress(disable=True)
+    elif not is_terminal(stream):
+        bar = _Log(stream)
+    else:
+        bar = _rich_progress(stream, transient=False)
+    with bar:
         yield bar
 
 
@@ -263,9 +219,10 @@ class RunBoard:
     """Shows many runs (grid cells, quickstart models), each run's current stage, and the whole with an ETA.
 
     Feed it the events of `progress_bar()` inside `reporting_to(board.handle, run)`, in this process or, through
-    a queue, from worker processes (`bench.core.parallel.run_parallel`). On a terminal it is a live rich table
-    on stderr (a row per running run: stage, step/total, elapsed, ETA; and an overall bar over the runs);
-    elsewhere, plain lines: each stage's start and end, and each finished run with the overall ETA.
+    a queue, from worker processes (`bench.core.parallel.run_parallel`). A rich Progress keeps a row per running
+    run (stage, step/total, elapsed, ETA) and an overall row over the runs: drawn live on stderr on a terminal;
+    elsewhere, plain lines instead: each stage's start (and a line a minute), and each finished run with the
+    overall ETA.
 
     Args:
         title: What the runs are ('quickstart', 'grid').
@@ -283,28 +240,24 @@ class RunBoard:
         self.live = enabled and is_terminal(self.stream)
         self.t0 = time.perf_counter()
         self.finished: List[str] = []
-        self.current: Dict[str, Dict[str, Any]] = {}  # run -> its latest task
-        self._progress: Any = None
-        self._rows: Dict[str, int] = {}
-        self._overall: Optional[int] = None
+        self.progress = _rich_progress(self.stream, TextColumn('{task.fields[stage]}'), transient=False,
+                                       refresh_per_second=4, disable=not self.live)
+        self.rows: Dict[str, TaskID] = {}  # run -> its row
+        self.stage_of: Dict[str, int] = {}  # run -> the task id (in its process) of its current stage
+        self.said: Dict[str, float] = {}  # run -> when its last plain line was written
+        self.overall: Optional[TaskID] = None
 
     def __enter__(self) -> 'RunBoard':
+        self.progress.start()
         if self.live:
-            from rich.console import Console
-            from rich.progress import TextColumn
-            self._progress = _rich_progress(Console(file=self.stream), TextColumn('{task.fields[stage]}'),
-                                            transient=False, refresh_per_second=4)
-            self._progress.__enter__()
-            self._overall = self._progress.add_task(f'{self.title}: runs done', total=len(self.runs), ips='',
-                                                    stage='')
+            self.overall = self.progress.add_task(f'{self.title}: runs done', total=len(self.runs), ips='',
+                                                  stage='')
         elif self.enabled:
             self._say(f'{self.title}: {len(self.runs)} runs, {self.procs} at a time')
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-            self._progress = None
+        self.progress.stop()
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -320,39 +273,37 @@ class RunBoard:
             return
         kind, run = event[0], event[1]
         if kind == 'start':
-            if self.live:
-                self._rows[run] = self._progress.add_task(run, total=None, ips='', stage='starting')
-            else:
+            self.rows[run] = self.progress.add_task(run, total=None, ips='', stage='starting')
+            if not self.live:
                 self._say(f'{self.title}: {run}: started')
         elif kind == 'task':
             _, _, task_id, description, total, completed = event
-            self.current[run] = dict(task_id=task_id, description=description, total=total, completed=completed,
-                                     start=time.perf_counter(), said=time.perf_counter())
-            if self.live:
-                self._progress.reset(self._rows[run], total=total, completed=completed, stage=description, ips='')
-            else:
-                self._say(f'{self.title}: {run}: {description} ({_count(self.current[run])})')
+            self.stage_of[run] = task_id
+            self.progress.reset(self.rows[run], total=total, completed=completed, stage=description, ips='')
+            self.said[run] = time.perf_counter()
+            if not self.live:
+                self._say(f'{self.title}: {run}: {description} ({_count(self._row(run))})')
         elif kind == 'update':
             _, _, task_id, completed, info = event
-            t = self.current.get(run)
-            if t is None or t['task_id'] != task_id:
+            if self.stage_of.get(run) != task_id:
                 return  # a stage that is no longer the run's current one
-            t['completed'] = completed
-            if self.live:
-                self._progress.update(self._rows[run], completed=completed, ips=info)
-            elif time.perf_counter() - t['said'] >= PLAIN_EVERY_S:
-                elapsed = time.perf_counter() - t['start']
-                self._say(f'{self.title}: {run}: {t["description"]} {_count(t)} ({fmt_seconds(elapsed)} elapsed, '
-                          f'ETA {fmt_seconds(eta_seconds(elapsed, completed, t["total"]))})')
-                t['said'] = time.perf_counter()
+            self.progress.update(self.rows[run], completed=completed, ips=info)
+            if not self.live and time.perf_counter() - self.said[run] >= PLAIN_EVERY_S:
+                row = self._row(run)
+                self._say(f'{self.title}: {run}: {row.fields["stage"]} {_count(row)} ({_clock(row.elapsed)} '
+                          f'elapsed, ETA {_clock(row.time_remaining)})')
+                self.said[run] = time.perf_counter()
         elif kind == 'end':
             self.finished.append(run)
-            eta = fmt_seconds(self.overall_eta()) if len(self.finished) < len(self.runs) else '0:00'
+            self.progress.remove_task(self.rows.pop(run))
+            eta = _clock(self.overall_eta()) if len(self.finished) < len(self.runs) else '0:00:00'
+            since = _clock(time.perf_counter() - self.t0)
             if self.live:
-                self._progress.remove_task(self._rows.pop(run))
-                self._progress.update(self._overall, completed=len(self.finished), eta=f'~{eta}')
-                self._progress.console.print(f'{self.title}: {run}: done in '
-                                             f'{fmt_seconds(time.perf_counter() - self.t0)} since start')
+                self.progress.update(self.overall, completed=len(self.finished), eta=f'~{eta}')
+                self.progress.console.print(f'{self.title}: {run}: done in {since} since start')
             else:
-                self._say(f'{self.title}: {run}: done ({len(self.finished)}/{len(self.runs)} runs, '
-                          f'{fmt_seconds(time.perf_counter() - self.t0)} elapsed, ETA ~{eta})')
+                self._say(f'{self.title}: {run}: done ({len(self.finished)}/{len(self.runs)} runs, {since} elapsed, '
+                          f'ETA ~{eta})')
+
+    def _row(self, run: str) -> Task:
+        return next(t for t in self.progress.tasks if t.id == self.rows[run])

@@ -227,18 +227,44 @@ def test_a_configs_own_seeds_are_checked_like_the_spec_seeds(tmp_path, capsys, s
 
 
 def test_a_lock_is_held_by_one_process_and_a_dead_holders_lock_is_reclaimed(tmp_path):
+    import signal
     import subprocess
     import sys
-    from bench.core.locks import acquire, release
+    from bench.core.locks import acquire, holder, release
     lock = tmp_path / 'running.lock'
     assert acquire(lock) is None
     assert str(os.getpid()) in acquire(lock)  # a live holder (this process): busy
+    assert holder(lock) == f'{socket.gethostname()} {os.getpid()}'
     release(lock)
-    assert not lock.exists()
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
-    lock.write_text(f'{socket.gethostname()} {int(dead.stdout)}\n')  # a holder killed before it released
-    assert acquire(lock) is None  # its holder is gone: reclaimed
+    assert not lock.exists() and holder(lock) is None
+    # another process takes the lock, says so, and is killed before it can release it
+    child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from bench.core.locks import acquire; '
+                              f'assert acquire({str(lock)!r}) is None; print(flush=True); time.sleep(60)'],
+                             stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))  # this bench
+    try:
+        assert child.stdout.readline() == '\n'
+        assert acquire(lock) == holder(lock) == f'{socket.gethostname()} {child.pid}'  # live: busy
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert lock.exists() and holder(lock) is None  # its file is left, but its holder is gone
+    assert acquire(lock) is None  # reclaimed
     assert lock.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    release(lock)
+
+
+def test_a_lock_held_for_an_instant_is_waited_for_not_reported_busy(tmp_path):
+    """`holder` probes a lock by taking it for an instant (`grid` probes every cell): a process that takes the lock
+    at that instant must not skip its job as running elsewhere."""
+    import threading
+    from filelock import FileLock
+    from bench.core.locks import acquire, release
+    lock = tmp_path / 'running.lock'
+    probe = FileLock(lock, thread_local=False)  # released by the timer thread
+    probe.acquire()
+    threading.Timer(0.2, probe.release).start()
+    assert acquire(lock) is None
     release(lock)
 
 

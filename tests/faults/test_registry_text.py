@@ -102,7 +102,7 @@ def test_the_model_card_escapes_its_tag():
     card = {'tag': f"x'</code>{HOSTILE_HTML}", 'entry_id': entry['entry_id'], 'training': {}}
     page = render_html([entry], lambda e: 'e.json', {entry['entry_id']: card})
     assert '<script>alert(1)' not in page and '<img src=x' not in page
-    assert 'timm.create_model(&quot;x&#x27;&lt;/code&gt;&lt;script&gt;' in page
+    assert 'timm.create_model(&#34;x&#39;&lt;/code&gt;&lt;script&gt;' in page
 
 
 def test_an_entry_id_is_a_name_by_the_one_pattern():

@@ -5,18 +5,21 @@ The page shows what `LEADERBOARD.md` shows (the same sections, columns, cells an
 rows filter by architecture, MoE kind, training and source, and each row links to its entry JSON and, for a
 shipped pretrained tag, to its model card. It needs no network: the CSS and JS (`bench/assets/leaderboard.*`)
 are inlined. The entry links are relative, to copies under `entries/` beside the page (never inside a registry,
-see `write_html`). Like the markdown file, the page is a pure function of the entries.
+see `write_html`). Like the markdown file, the page is a pure function of the entries: `page_data` computes what
+it shows, and the Jinja2 template `bench/assets/leaderboard.html.j2` (autoescape on) lays it out.
 """
 from __future__ import annotations
 
-import html
+import functools
 import importlib.util
 import json
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import jinja2
+from markupsafe import Markup
 
 from bench.core.atomic import recover_dir, temp_dir_beside
 from bench.core.errors import UserError
@@ -27,6 +30,8 @@ from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, _l
 from bench.results.registry import check_writable, entry_path, registry_holding
 
 ASSETS = Path(__file__).resolve().parents[2] / 'assets'
+TEMPLATE = 'leaderboard.html.j2'  # in ASSETS, beside the CSS and JS it inlines
+Href = Callable[[Mapping[str, Any]], str]  # entry -> the relative link of its JSON file
 ENTRY_COPIES = 'entries'  # beside the page
 MARKER = '<meta name="generator" content="timm-moe leaderboard --html">'  # tells a page this command wrote
 FILTERS = (('arch', 'architecture'), ('kind', 'MoE kind'), ('training', 'training'), ('source', 'source'))
@@ -46,18 +51,22 @@ def page_order(n_columns: int) -> List[int]:
 
 
 def moe_kind(entry: Mapping[str, Any]) -> str:
-    """'dense', or the MoE layer kind named in the model name ('blockmoe', 'convmoe', ...); 'moe' if unnamed."""
+    """'dense', or the MoE layer kind of the entry's registered model ('blockmoe', 'convmoe'); 'moe' for a model
+    that timm-moe does not register."""
     m = entry['model']
     if not m.get('experts'):
         return 'dense'
-    found = re.search(r'(?:^|[_:.-])([a-z]*moe)(?=[_.-]|$)', str(m['name']).lower())
-    return found.group(1) if found else 'moe'
+    from timm_moe.spec import ModelSpec  # the table of registered names (which imports torch): only for an MoE
+    try:
+        return f'{ModelSpec.from_name(m["name"]).kind}moe'
+    except ValueError:  # not a registered name
+        return 'moe'
 
 
 def pretrained_cards() -> Dict[str, Dict[str, Any]]:
     """{entry_id: {'tag': ..., record}} of the shipped pretrained tags (timm_moe/pretrained/manifest.json).
 
-    The manifest is read as a file, without importing the plugin (which imports torch): the page is cheap.
+    The manifest is read as a file, without importing the plugin (which imports torch).
     """
     spec = importlib.util.find_spec('timm_moe')
     if spec is None or not spec.submodule_search_locations:
@@ -69,98 +78,119 @@ def pretrained_cards() -> Dict[str, Dict[str, Any]]:
     return {r['entry_id']: dict(r, tag=tag) for tag, r in sorted(records.items()) if r.get('entry_id')}
 
 
-def _card_html(card: Mapping[str, Any], href: str) -> str:
+def _card(card: Mapping[str, Any], entry: Mapping[str, Any], href: Href) -> Dict[str, Any]:
     """A pretrained tag's model card: how to load it, what it was trained with, its weights and its entry."""
-    tag, t = card['tag'], card.get('training') or {}
-    arch = tag.split('.')[0]
-    kwargs = ', '.join(f'{k}={v!r}' for k, v in sorted((card.get('model_kwargs') or {}).items()))
-    rows = ''.join(f'<tr><th>{html.escape(k)}</th><td>{html.escape(str(t[k]))}</td></tr>'
-                   for k in ('training', 'config', 'epochs', 'batch_size', 'lr', 'eps', 'attack_steps', 'seed')
-                   if k in t)
-    return (f'<article class="card" id="card-{html.escape(tag)}"><h3>{html.escape(tag)}</h3>'
-            f'<pre><code>import timm, timm_moe\nmodel = timm.create_model({html.escape(repr(tag))}, pretrained=True)'
-            f'  # {html.escape(arch)}({html.escape(kwargs)})</code></pre>'
-            f'<table class="kv">{rows}<tr><th>input</th><td>{html.escape(str(card.get("input_size")))} '
-            f'({html.escape(str(card.get("dataset")))})</td></tr>'
-            f'<tr><th>weights</th><td>{html.escape(str(card.get("file")))}, {html.escape(str(card.get("dtype")))}, '
-            f'sha256 <code>{html.escape(str(card.get("sha256")))}</code></td></tr>'
-            f'<tr><th>entry</th><td><a href="{html.escape(href)}">{html.escape(card["entry_id"])}</a></td></tr>'
-            '</table></article>')
+    t = card.get('training') or {}
+    return dict(tag=card['tag'], tag_repr=repr(card['tag']), arch=entry['model']['name'],
+                kwargs=', '.join(f'{k}={v!r}' for k, v in sorted((card.get('model_kwargs') or {}).items())),
+                training=[(k, t[k]) for k in ('training', 'config', 'epochs', 'batch_size', 'lr', 'eps',
+                                              'attack_steps', 'seed') if k in t],
+                input_size=card.get('input_size'), dataset=card.get('dataset'), file=card.get('file'),
+                dtype=card.get('dtype'), sha256=card.get('sha256'), href=href(entry), entry_id=card['entry_id'])
 
 
-def _attrs(entry: Mapping[str, Any]) -> Dict[str, str]:
+def _filters(entry: Mapping[str, Any]) -> Dict[str, str]:
+    """What the page's filters select a row by (its `data-*` attributes)."""
     return {'arch': str(entry['model'].get('arch') or entry['model']['name']), 'kind': moe_kind(entry),
             'training': str(entry['training']['method']), 'source': str(entry['source'])}
 
 
-def _cells_html(cells: Sequence[str], head: Sequence[str], right: set, links: str,
-                setup_html: Optional[str] = None) -> str:
-    """The <td>s of one row (`cells` and `head` in page order); an accuracy's interval is set apart from its
-    value, so that it may go below it. `setup_html` replaces the Setup text (a seed group's count and toggle)."""
+def _cells(texts: Sequence[str], head: Sequence[str], right: set, entry_cell: Dict[str, Any],
+           seeds_cell: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """The cells of one row (`texts` and `head` in page order); an accuracy's interval is set apart from its
+    value, so that it may go below it. `seeds_cell` replaces the Setup text (a seed group's count and toggle)."""
     out = []
-    for name, text in zip(head, cells):
+    for name, text in zip(head, texts):
         if name == 'Entry':
-            out.append(f'<td class="entry">{links}</td>')
+            out.append(entry_cell)
             continue
-        if name == 'Setup' and setup_html is not None:
-            out.append(f'<td class="setup">{setup_html}</td>')
+        if name == 'Setup' and seeds_cell is not None:
+            out.append(seeds_cell)
             continue
         cls = {'#': 'num rank', 'Model': 'model', 'Config': 'config', 'Flags': 'flags', 'Setup': 'setup'}.get(
             name, 'num' if name in right else '')
         value, _, spread = text.partition(' ')
         if name in right and spread:
-            body = f'<span class="v">{html.escape(value)}</span> <span class="ci">{html.escape(spread)}</span>'
-            cls = 'num acc'
+            out.append(dict(kind='value', cls='num acc', text=value, spread=spread))
         else:
-            body = html.escape(text)
-        out.append(f'<td class="{cls}">{body}</td>' if cls else f'<td>{body}</td>')
-    return ''.join(out)
+            out.append(dict(kind='value', cls=cls, text=text, spread=''))
+    return out
 
 
-def _links(entries: Sequence[Mapping[str, Any]], href, cards: Mapping[str, Mapping[str, Any]]) -> str:
-    parts = []
-    for e in entries:
-        link = f'<a href="{html.escape(href(e))}">{html.escape(e["entry_id"])}</a>'
-        if e['entry_id'] in cards:
-            link += f' <a class="card-link" href="#card-{html.escape(cards[e["entry_id"]]["tag"])}">card</a>'
-        parts.append(link)
-    return '<br>'.join(parts)
+def _entry_cell(entries: Sequence[Mapping[str, Any]], href: Href,
+                cards: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    links = [dict(href=href(e), entry_id=e['entry_id'], card=cards[e['entry_id']]['tag'] if e['entry_id'] in cards
+                  else None) for e in entries]
+    return dict(kind='entry', links=links, text='')
 
 
-def _row_group(index: int, rank: Optional[int], row: Row, columns, head, right, keymap, href, cards) -> str:
-    """One <tbody>: the row, and for a seed group its runs (hidden until expanded); sorting moves it whole.
+def _row_group(rank: Optional[int], row: Row, columns, head, right, keymap, href: Href, cards) -> Dict[str, Any]:
+    """A row, and for a seed group its runs (hidden until expanded).
 
     A seed group is one row of a few lines however many seeds it has: its Setup says how many ('40 seeds ▸',
     the seeds on hover) and the button lists the runs, each with its seed and its entry link."""
-    attrs = ''.join(f' data-{k}="{html.escape(v)}"' for k, v in _attrs(row.first).items())
     order = page_order(len(columns))
     runs = row.entries if len(row.entries) > 1 else []
-    links, setup_html = _links(row.entries, href, cards), None
+    entry_cell, seeds_cell = _entry_cell(row.entries, href, cards), None
     if runs:
         text = setup(row, seeds=False)
-        setup_html = ('' if text == DASH else html.escape(text) + ' ') + (
-            f'<button class="toggle" aria-expanded="false" data-count="{len(runs)}" '
-            f'title="{html.escape(seed_list(row) or f"{len(runs)} runs")}: click to list the runs">'
-            f'{len(runs)} seeds ▸</button>')
-        links = f'{len(runs)} entries: ▸ lists them'
-    cls = 'row' + ('' if row.first['source'] == 'measured' else ' reported')
-    cells = row_cells(rank, row, columns)
-    body = [f'<tr class="{cls}">' + _cells_html([cells[i] for i in order], head, right, links, setup_html) + '</tr>']
+        seeds_cell = dict(kind='seeds', text=None if text == DASH else text, runs=len(runs),
+                          title=seed_list(row) or f'{len(runs)} runs')
+        entry_cell = dict(kind='entry', links=[], text=f'{len(runs)} entries: ▸ lists them')
+    texts = row_cells(rank, row, columns)
+    rows = [dict(cls='row' + ('' if row.first['source'] == 'measured' else ' reported'), hidden=False,
+                 cells=_cells([texts[i] for i in order], head, right, entry_cell, seeds_cell))]
     for e in runs:  # each run on its own: its own cells and Wilson intervals
-        cells = row_cells(None, make_rows([e], keymap, group=False)[0], columns)
-        cells[0] = '↳'  # a run of the group above, not ranked on its own
-        body.append('<tr class="run" hidden>' + _cells_html([cells[i] for i in order], head, right,
-                                                            _links([e], href, cards)) + '</tr>')
-    return f'<tbody data-order="{index}"{attrs}>' + ''.join(body) + '</tbody>'
+        texts = row_cells(None, make_rows([e], keymap, group=False)[0], columns)
+        texts[0] = '↳'  # a run of the group above, not ranked on its own
+        rows.append(dict(cls='run', hidden=True,
+                         cells=_cells([texts[i] for i in order], head, right, _entry_cell([e], href, cards))))
+    return dict(filters=_filters(row.first), rows=rows)
 
 
-def _options(values: Sequence[str]) -> str:
-    return '<option value="">all</option>' + ''.join(
-        f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in sorted(set(values)))
+def _section(index: int, sec, href: Href, cards) -> Dict[str, Any]:
+    rows = make_rows(sec.entries, sec.keymap, group=True)
+    metric = resolve_sort(DEFAULT_SORT, sec, rows)
+    ranked, rest = rank_rows(rows, metric)
+    full = header(sec.columns)
+    head = [full[i] for i in page_order(len(sec.columns))]
+    right = RIGHT | {c.label for c in sec.columns}
+    accuracy = {'Clean'} | {c.label for c in sec.columns}
+    short = short_labels(sec.columns)
+    # a long label gets a short header; hovering shows the full one and its settings, as the list below does
+    shown = {c.label: (short[c.ident], f'{c.label}: {describe(c.config)}') for c in sec.columns}
+    heads = [dict(cls='num acc' if h in accuracy else 'num' if h in right else '', text=shown.get(h, (h, h))[0],
+                  title=shown.get(h, (h, h))[1]) for h in head]
+    groups = [(rank, r) for rank, r in ranked] + [(None, r) for r in rest]
+    return dict(index=index, title=sec.title, n_entries=len(sec.entries), n_rows=len(rows),
+                n_measured=sum(e['source'] == 'measured' for e in sec.entries),
+                metric=_label_of(sec, metric, DEFAULT_SORT), heads=heads,
+                groups=[_row_group(rank, r, sec.columns, head, right, sec.keymap, href, cards) for rank, r in groups],
+                legend=[dict(short=short[c.ident], label=c.label, settings=describe(c.config)) for c in sec.columns])
 
 
-def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                title: str = 'timm-moe leaderboard') -> str:
+def page_data(entries: Sequence[Mapping[str, Any]], href: Href,
+              cards: Optional[Mapping[str, Mapping[str, Any]]] = None,
+              title: str = 'timm-moe leaderboard') -> Dict[str, Any]:
+    """What the page shows (the template's context), computed from the entries apart from its markup."""
+    cards = {k: v for k, v in (cards or {}).items() if any(e['entry_id'] == k for e in entries)}
+    values = {k: [_filters(e)[k] for e in entries] for k, _ in FILTERS}
+    return dict(
+        title=title, n_entries=len(entries), exact_n=f'{EXACT_N:,}', dagger=DAGGER, dash=DASH,
+        filters=[dict(key=k, name=name, options=sorted(set(values[k]))) for k, name in FILTERS],
+        sections=[_section(i, sec, href, cards) for i, sec in measured_first(sections(entries))],
+        cards=[_card(c, next(e for e in entries if e['entry_id'] == c['entry_id']), href) for c in cards.values()])
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(TEMPLATE)
+
+
+def render_html(entries: Sequence[Mapping[str, Any]], href: Href,
+                cards: Optional[Mapping[str, Mapping[str, Any]]] = None, title: str = 'timm-moe leaderboard') -> str:
     """The page. Pure function of its arguments.
 
     Args:
@@ -168,64 +198,9 @@ def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapp
         href: entry -> the relative link of its JSON file.
         cards: {entry_id: pretrained tag record} (`pretrained_cards`); rows of these link to a card.
     """
-    cards = {k: v for k, v in (cards or {}).items() if any(e['entry_id'] == k for e in entries)}
-    css = (ASSETS / 'leaderboard.css').read_text(encoding='utf-8')
-    js = (ASSETS / 'leaderboard.js').read_text(encoding='utf-8')
-    values = {k: [_attrs(e)[k] for e in entries] for k, _ in FILTERS}
-    filters = ''.join(f'<label>{html.escape(name)} <select data-filter="{k}">{_options(values[k])}</select></label>'
-                      for k, name in FILTERS)
-    parts = [
-        '<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">', MARKER,
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<link rel="icon" href="data:,">',  # no favicon request: the page loads nothing
-        f'<title>{html.escape(title)}</title><style>{css}</style></head><body>',
-        f'<header><h1>{html.escape(title)}</h1><p>Accuracies in percent, from {len(entries)} registry entries. '
-        'Each accuracy column is one attack configuration (its settings are listed under the table). '
-        f'<code>61.33 [55.7, 66.6]</code>: one run on fewer than {EXACT_N:,} test points with its 95% Wilson '
-        'interval; <code>61.33 ±1.20 [58.4, 64.3]</code>: the runs that differ only in their training seed '
-        '(▸ lists them): mean, standard deviation and 95% t-interval over the seeds. '
-        f'{DAGGER} reported by the paper\'s code or RobustBench, not measured here; {DASH} not measured. '
-        'Click a column heading to sort by it.</p>',
-        '</header>',
-        f'<form class="filters" onsubmit="return false">{filters}'
-        '<output id="shown" aria-live="polite"></output></form><main>',
-    ]
-    if not entries:
-        parts.append('<p>No entries yet.</p>')
-    for s_index, sec in measured_first(sections(entries)):
-        rows = make_rows(sec.entries, sec.keymap, group=True)
-        metric = resolve_sort(DEFAULT_SORT, sec, rows)
-        ranked, rest = rank_rows(rows, metric)
-        full = header(sec.columns)
-        head = [full[i] for i in page_order(len(sec.columns))]
-        right = RIGHT | {c.label for c in sec.columns}
-        n_meas = sum(e['source'] == 'measured' for e in sec.entries)
-        accuracy = {'Clean'} | {c.label for c in sec.columns}
-        short = short_labels(sec.columns)
-        # a long label gets a short header; hovering shows the full one and its settings, as the list below does
-        shown = {c.label: (short[c.ident], f'{c.label}: {describe(c.config)}') for c in sec.columns}
-        ths = ''.join(f'<th scope="col" class="{"num acc" if h in accuracy else "num" if h in right else ""}" '
-                      f'title="{html.escape(shown.get(h, (h, h))[1])}"><button type="button">'
-                      f'{html.escape(shown.get(h, (h, h))[0])}</button></th>' for h in head)
-        groups = [(rank, r) for rank, r in ranked] + [(None, r) for r in rest]
-        body = ''.join(_row_group(i, rank, r, sec.columns, head, right, sec.keymap, href, cards)
-                       for i, (rank, r) in enumerate(groups))
-        legend = ''.join(f'<li><b>{html.escape(short[c.ident])}</b>'
-                         f'{" = " + html.escape(c.label) if short[c.ident] != c.label else ""}: '
-                         f'{html.escape(describe(c.config))}</li>' for c in sec.columns)
-        parts.append(
-            f'<section id="section-{s_index}"><h2>{html.escape(sec.title)}</h2>'
-            f'<p>{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '
-            f'{len(rows)} rows; # ranks by <b>{html.escape(_label_of(sec, metric, DEFAULT_SORT))}</b> (the '
-            'configuration measured on the most rows, the strongest among those); rows without it are listed '
-            f'after the ranked ones.</p><div class="scroll"><table class="lb"><thead><tr>{ths}</tr></thead>{body}'
-            f'</table></div><ul class="legend">{legend}</ul></section>')
-    if cards:
-        parts.append('<section id="cards"><h2>Model cards of the pretrained tags</h2>' + ''.join(
-            _card_html(c, href(next(e for e in entries if e['entry_id'] == c['entry_id'])))
-            for c in cards.values()) + '</section>')
-    parts.append(f'</main><script>{js}</script></body></html>\n')
-    return '\n'.join(parts)
+    # the page's own CSS and JS, inlined as they are: trusted, never escaped
+    assets = {name: Markup((ASSETS / f'leaderboard.{name}').read_text(encoding='utf-8')) for name in ('css', 'js')}
+    return _template().render(page_data(entries, href, cards, title), marker=Markup(MARKER), **assets)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
