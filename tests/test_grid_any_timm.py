@@ -137,3 +137,9 @@ def test_a_bad_config_is_refused_when_the_spec_loads(tmp_path, config, message):
 def test_the_entry_passes_the_schema_and_json_round_trip(grid):
     _, entries = grid
     validate_entry(json.loads(json.dumps(entries['moe'])))
+
+
+def test_a_recipe_per_arch_that_misses_the_timm_family_is_refused(tmp_path):
+    path = _write(tmp_path, train_config={'resnet18': 'fashion_mnist_quick'})
+    with pytest.raises(UserError, match="has no recipe for arch 'convnext'"):
+        load_spec(path)
