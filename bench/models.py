@@ -15,6 +15,7 @@ import timm_moe
 from bench.core.errors import UserError
 from bench.core.yaml_files import read_utf8
 from timm_moe import ModelSpec
+from timm_moe.conversion import TimmSpec
 from timm_moe.models.pretrained import CorruptWeightsError
 
 TRAIN_STATE = 'last.pth.tar'  # everything needed to resume
@@ -102,9 +103,15 @@ class Normalized(nn.Module):
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode='bilinear', align_corners=False)
-        return self.model((x - self.mean) / self.std)
+        return self.model((resized(x, self.size) - self.mean) / self.std)
+
+
+def resized(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """Images (B, C, H, W) resized to `size` x `size` (bilinear), as `Normalized` feeds them to its model; as
+    they are for None or where they have that size already."""
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = nn.functional.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
+    return x
 
 
 def normalized(model: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
@@ -137,7 +144,7 @@ def check_model_name(name: str) -> None:
         raise UserError(f'unknown model {name!r}; list ours with `timm-moe models`')
 
 
-def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[str, Any]] = None,
+def create_model(model: Union[ModelSpec, TimmSpec, str], model_kwargs: Optional[Mapping[str, Any]] = None,
                  what: str = '--model-kwargs', pretrained: bool = False,
                  convert: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """THE model builder: `timm.create_model` of a spec or a timm name, with kwargs the user gave, converted to
@@ -147,13 +154,18 @@ def create_model(model: Union[ModelSpec, str], model_kwargs: Optional[Mapping[st
     unknown kwarg with a TypeError; both are the user's to fix here, so they become one `UserError` line.
 
     Args:
-        model: A `timm_moe.ModelSpec` (its own kwargs come first) or any timm model name.
+        model: A `timm_moe.ModelSpec` (its own kwargs come first), a `TimmSpec` (its conversion applied) or any
+            timm model name.
         model_kwargs: Further kwargs (num_classes, in_chans, or model kwargs for a name).
         what: How to name the kwargs in errors ('--model-kwargs', '--width', 'model_kwargs').
         pretrained: Load the weights of the name's pretrained tag (`resnet18_dense.fmnist_pgd`), offline for
             the tags timm_moe ships.
         convert: `timm_moe.convert`'s arguments (a `timm_moe.Conversion` record), applied to the built model.
     """
+    if isinstance(model, TimmSpec):  # any timm model: the spec carries its conversion
+        if convert is not None:
+            raise ValueError(f'create_model({model}, convert={convert}): the spec holds the conversion')
+        model, convert = model.name, model.convert
     name = model.name if isinstance(model, ModelSpec) else model
     kwargs = {**(model.kwargs if isinstance(model, ModelSpec) else {}), **(model_kwargs or {})}
     check_model_name(name)
@@ -205,14 +217,15 @@ def _has_weights(name: str) -> bool:
     return bool(cfg is not None and cfg.has_weights)  # timm 1.0.9 answers with the url or file
 
 
-def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
+def build_model(model: Union[ModelSpec, TimmSpec, str], num_classes: int, in_chans: int,
                 model_kwargs: Optional[Mapping[str, Any]] = None,
                 checkpoint: Optional[Union[str, Path]] = None, pretrained: bool = False,
                 convert: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """A classifier for a data set (`num_classes`, `in_chans`), with weights from `checkpoint` if given.
 
     Args:
-        model: A `timm_moe.ModelSpec` or a timm name (`import timm_moe` registers ours).
+        model: A `timm_moe.ModelSpec`, a `timm_moe.conversion.TimmSpec` or a timm name (`import timm_moe`
+            registers ours).
         num_classes: Classes, unless `model_kwargs` sets them.
         in_chans: Input channels, unless `model_kwargs` sets them.
         model_kwargs: Kwargs for `timm.create_model`, as the user gave them.
@@ -225,7 +238,7 @@ def build_model(model: Union[ModelSpec, str], num_classes: int, in_chans: int,
     kwargs.setdefault('in_chans', in_chans)
     net = create_model(model, kwargs, pretrained=pretrained, convert=convert)
     if checkpoint is not None:
-        name = model.name if isinstance(model, ModelSpec) else model
+        name = model if isinstance(model, str) else model.name
         load_checkpoint(net, checkpoint, f'{name}({", ".join(f"{k}={v}" for k, v in kwargs.items())})')
     return net
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import timm
+from timm.models import is_model_in_modules
 from torch import nn
 
 from .convert import convert, split_targets
 from .layers.kinds import KINDS
 from .layers import MoEConfig, validate_moe_args
+from .models.registry import ENTRYPOINTS
+from .spec import ModelSpec
 
-__all__ = ['Conversion', 'create_model']
+__all__ = ['Conversion', 'TimmSpec', 'converted_label', 'create_model', 'model_spec', 'timm_family']
 
 _REQUIRED = ('targets', 'num_experts', 'k')
 # convert's own arguments beyond the MoE layer's, with their defaults read from its signature (one home)
@@ -122,3 +125,104 @@ def create_model(model_name: str, convert: Optional[Union[Mapping[str, Any], Con
         # timm wraps most models for features_only (FeatureListNet, FeatureGetterNet), which moves their modules
         raise ValueError(f'{e} (features_only=True: timm\'s feature wrapper of {model_name} keeps its modules under '
                          'other paths, where the targets must be given)') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmSpec:
+    """Any timm model that is not a timm-moe name, optionally converted to MoE: what `ModelSpec` is to ours, for
+    the harness's grid cells and registry entries.
+
+    `create(**timm_kwargs)` is `create_model(model, convert=conversion, **timm_kwargs)`. Its `experts`, `k` and
+    `kind` ('converted', or None for the plain model) are the conversion's; `arch` is the timm module that
+    defines the model (its family: 'convnext', 'efficientnet'). The spec owns no timm kwarg (`kwargs` is empty):
+    every kwarg the user gives is timm's.
+
+    Args:
+        model: A timm model name that timm_moe does not register ('convnext_atto', 'efficientnet_b0').
+        conversion: `Conversion` (or its record, a mapping of `convert`'s arguments); None: the plain model.
+    """
+
+    model: str
+    conversion: Optional[Conversion] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not timm.is_model(self.model):
+            raise ValueError(f'{self.model!r}: not a timm model name (timm.list_models() lists them)')
+        if self.model in ENTRYPOINTS:
+            raise ValueError(f'{self.model!r} is a timm-moe name: describe it with ModelSpec')
+        if self.conversion is not None:
+            object.__setattr__(self, 'conversion', Conversion.from_dict(self.conversion))
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def kwargs(self) -> Dict[str, Any]:
+        return {}
+
+    @property
+    def is_moe(self) -> bool:
+        return self.conversion is not None
+
+    @property
+    def experts(self) -> int:
+        return self.conversion.num_experts if self.conversion is not None else 0
+
+    @property
+    def k(self) -> Optional[int]:
+        return self.conversion.k if self.conversion is not None else None
+
+    @property
+    def kind(self) -> Optional[str]:
+        return 'converted' if self.conversion is not None else None
+
+    @property
+    def arch(self) -> str:
+        return timm_family(self.model)
+
+    @property
+    def convert(self) -> Optional[Dict[str, Any]]:
+        """The conversion's record (`Conversion.to_dict`), None for the plain model."""
+        return None if self.conversion is None else self.conversion.to_dict()
+
+    @property
+    def label(self) -> str:
+        """'convnext_atto converted E=4 k=1', or the plain model's name."""
+        return converted_label(self.model, self.convert)
+
+    def create(self, **timm_kwargs: Any) -> nn.Module:
+        return create_model(self.model, convert=self.conversion, **timm_kwargs)
+
+    def dense(self) -> 'TimmSpec':
+        """The unconverted model."""
+        return TimmSpec(self.model)
+
+
+def converted_label(name: str, convert: Optional[Mapping[str, Any]]) -> str:
+    """How tables name a timm model converted as the record `convert` says: 'convnext_atto converted E=4 k=1'
+    (the name alone when `convert` is None)."""
+    if convert is None:
+        return name
+    return f'{name} converted E={convert.get("num_experts")} k={convert.get("k")}'
+
+
+def timm_family(name: str) -> str:
+    """The timm module that defines `name` ('convnext' for 'convnext_atto'): the family a table groups it in."""
+    return next((module for module in timm.list_modules() if is_model_in_modules(name, [module])), name)
+
+
+def model_spec(name: str, kwargs: Mapping[str, Any],
+               convert: Optional[Union[Mapping[str, Any], Conversion]] = None) -> Tuple[Any, Dict[str, Any]]:
+    """(spec, timm kwargs) of `timm_moe.create_model(name, convert=convert, **kwargs)`: a `ModelSpec` and the
+    kwargs it does not own for a timm-moe name, a `TimmSpec` and every kwarg for any other timm model.
+
+    One-line ValueError for a name timm does not know (ModelSpec's wording, which lists ours) and for a
+    conversion of a timm-moe name (it is an MoE already).
+    """
+    if name in ENTRYPOINTS and convert is not None:
+        raise ValueError(f'convert with {name}: it is already a timm-moe model; convert a plain timm model '
+                         f'(e.g. {ENTRYPOINTS[name].arch})')
+    if name in ENTRYPOINTS or not (isinstance(name, str) and timm.is_model(name)):
+        return ModelSpec.from_timm_kwargs(name, kwargs)
+    return TimmSpec(name, convert), dict(kwargs)

@@ -11,11 +11,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
 from timm_moe import ModelSpec  # importing timm_moe registers the models (also in a fresh worker process)
+from timm_moe.conversion import TimmSpec, model_spec
 
 from bench.audit import audit_model
 from bench.audit.result import AuditResult
@@ -24,7 +25,7 @@ from bench.core.provenance import provenance
 from bench.data import dataset_info, eval_tensors
 from bench.evaluation.loop import evaluate_model
 from bench.evaluation.result import EvalResult
-from bench.models import build_model
+from bench.models import build_model, normalized, resized
 from bench.results.entries import audit_fields, measured_entry
 from bench.results.registry import entry_path, write_entry
 from bench.training.config import TrainConfig, load_config
@@ -78,19 +79,26 @@ class CellResult:
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
-def training_config(spec: ModelSpec, recipe: Optional[str] = None, timm_kwargs: Optional[Mapping[str, Any]] = None,
+Spec = Union[ModelSpec, TimmSpec]  # a timm-moe architecture, or any timm model (converted or not)
+
+
+def training_config(spec: Spec, recipe: Optional[str] = None, timm_kwargs: Optional[Mapping[str, Any]] = None,
                     **values: Any) -> TrainConfig:
     """The training config of `spec`: `recipe` (a YAML or a shipped recipe), then `values`; the spec names the
-    model and its architecture kwargs, `timm_kwargs` adds the timm kwargs the spec does not own (drop_rate, ...).
+    model and its architecture kwargs (a `TimmSpec` its conversion), `timm_kwargs` adds the timm kwargs the spec
+    does not own (drop_rate, ...).
 
-    The one place a spec becomes the (model, model_kwargs) pair that training and its config.yaml hold.
+    The one place a spec becomes the (model, model_kwargs, convert) that training and its config.yaml hold.
     """
-    return load_config(recipe, model=spec.name, model_kwargs={**(timm_kwargs or {}), **spec.kwargs}, **values)
+    # only where there is one: a timm-moe run's config (and every hash and entry id made from it) is as before
+    convert = {'convert': spec.convert} if isinstance(spec, TimmSpec) and spec.convert is not None else {}
+    return load_config(recipe, model=spec.name, model_kwargs={**(timm_kwargs or {}), **spec.kwargs}, **convert,
+                       **values)
 
 
-def _check_training(spec: ModelSpec, cfg: TrainConfig) -> None:
+def _check_training(spec: Spec, cfg: TrainConfig) -> None:
     """The config must train the spec: another model there is a caller's bug, never the user's input."""
-    got, _ = ModelSpec.from_timm_kwargs(cfg.model, cfg.model_kwargs)
+    got, _ = model_spec(cfg.model, cfg.model_kwargs, cfg.convert)
     if got != spec:
         raise ValueError(f'the training config builds {got}, not the spec {spec}: make it with training_config()')
 
@@ -103,12 +111,12 @@ def train_or_reuse(cfg: TrainConfig, reuse: bool) -> TrainRecord:
     return run_training(cfg, overwrite=True)  # a half-finished run restarts cleanly
 
 
-def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out: Output,
+def run_cell(spec: Spec, training: TrainConfig, evaluation: Evaluation, out: Output,
              grid: Optional[Mapping[str, Any]] = None) -> CellResult:
     """Train `spec` with `training`, attack it as `evaluation` says, audit its FLOPs and register the entry.
 
     Args:
-        spec: The architecture.
+        spec: The architecture: a timm-moe one (`ModelSpec`), or any timm model, converted or not (`TimmSpec`).
         training: The training config of the spec (see `training_config`).
         evaluation: The attacks and their sizes.
         out: The registry and the reuse policy.
@@ -131,27 +139,33 @@ def run_cell(spec: ModelSpec, training: TrainConfig, evaluation: Evaluation, out
     return CellResult(entry, register(entry, out), result, audit, train, clock.seconds)
 
 
-def evaluate_run(spec: ModelSpec, cfg: TrainConfig, train: TrainRecord,
+def evaluate_run(spec: Spec, cfg: TrainConfig, train: TrainRecord,
                  evaluation: Evaluation) -> Tuple[EvalResult, torch.Tensor]:
     """(evaluation result, the attacked images) of a finished training run, its weights read from disk."""
     info = dataset_info(cfg.dataset)
-    _, timm_kwargs = ModelSpec.from_timm_kwargs(spec.name, train.model_kwargs)  # the run's, beyond the spec
+    _, timm_kwargs = model_spec(spec.name, train.model_kwargs, cfg.convert)  # the run's, beyond the spec
     model = build_model(spec, info['num_classes'], info['in_chans'], timm_kwargs, train.checkpoint)
+    mean, std = info['mean'], info['std']
+    if cfg.img_size is not None:  # resized inside the model, as it trained: the attacks stay in the data's pixels
+        model, mean, std = normalized(model, mean, std, cfg.img_size), None, None
     x, y = eval_tensors(cfg.dataset, evaluation.n_examples, cfg.data_dir, cfg.download)
     result = evaluate_model(model, x, y, attacks=evaluation.attacks, eps=evaluation.eps, norm=evaluation.norm,
                             batch_size=evaluation.batch_size, per_expert=evaluation.per_expert,
-                            seed=cfg.seed if evaluation.seed is None else evaluation.seed, mean=info['mean'],
-                            std=info['std'], n_check=evaluation.n_check,
+                            seed=cfg.seed if evaluation.seed is None else evaluation.seed, mean=mean,
+                            std=std, n_check=evaluation.n_check,
                             per_expert_examples=evaluation.per_expert_examples,
                             per_layer_expert=evaluation.per_layer_expert)
     return result, x
 
 
-def audit_run(spec: ModelSpec, cfg: TrainConfig, train: TrainRecord, images: torch.Tensor) -> AuditResult:
-    """FLOPs and parameters of the run's architecture against its dense baseline, routed on `images`."""
+def audit_run(spec: Spec, cfg: TrainConfig, train: TrainRecord, images: torch.Tensor) -> AuditResult:
+    """FLOPs and parameters of the run's architecture against its dense baseline (a converted timm model's: the
+    unconverted one), routed on `images` (resized as the model sees them, where the run resizes)."""
     info = dataset_info(cfg.dataset)
+    images = resized(images, cfg.img_size)
+    convert = {'convert': spec.convert} if isinstance(spec, TimmSpec) and spec.convert is not None else {}
     return audit_model(spec.name, input_size=tuple(images.shape[1:]), latency=False, images=images,
-                       in_chans=info['in_chans'], num_classes=info['num_classes'], **_timm_kwargs(train))
+                       in_chans=info['in_chans'], num_classes=info['num_classes'], **convert, **_timm_kwargs(train))
 
 
 class _Clock:

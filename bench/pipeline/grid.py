@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from timm_moe import ModelSpec
+from timm_moe.conversion import TimmSpec, model_spec
 from timm_moe.models import ARCHS as MODEL_ARCHS, FAMILIES
 
 from bench.attacks import resolve_attacks
@@ -256,6 +257,9 @@ def recipe_for(spec: GridSpec, arch: str, training: Optional[str] = None) -> Opt
     """The training recipe of the cells of `arch` trained with `training` (None: the TrainConfig defaults)."""
     if not isinstance(spec.train_config, Mapping):
         return spec.train_config
+    if arch not in spec.train_config:  # a named config's model of another family than the mapping's
+        raise UserError(f'train_config of grid {spec.name!r} has no recipe for arch {arch!r} (its archs: '
+                        f'{", ".join(spec.train_config)}): give one recipe name for every config')
     recipe = spec.train_config[arch]
     if not isinstance(recipe, Mapping):
         return recipe
@@ -315,14 +319,19 @@ def _moe_name(arch: str, experts: int, k: int, kind: str = 'block') -> str:
         raise UserError(f'grid: {e}') from None
 
 
-def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mapping[str, Any]) -> Dict[str, Any]:
-    """One cell: the grid's (name, kwargs) pair becomes a spec here, once; a bad value is the user's."""
+def _cell(cell: str, model: str, model_kwargs: Mapping[str, Any], common: Mapping[str, Any],
+          convert: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """One cell: the grid's (name, kwargs, conversion) becomes a spec here, once; a bad value is the user's.
+
+    A timm-moe name becomes a `ModelSpec`; any other timm model a `TimmSpec`, its kind 'converted' (None: dense)
+    and its arch its timm family ('convnext')."""
     try:
-        model_spec, timm_kwargs = ModelSpec.from_timm_kwargs(model, model_kwargs)
+        spec, timm_kwargs = model_spec(model, model_kwargs, convert)
     except ValueError as e:
         raise UserError(f'grid cell {cell}: {e}') from None
-    return dict(cell=cell, spec=model_spec, timm_kwargs=timm_kwargs, model=model_spec.name,
-                kind=model_spec.kind, experts=model_spec.experts, k=model_spec.k, **common)
+    own = dict(arch=spec.arch) if isinstance(spec, TimmSpec) else {}
+    return dict(cell=cell, spec=spec, timm_kwargs=timm_kwargs, model=spec.name,
+                kind=spec.kind, experts=spec.experts, k=spec.k, **{**common, **own})
 
 
 def check_models(grid: List[Dict[str, Any]]) -> None:

@@ -10,10 +10,14 @@ A study compares hand-picked configurations (the dense baseline, E=4 k=2 at matc
       dense_half: {model: resnet18_dense, train: {epochs: 1}}
       upcycled: {model: resnet18_blockmoe_e4_k1, upcycle_from: dense_half, train: {epochs: 1}}
       dense_normal: {model: resnet18_dense, training: normal, seeds: [0]}
+      convnext_moe: {model: convnext_atto, convert: {targets: 'stages.3.blocks.*', num_experts: 4, k: 1,
+                                                     copy_weights: true}, train: {img_size: 32}}
 
 Each config's `model_kwargs` and `train` are laid over the spec's; `upcycle_from` names the config whose run
 of the same seed is the dense source (`timm-moe train --upcycle-from`); `tag` is the timm pretrained tag its
-first seed ships as (`timm-moe ship`). The spec's `first_seed_eval` adds attacks for, and overrides other
+first seed ships as (`timm-moe ship`). `model` may be any timm model, and `convert` (`timm_moe.convert`'s
+arguments, `timm_moe.Conversion`) makes a plain one an MoE; `train: {img_size: N}` resizes the images inside the
+model for an architecture that needs larger ones. The spec's `first_seed_eval` adds attacks for, and overrides other
 evaluation values of, the first seed of every config (the costly analyses that one run per config answers).
 A cell's id is `<config>-seed<seed>`.
 """
@@ -28,7 +32,7 @@ from bench.core.values import check_name
 # timm's tags ('in1k', 'fb_in22k_ft_in1k'): no dot (it splits model.tag there), no path separator (the tag names
 # the shipped file), no space, not only digits
 TAG_PATTERN = re.compile(r'[a-z][a-z0-9_]*')
-CONFIG_KEYS = ('model', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
+CONFIG_KEYS = ('model', 'convert', 'model_kwargs', 'training', 'seeds', 'train', 'upcycle_from', 'tag', 'eval')
 AXIS_KEYS = ('arch', 'kind', 'experts', 'k', 'gate', 'aux_loss', 'placement', 'training', 'dense')
 
 
@@ -51,7 +55,7 @@ def check_configs(configs: Any, data: Mapping[str, Any], path: Any) -> None:
             raise UserError(f'{where} has unknown key {unknown[0]!r}; allowed: {", ".join(CONFIG_KEYS)}')
         if not isinstance(config.get('model'), str):
             raise UserError(f'{where} needs model: <timm model name>, e.g. resnet18_blockmoe_e4_k1')
-        for key in ('model_kwargs', 'train', 'eval'):
+        for key in ('model_kwargs', 'train', 'eval', 'convert'):
             if not isinstance(config.get(key, {}), Mapping):
                 raise UserError(f'{where}: {key} is {config[key]!r}, not a mapping')
         tag = config.get('tag')
@@ -116,7 +120,8 @@ def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
 
     Args:
         spec: The grid spec (`bench.pipeline.grid.GridSpec`).
-        make_cell: `(cell id, model name, model kwargs, common fields) -> cell`, the grid's own cell builder.
+        make_cell: `(cell id, model name, model kwargs, common fields, convert) -> cell`, the grid's own cell
+            builder (`convert`: the config's MoE conversion of a plain timm model, or None).
         recipe_for: `(spec, arch, training) -> recipe`, the grid's choice of training recipe per architecture
             (and training).
     """
@@ -139,7 +144,7 @@ def named_cells(spec: Any, make_cell: Callable[..., Dict[str, Any]],
                           eval=cell_eval(spec, config, seed == seeds[0]))
             common['train_config'] = recipe_for(spec, arch, common['training'])
             out.append(make_cell(cell_id, config['model'], {**spec.model_kwargs, **config.get('model_kwargs', {})},
-                                 common))
+                                 common, config.get('convert')))
     rounds = max(map(len, per_config), default=0)
     return [cells[i] for i in range(rounds) for cells in per_config if i < len(cells)]
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Mapping, Optional, Protocol
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Union
 
 import timm
 import torch
 
+import timm_moe
+
 from timm_moe import ModelSpec  # importing timm_moe registers the models
+from timm_moe.conversion import TimmSpec, model_spec
 
 from bench.results.registry import SCHEMA_VERSION, make_entry_id
 from bench.core.stats import per_sample_block
 
-__all__ = ['measured_entry', 'audit_fields', 'effective_model_kwargs', 'eval_settings_of']
+__all__ = ['measured_entry', 'audit_fields', 'effective_model_kwargs', 'eval_settings_of', 'model_of_entry']
 
 
 
@@ -100,14 +103,14 @@ def audit_fields(audit: Audited) -> Dict[str, Dict[str, Any]]:
                 params=dict(total=audit.params_total, active=audit.params_active))
 
 
-def _check_spec(spec: ModelSpec, model_kwargs: Mapping[str, Any]) -> None:
+def _check_spec(spec: Union[ModelSpec, TimmSpec], model_kwargs: Mapping[str, Any]) -> None:
     """The kwargs the model was built with must be the spec's: a caller passing another model's is a bug."""
-    got, _ = ModelSpec.from_timm_kwargs(spec.name, model_kwargs)
+    got, _ = model_spec(spec.name, model_kwargs, spec.convert if isinstance(spec, TimmSpec) else None)
     if got != spec:
         raise ValueError(f'model_kwargs {dict(model_kwargs)} build {got}, not the spec {spec}')
 
 
-def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset: str, method: str,
+def measured_entry(*, spec: Union[ModelSpec, TimmSpec], model_kwargs: Mapping[str, Any], dataset: str, method: str,
                    eval_result: Evaluated, provenance: Mapping[str, Any],
                    training_config: Optional[Mapping] = None, config_path: Optional[str] = None,
                    epochs: Optional[float] = None, flops: Optional[Mapping[str, Any]] = None,
@@ -126,7 +129,10 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
     re-running the same job gives the same id and `write_entry` refuses to count it twice.
 
     Args:
-        spec: the architecture (`timm_moe.ModelSpec`): the entry's model name, arch, experts and k.
+        spec: the architecture (`timm_moe.ModelSpec`): the entry's model name, arch, experts and k; or any timm
+            model, converted or not (`timm_moe.conversion.TimmSpec`): its name, its timm family as the arch, and
+            its conversion's record as `model.convert`, so that `timm_moe.create_model(model.name,
+            convert=model.convert, **model.kwargs)` rebuilds it (`model_of_entry`).
         model_kwargs: every kwarg timm.create_model got (the spec's, plus timm's such as num_classes);
             they must build `spec` (ValueError otherwise: a caller bug, not bad input).
         dataset: one of the registry's data sets.
@@ -163,7 +169,12 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         rua = eval_result.routing_under_attack
         routing = {'load': list(rua['load_clean']), 'collapse': None} if rua.get('load_clean') else None
     effective = effective_model_kwargs(spec.name, model_kwargs)
-    moe = dict(effective or model_kwargs) if spec.is_moe else {}
+    conversion = spec.conversion if isinstance(spec, TimmSpec) else None
+    if conversion is not None:  # the MoE settings are the conversion's; its targets are where the layers go
+        moe = dict(gate=conversion.moe.gate, aux_loss=conversion.moe.aux_loss, placement=conversion.targets,
+                   noisy_gating=conversion.moe.noisy_gating)
+    else:
+        moe = dict(effective or model_kwargs) if spec.is_moe else {}
     noisy = moe.get('noisy_gating')
     if entry_id is None:
         payload = dict(kwargs=dict(model_kwargs), config=cfg, settings=eval_result.settings,
@@ -179,7 +190,9 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
                   'placement': moe.get('placement'),
                   # a bool once resolved; None for a dense model, or a model whose setting is not known
                   'noisy_gating': noisy if isinstance(noisy, bool) else None,
-                  'effective_kwargs': effective if effective is not None else dict(model_kwargs)},
+                  'effective_kwargs': effective if effective is not None else dict(model_kwargs),
+                  # only for a converted timm model: every other entry's model block is as before
+                  **({'convert': conversion.to_dict()} if conversion is not None else {})},
         'training': {'method': method, 'config': cfg, 'config_sha256': cfg_sha, 'config_path': config_path,
                      'epochs': epochs},
         'dataset': dataset,
@@ -207,6 +220,13 @@ def measured_entry(*, spec: ModelSpec, model_kwargs: Mapping[str, Any], dataset:
         'notes': list(notes) if notes else None,
         'provenance': dict(provenance),
     }
+
+
+def model_of_entry(entry: Mapping[str, Any], **kwargs: Any) -> torch.nn.Module:
+    """The network of a measured entry, rebuilt untrained: `timm_moe.create_model(model.name, convert=model.convert,
+    **model.kwargs)` (`kwargs` laid over them, e.g. device='meta'); its weights are the run's checkpoint."""
+    model = entry['model']
+    return timm_moe.create_model(model['name'], convert=model.get('convert'), **{**model['kwargs'], **kwargs})
 
 
 def _per_expert_row(row: Mapping[str, Any], index_start: int) -> Dict[str, Any]:

@@ -241,8 +241,29 @@ def validate_entry(entry: Mapping[str, Any]) -> None:
         raise UserError(f"invalid registry entry {entry.get('entry_id')!r}: a number is NaN or infinite ({e}); "
                         'store null for a value that was not measured') from None
     _check_text(entry)
+    _check_conversion(entry)
     _check_settings_cover_accuracies(entry)
     _check_per_sample(entry)
+
+
+def _check_conversion(entry: Mapping[str, Any]) -> None:
+    """A converted timm model's `model.convert` is a record `timm_moe.create_model` takes (every key an argument
+    of `timm_moe.convert`, every value allowed), of the entry's own E and k: else the entry cannot be rebuilt."""
+    model = entry['model']
+    record = model.get('convert')
+    if record is None:
+        return
+    # only here: the plugin imports torch, and the shipped registry (read without torch) holds no conversion
+    from timm_moe.conversion import Conversion
+    name = printable(entry.get('entry_id'))
+    try:
+        conversion = Conversion.from_dict(record)
+    except ValueError as e:
+        raise UserError(f'invalid registry entry {name!r}: model.convert: {str(e).splitlines()[0]}') from None
+    for key, value in (('experts', conversion.num_experts), ('k', conversion.k)):
+        if model.get(key) != value:
+            raise UserError(f'invalid registry entry {name!r}: model.{key} is {model.get(key)!r} but model.convert '
+                            f'converts with {value}')
 
 
 def _check_text(entry: Mapping[str, Any]) -> None:

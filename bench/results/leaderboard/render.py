@@ -45,6 +45,14 @@ def noisy_gating(entry: Mapping[str, Any]) -> Optional[bool]:
     return None
 
 
+def model_label(model: Mapping[str, Any]) -> str:
+    """The Model cell of an entry's model block: its name, and for a timm model converted to MoE (a `convert`
+    record) 'convnext_atto converted E=4 k=1', so that it does not read as the plain model of that name."""
+    if model.get('convert') is None:
+        return str(model['name'])
+    return f"{model['name']} converted E={model.get('experts')} k={model.get('k')}"
+
+
 def _config(entry: Mapping[str, Any]) -> str:
     m = entry['model']
     parts = [str(p) for p in (m.get('gate'), m.get('aux_loss'), m.get('placement')) if p]
@@ -136,7 +144,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     flags = sorted({f for x in row.entries for f in (x.get('sanity_flags') or [])})
     n = e.get('n_examples')
     return [
-        DASH if rank is None else str(rank), m['name'], _config(e),
+        DASH if rank is None else str(rank), model_label(m), _config(e),
         DASH if m.get('experts') is None else str(m['experts']), DASH if m.get('k') is None else str(m['k']),
         e['training']['method'], setup(row), f"{e['source']}{DAGGER if reported else ''}",
         fmt_cell(row.cells.get(CLEAN), reported),
@@ -289,7 +297,7 @@ def compact_cells(rank: Optional[int], row: Row, columns: Sequence[Column], flag
     the setup, and the entry ids are left to --wide and LEADERBOARD.md."""
     e = row.first
     reported = e['source'] != 'measured'
-    model = '\n'.join([e['model']['name']] + [s for s in (_config(e), setup(row)) if s != DASH])
+    model = '\n'.join([model_label(e['model'])] + [s for s in (_config(e), setup(row)) if s != DASH])
     flags = {f for x in row.entries for f in (x.get('sanity_flags') or [])}
     return [
         DASH if rank is None else str(rank), model, e['training']['method'],
