@@ -98,6 +98,9 @@ def test_moe_kind_filter_values(shipped):
     assert [moe_kind(e) for e in (dense, block, conv)] == ['dense', 'blockmoe', 'convmoe']
     unnamed = dict(block, model=dict(block['model'], name='my_experts_net'))
     assert moe_kind(unnamed) == 'moe'
+    converted = dict(block, model=dict(block['model'], name='convnext_atto',
+                                       convert={'targets': 'stages.3.blocks.*', 'num_experts': 4, 'k': 1}))
+    assert moe_kind(converted) == 'converted'
 
 
 def test_html_out_must_be_a_file(tmp_path, capsys):

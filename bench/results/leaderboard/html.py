@@ -51,11 +51,13 @@ def page_order(n_columns: int) -> List[int]:
 
 
 def moe_kind(entry: Mapping[str, Any]) -> str:
-    """'dense', or the MoE layer kind of the entry's registered model ('blockmoe', 'convmoe'); 'moe' for a model
-    that timm-moe does not register."""
+    """'dense', or the MoE layer kind of the entry's registered model ('blockmoe', 'convmoe'); 'converted' for a
+    timm model converted to MoE (a `convert` record); 'moe' for any other model that timm-moe does not register."""
     m = entry['model']
     if not m.get('experts'):
         return 'dense'
+    if m.get('convert') is not None:  # a timm model converted to MoE (its name is timm's, not ours)
+        return 'converted'
     from timm_moe.spec import ModelSpec  # the table of registered names (which imports torch): only for an MoE
     try:
         return f'{ModelSpec.from_name(m["name"]).kind}moe'
