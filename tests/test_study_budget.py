@@ -185,7 +185,8 @@ def _budget_study(gaps=(-10.0, -2.0)) -> Study:
 
 def test_the_budget_response_is_the_gap_per_budget_with_the_papers_effect():
     r = an.budget_response(_budget_study())
-    assert r['metric'] == 'apgd-ce' and r['budgets'] == [(10000, 2, 8), (60000, 2, 8)]
+    assert r['metric'] == 'apgd-ce' and r['budgets'] == [an.Budget('fashion-mnist-bundled', 10000, 2, 8),
+                                                        an.Budget('fashion-mnist', 60000, 2, 8)]
     (arm, points), = r['arms'].items()
     assert arm == 'resnet18_convmoe_e4_k1, placement all'
     assert [b for b, _ in points] == r['budgets']
@@ -217,16 +218,173 @@ def test_the_scope_of_a_budget_studys_verdicts_names_every_budget():
     from bench.results.study.render import scope
 
     text = scope(_budget_study())[0]
-    assert ('resnet18 at the budgets 10000 training images x 2 epochs at width 8; 60000 training images x 2 epochs '
-            'at width 8 of pgd training') in text
+    # budgets from the runs when the plan does not state them
+    assert ('resnet18 at 2 budgets: fashion-mnist-bundled, 10000 training images x 2 epochs, width 8 (dense_b0, '
+            'convmoe_b0); fashion-mnist, 60000 training images x 2 epochs, width 8 (dense_b2, convmoe_b2); each of pgd '
+            'training') in text
 
 
 def test_the_report_states_the_gap_at_each_budget_in_a_table():
     from bench.results.study.render import budget_table
 
     text = '\n'.join(budget_table(_budget_study()))
-    assert '| resnet18_convmoe_e4_k1, placement all | 10000 training images x 2 epochs, width 8 | 6 / 6 | -10.00 [' in text
-    assert '| 60000 training images x 2 epochs, width 8 | 6 / 6 | -2.00 [' in text
+    assert ('| resnet18_convmoe_e4_k1, placement all | fashion-mnist-bundled, 10000 training images x 2 epochs, width 8 '
+            '| 6 / 6 | -10.00 [') in text
+    assert '| fashion-mnist, 60000 training images x 2 epochs, width 8 | 6 / 6 | -2.00 [' in text
     study = _budget_study()
     assert budget_table(Study(name='s', plan={**study.plan, 'preregistration': None}, runs=study.runs,
                               autoattack=[])) == []
+
+
+# --- a study at three budgets: scope, summary, expert usage ----------------------------------------------------
+
+THREE = {'b0': ('fashion-mnist-bundled', 2), 'b1': ('fashion-mnist-bundled', 6), 'b2': ('fashion-mnist', 2)}
+LAYERS = {'layer4.0.conv1': [0.25, 0.25, 0.25, 0.25], 'layer4.1.conv1': [0.55, 0.15, 0.15, 0.15]}
+
+
+def _first_seed_analyses(e, lead: float):
+    """The first seed's per-expert analyses: each expert forced alone breaks `lead` points more of the gated
+    model's correct points (so the gated model leads its average expert by `lead`), and two MoE layers' load."""
+    (start, _), vectors = stats.per_sample_vectors(e)
+    vectors['clean'][:] = True  # the gated model's clean bits, as the subpaths' (clean_acc 100 below)
+    e['per_sample'] = stats.per_sample_block(vectors, start)
+    rows = []
+    for i in range(4):
+        sub = vectors['apgd-ce'].copy()
+        sub[np.flatnonzero(sub)[:int(round(lead))]] = False  # N = 100 points: one point is one percent
+        rows.append(dict(expert=i, clean_acc=100.0, n_examples=len(sub), robust_acc={'apgd-ce': 100.0 * sub.mean()},
+                         per_sample=stats.per_sample_block({'clean': np.ones(len(sub), bool), 'apgd-ce': sub}, start)))
+    collapse = float(np.mean([1 - sum(-p * math.log(p) for p in load) / math.log(4) for load in LAYERS.values()]))
+    e.update(clean_acc=100.0, per_expert=rows,
+             routing={'load': list(np.mean(list(LAYERS.values()), axis=0)), 'collapse': collapse,
+                      'layers': dict(LAYERS)})
+
+
+def _three_budgets(ran=('b0', 'b1', 'b2'), gaps=(-10.0, -6.0, -2.0), leads=(5.0, 10.0, 20.0), n_seeds=6) -> Study:
+    """dense and ConvMoE at three budgets (the bundled 10k images x 2 and x 6 epochs, the full 60k x 2), as
+    the spec plans them (a config yet to run has its budget and experts in the plan); the budgets in `ran`
+    have `n_seeds` seeds, the first seed of each ConvMoE config its per-expert analyses with lead `leads`."""
+    configs, runs = {}, {}
+    for i, (b, (dataset, epochs)) in enumerate(THREE.items()):
+        for arm, model, mean in (('dense', DENSE, 50.0 + 5 * i), ('convmoe', CONVMOE, 50.0 + 5 * i + gaps[i])):
+            name = f'{arm}_{b}'
+            configs[name] = {'seeds': list(range(n_seeds)), 'experts': model['experts'],
+                             'budget': {'dataset': dataset, 'train_limit': None, 'epochs': epochs, 'width': 8}}
+            if b not in ran:
+                continue
+            values = _spread(mean, 1, n_seeds) if n_seeds > 1 else [mean]
+            runs[name] = {s: _budget_run(v, 1000 * len(runs) + s, model, dataset, epochs) for s, v in enumerate(values)}
+            for s, e in runs[name].items():
+                e['grid'] = {'spec': 'synth3', 'config': name, 'seed': s, 'cell': f'{name}-seed{s}', 'stage': 'main'}
+                e['flops'] = {'ratio': 1.0}  # ConvMoE k=1 at dense FLOPs: claim 1's pairs
+            if arm == 'convmoe':
+                _first_seed_analyses(runs[name][0], leads[i])
+    block = an.check_preregistration({'baseline': 'dense_b2', 'primary': {
+        'convmoe_b2': {'paper': PAPER_CONVMOE, 'base': ['convmoe_b0', 'dense_b0']}}}, configs, 'test')
+    plan = {'name': 'synth3', 'seeds': list(range(n_seeds)), 'preregistration': block, 'configs': configs}
+    return Study(name='synth3', plan=plan, runs=runs, autoattack=[])
+
+
+SCOPE_3 = ('resnet18 at 3 budgets: fashion-mnist-bundled, 10000 training images x 2 epochs, width 8 (dense_b0, '
+           'convmoe_b0); fashion-mnist-bundled, 10000 training images x 6 epochs, width 8 (dense_b1, convmoe_b1: '
+           'reported, not tested); fashion-mnist, 60000 training images x 2 epochs, width 8 (dense_b2, convmoe_b2); '
+           'each of pgd training with 7 attack steps at eps 0.1.')
+
+
+@pytest.mark.parametrize('ran', [('b0', 'b1', 'b2'), ('b0',)])
+def test_the_scope_names_every_planned_budget_with_its_data_set_images_and_epochs(ran):
+    from bench.results.study.render import scope
+
+    # the budgets yet to run come from the plan: the scope is the study's, not its first runs'
+    assert SCOPE_3 in scope(_three_budgets(ran))[0]
+
+
+def test_the_summary_pairs_moe_and_dense_at_each_budget():
+    from bench.results.study.render import equal_flops_pairs, summary
+
+    study = _three_budgets()
+    assert equal_flops_pairs(study)[0] == [('convmoe_b0', 'dense_b0'), ('convmoe_b1', 'dense_b1'),
+                                           ('convmoe_b2', 'dense_b2')]  # each MoE against the dense of its budget
+    text = '\n'.join(summary(study))
+    for row in ('convmoe_b0 vs dense_b0 (fashion-mnist-bundled, 10000 training images x 2 epochs, width 8) | -10.00 [',
+                'convmoe_b1 vs dense_b1 (fashion-mnist-bundled, 10000 training images x 6 epochs, width 8) | -6.00 [',
+                'convmoe_b2 vs dense_b2 (fashion-mnist, 60000 training images x 2 epochs, width 8) | -2.00 ['):
+        assert row in text
+    assert '(6 seeds per adversarially trained config)' in text and 'Of 3 comparisons on apgd-ce' in text
+    # one budget run, with one seed: the others say they have no pair yet, and the grammar reads for one seed
+    early = '\n'.join(summary(_three_budgets(('b0',), n_seeds=1)))
+    assert ('| convmoe_b0 vs dense_b0 (fashion-mnist-bundled, 10000 training images x 2 epochs, width 8) '
+            '| -10.00 |') in early
+    assert ('|  |  | fashion-mnist-bundled, 10000 training images x 6 epochs, width 8: no pair yet (dense_b1, '
+            'convmoe_b1 not run) | – | – | – |') in early
+    assert ('| fashion-mnist, 60000 training images x 2 epochs, width 8: no pair yet (dense_b2, convmoe_b2 not run) '
+            '|') in early
+    assert '(1 seed per adversarially trained config)' in early and 'Of 1 comparison on apgd-ce' in early
+
+
+def test_the_expert_usage_section_answers_whether_experts_specialise_as_training_grows():
+    from bench.results.study.render import expert_usage, layer_collapse
+
+    assert layer_collapse([0.25] * 4) == pytest.approx(0) and layer_collapse([1.0, 0, 0, 0]) == pytest.approx(1)
+    text = '\n'.join(expert_usage(_three_budgets()))
+    assert text.startswith('## Expert usage at each budget (first seed)')
+    collapse = layer_collapse(LAYERS['layer4.1.conv1'])
+    assert (f'| fashion-mnist, 60000 training images x 2 epochs, width 8 | convmoe_b2 | 0 | layer4.1.conv1 | '
+            f'0.550, 0.150, 0.150, 0.150 | {collapse:.3f} |') in text
+    assert ('| fashion-mnist-bundled, 10000 training images x 6 epochs, width 8 | convmoe_b1 | 0 | apgd-ce '
+            '| 100 |') in text
+    mean = collapse / 2  # the other layer's load is uniform
+    assert ('**Do the experts specialise more as training grows?** resnet18_convmoe_e4_k1, placement all, from the '
+            f'smallest budget to the largest, on apgd-ce: 10k x 2 ep, w8 (convmoe_b0): lead +5.00 points, collapse '
+            f'{mean:.3f}; 10k x 6 ep, w8 (convmoe_b1): lead +10.00 points, collapse {mean:.3f}; 60k x 2 ep, w8 '
+            f'(convmoe_b2): lead +20.00 points, collapse {mean:.3f}: yes, the experts specialise more as training '
+            'grows (one run per budget, its first seed: no interval over seeds).') in text
+    assert 'no steady trend, so no sign that the experts specialise more' in '\n'.join(
+        expert_usage(_three_budgets(leads=(5.0, 20.0, 10.0))))
+    # budgets without their first seed: the section says which, and what there is so far
+    early = '\n'.join(expert_usage(_three_budgets(('b0',), n_seeds=1)))
+    assert ('Not yet answerable: 10k x 6 ep, w8 (convmoe_b1 seed 0); 60k x 2 ep, w8 (convmoe_b2 seed 0) lack a '
+            f'first-seed run with per-expert analyses; so far, on apgd-ce: 10k x 2 ep, w8 (convmoe_b0): lead +5.00 '
+            f'points, collapse {mean:.3f}.') in early
+    # a study that is not of budgets: no such section
+    study = _three_budgets()
+    assert expert_usage(Study(name='s', plan={**study.plan, 'preregistration': None}, runs=study.runs,
+                              autoattack=[])) == []
+
+
+def test_the_expert_plots_of_a_budget_study_have_one_panel_per_config_by_budget(tmp_path):
+    from bench.results.study import _panels, plot_expert_load, plot_subpaths, plots
+
+    study = _three_budgets()
+    assert _panels(study, ['convmoe_b2', 'convmoe_b0', 'convmoe_b1']) == {
+        'convmoe_b0 (10k x 2 ep, w8)': ['convmoe_b0'], 'convmoe_b1 (10k x 6 ep, w8)': ['convmoe_b1'],
+        'convmoe_b2 (60k x 2 ep, w8)': ['convmoe_b2']}
+    titles = {name: title for name, _, title in plots(study)}
+    assert titles['expert_load.png'] == 'expert load per config, by budget'
+    for fn in (plot_subpaths, plot_expert_load):
+        assert fn(study, tmp_path / f'{fn.__name__}.png').stat().st_size > 10000
+
+
+def test_the_gap_table_and_plot_read_right_at_three_budgets(tmp_path):
+    from bench.results.study import plot_budget_response
+    from bench.results.study.render import budget_table
+
+    study = _three_budgets()
+    r = an.budget_response(study)
+    assert [b.short for b in r['budgets']] == ['10k x 2 ep, w8', '10k x 6 ep, w8', '60k x 2 ep, w8']
+    assert [w['diff'] for _, w in r['arms']['resnet18_convmoe_e4_k1, placement all']] == pytest.approx([-10, -6, -2])
+    text = '\n'.join(budget_table(study))
+    assert text.index('10000 training images x 2 epochs') < text.index('10000 training images x 6 epochs') < \
+        text.index('60000 training images x 2 epochs')
+    assert '| fashion-mnist-bundled, 10000 training images x 6 epochs, width 8 | 6 / 6 | -6.00 [' in text
+    assert plot_budget_response(study, tmp_path / 'b.png').stat().st_size > 10000
+
+
+def test_a_refused_subpath_is_named_and_leaves_its_budget_unanswered():
+    from bench.results.study.render import expert_usage
+
+    study = _three_budgets()
+    study.runs['convmoe_b1'][0]['per_expert'][2]['robust_acc']['apgd-ce'] += 7  # bits and number disagree
+    text = '\n'.join(expert_usage(study))
+    assert "- refused (convmoe_b1 seed 0, apgd-ce): entry 'e" in text and 'the entry is inconsistent' in text
+    assert 'Not yet answerable: 10k x 6 ep, w8 (convmoe_b1 seed 0, its subpaths refused) lack' in text

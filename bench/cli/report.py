@@ -41,13 +41,31 @@ def study_plan(spec: Any) -> Dict[str, Any]:
 
     dataset = spec.train.get('dataset')
     extra = {} if spec.superseded_by is None else {'superseded_by': _superseding(spec)}
+    planned = _planned(spec)
     return {**extra, 'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
             'claims': spec.claims,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
             'train_images': DATASET_SIZES[check_dataset_name(dataset)]['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),
                                'seeds': [s for s in config_seeds(c, spec.seeds) if s is not None],
-                               'upcycle_from': c.get('upcycle_from')} for name, c in spec.configs.items()}}
+                               'upcycle_from': c.get('upcycle_from'), **planned[name]}
+                        for name, c in spec.configs.items()}}
+
+
+def _planned(spec: Any) -> Dict[str, Dict[str, Any]]:
+    """Per config, what its spec plans before any run: its experts and its training budget (data set,
+    train_limit, epochs, width), as its first cell resolves them; a budget study's report states the budgets
+    of configs yet to run from these."""
+    from bench.pipeline.grid import cell_config, cells
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for cell in cells(spec):
+        if cell['config'] not in out:
+            cfg = cell_config(cell, spec)
+            out[cell['config']] = {'experts': cell['spec'].experts,
+                                   'budget': {'dataset': cfg.dataset, 'train_limit': cfg.train_limit,
+                                              'epochs': cfg.epochs, 'width': cell['spec'].width}}
+    return out
 
 
 def _superseding(spec: Any) -> Dict[str, Any]:

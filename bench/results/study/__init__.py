@@ -70,11 +70,15 @@ def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
                     f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', path, vline=1.0)
 
 
-def _by_aux(study: an.Study, configs: List[str]) -> Dict[str, List[str]]:
+def _panels(study: an.Study, configs: List[str]) -> Dict[str, List[str]]:
+    """The expert plots' panels, {title: configs}: in a budget study one per config, smallest budget first, so
+    that no panel mixes budgets; elsewhere one per aux loss."""
+    if an.of_budgets(study):
+        return {f'{c} ({b.short})': [c] for b, cs in an.budgets(study, configs).items() for c in cs}
     out: Dict[str, List[str]] = {}
     for c in configs:
         out.setdefault(str(an.traits(study, c).get('aux_loss')), []).append(c)
-    return dict(sorted(out.items()))
+    return {f'aux loss {aux}': cs for aux, cs in sorted(out.items())}
 
 
 def plot_subpaths(study: an.Study, path: Path) -> Path:
@@ -91,13 +95,13 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
             rows[c] = results
     if not rows:
         return _empty(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
-    groups = _by_aux(study, list(rows))
+    groups = _panels(study, list(rows))
     # each panel as wide as its bars, so that a panel of six configs is as legible as one of one
     bars = [sum(len(rows[c]) + 2 for c in configs) for configs in groups.values()]
     from matplotlib.figure import Figure
     fig = Figure(figsize=(max(6.0, 0.28 * sum(bars) + 1.2 * len(bars)), 4.2), layout='constrained')
     axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=bars)[0]
-    for ax, (aux, configs) in zip(axes, groups.items()):
+    for ax, (title, configs) in zip(axes, groups.items()):
         x = 0
         ticks, labels = [], []
         for c in configs:
@@ -116,7 +120,7 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
             x += len(rows[c]) + 2
         ax.set_xticks(ticks, labels, fontsize=6, rotation=90)
         ax.set_ylabel(f'{m} accuracy (%), same points', fontsize=8)
-        ax.set_title(f'aux loss {aux}', fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis='y')
     fig.suptitle('Expert subpaths on the same points as the gated model (first seed): red = the gated model, '
                  'then each expert forced alone; error bars: Wilson 95%', fontsize=9)
@@ -133,9 +137,9 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
             loads[c] = np.asarray(ls, dtype=float)
     if not loads:
         return _empty(path, 'expert load', 'routing.load')
-    groups = _by_aux(study, list(loads))
+    groups = _panels(study, list(loads))
     fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
-    for ax, (aux, configs) in zip(axes, groups.items()):
+    for ax, (title, configs) in zip(axes, groups.items()):
         width = 0.8 / len(configs)
         for j, c in enumerate(configs):
             arr = loads[c]
@@ -143,7 +147,8 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
             xs = np.arange(arr.shape[1]) + j * width
             mean = arr.mean(0)
             # a share is never negative: the lower bar stops at 0
-            ax.bar(xs, mean, width=width, yerr=[np.minimum(sd, mean), sd], capsize=2, label=f'{c} ({len(arr)} seeds)')
+            seeds = f'{len(arr)} seed' + ('' if len(arr) == 1 else 's')
+            ax.bar(xs, mean, width=width, yerr=[np.minimum(sd, mean), sd], capsize=2, label=f'{c} ({seeds})')
         n = max(loads[c].shape[1] for c in configs)
         for e, style in zip(sorted({loads[c].shape[1] for c in configs}), ('--', ':', '-.')):
             ax.hlines(1 / e, -width, e - 1 + 0.8, colors='#555555', linestyles=style, linewidth=1,
@@ -152,14 +157,9 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
         ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f'e{i}' for i in range(n)], fontsize=8)
         ax.set_xlabel('expert', fontsize=8)
         ax.set_ylabel('share of images (mean ± sd over seeds)', fontsize=8)
-        ax.set_title(f'aux loss {aux}', fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     return _save(fig, path)
-
-
-def _budget_label(b) -> str:
-    images, epochs, width = b
-    return f'{images // 1000}k x {epochs} ep' + (f', w{width}' if width is not None else '')
 
 
 def plot_budget_response(study: an.Study, path: Path) -> Path:
@@ -185,7 +185,7 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
                         (0.01, r['paper'][arm]), xycoords=('axes fraction', 'data'), xytext=(0, 3),
                         textcoords='offset points', fontsize=8, color=color)
     ax.axhline(0, color='#999999', linewidth=1)
-    ax.set_xticks(range(len(r['budgets'])), [_budget_label(b) for b in r['budgets']])
+    ax.set_xticks(range(len(r['budgets'])), [b.short for b in r['budgets']])
     ax.set_xlabel('training budget (training images x epochs, width), by image passes')
     ax.set_ylabel(f"{r['metric']} gap, MoE − dense (points)")
     ax.set_title(f"{study.name}: the gap to dense as training grows\n(mean over seeds, Welch 95% interval)",
@@ -201,7 +201,12 @@ BUDGET_PLOT = ('budget_response.png', plot_budget_response, 'the gap to dense vs
 def plots(study: an.Study) -> Tuple[Tuple[str, Any, str], ...]:
     """The plots of a study's report: the budget response only for a study of budgets, one that pre-registers
     an interaction across them (`base:` in a primary entry); other studies' reports stay what they were."""
-    return PLOTS + ((BUDGET_PLOT,) if an.of_budgets(study) else ())
+    if not an.of_budgets(study):
+        return PLOTS
+    # the expert plots of a budget study have a panel per config (`_panels`): their titles say so
+    per_config = {'subpaths.png': 'expert subpaths vs the gated model, per config by budget',
+                  'expert_load.png': 'expert load per config, by budget'}
+    return tuple((name, fn, per_config.get(name, title)) for name, fn, title in PLOTS) + (BUDGET_PLOT,)
 
 
 PLOTS = (
@@ -221,7 +226,8 @@ PLOT_DIR = 'study'
 def report_text(study: Study) -> str:
     """The markdown of the report (plots linked relative to it)."""
     lines = document.render('study.md.j2', name=study.name, runs=len(study.entries()), autoattack=len(study.autoattack),
-                   notes=study.notes, claims=len(an.claims_of(study).claims))
+                   notes=study.notes, claims=len(an.claims_of(study).claims),
+                   budgets=an.of_budgets(study))
     lines += preregistration(study) + ['## Summary', ''] + summary(study) + claim_sections(study)
     for table in TABLES:
         lines += table(study)

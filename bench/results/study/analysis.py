@@ -25,7 +25,7 @@ Bootstrap seeds are fixed (`BOOT_SEED`), so the report is the same bytes on ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -186,11 +186,13 @@ def scratch(study: Study, config: str) -> bool:
 
 
 def dense_reference(study: Study, config: str) -> Optional[str]:
-    """The dense config trained like `config`: the same training method, epochs and width, from scratch."""
+    """The dense config trained like `config`: the same training method, epochs and width, from scratch, at
+    the same budget (in a budget study, the same data set and images too)."""
     keys = ('arch', 'width', 'training', 'epochs')
     t = traits(study, config)
     return next((c for c in study.configs if not is_moe(study, c) and scratch(study, c)
-                 and all(traits(study, c).get(k) == t.get(k) for k in keys)), None)
+                 and all(traits(study, c).get(k) == t.get(k) for k in keys)
+                 and budget(study, c) == budget(study, config)), None)
 
 
 def pairs_differing_in(study: Study, allowed: Tuple[str, ...], required: str) -> List[Tuple[str, str]]:
@@ -523,14 +525,67 @@ def _interaction(study: Study, config: str, baseline: str, base_config: str, bas
     return c
 
 
-def budget(study: Study, config: str) -> Tuple[int, int, Any]:
-    """(training images, epochs, width) of a config, from its first run: what a budget study varies."""
+class Budget(NamedTuple):
+    """What a budget study varies between its configs: the training data set, its images, the epochs, the width."""
+    dataset: str
+    images: int
+    epochs: int
+    width: Any
+
+    @property
+    def order(self) -> Tuple[int, int, str, str]:
+        """Smallest first: by image passes (images x epochs), then images, width and data set."""
+        return self.images * self.epochs, self.images, str(self.width), self.dataset
+
+    @property
+    def label(self) -> str:
+        """'fashion-mnist, 60000 training images x 2 epochs, width 8'."""
+        return f'{self.dataset}, {self.images} training images x {self.epochs} epochs, width {self.width}'
+
+    @property
+    def short(self) -> str:
+        """'60k x 2 ep, w8' (a plot's tick, a sentence's aside)."""
+        return f'{self.images / 1000:g}k x {self.epochs} ep' + (f', w{self.width}' if self.width is not None else '')
+
+
+def _budget(dataset: str, train_limit: Optional[int], epochs: Any, width: Any) -> Budget:
     from bench.dataset_table import DATASET_SIZES
 
+    images = train_limit or (DATASET_SIZES.get(dataset) or {}).get('train_images') or 0
+    return Budget(str(dataset), int(images), int(epochs or 0), width)
+
+
+def budget(study: Study, config: str) -> Optional[Budget]:
+    """A config's budget: as its spec plans it (`budget` in the plan's config: dataset, train_limit, epochs,
+    width), so that a config yet to run has one; else from its first run; None for neither."""
+    planned = study.plan['configs'][config].get('budget')
+    if planned:
+        return _budget(planned['dataset'], planned.get('train_limit'), planned['epochs'], planned.get('width'))
+    if not study.runs.get(config):
+        return None
     e = next(iter(study.runs[config].values()))
     cfg = (e.get('training') or {}).get('config') or {}
-    images = cfg.get('train_limit') or (DATASET_SIZES.get(e.get('dataset')) or {}).get('train_images') or 0
-    return int(images), int(traits(study, config)['epochs'] or 0), traits(study, config).get('width')
+    return _budget(cfg.get('dataset') or e.get('dataset'), cfg.get('train_limit'), traits(study, config)['epochs'],
+                   traits(study, config).get('width'))
+
+
+def budgets(study: Study, configs: Optional[Sequence[str]] = None) -> Dict[Budget, List[str]]:
+    """The configs (default: every config the spec plans) grouped by budget, smallest budget first, each
+    budget's configs in the spec's order; a config without a known budget is left out."""
+    out: Dict[Budget, List[str]] = {}
+    for c in study.plan['configs'] if configs is None else configs:
+        b = budget(study, c)
+        if b is not None:
+            out.setdefault(b, []).append(c)
+    return dict(sorted(out.items(), key=lambda kv: kv[0].order))
+
+
+def planned_moe(study: Study, config: str) -> bool:
+    """Whether a config is a MoE: its plan's `experts` (known before it runs), else its runs'."""
+    experts = study.plan['configs'][config].get('experts')
+    if experts is not None:
+        return bool(experts)
+    return bool(study.runs.get(config)) and is_moe(study, config)
 
 
 def moe_arm(study: Study, config: str) -> str:
@@ -553,20 +608,16 @@ def budget_response(study: Study) -> Optional[Dict[str, Any]]:
     or more budgets, each with one dense config.
 
     Returns:
-        dict(metric, budgets [(images, epochs, width)] by image passes, arms {arm: [(budget, welch) ...]},
+        dict(metric, budgets [Budget] by image passes, arms {arm: [(budget, welch) ...]},
         paper {arm: the paper's PGD-20 effect} for the arms of pre-registered primaries that name their row).
     """
     prereg = study.plan.get('preregistration') or {}
     metric = prereg.get('metric') or study.primary()
-    adv = [c for c in study.configs if study.runs.get(c) and adversarial(study, c)]
-    by_budget: Dict[Tuple[int, int, Any], List[str]] = {}
-    for c in adv:
-        by_budget.setdefault(budget(study, c), []).append(c)
-    budgets = sorted(by_budget, key=lambda b: (b[0] * b[1], str(b[2])))
-    if metric is None or len(budgets) < 2:
+    by_budget = budgets(study, [c for c in study.configs if adversarial(study, c)])
+    if metric is None or len(by_budget) < 2:
         return None
-    arms: Dict[str, List[Tuple[Tuple[int, int, Any], Dict[str, Any]]]] = {}
-    for b in budgets:
+    arms: Dict[str, List[Tuple[Budget, Dict[str, Any]]]] = {}
+    for b in by_budget:
         dense = [c for c in by_budget[b] if not is_moe(study, c)]
         if len(dense) != 1:
             continue  # no dense config, or several, at this budget: no gap to draw
@@ -582,7 +633,7 @@ def budget_response(study: Study) -> Optional[Dict[str, Any]]:
         delta = paper_delta(study, options.get('paper'))
         if config in study.runs and study.runs[config] and isinstance(delta, tuple):
             paper[moe_arm(study, config)] = delta[0]
-    return dict(metric=metric, budgets=budgets, arms=arms, paper=paper)
+    return dict(metric=metric, budgets=list(by_budget), arms=arms, paper=paper)
 
 
 def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, ...]]:

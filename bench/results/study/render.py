@@ -110,7 +110,29 @@ def equal_flops_pairs(study: an.Study, test: Optional[Mapping[str, Any]] = None)
             skipped.append(f'{c}: no dense config trained the same way')
         else:
             pairs.append((c, ref))
-    return pairs, skipped, {}
+    return pairs, skipped, budget_labels(study, pairs)
+
+
+def budget_labels(study: an.Study, pairs: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], str]:
+    """In a budget study, each pair labelled with its budget ('convmoe_b2 vs dense_b2 (fashion-mnist, 60000
+    training images x 2 epochs, width 8)'); no labels elsewhere, so other studies' tables stay what they were."""
+    if not an.of_budgets(study):
+        return {}
+    return {(a, b): f'{a} vs {b} ({an.budget(study, a).label})' for a, b in pairs}
+
+
+def budgets_unpaired(study: an.Study, pairs: Sequence[Tuple[str, str]]) -> List[str]:
+    """In a budget study, each budget that no pair compares at yet, and the configs of it that have no run
+    ('fashion-mnist, ... width 8: no pair yet (dense_b2, convmoe_b2 not run)')."""
+    if not an.of_budgets(study):
+        return []
+    paired = {an.budget(study, a) for a, _ in pairs}
+    out = []
+    for b, configs in an.budgets(study).items():
+        if b not in paired:
+            idle = [c for c in configs if not study.runs.get(c)]
+            out.append(f'{b.label}: no pair yet' + (f' ({", ".join(idle)} not run)' if idle else ''))
+    return out
 
 
 def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]:
@@ -160,8 +182,8 @@ def claim_pairs(study: an.Study, test: Mapping[str, Any]) -> Pairs:
 
 
 def claim_equal_flops(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
-    pairs, skipped, _ = equal_flops_pairs(study)
-    table, results = comparisons(study, pairs, _metrics(study)) if pairs else (None, {})
+    pairs, skipped, labels = equal_flops_pairs(study)
+    table, results = comparisons(study, pairs, _metrics(study), labels) if pairs else (None, {})
     return render('claim_equal_flops.md.j2', n=n, title=claim['title'], paper=paper(study, n - 1),
                   tol=an.FLOPS_TOL, primary=study.primary(), pgd=study.pgd(), comparisons=table, skipped=skipped,
                   answer=answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'))
@@ -296,17 +318,22 @@ def summary(study: an.Study) -> Lines:
                              '–' if mdd is None else f'{mdd:.3f}', r['verdict'].split(' (')[0]])
             continue
         pairs, _, labels = claim_pairs(study, test)
-        if not pairs or metric is None:
-            rows.append([statement, effect, 'no pair in this study', '–', '–', '–'])
-        for i, (a, b) in enumerate(pairs):
+        if metric is None:
+            pairs = []
+        mine = []
+        for a, b in pairs:
             r = compare(study, a, b, metric)
             mdd = r.get('detectable')
             if mdd is not None:
                 mdds.append(mdd)
             verdicts.append(r['verdict'])
-            rows.append([statement if i == 0 else '', effect if i == 0 else '', labels.get((a, b), f'{a} vs {b}'),
-                         an.fmt_interval(r['seed_diff']), '–' if mdd is None else f'{mdd:.2f}',
-                         r['verdict'].split(' (')[0]])
+            mine.append([labels.get((a, b), f'{a} vs {b}'), an.fmt_interval(r['seed_diff']),
+                         '–' if mdd is None else f'{mdd:.2f}', r['verdict'].split(' (')[0]])
+        # a budget study's pairs are one per budget: a budget yet to run says so in its own row
+        unpaired = budgets_unpaired(study, pairs) if test['kind'] == 'equal_flops' else []
+        mine += [[what, '–', '–', '–'] for what in unpaired]
+        rows += [[statement if i == 0 else '', effect if i == 0 else '', *row]
+                 for i, row in enumerate(mine or [['no pair in this study', '–', '–', '–']])]
     return render('summary.md.j2', start=SUMMARY_START, end=SUMMARY_END, metric=metric, power=an.POWER,
                   alpha=an.ALPHA, source=claims.source, why=why, metric_names=claims.metric_names(), rows=rows,
                   n_seeds=sorted({len(study.runs[c]) for c in study.configs if an.adversarial(study, c)}),
@@ -489,13 +516,100 @@ def budget_table(study: an.Study) -> Lines:
         return []
     r = an.budget_response(study)
     rows = None if r is None else [
-        [arm, f'{n} training images x {ep} epochs, width {w}', f"{w_['n_a']} / {w_['n_b']}",
-         f"{w_['diff']:+.2f} [{w_['lo']:+.2f}, {w_['hi']:+.2f}]"]
-        for arm, points in r['arms'].items() for (n, ep, w), w_ in points]
+        [arm, b.label, f"{w['n_a']} / {w['n_b']}", f"{w['diff']:+.2f} [{w['lo']:+.2f}, {w['hi']:+.2f}]"]
+        for arm, points in r['arms'].items() for b, w in points]
     return render('budget_table.md.j2', rows=rows, metric=None if r is None else r['metric'])
 
 
-TABLES = (overview, budget_table, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
+def layer_collapse(load: Sequence[float]) -> float:
+    """1 − H(load)/log E of one layer's load (`timm_moe` computes a run's collapse so, per layer, and stores
+    their mean; an entry keeps each layer's load only)."""
+    from scipy.stats import entropy
+
+    return 1.0 - float(entropy(load, base=len(load))) if len(load) > 1 else 0.0
+
+
+def _first_seed(study: an.Study, config: str) -> Any:
+    return (study.plan['configs'][config].get('seeds') or ['?'])[0]
+
+
+def _trend(values: Sequence[float]) -> str:
+    rising = all(x < y for x, y in zip(values, values[1:]))
+    falling = all(x > y for x, y in zip(values, values[1:]))
+    return 'more' if rising else 'less' if falling else 'no trend'
+
+
+def usage_answer(metric: Optional[str], found: Sequence[Dict[str, Any]], missing: Sequence[str]) -> List[str]:
+    """Do the experts specialise more as training grows: one sentence per MoE arm, the gated model's lead over
+    its average expert subpath and the mean per-layer collapse at each budget, smallest first; or, while a
+    budget lacks its first-seed run, the sentence that says so and what there is so far."""
+    def numbers(rows: Sequence[Dict[str, Any]]) -> str:
+        return '; '.join(f"{u['budget'].short} ({u['config']}): lead {u['lead']:+.2f} points, "
+                         f"collapse {u['collapse']:.3f}" for u in rows)
+
+    if missing or not found:
+        return [f"Not yet answerable: {'; '.join(missing) or 'no MoE config'} "
+                f"lack{'s' if len(missing) == 1 else ''} a first-seed run with per-expert analyses"
+                + (f"; so far, on {metric}: {numbers(found)}." if found else '.')]
+    arms: Dict[str, List[Dict[str, Any]]] = {}
+    for u in found:
+        arms.setdefault(u['arm'], []).append(u)
+    out = []
+    for arm, rows in arms.items():
+        if len({u['budget'] for u in rows}) < 2:
+            out.append(f'{arm}: one budget only ({numbers(rows)}), so no trend to read.')
+            continue
+        trend = _trend([u['lead'] for u in rows])
+        words = {'more': 'yes, the experts specialise more as training grows',
+                 'less': 'no, the experts specialise less as training grows',
+                 'no trend': 'no steady trend, so no sign that the experts specialise more as training grows'}[trend]
+        out.append(f"{arm}, from the smallest budget to the largest, on {metric}: {numbers(rows)}: {words} "
+                   f"(one run per budget, its first seed: no interval over seeds).")
+    return out
+
+
+def expert_usage(study: an.Study) -> Lines:
+    """A budget study's MoE configs, budget by budget (their first seed, which ran the per-expert analyses):
+    each MoE layer's load and collapse, each expert's subpath accuracy beside the gated model's on the same
+    points, and whether the experts specialise more as training grows (`usage_answer`)."""
+    if not an.of_budgets(study):
+        return []
+    metric = study.primary()
+    loads, subs, found, missing, flags = [], [], [], [], []
+    for b, configs in an.budgets(study).items():
+        for c in [c for c in configs if an.planned_moe(study, c)]:
+            e = study.first(c) if study.runs.get(c) else None
+            routing = (e or {}).get('routing') or {}
+            experts = sorted([pe for pe in (e or {}).get('per_expert') or [] if pe.get('per_sample')],
+                             key=lambda pe: pe['expert'])
+            if e is None or not routing.get('layers') or not experts or metric is None:
+                missing.append(f'{b.short} ({c} seed {_first_seed(study, c)})')
+                continue
+            seed = e['grid'].get('seed')
+            for layer, load in routing['layers'].items():
+                loads.append([b.label, c, seed, layer, ', '.join(f'{v:.3f}' for v in load),
+                              f'{layer_collapse(load):.3f}'])
+            loads.append([b.label, c, seed, 'mean of the layers', ', '.join(f'{v:.3f}' for v in routing['load']),
+                          '–' if routing.get('collapse') is None else f"{routing['collapse']:.3f}"])
+            for m in ('clean', metric):
+                try:
+                    rs = [subpath_comparison(e, pe, m) for pe in experts]
+                except UserError as err:  # as in `subpaths`: a refused comparison is named, not drawn
+                    flags.append(f'- refused ({c} seed {seed}, {m}): {err}')
+                    if m == metric:
+                        missing.append(f'{b.short} ({c} seed {seed}, its subpaths refused)')
+                    continue
+                gated, mean = rs[0]['b']['acc'], float(np.mean([r['a']['acc'] for r in rs]))
+                subs.append([b.label, c, seed, m, rs[0]['n'], f'{gated:.2f}',
+                             ', '.join(f"{r['a']['acc']:.2f}" for r in rs), f'{gated - mean:+.2f}'])
+                if m == metric:
+                    found.append(dict(budget=b, config=c, arm=an.moe_arm(study, c), lead=gated - mean,
+                                      collapse=float(np.mean([layer_collapse(v) for v in routing['layers'].values()]))))
+    return render('expert_usage.md.j2', loads=loads, subpaths=subs, metric=metric, flags=flags,
+                  answers=usage_answer(metric, found, missing))
+
+
+TABLES = (overview, budget_table, expert_usage, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
 
 
 # ------------------------------------------------------------------------------------------ protocol and sizing
@@ -636,18 +750,21 @@ def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
 
 
 def _scope(study: an.Study) -> Dict[str, Any]:
-    """What the verdicts are about: this study's recipe (each budget of a study of budgets)."""
+    """What the verdicts are about: this study's recipe; in a budget study, every budget it plans, with its
+    configs and whether a pre-registered contrast tests it."""
     e = study.entries()[0]
     cfg = (e.get('training') or {}).get('config') or {}
     kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
     p = study.plan.get('preregistration') or {}
-    arms = [c for c in [p.get('baseline')] + [a for name, o in (p.get('primary') or {}).items()
-                                              for a in [name] + list((o or {}).get('base') or [])] if study.runs.get(c)]
+    arms = {a for name, o in (p.get('primary') or {}).items() for a in [name] + list((o or {}).get('base') or [])}
+    arms.add(p.get('baseline'))
+    budgets = [dict(label=b.label, configs=configs, tested=bool(arms & set(configs)))
+               for b, configs in an.budgets(study).items()] if an.of_budgets(study) else []
     return dict(dataset=cfg.get('dataset', e['dataset']), arch=e['model'].get('arch'),
                 images=cfg.get('train_limit') or study.plan.get('train_images') or 'all',
                 width=kw.get('width', 'default'), epochs=cfg.get('epochs'), training=cfg.get('training'),
                 attack_steps=cfg.get('attack_steps'), eps=cfg.get('eps'), source=an.claims_of(study).source,
-                budgets=sorted({an.budget(study, c) for c in arms}, key=lambda b: (b[0] * b[1], str(b[2]))))
+                budgets=budgets)
 
 
 def scope(study: an.Study) -> Lines:
