@@ -300,7 +300,7 @@ def register_tags(folder: Optional[PathLike] = None) -> List[str]:
     timm, replacing the tags registered before; returns the registered 'model.tag' names."""
     records = read_manifest(folder)
     changed = sorted({split_model_name_tag(key)[0] for key in (*registered_tags(), *records)})
-    with_tags(default_cfgs, records, pool_size_of)
+    default_cfgs.update(with_tags(default_cfgs, records, pool_size_of))  # what register_model reads below
     exported = list(__all__)
     with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
         warnings.simplefilter('ignore')

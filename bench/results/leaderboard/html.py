@@ -22,8 +22,8 @@ from bench.core.atomic import recover_dir, temp_dir_beside
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe, short_labels
 from bench.results.leaderboard.groups import Row, make_rows, measured_first, rank_rows, resolve_sort, sections
-from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, _label_of, header, row_cells,
-                                              seed_list, setup)
+from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, header, row_cells, seed_list,
+                                              setup, sort_label)
 from bench.results.registry import check_writable, entry_path, registry_holding
 
 ASSETS = Path(__file__).resolve().parents[2] / 'assets'
@@ -216,7 +216,7 @@ def render_html(entries: Sequence[Mapping[str, Any]], href, cards: Optional[Mapp
         parts.append(
             f'<section id="section-{s_index}"><h2>{html.escape(sec.title)}</h2>'
             f'<p>{len(sec.entries)} entries ({n_meas} measured, {len(sec.entries) - n_meas} reported) in '
-            f'{len(rows)} rows; # ranks by <b>{html.escape(_label_of(sec, metric, DEFAULT_SORT))}</b> (the '
+            f'{len(rows)} rows; # ranks by <b>{html.escape(sort_label(sec, metric, DEFAULT_SORT))}</b> (the '
             'configuration measured on the most rows, the strongest among those); rows without it are listed '
             f'after the ranked ones.</p><div class="scroll"><table class="lb"><thead><tr>{ths}</tr></thead>{body}'
             f'</table></div><ul class="legend">{legend}</ul></section>')

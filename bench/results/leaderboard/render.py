@@ -45,7 +45,7 @@ def noisy_gating(entry: Mapping[str, Any]) -> Optional[bool]:
     return None
 
 
-def _config(entry: Mapping[str, Any]) -> str:
+def moe_config_label(entry: Mapping[str, Any]) -> str:
     m = entry['model']
     parts = [str(p) for p in (m.get('gate'), m.get('aux_loss'), m.get('placement')) if p]
     if m.get('experts'):
@@ -136,7 +136,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     flags = sorted({f for x in row.entries for f in (x.get('sanity_flags') or [])})
     n = e.get('n_examples')
     return [
-        DASH if rank is None else str(rank), m['name'], _config(e),
+        DASH if rank is None else str(rank), m['name'], moe_config_label(e),
         DASH if m.get('experts') is None else str(m['experts']), DASH if m.get('k') is None else str(m['k']),
         e['training']['method'], setup(row), f"{e['source']}{DAGGER if reported else ''}",
         fmt_cell(row.cells.get(CLEAN), reported),
@@ -146,7 +146,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     ]
 
 
-def _label_of(section: Section, metric: Optional[str], sort: str) -> str:
+def sort_label(section: Section, metric: Optional[str], sort: str) -> str:
     if metric == CLEAN:
         return 'clean accuracy'
     return next((c.label for c in section.columns if c.ident == metric), sort)
@@ -194,7 +194,7 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         rows = make_rows(sec.entries, sec.keymap, group=True)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
-        label = _label_of(sec, metric, sort)
+        label = sort_label(sec, metric, sort)
         n_meas = sum(e['source'] == 'measured' for e in sec.entries)
         how = (' (auto: the attack configuration measured on the most rows, the strongest among those)'
                if sort == AUTO and metric != CLEAN else '')
@@ -289,7 +289,7 @@ def compact_cells(rank: Optional[int], row: Row, columns: Sequence[Column], flag
     the setup, and the entry ids are left to --wide and LEADERBOARD.md."""
     e = row.first
     reported = e['source'] != 'measured'
-    model = '\n'.join([e['model']['name']] + [s for s in (_config(e), setup(row)) if s != DASH])
+    model = '\n'.join([e['model']['name']] + [s for s in (moe_config_label(e), setup(row)) if s != DASH])
     flags = {f for x in row.entries for f in (x.get('sanity_flags') or [])}
     return [
         DASH if rank is None else str(rank), model, e['training']['method'],
@@ -370,7 +370,7 @@ def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, 
         rows = make_rows(sec.entries, sec.keymap, group=group)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
-        label = _label_of(sec, metric, sort)
+        label = sort_label(sec, metric, sort)
         cut = limit if limit is not None else (
             0 if any(e['source'] == 'measured' for e in sec.entries) else REPORTED_TOP)
         shown = ranked[:cut] if cut > 0 else ranked
