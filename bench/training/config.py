@@ -161,12 +161,12 @@ class TrainConfig:
         rounding, tests/test_torchcompile_cli.py), the Fast-/Free-AT keys of a run that does not use them, and
         `sched_step` when it is 'update' (below).
 
-        It does cover keys that do not change the result either (`HASHED_THOUGH_NOT_THE_RESULT`: the device, where
-        the data is read, the per-epoch eval size, checkpointing), because the first hashes did: leaving them out
-        now would change the hash of every config. Two runs that differ only in them have two hashes; what groups
-        the runs of one configuration is `bench.results.stats.seed_group_key`, which leaves out all of
-        `NOT_THE_RESULT`. The registry's `training.config_sha256` is another hash: of the entry's whole stored
-        config (`bench.results.entries`), which does not depend on this one.
+        It does cover keys that do not change the result either (`HASHED_THOUGH_NOT_THE_RESULT`: the device, the
+        kernel settings, where the data is read, the per-epoch eval size, checkpointing), because every hash written
+        so far does: leaving them out now would change the hash of every config. Two runs that differ only in them
+        have two hashes; what groups the runs of one configuration is `bench.results.stats.seed_group_key`, which
+        leaves out all of `NOT_THE_RESULT`. The registry's `training.config_sha256` is another hash: of the entry's
+        whole stored config (`bench.results.entries`), which does not depend on this one.
         """
         # the Fast-/Free-AT keys change only those runs: left out of others, so older configs keep their hashes
         unused = _FREE_KEYS + _FAST_KEYS if self.training not in ('fast', 'free') else \
@@ -190,7 +190,7 @@ def field_help() -> Dict[str, str]:
     return {name: f.metadata.get('help', '') for name, f in _FIELDS.items()}
 
 
-# keys of NOT_THE_RESULT that `sha256` still covers, because the first hashes did (see there)
+# keys of NOT_THE_RESULT that `sha256` still covers, because every hash written so far does (see there)
 HASHED_THOUGH_NOT_THE_RESULT = ('device', 'deterministic', 'channels_last', 'data_dir', 'download', 'eval_limit',
                                 'checkpoint_every')
 _NOT_HASHED = tuple(k for k in NOT_THE_RESULT if k not in HASHED_THOUGH_NOT_THE_RESULT)
