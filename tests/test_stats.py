@@ -1,9 +1,11 @@
-"""bench.results.stats against answers computed independently: published tables, hand sums, brute force."""
+"""bench.results.stats against answers computed independently: scipy called directly, published tables, hand sums,
+exact integers and mpmath's arbitrary precision, brute force."""
 import base64
 import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from bench.results import stats
 from bench.core.errors import UserError
@@ -32,6 +34,12 @@ def test_wilson_bounds_solve_the_score_equation(k, n):
     disc = math.sqrt(qb * qb - 4 * qa * qc)
     roots = ((-qb - disc) / (2 * qa) * 100, (-qb + disc) / (2 * qa) * 100)
     assert stats.wilson_interval(k, n) == pytest.approx(roots, abs=1e-9)
+
+
+@pytest.mark.parametrize('k, n, confidence', [(0, 1, 0.95), (81, 263, 0.95), (1, 1000, 0.99), (300, 300, 0.9)])
+def test_wilson_is_scipys(k, n, confidence):
+    ci = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method='wilson')
+    assert stats.wilson_interval(k, n, confidence) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-12)
 
 
 def test_wilson_edges_are_exact_and_bad_counts_raise():
@@ -123,15 +131,46 @@ def _pair(n10, n01, n11, n00):
 ])
 def test_mcnemar_exact_matches_binomial_sums(n10, n01, p):
     a, b = _pair(n10, n01, 20, 5)
-    assert stats.mcnemar_exact(a, b) == pytest.approx(p, rel=1e-12)
-    assert stats.mcnemar_exact(b, a) == pytest.approx(p, rel=1e-12)  # two-sided: symmetric
+    assert stats.mcnemar_exact(a, b) == pytest.approx(p, rel=1e-12, abs=0)
+    assert stats.mcnemar_exact(b, a) == pytest.approx(p, rel=1e-12, abs=0)  # two-sided: symmetric
+    if n10 + n01:
+        assert stats.mcnemar_exact(a, b) == scipy.stats.binomtest(n10, n10 + n01).pvalue
 
 
-def test_mcnemar_large_counts_stay_finite_and_exact():
-    a, b = _pair(5200, 4800, 0, 0)  # m = 10000: 2^10000 overflows a float, exact integers do not
-    p = stats.mcnemar_exact(a, b)
-    # normal approximation with continuity correction: z = (400 - 1) / 100 = 3.99 -> p ~ 6.6e-5
-    assert 3e-5 < p < 1.5e-4
+def _exact_tail(low: int, m: int) -> float:
+    """P(X <= low) for X ~ Binomial(m, 1/2) from exact integers (Python's int / int rounds correctly)."""
+    return sum(math.comb(m, i) for i in range(low + 1)) / 2 ** m
+
+
+@pytest.mark.parametrize('n10, n01', [(5200, 4800), (45, 259), (10, 184), (1433, 2153)])
+def test_mcnemar_in_the_tail_is_exact(n10, n01):
+    """m = 10000 (2^10000 overflows a float) and the study's per-seed tails (p down to 1e-42)."""
+    a, b = _pair(n10, n01, 0, 0)
+    want = 2 * _exact_tail(min(n10, n01), n10 + n01)
+    assert stats.mcnemar_exact(a, b) == pytest.approx(want, rel=1e-9, abs=0) and want > 0
+
+
+def test_mcnemar_below_the_float_range_prints_as_such():
+    """The powered study's pooled convmoe_all vs dense: 1341 vs 5054 discordant points, p = 10^-500.3 (exact
+    integers), below the smallest float: 0.0, printed '< 1e-300', not '0'."""
+    a, b = _pair(1341, 5054, 0, 0)
+    m = 1341 + 5054
+    log10_p = math.log10(2 * sum(math.comb(m, i) for i in range(1342))) - m * math.log10(2)
+    assert log10_p == pytest.approx(-500.27, abs=0.01)
+    assert stats.mcnemar_exact(a, b) == 0.0
+    assert stats.format_p(0.0) == '< 1e-300' and stats.format_p(0.0, relation=True) == '< 1e-300'
+    assert stats.format_p(2.48e-05) == '2.48e-05' and stats.format_p(0.0043, relation=True) == '= 0.0043'
+    assert stats.format_p(1e-310) == '1e-310'  # a subnormal p is still a number
+
+
+@pytest.mark.parametrize('n10, n01', [(7, 0), (10, 5), (0, 3), (0, 0), (300, 250)])
+def test_one_sided_mcnemar_is_the_upper_binomial_tail(n10, n01):
+    """P(X >= n10), X ~ Binomial(n10 + n01, 1/2): the sanity check's APGD-vs-PGD test."""
+    a, b = _pair(n10, n01, 3, 2)
+    m = n10 + n01
+    want = sum(math.comb(m, i) for i in range(n10, m + 1)) / 2 ** m
+    assert stats.mcnemar_exact(a, b, alternative='greater') == pytest.approx(want, rel=1e-12, abs=0)
+    assert stats.mcnemar_exact(b, a, alternative='less') == pytest.approx(want, rel=1e-12, abs=0)
 
 
 def test_bootstrap_is_deterministic_and_centred_on_the_difference():
@@ -186,6 +225,7 @@ def test_paired_inputs_are_checked():
 ])
 def test_t_quantile_matches_tables(confidence, df, t):
     assert stats.t_quantile(confidence, df) == pytest.approx(t, abs=1e-3)
+    assert stats.t_quantile(confidence, df) == pytest.approx(scipy.stats.t.ppf(0.5 + confidence / 2, df), rel=1e-12)
 
 
 def test_seed_summary():
@@ -253,15 +293,54 @@ def test_a_seed_with_more_attacks_stays_in_its_group_but_other_settings_split():
 
 # ------------------------------------------------------------------------------------------ power and sizing
 
-def test_t_cdf_matches_tables_and_the_integer_quantile():
-    assert stats.t_cdf(2.0, 5) == pytest.approx(0.949030, abs=1e-6)
-    assert stats.t_cdf(-2.0, 5) == pytest.approx(1 - 0.949030, abs=1e-6)
-    assert stats.t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-12)  # Cauchy
-    for df in (1, 2, 7, 30):
-        q = stats.t_quantile(0.95, df)
-        assert stats.t_cdf(q, df) == pytest.approx(0.975, abs=1e-9)
-    q = stats.t_quantile(0.95, 5.5)  # Welch's df are not integers
-    assert stats.t_quantile(0.95, 6) < q < stats.t_quantile(0.95, 5) and stats.t_cdf(q, 5.5) == pytest.approx(0.975)
+def test_t_quantile_takes_welchs_fractional_df():
+    q = stats.t_quantile(0.95, 5.5)
+    assert stats.t_quantile(0.95, 6) < q < stats.t_quantile(0.95, 5)
+    assert scipy.stats.t.cdf(q, 5.5) == pytest.approx(0.975, abs=1e-12)
+    with pytest.raises(ValueError, match='df=0'):
+        stats.t_quantile(0.95, 0)
+
+
+def _student_tail(t: float, df: float) -> float:
+    """2 P(T_df > |t|) in 50 digits: the regularised incomplete beta I_{df/(df+t^2)}(df/2, 1/2) (mpmath)."""
+    mpmath = pytest.importorskip('mpmath')
+    with mpmath.workdps(50):
+        t, df = mpmath.mpf(t), mpmath.mpf(df)
+        return float(mpmath.betainc(df / 2, mpmath.mpf(1) / 2, 0, df / (df + t * t), regularized=True))
+
+
+A = [50.1, 51.3, 49.8, 50.6, 50.9, 49.5, 50.2, 51.0, 50.4, 49.9]
+NOISE = [0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.3, 0.5, -0.6]
+
+
+@pytest.mark.parametrize('shift', [1, 8, 10])
+def test_welch_is_scipys_and_exact_in_the_tail(shift):
+    """Welch's p is scipy's ttest_ind (unequal variances). Its tail is exact: at shift 8 (p = 7.8e-16) the old
+    2 * (1 - cdf) gave 8.9e-16, at shift 10 (p = 1.7e-17) it gave 0."""
+    a, b = A, [x - shift + e for x, e in zip(A, NOISE)]
+    r, want = stats.welch(a, b), scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert (r['t'], r['df'], r['p']) == pytest.approx((want.statistic, want.df, want.pvalue), rel=1e-12, abs=0)
+    assert (r['lo'], r['hi']) == pytest.approx(tuple(want.confidence_interval(0.95)), rel=1e-12, abs=0)
+    assert r['se'] == pytest.approx(r['diff'] / r['t'], rel=1e-12)
+    exact = _student_tail(r['t'], r['df'])
+    assert r['p'] > 0 and r['p'] == pytest.approx(exact, rel=1e-6, abs=0)
+    cancelled = 2 * (1 - scipy.stats.t.cdf(abs(r['t']), r['df']))
+    if shift == 10:
+        assert exact < 1e-16 and cancelled == 0.0
+    if shift == 8:
+        assert exact < 1e-15 and abs(cancelled / exact - 1) > 0.1
+
+
+def test_interaction_welch_is_exact_in_the_tail():
+    """Four arms (scipy has no test for them): Welch-Satterthwaite by hand here, the tail from mpmath."""
+    arms = [A, [x - 10 + e for x, e in zip(A, NOISE)], [x + e for x, e in zip(A, NOISE[::-1])], A]
+    r = stats.interaction_welch(*arms)
+    q = [np.var(x, ddof=1) / len(x) for x in arms]
+    df = sum(q) ** 2 / sum(v ** 2 / (len(x) - 1) for v, x in zip(q, arms))
+    t = r['diff'] / math.sqrt(sum(q))
+    assert (r['t'], r['df']) == pytest.approx((t, df), rel=1e-12)
+    exact = _student_tail(t, df)
+    assert exact < 1e-15 and r['p'] > 0 and r['p'] == pytest.approx(exact, rel=1e-6, abs=0)
 
 
 def test_minimum_detectable_difference_of_the_three_seed_study():
@@ -271,14 +350,32 @@ def test_minimum_detectable_difference_of_the_three_seed_study():
         stats.minimum_detectable_difference(1.0, 2, power=1.0)
 
 
+def _power(delta: float, se: float, df: float, alpha: float) -> float:
+    """The exact power of the two-sided t-test at a true difference delta: scipy's noncentral t."""
+    crit, nc = scipy.stats.t.isf(alpha / 2, df), delta / se
+    return scipy.stats.nct.sf(crit, df, nc) + scipy.stats.nct.cdf(-crit, df, nc)
+
+
+@pytest.mark.parametrize('df, alpha, lo, hi', [
+    (78, 0.025, 0.795, 0.805),  # the powered study's two arms of 40 seeds, at Holm's strictest level
+    (32, 0.05, 0.795, 0.805),   # 17 seeds per arm
+    (2, 0.05, 0.76, 0.77),      # 3 seeds paired: the approximation promises 80 % and delivers 77 %
+])
+def test_minimum_detectable_difference_against_the_exact_power(df, alpha, lo, hi):
+    """The detectable difference is the usual t approximation; scipy's noncentral t says how close its power is."""
+    se = 1.3
+    assert lo <= _power(stats.minimum_detectable_difference(se, df, alpha, 0.8), se, df, alpha) < hi
+
+
 def test_welch_matches_a_hand_computation():
     r = stats.welch([1, 2, 3, 4], [2, 4, 6, 8, 10])
     # var 5/3 and 10: se = sqrt(5/12 + 2) = 1.5546, Welch-Satterthwaite df = 5.5208, t = -2.2514
     assert (r['diff'], r['se'], r['df'], r['t']) == pytest.approx((-3.5, 1.55456, 5.52079, -2.25144), abs=1e-4)
-    assert r['p'] == pytest.approx(2 * stats.t_cdf(-2.25144, 5.52079), abs=1e-5)
+    assert r['p'] == pytest.approx(2 * scipy.stats.t.cdf(-2.25144, 5.52079), abs=1e-5)
     assert 0.06 < r['p'] < 0.08
     pooled = stats.welch([1, 2, 3, 4], [2, 4, 6, 8, 10], pooled=True)
     assert pooled['df'] == 7 and pooled['se'] == pytest.approx(math.sqrt((3 * 5 / 3 + 4 * 10) / 7 * (1 / 4 + 1 / 5)))
+    assert pooled['p'] == pytest.approx(scipy.stats.ttest_ind([1, 2, 3, 4], [2, 4, 6, 8, 10]).pvalue, rel=1e-12, abs=0)
     assert stats.welch([1, 1], [1, 1])['p'] == 1.0 and stats.welch([2, 2], [1, 1])['p'] == 0.0
     with pytest.raises(ValueError, match='at least 2'):
         stats.welch([1], [1, 2])
@@ -297,6 +394,8 @@ def test_holm_on_constructed_p_values():
 def test_seeds_for_margin_matches_the_textbook_sample_size():
     # a two-sample t-test for an effect of one sd at alpha 0.05 and 80 % power needs 17 per group
     assert stats.seeds_for_margin(1.0, 1.0) == 17
+    # the exact power agrees: 17 per arm reach 80 % for an effect of one sd, 16 do not
+    assert _power(1.0, math.sqrt(2 / 17), 32, 0.05) > 0.8 > _power(1.0, math.sqrt(2 / 16), 30, 0.05)
     assert stats.seeds_for_margin(1.5, 1.5) == 17
     n = stats.seeds_for_margin(2.3, 1.5)  # the study's worst measured seed sd
     mdd = lambda k: stats.minimum_detectable_difference(2.3 * math.sqrt(2 / k), 2 * k - 2)  # noqa: E731

@@ -9,8 +9,9 @@ into a mixture of deep copies), written once for every kind of expert. A target 
 pattern over paths ('layer4.1', 'layer4.*.conv*'), or several joined by '+' or given as a list. In a pattern `*`
 and `?` stay within one path component (`layer4.*` is the blocks of layer4, not the convs inside them), `**`
 crosses dots (`layer4.**` is everything under layer4), and `[seq]` is one character of seq. With `kind`
-('block' or 'conv') a target also selects every module of that kind under the path it names ('layer4' with
-kind='conv' is every conv of layer4); without it a target must name the modules themselves.
+('block', 'conv' or another of `timm_moe.layers.KINDS`) a target also selects every module of that kind under
+the path it names ('layer4' with kind='conv' is every conv of layer4); without it a target must name the modules
+themselves.
 """
 from __future__ import annotations
 
@@ -22,25 +23,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from timm.models.resnet import BasicBlock, Bottleneck
+from timm.models.resnet import Bottleneck
 
-from .layers import EXPERT_WIDTHS, GATES, MOE_DEFAULTS, MoE, MoEConfig, validate_moe_args
+from .layers import EXPERT_WIDTHS, GATES, KINDS, MOE_DEFAULTS, MoE, MoEConfig, validate_moe_args
 
 __all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets']
 
 Targets = Union[str, Sequence[str]]
 
-# the residual blocks a 'block' target selects; a ConvMoE's experts are convolutions
-BLOCK_TYPES = (BasicBlock, Bottleneck)
-KIND_TYPES: Dict[str, tuple] = {'block': BLOCK_TYPES, 'conv': (nn.Conv2d,)}
+# the residual blocks a 'block' target selects, the only modules `expert_width='matched'` can narrow
+BLOCK_TYPES = KINDS['block']
 PROBE_SIZE = 256  # side of the shape-only input that finds each target's stride from the model input
 
 
 def module_paths(model: nn.Module, kind: str) -> List[str]:
-    """Paths of the modules of `kind` ('block' or 'conv') in `model`, in registration order, outside MoE layers."""
-    if kind not in KIND_TYPES:
-        raise ValueError(f'kind={kind!r}: expected one of {sorted(KIND_TYPES)}')
-    return [name for name, m in _named_modules_outside_moe(model) if isinstance(m, KIND_TYPES[kind])]
+    """Paths of the modules of `kind` ('block', 'conv', ...: `KINDS`) in `model`, in registration order, outside MoE
+    layers."""
+    if kind not in KINDS:
+        raise ValueError(f'kind={kind!r}: expected one of {sorted(KINDS)}')
+    return [name for name, m in _named_modules_outside_moe(model) if isinstance(m, KINDS[kind])]
 
 
 def _named_modules_outside_moe(model: nn.Module) -> List[tuple]:
@@ -102,17 +103,17 @@ def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = No
     Raises a one-line ValueError for a target that selects nothing (naming it and the model's block and conv
     paths) and for targets that select one module inside another.
     """
-    if kind is not None and kind not in KIND_TYPES:
-        raise ValueError(f'kind={kind!r}: expected one of {sorted(KIND_TYPES)} or None')
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f'kind={kind!r}: expected one of {sorted(KINDS)} or None')
     modules = _named_modules_outside_moe(model)
     if kind is not None:
-        modules = [(name, m) for name, m in modules if isinstance(m, KIND_TYPES[kind])]
+        modules = [(name, m) for name, m in modules if isinstance(m, KINDS[kind])]
     selected = set()
     for pattern in _split(targets):
         hits = [name for name, _ in modules if _glob(pattern).match(name)
                 or (kind is not None and name.startswith(pattern + '.'))]
         if not hits:
-            what = {'block': 'residual block', 'conv': 'conv', None: 'module'}[kind]
+            what = {'block': 'residual block', 'conv': 'conv', None: 'module'}.get(kind, f'{kind} module')
             raise ValueError(f'target {pattern!r} selects no {what} of {type(model).__name__}: expected paths or '
                              f'patterns over the blocks {module_paths(model, "block")} or the convs '
                              f'{module_paths(model, "conv")}')
@@ -157,9 +158,9 @@ def convert(
             dot, `**` crosses dots).
         num_experts: Experts per MoE layer.
         k: Experts per image, 1 <= k <= num_experts.
-        kind: 'block' or 'conv' to select the modules of that kind under each target path; None: the targets
-            name the modules themselves.
-        gate: 'gap_fc' or 'conv_gap'.
+        kind: 'block', 'conv' (or another registered kind, `timm_moe.layers.KINDS`) to select the modules of that
+            kind under each target path; None: the targets name the modules themselves.
+        gate: 'gap_fc', 'conv_gap' or a gate registered with `timm_moe.layers.register_gate`.
         aux_loss: 'entropy', 'switch', 'kl', 'z_loss' or 'none'.
         aux_weight: Weight of the aux loss in `timm_moe.aux_loss(model)`.
         noisy_gating: True, False or 'auto' (the reference's policy; see `MoE`).
@@ -187,7 +188,7 @@ def convert(
             raise ValueError(f"expert_width='matched' applies to residual blocks, not to {not_blocks[0]!r}: "
                              "use expert_width='full'")
     # only an unpadded Conv-GAP gate has a minimum input, which its error names in model pixels
-    reductions = _input_reductions(model, paths) if GATES[gate].min_input_size > 1 else {}
+    reductions = _input_reductions(model, paths) if getattr(GATES[gate], 'min_input_size', 1) > 1 else {}
     for path in paths:
         module = model.get_submodule(path)
         in_chs = _in_channels(module, path)

@@ -23,8 +23,11 @@ import torch
 from torch import nn
 
 from .layers import MoEConfig
-from .models import (ARCHS, ENTRYPOINTS, FAMILIES, GRID, KIND_KWARGS, MODEL_DEFAULTS, PLACEMENTS, STEMS, Entry,
-                     base_model, default_placement, placement_targets)
+from .models.registry import ARCHS, ENTRYPOINTS, FAMILIES, GRID, Entry
+# the registry's live inverse of ENTRYPOINTS: a family registered after this import is named too
+from .models.registry import NAMES as _NAMES
+from .models.resnet_moe import (KIND_KWARGS, MODEL_DEFAULTS, PLACEMENTS, STEMS, base_model, default_placement,
+                                placement_targets)
 
 __all__ = ['MOE_KWARGS', 'ModelSpec']
 
@@ -35,7 +38,6 @@ _STR_FIELDS = ('arch', 'kind', 'gate', 'aux_loss', 'placement', 'expert_width', 
 _NAME_KWARGS = ('arch', 'kind', 'num_experts', 'k')
 # model kwargs that only an MoE model takes (a dense baseline is built with all the others)
 MOE_KWARGS = tuple(dict.fromkeys(key for keys in KIND_KWARGS.values() for key in keys)) + ('num_experts', 'k')
-_NAMES = {entry: name for name, entry in ENTRYPOINTS.items()}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

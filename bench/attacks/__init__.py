@@ -10,22 +10,22 @@ import importlib
 from typing import Any
 
 from bench.attacks.names import (ATTACK_NAMES, ATTACK_SETTINGS, AUTOATTACK_PARTS, CUSTOM_PREFIX, NORMS, PRESETS,
-                                 WHITE_BOX, attack_choices, is_white_box, resolve_attacks)
+                                 attack_choices, register_attack, resolve_attacks)
 from bench.core.values import parse_eps
 
 # public name -> the module that defines it, imported on first use (PEP 562)
 _LAZY = {
     **dict.fromkeys(('Attack', 'accuracy', 'num_classes_of', 'perturbation_norm', 'predict', 'robust_under_all'),
                     'bench.attacks.base'),
-    **dict.fromkeys(('ATTACKS', 'build_attack'), 'bench.attacks.factory'),
+    **dict.fromkeys(('ATTACKS', 'attack_class', 'build_attack', 'is_white_box'), 'bench.attacks.factory'),
     **dict.fromkeys(('PGD', 'ascend', 'ascent_step', 'input_grad', 'project'), 'bench.attacks.pgd'),
     **dict.fromkeys(('APGD', 'APGD_SCHEDULE', 'REFERENCE_LOGGER', 'REFERENCE_WARNINGS', 'APGDTargeted', 'AutoAttack',
                      'FABTargeted', 'Square', 'reference_warning_flag', 'reference_warnings'),
                     'bench.attacks.reference'),
 }
 
-__all__ = ['ATTACK_NAMES', 'ATTACK_SETTINGS', 'AUTOATTACK_PARTS', 'CUSTOM_PREFIX', 'NORMS', 'PRESETS', 'WHITE_BOX',
-           'attack_choices', 'is_white_box', 'resolve_attacks', 'parse_eps', *_LAZY]
+__all__ = ['ATTACK_NAMES', 'ATTACK_SETTINGS', 'AUTOATTACK_PARTS', 'CUSTOM_PREFIX', 'NORMS', 'PRESETS',
+           'attack_choices', 'register_attack', 'resolve_attacks', 'parse_eps', *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

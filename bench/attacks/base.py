@@ -19,9 +19,11 @@ from bench.core.values import parse_eps
 
 
 class Attack(Protocol):
-    """What the evaluator needs of an attack."""
+    """What the evaluator needs of an attack. `white_box` is a class attribute: True for an attack that uses the
+    model's gradients only (the sanity checks compare the black-box Square with these)."""
     eps: float
     norm: str
+    white_box: bool
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 

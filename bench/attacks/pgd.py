@@ -94,6 +94,7 @@ class PGD:
             the default returns x itself for points that start misclassified and the first breaking iterate
             for the others, which are not comparable attempts. Needs restarts = 1.
     """
+    white_box = True  # a class attribute, not a dataclass field: not among the settings
     eps: float = 8 / 255
     norm: str = 'Linf'
     steps: int = 20

@@ -144,6 +144,7 @@ class APGD(_Reference):
         rho: Step-size halving threshold.
         seed: Seed of the random start.
     """
+    white_box = True  # a class attribute, not a dataclass field: not among the settings
     eps: float = 8 / 255
     norm: str = 'Linf'
     steps: int = 100
@@ -181,6 +182,7 @@ class _Targeted(_Reference):
         n_target_classes: Target classes tried (AutoAttack: 9); capped at num_classes - 1 at call time.
         seed: Seed of the random start or restarts.
     """
+    white_box = True  # APGD-T and FAB-T: gradient-based
     eps: float = 8 / 255
     norm: str = 'Linf'
     steps: int = 100
@@ -252,6 +254,7 @@ class Square(_Reference):
         restarts: Restarts, on robust points only.
         seed: Seed of the random search.
     """
+    white_box = False  # score-based: the model's outputs only
     eps: float = 8 / 255
     norm: str = 'Linf'
     n_queries: int = 5000
@@ -289,6 +292,7 @@ class AutoAttack(_Reference):
         parts: For 'custom': a subset of `AUTOATTACK_PARTS`, in the order to run.
         seed: Seed of every sub-attack (AutoAttack seeds from the clock when None; we never do).
     """
+    white_box = False  # its standard version ends with the black-box Square
     eps: float = 8 / 255
     norm: str = 'Linf'
     version: str = 'standard'

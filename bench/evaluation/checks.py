@@ -18,6 +18,7 @@ from torch import nn
 from bench.attacks import (PGD, Attack, Square, accuracy, build_attack, is_white_box, perturbation_norm, predict,
                            reference_warnings, robust_under_all)
 from bench.core.modes import eval_mode
+from bench.results.stats import mcnemar_exact
 
 Check = Dict[str, object]
 Builder = Callable[[str, float, str, int], Attack]
@@ -94,13 +95,6 @@ def in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     flat = x_adv.reshape(len(x_adv), -1)
     return ((perturbation_norm(x_adv - x, norm) <= eps + BALL_ATOL) & (flat.amin(1) >= -BALL_ATOL)
             & (flat.amax(1) <= 1 + BALL_ATOL))
-
-
-def binomial_tail(k: int, n: int) -> float:
-    """P(X >= k) for X ~ Binomial(n, 1/2), exact."""
-    if k <= 0:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
 
 
 # ---------------------------------------------------------------------------------------------- model checks
@@ -293,7 +287,7 @@ def check_apgd_vs_pgd(runs: Mapping[str, AttackRecord]) -> Check:
     for a, p in pairs:
         ca, cp = runs[a].correct.bool().cpu(), runs[p].correct.bool().cpu()
         b, c = int((ca & ~cp).sum()), int((~ca & cp).sum())
-        pval = binomial_tail(b, b + c)
+        pval = mcnemar_exact(ca.numpy(), cp.numpy(), alternative='greater')
         parts.append(f'{a} {accuracy(ca):.2f}% vs {p} {accuracy(cp):.2f}% on {len(ca)} images: {b} broken by '
                      f'{p} only, {c} by {a} only, one-sided p = {pval:.3g}')
         if pval < APGD_PGD_ALPHA:

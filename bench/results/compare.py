@@ -285,7 +285,7 @@ def format_result(r: Mapping[str, Any]) -> str:
     lines.append(f"  A - B = {r['diff']:+.2f} points, {pct}% paired bootstrap [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}] "
                  f"({r['n_boot']} resamples, seed {r['boot_seed']})")
     d = r['discordant']
-    lines.append(f"  exact McNemar p = {r['mcnemar_p']:.4g} (A right, B wrong: {d['a_only']}; "
+    lines.append(f"  exact McNemar p {stats.format_p(r['mcnemar_p'], 4, relation=True)} (A right, B wrong: {d['a_only']}; "
                  f"A wrong, B right: {d['b_only']})")
     alpha = 1 - r['confidence']
     if r['mcnemar_p'] < alpha:

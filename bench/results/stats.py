@@ -1,7 +1,9 @@
 """Statistics for accuracies measured on a finite test set, and for runs that differ only in their seed.
 
-Everything here is exact or plain numpy: no scipy. What each statistic means and when to use it is in
-docs/STATISTICS.md.
+The distributions and tests are scipy's (Student's t, Welch's t-test, the exact binomial test and its Wilson
+interval); what scipy lacks is here: the paired and hierarchical bootstraps, Holm's step-down, the
+t-approximation of a t-test's power, and the registry's per-sample bits and seed groups. What each statistic
+means and when to use it is in docs/STATISTICS.md.
 
 - `wilson_interval`: the 95% interval of ONE accuracy (k correct of n points).
 - `paired_bootstrap`, `mcnemar_exact`: the difference of TWO models evaluated on the SAME points.
@@ -18,10 +20,11 @@ import binascii
 import hashlib
 import json
 import math
-from statistics import NormalDist
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.stats import binomtest, ttest_ind
+from scipy.stats import t as student_t
 
 from bench.core.config_keys import NOT_THE_RESULT
 from bench.core.errors import UserError
@@ -29,8 +32,8 @@ from bench.core.errors import UserError
 __all__ = [
     'BITSET_FORMAT', 'wilson_interval', 'encode_bits', 'decode_bits', 'per_sample_block', 'per_sample_vectors',
     'paired_bootstrap', 'mcnemar_exact', 'attack_settings', 'attack_signature', 'seed_group_key', 'group_by_seed',
-    'seed_summary', 't_quantile', 't_cdf', 'minimum_detectable_difference', 'welch', 'holm', 'holm_levels',
-    'seeds_for_margin', 'hierarchical_bootstrap',
+    'seed_summary', 't_quantile', 'minimum_detectable_difference', 'welch', 'interaction_welch', 'holm',
+    'holm_levels', 'seeds_for_margin', 'hierarchical_bootstrap', 'format_p',
 ]
 
 BITSET_FORMAT = 'bitset-b64-v1'
@@ -39,12 +42,6 @@ BITSET_FORMAT = 'bitset-b64-v1'
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f'confidence {confidence!r} must lie strictly between 0 and 1 (e.g. 0.95)')
-
-
-def _z(confidence: float) -> float:
-    """The two-sided standard-normal quantile: 1.95996... for 0.95."""
-    _check_confidence(confidence)
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 # ------------------------------------------------------------------------------------------ one accuracy
@@ -64,17 +61,12 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> Tuple[float, fl
     k, n = int(k), int(n)
     if n < 0 or not 0 <= k <= max(n, 0):
         raise ValueError(f'wilson_interval needs 0 <= k <= n, got k={k}, n={n}')
-    z = _z(confidence)
-    if n == 0:
+    _check_confidence(confidence)
+    if n == 0:  # scipy's binomtest needs n >= 1
         return 0.0, 100.0
-    p, z2 = k / n, z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    # at k = 0 the lower bound is exactly 0 and at k = n the upper exactly 100; the formula leaves float dust
-    lo = 0.0 if k == 0 else 100 * max(0.0, center - half)
-    hi = 100.0 if k == n else 100 * min(1.0, center + half)
-    return lo, hi
+    # scipy sets the bound at k = 0 to exactly 0 and at k = n to exactly 1, with no float dust
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method='wilson')
+    return 100 * float(ci.low), 100 * float(ci.high)
 
 
 # ------------------------------------------------------------------------------------------ per-sample bits
@@ -228,24 +220,27 @@ def paired_bootstrap(a: Any, b: Any, n_boot: int = 10000, seed: int = 0,
     return 100.0 * (n10 - n01) / n, float(lo), float(hi)
 
 
-def mcnemar_exact(a: Any, b: Any) -> float:
-    """Two-sided exact McNemar p-value: do the models differ on the points where they disagree?
+def mcnemar_exact(a: Any, b: Any, alternative: str = 'two-sided') -> float:
+    """Exact McNemar p-value: do the models differ on the points where they disagree?
 
-    Under 'no difference', each of the m = n10 + n01 discordant points is equally likely to favour
-    either model, so min(n10, n01) ~ Binomial(m, 1/2); p = min(1, 2 * P(X <= min(n10, n01))).
-    Computed with exact integers (no normal approximation), so it is valid for any m; m = 0 gives 1.
+    Under 'no difference', each of the m = n10 + n01 discordant points (n10: a right, b wrong) is equally
+    likely to favour either model, so n10 ~ Binomial(m, 1/2): scipy's exact binomial test of n10, no normal
+    approximation. `alternative` 'greater' is the one-sided P(X >= n10) (a more accurate than b), 'less' the
+    other side. m = 0 gives 1. A p below the smallest float (about 1e-323, m in the thousands) is 0.0.
     """
     a, b = _paired(a, b)
     n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    m, low = n10 + n01, min(n10, n01)
-    if m == 0:
+    if n10 + n01 == 0:  # no discordant point, no evidence (binomtest needs m >= 1)
         return 1.0
-    tail, c = 0, 1  # c = comb(m, i), updated in place: sum of C(m, i) for i <= low
-    for i in range(low + 1):
-        tail += c
-        c = c * (m - i) // (i + 1)
-    # Python's int / int is correctly rounded even for huge integers
-    return min(1.0, 2 * tail / (1 << m))
+    return float(binomtest(n10, n10 + n01, 0.5, alternative=alternative).pvalue)
+
+
+def format_p(p: float, digits: int = 3, relation: bool = False) -> str:
+    """A p-value in `digits` significant digits; one that underflowed to 0.0 is '< 1e-300' (true, where '0' is not).
+    With `relation`, for 'p ...' in a sentence: '= 0.0123' or '< 1e-300'."""
+    if p > 0:
+        return f'= {p:.{digits}g}' if relation else f'{p:.{digits}g}'
+    return '< 1e-300'
 
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -367,84 +362,12 @@ def group_by_seed(entries: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str
     return sorted(out, key=lambda g: position[id(g[0])])
 
 
-def _t_two_sided_coverage(theta: float, df: int) -> float:
-    """P(|T| < sqrt(df) tan(theta)) for Student's t with integer df: the closed-form finite series of
-    Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4 (even df)."""
-    s, c = math.sin(theta), math.cos(theta)
-    c2 = c * c
-    if df % 2 == 0:
-        term, total = 1.0, 1.0  # 1 + (1/2)c^2 + (1*3)/(2*4)c^4 + ... up to c^(df-2)
-        for j in range(1, df // 2):
-            term *= c2 * (2 * j - 1) / (2 * j)
-            total += term
-        return s * total
-    if df == 1:
-        return 2 * theta / math.pi
-    term, total = c, c  # c + (2/3)c^3 + (2*4)/(3*5)c^5 + ... up to c^(df-2)
-    for j in range(1, (df - 1) // 2):
-        term *= c2 * (2 * j) / (2 * j + 1)
-        total += term
-    return 2 / math.pi * (theta + s * total)
-
-
 def t_quantile(confidence: float, df: float) -> float:
-    """The two-sided Student-t critical value: P(|T_df| < t) = confidence (12.706 for 0.95 at df = 1).
-
-    Integer df: exact up to float rounding, by bisection (100 halvings) on the closed-form t distribution
-    function, so there is no table to run out of and no scipy. Other df (Welch's): bisection on `t_cdf`.
-    """
+    """The two-sided Student-t critical value: P(|T_df| < t) = confidence (12.706 for 0.95 at df = 1)."""
     _check_confidence(confidence)
-    if not float(df) >= 1:
-        raise ValueError(f'df={df} must be >= 1')
-    if float(df) != int(df):
-        lo, hi = 0.0, 1e6
-        for _ in range(200):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if 2 * t_cdf(mid, df) - 1 < confidence else (lo, mid)
-        return (lo + hi) / 2
-    lo, hi = 0.0, math.pi / 2
-    for _ in range(100):  # coverage rises monotonically with theta from 0 to 1
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided_coverage(mid, int(df)) < confidence else (lo, mid)
-    return math.sqrt(df) * math.tan((lo + hi) / 2)
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b): its continued fraction (modified Lentz), on the
-    side of x where it converges fast."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    f, c, d = 1.0, 1.0, 0.0
-    for i in range(400):
-        m = i // 2
-        if i == 0:
-            num = 1.0
-        elif i % 2 == 0:
-            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        else:
-            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        f *= c * d
-        if abs(1.0 - c * d) < 1e-15:
-            break
-    return front * (f - 1.0)
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T_df <= t) for Student's t with any df > 0 (Welch's df are not integers)."""
     if not float(df) > 0:
         raise ValueError(f'df={df} must be > 0')
-    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    return float(student_t.ppf(0.5 + confidence / 2, df))
 
 
 def minimum_detectable_difference(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -456,7 +379,9 @@ def minimum_detectable_difference(se: float, df: float, alpha: float = 0.05, pow
     """
     if not 0 < power < 1:
         raise ValueError(f'power {power!r} must lie strictly between 0 and 1 (e.g. 0.8)')
-    return (t_quantile(1 - alpha, df) + t_quantile(2 * power - 1, df)) * float(se)
+    # not scipy's exact noncentral-t power: the studies were pre-registered and sized with this approximation
+    # (how close it is: docs/STATISTICS.md, tests/test_stats.py)
+    return (t_quantile(1 - alpha, df) + float(student_t.ppf(power, df))) * float(se)
 
 
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, pooled: bool = False) -> Dict[str, Any]:
@@ -474,16 +399,16 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, pool
         raise ValueError('welch got a non-finite value')
     sa, sb = float(va.var(ddof=1)), float(vb.var(ddof=1))
     na, nb = va.size, vb.size
-    if pooled:
-        df = float(na + nb - 2)
-        se = math.sqrt(((na - 1) * sa + (nb - 1) * sb) / df * (1 / na + 1 / nb))
-    else:
-        qa, qb = sa / na, sb / nb
-        se = math.sqrt(qa + qb)
-        df = (qa + qb) ** 2 / (qa ** 2 / (na - 1) + qb ** 2 / (nb - 1)) if se > 0 else float(na + nb - 2)
+    sizes = dict(n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
+    # scipy's result holds no standard error; the Holm-level intervals and the detectable difference need it
+    se = math.sqrt(((na - 1) * sa + (nb - 1) * sb) / (na + nb - 2) * (1 / na + 1 / nb) if pooled else sa / na + sb / nb)
     diff = float(va.mean() - vb.mean())
-    return dict(_t_interval(diff, se, df, confidence),
-                n_a=int(na), n_b=int(nb), sd_a=math.sqrt(sa), sd_b=math.sqrt(sb))
+    if se == 0:  # no spread at all: the difference is exact, where scipy warns and gives t = nan for 0 / 0
+        return dict(_t_interval(diff, se, float(na + nb - 2), confidence), **sizes)
+    r = ttest_ind(va, vb, equal_var=pooled)
+    lo, hi = r.confidence_interval(confidence)
+    return dict(diff=diff, se=se, df=float(r.df), lo=float(lo), hi=float(hi), t=float(r.statistic),
+                p=float(r.pvalue), **sizes)
 
 
 def _t_interval(diff: float, se: float, df: float, confidence: float) -> Dict[str, float]:
@@ -491,7 +416,8 @@ def _t_interval(diff: float, se: float, df: float, confidence: float) -> Dict[st
     half = t_quantile(confidence, df) * se
     if se > 0:
         tt = diff / se
-        p = 2 * (1 - t_cdf(abs(tt), df))
+        # the tail itself: 2 * (1 - cdf) cancels to a multiple of 1e-16 (or 0) where p is smaller
+        p = 2 * float(student_t.sf(abs(tt), df))
     else:  # no spread at all: the difference is exact
         tt, p = (math.copysign(math.inf, diff), 0.0) if diff else (0.0, 1.0)
     return dict(diff=diff, se=se, df=df, lo=diff - half, hi=diff + half, t=tt, p=min(1.0, max(0.0, p)))

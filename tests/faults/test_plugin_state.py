@@ -155,14 +155,16 @@ def test_matched_experts_of_a_bf16_model_are_bf16():
 # ------------------------------------------------------------------ register_tags leaves the module's exports alone
 
 def test_registering_tags_again_does_not_grow_the_modules_all(monkeypatch):
-    from timm_moe.models import register_tags, resnet_moe
+    from timm_moe.models import register_tags, registry
 
     def register_model_of_older_timm(fn):  # appends to __all__ even when the name is there already
         sys.modules[fn.__module__].__all__.append(fn.__name__)
         return timm.models.register_model(fn)
 
-    monkeypatch.setattr(resnet_moe, 'register_model', register_model_of_older_timm)
-    before = list(resnet_moe.__all__)
+    monkeypatch.setattr(registry, 'register_model', register_model_of_older_timm)
+    before = list(registry.__all__)
+    # the module whose __all__ timm grows: the one that holds the entry points
+    assert timm.models.model_entrypoint('resnet18_dense').__module__ == registry.__name__
     register_tags()
     register_tags()
-    assert resnet_moe.__all__ == before
+    assert registry.__all__ == before

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .gates import GATES
 from .routing import AUX_LOSSES
@@ -20,11 +20,11 @@ NOISY_AUX_LOSSES = ('switch', 'kl', 'z_loss')
 EXPERT_WIDTHS = ('full', 'matched')
 
 # metadata `kinds`: the expert kinds whose registered models take the field as a model kwarg (in field order:
-# KIND_KWARGS); a field with no kinds is an argument of the layer and of `convert` only
-_ALL = ('block', 'conv')
+# KIND_KWARGS), None for every kind (also one registered later); a field with no kinds is an argument of the layer
+# and of `convert` only
 
 
-def _field(default: Any, kinds: Tuple[str, ...] = _ALL) -> Any:
+def _field(default: Any, kinds: Optional[Tuple[str, ...]] = None) -> Any:
     return dataclasses.field(default=default, metadata={'kinds': kinds})
 
 
@@ -33,7 +33,7 @@ class MoEConfig:
     """The arguments that shape an MoE layer, checked on construction (one-line ValueError naming the value).
 
     Args:
-        gate: Gate type, one of 'gap_fc', 'conv_gap'.
+        gate: Gate type, a name of `GATES`: 'gap_fc', 'conv_gap' or one registered with `register_gate`.
         aux_loss: Auxiliary loss, one of 'entropy', 'switch', 'kl', 'z_loss', 'none'.
         aux_weight: Weight of the auxiliary loss, a finite number >= 0 (stored as float).
         noisy_gating: True, False or 'auto' (the reference's policy: on for 'switch', 'kl', 'z_loss', off for
@@ -68,8 +68,9 @@ class MoEConfig:
 
     @staticmethod
     def model_kwargs(kind: str) -> Tuple[str, ...]:
-        """The fields a registered model of `kind` ('block' or 'conv') takes as model kwargs, in field order."""
-        return tuple(f.name for f in dataclasses.fields(MoEConfig) if kind in f.metadata['kinds'])
+        """The fields a registered model of `kind` ('block', 'conv', ...) takes as model kwargs, in field order."""
+        return tuple(f.name for f in dataclasses.fields(MoEConfig)
+                     if f.metadata['kinds'] is None or kind in f.metadata['kinds'])
 
     def layer_kwargs(self) -> Dict[str, Any]:
         """The fields `MoE.__init__` takes (all but `expert_width`, which shapes the experts `convert` builds)."""

@@ -18,6 +18,7 @@ except ImportError:  # timm 1.0.9 (robustbench's pin) keeps it in the FX feature
 
 from .config import MOE_DEFAULTS, MoEConfig
 from .gates import create_gate
+from .kinds import expert_kind
 from .routing import AUX_LOSSES, Routing, route
 
 
@@ -25,15 +26,6 @@ def _in_backward() -> bool:
     """True while the autograd engine runs, i.e. in gradient checkpointing's recomputation forward."""
     graph_task_id = getattr(torch._C, '_current_graph_task_id', None)  # private, hence the guard
     return graph_task_id is not None and graph_task_id() != -1
-
-
-# the expert kinds the layer knows by name (for display): a convolution, or anything else (a residual block)
-KINDS = ('block', 'conv')
-
-
-def expert_kind(expert: nn.Module) -> str:
-    """'conv' for a convolution expert (ConvMoE), 'block' for any other module (BlockMoE)."""
-    return 'conv' if isinstance(expert, nn.Conv2d) else 'block'
 
 
 # data-dependent dispatch (each expert's batch size depends on the routing) cannot be FX-traced, so the
@@ -50,7 +42,7 @@ class MoE(nn.Module):
         experts: The experts, each mapping (B, C_in, H, W) to the same output shape.
         in_chs: Channels of the expert input (what the gate sees).
         k: Experts per image, 1 <= k <= len(experts).
-        gate: Gate type, one of 'gap_fc', 'conv_gap'.
+        gate: Gate type, a name of `GATES`: 'gap_fc', 'conv_gap' or one registered with `register_gate`.
         aux_loss: Auxiliary loss, one of 'entropy', 'switch', 'kl', 'z_loss', 'none'.
         aux_weight: Weight of the auxiliary loss in `timm_moe.aux_loss(model)`.
         noisy_gating: Select experts on noisy scores in training (never in eval): True, False, or 'auto'

@@ -5,7 +5,8 @@ Mixture-of-Experts Layers", Pavlitska et al., 2025 (arXiv 2509.05086).
 
 Every registered name is a thin entry point: it builds timm's own `ResNet`, swaps in the CIFAR stem where asked,
 and converts the placement's modules with `timm_moe.convert`, as the paper's code injects MoE layers into a built
-network. Registered, for E in `GRID['experts']`, K in `GRID['k']`, K <= E:
+network. Each ResNet of `RESNETS` registers its family with `.registry` (`register_resnet`), for E in
+`GRID['experts']`, K in `GRID['k']`, K <= E:
 - `resnet{18,50}_blockmoe_e{E}_k{K}` and `wide_resnet50_2_blockmoe_e{E}_k{K}`: experts are residual blocks;
 - `resnet{18,50}_convmoe_e{E}_k{K}`: experts are convolutions, the BatchNorm after each stays shared;
 - `resnet18_dense`, `resnet50_dense`, `wide_resnet50_2_dense`: the same base model, same stem, unconverted.
@@ -14,47 +15,55 @@ network. Registered, for E in `GRID['experts']`, K in `GRID['k']`, K <= E:
 from __future__ import annotations
 
 import contextlib
-import sys
-import warnings
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
-from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
-                         split_model_name_tag)
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg, split_model_name_tag
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..convert import convert, resolve_targets
-from ..layers import MOE_DEFAULTS, MoEConfig, validate_moe_args
+from ..layers import KINDS, MOE_DEFAULTS, MoEConfig, validate_moe_args
+from . import registry
 from .pretrained import (PathLike, check_has_weights, check_weights_file, check_weights_fit, read_manifest,
                          registered_tags, tag_model_kwargs, with_tags)
+from .registry import ENTRYPOINTS, Entry
 
-__all__ = ['ARCHS', 'CIFAR100_MEAN', 'CIFAR100_STD', 'ENTRYPOINTS', 'Entry', 'FAMILIES', 'GRID', 'KIND_KWARGS',
-           'KINDS', 'MODEL_DEFAULTS', 'PLACEMENTS', 'STEMS', 'base_model', 'default_placement', 'model_names',
-           'placement_targets', 'pool_size_of', 'register_tags']
+__all__ = ['CIFAR100_MEAN', 'CIFAR100_STD', 'KIND_KWARGS', 'MODEL_DEFAULTS', 'PLACEMENTS', 'RESNETS', 'STEMS',
+           'base_model', 'default_placement', 'placement_targets', 'pool_size_of', 'register_resnet',
+           'register_tags']
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-# the base timm architectures: the kwargs of timm's own ResNet entry points of the same name
-ARCHS: Dict[str, Dict[str, Any]] = {
-    'resnet18': dict(block=BasicBlock, layers=(2, 2, 2, 2)),
-    'resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3)),
-    'wide_resnet50_2': dict(block=Bottleneck, layers=(3, 4, 6, 3), base_width=128),
-}
-KINDS = ('block', 'conv')
-FAMILIES = {'resnet18': KINDS, 'resnet50': KINDS, 'wide_resnet50_2': ('block',)}  # arch -> its MoE kinds
-GRID = {'experts': (2, 4, 8, 16, 32), 'k': (1, 2, 3, 4)}
+# the base ResNets (filled by `register_resnet`): the kwargs of timm's own ResNet entry points of the same name
+RESNETS: Dict[str, Dict[str, Any]] = {}
 STEMS = ('cifar', 'imagenet')
 # named placements, relative to the last stage: 'last' its last module of the kind, 'all' every one; any other
 # placement is module paths or patterns joined by '+' ('layer4.0', 'layer3+layer4', 'layer4.1.conv2')
 PLACEMENTS = ('last', 'all')
 _DEFAULT_PLACEMENT = {'block': 'last', 'conv': 'all'}  # the paper's best of each kind (docs/FIDELITY.md)
 
-# the MoE kwargs each kind takes (a dense model takes none of them): the placement, then the fields of
-# `timm_moe.layers.MoEConfig` that the kind's models take
-KIND_KWARGS = {kind: ('placement', *MoEConfig.model_kwargs(kind)) for kind in KINDS}
+
+class _KindKwargs(Mapping):
+    """kind -> the MoE kwargs its models take (a dense model takes none of them): the placement, then the fields
+    of `timm_moe.layers.MoEConfig` that the kind's models take. Read from `KINDS` on each lookup, so that a kind
+    registered later has its kwargs too."""
+
+    def __getitem__(self, kind: str) -> Tuple[str, ...]:
+        if kind not in KINDS:
+            raise KeyError(kind)
+        return ('placement', *MoEConfig.model_kwargs(kind))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KINDS)
+
+    def __len__(self) -> int:
+        return len(KINDS)
+
+
+KIND_KWARGS: Mapping[str, Tuple[str, ...]] = _KindKwargs()
 # The defaults of the kwargs that shape a timm-moe architecture (the paper's best configuration): the base model's
 # here, the MoE kwargs' those of `MoEConfig`; the entry points below and `ModelSpec` both read them. `placement`
 # defaults per kind: `default_placement`.
@@ -66,17 +75,10 @@ MODEL_DEFAULTS: Dict[str, Any] = {
 _BASE_KWARGS = ('stem', 'width')
 
 
-class Entry(NamedTuple):
-    """What a registered name fixes: the base architecture, the expert kind (None: dense), E and k."""
-    arch: str
-    kind: Optional[str]
-    experts: int
-    k: Optional[int]
-
-
 def default_placement(kind: str) -> str:
-    """The default placement of a kind: 'last' for BlockMoE (the last layer4 block), 'all' for ConvMoE."""
-    return _DEFAULT_PLACEMENT[kind]
+    """The default placement of a kind: 'last' for BlockMoE (the last layer4 block), 'all' for ConvMoE and any
+    other kind (every module of the kind in the last stage)."""
+    return _DEFAULT_PLACEMENT.get(kind, 'all')
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -121,7 +123,7 @@ def base_model(arch: str, stem: str, width: int, num_classes: int, in_chans: int
     channels = tuple(width * 2 ** i for i in range(4))
     # timm's first stage is as wide as its stem: 64 for its plain stem, 2 x stem_width for its deep stem
     stem_args = {} if width == 64 else dict(stem_type='deep', stem_width=width // 2)
-    model = ResNet(**ARCHS[arch], num_classes=num_classes, in_chans=in_chans, channels=channels,
+    model = ResNet(**RESNETS[arch], num_classes=num_classes, in_chans=in_chans, channels=channels,
                    zero_init_last=zero_init_last, **stem_args, **kwargs)
     _stem(model, stem, in_chans, width)
     return model
@@ -246,53 +248,33 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-def _entries() -> Dict[str, Entry]:
-    out = {f'{arch}_dense': Entry(arch, None, 0, None) for arch in ARCHS}
-    for arch, kinds in FAMILIES.items():
-        for kind in kinds:
-            for e in GRID['experts']:
-                for k in GRID['k']:
-                    if k <= e:
-                        out[f'{arch}_{kind}moe_e{e}_k{k}'] = Entry(arch, kind, e, k)
-    return out
+def register_resnet(arch: str, block: Type[nn.Module], layers: Sequence[int],
+                    kinds: Sequence[str] = ('block', 'conv'), **resnet_kwargs: Any) -> List[str]:
+    """Register the family of a ResNet: `{arch}_dense` and `{arch}_{kind}moe_e{E}_k{K}` for each kind.
+
+    Args:
+        arch: Its name, e.g. 'resnet34'.
+        block: timm's `BasicBlock` or `Bottleneck` (or a block class that `timm.models.resnet.ResNet` takes).
+        layers: Blocks per stage, e.g. (3, 4, 6, 3).
+        kinds: Its MoE kinds (`timm_moe.layers.KINDS`).
+        resnet_kwargs: Further kwargs of timm's `ResNet` that fix the architecture (base_width, cardinality, ...).
+
+    Returns:
+        The registered names.
+    """
+    if arch in registry.FAMILIES:  # before RESNETS changes: a refused call leaves the registered ResNet as it was
+        raise ValueError(f'arch {arch!r} is registered already (archs: {list(registry.ARCHS)})')
+    RESNETS[arch] = dict(block=block, layers=tuple(layers), **resnet_kwargs)
+    try:
+        return registry.register_family(arch, kinds, _create_resnet_moe, _cfg())
+    except ValueError:
+        del RESNETS[arch]
+        raise
 
 
-# every registered name -> what it fixes; the one table of names (ModelSpec reads names here, parses none)
-ENTRYPOINTS: Dict[str, Entry] = _entries()
-
-
-def model_names(arch: Optional[str] = None, kind: Optional[str] = 'any') -> List[str]:
-    """Registered names of one family: `arch` (None: every arch) and `kind` ('block', 'conv', None for the
-    dense baselines, 'any' for all)."""
-    return [name for name, e in ENTRYPOINTS.items()
-            if (arch is None or e.arch == arch) and (kind == 'any' or e.kind == kind)]
-
-
-# plus the pretrained tags of the package's manifest (or $TIMM_MOE_PRETRAINED_DIR's): see .pretrained
-default_cfgs = with_tags(generate_default_cfgs({name: _cfg() for name in ENTRYPOINTS}), read_manifest(), pool_size_of)
-
-
-def _make_entrypoint(name: str) -> Callable[..., ResNet]:
-    entry = ENTRYPOINTS[name]
-
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> ResNet:
-        return _create_resnet_moe(name, pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    if entry.kind is None:
-        entrypoint.__doc__ = f'Dense {entry.arch} with the same stem and widths as its MoE variants (the baseline).'
-    else:
-        where = ('at the last layer4 block' if entry.kind == 'block' else 'at every conv of layer4')
-        entrypoint.__doc__ = (f'{entry.arch} with {entry.kind.title()}MoE layers of {entry.experts} experts, '
-                              f'top-{entry.k} routing, {where} by default (kwarg `placement`).')
-    return entrypoint
-
-
-# the variants differ only in what their name fixes: generated, so that each one only assembles kwargs
-for _name in ENTRYPOINTS:
-    _fn = register_model(_make_entrypoint(_name))
-    setattr(sys.modules[__name__], _fn.__name__, _fn)
+register_resnet('resnet18', BasicBlock, (2, 2, 2, 2))
+register_resnet('resnet50', Bottleneck, (3, 4, 6, 3))
+register_resnet('wide_resnet50_2', Bottleneck, (3, 4, 6, 3), kinds=('block',), base_width=128)
 
 
 def register_tags(folder: Optional[PathLike] = None) -> List[str]:
@@ -300,13 +282,10 @@ def register_tags(folder: Optional[PathLike] = None) -> List[str]:
     timm, replacing the tags registered before; returns the registered 'model.tag' names."""
     records = read_manifest(folder)
     changed = sorted({split_model_name_tag(key)[0] for key in (*registered_tags(), *records)})
-    default_cfgs.update(with_tags(default_cfgs, records, pool_size_of))  # what register_model reads below
-    exported = list(__all__)
-    with warnings.catch_warnings():  # re-registering is the point here; timm warns about any overwrite
-        warnings.simplefilter('ignore')
-        for name in changed:
-            register_model(getattr(sys.modules[__name__], name))
-    # timm's register_model appends the name to the module's __all__, and older timm versions do so even when it
-    # is there already: every call grew it by the re-registered names
-    __all__[:] = exported
+    registry.default_cfgs.update(with_tags(registry.default_cfgs, records, pool_size_of))  # what reregister reads
+    registry.reregister(changed)
     return sorted(records)
+
+
+# plus the pretrained tags of the package's manifest (or $TIMM_MOE_PRETRAINED_DIR's): see .pretrained
+register_tags()

@@ -284,8 +284,9 @@ def verdict(seed_interval: Optional[Mapping[str, Any]], digits: int = 2) -> str:
 def points_note(p: Optional[float]) -> str:
     if p is None:
         return 'no pooled test'
-    return (f'pooled McNemar p = {p:.3g} < {ALPHA:g}: not sampling noise over points alone' if p < ALPHA
-            else f'pooled McNemar p = {p:.3g} ≥ {ALPHA:g}: within sampling noise over points')
+    shown = stats.format_p(p, relation=True)
+    return (f'pooled McNemar p {shown} < {ALPHA:g}: not sampling noise over points alone' if p < ALPHA
+            else f'pooled McNemar p {shown} ≥ {ALPHA:g}: within sampling noise over points')
 
 
 def _shared_bits(r: Mapping[str, Any], a: Mapping[str, Any], b: Mapping[str, Any]):

@@ -35,7 +35,7 @@ def comparison_row(study: an.Study, a: str, b: str, metric: str, r: Mapping[str,
     return [label or f'{a} vs {b}', metric, an.fmt_summary(an.summary(study.runs[a], metric)),
             an.fmt_summary(an.summary(study.runs[b], metric)), per_seed, an.fmt_interval(r['seed_diff']),
             '–' if pooled is None else f"{pooled['diff']:+.2f} [{pooled['lo']:+.2f}, {pooled['hi']:+.2f}]",
-            '–' if pooled is None else f"{pooled['p']:.3g}", r['verdict']]
+            '–' if pooled is None else stats.format_p(pooled['p']), r['verdict']]
 
 
 def compare(study: an.Study, a: str, b: str, metric: str) -> Dict[str, Any]:
@@ -287,7 +287,7 @@ def subpaths(study: an.Study) -> Tuple[List[List[Any]], Lines, Dict[str, Dict[st
                           if not w.startswith('the point sets differ')]  # expected: the subpath ran on the first n
                 rows.append([c, an.traits(study, c).get('aux_loss'), pe['expert'], m, r['n'], f"{r['a']['acc']:.2f}",
                              f"{r['b']['acc']:.2f}", f"{r['diff']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}]",
-                             f"{r['mcnemar_p']:.3g}"])
+                             stats.format_p(r['mcnemar_p'])])
     return rows, flags, counts
 
 
@@ -508,7 +508,7 @@ def autoattack(study: an.Study) -> Lines:
         chosen = aa['grid'].get('selected_as')
         rows.append([aa['grid']['config'] + (f' ({chosen})' if chosen else ''), key, f'[{lo}, {hi})',
                      f'{100 * x_pri.mean():.2f}', f'{100 * x_aa.mean():.2f}', f'{gap:+.2f} [{glo:+.2f}, {ghi:+.2f}]',
-                     f'{stats.mcnemar_exact(x_pri, x_aa):.3g}'])
+                     stats.format_p(stats.mcnemar_exact(x_pri, x_aa))])
     if not rows:
         return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes + superseded_autoattack(study)
     out += md_table(('config', 'AutoAttack', 'points', primary, 'AutoAttack', 'gap [95% bootstrap]', 'McNemar p'),
@@ -805,7 +805,7 @@ def preregistration(study: an.Study) -> Lines:
         rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
                      f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
                      '–' if boot is None else f'[{boot[1]:+.2f}, {boot[2]:+.2f}]',
-                     f"{c['p']:.3g}", f"{c['p_holm']:.3g}", f"{c['detectable']:.2f}", f"±{p['margin']:g}",
+                     stats.format_p(c['p']), stats.format_p(c['p_holm']), f"{c['detectable']:.2f}", f"±{p['margin']:g}",
                      _paper_contrast(study, c.get('paper')), c['verdict']])
     out += md_table(('contrast', 'seeds (A / B)', f"Δ {p['metric']} [t-interval at Holm's level]",
                      'hierarchical bootstrap 95% (seeds, points)', 'p', 'p (Holm)', 'detectable Δ', 'margin',
