@@ -6,7 +6,7 @@ import pytest
 
 from bench.core.config_keys import NOT_THE_RESULT
 from bench.core.errors import UserError
-from bench.results.stats import TRAIN_NOISE_KEYS, seed_group_key
+from bench.core.stats import TRAIN_NOISE_KEYS, seed_group_key
 from bench.training.config import (_NOT_HASHED, HASHED_THOUGH_NOT_THE_RESULT, RESUME_MAY_CHANGE, TrainConfig,
                                    check_resume_config, load_config)
 

@@ -15,7 +15,7 @@ from bench.results import leaderboard as lb
 from bench.cli import main
 from bench.core.errors import UserError
 from bench.results.registry import DEFAULT_REGISTRY, load_entries, write_entry
-from bench.results.stats import t_quantile, wilson_interval
+from bench.core.stats import t_quantile, wilson_interval
 from registry_fakes import make_entry
 
 # the quickstart's entries as shipped before schema 2, kept to prove that old entries still render

@@ -10,7 +10,7 @@ import pytest
 from bench.cli import main
 from bench.core.portable_cpu import portable_cpu_env
 from bench.results.registry import load_entries
-from bench.results.stats import wilson_interval
+from bench.core.stats import wilson_interval
 from pins import pinned_numbers
 
 REPO = Path(__file__).resolve().parents[1]

@@ -356,7 +356,7 @@ def test_measured_entry_stores_exact_attack_settings_and_effective_kwargs():
 
 
 def test_per_sample_bits_round_trip():
-    from bench.results.stats import per_sample_vectors
+    from bench.core.stats import per_sample_vectors
 
     e = make_entry(robust=20.0)
     (start, stop), vectors = per_sample_vectors(e)

@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.results.registry import DEFAULT_REGISTRY, load_entries
-from bench.results.stats import per_sample_vectors
+from bench.core.stats import per_sample_vectors
 from timm_moe.models.pretrained import package_folder, read_manifest
 
 # a dense and an MoE tag of the study; the MoE one is the name users are shown first

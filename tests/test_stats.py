@@ -1,4 +1,4 @@
-"""bench.results.stats against answers computed independently: scipy called directly, published tables, hand sums,
+"""bench.core.stats against answers computed independently: scipy called directly, published tables, hand sums,
 exact integers and mpmath's arbitrary precision, brute force."""
 import base64
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bench.results import stats
+from bench.core import stats
 from bench.core.errors import UserError
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bench.core.errors import UserError
 from bench.pipeline.grid import cell_config, cells, load_spec
-from bench.results import stats
+from bench.core import stats
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study
 from bench.results.study.render import preregistration

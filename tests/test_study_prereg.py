@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.core.errors import UserError
-from bench.results import stats
+from bench.core import stats
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study
 from bench.results.study.render import VERDICTS_END, preregistration

@@ -18,6 +18,7 @@ from bench.cli import main
 from bench.core.errors import UserError
 from bench.evaluation.result import EvalResult
 from bench.results.study import analysis as st
+from bench.results.study import claims
 from bench.results.entries import measured_entry
 from bench.results.registry import write_entry
 from bench.results.study import report_text
@@ -292,20 +293,24 @@ def test_the_summary_quotes_the_papers_table_and_states_the_detectable_differenc
 
 
 def test_paper_effects_say_what_the_table_says_when_it_changes(tmp_path):
-    rows = st.paper_rows(Path(__file__).resolve().parents[1] / 'registry' / 'sources' / 'robust_experts_official_results.csv')
+    known = claims.load_claims()
+    rows = claims.table_rows(known)
     flipped = [dict(r, pgd20=r['pgd20'] + 5) if (r['table'], r['loss'], r['gate'], r['k']) ==
                ('resnet18', 'L_ent', 'GAP-FC', '2') else r for r in rows]
-    assert st.paper_effects(rows)[3]['effect'].startswith('+1.35 / +1.93')
-    assert st.paper_effects(flipped)[3]['effect'].startswith('-3.65 / +1.93')  # computed, not typed
-    text = report_text(collect(make_entries(), {**plan(), 'paper_csv': str(tmp_path / 'none.csv')}))
+    assert claims.effects(known, rows)[2]['effect'].startswith('+1.35 / +1.93')
+    assert claims.effects(known, flipped)[2]['effect'].startswith('-3.65 / +1.93')  # computed, not typed
+    moved = tmp_path / 'claims.yaml'
+    moved.write_text(known.path.read_text(encoding='utf-8').replace(f'table: {known.table.name}', 'table: none.csv'),
+                     encoding='utf-8')
+    text = report_text(collect(make_entries(), {**plan(), 'claims': str(moved)}))
     assert "the paper's table is not at none.csv: its effects are left out" in text
 
 
 def test_claim_1_quotes_the_paper_effect_of_each_kind_of_moe_it_pairs_with_dense():
     """The study pairs dense with a BlockMoE and with a ConvMoE: claim 1 names both effects, each computed from
     its own rows of the table (52.14 -> dense; 25.03 - 16.87 = +8.16 for the all-convolutions ConvMoE)."""
-    rows = st.paper_rows(Path(__file__).resolve().parents[1] / 'registry' / 'sources' / 'robust_experts_official_results.csv')
-    claim = st.paper_effects(rows)[1]
+    known = claims.load_claims()
+    claim = claims.effects(known, claims.table_rows(known))[0]
     assert claim['claim'].startswith('a sparse MoE in conv5_x')
     assert 'BlockMoE at the last block +3.09 / +2.77' in claim['effect']
     assert 'ConvMoE in all four conv5_x convolutions +8.16 / +6.04' in claim['effect']

@@ -1,4 +1,4 @@
-"""Adversarial training learns: PGD-7 training of a small dense ResNet-18 on the bundled Fashion-MNIST reaches a
+"""Adversarial training learns: PGD-3 training of a small dense ResNet-18 on the bundled Fashion-MNIST reaches a
 clean accuracy far above chance and a PGD-20 accuracy far above its normally trained twin's.
 
 The smoke quickstart's pins prove bit-reproducibility only (its numbers are at chance); this run is sized to learn
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.core.portable_cpu import portable_cpu_env
-from bench.results.stats import wilson_interval
+from bench.core.stats import wilson_interval
 from pins import pinned_numbers
 
 REPO = Path(__file__).resolve().parents[1]

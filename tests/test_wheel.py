@@ -147,6 +147,9 @@ def test_installed_wheel_runs_the_registry_verbs_outside_the_repo(installed):
     # the study report from the shipped entries (the study's own registry does not exist here)
     study_md = (work / 'study-report' / 'STUDY.md').read_text(encoding='utf-8')
     assert 'does not exist: reading' in res['study']['out'] and '|' in study_md
+    # ... the same bytes as in the repository: the claims file and the report's templates came with the wheel
+    assert study_md == (ROOT / 'docs' / 'STUDY.md').read_text(encoding='utf-8')
+    assert any(site.joinpath('bench', 'results', 'study', 'templates').glob('*.md.j2'))
     assert len(list((work / 'study-report' / 'study').glob('*.png'))) >= 1
     # import-paper writes the user's ./registry, byte-identical to the shipped reported entries
     imported = sorted((work / 'registry').rglob('*.json'))

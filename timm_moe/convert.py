@@ -27,7 +27,8 @@ from timm.models.resnet import Bottleneck
 
 from .layers import EXPERT_WIDTHS, GATES, KINDS, MOE_DEFAULTS, MoE, MoEConfig, validate_moe_args
 
-__all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets']
+__all__ = ['BLOCK_TYPES', 'EXPERT_WIDTHS', 'convert', 'matched_inner_width', 'module_paths', 'resolve_targets',
+           'split_targets']
 
 Targets = Union[str, Sequence[str]]
 
@@ -51,7 +52,8 @@ def _named_modules_outside_moe(model: nn.Module) -> List[tuple]:
             if name and not any(name == p or name.startswith(p + '.') for p in inside)]
 
 
-def _split(targets: Targets) -> List[str]:
+def split_targets(targets: Targets) -> List[str]:
+    """The patterns of `targets` (a '+'-joined string or a list); a one-line ValueError for anything else."""
     if isinstance(targets, str):
         parts = targets.split('+')
     else:  # None, a number, a dict, ...: not a list of targets
@@ -109,7 +111,7 @@ def resolve_targets(model: nn.Module, targets: Targets, kind: Optional[str] = No
     if kind is not None:
         modules = [(name, m) for name, m in modules if isinstance(m, KINDS[kind])]
     selected = set()
-    for pattern in _split(targets):
+    for pattern in split_targets(targets):
         hits = [name for name, _ in modules if _glob(pattern).match(name)
                 or (kind is not None and name.startswith(pattern + '.'))]
         if not hits:

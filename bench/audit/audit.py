@@ -40,7 +40,7 @@ from bench.audit.flops import FlopReport, flop_table, mac_flops, moe_flops, rela
 from bench.audit.result import AuditResult
 from bench.core.devices import choose_device
 from bench.core.errors import UserError
-from bench.models import create_model, param_counts
+from bench.models import check_input_size, create_model, param_counts
 from timm_moe import ModelSpec
 from timm_moe.spec import MOE_KWARGS
 
@@ -62,12 +62,20 @@ def timm_moe_models() -> List[str]:
 
 
 def check_model_name(name: str) -> None:
+    """Refuse a name timm does not know (any timm model is audited: ours against their dense baselines, another
+    against itself, or converted with `convert` against its unconverted self)."""
+    if timm.is_model(name):
+        return
     known = timm_moe_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3) or known[:2]
-        raise UserError(
-            f'unknown model {name!r}: expected a timm-moe model such as {", ".join(close)} '
-            f'(`timm-moe models` lists all {len(known)})')
+    close = difflib.get_close_matches(name, known, n=3) or difflib.get_close_matches(name, timm.list_models(), n=3)
+    raise UserError(
+        f'unknown model {name!r}: expected a timm model name such as {", ".join(close or known[:2])} '
+        f'(`timm-moe models` lists all {len(known)} of timm-moe\'s, timm.list_models() all of timm\'s)')
+
+
+def is_ours(name: str) -> bool:
+    """Whether `name` is a timm-moe name (audited against `ModelSpec.dense()`), not any other timm model's."""
+    return name in timm_moe_models()
 
 
 def _dense(dense: str, dense_kwargs: Dict[str, Any], images: torch.Tensor, seed: int
@@ -95,12 +103,15 @@ def audit_model(
         images: Optional[torch.Tensor] = None,
         table: bool = False,
         table_depth: int = 3,
+        convert: Optional[Dict[str, Any]] = None,
         **model_kwargs: Any,
 ) -> AuditResult:
-    """Audit one timm-moe model against its dense baseline; `timm-moe audit --json` writes a list of these.
+    """Audit one model against its dense baseline; `timm-moe audit --json` writes a list of these.
 
     Args:
-        name: A timm-moe model name, e.g. 'resnet18_blockmoe_e8_k2' (a dense name audits against itself).
+        name: A timm-moe model name, e.g. 'resnet18_blockmoe_e8_k2' (a dense name audits against itself), or any
+            timm model's: the dense baseline is the plain timm model, and `convert` makes the audited one an MoE
+            (at k=1 with full-width experts it costs exactly the dense FLOPs plus the gates).
         input_size: (C, H, W) of one image; default (in_chans, 32, 32).
         batch: Images in the routing batch that weights the experts (ignored if `images` is given).
         latency: Also time both models (slow on CPU at batch 128); False gives FLOPs and parameters only.
@@ -115,6 +126,7 @@ def audit_model(
             freshly built model all the same (untrained: the audit builds its own model from `name`).
         table: Also return fvcore's per-module table (active FLOPs per image) under 'flop_table'.
         table_depth: Depth of that table.
+        convert: `timm_moe.convert`'s arguments (`timm_moe.Conversion`) for a plain timm model; not for ours.
         **model_kwargs: Passed to `timm.create_model` (stem, width, num_classes, in_chans, gate, k...);
             the dense baseline gets the non-MoE ones.
 
@@ -131,11 +143,17 @@ def audit_model(
         raise UserError(f'warmup={warmup!r}: expected an integer >= 0')
     if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise UserError(f'batch_sizes={list(batch_sizes)!r}: expected positive integers, e.g. 1,128')
-    named = ModelSpec.from_name(name)
-    if not named.is_moe:  # a dense model takes no MoE kwargs; auditing it against itself is a valid no-op check
-        model_kwargs = {k: v for k, v in model_kwargs.items() if k not in MOE_KWARGS}
-    dense_name = named.dense().name
-    dense_kwargs = {k: v for k, v in model_kwargs.items() if k not in MOE_KWARGS}
+    if is_ours(name):
+        if convert is not None:
+            raise UserError(f'convert with {name}: it is already a timm-moe model; convert a plain timm model '
+                            f'(e.g. {ModelSpec.from_name(name).arch})')
+        named = ModelSpec.from_name(name)
+        if not named.is_moe:  # a dense model takes no MoE kwargs; auditing it against itself is a valid no-op check
+            model_kwargs = {k: v for k, v in model_kwargs.items() if k not in MOE_KWARGS}
+        dense_name = named.dense().name
+        dense_kwargs = {k: v for k, v in model_kwargs.items() if k not in MOE_KWARGS}
+    else:  # any timm model: its unconverted self is the baseline, with the very same kwargs
+        dense_name, dense_kwargs = name, dict(model_kwargs)
     in_chans = int(model_kwargs.get('in_chans', 3))
     if images is not None:
         input_size = tuple(images.shape[1:])
@@ -149,7 +167,9 @@ def audit_model(
     if images is None:
         images = torch.rand((batch, *input_size), generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
-    model = create_model(name, model_kwargs, 'model kwargs').eval()
+    model = create_model(name, model_kwargs, 'model kwargs', convert=convert).eval()
+    if not is_ours(name):  # ours take any CIFAR or ImageNet size; a too-small input is caught where it fails
+        check_input_size(model, in_chans, min(input_size[1:]), name, 'audit --input-size C,{need},{need}')
     dense, dense_fv, dense_tc = _dense(dense_name, dense_kwargs, images, seed)
 
     try:
@@ -181,6 +201,7 @@ def audit_model(
         model_kwargs=dict(model_kwargs),
         dense_model=dense_name,
         dense_kwargs=dense_kwargs,
+        convert=getattr(model, 'moe_conversion', None),
         experts=timm_moe.num_experts(model),
         k=layers[0][1].k if layers else None,
         input_size=list(input_size),

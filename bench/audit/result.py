@@ -18,10 +18,12 @@ class AuditResult:
     """FLOPs per image (fvcore's unit, `flops_unit`), parameters, latency and memory of one model over dense.
 
     Args:
-        model: The audited timm-moe name.
+        model: The audited timm name (a timm-moe name, or any timm model's).
         model_kwargs: Its `timm.create_model` kwargs.
-        dense_model: The dense baseline's name (identical stem and widths).
+        dense_model: The dense baseline's name (identical stem and widths; a plain timm model's own name).
         dense_kwargs: The baseline's kwargs (the non-MoE ones).
+        convert: The MoE conversion of a plain timm model (`timm_moe.Conversion.to_dict()`), None if none; in
+            the JSON only where given.
         experts: Experts per MoE layer (0 when dense).
         k: Experts each image runs (None when dense).
         input_size: (C, H, W) of one image.
@@ -63,6 +65,7 @@ class AuditResult:
     model_kwargs: Dict[str, Any]
     dense_model: str
     dense_kwargs: Dict[str, Any]
+    convert: Optional[Dict[str, Any]] = None
     experts: int
     k: Optional[int]
     input_size: List[int]
@@ -105,4 +108,6 @@ class AuditResult:
         """The record as `timm-moe audit --json` writes it: every field but the console's `flop_table`."""
         out = dataclasses.asdict(self)
         del out['flop_table']
+        if out['convert'] is None:  # so that the record of every other model reads as before
+            del out['convert']
         return out

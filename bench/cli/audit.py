@@ -47,8 +47,11 @@ def moe_names() -> List[str]:
 
 def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
     """(model name, expert_width) pairs to audit, in order."""
-    from bench.audit.audit import check_model_name
+    from bench.audit.audit import check_model_name, is_ours
     from timm_moe import ModelSpec
+    if args.convert is not None and (args.all or len(args.model) > 1):
+        raise UserError('--convert names module paths of one architecture: give it with one --model (audit each '
+                        'converted model in its own call)')
     widths = {'full': ['full'], 'matched': ['matched'], 'both': ['full', 'matched']}
     if args.all:
         names = [n for n in moe_names() if fnmatch.fnmatch(n, args.filter or '*')]
@@ -71,6 +74,14 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
         raise UserError('--k and --filter select among --all; with --model name the models directly')
     for name in args.model:
         check_model_name(name)
+        if not is_ours(name):
+            if args.expert_width not in (None, 'full'):
+                raise UserError(f'--expert-width {args.expert_width} with {name}: a plain timm model\'s experts are '
+                                'set by --convert (e.g. expert_width=matched for residual blocks)')
+            continue
+        if args.convert is not None:
+            raise UserError(f'--convert with {name}: it is already a timm-moe model; --convert converts a plain timm '
+                            f'model (e.g. {ModelSpec.from_name(name).arch})')
         if args.expert_width == 'matched' and ModelSpec.from_name(name).kind not in ('block', None):
             raise UserError(f'--expert-width matched with {name}: a ConvMoE has no compute-matched experts (its '
                             f'experts are convolutions of the dense width); expected --expert-width full')
@@ -79,8 +90,9 @@ def _targets(args: argparse.Namespace) -> List[Tuple[str, str]]:
 
 def _widths(name: str, widths: List[str]) -> List[str]:
     # only a BlockMoE has compute-matched experts; another model is audited once, at full width
+    from bench.audit.audit import is_ours
     from timm_moe import ModelSpec
-    return widths if ModelSpec.from_name(name).kind == 'block' else ['full']
+    return widths if is_ours(name) and ModelSpec.from_name(name).kind == 'block' else ['full']
 
 
 
@@ -193,15 +205,18 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (('--repeats', args.repeats), ('--batch', args.batch)):
         if value is not None and value < 1:
             raise UserError(f'{flag} {value}: expected an integer >= 1')
+    convert = parse_mapping('--convert', args.convert) if args.convert else None
     input_size = _int_list(args.input_size, '--input-size') if args.input_size else None
     if input_size is not None and len(input_size) != 3:
         raise UserError(f'--input-size {args.input_size!r}: expected C,H,W, e.g. 3,224,224')
 
-    from bench.audit.audit import FLOPS_UNIT, audit_model
+    from bench.audit.audit import FLOPS_UNIT, audit_model, is_ours
     from bench.core.devices import choose_device
+    from bench.models import check_convert
     from timm_moe import ModelSpec
     device = choose_device(args.device) if args.device else None
     targets = _targets(args)
+    check_convert(convert)  # before the first model is built
 
     err = Console(stderr=True, width=200)
     # a pipe with $COLUMNS set (a CI log, `script`) gets that width, as a terminal would
@@ -210,14 +225,17 @@ def run(args: argparse.Namespace) -> int:
     errors: List[str] = []
     for i, (name, expert_width) in enumerate(targets, 1):
         # expert_width is a BlockMoE kwarg: a ConvMoE's experts are convolutions of the dense width
-        kwargs = dict(given, expert_width=expert_width) if ModelSpec.from_name(name).kind == 'block' else dict(given)
+        block = is_ours(name) and ModelSpec.from_name(name).kind == 'block'
+        kwargs = dict(given, expert_width=expert_width) if block else dict(given)
         label = f'{name} ({", ".join(f"{k}={v}" for k, v in kwargs.items())})'
+        if convert is not None:
+            label += f' converted ({",".join(f"{k}={v}" for k, v in convert.items())})'
         err.print(f'[{i}/{len(targets)}] {label}', highlight=False)
         try:
             r = audit_model(
                 name, input_size=input_size, batch=args.batch, latency=not args.no_latency, batch_sizes=batch_sizes,
                 repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory, device=device,
-                seed=args.seed, table=args.table, table_depth=args.table_depth, **kwargs)
+                seed=args.seed, table=args.table, table_depth=args.table_depth, convert=convert, **kwargs)
         except UserError as e:
             if len(targets) == 1:
                 raise  # the CLI prints it as one line and exits 2
@@ -290,7 +308,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                      'gates over dense: with --flops-baseline dense+gates every k=1 model passes 1.0 at any '
                      'width and gate.'))
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument('--model', action='append', metavar='NAME', help='a model to audit (repeatable)')
+    which.add_argument('--model', action='append', metavar='NAME',
+                       help='a model to audit (repeatable): a timm-moe name, audited against its dense baseline, or '
+                            'any timm model\'s, audited against itself (or converted by --convert)')
     which.add_argument('--all', action='store_true',
                        help='every registered MoE name (BlockMoE with full and matched experts, ConvMoE; '
                             'ResNet-18, ResNet-50, WideResNet-50-2)')
@@ -320,7 +340,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--model-kwargs', default=None, metavar='K=V,...',
                    help='model kwargs for every audited model and its dense baseline, as train and eval take them '
                         '(e.g. width=16,gate=conv_gap,stem=imagenet; default: the models\' defaults)')
-    p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default 100)')
+    p.add_argument('--convert', default=None, metavar='K=V,...',
+                   help='make the plain timm --model an MoE, audited against its unconverted self: '
+                        'timm_moe.convert\'s arguments, e.g. targets=stages.3.blocks.*,num_experts=4,k=1')
+    p.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default: the model\'s, 100 for timm-moe\'s)')
     p.add_argument('--in-chans', type=int, default=None, help='input channels (default 3)')
     p.add_argument('--input-size', default=None, metavar='C,H,W',
                    help='one image (default: in_chans,32,32; use 3,224,224 with --stem imagenet)')

@@ -38,6 +38,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                         '(shipped tags load offline)')
     p.add_argument('--model-kwargs', default=None, help='k=v,k=v passed to timm.create_model (e.g. width=16); '
                    "defaults from the checkpoint's run config.yaml")
+    p.add_argument('--convert', default=None, metavar='K=V,...',
+                   help='make the plain timm --model an MoE: timm_moe.convert\'s arguments, e.g. '
+                        'targets=stages.3.blocks.*,num_experts=4,k=1 (default: the checkpoint\'s run config.yaml)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help='resize the images to this side inside the model, after the attack (for an architecture '
+                        'that needs larger images than the data set\'s; default: the checkpoint\'s run config.yaml, '
+                        'else as they are)')
     p.add_argument('--num-classes', type=int, default=None, help='default: the data set\'s')
     p.add_argument('--in-chans', type=int, default=None, help='default: the data set\'s')
     p.add_argument('--dataset', default=None,
@@ -112,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--batch-size {args.batch_size} must be at least 1')
     if args.n_examples < 1:
         raise UserError(f'--n-examples {args.n_examples} must be at least 1')
-    for flag, value in (('--num-classes', args.num_classes), ('--in-chans', args.in_chans)):
+    for flag, value in (('--num-classes', args.num_classes), ('--in-chans', args.in_chans),
+                        ('--img-size', args.img_size)):
         if value is not None and value < 1:
             raise UserError(f'{flag} {value} must be at least 1 (default: the data set\'s)')
     if args.n_check < 1:
@@ -125,11 +133,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         _check_json_target(args.json, args.resume, args.overwrite)
     given = parse_mapping('--model-kwargs', args.model_kwargs) if args.model_kwargs else {}
+    convert = parse_mapping('--convert', args.convert) if args.convert else None
     # these import timm and torch, so only once every cheap input is checked; a wrong model is said before any
     # default is announced
-    from bench.models import check_model_name, check_run_model, default_dataset
+    from bench.models import check_convert, check_model_name, check_run_model, default_dataset, run_config_value
     check_model_name(args.model)
     check_run_model(args.checkpoint, args.model)
+    # a run's conversion is part of its model: routing k changes no weight, so only the run config can tell
+    trained = run_config_value(args.checkpoint, 'convert')
+    if convert is None:
+        convert = trained
+    elif trained is not None and check_convert(convert).to_dict() != check_convert(trained, 'convert').to_dict():
+        raise UserError(f'--checkpoint {args.checkpoint} was trained with convert {trained} (its config.yaml), not '
+                        f'--convert {args.convert}; leave --convert out')
+    check_convert(convert)
+    img_size = args.img_size or run_config_value(args.checkpoint, 'img_size')
     if args.dataset is None:  # the weights know what they were trained on: never send the user to CIFAR-100
         args.dataset, why = default_dataset(args.checkpoint, args.model if args.pretrained else None)
         print(f'--dataset not given: {args.dataset} ({why})')
@@ -143,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluation.loop import evaluate_model
     from bench.evaluation.resume import BatchLog
-    from bench.models import build_model, normalized, run_config_kwargs
+    from bench.models import build_model, check_input_size, normalized, run_config_kwargs
     device = choose_device(args.device)
     info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}
@@ -151,9 +169,12 @@ def run(args: argparse.Namespace) -> int:
     in_chans = args.in_chans or kwargs.pop('in_chans', None) or info['in_chans']
     if in_chans != info['in_chans']:
         raise UserError(f'--in-chans {in_chans} does not fit {args.dataset}, whose images have {info["in_chans"]}')
-    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint, pretrained=args.pretrained)
+    model = build_model(args.model, num_classes, in_chans, kwargs, args.checkpoint, pretrained=args.pretrained,
+                        convert=convert)
+    check_input_size(model, in_chans, img_size or info['input_size'][-1], args.model,
+                     '--img-size {need} resizes them inside the model')
     x, y = eval_tensors(args.dataset, args.n_examples, args.data_dir, args.download)
-    wrapped = normalized(model, info['mean'], info['std']).to(device)
+    wrapped = normalized(model, info['mean'], info['std'], img_size).to(device)
     sidecar = Path(str(args.json) + SIDECAR_SUFFIX) if args.json else None
     with compiled_in_place(wrapped, args.torchcompile, args.torchcompile_mode):
         result = evaluate_model(wrapped, x, y, attacks=names, eps=eps, norm=args.norm, batch_size=args.batch_size,
@@ -162,9 +183,13 @@ def run(args: argparse.Namespace) -> int:
                                 resume=args.resume, progress=not args.no_progress, n_check=args.n_check,
                                 sanity_checks=not args.no_checks)
     result.settings.update(model=args.model, model_kwargs=dict(kwargs, num_classes=num_classes, in_chans=in_chans),
+
                               checkpoint=str(args.checkpoint) if args.checkpoint else None, dataset=args.dataset,
                               device=str(device), torch=torch.__version__, timm=timm.__version__,
                               torchcompile=args.torchcompile, torchcompile_mode=args.torchcompile_mode)
+    # only where given, so that the settings of every other evaluation read as before
+    result.settings.update({key: value for key, value in (('convert', getattr(model, 'moe_conversion', None)),
+                                                          ('img_size', img_size)) if value is not None})
     print_result(result)
     if args.json:
         write_json_atomic(result.to_json(), args.json)

@@ -41,6 +41,7 @@ def study_plan(spec: Any) -> Dict[str, Any]:
     dataset = spec.train.get('dataset')
     extra = {} if spec.superseded_by is None else {'superseded_by': _superseding(spec)}
     return {**extra, 'name': spec.name, 'seeds': list(spec.seeds or []), 'preregistration': spec.preregistration,
+            'claims': spec.claims,
             # the size of the training split, for the sizing table when the recipe sets no train_limit
             'train_images': DATASET_SIZES[check_dataset_name(dataset)]['train_images'] if dataset else None,
             'configs': {name: {'model': c['model'], 'training': c.get('training', 'pgd'),

@@ -36,7 +36,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                            metavar='BACKEND', help=f'{text}; bare: {TORCHCOMPILE_DEFAULT}')
         else:
             p.add_argument(flag, dest=f'cfg_{f.name}', default=None, metavar=f.name.upper(),
-                           help=f'{text}; k=v,k=v or a YAML mapping' if f.name == 'model_kwargs' else text)
+                           help=f'{text}; k=v,k=v or a YAML mapping' if f.name in ('model_kwargs', 'convert')
+                           else text)
     p.set_defaults(func=run)
 
 

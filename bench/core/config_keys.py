@@ -1,5 +1,5 @@
 """The training-config keys that do not change the model a run trains: one list, read by the config's hash and
-resume check (`bench.training.config`) and by the grouping of a configuration's seeds (`bench.results.stats`).
+resume check (`bench.training.config`) and by the grouping of a configuration's seeds (`bench.core.stats`).
 
 It lives here, in the layer both may import: the results layer reads stored configs without the training layer.
 """

@@ -18,7 +18,7 @@ from torch import nn
 from bench.attacks import (PGD, Attack, Square, accuracy, build_attack, is_white_box, perturbation_norm, predict,
                            reference_warnings, robust_under_all)
 from bench.core.modes import eval_mode
-from bench.results.stats import mcnemar_exact
+from bench.core.stats import mcnemar_exact
 
 Check = Dict[str, object]
 Builder = Callable[[str, float, str, int], Attack]

@@ -132,12 +132,14 @@ def export_run(checkpoint: PathLike, out: PathLike, entry: Optional[str] = None,
     if chosen is not None and chosen.get('model', {}).get('name') not in (None, name):
         raise UserError(f'--entry {chosen.get("entry_id")} is for {chosen["model"]["name"]}, but the run trained {name}')
 
-    model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs)
+    run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
+    model = build_model(name, kwargs['num_classes'], kwargs['in_chans'], kwargs, convert=run_cfg.get('convert'))
     state_dict = state_dict_of(read_torch_file(weights, '--checkpoint'), weights)
     check_compatible(state_dict, model, f'{name} (from {run_dir / "config.yaml"})', what=f'--checkpoint {weights}')
     model.load_state_dict(state_dict)
-    run_cfg = read_yaml_mapping(run_dir / 'config.yaml', 'run config')
+    info = dataset_info(dataset)
+    if run_cfg.get('img_size'):  # the run resized its images inside the model: the weights expect that size
+        info = dict(info, input_size=(info['input_size'][0], run_cfg['img_size'], run_cfg['img_size']))
     result_file = run_dir / 'result.json'  # what the run did (steps, epochs), beside what it was configured to do
     result = json.loads(result_file.read_text()) if result_file.is_file() else None
-    return write_hub_folder(out, model, name, kwargs, dataset, dataset_info(dataset), run_cfg, chosen, entry_note,
-                            result)
+    return write_hub_folder(out, model, name, kwargs, dataset, info, run_cfg, chosen, entry_note, result)

@@ -51,6 +51,7 @@ from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycli
 from bench.results.leaderboard import write_leaderboard
 from bench.results.registry import entry_path, load_entries
 from bench.results.study.analysis import check_preregistration
+from bench.results.study.claims import load_claims
 from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
 from bench.training.config import METHODS, TrainConfig
 
@@ -88,6 +89,9 @@ class GridSpec:
     # the study's primary contrasts, metric, margin and analysis, named before it runs
     # (`bench.results.study.analysis.check_preregistration`)
     preregistration: Optional[Dict[str, Any]] = None
+    # the paper's claims the study's report tests: a claims file (a path, or a shipped one's name); None: the
+    # shipped paper's (`bench.results.study.claims`)
+    claims: Optional[str] = None
     # a later study (a shipped spec's name) that answers this one's questions: the follow-ups not run yet are
     # closed, not run, and the report says so and how the later study's first seeds get them
     superseded_by: Optional[str] = None
@@ -134,10 +138,11 @@ def load_spec(path: str | Path) -> GridSpec:
         resolve_attacks(evaluation_of(json.loads(values)).attacks)
     _check_cells(spec, grid, path)
     check_followup(spec, path)
+    claims = load_claims(spec.claims) if spec.claims is not None or spec.preregistration is not None else None
     if spec.preregistration is not None:
         if not spec.configs:
             raise UserError(f'preregistration in {path} needs named configs (configs: ...) to contrast')
-        spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path))
+        spec.preregistration = check_preregistration(spec.preregistration, spec.configs, str(path), claims.keys)
     _check_superseded_by(spec, path)
     if spec.seeds and 'seed' in spec.train:
         raise UserError(f'{path} sets both seeds and train.seed: keep one (seeds runs a cell per seed)')

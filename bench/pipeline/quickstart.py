@@ -33,7 +33,7 @@ from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, traini
 from bench.pipeline.quickstart_plans import PLANS, Plan  # noqa: F401 - PLANS: the plans by name, here too
 from bench.results.leaderboard import write_leaderboard
 from bench.results.report import write_report
-from bench.results.stats import paired_bootstrap, wilson_interval
+from bench.core.stats import paired_bootstrap, wilson_interval
 
 DATASET = 'fashion-mnist-bundled'
 PGD, APGD = 'pgd20', 'apgd-ce20'  # the accuracy keys of the 'paper' attack preset: PGD-20 and APGD-CE-20
@@ -53,13 +53,26 @@ def cells(plan: Plan, out: Path) -> List[Dict[str, Any]]:
     for method in ('pgd', 'normal'):
         for kind, spec in specs(plan).items():
             adv = method == 'pgd'
+            # the training attack's settings only where there is one: a normal run's config keeps the defaults
+            attack = dict(attack_steps=plan.adv_attack_steps, attack_step=plan.adv_attack_step) if adv else {}
             cfg = training_config(spec, dataset=DATASET, training=method,
                                   epochs=plan.adv_epochs if adv else plan.normal_epochs,
-                                  batch_size=plan.adv_batch_size if adv else plan.batch_size,
-                                  lr=plan.lr, train_limit=plan.train_limit, eval_limit=0, workers=0, progress=False,
-                                  log_every=10, out=str(out / 'runs' / f'{spec.name}-{method}'))
+                                  batch_size=plan.adv_batch_size if adv else plan.batch_size, lr=plan.lr,
+                                  train_limit=plan.adv_train_limit or plan.train_limit if adv else plan.train_limit,
+                                  eval_limit=0, workers=0, progress=False, log_every=10,
+                                  out=str(out / 'runs' / f'{spec.name}-{method}'), **attack)
             out_cells.append(dict(kind=kind, spec=spec, training=cfg))
     return out_cells
+
+
+def longest_first(todo: List[Dict[str, Any]]) -> List[int]:
+    """The order in which to start the cells (indices into `todo`): the longest first, so that two processes end
+    together. Adversarial training costs several times normal training, and a BlockMoE's evaluation (each
+    expert attacked) about twice a dense one's: so the adversarial BlockMoE, the adversarial dense, then the
+    normal BlockMoE, which follows the adversarial dense on the process that frees first, and the normal dense,
+    the shortest, last. In the order of `todo` (dense first) the two MoE runs, the longest of each pair, met on
+    one process and the other one idled for the last minute."""
+    return sorted(range(len(todo)), key=lambda i: (todo[i]['training'].training == 'normal', todo[i]['kind'] != 'moe'))
 
 
 def evaluation(plan: Plan) -> Evaluation:
@@ -121,8 +134,11 @@ def run_quickstart(out: Path, plan: Plan = Plan(), procs: int = 2, resume: bool 
     threads = threads_per_process(procs)
     console.print(f'[bold]quickstart[/]: training, attacking (PGD-20, APGD-CE, each expert) and auditing '
                   f'{len(todo)} models on {DATASET} ({procs} processes x {threads} threads)')
-    jobs = [(Path(c['training'].out).name, (c['spec'], c['training'], evaluation(plan), target)) for c in todo]
-    done = run_parallel(run_cell, jobs, procs, 'quickstart', progress=progress)
+    order = longest_first(todo)
+    jobs = [(Path(todo[i]['training'].out).name, (todo[i]['spec'], todo[i]['training'], evaluation(plan), target))
+            for i in order]
+    finished = dict(zip(order, run_parallel(run_cell, jobs, procs, 'quickstart', progress=progress)))
+    done = [finished[i] for i in range(len(todo))]  # back in the order of `todo`, which the summary shows
     rows = [_row(c, res) for c, res in zip(todo, done)]
     write_leaderboard(registry_dir)
     plots = write_report(registry_dir, out / 'plots')

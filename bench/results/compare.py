@@ -1,7 +1,7 @@
 """`timm-moe compare A B`: is model A more accurate than model B on the same test points?
 
 A and B are registry entry ids or paths to entry JSON files. Both must store per-sample results
-(`per_sample`, see bench.results.stats). The comparison runs on the test points both entries cover; it prints
+(`per_sample`, see bench.core.stats). The comparison runs on the test points both entries cover; it prints
 the accuracy difference with its 95% paired bootstrap interval and the exact McNemar p-value, and
 says plainly when the point sets or the attack settings differ. See docs/STATISTICS.md.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.core.errors import UserError
 from bench.core.values import NAME_PATTERN
-from bench.results import stats
+from bench.core import stats
 from bench.results.registry import DEFAULT_REGISTRY, RENAMED_METRICS, load_entry
 
 __all__ = ['METRIC_STRENGTH', 'strongest_shared', 'compare_entries', 'resolve_entry', 'format_result']

@@ -15,7 +15,7 @@ import torch
 from timm_moe import ModelSpec  # importing timm_moe registers the models
 
 from bench.results.registry import SCHEMA_VERSION, make_entry_id
-from bench.results.stats import per_sample_block
+from bench.core.stats import per_sample_block
 
 __all__ = ['measured_entry', 'audit_fields', 'effective_model_kwargs', 'eval_settings_of']
 

@@ -8,6 +8,8 @@ timm's own `save_for_hf`, plus a model card:
   the data set the run trained on: the preprocessing that the weights expect);
 - `model.safetensors`: the plain timm state_dict, with the architecture, E, k and model_args in its
   metadata, so that a loader can refuse weights of another E or k (their keys can be identical);
+- a plain timm model converted to MoE also records `convert` (`timm_moe.Conversion`) in both: the model is
+  `timm_moe.create_model(architecture, convert=convert, **model_args)` with these weights loaded;
 - `README.md`: a model card filled from the run's registry entry (accuracies, attacks, FLOPs,
   provenance); without an entry it says so and shows no number.
 
@@ -20,7 +22,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-import timm
 import torch
 from torch import nn
 
@@ -77,6 +78,9 @@ def compatibility_problems(state_dict: Mapping[str, torch.Tensor], model: nn.Mod
             the specs agree, the keys and shapes.
     """
     problems: List[str] = []
+    if source is not None and source.get('convert') != getattr(model, 'moe_conversion', None):
+        # routing k changes no weight: only the record tells a converted model's E4 k=1 from its k=2
+        problems.append(f'convert {source.get("convert")} vs {getattr(model, "moe_conversion", None)}')
     theirs, their_args = _recorded_spec(source)
     ours = ModelSpec.of_model(model)
     if theirs is not None and ours is not None:
@@ -116,23 +120,37 @@ def check_compatible(state_dict: Mapping[str, torch.Tensor], model: nn.Module, l
 def hub_config(model: nn.Module, name: str, model_args: Mapping[str, Any], dataset: str,
                info: Mapping[str, Any]) -> Dict[str, Any]:
     """config.json in timm's hub layout; `pretrained_cfg` describes the data the weights expect (`info`:
-    `bench.data.dataset_info(dataset)`)."""
+    `bench.data.dataset_info(dataset)`, its input size the run's `img_size` where it resized), and `convert` the
+    conversion of a converted plain timm model."""
+    conversion = getattr(model, 'moe_conversion', None)
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _CFG_DROP and v is not None}
     cfg.update(architecture=name, num_classes=model.num_classes, input_size=tuple(info['input_size']),
                mean=tuple(info['mean']), std=tuple(info['std']))
     if tuple(info['input_size'][1:]) != tuple(model.pretrained_cfg['input_size'][1:]):
         # the features' spatial size follows the input; timm drops what it cannot vouch for
         cfg.pop('pool_size', None)
-    return {
+    out = {
         'architecture': name,
         'num_classes': model.num_classes,
         'num_features': model.num_features,
-        'global_pool': getattr(model.global_pool, 'pool_type', 'avg') or '',
+        'global_pool': _global_pool(model),
         'model_args': dict(model_args),
         'pretrained_cfg': cfg,
         'timm_moe': {'version': timm_moe.__version__, 'dataset': dataset,
                      'note': 'import timm_moe before timm.create_model: it registers the architecture'},
     }
+    if conversion is not None:
+        out['convert'] = dict(conversion)
+        out['timm_moe']['note'] = ('timm_moe.create_model(architecture, convert=convert, **model_args) builds the '
+                                   'model; load model.safetensors into it')
+    return out
+
+
+def _global_pool(model: nn.Module) -> str:
+    """The pooling type, where the model keeps it: a ResNet's `global_pool` module, a ConvNeXt's head's, or a
+    string (timm's `save_for_hf` reads it the same way)."""
+    pool = getattr(model, 'global_pool', None) or getattr(getattr(model, 'head', None), 'global_pool', None)
+    return pool if isinstance(pool, str) else getattr(pool, 'pool_type', 'avg') or ''
 
 
 def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[str, Any]) -> None:
@@ -140,6 +158,8 @@ def write_weights(model: nn.Module, path: Path, name: str, model_args: Mapping[s
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     # one metadata key: safetensors writes several in hash order, and the file would differ run to run
     record = {'architecture': name, 'model_args': dict(model_args)}
+    if getattr(model, 'moe_conversion', None) is not None:
+        record['convert'] = dict(model.moe_conversion)
     atomic_save_safetensors(tensors, path, metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
 
 
@@ -174,18 +194,29 @@ def model_card(name: str, model_args: Mapping[str, Any], dataset: str, run_cfg: 
     """README.md: front matter, how to load, training (`result`: the run's result.json, for what ran), and the
     registry entry's numbers (or none)."""
     args = ', '.join(f'{k}={v!r}' for k, v in model_args.items())
+    convert = run_cfg.get('convert')
+    if convert is None:
+        what = 'MoE ResNet'
+        load = ['import json, timm, timm_moe   # timm_moe registers the architecture', '',
+                "model = timm.create_model('local-dir:FOLDER', pretrained=True)   # newer timm (not 1.0.9)", '',
+                '# any timm >= 1.0.9: the exported pretrained_cfg carries the classes, channels, mean and std',
+                "cfg = json.load(open('FOLDER/config.json'))",
+                "model = timm.create_model(cfg['architecture'], pretrained=True, **cfg['model_args'],",
+                "                          pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], "
+                "file='FOLDER/model.safetensors'))"]
+    else:  # timm builds the plain model only: timm_moe converts it as config.json's `convert` says
+        what = f'{name} converted to MoE (`convert`: `{convert}`)'
+        load = ['import json, timm_moe', 'from safetensors.torch import load_file', '',
+                "cfg = json.load(open('FOLDER/config.json'))",
+                "model = timm_moe.create_model(cfg['architecture'], convert=cfg['convert'], **cfg['model_args'])",
+                "model.load_state_dict(load_file('FOLDER/model.safetensors'))"]
     lines = [
         '---', 'library_name: timm', 'license: apache-2.0', 'tags:', '- image-classification', '- timm',
         '- timm-moe', '- mixture-of-experts', '- adversarial-robustness', '---', '',
         f'# {name} ({dataset}, {training_of(run_cfg)} training)', '',
-        f'A [timm-moe](https://arxiv.org/abs/2509.05086) MoE ResNet exported by `timm-moe export`. '
+        f'A [timm-moe](https://arxiv.org/abs/2509.05086) {what} exported by `timm-moe export`. '
         f'Model kwargs: `{args}`.', '',
-        '## Load', '', '```python', 'import json, timm, timm_moe   # timm_moe registers the architecture', '',
-        "model = timm.create_model('local-dir:FOLDER', pretrained=True)   # newer timm (not 1.0.9)", '',
-        '# any timm >= 1.0.9: the exported pretrained_cfg carries the classes, channels, mean and std',
-        "cfg = json.load(open('FOLDER/config.json'))",
-        "model = timm.create_model(cfg['architecture'], pretrained=True, **cfg['model_args'],",
-        "                          pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], file='FOLDER/model.safetensors'))",
+        '## Load', '', '```python', *load,
         '```', '',
         f'Inputs: images in [0, 1] normalised with the mean and std in `config.json` ({dataset}); '
         'timm.data.resolve_data_config(model=model) picks them up.', '',
@@ -332,7 +363,7 @@ def load_exported(path: PathLike, model_name: Optional[str] = None, **kwargs: An
 
     Args:
         path: The exported folder (or its model.safetensors).
-        model_name: Target model (default: the recorded architecture).
+        model_name: Target model (default: the recorded architecture, converted as the recorded `convert` says).
         **kwargs: Target model kwargs (default: the recorded model_args).
     """
     state_dict, source = read_export(path)
@@ -341,7 +372,7 @@ def load_exported(path: PathLike, model_name: Optional[str] = None, **kwargs: An
         raise UserError(f'{path}: no architecture recorded; pass model_name')
     args = dict(source.get('model_args') or {}) if model_name is None else {}
     args.update(kwargs)
-    model = timm.create_model(name, **args)
+    model = timm_moe.create_model(name, convert=source.get('convert') if model_name is None else None, **args)
     check_compatible(state_dict, model, name, source=source, what=f'the weights in {path}')
     model.load_state_dict(state_dict)
     return model

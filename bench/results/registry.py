@@ -32,7 +32,7 @@ from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
 from bench.core.values import find_control, printable
 from bench.core.yaml_files import read_utf8
-from bench.results.stats import bits_sha256, per_sample_vectors
+from bench.core.stats import bits_sha256, per_sample_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PACKAGE = Path(__file__).resolve().parents[1]  # bench/

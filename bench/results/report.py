@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from bench.core.errors import UserError
 from bench.results.leaderboard import EXACT_N, fmt_eps
 from bench.results.registry import DEFAULT_REGISTRY, load_entries, robust_metric
-from bench.results.stats import group_by_seed, seed_summary, wilson_interval
+from bench.core.stats import group_by_seed, seed_summary, wilson_interval
 
 MAX_PANELS = 16  # more small multiples than this become unreadable; the rest are named in a note
 SOURCE_MARKERS = {'measured': 'o', 'paper': '^', 'robustbench': 's'}

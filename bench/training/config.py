@@ -39,6 +39,10 @@ class TrainConfig:
     # -- model
     model: str = _field('resnet18_blockmoe_e8_k1', 'any timm name; `import timm_moe` registers ours')
     model_kwargs: Dict[str, Any] = _field(help='passed to timm.create_model (gate, width, ...)', factory=dict)
+    convert: Optional[Dict[str, Any]] = _field(None, "make a plain timm model an MoE: timm_moe.convert's arguments "
+                                                     '(targets, num_experts, k, gate, ...)')
+    img_size: Optional[int] = _field(None, 'resize images to this side inside the model, after any attack (for a '
+                                           'model that needs larger ones); none: as they are')
     upcycle_from: Optional[str] = _field(None, 'start from a dense run directory or model.pth via timm_moe.upcycle')
     upcycle_noise: float = _field(0.01, 'relative noise on the copied expert weights, so experts can diverge')
     upcycle_sha256: Optional[str] = _field(None, "the source's sha256: filled in by the run, or given to pin the file")
@@ -120,6 +124,12 @@ class TrainConfig:
             raise UserError(f'lr={self.lr} must be positive')
         if self.warmup_epochs < 0:
             raise UserError(f'warmup_epochs={self.warmup_epochs} must not be negative')
+        if self.img_size is not None and self.img_size < 1:
+            raise UserError(f'img_size={self.img_size} must be at least 1 (or none: the data set\'s size)')
+        if self.convert is not None and self.upcycle_from is not None:
+            raise UserError('convert with upcycle_from: upcycling builds its MoE from a timm-moe name; to start a '
+                            'converted model from dense weights, give convert copy_weights=true and pretrained '
+                            'weights instead')
         if self.upcycle_noise < 0:
             raise UserError(f'upcycle_noise={self.upcycle_noise} must not be negative')
         if self.upcycle_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', self.upcycle_sha256):
@@ -151,20 +161,26 @@ class TrainConfig:
                                 f'free_replays={self.free_replays}: the replays of a minibatch are one unit')
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # keys added later are written only when set: the config of a run that does not use them, and every hash
+        # and entry id made from it (config_sha256, the registry's), reads as before they existed
+        for key in _LATER_KEYS:
+            if out[key] is None:
+                del out[key]
+        return out
 
     def sha256(self) -> str:
         """The hash of the config that each run's result.json stores (`config_sha256`).
 
         It covers every field but `_NOT_HASHED` (where the run is written, how it is shown, the loader workers and
         torch.compile, which changes how the same computation runs: its forwards and gradients match eager's to
-        rounding, tests/test_torchcompile_cli.py), the Fast-/Free-AT keys of a run that does not use them, and
-        `sched_step` when it is 'update' (below).
+        rounding, tests/test_torchcompile_cli.py), the Fast-/Free-AT keys of a run that does not use them,
+        `convert` and `img_size` when unset (`to_dict` leaves them out), and `sched_step` when it is 'update' (below).
 
         It does cover keys that do not change the result either (`HASHED_THOUGH_NOT_THE_RESULT`: the device, the
         kernel settings, where the data is read, the per-epoch eval size, checkpointing), because every hash written
         so far does: leaving them out now would change the hash of every config. Two runs that differ only in them
-        have two hashes; what groups the runs of one configuration is `bench.results.stats.seed_group_key`, which
+        have two hashes; what groups the runs of one configuration is `bench.core.stats.seed_group_key`, which
         leaves out all of `NOT_THE_RESULT`. The registry's `training.config_sha256` is another hash: of the entry's
         whole stored config (`bench.results.entries`), which does not depend on this one.
         """
@@ -196,6 +212,7 @@ HASHED_THOUGH_NOT_THE_RESULT = ('device', 'deterministic', 'channels_last', 'dat
 _NOT_HASHED = tuple(k for k in NOT_THE_RESULT if k not in HASHED_THOUGH_NOT_THE_RESULT)
 # what a resume may change: where and how the run executes or is shown, and how far it goes, not what it trains
 RESUME_MAY_CHANGE = NOT_THE_RESULT + ('max_steps',)
+_LATER_KEYS = ('convert', 'img_size')  # left out of `to_dict` at their default, none
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -299,11 +316,12 @@ def check_resume_config(cfg: TrainConfig, saved: Mapping[str, Any], run_dir: Pat
     lacks (a run of an older version) cannot be compared and is taken as given."""
     if cfg.upcycle_sha256 is None:  # filled in by the run itself from the source it read
         cfg.upcycle_sha256 = saved.get('upcycle_sha256')
-    now = cfg.to_dict()
-    changed = [k for k in now if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    now = dataclasses.asdict(cfg)  # every key: one that to_dict leaves out at its default is compared as that
+    changed = [k for k in now if (k in saved or k in _LATER_KEYS) and k not in RESUME_MAY_CHANGE
+               and now[k] != saved.get(k)]
     if changed:
         def shown(values: Mapping[str, Any]) -> str:
-            return ', '.join(f'{k}={str(values[k])[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
+            return ', '.join(f'{k}={str(values.get(k))[:40]}' for k in changed[:4]) + (', ...' if len(changed) > 4 else '')
         raise UserError(f'--resume: {run_dir} trains with {shown(saved)}, not {shown(now)}; a resume continues the '
                         f'same run (only {", ".join(RESUME_MAY_CHANGE)} may change): give its values, or train a new '
                         'run into another --out')

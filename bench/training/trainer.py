@@ -43,7 +43,7 @@ from bench.core.errors import UserError
 from bench.core.progress import progress_bar
 from bench.core.rng import forked_rng, key_seed
 from bench.data import build_dataset, dataset_info, eval_tensors, load_tensors, model_kwargs_for
-from bench.models import create_model, normalized
+from bench.models import check_input_size, create_model, normalized
 from bench.training import free as free_at
 from bench.training.adversarial import InputGradScaler, fast_examples, madry_examples, trades_examples
 from bench.training.config import TrainConfig, check_resume_config, save_config
@@ -89,11 +89,14 @@ class Trainer:
         if cfg.upcycle_from and not resume:  # a resumed run's weights come from its own checkpoint
             self.model, self.upcycled_from = upcycle_model(cfg, self.model_kwargs)
         else:
-            self.model = create_model(cfg.model, self.model_kwargs, 'model_kwargs')
+            self.model = create_model(cfg.model, self.model_kwargs, 'model_kwargs', convert=cfg.convert)
+        side = cfg.img_size or self.info['input_size'][-1]
+        check_input_size(self.model, self.model_kwargs['in_chans'], side, cfg.model,
+                         'img_size={need} resizes the images inside the model')
         if self.primary and not resume:
             ckpt.prepare_run_dir(self.run_dir, resume, overwrite)
         self._barrier()
-        self.net = normalized(self.model, self.info['mean'], self.info['std']).to(self.device)
+        self.net = normalized(self.model, self.info['mean'], self.info['std'], cfg.img_size).to(self.device)
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -424,7 +424,7 @@ def test_a_tag_that_timm_cannot_name_is_refused_when_the_spec_loads(tmp_path, ca
 
 def _flip_two_bits(entry: dict) -> None:
     """Move one correct point of the clean bits to a wrong one: the count, and so the accuracy, stay the same."""
-    from bench.results.stats import decode_bits, encode_bits
+    from bench.core.stats import decode_bits, encode_bits
     block = entry['per_sample']
     bits = decode_bits(block['bits']['clean'], block['n'])
     right, wrong = int(bits.argmax()), int((~bits).argmax())

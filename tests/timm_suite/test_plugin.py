@@ -28,6 +28,8 @@ def _load(name: str):
 PLUGIN = _load('timm_moe_timm_suite')
 FETCH = _load('fetch_timm_tests')
 OURS = PLUGIN.our_model_names()
+# every run also builds the timm models the plugin converts to MoE (their own names, with `_moe_` in them)
+RUN = OURS + list(PLUGIN.CONVERTED)
 
 HEADER = '''
 import pytest
@@ -54,16 +56,16 @@ def test_selects_only_our_models_and_xfails_torchscript(pytester):
     result = _run(pytester, '''
 @pytest.mark.parametrize('model_name', ALL)
 def test_model_forward(model_name):
-    assert 'resnet' in model_name
+    assert 'resnet' in model_name or '_moe_' in model_name
 
 @pytest.mark.parametrize('model_name', ALL)
 def test_model_forward_torchscript(model_name):
     if 'moe_' in model_name:  # dense models script; the MoE layer's data-dependent dispatch does not
         raise RuntimeError('cannot script')
 ''')
-    moe = sum('moe_' in n for n in OURS)
-    result.assert_outcomes(passed=2 * len(OURS) - moe, xfailed=moe)
-    assert f'{2 * (len(timm.list_models()) - len(OURS))} deselected' in result.stdout.str()
+    moe = sum('moe_' in n for n in RUN)
+    result.assert_outcomes(passed=2 * len(RUN) - moe, xfailed=moe)
+    assert f'{2 * (len(timm.list_models()) - len(RUN))} deselected' in result.stdout.str()
 
 
 def test_torchscript_xfail_is_strict(pytester):
@@ -81,7 +83,7 @@ def test_model_forward_torchscript(model_name):
 def test_model_forward_fx_torchscript(model_name):
     assert model_name == 'resnet18_dense'  # FX-traced dense models script; MoE ones do not
 ''')
-    result.assert_outcomes(passed=len(OURS) + 1, failed=1, xfailed=1)
+    result.assert_outcomes(passed=len(RUN) + 1, failed=1, xfailed=1)
     assert 'XPASS(strict)' in result.stdout.str()
 
 
@@ -97,7 +99,7 @@ def test_model_backward(model_name):
 ''')
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()
-    assert 'test_model_backward misses 37 of our 93 models (resnet50_blockmoe_e16_k1' in err
+    assert f'test_model_backward misses 37 of our {len(RUN)} models (resnet50_blockmoe_e16_k1' in err
     assert 'test_model_forward misses' not in err
 
 
@@ -167,13 +169,13 @@ KEPT = []
 
 @pytest.mark.parametrize('model_name', ALL)
 def test_model_forward(model_name):
-    model = timm.create_model(model_name, width=4)
+    model = timm.create_model(model_name, **({'width': 4} if 'resnet' in model_name else {}))
     if model_name == 'resnet18_blockmoe_e2_k1':
         KEPT.append(model)
     if model_name == 'resnet18_blockmoe_e2_k2':
         raise RuntimeError('fails with the model in its frame')
 ''')
-    result.assert_outcomes(passed=len(OURS) - 1, failed=1, errors=1)
+    result.assert_outcomes(passed=len(RUN) - 1, failed=1, errors=1)
     out = result.stdout.str()
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k1]' in out
     assert 'ERROR at teardown of test_model_forward[resnet18_blockmoe_e2_k2]' not in out
@@ -190,7 +192,7 @@ def test_model_forward(model_name):
 def test_prune_intermediate_layers_contract(model_name):
     pass
 ''', '-m', 'not slow', '-p', 'no:warnings')
-    result.assert_outcomes(passed=len(OURS))
+    result.assert_outcomes(passed=len(RUN))
 
 
 # ------------------------------------------------------------------------------------------- representative subset
@@ -242,8 +244,9 @@ def test_model_backward(model_name):
 def test_model_load_pretrained(model_name):
     pass
 ''', '-v', models='')
-    expected = {test: PLUGIN.representative_subset(OURS, salt=test) for test in ('test_model_forward',
-                                                                                'test_model_backward')}
+    # a subset of ours, and every converted model
+    expected = {test: PLUGIN.representative_subset(OURS, salt=test) + list(PLUGIN.CONVERTED)
+                for test in ('test_model_forward', 'test_model_backward')}
     tags = PLUGIN.our_tagged_names()
     result.assert_outcomes(passed=sum(map(len, expected.values())) + len(tags))
     out = result.stdout.str()
@@ -261,7 +264,7 @@ def test_model_forward(model_name):
     pass
 '''
     monkeypatch.setenv(PLUGIN.ENV_VAR, 'all')
-    _run(pytester, body, models='').assert_outcomes(passed=len(OURS))
+    _run(pytester, body, models='').assert_outcomes(passed=len(RUN))
     monkeypatch.setenv(PLUGIN.ENV_VAR, 'some')
     result = _run(pytester, body, models='')
     assert result.ret == pytest.ExitCode.USAGE_ERROR

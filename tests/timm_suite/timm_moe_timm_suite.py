@@ -14,6 +14,9 @@ What it does, and why:
   weights run on them), and deselects the rest;
 - fails the run (exit 4) unless every core test of the file collected every one of our names, so
   that a timm filter list or a renamed test cannot silently shrink coverage;
+- registers two timm models converted to MoE (`CONVERTED`: ConvNeXt and EfficientNet blocks made MoE layers by
+  `timm_moe.create_model`) under names of their own, and runs every test that timm's file parametrises with
+  them: the conversion must keep what timm promises of its own models (features, intermediates, FX);
 - then, by default, runs each test on a representative subset of our names (`representative_subset`):
   every family (architecture x kind: BlockMoE, ConvMoE, dense), every k, every number of experts and every
   placement appear in every test, and each test draws its own subset, so that the tests together cover
@@ -36,9 +39,12 @@ What it does, and why:
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import re
+import sys
+import types
 import weakref
 import zlib
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
@@ -46,7 +52,7 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 import pytest
 import timm
 
-import timm_moe  # noqa: F401 - registers our models with timm before the test file is collected
+import timm_moe  # registers our models with timm before the test file is collected; builds the converted ones
 from timm_moe.layers import MoE
 
 # Core tests of timm's test_models.py that must run on every one of our models where the file defines
@@ -78,6 +84,51 @@ TORCHSCRIPT_XFAILS = {
         'TorchScript is not supported: the FX graph keeps MoE as a leaf module, which TorchScript then '
         'has to compile (data-dependent dispatch); the dense baselines trace and script (docs/ECOSYSTEM.md)'),
 }
+
+# timm models converted to MoE, under names of their own (`moe_` in the name: TorchScript is xfailed as for ours):
+# name -> (timm architecture, `timm_moe.convert`'s arguments). ConvNeXt's layer scale cannot be re-initialised, so
+# its experts are copies; EfficientNet's are re-initialised, and route k=2 of 4.
+CONVERTED = {
+    'convnext_atto_moe_stage3_e4_k1': ('convnext_atto', dict(targets='stages.3.blocks.*', num_experts=4, k=1,
+                                                             copy_weights=True)),
+    'efficientnet_b0_moe_blocks6_e4_k2': ('efficientnet_b0', dict(targets='blocks.6.*', num_experts=4, k=2)),
+}
+# timm's tests that build a converted model with features_only=True, and fail for it: timm wraps the model
+# (FeatureListNet, FeatureGetterNet) and moves its modules, so the conversion's targets select nothing there
+# (EfficientNet's own features class keeps the paths). Strict: a pair that starts to pass fails the run.
+CONVERTED_XFAILS = {
+    ('test_model_forward_features', 'convnext_atto_moe_stage3_e4_k1'),
+    ('test_model_forward_intermediates_features', 'convnext_atto_moe_stage3_e4_k1'),
+    ('test_model_forward_intermediates_features', 'efficientnet_b0_moe_blocks6_e4_k2'),
+}
+CONVERTED_XFAIL_REASON = ("features_only=True: timm's feature wrapper keeps the model's modules under other paths, "
+                          "so the conversion's targets (paths of the plain model) select nothing there")
+# timm's registry records each entrypoint's module (and reads its `default_cfgs`): the converted names get one of
+# their own, so that neither timm's module filters nor `our_model_names` mistake them for another's
+CONVERTED_MODULE = 'timm_moe_timm_suite_converted'
+
+
+def register_converted() -> None:
+    """Register `CONVERTED` with timm: each builds `timm_moe.create_model(arch, convert=...)` with its base
+    architecture's pretrained cfg, less the weights (nothing to download), under its own name."""
+    module = sys.modules.setdefault(CONVERTED_MODULE, types.ModuleType(CONVERTED_MODULE))
+    module.default_cfgs = {}
+    for name, (arch, convert) in CONVERTED.items():
+        base = timm.models.get_pretrained_cfg(arch)
+        module.default_cfgs[name] = dataclasses.asdict(dataclasses.replace(base, hf_hub_id=None, url=None, tag=None))
+
+        def entrypoint(pretrained: bool = False, _arch: str = arch, _convert: dict = convert, _name: str = name,
+                       **kwargs):
+            cfg = kwargs.pop('pretrained_cfg', None) or timm.models.get_pretrained_cfg(_name)
+            return timm_moe.create_model(_arch, convert=_convert, pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+
+        entrypoint.__name__ = entrypoint.__qualname__ = name
+        entrypoint.__module__ = CONVERTED_MODULE
+        timm.models.register_model(entrypoint)
+
+
+register_converted()  # before timm's file is collected: it lists the models when it is imported
+
 
 # markers timm declares in its own pyproject.toml, which is not part of the fetched file
 TIMM_MARKERS = ('base', 'cfg', 'cfg_nonstd', 'forward', 'backward', 'torchscript', 'features', 'fxforward',
@@ -176,7 +227,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for i, mark in enumerate(markers):
         if mark.name == 'parametrize' and mark.args and mark.args[0] == 'model_name':
             names = list(mark.args[1])
-            extra = [n for n in our_model_names() if n not in names]
+            extra = [n for n in [*our_model_names(), *CONVERTED] if n not in names]
             markers[i] = pytest.mark.parametrize('model_name', names + extra, **mark.kwargs).mark
 
 
@@ -209,19 +260,22 @@ def coverage_problems(items: List[pytest.Item], ours: List[str]) -> List[str]:
 @pytest.hookimpl(tryfirst=True)  # before -k/-m, so that the check sees the whole file
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     ours = set(our_model_names())
-    problems = coverage_problems(items, sorted(ours))
+    problems = coverage_problems(items, sorted(ours | set(CONVERTED)))
     if problems:
         raise pytest.UsageError("timm's test_models.py does not exercise all of timm-moe's models: " +
                                 '; '.join(problems))
     # our shipped tags too: timm's tests parametrised with tags (default cfgs with include_tags, loading
     # pretrained weights with another in_chans/num_classes, features_only) must hold for them as for timm's own
-    keep = select_items(items, ours, our_tagged_names(), everything=selection_mode(config) == 'all')
+    keep = select_items(items, ours, our_tagged_names(), everything=selection_mode(config) == 'all',
+                        always=CONVERTED)
     kept = {id(item) for item in keep}
     dropped = [item for item in items if id(item) not in kept]
     for item in keep:
         fails, reason = TORCHSCRIPT_XFAILS.get(item.originalname, (None, ''))
         if fails is not None and fails(model_name_of(item)):
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+        if (item.originalname, model_name_of(item)) in CONVERTED_XFAILS:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=CONVERTED_XFAIL_REASON))
         if item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
     if dropped:
@@ -230,10 +284,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 def select_items(items: Sequence[pytest.Item], ours: Sequence[str], tags: Sequence[str],
-                 everything: bool = False) -> List[pytest.Item]:
-    """The items to run, in collection order: every item of one of our shipped tags (a few small weights), and
-    per test function the items of a representative subset of our names (of all of them if `everything`)."""
-    tags = set(tags)
+                 everything: bool = False, always: Iterable[str] = ()) -> List[pytest.Item]:
+    """The items to run, in collection order: every item of one of our shipped tags (a few small weights) or of
+    a name in `always` (the converted models), and per test function the items of a representative subset of our
+    names (of all of them if `everything`)."""
+    tags = set(tags) | set(always)
     per_test: Dict[str, Set[str]] = {}
     for item in items:
         if model_name_of(item) in ours:

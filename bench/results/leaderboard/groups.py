@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import AUTO, CLEAN, EXACT_N, Column, columns_of
-from bench.results.stats import group_by_seed, per_sample_vectors, seed_summary, wilson_interval
+from bench.core.stats import group_by_seed, per_sample_vectors, seed_summary, wilson_interval
 
 
 @dataclass

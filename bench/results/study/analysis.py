@@ -12,7 +12,7 @@ from its entries' `model` block, the effective values the runs had, so that the 
 in aux_loss") follow what was trained, not how the spec spelled it. No config name or attack label is built
 into the computation: the claims find their pairs by these traits and their metrics among the entries'.
 
-Statistics (every number from `bench.results.stats` and `bench.results.compare`; arranged here for a study):
+Statistics (every number from `bench.core.stats` and `bench.results.compare`; arranged here for a study):
 
 - `summary`: mean, sd and 95% t-interval over seeds of one metric (one run: its Wilson interval instead).
 - `compare_configs`: A vs B paired by seed: `compare_entries` per seed pair (which refuses different attack
@@ -25,19 +25,17 @@ Bootstrap seeds are fixed (`BOOT_SEED`), so the report is the same bytes on ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.results import stats
+from bench.core import stats
 from bench.results.compare import compare_entries, strongest_shared
+from bench.results.study.claims import Claims, load_claims, load_effects, row_effect
 
 FLOPS_TOL = 0.02  # |ratio - 1| within this is 'equal FLOPs': a gate adds well under 1% to a ResNet block
 STAGE_MAIN, STAGE_AA = 'main', 'autoattack'
-# an aux loss brings its own default weight, and noisy_gating 'auto' resolves by the loss: they follow from it
-AUX_KEYS = ('aux_loss', 'aux_weight', 'noisy_gating')
 
 
 def by_strength(metrics: Sequence[str]) -> List[str]:
@@ -377,106 +375,20 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = N_BOOT, seed: int = BO
     return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi))
 
 
-# ------------------------------------------------------------------------------------------ the paper's table
+# ------------------------------------------------------------------------------------------ the paper's claims
 
-PAPER_SOURCE = ("the paper code's CIFAR-100 ResNet-18 table (registry/sources/robust_experts_official_results.csv: "
-                'PGD-AT, eps 8/255; PGD-20 / APGD-20, percent points)')
-PAPER_SINGLE = ('resnet18-placement-conv5_x', 'BlockMoE replacing 2nd BasicBlock')  # one BlockMoE at the last block
-PAPER_CONV = ('resnet18-placement-conv5_x', 'ConvMoEs replacing all 4 conv layers')  # ConvMoE in every conv5_x conv
-PAPER_MAIN = ('resnet18', 'BlockMoE')  # both conv5_x blocks, k = 1..4
-PAPER_FAMILY = ('L_ent', 'GAP-FC')  # the loss and gate of the study's e4k1
-
-
-def paper_rows(path: Any) -> List[Dict[str, Any]]:
-    """The adversarially trained rows of the paper's table, numbers as floats (`import_paper.read_csv` reads it)."""
-    from bench.results.import_paper import read_csv
-
-    rows = []
-    for r in read_csv(Path(path)):
-        if r['training'].strip() == 'adversarial':
-            rows.append({**{k: r[k].strip() for k in ('table', 'moe', 'loss', 'gate', 'k')},
-                         'pgd20': float(r['pgd20']), 'apgd20': float(r['apgd20'])})
-    return rows
+def claims_of(study: Study) -> Claims:
+    """The claims the study tests: the file its spec names (`claims:`), or the shipped paper's; read once."""
+    if 'claims' not in study.cache:
+        study.cache['claims'] = load_claims(study.plan.get('claims'))
+    return study.cache['claims']
 
 
-def _row(rows: Sequence[Mapping[str, Any]], **want: str) -> Optional[Mapping[str, Any]]:
-    return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
-
-
-def _delta(a: Optional[Mapping[str, Any]], b: Optional[Mapping[str, Any]]) -> Optional[Tuple[float, float]]:
-    return None if a is None or b is None else (a['pgd20'] - b['pgd20'], a['apgd20'] - b['apgd20'])
-
-
-def _fmt_delta(d: Optional[Tuple[float, float]]) -> str:
-    return '–' if d is None else f'{d[0]:+.2f} / {d[1]:+.2f}'
-
-
-def _ahead(deltas: Sequence[Tuple[float, float]], what: str) -> str:
-    """'3 of 6 families on PGD-20 and 6 of 6 on APGD-20': how often A is ahead."""
-    n = len(deltas)
-    return f'{sum(d[0] > 0 for d in deltas)} of {n} {what} on PGD-20 and {sum(d[1] > 0 for d in deltas)} of {n} on APGD-20'
-
-
-
-def paper_effects(rows: Sequence[Mapping[str, Any]]) -> Dict[int, Dict[str, str]]:
-    """What the paper's own table says on each claim, computed from its rows: {claim: {'claim': the claim as
-    the table has it, 'effect': the effect at the study's e4k1 settings (PGD-20 / APGD-20), 'detail': the
-    table's other families}}."""
-    loss, gate = PAPER_FAMILY
-    single = [r for r in rows if (r['table'], r['moe']) == PAPER_SINGLE]
-    main = [r for r in rows if (r['table'], r['moe']) == PAPER_MAIN]
-    base = _row(rows, table=PAPER_SINGLE[0], moe='Baseline')
-    out: Dict[int, Dict[str, str]] = {}
-
-    conv = [r for r in rows if (r['table'], r['moe']) == PAPER_CONV]
-    d1 = [d for d in (_delta(r, base) for r in single) if d is not None]
-    d1c = [d for d in (_delta(r, base) for r in conv) if d is not None]
-    # the study pairs dense with either kind of MoE, so the claim and its effect name both
-    out[1] = dict(claim='a sparse MoE in conv5_x (E=4, k=1) is more robust than dense after adversarial training',
-                  effect=(f'BlockMoE at the last block {_fmt_delta(_delta(_row(single, loss=loss, gate=gate), base))}; '
-                          f'ConvMoE in all four conv5_x convolutions '
-                          f'{_fmt_delta(_delta(_row(conv, loss=loss, gate=gate), base))} (entropy, GAP-FC, vs dense)'),
-                  detail=(f'the single last-block BlockMoE is ahead of dense in {_ahead(d1, "loss × gate rows")}, '
-                          f'the all-convolutions ConvMoE in {_ahead(d1c, "loss × gate rows")}'))
-
-    d2s = [_delta(_row(single, loss=loss, gate=g), _row(single, loss='L_switch', gate=g)) for g in ('GAP-FC', 'Conv-GAP')]
-    d2s += [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_switch', gate=g, k=k))
-            for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
-    d2k = [_delta(_row(main, loss=loss, gate=g, k=k), _row(main, loss='L_column_entropy', gate=g, k=k))
-           for g in ('GAP-FC', 'Conv-GAP') for k in '1234']
-    d2s, d2k = [d for d in d2s if d], [d for d in d2k if d]
-    out[2] = dict(claim='the entropy loss gives more robust MoEs than the switch and KL losses',
-                  effect=(f'entropy − switch {_fmt_delta(_delta(_row(single, loss=loss, gate=gate), _row(single, loss="L_switch", gate=gate)))} '
-                          f'(last block, GAP-FC); entropy − KL {_fmt_delta(_delta(_row(main, loss=loss, gate=gate, k="1"), _row(main, loss="L_column_entropy", gate=gate, k="1")))} '
-                          '(both conv5_x blocks, GAP-FC, k=1; the table has no last-block KL row)'),
-                  detail=(f'entropy is ahead of switch in {_ahead(d2s, "matched rows")}, and of KL (column entropy) '
-                          f'in {_ahead(d2k, "matched rows")}'))
-
-    families = sorted({(r['loss'], r['gate']) for r in main})
-    d3 = [_delta(_row(main, loss=lo, gate=g, k='1'), _row(main, loss=lo, gate=g, k='2')) for lo, g in families]
-    d3 = [d for d in d3 if d]
-    best = {m: sum(max((r for r in main if (r['loss'], r['gate']) == f), key=lambda r: r[m])['k'] == '1'
-                   for f in families) for m in ('pgd20', 'apgd20')}
-    out[3] = dict(claim='k=1 is more robust than k=2 (the table has it this way round; a summary of the paper said '
-                        'the reverse)',
-                  effect=f'{_fmt_delta(d3[families.index((loss, gate))] if (loss, gate) in families else None)} '
-                         '(k=1 − k=2, entropy, GAP-FC, both conv5_x blocks)',
-                  detail=(f'k=1 is ahead of k=2 in {_ahead(d3, "BlockMoE loss × gate families")}, and the most '
-                          f'robust of k=1..4 in {best["pgd20"]} of {len(families)} on PGD-20 and {best["apgd20"]} of '
-                          f'{len(families)} on APGD-20'))
-    out[4] = dict(claim='the switch loss collapses the routing, and some expert subpaths are more robust than the '
-                        'gated model', effect='– (the table has no routing or subpath numbers)', detail='')
-    return out
-
-
-def load_paper_effects(plan: Mapping[str, Any]) -> Tuple[Optional[Dict[int, Dict[str, str]]], Optional[str]]:
-    """(paper_effects of the plan's `paper_csv`, or of the repository's copy; None and the reason if absent)."""
-    from bench.results.import_paper import DEFAULT_CSV
-
-    path = Path(plan.get('paper_csv') or DEFAULT_CSV)
-    if not path.is_file():
-        return None, f"the paper's table is not at {path.name}: its effects are left out"
-    return paper_effects(paper_rows(path)), None
+def paper_effects(study: Study) -> Tuple[Optional[List[Dict[str, str]]], Optional[str]]:
+    """What the paper's table says on each claim (`claims.effects`), or None and why (no table)."""
+    if 'effects' not in study.cache:
+        study.cache['effects'] = load_effects(claims_of(study))
+    return study.cache['effects']
 
 
 # ------------------------------------------------------------------------------------------ pre-registration
@@ -484,7 +396,6 @@ def load_paper_effects(plan: Mapping[str, Any]) -> Tuple[Optional[Dict[int, Dict
 PREREG_KEYS = ('baseline', 'primary', 'metric', 'margin', 'alpha', 'power', 'analysis', 'seed_sd')
 PREREG_DEFAULTS = dict(metric='apgd-ce', margin=1.5, alpha=0.05, power=0.8, analysis='welch')
 ANALYSES = ('welch', 'pooled')
-PAPER_KEYS = ('table', 'moe', 'loss', 'gate', 'k')
 HOLDS, EQUIVALENT, WORSE = 'holds', 'equivalent', 'worse'
 PREREG_RULE = ("each primary contrast (config − baseline, seeds as the unit) gets {analysis} t over the seeds, "
                "two-sided p against 0, and Holm's correction over the primary contrasts at family-wise alpha "
@@ -497,7 +408,8 @@ PREREG_RULE = ("each primary contrast (config − baseline, seeds as the unit) g
                "weights and decides nothing. Everything outside the primary contrasts is exploratory.")
 
 
-def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) -> Dict[str, Any]:
+def check_preregistration(block: Any, configs: Mapping[str, Any], where: str,
+                          paper_keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The `preregistration:` block of a study spec with its defaults, or UserError naming the key.
 
     A study names, before it runs, the contrasts that decide it (each primary config against the baseline),
@@ -506,10 +418,8 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
         preregistration:
           baseline: dense
           primary:                       # config: {paper: the row of the paper's table it reproduces} or {}
-            convmoe_c5: {paper: {table: resnet18-placement-conv5_x, moe: ConvMoEs replacing all 4 conv layers,
-                                 loss: L_ent, gate: GAP-FC}}
-            blockmoe_last: {paper: {table: resnet18-placement-conv5_x, moe: BlockMoE replacing 2nd BasicBlock,
-                                    loss: L_ent, gate: GAP-FC}}
+            convmoe: {paper: {COLUMN: VALUE, ...}}   # the row by its key columns (the claims file's `keys`)
+            blockmoe: {}
           metric: apgd-ce                # APGD-CE-100 on the points every run is attacked on
           margin: 1.5                    # points: the equivalence margin, and the detectable difference sought
           analysis: welch                # or pooled (pooled-variance t over the arms)
@@ -517,7 +427,10 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
 
     A primary entry may add `base: [moe config, baseline config]` (the same arms at a base budget): its
     interaction, (config − baseline) − (base MoE − base baseline), is then a primary contrast too.
+
+    `paper_keys`: the key columns of the paper's table (`claims.Claims.keys`); None: the shipped paper's.
     """
+    paper_keys = load_claims().keys if paper_keys is None else paper_keys
     if not isinstance(block, Mapping):
         raise UserError(f'preregistration in {where} is {block!r}: give a mapping with baseline, primary, ...')
     unknown = sorted(set(block) - set(PREREG_KEYS))
@@ -540,16 +453,16 @@ def check_preregistration(block: Any, configs: Mapping[str, Any], where: str) ->
         options = options or {}
         if not isinstance(options, Mapping) or set(options) - {'paper', 'base'}:
             raise UserError(f'preregistration.primary.{name} in {where} is {options!r}: give {{}} or '
-                            '{paper: {table, moe, loss, gate, k}, base: [moe config, baseline config]}')
+                            f'{{paper: {{{", ".join(paper_keys)}}}, base: [moe config, baseline config]}}')
         base = options.get('base')
         if base is not None and (not isinstance(base, list) or len(base) != 2 or len(set(map(str, base))) != 2
                                  or any(b not in configs or b in (name, out['baseline']) for b in base)):
             raise UserError(f'preregistration.primary.{name}.base in {where} is {base!r}: give [moe config, baseline '
                             f'config], two other configs of the spec, the same arms at the base budget')
         paper = options.get('paper') or {}
-        if not isinstance(paper, Mapping) or set(paper) - set(PAPER_KEYS):
+        if not isinstance(paper, Mapping) or set(paper) - set(paper_keys):
             raise UserError(f'preregistration.primary.{name}.paper in {where} is {paper!r}: keys '
-                            f'{", ".join(PAPER_KEYS)} of a row of the paper\'s table')
+                            f'{", ".join(paper_keys)} of a row of the paper\'s table')
     out['primary'] = {name: dict(options or {}) for name, options in primary.items()}
     for key, lo, hi in (('margin', 0, None), ('alpha', 0, 1), ('power', 0, 1), ('seed_sd', 0, None)):
         value = out.get(key)
@@ -672,22 +585,10 @@ def budget_response(study: Study) -> Optional[Dict[str, Any]]:
     return dict(metric=metric, budgets=budgets, arms=arms, paper=paper)
 
 
-def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, float]]:
-    """The paper's effect for a row it names: (PGD-20, APGD-20) of the row minus its table's dense baseline;
+def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, ...]]:
+    """The paper's effect for a row it names (`claims.row_effect`): one difference per metric of the claims file,
     None without a row, or the reason (a string) it cannot be read."""
-    if not paper:
-        return None
-    from bench.results.import_paper import DEFAULT_CSV
-
-    try:
-        rows = paper_rows(study.plan.get('paper_csv') or DEFAULT_CSV)
-    except UserError as err:
-        return f'– ({err})'
-    row = _row(rows, **{k: str(v) for k, v in paper.items()})
-    base = _row(rows, table=str(paper.get('table')), moe='Baseline')
-    if row is None or base is None:
-        return f"– (no such row in the paper's table: {dict(paper)})"
-    return _delta(row, base)
+    return row_effect(claims_of(study), paper)
 
 
 def preregistered(study: Study) -> Optional[Dict[str, Any]]:

@@ -1,7 +1,8 @@
-"""The study report's sections as markdown lines: the four claims (which configurations each compares, the
-paired tests, the answer in words), the other tables (every config at a glance, upcycling at equal compute,
-the adversarial-training gain, AutoAttack against the primary attack on the same points, routing under
-attack, transfer, sanity flags), and the protocol and sizing.
+"""The study report's sections: for each, the data computed here and its text in a template
+(`templates/*.md.j2`, filled by `document.render`): the claims (which configurations each compares, the paired
+tests, the answer in words), the other tables (every config at a glance, upcycling at equal compute, the
+adversarial-training gain, AutoAttack against the primary attack on the same points, routing under attack,
+transfer, sanity flags), and the protocol and sizing. Each section is a list of markdown lines.
 
 A claim's pairs are found by what the configurations are (`analysis.traits`), so a study without some of
 them still renders: a comparison whose configurations are absent is skipped with the reason in the text.
@@ -15,15 +16,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.results import stats
+from bench.core import stats
 from bench.results.compare import compare_entries
-from bench.results.markdown import md_table
 from bench.results.study import analysis as an
+from bench.results.study.claims import fmt_delta
+from bench.results.study.document import render
 
 Lines = List[str]
-# a study -> (pairs (A, B), what was not compared, a label per pair)
-PairFinder = Callable[[an.Study], Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]]
-
+Pairs = Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]  # pairs, left out and why, labels
+Results = Dict[Tuple[str, str, str], Any]  # (A, B, metric) -> compare_configs
 
 COMPARISON_HEADER = ('A vs B', 'metric', 'A', 'B', 'Δ per seed (A − B)', 'mean Δ [95% t, seeds]',
                      'pooled Δ [95% bootstrap, points]', 'McNemar p (pooled; given these weights)', 'verdict')
@@ -48,8 +49,9 @@ def compare(study: an.Study, a: str, b: str, metric: str) -> Dict[str, Any]:
 
 
 def comparisons(study: an.Study, pairs: Sequence[Tuple[str, str]], metrics: Sequence[str],
-                labels: Optional[Mapping[Tuple[str, str], str]] = None) -> Tuple[Lines, Dict[Tuple[str, str, str], Any]]:
-    """The comparison table of `pairs` (A claimed better) on each metric, with every flag and refusal below it."""
+                labels: Optional[Mapping[Tuple[str, str], str]] = None) -> Tuple[Dict[str, Any], Results]:
+    """The comparison table of `pairs` (A claimed better) on each metric, with every flag and refusal below it
+    (`_comparisons.md.j2`), and the results."""
     rows, notes, results = [], [], {}
     for a, b in pairs:
         for m in metrics:
@@ -58,45 +60,41 @@ def comparisons(study: an.Study, pairs: Sequence[Tuple[str, str]], metrics: Sequ
             rows.append(comparison_row(study, a, b, m, r, (labels or {}).get((a, b), '')))
             notes += [f'- flag ({a} vs {b}, {m}): {f}' for f in r['flags']]
             notes += [f'- refused ({a} vs {b}, {m}): {f}' for f in r['refused']]
-    return md_table(COMPARISON_HEADER, rows) + (notes + [''] if notes else []), results
+    return dict(header=COMPARISON_HEADER, rows=rows, notes=notes), results
 
 
-def _answer(results: Mapping[Tuple[str, str, str], Any], metric: str, what: str) -> str:
-    """One sentence per comparison on the primary metric: its verdict, the numbers behind it, the points."""
+def answer(results: Results, metric: Optional[str], what: str) -> Dict[str, Any]:
+    """The answer to a claim on the primary metric (`_macros.answer`): each comparison's verdict, the numbers
+    behind it and the points; `what` says why there is none."""
     parts = []
     for (a, b, m), r in results.items():
         if m != metric:
             continue
         s = r['seed_diff']
-        mean = '–' if s is None else f"{s['mean']:+.2f} points"
-        parts.append(f"{a} vs {b}: {r['verdict']} (mean Δ {mean} over {len(r['seeds'])} seeds, "
-                     f"{an.fmt_interval(s)}; {an.points_note((r['pooled'] or {}).get('p'))})")
-    if not parts:
-        return f'No comparison: {what}.'
-    held = sum(r['verdict'] == 'holds' for (_, _, m), r in results.items() if m == metric)
-    return (f'On {metric}, the claim holds beyond seed noise for {held} of {len(parts)} comparison'
-            f'{"s" if len(parts) > 1 else ""}. ' + '; '.join(parts) + '.')
+        parts.append(dict(a=a, b=b, verdict=r['verdict'], mean='–' if s is None else f"{s['mean']:+.2f} points",
+                          seeds=len(r['seeds']), interval=an.fmt_interval(s),
+                          points=an.points_note((r['pooled'] or {}).get('p'))))
+    held = sum(p['verdict'] == 'holds' for p in parts)
+    return dict(metric=metric, parts=parts, held=held, what=what)
 
 
 def _metrics(study: an.Study) -> List[str]:
     return [m for m in (study.primary(), study.pgd()) if m]
 
 
-def paper_lines(study: an.Study, claim: int) -> Lines:
-    """What the paper's own table says on a claim, beside ours (computed from the table, `analysis.paper_effects`)."""
-    effects, why = an.load_paper_effects(study.plan)
+def paper(study: an.Study, claim: int) -> Dict[str, str]:
+    """What the paper's own table says on a claim (its index), beside ours (`_paper.md.j2`)."""
+    effects, why = an.paper_effects(study)
     if effects is None:
-        return [f"The paper's table: {why}.", '']
-    e = effects[claim]
-    return [f"**The paper's table** ({an.PAPER_SOURCE}): {e['claim']}. Effect: {e['effect']}"
-            + (f"; {e['detail']}" if e['detail'] else '') + '.', '']
+        return dict(why=why)
+    return dict(why='', source=an.claims_of(study).source, **effects[claim])
 
 
-# ------------------------------------------------------------------------------------------ claims 1-3
+# ------------------------------------------------------------------------------------------ claims by pairs
 
-def equal_flops_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(1) (pairs, what is left out and why, labels): every adversarially trained MoE config at the dense
-    model's FLOPs vs the dense config."""
+def equal_flops_pairs(study: an.Study, test: Optional[Mapping[str, Any]] = None) -> Pairs:
+    """(pairs, what is left out and why, labels): every adversarially trained MoE config at the dense model's
+    FLOPs vs the dense config (`pairs: equal_flops` in a claims file)."""
     pairs, skipped = [], []
     for c in study.configs:
         if not an.is_moe(study, c):
@@ -115,19 +113,6 @@ def equal_flops_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str]
     return pairs, skipped, {}
 
 
-def claim_equal_flops(study: an.Study) -> Lines:
-    out = ['## Claim 1: MoE with adversarial training is more robust than dense at equal FLOPs', '',
-           *paper_lines(study, 1),
-           f'Pairs: every adversarially trained MoE config from scratch whose active-FLOPs ratio to dense is within '
-           f'±{an.FLOPS_TOL:g} of 1, against the dense config with the same training method, epochs and width. '
-           f'Primary metric {study.primary()}; also {study.pgd() or "no PGD attack"}.', '']
-    pairs, skipped, _ = equal_flops_pairs(study)
-    table, results = comparisons(study, pairs, _metrics(study)) if pairs else ([], {})
-    out += table + [f'- not compared: {s}' for s in skipped] + ([''] if skipped else [])
-    out += ['**Answer.** ' + _answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'), '']
-    return out
-
-
 def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]:
     out = []
     for a, b in pairs:
@@ -138,62 +123,60 @@ def _oriented(pairs: Sequence[Tuple[str, str]], better) -> List[Tuple[str, str]]
     return out
 
 
-def entropy_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(2) The entropy config vs every config that differs from it only in the aux loss."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
-                      lambda a, b: aux(a) == 'entropy' and aux(b) != 'entropy')
-    return pairs, [], {(a, b): f'{a} ({aux(a)}) vs {b} ({aux(b)})' for a, b in pairs}
+def _better(study: an.Study, field: str, better: str) -> Callable[[str, str], bool]:
+    """Whether config a is the claimed-better side against b: `better` is the field's value it has (and b has
+    not), or 'smaller' for the smaller value."""
+    value = lambda c: an.traits(study, c).get(field)  # noqa: E731
+    if better == 'smaller':
+        return lambda a, b: (value(a) or 0) < (value(b) or 0)
+    return lambda a, b: value(a) == better and value(b) != better
 
 
-def _paired_claim(study: an.Study, n: int, title: str, how: str, find: PairFinder, none: str,
-                  after: str = '') -> Lines:
-    """A claim answered by paired comparisons: its heading, the paper's words, how pairs are formed, the table
-    of the pairs `find` returns (or `none` when there are none) and the answer, `after` appended."""
-    out = [f'## Claim {n}: {title}', '', *paper_lines(study, n), how, '']
-    pairs, _, labels = find(study)
-    if not pairs:
-        return out + [f'Skipped: {none}', '']
-    table, results = comparisons(study, pairs, _metrics(study), labels)
-    return out + table + ['**Answer.** ' + _answer(results, study.primary(), '') + after, '']
+def _flops_words(study: an.Study, a: str, b: str) -> str:
+    """'equal FLOPs: FLOPs 1.00 vs 1.00' or 'FLOPs differ: ...': whether a pair answers a claim at equal cost."""
+    fa, fb = an.flops_ratio(study, a), an.flops_ratio(study, b)
+    same = fa is not None and fb is not None and abs(fa - fb) <= an.FLOPS_TOL
+    cost = '' if fa is None or fb is None else f'FLOPs {fa:.2f} vs {fb:.2f}'
+    return f'{"equal FLOPs" if same else "FLOPs differ"}: {cost}'
 
 
-def claim_entropy(study: an.Study) -> Lines:
-    return _paired_claim(
-        study, 2, 'the entropy loss gives more robust MoEs than the switch and KL losses',
-        'Pairs: adversarially trained MoE configs that differ only in the auxiliary loss (and what follows from it: '
-        'its default weight, noisy gating under `auto`), the entropy one as A.',
-        entropy_pairs, 'no two configs differ only in the aux loss with one of them entropy.')
-
-
-def k_pairs(study: an.Study) -> Tuple[List[Tuple[str, str]], List[str], Dict[Tuple[str, str], str]]:
-    """(3) k=1 vs k=2 (the paper's table has k=1 ahead): configs that differ only in k (FLOPs differ), or in k
-    and expert width (FLOPs matched); the smaller k as A."""
-    k = lambda c: an.traits(study, c).get('k') or 0  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, ('k', 'expert_width'), 'k'), lambda a, b: k(a) < k(b))
-    labels = {}
-    for a, b in pairs:
-        fa, fb = an.flops_ratio(study, a), an.flops_ratio(study, b)
-        same = fa is not None and fb is not None and abs(fa - fb) <= an.FLOPS_TOL
-        cost = '' if fa is None or fb is None else f'FLOPs {fa:.2f} vs {fb:.2f}'
-        labels[(a, b)] = f'{a} (k={k(a)}) vs {b} (k={k(b)}), {"equal FLOPs" if same else "FLOPs differ"}: {cost}'
+def differing_pairs(study: an.Study, test: Mapping[str, Any]) -> Pairs:
+    """Adversarially trained MoE configs that differ in the test's `field` and otherwise at most in its `also`
+    fields, the `better` one as A, labelled by the test's `label` (`pairs: differ_in` in a claims file)."""
+    field = test['field']
+    value = lambda c: an.traits(study, c).get(field)  # noqa: E731
+    pairs = _oriented(an.pairs_differing_in(study, (field, *test['also']), field),
+                      _better(study, field, test['better']))
+    labels = {(a, b): test['label'].format(a=a, b=b, va=value(a), vb=value(b), flops=_flops_words(study, a, b))
+              for a, b in pairs}
     return pairs, [], labels
 
 
-def claim_k(study: an.Study) -> Lines:
-    return _paired_claim(
-        study, 3, 'k=1 is more robust than k=2 (as the paper\'s table has it)',
-        'Pairs: adversarially trained MoE configs that differ only in k (then the FLOPs differ too), or in k and '
-        'the expert width (a matched width keeps the FLOPs equal); the smaller k as A.',
-        k_pairs, 'no two configs differ only in k (or in k and expert width).',
-        ' Where the FLOPs differ, a difference is bought or saved with compute; only the equal-FLOPs pairs answer '
-        'the claim at equal cost.')
+PAIR_FINDERS = {'equal_flops': equal_flops_pairs, 'differ_in': differing_pairs}
 
 
-CLAIM_PAIRS = ((1, equal_flops_pairs), (2, entropy_pairs), (3, k_pairs))
+def claim_pairs(study: an.Study, test: Mapping[str, Any]) -> Pairs:
+    return PAIR_FINDERS[test['kind']](study, test)
 
 
-# ------------------------------------------------------------------------------------------ claim 4
+def claim_equal_flops(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    pairs, skipped, _ = equal_flops_pairs(study)
+    table, results = comparisons(study, pairs, _metrics(study)) if pairs else (None, {})
+    return render('claim_equal_flops.md.j2', n=n, title=claim['title'], paper=paper(study, n - 1),
+                  tol=an.FLOPS_TOL, primary=study.primary(), pgd=study.pgd(), comparisons=table, skipped=skipped,
+                  answer=answer(results, study.primary(), 'no MoE config at equal FLOPs with a dense twin'))
+
+
+def claim_differing(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    """A claim answered by pairs that differ in one field: how pairs are formed (the test's `how`), their table
+    (or the test's `none` when there are none) and the answer, the test's `after` appended."""
+    pairs, _, labels = differing_pairs(study, claim['test'])
+    table, results = comparisons(study, pairs, _metrics(study), labels) if pairs else (None, {})
+    return render('claim_differing.md.j2', n=n, title=claim['title'], paper=paper(study, n - 1), test=claim['test'],
+                  comparisons=table, answer=answer(results, study.primary(), ''))
+
+
+# ------------------------------------------------------------------------------------------ routing collapse
 
 def _mean_sd(values: Sequence[float]) -> str:
     s = an.stats.seed_summary(values)
@@ -205,7 +188,7 @@ def collapse_of(study: an.Study, config: str) -> Dict[int, float]:
             if (e.get('routing') or {}).get('collapse') is not None}
 
 
-def routing_rows(study: an.Study) -> List[List[str]]:
+def routing_rows(study: an.Study, field: str) -> List[List[str]]:
     rows = []
     for c in study.configs:
         if not (an.is_moe(study, c) and an.adversarial(study, c)):
@@ -213,7 +196,7 @@ def routing_rows(study: an.Study) -> List[List[str]]:
         loads = [e['routing']['load'] for _, e in sorted(study.runs[c].items()) if (e.get('routing') or {}).get('load')]
         coll = collapse_of(study, c)
         load = ', '.join(_mean_sd([l[i] for l in loads]) for i in range(len(loads[0]))) if loads else '–'
-        rows.append([c, an.traits(study, c).get('aux_loss'), len(loads),
+        rows.append([c, an.traits(study, c).get(field), len(loads),
                      _mean_sd(list(coll.values())) if coll else '–', load])
     return rows
 
@@ -227,39 +210,33 @@ def subpath_comparison(entry: Mapping[str, Any], pe: Mapping[str, Any], metric: 
     return compare_entries(sub, entry, metric=metric, n_boot=an.N_BOOT, seed=an.BOOT_SEED)
 
 
-def collapse_results(study: an.Study) -> List[Tuple[str, str, Dict[str, Any]]]:
-    """(A, B, seed-paired collapse difference) of each switch config vs its twin that differs only in the aux loss."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    pairs = _oriented(an.pairs_differing_in(study, an.AUX_KEYS, 'aux_loss'),
-                      lambda a, b: aux(a) == 'switch' and aux(b) != 'switch')
+def collapse_results(study: an.Study, test: Mapping[str, Any]) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(A, B, seed-paired collapse difference) of each config whose test field (`collapse`) has the test's value
+    vs its twins that differ only in that field (and its `also` fields)."""
+    field, value = test['collapse'], test['value']
+    pairs = _oriented(an.pairs_differing_in(study, (field, *test['also']), field), _better(study, field, value))
     return [(a, b, an.seed_paired(collapse_of(study, a), collapse_of(study, b))) for a, b in pairs]
 
 
-def claim_switch(study: an.Study) -> Lines:
-    """(4) The switch loss collapses the routing; some expert subpaths are more robust than the gated model."""
-    aux = lambda c: an.traits(study, c).get('aux_loss')  # noqa: E731
-    out = ['## Claim 4: the switch loss collapses the routing, and some expert subpaths are more robust than the '
-           'gated model', '', *paper_lines(study, 4), 'Collapse = 1 − H(load)/log E over the test images (0: uniform, '
-           '1: one expert takes every image); load = share of images per expert; mean ± sd over seeds.', '']
-    out += md_table(('config', 'aux loss', 'seeds', 'collapse', 'load per expert'), routing_rows(study))
-    results = collapse_results(study)
-    if results:
-        rows, words = [], []
-        for a, b, r in results:
-            rows.append([f'{a} ({aux(a)}) vs {b} ({aux(b)})', ', '.join(map(str, r['seeds'])),
-                         an.fmt_interval(r['seed_diff'], digits=3), r['verdict']])
-            words.append(f"{a} vs {b}: {r['verdict']}")
-        out += md_table(('collapse, A vs B', 'seeds', 'mean Δ collapse [95% t, seeds]', 'verdict'), rows)
-        out += [f'**Answer (collapse).** {"; ".join(words)} (no per-point test: collapse is one number per run).', '']
-    else:
-        out += ['Collapse comparison skipped: no switch config with a twin that differs only in the aux loss.', '']
-    out += _subpaths(study)
-    return out
+def claim_collapse(study: an.Study, n: int, claim: Mapping[str, Any]) -> Lines:
+    """The routing collapse of the test's config against its twins, and the expert subpaths against the gated
+    model (`collapse: FIELD` in a claims file)."""
+    test = claim['test']
+    value = lambda c: an.traits(study, c).get(test['collapse'])  # noqa: E731
+    results = collapse_results(study, test)
+    rows = [[f'{a} ({value(a)}) vs {b} ({value(b)})', ', '.join(map(str, r['seeds'])),
+             an.fmt_interval(r['seed_diff'], digits=3), r['verdict']] for a, b, r in results]
+    return render('claim_collapse.md.j2', n=n, title=claim['title'], paper=paper(study, n - 1),
+                  field=test['collapse'].replace('_', ' '), value=test['value'],
+                  routing=routing_rows(study, test['collapse']), collapse=rows,
+                  verdicts=[f"{a} vs {b}: {r['verdict']}" for a, b, r in results],
+                  subpaths=subpaths(study), alpha=an.ALPHA)
 
 
-def subpaths(study: an.Study) -> Tuple[List[List[Any]], Lines, Dict[str, Dict[str, Any]]]:
-    """(table rows, flags, counts): every expert subpath of the first seeds against its gated model; counts per
-    training ('adversarial', 'normal'): comparisons, more robust at p < ALPHA (named), less robust at p < ALPHA."""
+def subpaths(study: an.Study) -> Dict[str, Any]:
+    """dict(rows, flags, counts) (`_subpaths.md.j2`): every expert subpath of the first seeds against its gated
+    model; counts per training ('adversarial', 'normal'): comparisons, more robust at p < ALPHA (named), less
+    robust at p < ALPHA."""
     rows, flags = [], []
     counts: Dict[str, Dict[str, Any]] = {}
     for c in study.configs:
@@ -288,33 +265,7 @@ def subpaths(study: an.Study) -> Tuple[List[List[Any]], Lines, Dict[str, Dict[st
                 rows.append([c, an.traits(study, c).get('aux_loss'), pe['expert'], m, r['n'], f"{r['a']['acc']:.2f}",
                              f"{r['b']['acc']:.2f}", f"{r['diff']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}]",
                              stats.format_p(r['mcnemar_p'])])
-    return rows, flags, counts
-
-
-def subpath_answer(counts: Mapping[str, Mapping[str, Any]]) -> str:
-    """'adversarially trained: 0 of 72 subpath comparisons are more robust ...; normally trained: ...'."""
-    parts = []
-    for kind, what in (('adversarial', 'adversarially trained'), ('normal', 'normally trained')):
-        if kind in counts and counts[kind]['total']:
-            k = counts[kind]
-            parts.append(f"{what}: {len(k['better'])} of {k['total']} subpath comparisons are more robust than the "
-                         f'gated model at p < {an.ALPHA:g}' + (f' ({"; ".join(k["better"])})' if k['better'] else '') +
-                         f", {k['worse']} are less robust at p < {an.ALPHA:g}")
-    return '; '.join(parts)
-
-
-def _subpaths(study: an.Study) -> Lines:
-    rows, flags, counts = subpaths(study)
-    out = ['### Expert subpaths vs the gated model (first seed)', '',
-           "Each expert forced on its own, attacked on the first points of the run; the gated model's numbers are its "
-           "main-run bits restricted to the same points. Δ = subpath − gated.", '']
-    if not rows:
-        return out + ['Skipped: no first-seed run stores per-expert per-sample results.', ''] + flags
-    out += md_table(('config', 'aux loss', 'expert', 'metric', 'points', 'subpath', 'gated', 'Δ [95% bootstrap]',
-                     'McNemar p'), rows) + flags + ([''] if flags else [])
-    out += [f'**Answer (subpaths).** {subpath_answer(counts).capitalize()}. These are single runs: the test is over '
-            'points only, conditional on the trained weights.', '']
-    return out
+    return dict(rows=rows, flags=flags, counts=counts)
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -330,58 +281,49 @@ def summary(study: an.Study) -> Lines:
     """Every claim in one table, the paper's table beside ours, on the primary metric; the README quotes these
     lines verbatim (between `SUMMARY_START` and `SUMMARY_END`)."""
     metric = study.primary()
-    effects, why = an.load_paper_effects(study.plan)
-    rows, mdds, verdicts = [], [], []
-    for claim, pairs_of in CLAIM_PAIRS:
-        pairs, _, labels = pairs_of(study)
-        paper = '–' if effects is None else effects[claim]['effect']
-        statement = f"{claim}. {effects[claim]['claim'] if effects else ''}".rstrip()
+    claims = an.claims_of(study)
+    effects, why = an.paper_effects(study)
+    rows, mdds, verdicts, subpaths_claim = [], [], [], None
+    for n, claim in enumerate(claims.claims, 1):
+        test, statement = claim['test'], f"{n}. {claim['claim']}"
+        effect = '–' if effects is None else effects[n - 1]['effect']
+        if test['kind'] == 'collapse':
+            subpaths_claim = n
+            for i, (a, b, r) in enumerate(collapse_results(study, test)):
+                mdd = an.detectable(r['seed_diff'])
+                rows.append([statement if i == 0 else '', effect if effects and i == 0 else '',
+                             f'collapse, {a} − {b}', an.fmt_interval(r['seed_diff'], digits=3),
+                             '–' if mdd is None else f'{mdd:.3f}', r['verdict'].split(' (')[0]])
+            continue
+        pairs, _, labels = claim_pairs(study, test)
         if not pairs or metric is None:
-            rows.append([statement, paper, 'no pair in this study', '–', '–', '–'])
+            rows.append([statement, effect, 'no pair in this study', '–', '–', '–'])
         for i, (a, b) in enumerate(pairs):
             r = compare(study, a, b, metric)
             mdd = r.get('detectable')
             if mdd is not None:
                 mdds.append(mdd)
             verdicts.append(r['verdict'])
-            rows.append([statement if i == 0 else '', paper if i == 0 else '', labels.get((a, b), f'{a} vs {b}'),
+            rows.append([statement if i == 0 else '', effect if i == 0 else '', labels.get((a, b), f'{a} vs {b}'),
                          an.fmt_interval(r['seed_diff']), '–' if mdd is None else f'{mdd:.2f}',
                          r['verdict'].split(' (')[0]])
-    coll = collapse_results(study)
-    _, _, counts = subpaths(study)
-    statement = f"4. {effects[4]['claim'] if effects else ''}".rstrip()
-    for i, (a, b, r) in enumerate(coll):
-        rows.append([statement if i == 0 else '', effects[4]['effect'] if effects and i == 0 else '',
-                     f'collapse, {a} − {b}', an.fmt_interval(r['seed_diff'], digits=3),
-                     '–' if an.detectable(r['seed_diff']) is None else f"{an.detectable(r['seed_diff']):.3f}",
-                     r['verdict'].split(' (')[0]])
-    n_seeds = sorted({len(study.runs[c]) for c in study.configs if an.adversarial(study, c)})
-    held = sum(v == 'holds' for v in verdicts)
-    rev = sum(v == 'reversed' for v in verdicts)
-    inc = sum(v.startswith(an.INCONCLUSIVE) for v in verdicts)
-    out = [SUMMARY_START, '',
-           f'Ours: {metric} on the same test points, mean Δ (A − B) over the seeds paired by seed '
-           f'({"/".join(map(str, n_seeds))} seeds per adversarially trained config) with its 95% t-interval; '
-           f'detectable Δ: the smallest true difference this design detects with {an.POWER:.0%} power '
-           f'(two-sided alpha {an.ALPHA:g}). The paper: {an.PAPER_SOURCE}' + (f'; {why}' if why else '') + '.', '',
-           # a pre-registered study's primary contrasts appear twice, analysed two ways: say which one decides
-           *(['Exploratory, for every claim alike: the pre-registered contrasts are decided in their own section '
-               "(Welch's t over seeds, Holm's correction), so their intervals and detectable differences there "
-               'differ from these.', ''] if study.plan.get('preregistration') else []),
-           *md_table(('claim (as the paper\'s table has it)', 'the paper\'s effect (PGD-20 / APGD-20)', 'here: A vs B',
-                      f'mean Δ {metric} [95% t, seeds]', 'detectable Δ', 'verdict'), rows)]
-    if verdicts:
-        out += [f'Of {len(verdicts)} comparisons on {metric}: {held} hold, {rev} reversed, {inc} inconclusive at this '
-                f'power' + (f' (detectable differences {min(mdds):.2f} to {max(mdds):.2f} points)' if mdds else '') +
-                '. An inconclusive comparison neither reproduces nor refutes the claim: a true difference smaller than '
-                'its detectable difference is not ruled out.', '']
-    if counts:
-        out += [f'Expert subpaths (claim 4; first seed, per point, conditional on the trained weights): '
-                f'{subpath_answer(counts)}.', '']
-    return out + [SUMMARY_END, '']
+    return render('summary.md.j2', start=SUMMARY_START, end=SUMMARY_END, metric=metric, power=an.POWER,
+                  alpha=an.ALPHA, source=claims.source, why=why, metric_names=claims.metric_names(), rows=rows,
+                  n_seeds=sorted({len(study.runs[c]) for c in study.configs if an.adversarial(study, c)}),
+                  preregistered=bool(study.plan.get('preregistration')), verdicts=verdicts, mdds=mdds,
+                  held=sum(v == 'holds' for v in verdicts), reversed=sum(v == 'reversed' for v in verdicts),
+                  inconclusive=sum(v.startswith(an.INCONCLUSIVE) for v in verdicts),
+                  counts=subpaths(study)['counts'], subpaths_claim=subpaths_claim)
 
 
-CLAIMS = (claim_equal_flops, claim_entropy, claim_k, claim_switch)
+# how each kind of test (`claims.TESTS`) draws its claim's section
+CLAIM_SECTIONS = {'equal_flops': claim_equal_flops, 'differ_in': claim_differing, 'collapse': claim_collapse}
+
+
+def claim_sections(study: an.Study) -> Lines:
+    """Every claim of the study's claims file, a section each."""
+    return [line for n, claim in enumerate(an.claims_of(study).claims, 1)
+            for line in CLAIM_SECTIONS[claim['test']['kind']](study, n, claim)]
 
 
 # ------------------------------------------------------------------------------------------ other tables
@@ -405,22 +347,14 @@ def overview(study: an.Study) -> Lines:
                     + [an.fmt_summary(an.summary(runs, m)) for m in metrics]
                     + ['–' if ratio is None else f'{ratio:.3f}',
                        f"{params.get('active', '–')} / {params.get('total', '–')}"])
-    worst = ('Worst case: per point, broken by any attack of the run.' if 'worst_case' in every else
-             'Worst case: not shown, because the runs attacked with different attack sets (the first seeds add '
-             f'{", ".join(first) or "attacks"}), and a worst case over another set of attacks is another statistic; '
-             f'the headline metric is {study.primary()}, which every run measured with the same settings.'
-             if study.mixed_worst_case() else '')
-    return ['## All configurations', '',
-            'Accuracy in %: mean ± sd over seeds [95% t-interval over seeds]; a single run: its Wilson 95% interval '
-            '[W lo, hi] over the test points. ' + worst, '',
-            *md_table(header, rows)]
+    worst = 'shown' if 'worst_case' in every else 'mixed' if study.mixed_worst_case() else ''
+    return render('overview.md.j2', header=header, rows=rows, worst=worst, first=first, primary=study.primary())
 
 
 def upcycling(study: an.Study) -> Lines:
     """Each upcycled config vs the same MoE from scratch (equal total epochs when source + fine-tune epochs
     equal the scratch run's) and vs the dense reference."""
-    out = ['## Upcycling at equal compute', '']
-    pairs, words = [], []
+    pairs, upcycled = [], []
     for u in study.configs:
         source = study.plan['configs'][u].get('upcycle_from')
         if not source:
@@ -429,31 +363,22 @@ def upcycling(study: an.Study) -> Lines:
         twin = next((c for c in study.configs if c != u and an.scratch(study, c)
                      and set(an.differing(study, u, c)) <= {'upcycled', 'epochs'}), None)
         source_epochs = an.traits(study, source)['epochs'] if source in study.runs else 0
-        total = (tu['epochs'] or 0) + source_epochs
+        upcycled.append(dict(config=u, twin=twin, source=source, source_epochs=source_epochs, epochs=tu['epochs'],
+                             total=(tu['epochs'] or 0) + source_epochs,
+                             twin_epochs=an.traits(study, twin)['epochs'] if twin is not None else None))
         if twin is not None:
             pairs.append((u, twin))
-            te = an.traits(study, twin)['epochs']
-            words.append(f'{u}: {total} epochs in all ({source_epochs} of {source}, then {tu["epochs"]} as MoE), {twin}: {te} epochs: '
-                         f'{"equal" if total == te else "unequal"} training compute')
-        else:
-            words.append(f'{u}: no MoE config from scratch with the same model to compare with')
         dense = an.dense_reference(study, twin) if twin else None
         if dense:
             pairs.append((u, dense))
-    if not words:
-        return out + ['Skipped: no upcycled config in the study.', '']
-    out += [f'- {w}' for w in words] + ['']
-    if pairs:
-        out += comparisons(study, pairs, [m for m in (study.primary(), study.pgd()) if m])[0]
-    return out
+    table = comparisons(study, pairs, _metrics(study))[0] if pairs else None
+    return render('upcycling.md.j2', upcycled=upcycled, comparisons=table)
 
 
 def adversarial_gain(study: an.Study) -> Lines:
     """Each normally trained config vs the adversarially trained config of the same model, on their shared
     seeds (the normal ones run one seed)."""
-    out = ['## Adversarial-training gain', '', 'Δ = adversarially trained − normally trained, same model, '
-           'same seeds (the normally trained configs run fewer seeds).', '']
-    pairs, seeds = [], {}
+    pairs, seeds, alone = [], {}, []
     for n in study.configs:
         if an.adversarial(study, n):
             continue
@@ -463,13 +388,14 @@ def adversarial_gain(study: an.Study) -> Lines:
             pairs.append((twin, n))
             seeds.setdefault(twin, set()).update(study.runs[n])
         else:
-            out.append(f'- {n}: no adversarially trained config of the same model')
-    if not pairs:
-        return out + ['Skipped: no normally trained config with an adversarially trained twin.', '']
-    # on the normal configs' seeds only: the adversarial twin's other seeds have nothing to pair with
-    view = an.Study(study.name, study.plan, {**study.runs, **{t: {s: e for s, e in study.runs[t].items() if s in ss}
-                                                            for t, ss in seeds.items()}}, study.autoattack)
-    return out + comparisons(view, pairs, ['clean'] + [m for m in (study.primary(), study.pgd()) if m])[0]
+            alone.append(n)
+    table = None
+    if pairs:
+        # on the normal configs' seeds only: the adversarial twin's other seeds have nothing to pair with
+        view = an.Study(study.name, study.plan, {**study.runs, **{t: {s: e for s, e in study.runs[t].items() if s in ss}
+                                                                for t, ss in seeds.items()}}, study.autoattack)
+        table = comparisons(view, pairs, ['clean'] + _metrics(study))[0]
+    return render('adversarial_gain.md.j2', alone=alone, comparisons=table)
 
 
 def _aa_metric(entry: Mapping[str, Any]) -> Optional[str]:
@@ -488,8 +414,6 @@ def autoattack(study: an.Study) -> Lines:
     """AutoAttack vs the primary attack on the AutoAttack entry's points, per AutoAttack entry; and whether the
     gap differs between the first two (dense and the best MoE), with a bootstrap over the points."""
     primary = study.primary()
-    out = ['## AutoAttack vs ' + str(primary), '', f'Gap = {primary} − AutoAttack accuracy on the AutoAttack run\'s '
-           f'points, the {primary} bits restricted to them (paired bootstrap 95% interval, exact McNemar p).', '']
     rows, gaps, notes = [], [], []
     for aa in sorted(study.autoattack, key=lambda e: list(study.plan['configs']).index(e['grid']['config'])):
         main, key = study.main_entry(aa['grid']['cell']), _aa_metric(aa)
@@ -509,41 +433,25 @@ def autoattack(study: an.Study) -> Lines:
         rows.append([aa['grid']['config'] + (f' ({chosen})' if chosen else ''), key, f'[{lo}, {hi})',
                      f'{100 * x_pri.mean():.2f}', f'{100 * x_aa.mean():.2f}', f'{gap:+.2f} [{glo:+.2f}, {ghi:+.2f}]',
                      stats.format_p(stats.mcnemar_exact(x_pri, x_aa))])
-    if not rows:
-        return out + ['Skipped: no AutoAttack entry with its main run.', ''] + notes + superseded_autoattack(study)
-    out += md_table(('config', 'AutoAttack', 'points', primary, 'AutoAttack', 'gap [95% bootstrap]', 'McNemar p'),
-                    rows) + notes + ([''] if notes else []) + superseded_autoattack(study)
+    difference = None
     if len(gaps) >= 2 and gaps[0][1] == gaps[1][1]:
         (ca, _, pa, aa_a), (cb, _, pb, aa_b) = gaps[:2]
-        d = an.bootstrap_mean(100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b)))
-        verdict = 'the gaps differ' if d['lo'] > 0 or d['hi'] < 0 else 'no evidence that the gaps differ'
-        out += [f'Difference of gaps, {ca} − {cb}: {d["mean"]:+.2f} points, 95% bootstrap over points '
-                f'[{d["lo"]:+.2f}, {d["hi"]:+.2f}]: {verdict} (the weaker attack overstates one model\'s robustness '
-                'more than the other\'s only if the interval excludes 0).', '']
-    return out
+        difference = dict(a=ca, b=cb, **an.bootstrap_mean(100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b))))
+    return render('autoattack.md.j2', primary=primary, rows=rows, notes=notes, gaps=difference, **superseded(study))
+
+
+def superseded(study: an.Study) -> Dict[str, Any]:
+    """For a study superseded by a later one (`superseded_by` in its spec): the later study and the AutoAttack
+    follow-ups this one planned and never ran, closed rather than run (`_superseded.md.j2`)."""
+    later = study.plan.get('superseded_by')
+    ran = {x for e in study.autoattack for x in (e['grid'].get('config'), e['grid'].get('selected_as')) if x}
+    return dict(later=later, closed=[c for c in (later or {}).get('autoattack_configs') or [] if c not in ran])
 
 
 def superseded_autoattack(study: an.Study) -> Lines:
-    """For a study superseded by a later one (`superseded_by` in its spec): the AutoAttack follow-ups it planned
-    and never ran, closed rather than run, and the commands that give the later study's first seeds (shipped as
-    pretrained tags) their AutoAttack on the same points. Nothing for a study that stands."""
-    later = study.plan.get('superseded_by')
-    if not later:
-        return []
-    ran = {x for e in study.autoattack for x in (e['grid'].get('config'), e['grid'].get('selected_as')) if x}
-    closed = [c for c in later['autoattack_configs'] if c not in ran]
-    how = 'the pre-registered study' if later['preregistered'] else 'the study'
-    out = [f'Superseded: {how} `{later["name"]}` answers this study\'s question with {later["seeds_per_arm"]} '
-           'seeds per arm, so '
-           + (f'the AutoAttack follow-up{"s" if len(closed) > 1 else ""} of {", ".join(closed)} planned here '
-              'is closed, not run (`timm-moe grid` no longer runs it).' if closed else
-              'no AutoAttack follow-up is left to run here.')
-           + f' The first seed of each of its configs ships as a pretrained tag; AutoAttack on the same '
-           f'{later["n_examples"]} points, one command each:', '', '```']
-    out += [f'timm-moe eval --model {s["model"]}.{s["tag"]} --pretrained --attacks standard --no-per-expert '
-            f'--n-examples {later["n_examples"]} --eps {later["eps"]:g} --seed {s["seed"]} '
-            f'--json runs/{later["name"]}/autoattack/{s["config"]}.json' for s in later['first_seeds']]
-    return out + ['```', '']
+    """The closed follow-ups of a superseded study and the commands that give the later study's first seeds
+    (shipped as pretrained tags) their AutoAttack on the same points; nothing for a study that stands."""
+    return render('_superseded.md.j2', **superseded(study))
 
 
 def routing_under_attack(study: an.Study) -> Lines:
@@ -562,23 +470,16 @@ def routing_under_attack(study: an.Study) -> Lines:
         tr = e.get('transfer') or {}
         if tr.get('matrix'):
             m = tr['matrix']
-            transfer += [f"**{c}** (crafted with {tr.get('attack', '?')} against row expert, accuracy % of column "
-                         f"expert; {tr.get('n_images', '?')} images, attacked points per expert "
-                         f"{tr.get('attacked_points', '?')})", '',
-                         *md_table(['crafted on \\ evaluated on'] + [f'e{j}' for j in range(len(m[0]))],
-                                   [[f'e{i}'] + [f'{v:.1f}' for v in row] for i, row in enumerate(m)])]
-    out = ['## Routing under attack and transfer (first seed)', '']
-    if not rows and not transfer:
-        return out + ['Skipped: no first-seed MoE run stores routing under attack or a transfer matrix.', '']
-    out += md_table(('config', 'crafting attack', 'attacked points', 'routing changed (% of attacked)',
-                     'load clean', 'load adversarial'), rows) if rows else []
-    return out + transfer
+            transfer.append(dict(config=c, attack=tr.get('attack', '?'), n_images=tr.get('n_images', '?'),
+                                 attacked_points=tr.get('attacked_points', '?'),
+                                 header=['crafted on \\ evaluated on'] + [f'e{j}' for j in range(len(m[0]))],
+                                 rows=[[f'e{i}'] + [f'{v:.1f}' for v in row] for i, row in enumerate(m)]))
+    return render('routing_under_attack.md.j2', rows=rows, transfer=transfer)
 
 
 def sanity(study: an.Study) -> Lines:
-    items = [f"- {e['grid']['cell']} ({e['grid'].get('stage', an.STAGE_MAIN)}): {f}"
-             for e in study.entries() + study.autoattack for f in e.get('sanity_flags') or []]
-    return ['## Sanity flags', '', *(items or ['None: every run passed the evaluation checks.']), '']
+    return render('sanity.md.j2', flags=[f"{e['grid']['cell']} ({e['grid'].get('stage', an.STAGE_MAIN)}): {f}"
+                                         for e in study.entries() + study.autoattack for f in e.get('sanity_flags') or []])
 
 
 def budget_table(study: an.Study) -> Lines:
@@ -586,16 +487,12 @@ def budget_table(study: an.Study) -> Lines:
     draws, stated exactly); the pre-registered section above decides, this table describes."""
     if not an.of_budgets(study):
         return []
-    out = ['## The gap to dense at each budget', '']
     r = an.budget_response(study)
-    if r is None:
-        return out + ['Skipped: the runs do not span two budgets, each with a dense config and 2 seeds an arm.', '']
-    rows = [[arm, f'{n} training images x {ep} epochs, width {w}', f"{w_['n_a']} / {w_['n_b']}",
-             f"{w_['diff']:+.2f} [{w_['lo']:+.2f}, {w_['hi']:+.2f}]"]
-            for arm, points in r['arms'].items() for (n, ep, w), w_ in points]
-    return out + [f"Gap = MoE − dense in {r['metric']} (mean over seeds, Welch 95% interval; exploratory beside the "
-                  'pre-registered contrasts).', ''] + md_table(('MoE arm', 'budget', 'seeds (MoE / dense)',
-                                                               'gap [95%]'), rows) + ['']
+    rows = None if r is None else [
+        [arm, f'{n} training images x {ep} epochs, width {w}', f"{w_['n_a']} / {w_['n_b']}",
+         f"{w_['diff']:+.2f} [{w_['lo']:+.2f}, {w_['hi']:+.2f}]"]
+        for arm, points in r['arms'].items() for (n, ep, w), w_ in points]
+    return render('budget_table.md.j2', rows=rows, metric=None if r is None else r['metric'])
 
 
 TABLES = (overview, budget_table, upcycling, adversarial_gain, autoattack, routing_under_attack, sanity)
@@ -619,20 +516,19 @@ def _recipe(e: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in stats.TRAIN_NOISE_KEYS and k not in OWN_KEYS}
 
 
-def training_recipe(study: an.Study) -> Lines:
+def training_recipe(study: an.Study) -> Dict[str, Any]:
+    """dict(shared: [(key, value)] every config trains with, own: [[config, its other values]])."""
     recipes = {c: _recipe(next(iter(study.runs[c].values()))) for c in study.configs}
     keys = sorted({k for r in recipes.values() for k in r})
     common = {k: recipes[study.configs[0]].get(k) for k in keys
               if all(_value(r.get(k)) == _value(recipes[study.configs[0]].get(k)) for r in recipes.values())}
     shown = [k for k in RECIPE_KEYS if k in common] + [k for k in sorted(common) if k not in RECIPE_KEYS]
-    out = ['Training recipe shared by every config: ' + ', '.join(f'{k} {_value(common[k])}' for k in shown) + '.', '']
     rows = [[c, ', '.join(f'{k} {_value(r.get(k))}' for k in keys if k not in common)] for c, r in recipes.items()]
-    rows = [r for r in rows if r[1]]
-    return out + (['Where configs differ:', ''] + md_table(('config', 'own values'), rows) if rows else [])
+    return dict(shared=[(k, _value(common[k])) for k in shown], own=[r for r in rows if r[1]])
 
 
-def attacks(study: an.Study) -> Lines:
-    """Every attack label with its exact stored settings, and which runs ran it."""
+def attacks(study: an.Study) -> List[List[Any]]:
+    """Every attack label with its exact stored settings, and which runs ran it (table rows)."""
     settings: Dict[str, Any] = {}
     ran: Dict[str, List[str]] = {}
     for e in study.entries() + study.autoattack:
@@ -646,46 +542,35 @@ def attacks(study: an.Study) -> Lines:
         runs = len(set(ran[label]))
         where = 'every run' if runs == len(study.entries()) and label in study.metrics() else f'{runs} runs'
         rows.append([label, s.get('norm', '–'), s.get('eps', '–'), where, rest])
-    return md_table(('label', 'norm', 'eps', 'runs', 'exact settings (seed = the training seed)'), rows)
+    return rows
 
 
-def points(study: an.Study) -> Lines:
+def points(study: an.Study) -> Dict[str, Any]:
+    """The test points and seeds every run used."""
     main = study.entries()
     ranges = sorted({tuple((e.get('per_sample') or {}).get('index_range') or ()) for e in main})
-    pe = sorted({pe.get('n_examples') for e in main for pe in e.get('per_expert') or [] if pe.get('n_examples')})
     aa = sorted({tuple((e.get('per_sample') or {}).get('index_range') or ()) for e in study.autoattack})
     fmt = lambda rs: ', '.join(f'[{r[0]}, {r[1]})' for r in rs if r) or '–'  # noqa: E731
-    return [f'- Test points: every run on the test images {fmt(ranges)} of {main[0]["dataset"]} '
-            f'({", ".join(str(n) for n in sorted({e["n_examples"] for e in main}))} points); eps {main[0]["eps"]:g} '
-            f'({main[0]["threat_model"]}).',
-            f'- Per-expert analyses (first seeds): the first {", ".join(map(str, pe)) or "–"} of them.',
-            f'- AutoAttack: test images {fmt(aa)}.',
-            f'- Seeds: {", ".join(map(str, study.plan.get("seeds") or []))}; per config: '
-            + '; '.join(f'{c} {", ".join(map(str, sorted(study.runs[c])))}' for c in study.configs) + '.', '']
+    return dict(ranges=fmt(ranges), aa_ranges=fmt(aa), dataset_name=main[0]['dataset'], eps=main[0]['eps'],
+                threat_model=main[0]['threat_model'], n_examples=sorted({e['n_examples'] for e in main}),
+                per_expert=sorted({pe.get('n_examples') for e in main for pe in e.get('per_expert') or []
+                                   if pe.get('n_examples')}),
+                seeds=study.plan.get('seeds') or [],
+                config_seeds=[(c, sorted(study.runs[c])) for c in study.configs])
 
 
 def protocol(study: an.Study) -> Lines:
     e = study.entries()[0]
     cfg = (e.get('training') or {}).get('config') or {}
     kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
-    commits = sorted({str((x.get('provenance') or {}).get('git_commit')) for x in study.entries() + study.autoattack})
-    devices = sorted({str((x.get('provenance') or {}).get('device')) for x in study.entries() + study.autoattack})
-    out = ['## Protocol', '',
-           f'- Data set: {cfg.get("dataset", e["dataset"])}, '
-           f'{cfg.get("train_limit") or study.plan.get("train_images") or "all"} training images.',
-           f'- Model: {e["model"].get("arch")} at width {kw.get("width", "default")} (stem {kw.get("stem", "default")}); '
-           'per config in the table of all configurations.',
-           f'- Code: commit{"s" if len(commits) > 1 else ""} {", ".join(commits)}; device{"s" if len(devices) > 1 else ""} '
-           f'{", ".join(devices)}.', *points(study)]
-    out += training_recipe(study) + ['Attacks:', ''] + attacks(study)
-    out += ['Statistics: per config, mean, sd and 95% t-interval over seeds (one run: Wilson 95% interval over points). '
-            'A vs B: paired by seed (compare_entries per seed pair, which refuses different attack settings and flags '
-            'different point sets), the 95% t-interval over the seeds\' differences, and pooled over seeds the '
-            f'per-point paired bootstrap 95% interval ({an.N_BOOT} resamples, seed {an.BOOT_SEED}) and the exact '
-            'McNemar p. The pooled columns resample test points only: they describe these trained weights, not '
-            'the configuration (a new seed trains other weights), so they decide no verdict.', '',
-            f'Verdict rule: {an.VERDICT_RULE}', '']
-    return out + sizing(study)
+    everything = study.entries() + study.autoattack
+    return render('protocol.md.j2', dataset=cfg.get('dataset', e['dataset']),
+                  images=cfg.get('train_limit') or study.plan.get('train_images') or 'all',
+                  arch=e['model'].get('arch'), width=kw.get('width', 'default'), stem=kw.get('stem', 'default'),
+                  commits=sorted({str((x.get('provenance') or {}).get('git_commit')) for x in everything}),
+                  devices=sorted({str((x.get('provenance') or {}).get('device')) for x in everything}),
+                  attacks=attacks(study), n_boot=an.N_BOOT, boot_seed=an.BOOT_SEED, verdict_rule=an.VERDICT_RULE,
+                  **points(study), **training_recipe(study)) + sizing(study)
 
 
 def _passes(e: Mapping[str, Any]) -> int:
@@ -713,14 +598,8 @@ def sizing(study: an.Study) -> Lines:
     for e in study.entries() + study.autoattack:
         for k in total:
             total[k] += (e.get('timing') or {}).get(k, 0.0)
-    all_s = sum(total.values())
-    return ['### Sizing', '', 'Wall seconds per run (mean over the runs that recorded timing); throughput = training '
-            'images × epochs × passes per image (attack steps + 1) / training seconds.', '',
-            *md_table(('config', 'timed runs', 'train s', 'evaluate s', 'audit s', 'passes per image',
-                       'images·passes per s'), rows),
-            f"All {len(study.entries())} runs and {len(study.autoattack)} AutoAttack follow-ups: train {total['train']:.0f} s, "
-            f"evaluate {total['evaluate']:.0f} s, audit {total['audit']:.0f} s; {all_s:.0f} s in all "
-            f'({all_s / 3600:.2f} h).', ''] + pieces(study)
+    return render('sizing.md.j2', rows=rows, total=total, all_s=sum(total.values()), runs=len(study.entries()),
+                  autoattack=len(study.autoattack)) + pieces(study)
 
 
 def _when(e: Mapping[str, Any]) -> Optional[datetime]:
@@ -745,9 +624,7 @@ def pieces(study: an.Study) -> Lines:
         end = max(_when(e) for e in runs)
         rows.append([commit, device, len(runs), f'{start:%Y-%m-%d %H:%M}', f'{end:%Y-%m-%d %H:%M}',
                      f'{(end - start).total_seconds() / 3600:.2f}'])
-    return ['Pieces (runs grouped by the commit and device that made them; wall time from the first run\'s start to '
-            'the last run\'s entry, UTC):', '',
-            *md_table(('commit', 'device', 'runs', 'first run started', 'last run finished', 'wall h'), rows)]
+    return render('pieces.md.j2', rows=rows)
 
 
 # ------------------------------------------------------------------------------------------ pre-registration
@@ -755,28 +632,28 @@ def pieces(study: an.Study) -> Lines:
 def _paper_contrast(study: an.Study, paper: Optional[Mapping[str, Any]]) -> str:
     """The paper's effect for a pre-registered contrast: its named row minus the same table's dense baseline."""
     delta = an.paper_delta(study, paper)
-    return delta if isinstance(delta, str) else an._fmt_delta(delta)
+    return delta if isinstance(delta, str) else fmt_delta(delta)
 
 
-def scope(study: an.Study) -> Lines:
-    """What the verdicts are about: this study's recipe, which is not the paper's, so a verdict tests the claim
-    in this setting and the paper's effect beside it is a reference, not the thing tested."""
+def _scope(study: an.Study) -> Dict[str, Any]:
+    """What the verdicts are about: this study's recipe (each budget of a study of budgets)."""
     e = study.entries()[0]
     cfg = (e.get('training') or {}).get('config') or {}
     kw = e['model'].get('effective_kwargs') or e['model'].get('kwargs') or {}
-    images = cfg.get('train_limit') or study.plan.get('train_images') or 'all'
-    what = (f"{cfg.get('dataset', e['dataset'])}, {images} training images, {e['model'].get('arch')} at width "
-            f"{kw.get('width', 'default')}, {cfg.get('epochs')} epochs")
     p = study.plan.get('preregistration') or {}
     arms = [c for c in [p.get('baseline')] + [a for name, o in (p.get('primary') or {}).items()
                                               for a in [name] + list((o or {}).get('base') or [])] if study.runs.get(c)]
-    budgets = sorted({an.budget(study, c) for c in arms}, key=lambda b: (b[0] * b[1], str(b[2])))
-    if len(budgets) > 1:  # a study of budgets: each verdict is about the budgets its arms trained at
-        what = (f"{e['model'].get('arch')} at the budgets " + '; '.join(
-            f'{n} training images x {ep} epochs at width {w}' for n, ep, w in budgets))
-    return [f"Scope: the verdicts are about this study's recipe: {what} of {cfg.get('training')} training with "
-            f"{cfg.get('attack_steps')} attack steps at eps {cfg.get('eps')}. The paper's effects beside them come "
-            f"from {an.PAPER_SOURCE}, another setting: they are a reference, not what the verdicts test.", '']
+    return dict(dataset=cfg.get('dataset', e['dataset']), arch=e['model'].get('arch'),
+                images=cfg.get('train_limit') or study.plan.get('train_images') or 'all',
+                width=kw.get('width', 'default'), epochs=cfg.get('epochs'), training=cfg.get('training'),
+                attack_steps=cfg.get('attack_steps'), eps=cfg.get('eps'), source=an.claims_of(study).source,
+                budgets=sorted({an.budget(study, c) for c in arms}, key=lambda b: (b[0] * b[1], str(b[2]))))
+
+
+def scope(study: an.Study) -> Lines:
+    """This study's recipe, which is not the paper's, so a verdict tests the claim in this setting and the
+    paper's effect beside it is a reference, not the thing tested."""
+    return render('scope.md.j2', **_scope(study))
 
 
 def preregistration(study: an.Study) -> Lines:
@@ -784,52 +661,26 @@ def preregistration(study: an.Study) -> Lines:
     for a study without one, the statement that everything in it is exploratory."""
     r = an.preregistered(study)
     if r is None:
-        return ['## Pre-registration', '', 'None: this study did not name its primary contrasts, margin and analysis '
-                'before it ran, so every comparison in this report is exploratory.', '']
+        return render('preregistration.md.j2', p=None)
     p = r['prereg']
-    contrasts = ', '.join(c.get('label') or f"{c['config']} − {c['baseline']}" for c in r['contrasts'])
-    out = ['## Pre-registered analysis', '',
-           f"Pre-registered in the spec before the runs: primary contrasts {contrasts}; "
-           f"metric {p['metric']} on the test points every run was attacked on; equivalence margin ±{p['margin']:g} "
-           f"points; alpha {p['alpha']:g} (family-wise, Holm); power {p['power']:.0%}; analysis {p['analysis']} t "
-           'over seeds' + (f"; sizing from a seed sd of {p['seed_sd']:g} points" if p.get('seed_sd') else '') + '.', '',
-           'Rule: ' + an.PREREG_RULE.format(**p), '', VERDICTS_START, '']
     rows = []
     for c in r['contrasts']:
+        label, seeds = c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}"
         if 'lo' not in c:
-            rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}", '–', '–',
-                         '–', '–', '–',
-                         f"±{p['margin']:g}", _paper_contrast(study, c.get('paper')), c['verdict']])
+            rows.append([label, seeds, '–', '–', '–', '–', '–', f"±{p['margin']:g}",
+                         _paper_contrast(study, c.get('paper')), c['verdict']])
             continue
         boot = c.get('boot')
-        rows.append([c.get('label') or f"{c['config']} − {c['baseline']}", f"{c['n_a']} / {c['n_b']}",
-                     f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
+        rows.append([label, seeds, f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] ({1 - c['level']:.1%})",
                      '–' if boot is None else f'[{boot[1]:+.2f}, {boot[2]:+.2f}]',
                      stats.format_p(c['p']), stats.format_p(c['p_holm']), f"{c['detectable']:.2f}", f"±{p['margin']:g}",
                      _paper_contrast(study, c.get('paper')), c['verdict']])
-    out += md_table(('contrast', 'seeds (A / B)', f"Δ {p['metric']} [t-interval at Holm's level]",
-                     'hierarchical bootstrap 95% (seeds, points)', 'p', 'p (Holm)', 'detectable Δ', 'margin',
-                     "the paper's effect (PGD-20 / APGD-20)", 'verdict'), rows)
-    sizing = r['sizing']
-    words = [f'{n} seeds per arm at the spec\'s seed sd {sd:g}' for sd, n in [sizing['spec']]] if 'spec' in sizing else []
-    if 'measured' in sizing:
-        sd, n = sizing['measured']
-        words.append(f'{n} at the largest sd measured here ({sd:.2f})')
-    ran = sorted({len(study.runs.get(c, {})) for c in [p['baseline']] + list(p['primary'])
-                  + [b for o in p['primary'].values() for b in o.get('base') or []]})
-    if words:
-        out += [f"Sizing: for a detectable difference of at most ±{p['margin']:g} points ({p['power']:.0%} power, "
-                f"two-sided alpha {sizing['level']:g}, Holm's strictest level for {len(r['contrasts'])} contrast"
-                f"{'s' if len(r['contrasts']) > 1 else ''}; two arms), {'; '.join(words)}; this study ran "
-                f"{'/'.join(map(str, ran))} seeds per arm.", '']
-    out += scope(study)
     arms = [p['baseline']] + list(p['primary']) + [b for o in p['primary'].values() for b in o.get('base') or []]
     planned = {c: len(study.plan['configs'][c].get('seeds') or study.plan.get('seeds') or []) for c in arms}
-    short = [f"{c} {len(study.runs.get(c, {}))} of {planned[c]}" for c in arms
-             if len(study.runs.get(c, {})) < planned[c]]
-    if short:
-        # the rule's error rates hold for one test at the planned seeds; a look before then is not that test
-        out += [f"Interim: not every pre-registered seed has run ({'; '.join(short)} seeds), so these verdicts "
-                'are a look at the data so far. The rule decides once every arm has its planned seeds; repeated '
-                'looks raise the chance of a false "holds" or "worse".', '']
-    return out + [VERDICTS_END, '', 'Everything below this section is exploratory.', '']
+    return render('preregistration.md.j2', p=p, rule=an.PREREG_RULE.format(**p), rows=rows, sizing=r['sizing'],
+                  contrasts=[c.get('label') or f"{c['config']} − {c['baseline']}" for c in r['contrasts']],
+                  metric_names=an.claims_of(study).metric_names(), verdicts_start=VERDICTS_START,
+                  verdicts_end=VERDICTS_END, ran=sorted({len(study.runs.get(c, {})) for c in arms}),
+                  short=[f"{c} {len(study.runs.get(c, {}))} of {planned[c]}" for c in arms
+                         if len(study.runs.get(c, {})) < planned[c]],
+                  **_scope(study))
