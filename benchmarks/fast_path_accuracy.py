@@ -106,7 +106,7 @@ def paired_difference(path_values: Sequence[float], fp32_values: Sequence[float]
     """The path's accuracy minus fp32's over the same seeds: mean, sd, t-interval over seeds, and whether it is
     within seed noise (the interval includes 0 and |mean| <= fp32's seed sd: '<=' so that a path that changes no
     run's count is within noise even where fp32's runs agree too). One seed: no interval, no verdict."""
-    from bench.results.stats import seed_summary
+    from bench.core.stats import seed_summary
     diffs = [a - b for a, b in zip(path_values, fp32_values, strict=True)]
     s = seed_summary(diffs, confidence)
     within = None if s['std'] is None or fp32_sd is None else bool(
@@ -117,7 +117,7 @@ def paired_difference(path_values: Sequence[float], fp32_values: Sequence[float]
 def summarise(runs: Sequence[Mapping[str, Any]], paths: Sequence[str], seeds: Sequence[int]) -> Dict[str, Any]:
     """Per path: each metric's seed summary and Wilson interval of each run; paired differences against fp32 and
     the verdict ('within seed noise' only if clean and PGD-20 both are)."""
-    from bench.results.stats import seed_summary, wilson_interval
+    from bench.core.stats import seed_summary, wilson_interval
     by = {(r['path'], r['seed']): r for r in runs}
     out: Dict[str, Any] = {}
     fp32 = {m: [by['fp32', s]['acc'][m] for s in seeds] for m in METRICS}

@@ -92,6 +92,42 @@ def test_per_module_table_weights_experts_by_routing():
     assert 'experts.1' in flop_table(moe, report)
 
 
+def test_the_table_shows_the_per_image_counts_without_running_the_model(monkeypatch):
+    moe = _tiny_moe(k=1)
+    images = torch.rand(8, C, H, W)
+    images[:2, 0], images[2:, 0] = 1.0, 0.0
+    with torch.no_grad():  # 2 images to the 3x3 expert, 6 to the 1x1 one: the table weights them, no trace does
+        moe.gate.fc.weight.zero_()
+        moe.gate.fc.weight[0, 0] = 50.0
+        moe.gate.fc.bias.copy_(torch.tensor([0.0, 25.0]))
+    report = moe_flops(moe, images)
+    assert report.layers[''].counts == [2, 6]
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError('the table traced the model')
+    monkeypatch.setattr(moe, 'forward', no_forward)
+    rows = {line.split('|')[1].strip(): line.split('|')[3].strip() for line in flop_table(moe, report).splitlines()
+            if line.startswith('|') and 'module' not in line and '---' not in line}
+    # per image: 2/8 of the 3x3 expert (5184 MACs), 6/8 of the 1x1 one (576); one traced image would give 5184 or 576
+    assert (rows['experts.0'], rows['experts.1'], rows['model']) == ('1.296K', '0.432K', '1.88K')
+
+
+def test_the_count_gives_back_every_submodules_mode():
+    moe = _tiny_moe(k=1).train()
+    moe.experts[1].eval()  # e.g. a frozen part: the audit must not unfreeze it
+    moe_flops(moe, torch.rand(4, C, H, W))
+    assert moe.training and moe.gate.training and moe.experts[0].training and not moe.experts[1].training
+
+
+def test_the_routing_counted_is_this_batch_not_an_earlier_forward():
+    moe = _tiny_moe(k=2)
+    with torch.no_grad():
+        moe(torch.rand(3, C, H, W))  # an earlier forward of another batch size leaves its routing behind
+    assert moe_flops(moe, torch.rand(5, C, H, W)).layers[''].counts == [5, 5]
+    with timm_moe.force_expert(moe, 0):
+        assert moe_flops(moe, torch.rand(5, C, H, W)).layers[''].counts == [5, 0]
+
+
 def test_paper_numbers_resnet18_cifar():
     """0.557 GFLOPs dense; k=2 at layer4.1 adds one BasicBlock (0.0755 G): +13.6%; k=1 only the gate."""
     k2 = audit_model('resnet18_blockmoe_e4_k2', latency=False, batch=4)
@@ -283,3 +319,14 @@ def test_cli_table_fits_110_columns_without_cutting_a_number(capsys, tmp_path, m
     head = ' '.join(line for line in wide.splitlines() if line.startswith('┃'))
     assert all(word in head for word in ('unsupported', 'total/dense', 'worst/dense', 'latency', 'memory'))
     assert '…' not in wide and 'not shown here' not in wide
+
+
+def test_the_routing_note_says_the_model_routing_is_untrained():
+    # the audit builds its own model: given a run's test images, it still routes them through untrained weights
+    images = torch.rand(4, 1, 28, 28)
+    for given in (images, None):
+        r = audit_model('resnet18_blockmoe_e2_k1', latency=False, batch=4, images=given, width=8, in_chans=1,
+                        input_size=(1, 28, 28))
+        assert 'untrained model' in r.routing['note'] and r.routing['batch'] == 4
+        assert r.routing['note'].startswith('routing of the images passed in' if given is not None else
+                                            'routing of a seeded batch')

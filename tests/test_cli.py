@@ -47,10 +47,26 @@ def test_an_internal_error_shows_its_traceback_and_exits_1(exc, monkeypatch, cap
     assert 'internal error (a bug in timm-moe, not bad input)' in err
 
 
-def test_only_user_errors_and_path_errors_are_bad_input():
-    assert set(USER_ERRORS) == {UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-                                NotADirectoryError}
-    assert ValueError not in USER_ERRORS and OSError not in USER_ERRORS
+@pytest.mark.parametrize('exc, code', [
+    (OSError(errno.EIO, 'Input/output error', 'model.pth'), 1),  # an OSError of the code or the disk: a bug to report
+    (ConnectionError('connection reset'), 1),
+    (OSError(errno.ENOSPC, 'No space left on device', 'runs'), 2),  # the user's file system refuses: bad input
+    (OSError(errno.EROFS, 'Read-only file system', 'runs'), 2),
+])
+def test_of_the_other_os_errors_only_the_file_systems_refusals_are_bad_input(exc, code, monkeypatch, capsys):
+    monkeypatch.setattr(bench.cli.leaderboard, 'run', _raising(exc))
+    assert main(['leaderboard']) == code
+    err = capsys.readouterr().err
+    assert ('Traceback' in err) == (code == 1) and (err.count('\n') == 1) == (code == 2)
+
+
+def test_every_error_class_counted_as_bad_input_is_one_line_exit_2(monkeypatch, capsys):
+    # USER_ERRORS is read here, not restated: whatever it holds must behave as bad input does, and nothing wider
+    for cls in USER_ERRORS:
+        assert not issubclass(ValueError, cls) and not issubclass(OSError, cls), cls
+        monkeypatch.setattr(bench.cli.leaderboard, 'run', _raising(cls('the message')))
+        assert main(['leaderboard']) == 2, cls
+        assert capsys.readouterr().err == 'timm-moe leaderboard: error: the message\n'
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch, capsys):

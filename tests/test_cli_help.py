@@ -70,3 +70,15 @@ def test_the_checks_fire():
     ours.add_argument_group('past the parser').add_argument('--w')
     assert unlisted(ours) == ['--w']
     assert set(field_help()) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not [name for name, text in field_help().items() if not text.strip()], 'config keys without a description'
+
+
+def test_the_config_descriptions_need_no_source_file(monkeypatch):
+    # an installation of bytecode only (.pyc) has no source for inspect to read: --help must still describe each key
+    import inspect
+
+    def no_source(obj):
+        raise OSError('could not get source code')
+    monkeypatch.setattr(inspect, 'getsource', no_source)
+    monkeypatch.setattr(inspect, 'getsourcelines', no_source)
+    assert field_help()['eps'] == "L-inf radius in [0, 1] pixels; accepts '8/255'"

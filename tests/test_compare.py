@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from bench.results import compare, stats
+from bench.core import stats
+from bench.results import compare
 from bench.cli import main
 from bench.core.errors import UserError
 from bench.results.registry import write_entry

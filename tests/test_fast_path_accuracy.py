@@ -52,7 +52,7 @@ def test_batch128_keeps_the_recipes_lr_and_batch128_lr2x_scales_it(one_thread, t
     ([50.0, 50.0, 50.0], [50.0, 50.0, 50.0], True),  # no run changed, fp32's sd is 0: within, not beyond
 ])
 def test_the_verdict_needs_an_interval_through_zero_and_a_difference_within_fp32s_seed_sd(path, fp32, within):
-    from bench.results.stats import seed_summary
+    from bench.core.stats import seed_summary
     assert fpa.paired_difference(path, fp32, seed_summary(fp32)['std'])['within_noise'] is within
 
 

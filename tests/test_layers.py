@@ -134,36 +134,67 @@ def test_timm_moe_has_no_import_cycle():
     assert _cycle(_timm_moe_graph()) is None, ' -> '.join(_cycle(_timm_moe_graph()))
 
 
+def _absolute(node: ast.ImportFrom, module: str, path: Path) -> str:
+    """The absolute module name a `from X import ...` of `module` (at `path`) reads from."""
+    base = node.module or ''
+    if not node.level:
+        return base
+    anchor = module.split('.') if path.name == '__init__.py' else module.split('.')[:-1]
+    return '.'.join(anchor[:len(anchor) - node.level + 1] + ([base] if base else []))
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith('_') and not name.startswith('__')
+
+
 def _private_imports(package: str) -> list:
-    """'module imports name' for every `from X import _name` where X is another module of `package`."""
+    """'module imports name' for every `from X import _name` where X is another module of `package`, and 'module
+    uses name' for every `alias._name` where `alias` is another module of `package` (`from . import x as alias`,
+    `import package.x as alias`): both reach into a private name of another module."""
     mods = _modules(package)
     out = []
     for m, p in mods.items():
-        for node in ast.walk(ast.parse(p.read_text(), str(p))):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            base = node.module or ''
-            if node.level:
-                anchor = m.split('.') if p.name == '__init__.py' else m.split('.')[:-1]
-                base = '.'.join(anchor[:len(anchor) - node.level + 1] + ([base] if base else []))
-            if base.split('.')[0] == package and base != m:
-                out += [f'{m} imports {base}.{a.name}' for a in node.names
-                        if a.name.startswith('_') and not a.name.startswith('__')]
-    return out
+        tree = ast.parse(p.read_text(), str(p))
+        aliases = {}  # local name -> the module of `package` it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update((a.asname, a.name) for a in node.names if a.asname and a.name in mods)
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(node, m, p)
+                if base.split('.')[0] != package:
+                    continue
+                if base != m:
+                    out += [f'{m} imports {base}.{a.name}' for a in node.names if _is_private(a.name)]
+                aliases.update((a.asname or a.name, f'{base}.{a.name}') for a in node.names
+                               if f'{base}.{a.name}' in mods)
+        out += [f'{m} uses {aliases[node.value.id]}.{node.attr}' for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _is_private(node.attr)
+                and aliases.get(node.value.id, m) != m]
+    return sorted(set(out))
 
 
 def test_timm_moe_modules_import_no_private_name_of_another():
     assert not _private_imports('timm_moe'), '\n'.join(_private_imports('timm_moe'))
 
 
+def test_bench_modules_use_no_private_name_of_another():
+    found = _private_imports('bench')
+    assert not found, '\n'.join(found)
+
+
 def test_the_private_import_finder_finds_one(tmp_path, monkeypatch):
     pkg = tmp_path / 'pkg'
-    pkg.mkdir()
+    (pkg / 'sub').mkdir(parents=True)
     (pkg / '__init__.py').write_text('')
-    (pkg / 'a.py').write_text('_SECRET = 1\n')
+    (pkg / 'sub' / '__init__.py').write_text('')
+    (pkg / 'a.py').write_text('_SECRET = 1\n\n\ndef _helper():\n    return _SECRET\n')
     (pkg / 'b.py').write_text('from .a import _SECRET\nfrom . import a\n')
+    (pkg / 'c.py').write_text('from pkg import a as an\nimport pkg.a as pa\nimport pkg.a\n\n\n'
+                              'def f(obj):\n    return an._helper(), pa._SECRET, obj._private, an.__name__\n')
+    (pkg / 'sub' / 'd.py').write_text('from .. import a\n\n\ndef g():\n    return a._helper()\n')
     monkeypatch.setitem(globals(), 'ROOT', tmp_path)
-    assert _private_imports('pkg') == ['pkg.b imports pkg.a._SECRET']
+    assert _private_imports('pkg') == ['pkg.b imports pkg.a._SECRET', 'pkg.c uses pkg.a._SECRET',
+                                       'pkg.c uses pkg.a._helper', 'pkg.sub.d uses pkg.a._helper']
 
 
 def test_the_cycle_finder_finds_a_cycle():

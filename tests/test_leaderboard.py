@@ -220,13 +220,13 @@ def test_config_shows_effective_noisy_gating():
     quiet = make_entry('quiet')
     noisy = make_entry('noisy')
     noisy['model']['noisy_gating'] = True
-    assert lb._config(quiet).endswith('no noise') and lb._config(noisy).endswith('· noisy')
+    assert lb.moe_config_label(quiet).endswith('no noise') and lb.moe_config_label(noisy).endswith('· noisy')
     old = [e for e in load_entries(SCHEMA1_REGISTRY) if e['model']['experts']][0]
-    assert lb._config(old).endswith('no noise')  # schema 1: the plugin's default then was off
+    assert lb.moe_config_label(old).endswith('no noise')  # schema 1: the plugin's default then was off
     unknown = copy.deepcopy(old)
     unknown['source'] = 'robustbench'
-    assert lb._config(unknown).endswith('noise ?')
-    assert lb._config(make_entry('dense', experts=0)) == lb.DASH
+    assert lb.moe_config_label(unknown).endswith('noise ?')
+    assert lb.moe_config_label(make_entry('dense', experts=0)) == lb.DASH
 
 
 # --- the file and the command ---------------------------------------------------------------------------

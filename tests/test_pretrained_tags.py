@@ -231,6 +231,17 @@ def shipped(study, tmp_path, registered):
     return out, load_file(out / manifest[f'{NAME}.{TAG}']['file'])
 
 
+def test_registering_tags_builds_new_default_cfgs_and_leaves_the_old_ones(study, tmp_path, registered):
+    from timm_moe.models import registry as family_registry
+    old = family_registry.default_cfgs[NAME]
+    before = (list(old.tags), dict(old.cfgs), old.is_pretrained)
+    registered(ship(study.spec, tmp_path / 'pretrained', dtype='float16')[0])
+    # timm's registry may hold the old object: it is replaced on re-registration, never changed under timm's feet
+    assert (list(old.tags), dict(old.cfgs), old.is_pretrained) == before
+    new = family_registry.default_cfgs[NAME]
+    assert new is not old and list(new.tags) == ['', TAG] and new.cfgs[''] is old.cfgs[''] and new.is_pretrained
+
+
 def test_tag_loads_offline_with_its_architecture_and_weights(shipped):
     model = timm.create_model(f'{NAME}.{TAG}', pretrained=True)
     assert {k: model.moe_config[k] for k in KWARGS} == KWARGS and model.moe_config['k'] == 2

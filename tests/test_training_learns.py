@@ -18,6 +18,7 @@ import pytest
 
 from bench.core.portable_cpu import portable_cpu_env
 from bench.core.stats import wilson_interval
+from pins import pinned_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).parent / 'fixtures' / 'training_learns_numbers.json'
@@ -66,9 +67,7 @@ def test_adversarial_training_learns(learned):
 
 
 def test_training_learns_numbers_are_pinned(learned):
-    if os.environ.get('TIMM_MOE_REPIN'):
-        PINNED.write_text(json.dumps(learned, indent=1) + '\n')
-    assert learned == json.loads(PINNED.read_text()), (
+    assert learned == pinned_numbers(PINNED, learned), (
         'the learning run\'s numbers changed. If the change is meant to alter them (models, init, training, '
         f'attacks) and test_adversarial_training_learns passes, re-pin with `{REPIN}` and commit the fixture')
 

@@ -58,13 +58,13 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == 'Linf' else flat.norm(dim=1)
 
 
-def _check_common(eps: float, norm: str) -> None:
+def check_eps_and_norm(eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise UserError(f'norm {norm!r} is not supported; choose one of {", ".join(NORMS)}')
     parse_eps(eps, norm)
 
 
-def _settings(obj: object, implementation: str, **extra: Any) -> dict:
+def settings_of(obj: object, implementation: str, **extra: Any) -> dict:
     d = dataclasses.asdict(obj)  # type: ignore[arg-type]
     d.update(attack=type(obj).__name__, implementation=implementation, **extra)
     return d

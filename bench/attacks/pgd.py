@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.attacks.base import _check_common, _settings, perturbation_norm, predict
+from bench.attacks.base import check_eps_and_norm, perturbation_norm, predict, settings_of
 from bench.core.errors import UserError
 
 
@@ -106,7 +106,7 @@ class PGD:
     final_iterate: bool = False
 
     def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
+        check_eps_and_norm(self.eps, self.norm)
         if self.steps < 0 or self.restarts < 1:
             raise UserError(f'PGD steps={self.steps}, restarts={self.restarts}: need steps >= 0 and restarts >= 1')
         if self.loss not in ('ce', 'margin'):
@@ -120,7 +120,7 @@ class PGD:
     def settings(self, n_cls: Optional[int] = None) -> dict:
         kept = 'last iterate, every point attacked' if self.final_iterate else \
             'first iterate that breaks a point (else the last); points misclassified at the start are not attacked'
-        return _settings(self, 'timm-moe', step_schedule='constant', returns=kept)
+        return settings_of(self, 'timm-moe', step_schedule='constant', returns=kept)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.run(model, x, y)[0]

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from bench.attacks.base import _check_common, _settings, num_classes_of
+from bench.attacks.base import check_eps_and_norm, num_classes_of, settings_of
 from bench.attacks.names import CUSTOM_PREFIX, check_custom_parts
 from bench.core.errors import UserError
 from bench.core.rng import forked_rng
@@ -111,10 +111,10 @@ class _Reference:
     norm: str
 
     def __post_init__(self) -> None:
-        _check_common(self.eps, self.norm)
+        check_eps_and_norm(self.eps, self.norm)
 
     def settings(self, n_cls: Optional[int] = None) -> dict:
-        return _settings(self, _reference_version(), **self._effective(n_cls))
+        return settings_of(self, _reference_version(), **self._effective(n_cls))
 
     def _effective(self, n_cls: Optional[int]) -> dict:
         """Settings the reference fixes or derives at call time, which the dataclass fields do not show."""
@@ -345,7 +345,7 @@ class AutoAttack(_Reference):
         return adv
 
     def settings(self, n_cls: Optional[int] = None) -> dict:
-        d = _settings(self, _reference_version())
+        d = settings_of(self, _reference_version())
         d.pop('ran')
         d['parts_requested'] = list(self.requested())
         if n_cls is None:

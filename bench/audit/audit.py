@@ -46,8 +46,11 @@ from timm_moe.spec import MOE_KWARGS
 
 AGREEMENT_TOLERANCE = 0.01  # fvcore vs FlopCounterMode: differences above 1% are reported
 FLOPS_UNIT = 'fvcore convention: 1 FLOP = 1 multiply-accumulate (torch FlopCounterMode counts 2; halved here)'
-ROUTING_NOTE = ('routing of a seeded batch of uniform-noise images through the untrained model, in eval mode; '
-                'with identical experts (every registered variant) active FLOPs do not depend on it')
+# the audit builds its own model from the name (seeded weights): a trained run's weights would route otherwise
+UNTRAINED = ('through the freshly built, untrained model (seeded weights, not a trained run\'s), in eval mode; with '
+             'identical experts (every registered variant) active FLOPs do not depend on it')
+ROUTING_NOTE = f'routing of a seeded batch of uniform-noise images {UNTRAINED}'
+ROUTING_NOTE_GIVEN = f'routing of the images passed in {UNTRAINED}'
 
 # dense baselines are built and counted once per (name, kwargs, input) in a process: --all reuses them
 _DENSE_CACHE: Dict[Tuple[Any, ...], Tuple[nn.Module, FlopReport, FlopReport]] = {}
@@ -119,7 +122,8 @@ def audit_model(
         device: Where latency and memory are measured; default CUDA if present, else CPU. FLOPs are
             counted on the CPU.
         seed: Seeds the weights of both models and the random routing batch.
-        images: A real routing batch (B, C, H, W) to use instead of seeded uniform noise.
+        images: A real routing batch (B, C, H, W) to use instead of seeded uniform noise; it is routed through the
+            freshly built model all the same (untrained: the audit builds its own model from `name`).
         table: Also return fvcore's per-module table (active FLOPs per image) under 'flop_table'.
         table_depth: Depth of that table.
         convert: `timm_moe.convert`'s arguments (`timm_moe.Conversion`) for a plain timm model; not for ours.
@@ -227,7 +231,7 @@ def audit_model(
         params_active=params['active'],
         params_dense=params_dense['total'],
         routing=dict(
-            note='routing of the images passed in, in eval mode' if given_images else ROUTING_NOTE,
+            note=ROUTING_NOTE_GIVEN if given_images else ROUTING_NOTE,
             batch=int(images.shape[0]),
             layers={n: dict(counts=l.counts, slots=l.slots, forced=l.forced, expert_flops=l.expert_flops)
                     for n, l in fv.layers.items()},

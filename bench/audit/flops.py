@@ -1,4 +1,5 @@
-"""FLOPs of BlockMoE models with fvcore, on the routing that really happens, cross-checked with torch.
+"""FLOPs of models with MoE layers (BlockMoE, ConvMoE, any `timm_moe.convert`) with fvcore, on the routing that
+really happens, cross-checked with torch.
 
 Unit: fvcore's convention, one FLOP per multiply-accumulate (MAC). That is how the paper's 0.557 GFLOPs
 for a dense CIFAR ResNet-18 is counted. `torch.utils.flop_counter.FlopCounterMode` counts two per
@@ -21,15 +22,15 @@ never silenced: none of them is a multiply-accumulate, so the MAC count does not
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 import timm_moe
+from bench.core.modes import eval_mode
 
 # fvcore op names that are multiply-accumulate heavy and that FlopCounterMode counts too; the
 # agreement on these alone must be exact, the rest (batch_norm, pooling) only fvcore counts
@@ -54,7 +55,7 @@ class Counted:
 
 @dataclass
 class LayerFlops:
-    """FLOPs of one BlockMoE layer's experts, and the routing that weights them.
+    """FLOPs of one MoE layer's experts, and the routing that weights them.
 
     Attributes:
         expert_flops: FLOPs per image of each expert.
@@ -97,7 +98,7 @@ class FlopReport:
     Attributes:
         counter: 'fvcore' or 'torch'.
         non_expert: FLOPs outside the experts (the gate included), per image.
-        layers: Qualified name -> LayerFlops of each BlockMoE layer.
+        layers: Qualified name -> LayerFlops of each MoE layer.
         traced: The counter's result on the one-image trace of the whole model.
     """
     counter: str
@@ -130,6 +131,15 @@ class FlopReport:
 # the two counters
 
 
+def _fvcore() -> Any:
+    """`fvcore.nn`, imported when first counted (the CLI answers --help without it)."""
+    with warnings.catch_warnings():
+        # fvcore scripts a helper at import, which torch now flags as deprecated: not ours to fix
+        warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)
+        import fvcore.nn
+    return fvcore.nn
+
+
 def count_fvcore(module: nn.Module, x: torch.Tensor) -> Counted:
     """fvcore's `FlopCountAnalysis` of `module(x)`, in MACs.
 
@@ -137,12 +147,7 @@ def count_fvcore(module: nn.Module, x: torch.Tensor) -> Counted:
         module: Module to trace (in the mode it is in; callers put it in eval).
         x: Its input.
     """
-    with warnings.catch_warnings():
-        # fvcore scripts a helper at import, which torch now flags as deprecated: not ours to fix
-        warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(module, x)
+    analysis = _fvcore().FlopCountAnalysis(module, x)
     # the unsupported ops are returned (and shown by the audit) instead of logged once per trace
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)  # unrouted experts are uncalled by design
@@ -192,18 +197,8 @@ def _join(*parts: str) -> str:
     return '.'.join(p for p in parts if p)
 
 
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def layer_input_shapes(model: nn.Module, x: torch.Tensor) -> Dict[str, Tuple[int, ...]]:
-    """Shape of the input each BlockMoE layer receives when `model` runs on `x`."""
+    """Shape of the input each MoE layer receives when `model` runs on `x`."""
     shapes: Dict[str, Tuple[int, ...]] = {}
     handles = []
     for name, layer in timm_moe.moe_layers(model):
@@ -220,7 +215,7 @@ def layer_input_shapes(model: nn.Module, x: torch.Tensor) -> Dict[str, Tuple[int
 
 
 def routing_counts(model: nn.Module, images: torch.Tensor) -> Dict[str, Tuple[List[int], int, Optional[int]]]:
-    """Route `images` through `model` and count, per BlockMoE layer, the images each expert received.
+    """Route `images` through `model` and count, per MoE layer, the images each expert received.
 
     A layer forced with `timm_moe.force_expert` skips its gate and records no routing; every image then
     counts for the forced expert.
@@ -234,9 +229,7 @@ def routing_counts(model: nn.Module, images: torch.Tensor) -> Dict[str, Tuple[Li
         B * slots.
     """
     layers = timm_moe.moe_layers(model)
-    for _, layer in layers:
-        layer.last_routing = None  # so a stale routing from an earlier forward cannot be read back
-    with torch.no_grad():
+    with torch.no_grad():  # every layer the forward reaches replaces its `last_routing` (None when forced)
         model(images)
     routed = timm_moe.last_routing(model)
     batch = images.shape[0]
@@ -269,7 +262,7 @@ def moe_flops(model: nn.Module, images: torch.Tensor, counter: str = 'fvcore') -
     counted in eval mode (and put back in its mode after); its routing statistics see the batch.
 
     Args:
-        model: A timm-moe model, a bare BlockMoE, or any model with BlockMoE layers.
+        model: A timm-moe model, a bare MoE layer, or any model with MoE layers (`timm_moe.convert`).
         images: The routing batch (B, C, H, W); its first image is the one traced.
         counter: 'fvcore' or 'torch'.
     """
@@ -277,7 +270,7 @@ def moe_flops(model: nn.Module, images: torch.Tensor, counter: str = 'fvcore') -
         raise ValueError(f'counter={counter!r}: expected one of {sorted(COUNTERS)}')
     count = COUNTERS[counter]
     one = images[:1]
-    with _eval(model):
+    with eval_mode(model):
         shapes = layer_input_shapes(model, one)
         traced = count(model, one)
         routed = routing_counts(model, images)
@@ -316,31 +309,6 @@ def mac_flops(report: FlopReport) -> int:
 # per-module table
 
 
-class _ByModule:
-    """Duck-types the part of `FlopCountAnalysis` that `fvcore.nn.flop_count_table` reads, so the table
-    shows our per-image counts instead of one traced image's routing."""
-
-    def __init__(self, model: nn.Module, by_module: Mapping[str, float]) -> None:
-        self._model = model
-        self._by_module = {k: int(round(v)) for k, v in by_module.items()}
-
-    def by_module(self) -> Dict[str, int]:
-        return dict(self._by_module)
-
-    def unsupported_ops_warnings(self, enabled: bool) -> '_ByModule':
-        return self
-
-    def uncalled_modules_warnings(self, enabled: bool) -> '_ByModule':
-        return self
-
-    def tracer_warnings(self, mode: str) -> '_ByModule':
-        return self
-
-    def uncalled_modules(self) -> set:
-        # an unrouted expert shows 0 per image, which is the truth here, not a tracing gap
-        return set()
-
-
 def per_image_by_module(report: FlopReport, mode: str = 'active') -> Dict[str, float]:
     """Module name -> FLOPs per image, each expert weighted by the routing ('active') or by 1 ('total').
 
@@ -374,6 +342,19 @@ def flop_table(model: nn.Module, report: FlopReport, mode: str = 'active', max_d
         mode: 'active' or 'total'.
         max_depth: Depth of submodules shown.
     """
-    from fvcore.nn import flop_count_table
+    fv = _fvcore()
+    counts = {k: int(round(v)) for k, v in per_image_by_module(report, mode).items()}
 
-    return flop_count_table(_ByModule(model, per_image_by_module(report, mode)), max_depth=max_depth)  # type: ignore[arg-type]
+    class PerImage(fv.FlopCountAnalysis):
+        """fvcore's analysis of `model` with our per-image counts in place of one trace's (which sees only the
+        experts one image was routed to). `flop_count_table` reads the counts through these two public methods
+        (and the model's parameters), so nothing is traced: the analysis is given no input."""
+
+        def by_module(self) -> Dict[str, int]:
+            return dict(counts)
+
+        def uncalled_modules(self) -> set:
+            # an unrouted expert shows 0 per image, which is the truth here, not a tracing gap
+            return set()
+
+    return fv.flop_count_table(PerImage(model, ()), max_depth=max_depth)

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             err.print(f'  note: {note}', highlight=False)
         if args.table:
             out.print(f'per-module FLOPs of {name}, active per image (experts weighted by the routing of '
-                      f'{r.routing["batch"]} images):', highlight=False)
+                      f'{r.routing["batch"]} images through the untrained model):', highlight=False)
             out.print(r.flop_table, highlight=False, markup=False)
 
     table = render(results, args.max_flops_ratio, args.flops_baseline, width=None if args.wide else out.width)

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import binomtest, ttest_ind
 from scipy.stats import t as student_t
 
+from bench.core.config_keys import NOT_THE_RESULT
 from bench.core.errors import UserError
 
 __all__ = [
@@ -244,11 +245,9 @@ def format_p(p: float, digits: int = 3, relation: bool = False) -> str:
 
 # ------------------------------------------------------------------------------------------ seeds
 
-# training-config keys that do not change which model is trained: where it runs, how it reports, the seed
-TRAIN_NOISE_KEYS = frozenset({
-    'seed', 'out', 'data_dir', 'download', 'workers', 'device', 'progress', 'log_every', 'checkpoint_every',
-    'eval_limit', 'resume', 'deterministic', 'channels_last',
-})
+# training-config keys that the seeds of one configuration may differ in: the seed, and what does not change the
+# trained model (where it runs, how it reports: `NOT_THE_RESULT`, the config's own list)
+TRAIN_NOISE_KEYS = frozenset(NOT_THE_RESULT) | {'seed'}
 # attack-setting keys that are randomness or bookkeeping rather than the attack's configuration
 ATTACK_NOISE_KEYS = frozenset({'seed', 'batch_size'})
 
@@ -270,7 +269,7 @@ def _strip(obj: Any, drop: frozenset) -> Any:
     return obj
 
 
-def _canon(obj: Any) -> str:
+def canonical_text(obj: Any) -> str:
     """A hashable, order-independent text of a JSON-like value; floats to 12 significant digits, so that
     8/255 typed two ways (0.03137254901960784 vs 0.031372549019607843) is one configuration."""
     def fix(o: Any) -> Any:
@@ -307,7 +306,7 @@ def seed_group_key(entry: Mapping[str, Any]) -> Tuple[str, ...]:
         'n_examples': entry.get('n_examples'), 'index_range': per_sample.get('index_range'),
         'attack_note': entry.get('attack_note'),
     }
-    return tuple(f'{k}={_canon(v)}' for k, v in parts.items())
+    return tuple(f'{k}={canonical_text(v)}' for k, v in parts.items())
 
 
 def attack_signature(entry: Mapping[str, Any]) -> Dict[str, str]:
@@ -319,9 +318,10 @@ def attack_signature(entry: Mapping[str, Any]) -> Dict[str, str]:
     """
     settings = attack_settings(entry) or {}
     keys = sorted(k for k in (entry.get('robust_acc') or {}) if k != 'worst_case')
-    out = {k: _canon(_strip(settings[k], ATTACK_NOISE_KEYS)) if k in settings else _canon(None) for k in keys}
+    out = {k: canonical_text(_strip(settings[k], ATTACK_NOISE_KEYS)) if k in settings else canonical_text(None)
+           for k in keys}
     if 'worst_case' in (entry.get('robust_acc') or {}):
-        out['worst_case'] = _canon({k: out[k] for k in keys})
+        out['worst_case'] = canonical_text({k: out[k] for k in keys})
     return out
 
 

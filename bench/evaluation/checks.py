@@ -7,10 +7,9 @@ check with its rule, its tolerance and how it can fail.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from torch import nn
 
 from bench.attacks import (PGD, Attack, Square, accuracy, build_attack, is_white_box, perturbation_norm, predict,
                            reference_warnings, robust_under_all)
+from bench.core.modes import eval_mode
 from bench.core.stats import mcnemar_exact
 
 Check = Dict[str, object]
@@ -95,18 +95,6 @@ def in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     flat = x_adv.reshape(len(x_adv), -1)
     return ((perturbation_norm(x_adv - x, norm) <= eps + BALL_ATOL) & (flat.amin(1) >= -BALL_ATOL)
             & (flat.amax(1) <= 1 + BALL_ATOL))
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the block, then every submodule's own mode back (a leaked train mode stays visible)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 # ---------------------------------------------------------------------------------------------- model checks
@@ -226,7 +214,7 @@ def reverify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: AttackR
     if idx.numel() == 0:
         return verified, 0, 0
     ex = record.examples[idx.cpu()].to(device)
-    with _eval_mode(model):
+    with eval_mode(model):
         misclassified = predict(model, ex, batch_size) != y[idx]
     inside = in_ball(ex, x[idx], eps, norm)
     verified[idx[~(misclassified & inside)]] = True

@@ -7,7 +7,6 @@ says plainly when the point sets or the attack settings differ. See docs/STATIST
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -113,7 +112,7 @@ def _diff(a: Any, b: Any, drop: frozenset = frozenset()) -> List[str]:
         if key.rsplit('.', 1)[-1] in drop:
             continue
         va, vb = fa.get(key, '<absent>'), fb.get(key, '<absent>')
-        if stats._canon(va) != stats._canon(vb):
+        if stats.canonical_text(va) != stats.canonical_text(vb):
             out.append(f'{key}: {va!r} vs {vb!r}')
     return out
 
@@ -139,11 +138,11 @@ def settings_check(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> D
     notes: List[str] = []
     if metric == 'clean':  # no attack: eps and the threat model do not enter clean accuracy
         return dict(differences=diffs, notes=notes)
-    if stats._canon(a.get('eps')) != stats._canon(b.get('eps')):
+    if stats.canonical_text(a.get('eps')) != stats.canonical_text(b.get('eps')):
         from bench.results.leaderboard.groups import fmt_eps
         diffs.append(f"eps: {fmt_eps(float(a['eps']), a.get('threat_model', 'Linf'))} vs "
                      f"{fmt_eps(float(b['eps']), b.get('threat_model', 'Linf'))}")
-    if stats._canon(a.get('threat_model')) != stats._canon(b.get('threat_model')):
+    if stats.canonical_text(a.get('threat_model')) != stats.canonical_text(b.get('threat_model')):
         diffs.append(f"threat_model: {a.get('threat_model')!r} vs {b.get('threat_model')!r}")
     if metric == 'worst_case':  # the worst case over different attack lists is a different attack
         runs = [sorted(set(e.get('robust_acc') or {}) - {'worst_case'}) for e in (a, b)]
@@ -218,7 +217,7 @@ def compare_entries(a: Mapping[str, Any], b: Mapping[str, Any], metric: Optional
             that differ (without allow_different_settings), or bits that contradict the entry's numbers.
     """
     ida, idb = str(a.get('entry_id')), str(b.get('entry_id'))
-    if ida == idb and stats._canon(a) == stats._canon(b):
+    if ida == idb and stats.canonical_text(a) == stats.canonical_text(b):
         raise UserError(f'A and B are the same entry ({ida!r}): give two different entries to compare')
     (ra, va), (rb, vb) = _vectors(a), _vectors(b)
     if a.get('dataset') != b.get('dataset'):

@@ -37,7 +37,7 @@ KIND_NAMES = {'dense': 'dense', 'moe': 'MoE', 'unknown': 'unknown arch'}
 ATTACK_LABELS = {'autoattack': 'AutoAttack', 'worst_case': 'worst case of our attacks', 'pgd20': 'PGD-20'}
 
 
-def _figure(nrows: int = 1, ncols: int = 1, size: Tuple[float, float] = (6.4, 4.8)):
+def new_figure(nrows: int = 1, ncols: int = 1, size: Tuple[float, float] = (6.4, 4.8)):
     # a bare Figure (no pyplot): no global state, no GUI backend, safe in tests and worker processes
     from matplotlib.figure import Figure
 
@@ -46,18 +46,18 @@ def _figure(nrows: int = 1, ncols: int = 1, size: Tuple[float, float] = (6.4, 4.
     return fig, [ax for row in axes for ax in row]
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110, metadata={'Software': None})  # no version stamp in the file
     return path
 
 
-def _empty(path: Path, title: str, what: str) -> Path:
-    fig, (ax,) = _figure()
+def empty_figure(path: Path, title: str, what: str) -> Path:
+    fig, (ax,) = new_figure()
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, f'no entries with {what}', ha='center', va='center', fontsize=13, color='#666666',
             transform=ax.transAxes)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def label_column(ax, points: Sequence[Tuple[float, float, str, str]], fontsize: float = 7) -> None:
@@ -177,9 +177,9 @@ def _config_title(group: Sequence[Mapping[str, Any]]) -> str:
     """What tells a configuration's panel apart: the model; its gate, balancing loss, placement and noise; the
     grid config it ran in, upcycling and epochs (the leaderboard's Setup); the training; the setting; the seeds."""
     from bench.results.leaderboard.groups import Row
-    from bench.results.leaderboard.render import _config, setup
+    from bench.results.leaderboard.render import moe_config_label, setup
     e = group[0]
-    config = _config(e)
+    config = moe_config_label(e)
     ran = setup(Row(list(group), {}), seeds=False)
     seeds = f'{len(group)} seeds' if len(group) > 1 else 'one run'
     lines = [_label(e, 48), ' · '.join(x for x in (config, ran) if x != '—'),
@@ -223,9 +223,9 @@ def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
     pts = [(e, *robust_metric(e)) for e in entries]
     pts = [(e, r, k) for e, r, k in pts if r is not None and e.get('clean_acc') is not None]
     if not pts:
-        return _empty(path, 'clean vs robust accuracy', 'a clean and a robust accuracy')
+        return empty_figure(path, 'clean vs robust accuracy', 'a clean and a robust accuracy')
     groups = _by_setting(pts)
-    fig, axes = _figure(*_grid(len(groups)), size=(7.0, 5.4))
+    fig, axes = new_figure(*_grid(len(groups)), size=(7.0, 5.4))
     fronts = set()  # sources whose Pareto front has a line to show
     for ax, (setting, group) in zip(axes, groups):
         by_source: Dict[str, List[Tuple[float, float]]] = {}
@@ -262,7 +262,7 @@ def plot_clean_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
     if any(_wilson_err(e, r) for e, r, _ in pts):
         fronts_lines.append(Line2D([], [], color='#777777', linewidth=0.8, label='error bars: Wilson 95%'))
     _legend(axes[len(groups) - 1], pts, fronts_lines)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -270,7 +270,7 @@ def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
     t-interval over them; one y-scale for every panel, so that their loads compare at a glance."""
     with_load = [e for e in entries if (e.get('routing') or {}).get('load')]
     if not with_load:
-        return _empty(path, 'expert load', 'routing.load')
+        return empty_figure(path, 'expert load', 'routing.load')
     groups = [g for g in _configurations(with_load) if len({len(e['routing']['load']) for e in g}) == 1]
     shown, note = _panels(groups)
     drawn = []
@@ -278,7 +278,7 @@ def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
         means, err = _mean_err(list(zip(*(e['routing']['load'] for e in g))))
         drawn.append((g, means, err))
     top = max(max(1.0 / len(m), max(a + (b[1][i] if b else 0.0) for i, a in enumerate(m))) for _, m, b in drawn)
-    fig, axes = _figure(*_grid(len(shown)), size=(4.4, 3.4))
+    fig, axes = new_figure(*_grid(len(shown)), size=(4.4, 3.4))
     for ax, (g, load, err) in zip(axes, drawn):
         ax.bar(range(len(load)), load, color=KIND_COLORS['moe'], yerr=err, capsize=2, error_kw=dict(elinewidth=0.8),
                label=f'mean of {len(g)} seeds, 95% t-interval' if err else 'load')
@@ -297,7 +297,7 @@ def plot_expert_load(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_axis_off()
     if note:
         fig.suptitle(note, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 COMMON_KEYS = ('autoattack', 'worst_case', 'pgd20', 'apgd-ce', 'apgd20')
@@ -339,10 +339,10 @@ def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
     configuration, averaged over its seeds."""
     with_pe = [e for e in entries if e.get('per_expert')]
     if not with_pe:
-        return _empty(path, 'per-expert robustness', 'per_expert results')
+        return empty_figure(path, 'per-expert robustness', 'per_expert results')
     groups = [g for g in _configurations(with_pe) if len({len(e['per_expert']) for e in g}) == 1]
     shown, note = _panels(groups)
-    fig, axes = _figure(*_grid(len(shown)), size=(4.6, 3.6))
+    fig, axes = new_figure(*_grid(len(shown)), size=(4.6, 3.6))
     for ax, g in zip(axes, shown):
         key = common_attack(*g)
 
@@ -372,7 +372,7 @@ def plot_per_expert(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_axis_off()
     if note:
         fig.suptitle(note, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_flops_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -381,14 +381,14 @@ def plot_flops_vs_robust(entries: Sequence[Mapping[str, Any]], path: Path) -> Pa
     pts = [(e, *robust_metric(e)) for e in entries if (e.get('flops') or {}).get('ratio') is not None]
     pts = [(e, r, k) for e, r, k in pts if r is not None]
     if not pts:
-        return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust accuracy')
+        return empty_figure(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust accuracy')
     groups = _by_setting(pts)
-    fig, axes = _figure(*_grid(len(groups)), size=(8.0, 5.0))
+    fig, axes = new_figure(*_grid(len(groups)), size=(8.0, 5.0))
     for ax, (setting, group) in zip(axes, groups):
         _flops_panel(ax, group, setting)
     for ax in axes[len(groups):]:
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _flops_panel(ax, pts: Sequence[Tuple[Mapping[str, Any], float, str]], setting: Setting) -> None:

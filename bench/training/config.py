@@ -18,6 +18,7 @@ import yaml
 
 from bench.core.atomic import atomic_open
 from bench.core.compile import TORCHCOMPILE_DEFAULT, check_torchcompile
+from bench.core.config_keys import NOT_THE_RESULT
 from bench.core.errors import UserError
 from bench.core.yaml_files import RECIPE, read_yaml_mapping
 from bench.core.values import parse_eps, parse_mapping, parse_number, parse_yaml_value
@@ -28,69 +29,83 @@ ATTACK_PRECISIONS = ('fp32', 'amp')
 SCHED_STEPS = ('epoch', 'update')
 
 
+def _field(default: Any = dataclasses.MISSING, help: str = '', factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its one description, which `train --help` shows (`field_help`)."""
+    return field(default=default, default_factory=factory, metadata={'help': help})
+
+
 @dataclass
 class TrainConfig:
     # -- model
-    model: str = 'resnet18_blockmoe_e8_k1'  # any timm name; `import timm_moe` registers ours
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (gate, width, ...)
-    convert: Optional[Dict[str, Any]] = None  # make a plain timm model an MoE: timm_moe.convert's arguments (targets, num_experts, k, gate, ...)
-    img_size: Optional[int] = None  # resize images to this side inside the model, after any attack (for a model that needs larger ones); none: as they are
-    upcycle_from: Optional[str] = None  # start from a dense run directory or model.pth via timm_moe.upcycle
-    upcycle_noise: float = 0.01  # relative noise on the copied expert weights, so experts can diverge
-    upcycle_sha256: Optional[str] = None  # the source's sha256: filled in by the run, or given to pin the file
+    model: str = _field('resnet18_blockmoe_e8_k1', 'any timm name; `import timm_moe` registers ours')
+    model_kwargs: Dict[str, Any] = _field(help='passed to timm.create_model (gate, width, ...)', factory=dict)
+    convert: Optional[Dict[str, Any]] = _field(None, "make a plain timm model an MoE: timm_moe.convert's arguments "
+                                                     '(targets, num_experts, k, gate, ...)')
+    img_size: Optional[int] = _field(None, 'resize images to this side inside the model, after any attack (for a '
+                                           'model that needs larger ones); none: as they are')
+    upcycle_from: Optional[str] = _field(None, 'start from a dense run directory or model.pth via timm_moe.upcycle')
+    upcycle_noise: float = _field(0.01, 'relative noise on the copied expert weights, so experts can diverge')
+    upcycle_sha256: Optional[str] = _field(None, "the source's sha256: filled in by the run, or given to pin the file")
     # -- data
-    dataset: str = 'cifar100'  # cifar100 | cifar10 | fashion-mnist | fashion-mnist-bundled
-    data_dir: Optional[str] = None  # torchvision root, or idx files for Fashion-MNIST
-    download: bool = False  # let torchvision fetch the data set (needs internet)
-    train_limit: Optional[int] = None  # use only the first N training images (quick runs)
-    eval_limit: Optional[int] = 1000  # clean test accuracy after each epoch on the first N test images; 0 = skip
-    augment: bool = True  # the paper's augmentation (crop, flip, colour jitter on CIFAR)
-    workers: int = 4  # loader processes; augmentation stays reproducible with any number
+    dataset: str = _field('cifar100', 'cifar100 | cifar10 | fashion-mnist | fashion-mnist-bundled')
+    data_dir: Optional[str] = _field(None, 'torchvision root, or idx files for Fashion-MNIST')
+    download: bool = _field(False, 'let torchvision fetch the data set (needs internet)')
+    train_limit: Optional[int] = _field(None, 'use only the first N training images (quick runs)')
+    eval_limit: Optional[int] = _field(1000, 'clean test accuracy after each epoch on the first N test images; '
+                                             '0 = skip')
+    augment: bool = _field(True, "the paper's augmentation (crop, flip, colour jitter on CIFAR)")
+    workers: int = _field(4, 'loader processes; augmentation stays reproducible with any number')
     # -- optimisation (the paper: SGD 0.1 Nesterov, wd 5e-4, poly 0.9, 200 epochs, batch 640)
-    epochs: int = 200  # passes over the training set
-    batch_size: int = 640  # global batch; each of N distributed ranks takes batch_size / N
-    accum_steps: int = 1  # split each batch into this many sequential micro-batches (same gradient)
-    opt: str = 'sgd'  # timm optimizer name; timm's 'sgd' is Nesterov momentum
-    lr: float = 0.1  # peak learning rate (after warm-up)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # L2 weight decay (see filter_bias_and_bn)
-    filter_bias_and_bn: bool = False  # the reference decays every parameter; True exempts biases and norms
-    sched: str = 'poly'  # timm scheduler name
-    poly_power: float = 0.9  # the poly schedule's power (timm's decay_rate)
-    warmup_epochs: int = 0  # linear warm-up from warmup_lr to lr, stepped as sched_step (timm: not a prefix of `epochs`)
-    warmup_lr: float = 1e-5  # the LR of the first update (timm's default)
-    min_lr: float = 0.0  # the schedule's floor
-    sched_step: str = 'epoch'  # step the LR schedule once per 'epoch' (the paper's code) or per optimizer 'update'
-    clip_grad: Optional[float] = None  # clip the gradient norm to this (none: no clipping)
+    epochs: int = _field(200, 'passes over the training set')
+    batch_size: int = _field(640, 'global batch; each of N distributed ranks takes batch_size / N')
+    accum_steps: int = _field(1, 'split each batch into this many sequential micro-batches (same gradient)')
+    opt: str = _field('sgd', "timm optimizer name; timm's 'sgd' is Nesterov momentum")
+    lr: float = _field(0.1, 'peak learning rate (after warm-up)')
+    momentum: float = _field(0.9, 'SGD momentum')
+    weight_decay: float = _field(5e-4, 'L2 weight decay (see filter_bias_and_bn)')
+    filter_bias_and_bn: bool = _field(False, 'the reference decays every parameter; True exempts biases and norms')
+    sched: str = _field('poly', 'timm scheduler name')
+    poly_power: float = _field(0.9, "the poly schedule's power (timm's decay_rate)")
+    warmup_epochs: int = _field(0, 'linear warm-up from warmup_lr to lr, stepped as sched_step '
+                                   '(timm: not a prefix of `epochs`)')
+    warmup_lr: float = _field(1e-5, "the LR of the first update (timm's default)")
+    min_lr: float = _field(0.0, "the schedule's floor")
+    sched_step: str = _field('epoch', "step the LR schedule once per 'epoch' (the paper's code) "
+                                      "or per optimizer 'update'")
+    clip_grad: Optional[float] = _field(None, 'clip the gradient norm to this (none: no clipping)')
     # -- adversarial training
-    training: str = 'normal'  # normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random start) | free (Free-AT: minibatch replay)
-    eps: float = 8 / 255  # L-inf radius in [0, 1] pixels; accepts '8/255'
-    attack_step: float = 2 / 255  # the training attack's step size, in [0, 1] pixels; accepts '2/255'
-    attack_steps: int = 7  # the training attack's PGD steps
-    random_start: bool = True  # start the training attack at a uniform random point of the eps-ball
-    trades_beta: float = 6.0  # TRADES' weight of the robust KL term
-    fast_step: Optional[float] = None  # Fast-AT's FGSM step; None = 1.25 * eps (Wong et al. 2020)
-    free_replays: int = 4  # Free-AT: optimizer steps (replays) per minibatch; `epochs` counts data passes
-    free_step: Optional[float] = None  # Free-AT's ascent step on the carried perturbation; None = eps
-    free_reset_prob: float = 0.0  # Free-AT: chance per image and replay that its carried perturbation restarts at 0
-    attack_mode: str = 'train'  # craft training attacks in 'train' mode (the reference: BN batch stats) or 'eval'
-    attack_precision: str = 'fp32'  # with --amp: 'fp32' crafts outside autocast; 'amp' under it, loss-scaled in fp16
+    training: str = _field('normal', 'normal | pgd (Madry PGD-AT) | trades | fast (Fast-AT: FGSM from a random '
+                                     'start) | free (Free-AT: minibatch replay)')
+    eps: float = _field(8 / 255, "L-inf radius in [0, 1] pixels; accepts '8/255'")
+    attack_step: float = _field(2 / 255, "the training attack's step size, in [0, 1] pixels; accepts '2/255'")
+    attack_steps: int = _field(7, "the training attack's PGD steps")
+    random_start: bool = _field(True, 'start the training attack at a uniform random point of the eps-ball')
+    trades_beta: float = _field(6.0, "TRADES' weight of the robust KL term")
+    fast_step: Optional[float] = _field(None, "Fast-AT's FGSM step; None = 1.25 * eps (Wong et al. 2020)")
+    free_replays: int = _field(4, 'Free-AT: optimizer steps (replays) per minibatch; `epochs` counts data passes')
+    free_step: Optional[float] = _field(None, "Free-AT's ascent step on the carried perturbation; None = eps")
+    free_reset_prob: float = _field(0.0, 'Free-AT: chance per image and replay that its carried perturbation '
+                                         'restarts at 0')
+    attack_mode: str = _field('train', "craft training attacks in 'train' mode (the reference: BN batch stats) "
+                                       "or 'eval'")
+    attack_precision: str = _field('fp32', "with --amp: 'fp32' crafts outside autocast; 'amp' under it, "
+                                           'loss-scaled in fp16')
     # -- extras
-    ema: bool = False  # keep a ModelEmaV3 copy of the weights
-    ema_decay: float = 0.9998  # the EMA's decay per optimizer step
-    amp: bool = False  # mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)
-    channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
-    torchcompile: Optional[str] = None  # torch.compile backend, as timm's --torchcompile (bare flag: inductor)
-    torchcompile_mode: Optional[str] = None  # inductor's mode: default | reduce-overhead | max-autotune | ...
-    device: str = 'auto'  # auto | cpu | cuda | cuda:N
-    seed: int = 12345  # the reference's seed
-    deterministic: bool = False  # torch deterministic algorithms (exact resume and DDP equality on CPU)
+    ema: bool = _field(False, 'keep a ModelEmaV3 copy of the weights')
+    ema_decay: float = _field(0.9998, "the EMA's decay per optimizer step")
+    amp: bool = _field(False, 'mixed precision (bfloat16 on CPU, float16 + grad scaling on CUDA)')
+    channels_last: bool = _field(False, 'channels-last memory format (faster convolutions on some GPUs)')
+    torchcompile: Optional[str] = _field(None, "torch.compile backend, as timm's --torchcompile (bare flag: inductor)")
+    torchcompile_mode: Optional[str] = _field(None, "inductor's mode: default | reduce-overhead | max-autotune | ...")
+    device: str = _field('auto', 'auto | cpu | cuda | cuda:N')
+    seed: int = _field(12345, "the reference's seed")
+    deterministic: bool = _field(False, 'torch deterministic algorithms (exact resume and DDP equality on CPU)')
     # -- output
-    out: str = 'runs/train'  # run directory: config.yaml, checkpoints, metrics.jsonl
-    checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch (0 = per epoch only)
-    log_every: int = 20  # steps between metric lines
-    max_steps: Optional[int] = None  # stop after this many optimizer steps in total (tests, smoke runs)
-    progress: bool = True  # rich progress bar
+    out: str = _field('runs/train', 'run directory: config.yaml, checkpoints, metrics.jsonl')
+    checkpoint_every: int = _field(0, 'also checkpoint every N optimizer steps inside an epoch (0 = per epoch only)')
+    log_every: int = _field(20, 'steps between metric lines')
+    max_steps: Optional[int] = _field(None, 'stop after this many optimizer steps in total (tests, smoke runs)')
+    progress: bool = _field(True, 'rich progress bar')
 
     def validate(self) -> 'TrainConfig':
         """Raise UserError on values no run could use."""
@@ -155,11 +170,19 @@ class TrainConfig:
         return out
 
     def sha256(self) -> str:
-        """Hash of the settings that change the result (not where it is written or how it is shown).
+        """The hash of the config that each run's result.json stores (`config_sha256`).
 
-        torch.compile is left out like the loader workers: it changes how the same computation runs (its
-        forwards and gradients match eager's to rounding; tests/test_torchcompile_cli.py checks it), and
-        leaving it out keeps the hashes of configs written before the key existed.
+        It covers every field but `_NOT_HASHED` (where the run is written, how it is shown, the loader workers and
+        torch.compile, which changes how the same computation runs: its forwards and gradients match eager's to
+        rounding, tests/test_torchcompile_cli.py), the Fast-/Free-AT keys of a run that does not use them,
+        `convert` and `img_size` when unset (`to_dict` leaves them out), and `sched_step` when it is 'update' (below).
+
+        It does cover keys that do not change the result either (`HASHED_THOUGH_NOT_THE_RESULT`: the device, the
+        kernel settings, where the data is read, the per-epoch eval size, checkpointing), because every hash written
+        so far does: leaving them out now would change the hash of every config. Two runs that differ only in them
+        have two hashes; what groups the runs of one configuration is `bench.core.stats.seed_group_key`, which
+        leaves out all of `NOT_THE_RESULT`. The registry's `training.config_sha256` is another hash: of the entry's
+        whole stored config (`bench.results.entries`), which does not depend on this one.
         """
         # the Fast-/Free-AT keys change only those runs: left out of others, so older configs keep their hashes
         unused = _FREE_KEYS + _FAST_KEYS if self.training not in ('fast', 'free') else \
@@ -169,30 +192,26 @@ class TrainConfig:
         # stored hashes stay what their configs give; the per-epoch default is a different run, hashed apart
         if d['sched_step'] == 'update':
             del d['sched_step']
-        # The field is serialised as 'method' here, its name when the first entries were written: every stored
-        # config_sha256 (the registry's, the shipped tags') stays what this function gives for its config.
+        # The field is serialised as 'method' here, its name when the first runs were written: every run's stored
+        # config_sha256 (result.json) stays what this function gives for its config.
         # This is the hash's fixed text format, not an alias: no config, flag or attribute reads 'method'.
         d['method'] = d.pop('training')
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def field_help() -> Dict[str, str]:
-    """{field: its trailing comment in TrainConfig}: the one description of each key, which `train --help` shows
-    (tests/test_cli_help.py checks that every field has one)."""
-    import inspect
-    import io
-    import tokenize
-    out = {}
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
-        m = re.match(r'    (\w+): ', tok.line)
-        if tok.type == tokenize.COMMENT and m and m.group(1) in _FIELDS:
-            out[m.group(1)] = tok.string.lstrip('#').strip()
-    return out
+    """{field: its description in TrainConfig}: the one description of each key, which `train --help` shows
+    (tests/test_cli_help.py checks that every field has one). Read from the fields' metadata, so it needs no source
+    file (an installation of bytecode only has none)."""
+    return {name: f.metadata.get('help', '') for name, f in _FIELDS.items()}
 
 
-_NOT_HASHED = ('out', 'progress', 'log_every', 'workers', 'torchcompile', 'torchcompile_mode')
+# keys of NOT_THE_RESULT that `sha256` still covers, because every hash written so far does (see there)
+HASHED_THOUGH_NOT_THE_RESULT = ('device', 'deterministic', 'channels_last', 'data_dir', 'download', 'eval_limit',
+                                'checkpoint_every')
+_NOT_HASHED = tuple(k for k in NOT_THE_RESULT if k not in HASHED_THOUGH_NOT_THE_RESULT)
 # what a resume may change: where and how the run executes or is shown, and how far it goes, not what it trains
-RESUME_MAY_CHANGE = _NOT_HASHED + ('max_steps', 'checkpoint_every', 'eval_limit', 'device', 'data_dir', 'download')
+RESUME_MAY_CHANGE = NOT_THE_RESULT + ('max_steps',)
 _LATER_KEYS = ('convert', 'img_size')  # left out of `to_dict` at their default, none
 _FAST_KEYS = ('fast_step',)
 _FREE_KEYS = ('free_replays', 'free_step', 'free_reset_prob')

@@ -225,7 +225,7 @@ class Trainer:
         return free_at.replay(lambda: self._update(x, y), self.cfg.free_replays)
 
     def _update(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
-        cfg, accum = self.cfg, self.cfg.accum_steps
+        accum = self.cfg.accum_steps
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         keys = ('loss', 'task', 'aux', 'correct')

@@ -28,8 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from timm.models import split_model_name_tag
-from timm.models._pretrained import DefaultCfg, PretrainedCfg
+from timm.models import DefaultCfg, PretrainedCfg, split_model_name_tag
 
 __all__ = ['ENV_DIR', 'MANIFEST', 'DTYPES', 'package_folder', 'default_folder', 'read_manifest', 'registered_tags',
            'tag_record', 'tag_model_kwargs', 'check_weights_file', 'CorruptWeightsError', 'ManifestError']
@@ -129,32 +128,33 @@ def tag_cfg(record: Mapping[str, Any], base: PretrainedCfg, pool_size: PoolSize)
     return dataclasses.replace(base, url='', hf_hub_id=None, state_dict=None, **cfg)
 
 
-def with_tags(default_cfgs: Dict[str, DefaultCfg], records: Mapping[str, Mapping[str, Any]],
+def with_tags(default_cfgs: Mapping[str, DefaultCfg], records: Mapping[str, Mapping[str, Any]],
               pool_size: PoolSize) -> Dict[str, DefaultCfg]:
-    """`default_cfgs` (model -> DefaultCfg) with the tags registered before replaced by `records`' tags.
+    """`default_cfgs` (model -> DefaultCfg) with the tags registered before replaced by `records`' tags, as new
+    DefaultCfg objects (the given ones, which timm's registry may hold, are left as they are).
 
-    The untagged cfg stays each model's first (default) tag: timm would otherwise make the first tag with
-    weights the default, and `create_model(name)` would quietly get the tag's classes, channels and mean.
+    The untagged cfg stays each model's first (default) tag. Hence DefaultCfg's constructor and not timm's
+    `generate_default_cfgs`: that one makes the first tag with weights the default whenever the untagged cfg has
+    none, even when a '*' marks the untagged one, and `create_model(name)` would quietly get the tag's classes,
+    channels and mean.
     """
     unknown = sorted(k for k in records if split_model_name_tag(k)[0] not in default_cfgs)
     if unknown:
         raise ManifestError(f'pretrained tag {unknown[0]!r} names no timm-moe model; models are e.g. '
                          f'{sorted(default_cfgs)[0]!r}')
-    for key in _TAGS:
-        name, tag = split_model_name_tag(key)
-        default = default_cfgs[name]
-        default.cfgs.pop(tag, None)
-        default.tags = deque(t for t in default.tags if t != tag)
-        default.is_pretrained = any(c.has_weights for c in default.cfgs.values())
-    _TAGS.clear()
+    before = {split_model_name_tag(key) for key in _TAGS}
+    added: Dict[str, Dict[str, PretrainedCfg]] = {}
     for key, record in records.items():
         name, tag = split_model_name_tag(key)
-        default = default_cfgs[name]
-        default.cfgs[tag] = tag_cfg(record, default.cfgs[''], pool_size)
-        default.tags.append(tag)
-        default.is_pretrained = True
-        _TAGS[key] = dict(record)
-    return default_cfgs
+        added.setdefault(name, {})[tag] = tag_cfg(record, default_cfgs[name].cfgs[''], pool_size)
+    out = {}
+    for name, default in default_cfgs.items():
+        cfgs = {tag: default.cfgs[tag] for tag in default.tags if (name, tag) not in before}
+        cfgs.update(added.get(name, {}))
+        out[name] = DefaultCfg(tags=deque(cfgs), cfgs=cfgs, is_pretrained=any(c.has_weights for c in cfgs.values()))
+    _TAGS.clear()
+    _TAGS.update((key, dict(record)) for key, record in records.items())
+    return out
 
 
 def registered_tags() -> List[str]:

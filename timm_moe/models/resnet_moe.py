@@ -282,7 +282,7 @@ def register_tags(folder: Optional[PathLike] = None) -> List[str]:
     timm, replacing the tags registered before; returns the registered 'model.tag' names."""
     records = read_manifest(folder)
     changed = sorted({split_model_name_tag(key)[0] for key in (*registered_tags(), *records)})
-    with_tags(registry.default_cfgs, records, pool_size_of)
+    registry.default_cfgs.update(with_tags(registry.default_cfgs, records, pool_size_of))  # what reregister reads
     registry.reregister(changed)
     return sorted(records)
 

@@ -20,11 +20,11 @@ from bench.results.leaderboard.columns import (AUTO, CLEAN, DAGGER, DASH, DEFAUL
                                                describe, entry_attack_settings, entry_columns, legacy_settings)
 from bench.results.leaderboard.groups import (Cell, Row, Section, fmt_eps, make_rows, rank_rows, resolve_sort,
                                               sections)
-from bench.results.leaderboard.render import (_config, check_sort, fmt_cell, header, noisy_gating, print_table,
-                                              render_markdown, row_cells, write_leaderboard)
+from bench.results.leaderboard.render import (check_sort, fmt_cell, header, moe_config_label, noisy_gating,
+                                              print_table, render_markdown, row_cells, write_leaderboard)
 
 __all__ = ['AUTO', 'CLEAN', 'DAGGER', 'DASH', 'DEFAULT_SORT', 'WORST_CASE', 'EXACT_N', 'FILENAME', 'KEY_SETTINGS',
-           'Cell', 'Column', 'Row', 'Section', 'attack_config', 'check_sort', 'columns_of', 'config_label',
-           'describe', 'entry_attack_settings', 'entry_columns', 'fmt_cell', 'fmt_eps', 'header', 'legacy_settings',
-           'make_rows', 'noisy_gating', 'print_table', 'rank_rows', 'render_markdown', 'resolve_sort', 'row_cells',
-           'sections', 'write_leaderboard']
+           'Cell', 'Column', 'Row', 'Section', 'attack_config', 'check_sort', 'columns_of', 'config_label', 'describe',
+           'entry_attack_settings', 'entry_columns', 'fmt_cell', 'fmt_eps', 'header', 'legacy_settings', 'make_rows',
+           'moe_config_label', 'noisy_gating', 'print_table', 'rank_rows', 'render_markdown', 'resolve_sort',
+           'row_cells', 'sections', 'write_leaderboard']

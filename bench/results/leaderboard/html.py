@@ -25,8 +25,8 @@ from bench.core.atomic import recover_dir, temp_dir_beside
 from bench.core.errors import UserError
 from bench.results.leaderboard.columns import DAGGER, DASH, DEFAULT_SORT, EXACT_N, describe, short_labels
 from bench.results.leaderboard.groups import Row, make_rows, measured_first, rank_rows, resolve_sort, sections
-from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, _label_of, header, row_cells,
-                                              seed_list, setup)
+from bench.results.leaderboard.render import (FIXED_LEFT, FIXED_RIGHT, RIGHT, header, row_cells, seed_list,
+                                              setup, sort_label)
 from bench.results.registry import check_writable, entry_path, registry_holding
 
 ASSETS = Path(__file__).resolve().parents[2] / 'assets'
@@ -166,7 +166,7 @@ def _section(index: int, sec, href: Href, cards) -> Dict[str, Any]:
     groups = [(rank, r) for rank, r in ranked] + [(None, r) for r in rest]
     return dict(index=index, title=sec.title, n_entries=len(sec.entries), n_rows=len(rows),
                 n_measured=sum(e['source'] == 'measured' for e in sec.entries),
-                metric=_label_of(sec, metric, DEFAULT_SORT), heads=heads,
+                metric=sort_label(sec, metric, DEFAULT_SORT), heads=heads,
                 groups=[_row_group(rank, r, sec.columns, head, right, sec.keymap, href, cards) for rank, r in groups],
                 legend=[dict(short=short[c.ident], label=c.label, settings=describe(c.config)) for c in sec.columns])
 

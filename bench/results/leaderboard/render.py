@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.atomic import atomic_open
 from bench.core.errors import UserError
@@ -53,7 +53,7 @@ def model_label(model: Mapping[str, Any]) -> str:
     return f"{model['name']} converted E={model.get('experts')} k={model.get('k')}"
 
 
-def _config(entry: Mapping[str, Any]) -> str:
+def moe_config_label(entry: Mapping[str, Any]) -> str:
     m = entry['model']
     parts = [str(p) for p in (m.get('gate'), m.get('aux_loss'), m.get('placement')) if p]
     if m.get('experts'):
@@ -144,7 +144,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     flags = sorted({f for x in row.entries for f in (x.get('sanity_flags') or [])})
     n = e.get('n_examples')
     return [
-        DASH if rank is None else str(rank), model_label(m), _config(e),
+        DASH if rank is None else str(rank), model_label(m), moe_config_label(e),
         DASH if m.get('experts') is None else str(m['experts']), DASH if m.get('k') is None else str(m['k']),
         e['training']['method'], setup(row), f"{e['source']}{DAGGER if reported else ''}",
         fmt_cell(row.cells.get(CLEAN), reported),
@@ -154,7 +154,7 @@ def row_cells(rank: Optional[int], row: Row, columns: Sequence[Column], short_fl
     ]
 
 
-def _label_of(section: Section, metric: Optional[str], sort: str) -> str:
+def sort_label(section: Section, metric: Optional[str], sort: str) -> str:
     if metric == CLEAN:
         return 'clean accuracy'
     return next((c.label for c in section.columns if c.ident == metric), sort)
@@ -202,7 +202,7 @@ def render_markdown(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SO
         rows = make_rows(sec.entries, sec.keymap, group=True)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
-        label = _label_of(sec, metric, sort)
+        label = sort_label(sec, metric, sort)
         n_meas = sum(e['source'] == 'measured' for e in sec.entries)
         how = (' (auto: the attack configuration measured on the most rows, the strongest among those)'
                if sort == AUTO and metric != CLEAN else '')
@@ -297,7 +297,7 @@ def compact_cells(rank: Optional[int], row: Row, columns: Sequence[Column], flag
     the setup, and the entry ids are left to --wide and LEADERBOARD.md."""
     e = row.first
     reported = e['source'] != 'measured'
-    model = '\n'.join([model_label(e['model'])] + [s for s in (_config(e), setup(row)) if s != DASH])
+    model = '\n'.join([model_label(e['model'])] + [s for s in (moe_config_label(e), setup(row)) if s != DASH])
     flags = {f for x in row.entries for f in (x.get('sanity_flags') or [])}
     return [
         DASH if rank is None else str(rank), model, e['training']['method'],
@@ -378,7 +378,7 @@ def print_table(entries: Sequence[Mapping[str, Any]], sort: str = DEFAULT_SORT, 
         rows = make_rows(sec.entries, sec.keymap, group=group)
         metric = resolve_sort(sort, sec, rows)
         ranked, rest = rank_rows(rows, metric)
-        label = _label_of(sec, metric, sort)
+        label = sort_label(sec, metric, sort)
         cut = limit if limit is not None else (
             0 if any(e['source'] == 'measured' for e in sec.entries) else REPORTED_TOP)
         shown = ranked[:cut] if cut > 0 else ranked

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench.core.errors import UserError
-from bench.results.report import KIND_COLORS, _empty, _figure, _save, label_column
+from bench.results.report import KIND_COLORS, empty_figure, label_column, new_figure, save_figure
 from bench.results.study import analysis as an
 from bench.results.study.analysis import Study, collect
 from bench.results.study import document
@@ -35,7 +35,7 @@ def _color(study: an.Study, config: str) -> str:
 def _scatter(study: an.Study, points: Sequence[Tuple[str, Any, Any, Any, Any, str]], xlabel: str, ylabel: str,
              title: str, path: Path, vline: Optional[float] = None) -> Path:
     """One labelled point per config: (config, x, x error, y, y error, marker), in the config's colour."""
-    fig, (ax,) = _figure(size=(8.0, 5.0))
+    fig, (ax,) = new_figure(size=(8.0, 5.0))
     labels = []
     for c, x, xe, y, ye, fmt in points:
         ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=fmt, color=_color(study, c), capsize=3, markersize=5)
@@ -47,13 +47,13 @@ def _scatter(study: an.Study, points: Sequence[Tuple[str, Any, Any, Any, Any, st
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     label_column(ax, labels)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_robust_vs_clean(study: an.Study, path: Path) -> Path:
     m = study.primary()
     if m is None:
-        return _empty(path, 'robust vs clean accuracy', 'a robust metric every run measured')
+        return empty_figure(path, 'robust vs clean accuracy', 'a robust metric every run measured')
     points = [(c, *_xy(study, c, 'clean'), *_xy(study, c, m), 'o' if an.adversarial(study, c) else 's')
               for c in study.configs]
     return _scatter(study, points, 'clean accuracy (%)', f'{m} accuracy (%)',
@@ -64,7 +64,7 @@ def plot_flops_vs_robust(study: an.Study, path: Path) -> Path:
     m = study.primary()
     configs = [c for c in study.configs if an.flops_ratio(study, c) is not None and an.adversarial(study, c)]
     if m is None or not configs:
-        return _empty(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
+        return empty_figure(path, 'FLOPs vs robust accuracy', 'flops.ratio and a robust metric')
     points = [(c, an.flops_ratio(study, c), None, *_xy(study, c, m), 'o') for c in configs]
     return _scatter(study, points, 'active inference FLOPs / dense', f'{m} accuracy (%)',
                     f'{study.name}: adversarially trained configs\n(error bars: sd over seeds)', path, vline=1.0)
@@ -94,7 +94,7 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
         if results:
             rows[c] = results
     if not rows:
-        return _empty(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
+        return empty_figure(path, 'expert subpaths vs gated model', 'per-expert per-sample results')
     groups = _panels(study, list(rows))
     # each panel as wide as its bars, so that a panel of six configs is as legible as one of one
     bars = [sum(len(rows[c]) + 2 for c in configs) for configs in groups.values()]
@@ -124,7 +124,7 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
         ax.grid(alpha=0.3, axis='y')
     fig.suptitle('Expert subpaths on the same points as the gated model (first seed): red = the gated model, '
                  'then each expert forced alone; error bars: Wilson 95%', fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_expert_load(study: an.Study, path: Path) -> Path:
@@ -136,9 +136,9 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
         if ls and an.adversarial(study, c):
             loads[c] = np.asarray(ls, dtype=float)
     if not loads:
-        return _empty(path, 'expert load', 'routing.load')
+        return empty_figure(path, 'expert load', 'routing.load')
     groups = _panels(study, list(loads))
-    fig, axes = _figure(1, len(groups), size=(5.0, 3.8))
+    fig, axes = new_figure(1, len(groups), size=(5.0, 3.8))
     for ax, (title, configs) in zip(axes, groups.items()):
         width = 0.8 / len(configs)
         for j, c in enumerate(configs):
@@ -159,7 +159,7 @@ def plot_expert_load(study: an.Study, path: Path) -> Path:
         ax.set_ylabel('share of images (mean ± sd over seeds)', fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_budget_response(study: an.Study, path: Path) -> Path:
@@ -167,8 +167,8 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
     paper's effect of each arm as a labelled horizontal line (a reference, not a data point)."""
     r = an.budget_response(study)
     if r is None:
-        return _empty(path, 'gap to dense vs training budget', 'two or more budgets, each with a dense config')
-    fig, (ax,) = _figure(size=(8.0, 5.0))
+        return empty_figure(path, 'gap to dense vs training budget', 'two or more budgets, each with a dense config')
+    fig, (ax,) = new_figure(size=(8.0, 5.0))
     x = {b: i for i, b in enumerate(r['budgets'])}
     known = an.claims_of(study)
     paper = ', '.join([next(iter(known.metrics.values()))] + ([known.setting] if known.setting else []))
@@ -192,7 +192,7 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 BUDGET_PLOT = ('budget_response.png', plot_budget_response, 'the gap to dense vs the training budget')
