@@ -621,7 +621,7 @@ def _followups(spec: GridSpec, grid: List[Dict[str, Any]], console: Console) -> 
 def _print_followups(followups: List[Tuple[Dict[str, Any], str]], console: Console) -> None:
     if not followups:
         return
-    table = Table(title=f'{len(followups)} autoattack follow-ups')
+    table = Table(title=f'{len(followups)} autoattack follow-up{"s" if len(followups) > 1 else ""}')
     for col in ('cell', 'model', 'attacks', 'points', 'status'):
         table.add_column(col)
     for c, state in followups:
