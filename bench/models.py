@@ -48,6 +48,18 @@ def read_torch_file(path: Path, what: str) -> Any:
                         'it may be truncated or corrupt') from None
 
 
+def read_weights_file(path: Path, what: str) -> Any:
+    """A weights file's contents: a safetensors file by its suffix (a shipped pretrained tag, an export), else a
+    torch file (`read_torch_file`); an unreadable one is one line naming `what` and the file."""
+    if Path(path).suffix == '.safetensors':
+        from safetensors.torch import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - a foreign or truncated file fails in several ways
+            raise UserError(f'{what} {path} is not a readable safetensors file ({type(e).__name__})') from None
+    return read_torch_file(path, what)
+
+
 def load_train_state(run_dir: Path) -> Dict[str, Any]:
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
@@ -392,12 +404,12 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], label: str = 'the 
     """Load a checkpoint into `model`, refusing any mismatch with the missing/unexpected keys named.
 
     Accepts a plain state_dict (timm's format), or a dict with it under 'state_dict' or 'model' (our trainer's
-    resume state).
+    resume state), or a safetensors file (a shipped tag's float16 weights are cast to the model's dtype).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f'--checkpoint {path} does not exist')
-    obj = read_torch_file(path, '--checkpoint')
+    obj = read_weights_file(path, '--checkpoint')
     sd = state_dict_of(obj, path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

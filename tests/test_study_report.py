@@ -71,7 +71,9 @@ def _result(correct: Dict[str, np.ndarray], seed: int, settings: Dict[str, Any],
 
 
 def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str = 'main',
-             configs: Dict[str, Any] = CONFIGS, index_start: int = 0) -> Dict[str, Any]:
+             configs: Dict[str, Any] = CONFIGS, index_start: int = 0, other_weights: bool = False) -> Dict[str, Any]:
+    """One entry of the synthetic study; `other_weights`: an AutoAttack follow-up that attacked other weights than
+    its run's (a shipped float16 tag), with APGD-CE run again on them and one clean and one APGD-CE point flipped."""
     model, kwargs, method, epochs, source, seeds, ratio, extras = configs[config]
     extra = extras[seeds.index(seed)]
     first = seed == seeds[0]
@@ -88,6 +90,13 @@ def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str 
         aa = robust[:n].copy()
         aa[np.flatnonzero(aa)[:3 if moe else 6]] = False  # AutoAttack breaks a few points APGD-CE did not
         correct, settings = {'clean': correct['clean'][:n], 'autoattack': aa}, {'autoattack': AA_SETTINGS}
+        if other_weights:
+            own = robust[:n].copy()
+            own[np.flatnonzero(own & ~aa)[:1]] = False  # one point APGD-CE breaks on these weights only
+            correct['clean'] = correct['clean'].copy()
+            correct['clean'][np.flatnonzero(~correct['clean'])[:1]] = True
+            correct['apgd-ce'] = own
+            settings['apgd-ce'] = build_attack('apgd-ce', 0.1, 'Linf', seed).settings()
     elif first and moe:
         n = 100
         rows = []
@@ -104,7 +113,9 @@ def make_run(config: str, seed: int, spec_name: str = 'study_synth', stage: str 
     collapse = 0.6 + 0.01 * seed if kwargs.get('aux_loss') == 'switch' else 0.05 + 0.01 * seed
     return measured_entry(
         spec=spec, model_kwargs=kwargs, dataset='fashion-mnist-bundled', method=method,
-        eval_result=_result(correct, seed, settings, **more), provenance=dict(PROVENANCE, seed=seed),
+        eval_result=_result(correct, seed, settings, **more),
+        provenance=dict(PROVENANCE, seed=seed, **({'checkpoint_sha256': 'b' * 64} if other_weights else {})),
+        notes=['weights: the pretrained tag resnet18_dense.fmnist_x (float16)'] if other_weights else None,
         training_config={'dataset': 'fashion-mnist-bundled', 'train_limit': 10000, 'epochs': epochs, 'lr': 0.05,
                          'training': method, 'attack_steps': 7, 'eps': 0.1, 'seed': seed, 'out': f'/abs/{config}'},
         epochs=epochs, flops={'active': 7.3e6 * ratio, 'total': 1e7, 'dense': 7.3e6, 'ratio': ratio},

@@ -9,8 +9,13 @@ from bench.core.errors import UserError
 from bench.pipeline.grid import cells, load_spec, run_followups
 from bench.results.study import report_text
 from bench.results.study.analysis import collect
-from bench.results.study.render import superseded_autoattack
-from test_study_report import make_entries, plan
+from bench.core.stats import per_sample_vectors
+from bench.results.study.render import autoattack, superseded_autoattack
+from test_study_report import make_entries, make_run, plan
+
+
+def bits(entry, metric):
+    return per_sample_vectors(entry)[1][metric]
 
 LATER = {'name': 'study_later', 'autoattack_configs': ['dense', 'best_moe', 'switch'], 'n_examples': 100, 'eps': 0.1,
          'preregistered': True, 'seeds_per_arm': 40,
@@ -86,3 +91,42 @@ def test_two_studies_that_supersede_each_other_are_refused_not_followed(tmp_path
         path.write_text(yaml.safe_dump({'configs': {'dense': {'model': 'resnet18_dense'}}, 'superseded_by': str(other)}))
     with pytest.raises(UserError, match='which is not a study that stands'):
         load_spec(a)
+
+
+def test_the_later_studys_follow_ups_that_ran_replace_their_commands(entries):
+    """Once the later study's first seeds have their AutoAttack entries (of that seed), the report names them
+    instead of giving their commands; a first seed without one keeps its command."""
+    later = {**LATER, 'first_seeds': [dict(LATER['first_seeds'][0], seed=0), LATER['first_seeds'][1]]}
+    ran = make_run('dense', 0, spec_name='study_later', stage='autoattack')
+    other_seed = make_run('e4k1', 1, spec_name='study_later', stage='autoattack')
+    other_seed['grid']['config'] = 'moe'  # the later study's moe config, but not its first seed (100)
+    text = '\n'.join(superseded_autoattack(collect(entries + [ran, other_seed], {**plan(), 'superseded_by': later})))
+    assert 'ships as a pretrained tag; 1 of them has had AutoAttack on the same 100 points, as a follow-up of ' \
+        '`study_later`' in text
+    assert f"| dense | 0 | {ran['entry_id']} | 100 | {ran['robust_acc']['autoattack']:.1f} |" in text
+    assert 'The others, one command each:' in text and '--json runs/study_later/autoattack/moe.json' in text
+    assert 'autoattack/dense.json' not in text
+    # every first seed ran: no command is left
+    text = '\n'.join(superseded_autoattack(collect(entries + [ran], {**plan(), 'superseded_by': {
+        **later, 'first_seeds': later['first_seeds'][:1]}})))
+    assert 'ships as a pretrained tag and has had AutoAttack on the same 100 points' in text
+    assert '```' not in text and 'timm-moe eval' not in text
+
+
+def test_a_follow_up_on_other_weights_takes_its_gap_on_them():
+    """A follow-up that attacked other weights than its run (a shipped float16 tag) and ran the primary attack
+    again on them: the gap uses its own bits, and a note says how far its results agree with the run's."""
+    base = make_entries(aa=False)
+    aa = make_run('dense', 0, stage='autoattack', other_weights=True)
+    study = collect(base + [aa], plan())
+    text = '\n'.join(autoattack(study))
+    own, run = bits(aa, 'apgd-ce'), bits(study.main_entry('dense-seed0'), 'apgd-ce')[:100]
+    assert own.sum() == run.sum() - 1  # one point the own attack breaks that the run's did not
+    assert f'| dense | autoattack | [0, 100) | {100 * own.mean():.2f} |' in text
+    assert ('- dense: AutoAttack attacked other weights than the run of cell dense-seed0 (weights: the pretrained '
+            'tag resnet18_dense.fmnist_x (float16)); on points [0, 100) their results agree with the run\'s, point '
+            f"by point, clean on 99 of 100 and apgd-ce on 99 of 100; the gap uses the follow-up's own apgd-ce (the "
+            f"run's apgd-ce there: {100 * run.mean():.2f}).") in text
+    # a follow-up on the run's own weights (the same checkpoint sha256) has no such note
+    same = '\n'.join(autoattack(collect(base + [make_run('dense', 0, stage='autoattack')], plan())))
+    assert 'other weights' not in same and f'| dense | autoattack | [0, 100) | {100 * run.mean():.2f} |' in same

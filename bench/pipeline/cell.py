@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -112,7 +112,8 @@ def train_or_reuse(cfg: TrainConfig, reuse: bool) -> TrainRecord:
 
 
 def run_cell(spec: Spec, training: TrainConfig, evaluation: Evaluation, out: Output,
-             grid: Optional[Mapping[str, Any]] = None) -> CellResult:
+             grid: Optional[Mapping[str, Any]] = None, trained: Optional[TrainRecord] = None,
+             notes: Optional[List[str]] = None) -> CellResult:
     """Train `spec` with `training`, attack it as `evaluation` says, audit its FLOPs and register the entry.
 
     Args:
@@ -121,11 +122,14 @@ def run_cell(spec: Spec, training: TrainConfig, evaluation: Evaluation, out: Out
         evaluation: The attacks and their sizes.
         out: The registry and the reuse policy.
         grid: The sweep cell this run is (stored in the entry, so a study finds its runs).
+        trained: Weights trained before `training.out` was lost (`bench.pipeline.shipped_weights`): evaluated as
+            they are, nothing trains.
+        notes: Remarks stored in the entry.
     """
     _check_training(spec, training)
     clock = _Clock()
     with clock('train'):
-        train = train_or_reuse(training, out.reuse_training)
+        train = trained if trained is not None else train_or_reuse(training, out.reuse_training)
     with clock('evaluate'):
         result, x = evaluate_run(spec, training, train, evaluation)
     with clock('audit'):
@@ -134,7 +138,7 @@ def run_cell(spec: Spec, training: TrainConfig, evaluation: Evaluation, out: Out
         spec=spec, model_kwargs=train.model_kwargs, dataset=training.dataset, method=training.training,
         eval_result=result, provenance=provenance(seed=training.seed, checkpoint=train.checkpoint),
         training_config=training.to_dict(), config_path=str(Path(training.out) / 'config.yaml'),
-        epochs=training.epochs, attack_note=evaluation.attack_note, grid=grid, timing=clock.seconds,
+        epochs=training.epochs, attack_note=evaluation.attack_note, grid=grid, timing=clock.seconds, notes=notes,
         **audit_fields(audit))
     return CellResult(entry, register(entry, out), result, audit, train, clock.seconds)
 

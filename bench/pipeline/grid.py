@@ -49,8 +49,9 @@ from bench.core.parallel import run_parallel
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycling, named_cells
+from bench.pipeline.shipped_weights import shipped_run
 from bench.results.leaderboard import write_leaderboard
-from bench.results.registry import entry_path, load_entries
+from bench.results.registry import entry_path, load_entries, load_entry
 from bench.results.study.analysis import check_preregistration
 from bench.results.study.claims import load_claims
 from bench.core.yaml_files import GRID_SPEC, read_yaml_mapping
@@ -425,18 +426,26 @@ def _run_locked(cell: Dict[str, Any], spec: GridSpec, cell_dir: Path) -> Dict[st
     if cell.get('upcycle_from') and status(dict(cell=cell['upcycle_from']), spec) != 'done':
         raise UserError(f'cell {cell["cell"]} upcycles from cell {cell["upcycle_from"]}, which is not done: '
                         'run the grid again once it is')
-    # weights another cell trained: its entry may be in the registry while its folder is gone
+    # weights another cell trained: its entry may be in the registry while its folder is gone; a follow-up then
+    # evaluates the pretrained tag shipped from that run, if there is one
+    trained, notes = None, None
     for needed in (cell.get('upcycle_from'), cell.get('source_cell')):
-        if needed and not (run_dir(dict(cell=needed), spec) / 'result.json').is_file():
-            raise UserError(f'cell {cell["cell"]} needs the trained weights of cell {needed}, whose entry is in the '
-                            f'registry but whose run folder {run_dir(dict(cell=needed), spec)} is gone: remove that '
-                            'entry from the registry to retrain it, or restore the folder')
+        if not needed or (run_dir(dict(cell=needed), spec) / 'result.json').is_file():
+            continue
+        if needed == cell.get('source_cell'):
+            entry = load_entry(read_done(dict(cell=needed), spec)['entry'], registry_dir(spec))
+            trained, note = shipped_run(cell, needed, run_dir(dict(cell=needed), spec), entry)
+            notes = [note]
+            continue
+        raise UserError(f'cell {cell["cell"]} needs the trained weights of cell {needed}, whose entry is in the '
+                        f'registry but whose run folder {run_dir(dict(cell=needed), spec)} is gone: remove that '
+                        'entry from the registry to retrain it, or restore the folder')
     grid = dict(spec=spec.name, config=cell.get('config'), seed=cell.get('seed'),
                 cell=cell.get('source_cell', cell['cell']), stage=cell.get('stage', 'main'))
     if cell.get('selected_as'):
         grid['selected_as'] = cell['selected_as']
     result = run_cell(cell['spec'], cell_config(cell, spec), cell_evaluation(cell, spec),
-                      Output(registry=registry_dir(spec)), grid=grid)
+                      Output(registry=registry_dir(spec)), grid=grid, trained=trained, notes=notes)
     ev = result.evaluation
     done = dict(cell=cell['cell'], entry=str(result.entry_path), clean_acc=ev.clean_acc,
                 robust_acc=ev.robust_acc, flags=ev.flags, flops_ratio=result.audit.flops_ratio)
@@ -566,6 +575,8 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     skipped = [c for c in todo_cells if states[c['cell']] == 'done']
     pending = [c for c in todo_cells if states[c['cell']] != 'done']
     if dry_run:
+        if spec.autoattack:
+            _print_followups(_followups(spec, cells(spec), console), console)
         return dict(done=[], failed=[], skipped=skipped, pending=pending)
     # an upcycled cell needs its source's finished run: sources train in the first wave
     outcomes = []
@@ -601,6 +612,13 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
                   console: Console, progress: bool = True) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
     (every shard's) is done; returns their outcomes."""
+    todo = [c for c, state in _followups(spec, grid, console) if state != 'done']
+    return run_wave(shard_cells(todo, shard), spec, procs, console, progress)
+
+
+def _followups(spec: GridSpec, grid: List[Dict[str, Any]], console: Console) -> List[Tuple[Dict[str, Any], str]]:
+    """The AutoAttack follow-up cells with their status; none (and the console says why) while the study is
+    superseded or any cell of the whole grid (every shard's) is unfinished."""
     if spec.superseded_by:
         console.print(f'autoattack follow-ups: closed, {spec.name} is superseded by {spec.superseded_by} (its report '
                       'says how that study\'s first seeds get them)')
@@ -610,6 +628,16 @@ def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tu
     if waiting:
         console.print(f'autoattack follow-ups wait for {len(waiting)} unfinished cells (first: {waiting[0]})')
         return []
-    todo = [c for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec, registered) for c in grid})
-            if status(c, spec, registered) != 'done']
-    return run_wave(shard_cells(todo, shard), spec, procs, console, progress)
+    return [(c, status(c, spec, registered))
+            for c in followup_cells(spec, grid, {c['cell']: read_done(c, spec, registered) for c in grid})]
+
+
+def _print_followups(followups: List[Tuple[Dict[str, Any], str]], console: Console) -> None:
+    if not followups:
+        return
+    table = Table(title=f'{len(followups)} autoattack follow-up{"s" if len(followups) > 1 else ""}')
+    for col in ('cell', 'model', 'attacks', 'points', 'status'):
+        table.add_column(col)
+    for c, state in followups:
+        table.add_row(c['cell'], c['model'], c['eval']['attacks'], str(c['eval']['n_examples']), state)
+    console.print(table)

@@ -25,14 +25,7 @@ def _read_dense_source(source: Path) -> tuple:
     file = source / ckpt.WEIGHTS if source.is_dir() else source
     if not file.is_file():
         raise UserError(f'--upcycle-from {source} holds no {ckpt.WEIGHTS}; is it a finished training run?')
-    if file.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        try:
-            state = load_file(file)
-        except Exception as e:  # noqa: BLE001 - a foreign or truncated file fails in several ways
-            raise UserError(f'--upcycle-from {file} is not a readable safetensors file ({type(e).__name__})') from None
-    else:
-        state = ckpt.read_torch_file(file, '--upcycle-from')
+    state = ckpt.read_weights_file(file, '--upcycle-from')
     if isinstance(state, dict) and isinstance(state.get('model'), dict):  # a last.pth.tar training state
         state = state['model']
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -55,6 +55,8 @@ class Study:
     runs: Dict[str, Dict[int, Dict[str, Any]]]  # config -> seed -> main-stage entry
     autoattack: List[Dict[str, Any]]  # stage 'autoattack' entries, by cell
     notes: List[str] = field(default_factory=list)  # what the data lack (missing cells, unknown configs)
+    # a superseded study: the AutoAttack follow-ups of the study that supersedes it (`superseded_by`)
+    later_autoattack: List[Dict[str, Any]] = field(default_factory=list)
     # comparisons computed once per report: (A, B, metric) -> compare_configs result
     cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -139,7 +141,11 @@ def collect(entries: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]) -> St
         if missing:
             notes.append(f'config {config}: no run for seed{"s" if len(missing) > 1 else ""} '
                          f'{", ".join(map(str, missing))} (not finished, or failed)')
-    return Study(name=name, plan=plan, runs=runs, autoattack=autoattack, notes=notes)
+    later = (plan.get('superseded_by') or {}).get('name')
+    later_autoattack = sorted((e for e in entries if later and (e.get('grid') or {}).get('spec') == later
+                               and e['grid'].get('stage', STAGE_MAIN) == STAGE_AA), key=lambda e: e['entry_id'])
+    return Study(name=name, plan=plan, runs=runs, autoattack=autoattack, notes=notes,
+                 later_autoattack=later_autoattack)
 
 
 # ------------------------------------------------------------------------------------------ traits

@@ -447,13 +447,18 @@ def autoattack(study: an.Study) -> Lines:
         if main is None or key is None or primary is None:
             notes.append(f"- {aa['entry_id']}: no main run of cell {aa['grid']['cell']} or no AutoAttack metric")
             continue
+        # a follow-up that ran the primary attack itself has it on the weights AutoAttack attacked (a shipped tag
+        # in float16, say, when the run's folder was gone): the gap is taken on those, not on the run's
+        own = primary in (aa.get('robust_acc') or {})
         try:
-            check = compare_entries(main, aa, metric='clean')  # same data set, overlapping points, consistent bits
+            # same data set, overlapping points, consistent bits (and the same primary attack, when it is the own)
+            check = compare_entries(main, aa, metric=primary if own else 'clean')
             lo, hi = check['overlap']['index_range']
-            x_pri, x_aa = _bits_on(main, primary, lo, hi), _bits_on(aa, key, lo, hi)
+            x_pri, x_aa = _bits_on(aa if own else main, primary, lo, hi), _bits_on(aa, key, lo, hi)
         except UserError as err:
             notes.append(f"- refused ({aa['entry_id']}): {err}")
             continue
+        notes += _other_weights(main, aa, primary, own, lo, hi)
         gap, glo, ghi = stats.paired_bootstrap(x_pri, x_aa, n_boot=an.N_BOOT, seed=an.BOOT_SEED)
         gaps.append((aa['grid']['config'], (lo, hi), x_pri, x_aa))
         chosen = aa['grid'].get('selected_as')
@@ -468,11 +473,41 @@ def autoattack(study: an.Study) -> Lines:
 
 
 def superseded(study: an.Study) -> Dict[str, Any]:
-    """For a study superseded by a later one (`superseded_by` in its spec): the later study and the AutoAttack
-    follow-ups this one planned and never ran, closed rather than run (`_superseded.md.j2`)."""
+    """For a study superseded by a later one (`superseded_by` in its spec): the later study, the AutoAttack
+    follow-ups this one planned and never ran, closed rather than run, the later study's first seeds (shipped as
+    pretrained tags) that have had their AutoAttack on the same points there (`done`: a table row each) and those
+    that have not (`left`: a command each) (`_superseded.md.j2`)."""
     later = study.plan.get('superseded_by')
+    if not later:
+        return dict(later=None, closed=[], done=[], left=[])
     ran = {x for e in study.autoattack for x in (e['grid'].get('config'), e['grid'].get('selected_as')) if x}
-    return dict(later=later, closed=[c for c in (later or {}).get('autoattack_configs') or [] if c not in ran])
+    # the later study's first seeds that have their AutoAttack entry (of the same seed), and those still without
+    theirs = {e['grid'].get('config'): e for e in study.later_autoattack if _aa_metric(e)}
+    done = [s for s in later['first_seeds']
+            if s['config'] in theirs and theirs[s['config']]['grid'].get('seed') == s['seed']]
+    rows = [[s['config'], s['seed'], theirs[s['config']]['entry_id'], theirs[s['config']]['n_examples'],
+             f"{theirs[s['config']]['robust_acc'][_aa_metric(theirs[s['config']])]:.1f}"] for s in done]
+    return dict(later=later, closed=[c for c in later.get('autoattack_configs') or [] if c not in ran],
+                done=rows, left=[s for s in later['first_seeds'] if s not in done])
+
+
+def _other_weights(main: Mapping[str, Any], aa: Mapping[str, Any], primary: str, own: bool, lo: int,
+                   hi: int) -> Lines:
+    """A note for a follow-up that attacked other weights than its cell's run (another checkpoint sha256): how
+    often its clean and primary results agree with the run's on the same points, and whose primary the gap uses."""
+    ours, theirs = ((e.get('provenance') or {}).get('checkpoint_sha256') for e in (main, aa))
+    if ours == theirs:
+        return []
+    n = hi - lo
+    agree = {m: int((_bits_on(main, m, lo, hi) == _bits_on(aa, m, lo, hi)).sum())
+             for m in ['clean'] + ([primary] if own else [])}
+    what = '; '.join(aa.get('notes') or []) or f'checkpoint sha256 {str(theirs)[:12]}, the run\'s {str(ours)[:12]}'
+    same = ' and '.join(f'{m} on {k} of {n}' for m, k in agree.items())
+    main_pri = 100 * _bits_on(main, primary, lo, hi).mean()
+    return [f"- {aa['grid']['config']}: AutoAttack attacked other weights than the run of cell {aa['grid']['cell']} "
+            f'({what}); on points [{lo}, {hi}) their results agree with the run\'s, point by point, {same}; '
+            + (f"the gap uses the follow-up's own {primary} (the run's {primary} there: {main_pri:.2f})." if own else
+               f"the gap uses the run's {primary}, on the run's weights.")]
 
 
 def superseded_autoattack(study: an.Study) -> Lines:
