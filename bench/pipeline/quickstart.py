@@ -204,8 +204,7 @@ def _print_summary(console: Console, summary: Dict[str, Any]) -> None:
 def kernel_path_note(device: str) -> str:
     """Why these numbers may differ from the quickstart entries shipped in registry/: the CPU kernel path."""
     return (f'measured on {device}. Comparing with the quickstart entries shipped in registry/? They were trained '
-            'on the AVX2 kernel path; one seed trains other weights on another CPU kernel path (AVX-512: the '
-            'normally trained dense model\'s PGD-20 35.3 % there vs 33.7 % shipped), so the numbers differ by a few '
-            'points. '
+            'on the AVX2 kernel path; one seed trains other weights on another CPU kernel path, so the numbers '
+            'differ, by several points on these few test images (README, "Comparing with the shipped numbers"). '
             'For the shipped ones, run with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 '
             '(docs/TRAINING.md, "Reproducibility")')
