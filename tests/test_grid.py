@@ -185,6 +185,9 @@ def test_seeds_repeat_every_cell(tmp_path):
     (dict(gate=['bogus']), "resnet18_blockmoe_e2_k1-bogus-entropy-last-normal: .*gate='bogus'"),
     (dict(model_kwargs=dict(width=0)), 'width=0'),
     (dict(eval=dict(TINY['eval'], attacks='pgd7')), "unknown attack 'pgd7'"),
+    # the cell sets these itself: as train values they were given twice (a TypeError traceback)
+    (dict(train=dict(TINY['train'], training='pgd')), r'train\.training is not a train value: .*config\'s key'),
+    (dict(train=dict(TINY['train'], out='elsewhere')), r"train\.out is not a train value: the spec's out:"),
 ])
 def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, capsys, override, message):
     assert main(['grid', str(_spec(tmp_path, **override))]) == 2

@@ -385,14 +385,29 @@ def run_dir(cell: Mapping[str, Any], spec: GridSpec) -> Path:
     return Path(spec.out) / 'cells' / cell.get('source_cell', cell['cell']) / 'run'
 
 
+# the training values a cell sets itself, and where the spec says them instead
+CELL_OWNED = {
+    'training': "give it as a config's key (training: normal) or an axis, beside train:",
+    'out': "the spec's out: says where the runs go",
+    'model': "give it as a config's key (model: NAME), beside train:",
+    'model_kwargs': "give it as the spec's or a config's model_kwargs:, beside train:",
+    'convert': "give it as a config's key (convert: {...}), beside train:",
+}
+
+
 def cell_config(cell: Dict[str, Any], spec: GridSpec) -> TrainConfig:
     """The TrainConfig of a cell: its arch's recipe, then the spec's `train` values (or the config's, laid over
     them), then the cell's own seed and upcycling source."""
     own: Dict[str, Any] = {} if cell.get('seed') is None else {'seed': cell['seed']}
+    values = cell.get('train', spec.train)
+    # what the cell itself sets: a `train:` value for one of these would be given twice (a TypeError, not a line)
+    twice = sorted(set(values) & set(CELL_OWNED))
+    if twice:
+        raise UserError(f'train.{twice[0]} is not a train value: {CELL_OWNED[twice[0]]}')
     if cell.get('upcycle_from'):
         own['upcycle_from'] = str(run_dir(dict(cell=cell['upcycle_from']), spec))
     return training_config(cell['spec'], cell['train_config'], cell['timm_kwargs'], training=cell['training'],
-                           out=str(run_dir(cell, spec)), **{'progress': False, **cell.get('train', spec.train), **own})
+                           out=str(run_dir(cell, spec)), **{'progress': False, **values, **own})
 
 
 def cell_evaluation(cell: Mapping[str, Any], spec: GridSpec) -> Evaluation:
