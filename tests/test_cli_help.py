@@ -34,7 +34,9 @@ def help_problems(actions):
 def unlisted(parser: Parser):
     """Options that the usage line shows and `parser.arguments` lacks: added past `Parser.add_argument`, so that
     neither the checks here nor the suggestion for a mistyped option would see them."""
-    shown = set(re.findall(r'(?<![\w-])(--?[a-zA-Z][\w-]*)', parser.format_usage()))
+    # past the program's name: a parser with no prog takes it from sys.argv[0], which is '-c' in a pytest-xdist worker
+    usage = parser.format_usage().split(parser.prog, 1)[1]
+    shown = set(re.findall(r'(?<![\w-])(--?[a-zA-Z][\w-]*)', usage))
     return sorted(shown - {s for a in parser.arguments for s in a.option_strings})
 
 

@@ -15,7 +15,7 @@ from registry_fakes import make_entry
 def figures(monkeypatch):
     """The figures the plot functions draw, instead of their PNG files."""
     drawn = []
-    monkeypatch.setattr(report, '_save', lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr(report, 'save_figure', lambda fig, path: drawn.append(fig) or path)
     return drawn
 
 
@@ -65,7 +65,7 @@ CLUSTER = [(70 + 0.1 * i, 57 + 0.05 * i, f'config_{i}', '#1f77b4') for i in rang
 
 
 def test_label_column_never_overlaps():
-    fig, (ax,) = report._figure(size=(7.0, 5.0))
+    fig, (ax,) = report.new_figure(size=(7.0, 5.0))
     for x, y, *_ in CLUSTER:
         ax.scatter(x, y)
     report.label_column(ax, CLUSTER)
@@ -73,7 +73,7 @@ def test_label_column_never_overlaps():
 
 
 def test_labels_beside_clustered_points_do_overlap():  # what the check catches: the old labelling
-    fig, (ax,) = report._figure(size=(7.0, 5.0))
+    fig, (ax,) = report.new_figure(size=(7.0, 5.0))
     for x, y, text, _ in CLUSTER:
         ax.scatter(x, y)
         ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords='offset points')
