@@ -8,7 +8,7 @@ import yaml
 from bench.cli import build_parser, main
 from bench.core.errors import UserError
 from bench.core.yaml_files import GRID_SPEC, RECIPE, shipped
-from bench.models import default_dataset
+from bench.checkpoints import default_dataset
 from bench.pipeline.grid import load_spec
 from bench.results.compare import compare_entries
 from bench.training.config import load_config

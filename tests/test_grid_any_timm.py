@@ -16,7 +16,8 @@ from rich.console import Console
 from bench.cli import main
 from bench.core.errors import UserError
 from bench.data import dataset_info, eval_tensors
-from bench.models import build_model, load_checkpoint, normalized
+from bench.checkpoints import load_checkpoint
+from bench.models import build_model, normalized
 from bench.pipeline.grid import cells, load_spec
 from bench.results.entries import model_of_entry
 from bench.results.leaderboard import print_table, render_markdown

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     convert = parse_mapping('--convert', args.convert) if args.convert else None
     # these import timm and torch, so only once every cheap input is checked; a wrong model is said before any
     # default is announced
-    from bench.models import check_convert, check_model_name, check_run_model, default_dataset, run_config_value
+    from bench.checkpoints import check_run_model, default_dataset, run_config_value
+    from bench.models import check_convert, check_model_name
     check_model_name(args.model)
     check_run_model(args.checkpoint, args.model)
     # a run's conversion is part of its model: routing k changes no weight, so only the run config can tell
@@ -162,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import dataset_info, eval_tensors
     from bench.evaluation.loop import evaluate_model
     from bench.evaluation.resume import BatchLog
-    from bench.models import build_model, check_input_size, normalized, run_config_kwargs
+    from bench.checkpoints import run_config_kwargs
+    from bench.models import build_model, check_input_size, normalized
     device = choose_device(args.device)
     info = dataset_info(args.dataset)
     kwargs = {**run_config_kwargs(args.checkpoint), **given}

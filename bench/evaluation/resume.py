@@ -108,7 +108,7 @@ class BatchLog:
             return None
         import torch
 
-        from bench.models import read_torch_file
+        from bench.checkpoints import read_torch_file
         try:
             obj = read_torch_file(f, 'stored adversarial examples')
         except UserError:

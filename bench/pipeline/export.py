@@ -18,7 +18,8 @@ from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import DATASETS, dataset_info, model_kwargs_for
-from bench.models import EMA_WEIGHTS, WEIGHTS, build_model, read_torch_file, run_config_kwargs, state_dict_of
+from bench.checkpoints import EMA_WEIGHTS, WEIGHTS, read_torch_file, run_config_kwargs, state_dict_of
+from bench.models import build_model
 from bench.results.export import check_compatible, find_entry, write_hub_folder
 from bench.results.registry import default_registry
 

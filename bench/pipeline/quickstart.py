@@ -28,7 +28,7 @@ from bench.core.errors import UserError
 from bench.core.parallel import run_parallel, threads_per_process
 from bench.core.provenance import device_string
 from bench.evaluation.result import EvalResult
-from bench.models import prepare_run_dir
+from bench.checkpoints import prepare_run_dir
 from bench.pipeline.cell import CellResult, Evaluation, Output, run_cell, training_config
 from bench.pipeline.quickstart_plans import PLANS, Plan  # noqa: F401 - PLANS: the plans by name, here too
 from bench.results.leaderboard import write_leaderboard

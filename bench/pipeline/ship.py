@@ -33,7 +33,8 @@ from bench.core.provenance import sha256_file
 from bench.core.values import check_out_apart
 from bench.core.yaml_files import read_yaml_mapping
 from bench.data import dataset_info
-from bench.models import WEIGHTS, build_model, read_torch_file, state_dict_of
+from bench.checkpoints import WEIGHTS, read_torch_file, state_dict_of
+from bench.models import build_model
 from bench.pipeline import grid
 from bench.pipeline.export import run_model_spec
 from bench.results.export import check_compatible, write_weights

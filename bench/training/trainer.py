@@ -35,7 +35,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from timm.utils.distributed import init_distributed_device_so
 
-from bench import models as ckpt
+from bench import checkpoints as ckpt
 from bench.core.atomic import atomic_save, atomic_save_safetensors, finite_json, write_json_atomic
 from bench.core.compile import compile_for_training, torchcompile_settings
 from bench.core.devices import choose_device

@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 import timm_moe
-from bench import models as ckpt
+from bench import checkpoints as ckpt
 from bench.core.errors import UserError
 from bench.core.provenance import sha256_file
 from bench.models import create_model
