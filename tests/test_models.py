@@ -374,3 +374,15 @@ def test_model_forward_and_backward_fx(name):
     out.mean().backward()
     missing = [n for n, p in fx.named_parameters() if p.grad is None]
     assert not missing, f'no gradient for {missing[:3]}'
+
+
+def test_the_timm_109_convnext_xfail_is_timm_s_own_behaviour():
+    # the timm suite xfails forward_intermediates for the converted ConvNeXt on timm < 1.0.10 because timm's own
+    # ConvNeXt returns the stem's map too there; the plain model must show the same count as the converted one
+    old = tuple(int(p) for p in timm.__version__.split('.')[:3] if p.isdigit()) < (1, 0, 10)
+    x = torch.rand(1, 3, 64, 64)
+    for model in (timm.create_model('convnext_atto'),
+                  timm_moe.create_model('convnext_atto', convert=dict(targets='stages.3.blocks.*', num_experts=2,
+                                                                        k=1, copy_weights=True))):
+        _, maps = model.eval().forward_intermediates(x)
+        assert len(maps) == len(model.feature_info) + old, (timm.__version__, len(maps))
