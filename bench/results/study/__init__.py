@@ -122,8 +122,9 @@ def plot_subpaths(study: an.Study, path: Path) -> Path:
         ax.set_ylabel(f'{m} accuracy (%), same points', fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis='y')
-    fig.suptitle('Expert subpaths on the same points as the gated model (first seed): red = the gated model, '
-                 'then each expert forced alone; error bars: Wilson 95%', fontsize=9)
+    # two lines: on one, a figure of one or two panels cut the title off at both edges
+    fig.suptitle('Expert subpaths on the same points as the gated model (first seed)\n'
+                 'red = the gated model, then each expert forced alone; error bars: Wilson 95%', fontsize=9)
     return save_figure(fig, path)
 
 
@@ -167,7 +168,10 @@ def plot_budget_response(study: an.Study, path: Path) -> Path:
     paper's effect of each arm as a labelled horizontal line (a reference, not a data point)."""
     r = an.budget_response(study)
     if r is None:
-        return empty_figure(path, 'gap to dense vs training budget', 'two or more budgets, each with a dense config')
+        # an interval needs two seeds of the MoE arm and of dense at a budget: an interim study with one seed
+        # has pairs, but nothing this plot can draw with an interval
+        return empty_figure(path, 'gap to dense vs training budget',
+                            'two or more budgets, each with a dense config\nand at least 2 seeds of dense and of the MoE')
     fig, (ax,) = new_figure(size=(8.0, 5.0))
     x = {b: i for i, b in enumerate(r['budgets'])}
     known = an.claims_of(study)
