@@ -35,7 +35,7 @@ def add_cli(verbs: Verbs) -> None:
     p.add_argument('--out', help='override the spec\'s output directory')
     p.add_argument('--registry', help="where entries are written (default: the spec's registry: key, else registry/ "
                                       "in its output directory)")
-    p.add_argument('--only', help='run only the cells whose id contains this text')
+    p.add_argument('--only', help='run only the cells (and AutoAttack follow-ups) whose id contains this text')
     p.add_argument('--shard', metavar='I/N', help='run only the I-th (from 0) of N slices of the cells; N '
                    'processes with I = 0..N-1 run every cell once and fill one registry')
     p.add_argument('--no-progress', action='store_true',

@@ -29,7 +29,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, Task, TaskID
 from rich.text import Text
 
 Event = tuple  # ('start', run) | ('task', run, task_id, description, total, completed) |
-# ('update', run, task_id, completed, info) | ('end', run)
+# ('update', run, task_id, completed, info) | ('end', run, outcome)
 Sink = Callable[[Event], None]
 
 PLAIN_EVERY_S = 60.0  # a plain line per running task at most this often
@@ -37,6 +37,7 @@ SEND_EVERY_S = 0.25  # a worker sends a task's progress at most this often (and 
 
 _SINK: Optional[Sink] = None  # where this process's progress goes while it runs one of a board's runs
 _RUN: Optional[str] = None
+_OUTCOME: Optional[str] = None  # how the current run ended, when not plainly 'done' (`report_outcome`)
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -202,17 +203,24 @@ def stage(bar: Any, description: str, total: float) -> Callable[..., None]:
 @contextlib.contextmanager
 def reporting_to(sink: Optional[Sink], run: str) -> Iterator[None]:
     """Within the block, `progress_bar()` reports to `sink` as run `run` (None: as usual)."""
-    global _SINK, _RUN
-    before = _SINK, _RUN
-    _SINK, _RUN = sink, run
+    global _SINK, _RUN, _OUTCOME
+    before = _SINK, _RUN, _OUTCOME
+    _SINK, _RUN, _OUTCOME = sink, run, None
     try:
         if sink is not None:
             sink(('start', run))
         yield
         if sink is not None:
-            sink(('end', run))
+            sink(('end', run, _OUTCOME or 'done'))
     finally:
-        _SINK, _RUN = before
+        _SINK, _RUN, _OUTCOME = before
+
+
+def report_outcome(outcome: str) -> None:
+    """Say how the current run ended, for the board's line (default 'done'): a run that found its work held by
+    another process, or that failed, must not read as done."""
+    global _OUTCOME
+    _OUTCOME = outcome
 
 
 class RunBoard:
@@ -294,15 +302,16 @@ class RunBoard:
                           f'elapsed, ETA {_clock(row.time_remaining)})')
                 self.said[run] = time.perf_counter()
         elif kind == 'end':
+            outcome = event[2] if len(event) > 2 else 'done'
             self.finished.append(run)
             self.progress.remove_task(self.rows.pop(run))
             eta = _clock(self.overall_eta()) if len(self.finished) < len(self.runs) else '0:00:00'
             since = _clock(time.perf_counter() - self.t0)
             if self.live:
                 self.progress.update(self.overall, completed=len(self.finished), eta=f'~{eta}')
-                self.progress.console.print(f'{self.title}: {run}: done in {since} since start')
+                self.progress.console.print(f'{self.title}: {run}: {outcome} ({since} since start)')
             else:
-                self._say(f'{self.title}: {run}: done ({len(self.finished)}/{len(self.runs)} runs, {since} elapsed, '
+                self._say(f'{self.title}: {run}: {outcome} ({len(self.finished)}/{len(self.runs)} runs, {since} elapsed, '
                           f'ETA ~{eta})')
 
     def _row(self, run: str) -> Task:

@@ -46,6 +46,7 @@ from bench.core import locks
 from bench.core.atomic import write_json_atomic
 from bench.core.errors import UserError, is_user_os_error
 from bench.core.parallel import run_parallel
+from bench.core.progress import report_outcome
 from bench.pipeline.cell import Evaluation, Output, run_cell, training_config
 from bench.pipeline.followup import check_followup, followup_cells
 from bench.pipeline.named_cells import check_configs, check_seeds, check_upcycling, named_cells
@@ -432,6 +433,7 @@ def run_grid_cell(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
     cell_dir.mkdir(parents=True, exist_ok=True)
     with locks.held(cell_dir / LOCK) as busy:
         if busy is not None:
+            report_outcome(f'skipped, running in another process ({busy})')
             return dict(cell=cell['cell'], busy=busy)
         # done.json: finished by another process since this one listed the cells
         return read_done(cell, spec) if (cell_dir / 'done.json').exists() else _run_locked(cell, spec, cell_dir)
@@ -478,6 +480,7 @@ def _guarded(cell: Dict[str, Any], spec: GridSpec) -> Dict[str, Any]:
         cell_dir = _cell_dir(cell, spec)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / 'failed.txt').write_text(traceback.format_exc())
+        report_outcome(f'failed (cells/{cell["cell"]}/failed.txt)')
         return dict(cell=cell['cell'], error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
 
 
@@ -568,7 +571,7 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
         procs: Cells run in parallel (each entry is written atomically, so they cannot collide).
         dry_run: Only list the cells and their status.
         console: Where to print.
-        only: Run only the cells whose id contains this text.
+        only: Run only the cells (and AutoAttack follow-ups) whose id contains this text.
         shard: (index, count): run only the index-th of count slices of the cells (see `shard_cells`).
         progress: Show the board of running cells, their stages and ETA (on stderr).
     """
@@ -591,14 +594,15 @@ def run_grid(spec: GridSpec, procs: int = 1, dry_run: bool = False, console: Opt
     pending = [c for c in todo_cells if states[c['cell']] != 'done']
     if dry_run:
         if spec.autoattack:
-            _print_followups(_followups(spec, cells(spec), console), console)
+            _print_followups([(c, state) for c, state in _followups(spec, cells(spec), console)
+                              if only is None or only in c['cell']], console)
         return dict(done=[], failed=[], skipped=skipped, pending=pending)
     # an upcycled cell needs its source's finished run: sources train in the first wave
     outcomes = []
     for wave in ([c for c in pending if not c.get('upcycle_from')], [c for c in pending if c.get('upcycle_from')]):
         outcomes += run_wave(wave, spec, procs, console, progress)
     if spec.autoattack:
-        outcomes += run_followups(spec, cells(spec), shard, procs, console, progress)
+        outcomes += run_followups(spec, cells(spec), shard, procs, console, progress, only)
     busy = [o for o in outcomes if 'busy' in o]
     done = [o for o in outcomes if 'error' not in o and 'busy' not in o]
     failed = [o for o in outcomes if 'error' in o]
@@ -624,10 +628,11 @@ def run_wave(wave: List[Dict[str, Any]], spec: GridSpec, procs: int, console: Co
 
 
 def run_followups(spec: GridSpec, grid: List[Dict[str, Any]], shard: Optional[Tuple[int, int]], procs: int,
-                  console: Console, progress: bool = True) -> List[Dict[str, Any]]:
+                  console: Console, progress: bool = True, only: Optional[str] = None) -> List[Dict[str, Any]]:
     """Run the AutoAttack follow-ups (`bench.pipeline.followup`) not yet done, once every cell of the whole grid
-    (every shard's) is done; returns their outcomes."""
-    todo = [c for c, state in _followups(spec, grid, console) if state != 'done']
+    (every shard's) is done; returns their outcomes. `only` selects follow-ups by id as it selects cells."""
+    todo = [c for c, state in _followups(spec, grid, console)
+            if state != 'done' and (only is None or only in c['cell'])]
     return run_wave(shard_cells(todo, shard), spec, procs, console, progress)
 
 
