@@ -7,6 +7,7 @@ that wins some seeds and loses others ('inconclusive at this power', with its de
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -405,3 +406,13 @@ def test_a_preregistered_studys_summary_says_it_decides_nothing(entries):
     assert 'Exploratory, for every claim alike' not in '\n'.join(summary(study))
     study.plan = dict(study.plan, preregistration={'baseline': 'dense', 'primary': {}})
     assert 'Exploratory, for every claim alike' in '\n'.join(summary(study))
+
+
+def test_every_moe_s_autoattack_gap_is_compared_with_dense_s():
+    # three follow-ups (dense and two MoEs): the report compared only the first two, so the third MoE's gap went
+    # without a comparison
+    entries = make_entries()
+    entries.append(make_run('switch', 0, stage='autoattack'))
+    text = report_text(collect(entries, plan()))
+    assert 'Difference of gaps, dense − e4k1: +3.00 points' in text
+    assert re.search(r'Difference of gaps, dense − switch: [+-]\d+\.\d\d points', text)

@@ -438,8 +438,8 @@ def _bits_on(entry: Mapping[str, Any], metric: str, lo: int, hi: int) -> np.ndar
 
 
 def autoattack(study: an.Study) -> Lines:
-    """AutoAttack vs the primary attack on the AutoAttack entry's points, per AutoAttack entry; and whether the
-    gap differs between the first two (dense and the best MoE), with a bootstrap over the points."""
+    """AutoAttack vs the primary attack on the AutoAttack entry's points, per AutoAttack entry; and whether each
+    later config's gap differs from the first's (dense, then the MoEs), with a bootstrap over the points."""
     primary = study.primary()
     rows, gaps, notes = [], [], []
     for aa in sorted(study.autoattack, key=lambda e: list(study.plan['configs']).index(e['grid']['config'])):
@@ -465,11 +465,16 @@ def autoattack(study: an.Study) -> Lines:
         rows.append([aa['grid']['config'] + (f' ({chosen})' if chosen else ''), key, f'[{lo}, {hi})',
                      f'{100 * x_pri.mean():.2f}', f'{100 * x_aa.mean():.2f}', f'{gap:+.2f} [{glo:+.2f}, {ghi:+.2f}]',
                      stats.format_p(stats.mcnemar_exact(x_pri, x_aa))])
-    difference = None
-    if len(gaps) >= 2 and gaps[0][1] == gaps[1][1]:
-        (ca, _, pa, aa_a), (cb, _, pb, aa_b) = gaps[:2]
-        difference = dict(a=ca, b=cb, **an.bootstrap_mean(100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b))))
-    return render('autoattack.md.j2', primary=primary, rows=rows, notes=notes, gaps=difference, **superseded(study))
+    # each later config's gap against the first's (the baseline, dense, comes first in the spec) on the same points
+    differences = []
+    if gaps:
+        ca, points, pa, aa_a = gaps[0]
+        for cb, other, pb, aa_b in gaps[1:]:
+            if other == points:
+                differences.append(dict(a=ca, b=cb, **an.bootstrap_mean(
+                    100.0 * ((pa.astype(int) - aa_a) - (pb.astype(int) - aa_b)))))
+    return render('autoattack.md.j2', primary=primary, rows=rows, notes=notes, differences=differences,
+                  **superseded(study))
 
 
 def superseded(study: an.Study) -> Dict[str, Any]:
