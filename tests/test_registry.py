@@ -468,3 +468,23 @@ def test_paper_entries_store_their_attacks_and_noisy_gating():
     rb = by_id['robustbench-rice2020overfitting']
     assert rb['eval_settings']['attacks']['autoattack']['version'] == 'standard'
     assert 'DESIGN' not in json.dumps(rb)
+
+
+def test_a_rewritten_leaderboard_does_not_make_the_code_dirty(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / 'registry').mkdir()
+    (tmp_path / 'code.py').write_text('x = 1\n')
+    (tmp_path / 'registry' / 'LEADERBOARD.md').write_text('old\n')
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'first')
+    commit = prov.git_commit(tmp_path)
+    assert commit and not commit.endswith('-dirty')
+    (tmp_path / 'registry' / 'LEADERBOARD.md').write_text('rewritten by a grid\n')
+    assert prov.git_commit(tmp_path) == commit
+    (tmp_path / 'code.py').write_text('x = 2\n')
+    assert prov.git_commit(tmp_path) == f'{commit}-dirty'

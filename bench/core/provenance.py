@@ -58,11 +58,17 @@ def _git(*args: str, cwd: Path = REPO_ROOT) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# the folders of tracked results in this repository: what the harness writes there changes no code
+RESULT_DIRS = ('registry', 'docs')
+
+
 def git_commit(repo: Union[str, os.PathLike] = REPO_ROOT) -> Optional[str]:
     """HEAD of the source tree, with '-dirty' if tracked files differ from it; None if not a git checkout.
 
     Untracked files do not count as dirty (like `git describe --dirty`): run directories and other
-    outputs live in the tree, and they do not change the code that ran.
+    outputs live in the tree, and they do not change the code that ran. Nor do the tracked results the harness
+    itself rewrites (`RESULT_DIRS`: registry entries, the leaderboard, generated reports): a grid that finished
+    rewrites LEADERBOARD.md, and every entry of a second grid still running beside it read '-dirty'.
 
     Args:
         repo: a directory inside the checkout (default: the one this package is imported from).
@@ -71,7 +77,8 @@ def git_commit(repo: Union[str, os.PathLike] = REPO_ROOT) -> Optional[str]:
     commit = _git('rev-parse', 'HEAD', cwd=repo)
     if not commit:
         return None
-    status = _git('status', '--porcelain', '--untracked-files=no', cwd=repo)
+    status = _git('status', '--porcelain', '--untracked-files=no', '--', ':/',
+                  *(f':(top,exclude){d}' for d in RESULT_DIRS), cwd=repo)
     return f'{commit}-dirty' if status else commit
 
 
