@@ -388,3 +388,12 @@ def test_a_refused_subpath_is_named_and_leaves_its_budget_unanswered():
     text = '\n'.join(expert_usage(study))
     assert "- refused (convmoe_b1 seed 0, apgd-ce): entry 'e" in text and 'the entry is inconsistent' in text
     assert 'Not yet answerable: 10k x 6 ep, w8 (convmoe_b1 seed 0, its subpaths refused) lack' in text
+
+
+def test_the_papers_line_is_drawn_before_the_primary_config_has_run():
+    # an interim study: the largest budget's ConvMoE has no run yet, so the plot had no reference line at all
+    study = _budget_study()
+    interim = Study(name='interim', plan=study.plan, autoattack=[],
+                    runs={a: (v if a != 'convmoe_b2' else {}) for a, v in study.runs.items()})
+    r = an.budget_response(interim)
+    assert r['paper'] == {'resnet18_convmoe_e4_k1, placement all': pytest.approx(8.16, abs=0.005)}

@@ -637,9 +637,19 @@ def budget_response(study: Study) -> Optional[Dict[str, Any]]:
     paper = {}
     for config, options in (prereg.get('primary') or {}).items():
         delta = paper_delta(study, options.get('paper'))
-        if config in study.runs and study.runs[config] and isinstance(delta, tuple):
-            paper[moe_arm(study, config)] = delta[0]
+        # the arm is named from a run: the primary config's own, else its arm's at another budget (the line is
+        # the paper's, whatever has run of the primary config so far)
+        ran = next((c for c in (config, *same_arm(study, config)) if study.runs.get(c) and is_moe(study, c)), None)
+        if ran is not None and isinstance(delta, tuple):
+            paper[moe_arm(study, ran)] = delta[0]
     return dict(metric=metric, budgets=list(by_budget), arms=arms, paper=paper)
+
+
+def same_arm(study: Study, config: str) -> List[str]:
+    """The other configs of `config`'s arm: the same plan (model, training, experts, ...) but for the budget."""
+    def arm(c: str) -> Dict[str, Any]:
+        return {k: v for k, v in (study.plan['configs'].get(c) or {}).items() if k not in ('budget', 'seeds')}
+    return [c for c in study.plan['configs'] if c != config and arm(c) == arm(config)]
 
 
 def paper_delta(study: Study, paper: Optional[Mapping[str, Any]]) -> Union[None, str, Tuple[float, ...]]:
