@@ -398,6 +398,22 @@ def test_the_report_times_each_piece_of_a_study():
     assert '| bbbbbbb | cpu | 1 | 2026-01-02 10:00 | 2026-01-02 10:30 | 0.50 |' in text
 
 
+def test_a_study_pinned_to_one_commit_has_a_piece_per_session():
+    # the budget study runs every piece at one commit: grouped by commit alone, two sessions an hour apart were
+    # one piece whose wall time counted the hour between them
+    from bench.results.study.analysis import Study
+    from bench.results.study.render import pieces
+
+    def run(date, seconds):
+        return {'provenance': {'git_commit': 'aaaaaaa1', 'device': 'cpu', 'date': date},
+                'timing': {'train': seconds, 'evaluate': 0.0}}
+    runs = {'dense': {0: run('2026-01-01T01:00:00Z', 3600), 1: run('2026-01-01T01:55:00Z', 3300),
+                      2: run('2026-01-01T04:00:00Z', 1800), 3: run('2026-01-01T04:30:00Z', 1795)}}
+    text = '\n'.join(pieces(Study(name='s', plan={'configs': {'dense': {}}}, runs=runs, autoattack=[])))
+    assert '| aaaaaaa | cpu | 2 | 2026-01-01 00:00 | 2026-01-01 01:55 | 1.92 |' in text
+    assert '| aaaaaaa | cpu | 2 | 2026-01-01 03:30 | 2026-01-01 04:30 | 1.00 |' in text
+
+
 def test_a_preregistered_studys_summary_says_it_decides_nothing(entries):
     """The primary contrasts show up in the summary too, paired by seed at alpha 0.05: the summary says that the
     pre-registered section, not it, decides them; a study without a pre-registration has no such line."""

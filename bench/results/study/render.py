@@ -761,22 +761,36 @@ def _when(e: Mapping[str, Any]) -> Optional[datetime]:
     return datetime.fromisoformat(date.replace('Z', '+00:00')) if date else None
 
 
+PIECE_GAP = timedelta(minutes=10)  # no run going for longer than this between two runs: they are two pieces
+
+
 def pieces(study: an.Study) -> Lines:
     """The study's pieces: its runs grouped by the code commit and device that made them (each piece of a study
-    that outlives its machines runs from the commit of its day), with the wall time from the first run's start
-    (its entry's time less its recorded seconds) to the last run's entry. Runs of a piece overlap (`--procs`), so
-    its wall time is less than the sum of its runs' seconds."""
-    groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    that outlives its machines runs from the commit of its day), and split where no run was going for over
+    `PIECE_GAP` (a study pinned to one commit runs its pieces in several sessions), with the wall time from the
+    first run's start (its entry's time less its recorded seconds) to the last run's entry. Runs of a piece
+    overlap (`--procs`), so its wall time is less than the sum of its runs' seconds."""
+    groups: Dict[Tuple[str, str], List[Tuple[datetime, datetime]]] = {}
     for e in study.entries() + study.autoattack:
         if _when(e) is None:
             return []  # entries from before provenance held a date: no pieces to show
         prov = e['provenance']
-        groups.setdefault((str(prov.get('git_commit'))[:7], str(prov.get('device'))), []).append(e)
+        span = (_when(e) - timedelta(seconds=sum((e.get('timing') or {}).values())), _when(e))
+        groups.setdefault((str(prov.get('git_commit'))[:7], str(prov.get('device'))), []).append(span)
+    found = []
+    for (commit, device), spans in groups.items():
+        spans.sort()
+        piece = [spans[0]]
+        for span in spans[1:]:
+            if span[0] - max(end for _, end in piece) > PIECE_GAP:
+                found.append((commit, device, piece))
+                piece = []
+            piece.append(span)
+        found.append((commit, device, piece))
     rows = []
-    for (commit, device), runs in sorted(groups.items(), key=lambda kv: min(_when(e) for e in kv[1])):
-        start = min(_when(e) - timedelta(seconds=sum((e.get('timing') or {}).values())) for e in runs)
-        end = max(_when(e) for e in runs)
-        rows.append([commit, device, len(runs), f'{start:%Y-%m-%d %H:%M}', f'{end:%Y-%m-%d %H:%M}',
+    for commit, device, piece in sorted(found, key=lambda f: f[2][0][0]):
+        start, end = piece[0][0], max(end for _, end in piece)
+        rows.append([commit, device, len(piece), f'{start:%Y-%m-%d %H:%M}', f'{end:%Y-%m-%d %H:%M}',
                      f'{(end - start).total_seconds() / 3600:.2f}'])
     return render('pieces.md.j2', rows=rows)
 
